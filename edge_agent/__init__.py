@@ -1,0 +1,3 @@
+"""Gateway-side vibration anomaly detection agent (no TensorFlow: TFLite runtime only)."""
+
+__version__ = "0.1.0"
