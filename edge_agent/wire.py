@@ -291,8 +291,7 @@ class FrameDecoder:
             mv = memoryview(buf)
             try:
                 crc_ok = (
-                    zlib.crc32(mv[pos + 2 : pos + size - CRC_SIZE])
-                    == CRC.unpack_from(buf, pos + size - CRC_SIZE)[0]
+                    zlib.crc32(mv[pos + 2 : pos + size - CRC_SIZE]) == CRC.unpack_from(buf, pos + size - CRC_SIZE)[0]
                 )
                 if crc_ok:
                     out.append(_payload_to_frame(mv, pos + HEADER_SIZE, stype, seq, t0, n, c, scale))
@@ -488,9 +487,7 @@ def decode_payload(payload: bytes | bytearray | memoryview) -> Frame:
         return _decode_binary_payload(data)
     if data.lstrip()[:1] == b"{":
         return _decode_json_payload(data)
-    raise FrameError(
-        f"payload is neither a binary frame nor JSON (starts with {data[:8]!r}, {len(data)} bytes)"
-    )
+    raise FrameError(f"payload is neither a binary frame nor JSON (starts with {data[:8]!r}, {len(data)} bytes)")
 
 
 def _decode_binary_payload(data: bytes) -> Frame:
