@@ -1,0 +1,46 @@
+# The verbs people use. Everything runs inside .venv, created by `make setup`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+
+# Central retraining default: the IMS test-2 tutorial table shipped in data/.
+DATA    ?= data/ims/2nd_test_resmaple_10minutes.csv
+OUT     ?= bundles/ims-test2
+TRAIN_ARGS ?= --format ims-avg --train-until 2004-02-15T12:52:39 --quantize int8
+
+.PHONY: setup test lint export-tflite train bench demo demo-mqtt clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[agent,sim,trainer,dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check trainer edge_agent firmware_sim tests bench scripts
+
+export-tflite: setup
+	$(BIN)/trainer train --data $(DATA) --out $(OUT) $(TRAIN_ARGS)
+	$(BIN)/trainer inspect $(OUT)
+
+train: export-tflite
+
+bench: setup
+	$(PY) bench/bench_export.py
+	$(PY) bench/bench_sim.py
+	$(PY) bench/bench_agent.py
+
+demo: setup
+	$(PY) scripts/demo.py --link serial
+
+demo-mqtt: setup
+	$(PY) scripts/demo.py --link mqtt
+
+clean:
+	rm -rf bundles runs .pytest_cache
