@@ -1,0 +1,252 @@
+"""The windower: frames of samples in, model windows out, never across a gap or bad samples.
+
+Data flow::
+
+    Frame (seq, t0_us, samples (n, C)) ─► continuity + validity checks ─► valid contiguous runs
+        ─► steps (preprocess.steps, one block at a time as blocks complete) ─► Ring of steps (T, F)
+        ─► every ``hop`` steps, once ``window`` contiguous steps exist: Window (T, F)
+
+What makes a span unusable (the window assembly restarts after it, so no scored window spans it):
+
+* a sequence gap or a backwards jump (``wire.seq_gap`` != 0): counted in ``gaps`` (and
+  ``samples_missing`` for a forward gap, ``resyncs`` for a backwards one);
+* a row with a NaN/inf value, or a value beyond ``value_range`` (the manifest's ``signal.range``),
+  or a saturated int16 code (``Frame.saturated``): counted in ``samples_invalid``.
+
+For contiguous valid input the windows are exactly ``preprocess.windows(preprocess.steps(x), T, hop)``
+whatever the framing, because each block's features depend only on that block.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edge_agent import preprocess, wire
+from edge_agent.ring import Ring
+
+log = logging.getLogger(__name__)
+
+#: A forward gap larger than this many samples is treated as a restarted sender (resync), not as loss.
+MAX_PLAUSIBLE_GAP = 1 << 24
+#: Saturated int16 codes decode to the frame's largest magnitudes; rows within this fraction of
+#: the frame's peak magnitude (codes >= 32766 of 32767) are marked unusable.
+_SATURATION_FRACTION = 1.0 - 2.0 / 32768.0
+
+
+@dataclass
+class WindowerCounters:
+    """What the windower saw and what it refused (plain ints)."""
+
+    frames: int = 0
+    samples_in: int = 0
+    frames_rejected: int = 0  # wrong channel count
+    gaps: int = 0
+    samples_missing: int = 0
+    resyncs: int = 0
+    samples_invalid: int = 0
+    windows: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class Window:
+    """One model window, handed to the ``emit`` callback.
+
+    ``steps`` is a (T, F) float32 buffer owned by the windower and overwritten by the next
+    window: copy it if you keep it. ``seq_end`` is the sequence number (sample index mod 2**32)
+    just past the window's last sample; ``t_end_us`` the sensor clock there. ``stats`` holds
+    per-channel ``rms`` and ``peak`` of the window's raw samples (lists of C floats).
+    """
+
+    steps: np.ndarray
+    seq_end: int = 0
+    t_end_us: int = 0
+    stats: dict | None = None
+
+
+class Windower:
+    """Assemble model windows from a stream of frames.
+
+    Args:
+        spec: the bundle's preprocessing spec (window/hop in steps, block in samples).
+        value_range: samples with ``|x| > value_range`` are invalid; None disables the check.
+        sample_rate: Hz, for window end times (defaults to ``spec.sample_rate``; without one
+            the end time is the end frame's ``t0_us``).
+        with_stats: compute per-channel rms/peak of each window's raw samples.
+    """
+
+    def __init__(
+        self,
+        spec: preprocess.PreprocessSpec,
+        value_range: float | None = None,
+        sample_rate: float | None = None,
+        with_stats: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.value_range = value_range
+        self.sample_rate = sample_rate or spec.sample_rate
+        self.with_stats = with_stats
+        self.counters = WindowerCounters()
+        self.n_channels = len(spec.channels)
+        self._features = spec.mode == "features"
+        self._block = spec.block
+        self._steps = Ring(spec.window, spec.n_features)
+        self._raw = Ring(spec.window_samples, self.n_channels) if self._features else None
+        self._partial = np.empty((spec.block, self.n_channels), np.float32)
+        self._window = Window(np.empty((spec.window, spec.n_features), np.float32))
+        self._raw_window = np.empty((spec.window_samples, self.n_channels), np.float32) if self._features else None
+        self._expected: int | None = None
+        self._run = 0  # contiguous valid steps since the last restart
+        self._pfill = 0  # samples in the pending partial block
+        self._last_warning = -math.inf
+
+    # ------------------------------------------------------------------ control
+    def restart(self) -> None:
+        """Drop the partial window (the next window needs ``window`` fresh contiguous steps)."""
+        self._run = 0
+        self._pfill = 0
+        self._steps.clear()
+        if self._raw is not None:
+            self._raw.clear()
+
+    def reset_sequence(self) -> None:
+        """Restart and forget the expected sequence number (the next frame starts a new stream)."""
+        self.restart()
+        self._expected = None
+
+    # ------------------------------------------------------------------ input
+    def push(self, frame: wire.Frame, emit: Callable[[Window], None]) -> int:
+        """Consume one frame; call ``emit(window)`` for every window it completes. Returns that count."""
+        c = self.counters
+        c.frames += 1
+        x = frame.samples
+        if x.ndim != 2 or x.shape[1] != self.n_channels:
+            c.frames_rejected += 1
+            self._warn("frame with shape %s rejected: the model expects %d channels", x.shape, self.n_channels)
+            return 0
+        n = x.shape[0]
+        c.samples_in += n
+        if self._expected is not None:
+            gap = wire.seq_gap(self._expected, frame.seq)
+            if gap != 0:
+                c.gaps += 1
+                if 0 < gap <= MAX_PLAUSIBLE_GAP:
+                    c.samples_missing += gap
+                    self._warn("sequence gap: %d samples missing before seq %d", gap, frame.seq)
+                else:
+                    c.resyncs += 1
+                    self._warn("sequence jumped from %d to %d: resynchronising", self._expected, frame.seq)
+                self.restart()
+        self._expected = frame.next_seq
+        before = c.windows
+        bad = self._invalid_rows(x, frame.saturated)
+        if bad is None:
+            self._feed(x, 0, n, frame, emit)
+            return c.windows - before
+        c.samples_invalid += int(bad.sum())
+        self._warn("%d invalid samples (NaN, saturated or out of range) in frame seq %d", int(bad.sum()), frame.seq)
+        start = 0
+        for i in np.flatnonzero(bad):
+            if i > start:
+                self._feed(x, start, int(i), frame, emit)
+            self.restart()
+            start = int(i) + 1
+        if start < n:
+            self._feed(x, start, n, frame, emit)
+        return c.windows - before
+
+    def _invalid_rows(self, x: np.ndarray, saturated: int) -> np.ndarray | None:
+        """(n,) bool of unusable rows, or None when every row is fine (the common, cheap case)."""
+        finite = bool(np.isfinite(x).all())
+        peak = float(np.abs(x).max()) if finite else 0.0
+        out_of_range = finite and self.value_range is not None and peak > self.value_range
+        if finite and not out_of_range and not saturated:
+            return None
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(x).all(axis=1)
+            mag = np.abs(x)
+            if self.value_range is not None:
+                bad |= (mag > self.value_range).any(axis=1)
+            if saturated:
+                top = float(np.nanmax(mag)) if (~bad).any() else 0.0
+                bad |= (mag >= top * _SATURATION_FRACTION).any(axis=1) & (top > 0)
+        return bad
+
+    # ------------------------------------------------------------------ assembly
+    def _feed(self, x: np.ndarray, a: int, b: int, frame: wire.Frame, emit: Callable[[Window], None]) -> None:
+        """Rows ``x[a:b]`` are valid and contiguous with what the windower holds."""
+        if not self._features:
+            self._push_steps(x[a:b], x[a:b], frame, a, emit)
+            return
+        block = self._block
+        pos = a
+        if self._pfill:
+            take = min(block - self._pfill, b - pos)
+            self._partial[self._pfill : self._pfill + take] = x[pos : pos + take]
+            self._pfill += take
+            pos += take
+            if self._pfill == block:
+                self._pfill = 0
+                self._push_steps(preprocess.steps(self._partial, self.spec), self._partial, frame, pos - block, emit)
+        k = (b - pos) // block
+        if k:
+            raw = x[pos : pos + k * block]
+            self._push_steps(preprocess.steps(raw, self.spec), raw, frame, pos, emit)
+            pos += k * block
+        if pos < b:
+            self._partial[: b - pos] = x[pos:b]
+            self._pfill = b - pos
+
+    def _push_steps(
+        self, steps: np.ndarray, raw: np.ndarray, frame: wire.Frame, offset: int, emit: Callable[[Window], None]
+    ) -> None:
+        """Append steps (k, F) made from ``raw`` (k * block, C), whose first sample is ``frame`` row ``offset``
+        (negative when it started in an earlier frame); emit windows at their boundaries."""
+        spec = self.spec
+        block = self._block
+        k = steps.shape[0]
+        i = 0
+        while i < k:
+            run = self._run
+            need = spec.window - run if run < spec.window else spec.hop - (run - spec.window) % spec.hop
+            take = min(need, k - i)
+            self._steps.write(steps[i : i + take])
+            if self._raw is not None:
+                self._raw.write(raw[i * block : (i + take) * block])
+            self._run += take
+            i += take
+            if take == need:
+                self._emit(frame, offset + i * block, emit)
+
+    def _emit(self, frame: wire.Frame, end_row: int, emit: Callable[[Window], None]) -> None:
+        """``end_row``: row of ``frame`` just past the window's last sample."""
+        w = self._window
+        self._steps.latest(self.spec.window, w.steps)
+        w.seq_end = (frame.seq + end_row) % wire.SEQ_MOD
+        if self.sample_rate:
+            w.t_end_us = frame.t0_us + int(round(end_row * 1e6 / self.sample_rate))
+        else:
+            w.t_end_us = frame.t0_us
+        if self.with_stats:
+            raw = w.steps if self._raw is None else self._raw.latest(self.spec.window_samples, self._raw_window)
+            w.stats = {
+                "rms": np.sqrt(np.mean(np.square(raw, dtype=np.float64), axis=0)).round(6).tolist(),
+                "peak": np.abs(raw).max(axis=0).astype(np.float64).round(6).tolist(),
+            }
+        self.counters.windows += 1
+        emit(w)
+
+    def _warn(self, msg: str, *args: object) -> None:
+        """Log at most one warning every 5 s (bad input is counted anyway)."""
+        now = time.monotonic()
+        if now - self._last_warning >= 5.0:
+            self._last_warning = now
+            log.warning(msg, *args)

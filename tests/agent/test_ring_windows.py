@@ -1,0 +1,162 @@
+"""Ring buffer and windower: exact agreement with offline preprocessing, and gap/NaN/saturation handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent import preprocess, wire
+from edge_agent.ring import Ring
+from edge_agent.windows import Windower
+
+RAW = preprocess.PreprocessSpec(mode="raw", channels=("x", "y"), window=16, hop=4)
+FEAT = preprocess.PreprocessSpec(
+    mode="features",
+    channels=("x", "y"),
+    window=6,
+    hop=2,
+    block=32,
+    features=("mean_abs", "rms", "std", "peak", "kurtosis", "crest"),
+    fft_bands=((100.0, 1000.0), (1000.0, 4000.0)),
+    sample_rate=10_000.0,
+)
+
+
+def _signal(n: int, c: int = 2, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)[:, None]
+    return (np.sin(t * 0.07 * np.arange(1, c + 1)) + 0.3 * rng.standard_normal((n, c))).astype(np.float32)
+
+
+def _frames(x: np.ndarray, sizes: list[int], seq0: int = 0) -> list[wire.Frame]:
+    out, pos = [], 0
+    for i in range(len(x)):
+        size = sizes[i % len(sizes)]
+        if pos >= len(x):
+            break
+        chunk = x[pos : pos + size]
+        out.append(wire.Frame((seq0 + pos) % wire.SEQ_MOD, pos * 100, chunk.copy()))
+        pos += len(chunk)
+    return out
+
+
+def _collect(windower: Windower, frames: list[wire.Frame]) -> tuple[np.ndarray, list[int]]:
+    got, ends = [], []
+
+    def emit(w):
+        got.append(w.steps.copy())
+        ends.append(w.seq_end)
+
+    for f in frames:
+        windower.push(f, emit)
+    shape = (0, windower.spec.window, windower.spec.n_features)
+    return (np.stack(got) if got else np.empty(shape, np.float32)), ends
+
+
+def test_ring_wraps_and_copies_latest():
+    ring = Ring(5, 2)
+    data = np.arange(26, dtype=np.float32).reshape(13, 2)
+    ring.write(data[:3])
+    ring.write(data[3:7])  # wraps
+    out = np.empty((4, 2), np.float32)
+    np.testing.assert_array_equal(ring.latest(4, out), data[3:7])
+    ring.write(data[7:13])  # more than capacity
+    np.testing.assert_array_equal(ring.latest(4, out), data[9:13])
+    assert ring.count == 5 and ring.total == 13
+    with pytest.raises(ValueError):
+        ring.latest(6, np.empty((6, 2), np.float32))
+
+
+@pytest.mark.parametrize("spec", [RAW, FEAT], ids=["raw", "features"])
+@pytest.mark.parametrize("sizes", [[1], [7, 100, 3], [4096], [33, 64]])
+def test_windower_equals_offline_preprocessing(spec, sizes):
+    x = _signal(spec.window_samples * 5 + 37)
+    expected = preprocess.windows(preprocess.steps(x, spec), spec.window, spec.hop)
+    windower = Windower(spec)
+    got, ends = _collect(windower, _frames(x, sizes, seq0=2**32 - 50))
+    assert got.shape == expected.shape and len(got) > 3
+    np.testing.assert_array_equal(got, expected)  # exact, not approximately
+    step_ends = preprocess.window_ends(len(x) // spec.block, spec.window, spec.hop) * spec.block
+    assert ends == [int((2**32 - 50 + e) % 2**32) for e in step_ends]
+    assert windower.counters.windows == len(expected) and windower.counters.gaps == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8))
+def test_windower_equals_offline_for_any_framing(sizes):
+    x = _signal(FEAT.window_samples * 3 + 11, seed=len(sizes))
+    expected = preprocess.windows(preprocess.steps(x, FEAT), FEAT.window, FEAT.hop)
+    got, _ = _collect(Windower(FEAT), _frames(x, sizes))
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("spec", [RAW, FEAT], ids=["raw", "features"])
+def test_gap_restarts_window_assembly(spec):
+    x = _signal(spec.window_samples * 4)
+    cut = spec.window_samples + 5
+    missing = 3
+    frames = _frames(x[:cut], [50]) + [
+        wire.Frame(cut + missing + i, 0, x[cut + missing + i : cut + missing + i + 50].copy())
+        for i in range(0, len(x) - cut - missing, 50)
+    ]
+    got, _ = _collect(Windower(spec), frames)
+    before = preprocess.windows(preprocess.steps(x[:cut], spec), spec.window, spec.hop)
+    after = preprocess.windows(preprocess.steps(x[cut + missing :], spec), spec.window, spec.hop)
+    np.testing.assert_array_equal(got, np.concatenate([before, after]))
+    w = Windower(spec)
+    _collect(w, frames)
+    assert w.counters.gaps == 1 and w.counters.samples_missing == missing
+
+
+def test_backwards_jump_is_a_resync():
+    x = _signal(RAW.window_samples * 3)
+    frames = _frames(x, [20]) + _frames(x, [20])  # the sender restarted at seq 0
+    w = Windower(RAW)
+    got, _ = _collect(w, frames)
+    one = preprocess.windows(preprocess.steps(x, RAW), RAW.window, RAW.hop)
+    np.testing.assert_array_equal(got, np.concatenate([one, one]))
+    assert w.counters.gaps == 1 and w.counters.resyncs == 1 and w.counters.samples_missing == 0
+
+
+@pytest.mark.parametrize("spec", [RAW, FEAT], ids=["raw", "features"])
+@pytest.mark.parametrize("kind", ["nan", "range", "saturated"])
+def test_invalid_samples_are_never_inside_a_scored_window(spec, kind):
+    x = _signal(spec.window_samples * 4)
+    bad_at = spec.window_samples * 2 + 3
+    if kind == "nan":
+        x[bad_at, 1] = np.nan
+    else:
+        x[bad_at, 0] = 40.0
+    frames = _frames(x, [64])
+    if kind == "saturated":  # through the real int16 codec: 40.0 clips to a saturated code
+        frames = [wire.FrameDecoder().feed(wire.encode_frame(f.seq, f.samples, scale=wire.int16_scale(10.0)))[0]
+                  for f in frames]
+    w = Windower(spec, value_range=20.0 if kind == "range" else None)
+    got, ends = _collect(w, frames)
+    assert w.counters.samples_invalid == 1
+    for e in ends:  # no window covers the bad sample
+        assert not (e - spec.window_samples <= bad_at < e)
+    if kind != "saturated":
+        before = preprocess.windows(preprocess.steps(x[:bad_at], spec), spec.window, spec.hop)
+        after = preprocess.windows(preprocess.steps(x[bad_at + 1 :], spec), spec.window, spec.hop)
+        np.testing.assert_array_equal(got, np.concatenate([before, after]))
+    else:
+        assert len(got) > 0
+
+
+def test_wrong_channel_count_is_rejected_and_counted():
+    w = Windower(RAW)
+    assert w.push(wire.Frame(0, 0, np.zeros((10, 3), np.float32)), lambda _w: None) == 0
+    assert w.counters.frames_rejected == 1
+
+
+def test_window_stats_are_per_channel():
+    x = np.zeros((FEAT.window_samples, 2), np.float32)
+    x[:, 0] = 2.0
+    x[5, 1] = -3.0
+    seen = []
+    Windower(FEAT).push(wire.Frame(0, 0, x), lambda win: seen.append(dict(win.stats)))
+    assert len(seen) == 1
+    assert seen[0]["rms"][0] == pytest.approx(2.0) and seen[0]["peak"] == [2.0, 3.0]
