@@ -1,0 +1,132 @@
+"""Generic inputs: numeric CSV tables and ``.npy`` arrays.
+
+CSV: comma, semicolon or tab separated (guessed from the first line); an optional header
+(detected when the first line has a non-numeric cell); an optional leading time column
+(detected when the first data cell is a date-time); every other column must be numeric and
+becomes a channel. ``.npy``: (n,) is one channel, (n, C) is C channels, (n, L, C) is n
+segments of L rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._text import guess_delimiter, is_number, looks_like_time, parse_numeric, parse_times, read_text, split_row
+from .errors import DataFormatError
+from .recording import Recording, Segment
+
+log = logging.getLogger(__name__)
+
+
+def _names(names: Sequence[str] | None, n: int, path: str | os.PathLike[str]) -> tuple[str, ...]:
+    if names is None:
+        return tuple(f"ch{j}" for j in range(n))
+    if len(names) != n:
+        raise DataFormatError(path, message=f"{len(names)} channel names given for {n} columns")
+    return tuple(str(x) for x in names)
+
+
+def load_csv(
+    path: str | os.PathLike[str],
+    *,
+    sample_rate: float | None = None,
+    header: bool | None = None,
+    time_column: bool | None = None,
+    delimiter: str | None = None,
+    names: Sequence[str] | None = None,
+    units: str = "",
+    allow_nan: bool = False,
+) -> Recording:
+    """Load a generic numeric CSV as one ``Segment``.
+
+    Args:
+        sample_rate: Hz of the rows, if evenly sampled.
+        header: whether the first line is a header (None: detect).
+        time_column: whether the first column holds date-times (None: detect).
+        delimiter: field separator (None: guess ``\\t``, ``;`` or ``,``).
+        names: channel names (default: from the header, else ``ch0, ch1, ...``).
+        allow_nan: accept NaN cells (default: they are an error).
+
+    Returns:
+        ``data`` (n, C) float32; ``row_times`` (n,) datetime64[ms] when there is a time column.
+    """
+    text = read_text(path)
+    lines = text.splitlines()
+    h = next(i for i, ln in enumerate(lines) if ln.strip())
+    delim = delimiter or guess_delimiter(lines[h])
+    cells0 = split_row(lines[h], delim)
+    if header is None:
+        header = any(not is_number(c) for c in cells0[1:]) or (not is_number(cells0[0])
+                                                               and not looks_like_time(cells0[0]))
+    body_start = h + 1 if header else h
+    data_lines = lines[body_start:]
+    first = next((ln for ln in data_lines if ln.strip()), None)
+    if first is None:
+        raise DataFormatError(path, h + 1, None, "header only, no data rows")
+    first_cells = split_row(first, delim)
+    if time_column is None:
+        time_column = not is_number(first_cells[0]) and looks_like_time(first_cells[0])
+    n_cols = len(cells0) if header else len(first_cells)
+    value_cols = list(range(1 if time_column else 0, n_cols))
+    if not value_cols:
+        raise DataFormatError(path, body_start + 1, None, "no numeric columns")
+    values = parse_numeric(path, data_lines, delimiter=delim, first_line=body_start + 1, n_cols=n_cols,
+                           usecols=value_cols if time_column else None, allow_nan=allow_nan)
+    times = None
+    if time_column:
+        keep = [i for i, ln in enumerate(data_lines) if ln.strip()]
+        times = parse_times(path, [data_lines[i].split(delim)[0] for i in keep],
+                            line_numbers=[body_start + 1 + i for i in keep], column=1)
+    if names is None and header:
+        names = [cells0[j] or f"ch{k}" for k, j in enumerate(value_cols)]
+    channels = _names(names, len(value_cols), path)
+    seg = Segment(values.astype(np.float32), None, times)
+    log.info("loaded CSV %s: %d rows x %d channels", path, seg.n_rows, len(channels))
+    return Recording((seg,), channels, sample_rate, units, os.fspath(path), "csv")
+
+
+def load_npy(
+    path: str | os.PathLike[str],
+    *,
+    sample_rate: float | None = None,
+    names: Sequence[str] | None = None,
+    units: str = "",
+    allow_nan: bool = False,
+) -> Recording:
+    """Load a ``.npy`` array: (n,) -> 1 channel, (n, C) -> C channels, (n, L, C) -> n segments.
+
+    Raises:
+        DataFormatError: unreadable file, object/non-numeric dtype, other ranks, or NaN/inf.
+    """
+    p = Path(path)
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataFormatError(p, message=f"not a readable .npy array ({exc})") from exc
+    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number) \
+            or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataFormatError(p, message=f"expected a real numeric array, got dtype {getattr(arr, 'dtype', None)}")
+    if arr.ndim == 1:
+        blocks = [arr.reshape(-1, 1)]
+    elif arr.ndim == 2:
+        blocks = [arr]
+    elif arr.ndim == 3:
+        blocks = list(arr)
+    else:
+        raise DataFormatError(p, message=f"expected shape (n,), (n, C) or (n, L, C), got {arr.shape}")
+    if arr.size == 0:
+        raise DataFormatError(p, message=f"empty array {arr.shape}")
+    if not allow_nan:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            where = ", ".join(str(int(v)) for v in np.argwhere(bad)[0])
+            raise DataFormatError(p, message=f"non-finite value at index [{where}]")
+    channels = _names(names, blocks[0].shape[1], p)
+    segments = tuple(Segment(np.array(b, np.float32), None, None) for b in blocks)
+    log.info("loaded %s: shape %s as %d segment(s)", p, arr.shape, len(segments))
+    return Recording(segments, channels, sample_rate, units, os.fspath(p), "npy")
