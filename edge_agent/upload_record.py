@@ -178,7 +178,8 @@ def _check_fields(obj: dict[str, Any]) -> None:
         if isinstance(v, bool) or not isinstance(v, typ):
             raise UploadError(f"upload record: {key!r} has type {type(v).__name__}")
     if obj["schema"] != SCHEMA_VERSION:
-        raise UploadError(f"upload record: schema {obj['schema']} is not supported (expected {SCHEMA_VERSION})")
+        raise UploadError(
+            f"upload record: schema {obj['schema']} is not supported (expected {SCHEMA_VERSION})")
     for key in ("device", "model_id"):
         if not obj[key].strip():
             raise UploadError(f"upload record: {key!r} is empty")
@@ -223,7 +224,8 @@ def decode_record(payload: bytes | str) -> UploadRecord:
         raise UploadError(f"upload record: data_b64 is not valid base64 ({exc})") from exc
     n, c = obj["shape"]
     if len(raw) != n * c * 4:
-        raise UploadError(f"upload record: data holds {len(raw)} bytes, shape {[n, c]} float32 needs {n * c * 4}")
+        raise UploadError(
+            f"upload record: data holds {len(raw)} bytes, shape {[n, c]} float32 needs {n * c * 4}")
     samples = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(n, c)
     if not np.isfinite(samples).all():
         raise UploadError("upload record: samples contain NaN or inf")

@@ -45,7 +45,8 @@ def read_text(path: str | os.PathLike[str]) -> str:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataFormatError(p, line, None, f"not a text file (undecodable byte at offset {exc.start})") from exc
+        msg = f"not a text file (undecodable byte at offset {exc.start})"
+        raise DataFormatError(p, line, None, msg) from exc
     if not text.strip():
         raise DataFormatError(p, message="empty file")
     return text
@@ -234,5 +235,6 @@ def parse_times(
         try:
             out[i] = parse_time(c)
         except ValueError as exc:
-            raise DataFormatError(path, line_numbers[i], column, f"not a date-time: {c.strip()[:40]!r}") from exc
+            msg = f"not a date-time: {c.strip()[:40]!r}"
+            raise DataFormatError(path, line_numbers[i], column, msg) from exc
     return out

@@ -65,7 +65,8 @@ def femto_files(path: str | os.PathLike[str]) -> list[Path]:
     numbered.sort()
     nums = [n for n, _ in numbered]
     if nums != list(range(nums[0], nums[0] + len(nums))):
-        log.warning("%s: snapshot numbers are not consecutive (%d files, %d..%d)", p, len(nums), nums[0], nums[-1])
+        log.warning("%s: snapshot numbers are not consecutive (%d files, %d..%d)",
+                    p, len(nums), nums[0], nums[-1])
     return [f for _, f in numbered]
 
 
@@ -82,7 +83,8 @@ def read_femto_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
     delim = guess_delimiter(first)
     arr = parse_numeric(path, lines, delimiter=delim, first_line=1)
     if arr.shape[1] != 6:
-        raise DataFormatError(path, 1, None, f"expected 6 columns (h, min, s, us, horiz g, vert g), found {arr.shape[1]}")
+        raise DataFormatError(
+            path, 1, None, f"expected 6 columns (h, min, s, us, horiz g, vert g), found {arr.shape[1]}")
     return np.ascontiguousarray(arr[:, 4:6], dtype=np.float32), arr[0, :4].copy()
 
 
@@ -158,13 +160,15 @@ def load_snapshots(
     if not np.issubdtype(acc.dtype, np.number):
         raise DataFormatError(p, message=f"'acc' has non-numeric dtype {acc.dtype}")
     if tod is not None and tod.shape != (acc.shape[0], 4):
-        raise DataFormatError(p, message=f"'time_of_day' shape {tod.shape} does not match {acc.shape[0]} snapshots")
+        raise DataFormatError(
+            p, message=f"'time_of_day' shape {tod.shape} does not match {acc.shape[0]} snapshots")
     stop = None if limit is None else start + int(limit)
     acc = acc[start:stop]
     bad = ~np.isfinite(acc)
     if bad.any():
         i, r, c = (int(v) for v in np.argwhere(bad)[0])
-        raise DataFormatError(p, message=f"non-finite value in 'acc' at snapshot {i + start}, row {r}, channel {c}")
+        raise DataFormatError(
+            p, message=f"non-finite value in 'acc' at snapshot {i + start}, row {r}, channel {c}")
     if date is not None and tod is None:
         raise DataFormatError(p, message="date given but the archive has no 'time_of_day'")
     starts = _starts(tod[start:stop], date) if tod is not None else [None] * len(acc)

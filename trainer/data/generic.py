@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._text import guess_delimiter, is_number, looks_like_time, parse_numeric, parse_times, read_text, split_row
+from ._text import (
+    guess_delimiter,
+    is_number,
+    looks_like_time,
+    parse_numeric,
+    parse_times,
+    read_text,
+    split_row,
+)
 from .errors import DataFormatError
 from .recording import Recording, Segment
 
@@ -110,7 +118,8 @@ def load_npy(
         raise DataFormatError(p, message=f"not a readable .npy array ({exc})") from exc
     if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number) \
             or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataFormatError(p, message=f"expected a real numeric array, got dtype {getattr(arr, 'dtype', None)}")
+        dtype = getattr(arr, "dtype", None)
+        raise DataFormatError(p, message=f"expected a real numeric array, got dtype {dtype}")
     if arr.ndim == 1:
         blocks = [arr.reshape(-1, 1)]
     elif arr.ndim == 2:

@@ -77,7 +77,8 @@ class Segment:
             times = self.row_times[lo:hi]
             return Segment(self.data[lo:hi].copy(), times[0] if len(times) else start, times.copy())
         if start is not None and lo:
-            start = start + np.timedelta64(int(round(lo * 1000.0 / sample_rate)), "ms") if sample_rate else None
+            offset_ms = round(lo * 1000.0 / sample_rate) if sample_rate else None
+            start = None if offset_ms is None else start + np.timedelta64(offset_ms, "ms")
         return Segment(self.data[lo:hi].copy(), start, None)
 
 

@@ -109,10 +109,12 @@ def load_uploads(
     ref = kept[0].record if kept else located[0].record
     for x in kept:
         r = x.record
-        for what, a, b in (("channels", r.channels, ref.channels), ("sample_rate", r.sample_rate, ref.sample_rate),
+        for what, a, b in (("channels", r.channels, ref.channels),
+                           ("sample_rate", r.sample_rate, ref.sample_rate),
                            ("units", r.units, ref.units)):
             if a != b:
-                raise DataFormatError(x.path, x.line, None, f"record {what} {a!r} differ from earlier records' {b!r}")
+                msg = f"record {what} {a!r} differ from earlier records' {b!r}"
+                raise DataFormatError(x.path, x.line, None, msg)
     kept.sort(key=lambda x: (x.record.time_end_utc(), x.record.seq_end))
     if limit is not None:
         kept = kept[: int(limit)]
