@@ -1,0 +1,82 @@
+"""Sample sources: where frames come from (a serial port, an MQTT topic).
+
+Every source has the same interface (:class:`SampleSource`): ``start()`` starts a reader
+thread (or a network loop) that decodes bytes into :class:`edge_agent.wire.Frame` objects and
+puts them into a bounded queue; ``read(timeout)`` hands them to the one consuming thread;
+``stop()`` ends the reader; ``counters`` says what came in and what was dropped. A source never
+raises on bad input: bad bytes, lines and payloads are counted, logged at a rate limit and skipped,
+and a port or broker that goes away is reopened with a capped backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Protocol, runtime_checkable
+
+from edge_agent import wire
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class SampleSource(Protocol):
+    """What the runtime needs from a source."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def read(self, timeout: float) -> list[wire.Frame]: ...
+
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+
+class QueueSource:
+    """Base of the sources: a bounded frame queue filled by a producer thread, drained by ``read``.
+
+    Counters common to every source: ``bytes`` received, ``frames`` decoded, ``frames_dropped``
+    (queue full: the consumer fell behind), ``reconnects``.
+    """
+
+    def __init__(self, queue_frames: int = 1024) -> None:
+        self._queue: queue.Queue[wire.Frame] = queue.Queue(maxsize=queue_frames)
+        self._stop = threading.Event()
+        self.bytes = 0
+        self.frames = 0
+        self.frames_dropped = 0
+        self.reconnects = 0
+        self._last_warning: dict[str, float] = {}
+
+    def _put(self, frame: wire.Frame) -> None:
+        """Thin producer side: never blocks; a full queue drops the frame and counts it."""
+        try:
+            self._queue.put_nowait(frame)
+            self.frames += 1
+        except queue.Full:
+            self.frames_dropped += 1
+            self._warn("queue", "frame queue full: the scorer is behind, frames dropped (%d so far)", self.frames_dropped)
+
+    def read(self, timeout: float) -> list[wire.Frame]:
+        """Frames received since the last call; waits up to ``timeout`` s for the first one ([] if none)."""
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        out = [first]
+        for _ in range(self._queue.maxsize):
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def _warn(self, key: str, msg: str, *args: object) -> None:
+        """Warn at most once every 10 s per key (everything is counted regardless)."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -1e9) >= 10.0:
+            self._last_warning[key] = now
+            log.warning(msg, *args)
