@@ -1,0 +1,332 @@
+"""Where alert events go: a configurable set of sinks behind one dispatcher.
+
+- ``LogSink``       one structured log line per event (``key=value``).
+- ``JsonlSink``     appends one JSON object per line to a file, flushed and fsynced per event.
+- ``MqttAlertSink`` publishes the CURRENT alert state, retained, QoS 1, on ``vib/<device>/alert``, so a
+                    dashboard that connects later sees it. While the link is down the latest state is kept
+                    and published on reconnect; the last state the broker retains is always the latest
+                    event (see the class docstring for how re-sent older messages are handled).
+- ``CommandSink``   runs a local program (a buzzer or relay script) per event, in a worker thread behind a
+                    bounded queue: a slow, failing or hanging program never blocks scoring.
+- ``AlertDispatcher`` emits to every sink and isolates failures: one failing sink never stops the others.
+
+Every sink counts what it delivered and what failed; nothing here raises into the scoring loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from paho.mqtt.enums import MQTTErrorCode
+
+from edge_agent.alerts import AlertEvent
+from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
+from edge_agent.wire import alert_topic
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class AlertSink(Protocol):
+    def emit(self, event: AlertEvent) -> None: ...
+
+
+def event_json(event: AlertEvent) -> bytes:
+    """The event as compact UTF-8 JSON (the payload of the JSONL, MQTT and command sinks)."""
+    return json.dumps(event.to_dict(), separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+class LogSink:
+    """One structured log line per event: WARNING for raised/escalated, INFO for cleared."""
+
+    def __init__(self, log: logging.Logger | None = None) -> None:
+        self._log = log or logger
+        self.emitted = 0
+
+    def emit(self, event: AlertEvent) -> None:
+        level = logging.INFO if event.kind == "cleared" else logging.WARNING
+        self._log.log(
+            level,
+            "alert kind=%s severity=%s device=%s model=%s score=%.6g threshold=%.6g windows=%d seq_end=%d "
+            "time=%.3f started_at=%.3f",
+            event.kind, event.severity, event.device, event.model_version, event.score, event.threshold,
+            event.window_count, event.seq_end, event.time, event.started_at,
+        )
+        self.emitted += 1
+
+
+class JsonlSink:
+    """Append one JSON line per event to ``path`` (parent directories created); flush and fsync each line."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file = self.path.open("ab")
+        self.emitted = 0
+
+    def emit(self, event: AlertEvent) -> None:
+        line = event_json(event) + b"\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.emitted += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def __enter__(self) -> JsonlSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MqttAlertSink:
+    """Retained current alert state on ``vib/<device>/alert`` (QoS 1).
+
+    The payload is the event's JSON plus ``"state"`` (``normal``/``warning``/``critical``). A small
+    publisher thread owns all publishing; ``emit`` only records the latest state and wakes it.
+
+    Retained state is last-writer-wins at the broker, and paho re-sends unacknowledged QoS 1 messages
+    after a reconnect *after* anything published from the connect callback. So the publisher
+    republishes the latest state (a) on every connect and (b) whenever the broker acknowledges an older
+    state after the latest one was acknowledged. The broker therefore always ends with the latest state.
+
+    Counters: ``published`` (acknowledged publishes), ``failures`` (publishes refused or rejected while the
+    link was down; the state is kept and retried).
+    """
+
+    def __init__(self, connection: MqttConnection, device: str, *, qos: int = 1, retry_s: float = 1.0) -> None:
+        self.connection = connection
+        self.topic = alert_topic(device)
+        self.qos = qos
+        self._retry_s = retry_s
+        self._cond = threading.Condition()
+        self._latest: bytes | None = None
+        self._version = 0
+        self._dirty = False
+        self._stopping = False
+        self._pending: dict[int, int] = {}  # mid -> version, publishes not yet acknowledged
+        self._last_acked = 0  # version of the most recent acknowledgement: what the broker retains
+        self.published = 0
+        self.failures = 0
+        self.emitted = 0
+        connection.add_connect_listener(self._on_connect)
+        connection.add_publish_listener(self._on_ack)
+        self._thread = threading.Thread(target=self._run, name=f"alert-mqtt-{device}", daemon=True)
+        self._thread.start()
+
+    def emit(self, event: AlertEvent) -> None:
+        payload = dict(event.to_dict(), state=event.severity)
+        data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        with self._cond:
+            self._version += 1
+            self._latest = data
+            self._dirty = True
+            self.emitted += 1
+            self._cond.notify_all()
+
+    @property
+    def latest(self) -> bytes | None:
+        """The payload of the latest state (what the broker retains once the link allows)."""
+        with self._cond:
+            return self._latest
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged the latest state last; return whether it has."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._version > 0 and not self._dirty and self._last_acked == self._version, timeout
+            )
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # network thread: only touches our own state under the condition's lock, never calls paho
+    def _on_connect(self) -> None:
+        with self._cond:
+            if self._latest is not None:
+                self._dirty = True
+                self._cond.notify_all()
+
+    def _on_ack(self, mid: int) -> None:
+        with self._cond:
+            version = self._pending.pop(mid, None)
+            if version is None:
+                return  # not ours (uploads, status) or not registered yet (handled in _run)
+            self._acked(version)
+
+    def _acked(self, version: int) -> None:  # with self._cond held
+        self.published += 1
+        self._last_acked = version
+        if version < self._version and self._version not in self._pending.values():
+            self._dirty = True  # an older state was applied after the latest: publish the latest again
+        self._cond.notify_all()
+
+    def _run(self) -> None:
+        retry = False
+        while True:
+            with self._cond:
+                if retry:  # paho refused the last try: pause before the next
+                    self._cond.wait_for(lambda: self._stopping, self._retry_s)
+                    retry = False
+                self._cond.wait_for(lambda: self._stopping or self._dirty)
+                if self._stopping:
+                    return
+                if self._latest is None:
+                    self._dirty = False
+                    continue
+                data, version = self._latest, self._version
+                self._dirty = False
+            info = self.connection.publish(self.topic, data, qos=self.qos, retain=True)  # outside the lock
+            with self._cond:
+                if info is None or info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                    self.failures += 1
+                    if info is not None:  # paho refused it: retry; a down link retries from _on_connect
+                        self._dirty, retry = True, True
+                    continue
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self.failures += 1  # queued by paho, re-sent by paho on reconnect; ack via _on_ack
+                self._pending[info.mid] = version
+                try:
+                    acked = info.is_published()
+                except (RuntimeError, ValueError):
+                    acked = False
+                if acked and self._pending.pop(info.mid, None) is not None:  # acknowledged before we registered it
+                    self._acked(version)
+
+
+class CommandSink:
+    """Run ``argv`` once per event in a worker thread: event JSON on stdin, and the environment variables
+    ``EDGE_ALERT_KIND``, ``EDGE_ALERT_SEVERITY``, ``EDGE_ALERT_SCORE``, ``EDGE_ALERT_DEVICE``.
+
+    ``emit`` never blocks: events queue (``queue_size``) and overflow is dropped and counted. A program that
+    exits non-zero or cannot start counts in ``failed``; one running past ``timeout_s`` is killed and counts
+    in ``timed_out``.
+    """
+
+    def __init__(self, argv: Sequence[str], timeout_s: float = 10.0, *, queue_size: int = 16) -> None:
+        if not argv:
+            raise ValueError("command sink: argv must not be empty")
+        self.argv = [str(a) for a in argv]
+        self.timeout_s = float(timeout_s)
+        self._queue: queue.Queue[AlertEvent] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = False
+        self._ratelog = RateLimitedLog(logger)
+        self.ran = 0
+        self.failed = 0
+        self.timed_out = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="alert-command", daemon=True)
+        self._thread.start()
+
+    def emit(self, event: AlertEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            self._ratelog.log(logging.ERROR, "full", "alert command %s: queue full, event dropped", self.argv[0])
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every queued event has been handled; return whether that happened in time."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._busy and self._queue.empty(), timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop after the command now running (at most ``timeout_s``); queued events are discarded."""
+        self._stop.set()
+        self._thread.join(self.timeout_s + 5.0 if timeout is None else timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                event = self._queue.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            with self._idle:
+                self._busy = True
+            try:
+                self._execute(event)
+            finally:
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
+
+    def _execute(self, event: AlertEvent) -> None:
+        env = dict(
+            os.environ,
+            EDGE_ALERT_KIND=event.kind,
+            EDGE_ALERT_SEVERITY=event.severity,
+            EDGE_ALERT_SCORE=repr(float(event.score)),
+            EDGE_ALERT_DEVICE=event.device,
+        )
+        try:
+            proc = subprocess.run(
+                self.argv, input=event_json(event), env=env, timeout=self.timeout_s,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            self.timed_out += 1
+            self._ratelog.log(logging.ERROR, "timeout", "alert command %s: killed after %.1f s",
+                              self.argv[0], self.timeout_s)
+            return
+        except OSError as exc:
+            self.failed += 1
+            self._ratelog.log(logging.ERROR, "oserror", "alert command %s: cannot run: %s", self.argv[0], exc)
+            return
+        if proc.returncode != 0:
+            self.failed += 1
+            self._ratelog.log(logging.ERROR, "rc", "alert command %s: exit status %d: %s", self.argv[0],
+                              proc.returncode, proc.stderr.decode("utf-8", "replace")[-500:].strip())
+            return
+        self.ran += 1
+
+
+class AlertDispatcher:
+    """Emit each event to every sink; a sink that raises is logged and counted, the others still run.
+
+    ``delivered`` and ``failures`` are per-sink counters keyed ``"<index>:<ClassName>"``.
+    """
+
+    def __init__(self, sinks: Iterable[AlertSink]) -> None:
+        self.sinks = list(sinks)
+        self.names = [f"{i}:{type(s).__name__}" for i, s in enumerate(self.sinks)]
+        self.delivered = dict.fromkeys(self.names, 0)
+        self.failures = dict.fromkeys(self.names, 0)
+        self._ratelog = RateLimitedLog(logger)
+
+    def emit(self, event: AlertEvent) -> None:
+        for name, sink in zip(self.names, self.sinks, strict=True):
+            try:
+                sink.emit(event)
+            except Exception:  # isolate sinks from each other and from the scoring loop
+                self.failures[name] += 1
+                self._ratelog.log(logging.ERROR, name, "alert sink %s failed", name, exc_info=True)
+            else:
+                self.delivered[name] += 1
+
+    def close(self) -> None:
+        for name, sink in zip(self.names, self.sinks, strict=True):
+            close = getattr(sink, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:
+                logger.exception("alert sink %s: close failed", name)

@@ -1,0 +1,111 @@
+"""Fixtures for the agent tests: a real mosquitto on a free loopback port.
+
+``mosquitto`` yields a ``Broker`` (``host``, ``port``); ``broker.stop()`` / ``broker.start()`` /
+``broker.restart()`` take the broker away and bring it back on the same port, to simulate the network
+going away. The broker persists sessions and queued QoS 1 messages across a restart (``persistence
+true``), as a production broker would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A mosquitto process on ``127.0.0.1:port`` with its config, log and persistence under ``workdir``."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "mosquitto.log"
+        self.conf_path = workdir / "mosquitto.conf"
+        self.conf_path.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "autosave_interval 0\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start mosquitto and wait (up to ``timeout`` s) until it accepts TCP connections."""
+        assert not self.running, "broker already running"
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf_path)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self._proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mosquitto did not accept connections on port {self.port} in {timeout} s") from exc
+                time.sleep(0.02)  # poll interval while waiting for the listener, bounded by the deadline
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate mosquitto (SIGTERM: it saves its persistence file) and wait for it to exit."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """A running mosquitto on a free loopback port; stopped at the end of the test."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # noqa: ANN001
+    """Poll ``predicate()`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return bool(value)
+        time.sleep(interval)
