@@ -1,0 +1,220 @@
+"""``firmware-sim``: the sensor-firmware stand-in on the command line.
+
+    firmware-sim run --signal bearing --preset ims --link serial --rate 20000 --duration 60
+    firmware-sim run --signal lorenz --link mqtt --broker 127.0.0.1:1883 --device pump-1 --rate 100
+    firmware-sim generate --signal lorenz --state healthy --samples 30000 --out healthy.npy
+
+``main()`` parses the options; ``run_stream`` and ``generate_file`` do the work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from firmware_sim import signals
+from firmware_sim.faults import FAULTS, FaultInjector, parse_faults
+from firmware_sim.link import MqttLink, PtyLink, SerialUrlLink
+from firmware_sim.stream import StreamConfig, Streamer, StreamReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    signal: str = "bearing"
+    preset: str = "ims"
+    state: str = "healthy"
+    life_s: float | None = None
+    data: str | None = None
+    loop: bool = False
+    rate: float | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    source: SourceSpec
+    link: str = "serial"
+    port: str | None = None
+    link_path: str | None = None
+    broker: str = "127.0.0.1:1883"
+    device: str = "sim-1"
+    qos: int = 1
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    duration_s: float = 10.0
+    faults: dict[str, float] = field(default_factory=dict)
+
+
+def build_source(spec: SourceSpec, default_life_s: float) -> signals.Source:
+    life = spec.life_s if spec.life_s is not None else default_life_s
+    return signals.make_source(
+        spec.signal,
+        state=spec.state,
+        preset=spec.preset,
+        life_s=life,
+        seed=spec.seed,
+        sample_rate=spec.rate,
+        data=spec.data,
+        loop=spec.loop,
+    )
+
+
+def _open_link(spec: RunSpec):
+    if spec.link == "mqtt":
+        host, _, port = spec.broker.rpartition(":")
+        return MqttLink(host or "127.0.0.1", int(port), spec.device, qos=spec.qos)
+    if spec.port:
+        return SerialUrlLink(spec.port)
+    return PtyLink(spec.link_path)
+
+
+def run_stream(spec: RunSpec, stop: threading.Event | None = None) -> StreamReport:
+    """Stream for ``duration_s`` seconds of sensor time; prints the link path and progress."""
+    source = build_source(spec.source, default_life_s=spec.duration_s)
+    n = int(round(spec.duration_s * source.sample_rate))
+    faults = FaultInjector(spec.faults, seed=spec.source.seed, full_scale=source.full_scale)
+    with _open_link(spec) as link:
+        click.echo(f"firmware-sim: {spec.link} link on {link.path}", err=False)
+        sys.stdout.flush()
+        streamer = Streamer(source, link, spec.stream, faults)
+
+        def progress(done: int, elapsed: float) -> None:
+            click.echo(f"  {done}/{n} samples, {done / elapsed:.0f} samples/s", err=True)
+
+        report = streamer.run(n, stop=stop, progress=progress)
+    return report
+
+
+def generate_file(source: signals.Source, n_samples: int, out: Path) -> np.ndarray:
+    """Write ``n_samples`` rows to ``out``: ``.npy`` float32 (n, C) or CSV with a header."""
+    data = signals.generate(source, n_samples)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, data)
+    elif out.suffix == ".csv":
+        names = ["x", "y", "z"] if data.shape[1] == 3 else [f"ch{i}" for i in range(data.shape[1])]
+        np.savetxt(out, data, delimiter=",", header=",".join(names), comments="", fmt="%.9g")
+    else:
+        raise click.BadParameter(f"output must end in .npy or .csv, got {out.name}", param_hint="--out")
+    return data
+
+
+def _source_options(f):
+    options = [
+        click.option(
+            "--signal", type=click.Choice(["lorenz", "bearing", "replay"]), default="bearing", show_default=True
+        ),
+        click.option("--preset", type=click.Choice(sorted(signals.PRESETS)), default="ims", show_default=True),
+        click.option("--state", type=click.Choice(signals.STATES), default="healthy", show_default=True),
+        click.option("--life", "life_s", type=click.FloatRange(min=0, min_open=True), help="seconds to failure"),
+        click.option("--data", type=click.Path(exists=True), help="replay: file or folder"),
+        click.option("--loop/--no-loop", default=False, help="replay: start again at the end"),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug")
+def main(verbose: int) -> None:
+    """Sensor-firmware simulator: streams realistic vibration data over serial or MQTT."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("paho").setLevel(max(level, logging.WARNING))
+
+
+@main.command()
+@_source_options
+@click.option("--link", type=click.Choice(["serial", "mqtt"]), default="serial", show_default=True)
+@click.option("--port", help="serial: a port or pyserial URL; default: a new pseudo-terminal")
+@click.option("--link-path", type=click.Path(), help="serial pty: keep a symlink to the pty here")
+@click.option("--broker", default="127.0.0.1:1883", show_default=True, help="mqtt: HOST:PORT")
+@click.option("--device", default="sim-1", show_default=True, help="device id in the topic")
+@click.option("--qos", type=click.IntRange(0, 2), default=1, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["binary", "csv", "json"]), default="binary", show_default=True)
+@click.option("--sample-type", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Hz (default: the signal's own)")
+@click.option("--frame-samples", type=click.IntRange(1, 4096), default=256, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
+@click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True, help="0: as fast as possible")
+@click.option(
+    "--fault", "faults", multiple=True, metavar="NAME=RATE", help="; ".join(f"{k}: {v}" for k, v in FAULTS.items())
+)
+@click.option("--json-summary", is_flag=True, help="print the final summary as JSON")
+def run(
+    signal, preset, state, life_s, data, loop, seed, link, port, link_path, broker, device, qos, fmt,
+    sample_type, rate, frame_samples, duration, speed, faults, json_summary,
+) -> None:  # fmt: skip
+    """Stream samples in real time over a serial link or MQTT."""
+    if signal == "replay" and not data:
+        raise click.BadParameter("replay needs --data", param_hint="--data")
+    if fmt == "csv" and link == "mqtt":
+        raise click.BadParameter("MQTT payloads are binary or json", param_hint="--format")
+    if fmt == "json" and link == "serial":
+        raise click.BadParameter("serial links carry binary or csv", param_hint="--format")
+    try:
+        fault_rates = parse_faults(faults)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fault") from None
+    spec = RunSpec(
+        source=SourceSpec(signal, preset, state, life_s, data, loop, rate, seed),
+        link=link,
+        port=port,
+        link_path=link_path,
+        broker=broker,
+        device=device,
+        qos=qos,
+        stream=StreamConfig(fmt=fmt, sample_type=sample_type, frame_samples=frame_samples, speed=speed),
+        duration_s=duration,
+        faults=fault_rates,
+    )
+    try:
+        report = run_stream(spec)
+    except (ConnectionError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = report.summary()
+    if json_summary:
+        click.echo(json.dumps(summary))
+        return
+    configured = "max" if math.isinf(report.configured_rate) else f"{report.configured_rate:.0f}"
+    click.echo(
+        f"sent {report.ledger.samples_sent} of {report.samples} samples in {report.elapsed_s:.2f} s: "
+        f"configured {configured} Hz, achieved {report.achieved_rate:.0f} Hz"
+    )
+    injected = {k: v for k, v in summary.items() if v and k not in ("samples", "elapsed_s", "frames_sent",
+                "samples_sent", "bytes_sent", "configured_rate_hz", "achieved_rate_hz")}  # fmt: skip
+    click.echo("faults injected: " + (", ".join(f"{k}={v}" for k, v in injected.items()) or "none"))
+
+
+@main.command()
+@_source_options
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Hz (default: the signal's own)")
+@click.option("--samples", "n_samples", type=click.IntRange(min=1), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=".npy or .csv")
+def generate(signal, preset, state, life_s, data, loop, seed, rate, n_samples, out) -> None:
+    """Write a data set (samples x channels) for training or inspection."""
+    if signal == "replay" and not data:
+        raise click.BadParameter("replay needs --data", param_hint="--data")
+    spec = SourceSpec(signal, preset, state, life_s, data, loop, rate, seed)
+    try:
+        # degrading without --life: over the whole file
+        source = build_source(spec, default_life_s=n_samples / (rate or signals.default_rate(signal, preset)))
+        arr = generate_file(source, n_samples, out)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out}: {arr.shape[0]} samples x {arr.shape[1]} channels at {source.sample_rate:g} Hz")
+
+
+if __name__ == "__main__":
+    main()
