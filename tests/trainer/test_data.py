@@ -284,7 +284,8 @@ def test_head_select_and_read_only(ims_raw: Recording) -> None:
     with pytest.raises(ValueError, match="read-only"):
         ims_raw.segments[0].data[0, 0] = 1.0
     times = ims_raw.head(3).times()
-    assert times is not None and times[1] - times[0] == np.timedelta64(0, "ms")  # 48.8 us rounds to 0 ms
+    assert times is not None and times[1] - times[0] == np.timedelta64(49, "us")  # 1 / 20480 Hz
+    assert times[0] == ims_raw.segments[0].start
 
 
 def test_segment_validation() -> None:

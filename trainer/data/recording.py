@@ -131,17 +131,18 @@ class Recording:
         return np.concatenate([seg.data for seg in self.segments], axis=0)
 
     def times(self) -> np.ndarray | None:
-        """(N,) ``datetime64[ms]`` of every row, or None when some segment has no time base."""
+        """(N,) ``datetime64[us]`` of every row (µs, as kHz rates need), or None when some
+        segment has neither row times nor a start and a sample rate."""
         parts = []
         for seg in self.segments:
             if seg.row_times is not None:
-                parts.append(seg.row_times)
+                parts.append(seg.row_times.astype("datetime64[us]"))
             elif seg.start is not None and self.sample_rate:
-                offs = np.round(np.arange(seg.n_rows) * (1000.0 / self.sample_rate)).astype("timedelta64[ms]")
-                parts.append(seg.start + offs)
+                offs = np.round(np.arange(seg.n_rows) * (1e6 / self.sample_rate)).astype("timedelta64[us]")
+                parts.append(seg.start.astype("datetime64[us]") + offs)
             else:
                 return None
-        return np.concatenate(parts) if parts else np.empty(0, TIME_UNIT)
+        return np.concatenate(parts) if parts else np.empty(0, "datetime64[us]")
 
     def digest(self) -> str:
         """sha256 hex over channels, sample rate, segment lengths and the float32 data.
