@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 
 # Central retraining default: the IMS test-2 tutorial table shipped in data/.
-DATA    ?= data/ims/2nd_test_resmaple_10minutes.csv
+DATA    ?= data/ims_bearing/averaged/2nd_test_resmaple_10minutes.csv
 OUT     ?= bundles/ims-test2
 TRAIN_ARGS ?= --format ims-avg --train-until 2004-02-15T12:52:39 --quantize int8
 
