@@ -244,6 +244,13 @@ class Windower:
         self.counters.windows += 1
         emit(w)
 
+    def window_samples(self) -> np.ndarray:
+        """A new (window_samples, C) float32 copy of the raw samples of the window just emitted (for uploads)."""
+        out = np.empty((self.spec.window_samples, self.n_channels), np.float32)
+        if self._raw is None:
+            return self._steps.latest(self.spec.window, out)
+        return self._raw.latest(self.spec.window_samples, out)
+
     def _warn(self, msg: str, *args: object) -> None:
         """Log at most one warning every 5 s (bad input is counted anyway)."""
         now = time.monotonic()
