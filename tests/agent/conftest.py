@@ -9,6 +9,7 @@ true``), as a production broker would.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -41,6 +42,9 @@ class Broker:
         self.conf_path.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
+            # started as root, mosquitto would drop to the "mosquitto" user and could not write its persistence
+            # file under pytest's private tmp dirs: keep it the user running the tests (no effect otherwise)
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "autosave_interval 0\n"
