@@ -22,6 +22,7 @@ holds its own locks: they must be quick and must never wait for a lock that a th
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -212,6 +213,10 @@ class MqttConnection:
                     self.client_id, self.host, self.port, reason_code,
                 )
                 return
+            sock = client.socket()
+            if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+                # small MQTT packets (PUBACK-paced uploads, status) must not wait ~40 ms for Nagle
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._subscriptions:
                 client.subscribe(self._subscriptions)
             self.connects += 1

@@ -45,6 +45,7 @@ class Broker:
             # started as root, mosquitto would drop to the "mosquitto" user and could not write its persistence
             # file under pytest's private tmp dirs: keep it the user running the tests (no effect otherwise)
             f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+            "set_tcp_nodelay true\n"  # else the broker's Nagle holds back PUBACKs ~40 ms per QoS 1 batch
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "autosave_interval 0\n"
