@@ -32,7 +32,7 @@ def free_port() -> int:
 class Broker:
     """A mosquitto process on ``127.0.0.1:port`` with its config, log and persistence under ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.workdir = workdir
@@ -41,7 +41,7 @@ class Broker:
         self.conf_path = workdir / "mosquitto.conf"
         self.conf_path.write_text(
             f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            f"{extra_conf or 'allow_anonymous true'}\n"
             # started as root, mosquitto would drop to the "mosquitto" user and could not write its persistence
             # file under pytest's private tmp dirs: keep it the user running the tests (no effect otherwise)
             f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"

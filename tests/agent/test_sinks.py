@@ -200,3 +200,36 @@ def test_dispatcher_isolates_a_failing_sink(tmp_path: Path) -> None:
     assert dispatcher.failures == {"0:ExplodingSink": 2, "1:JsonlSink": 0, "2:LogSink": 0}
     assert dispatcher.delivered == {"0:ExplodingSink": 0, "1:JsonlSink": 2, "2:LogSink": 2}
     assert len(path.read_text().splitlines()) == 2
+
+
+# --------------------------------------------------------------------------- the connection itself
+def test_connection_refused_by_the_broker_is_never_reported_up(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "auth-broker", extra_conf="allow_anonymous false")
+    broker.start()
+    conn = MqttConnection(broker.host, broker.port, "intruder", reconnect_min_s=0.2, reconnect_max_s=0.5)
+    try:
+        conn.start()
+        assert wait_for(lambda: conn.refused_connects >= 2)  # refused, retried, refused again
+        assert not conn.connected and conn.connects == 0
+        assert conn.publish("vib/x/alert", b"{}", qos=1) is None and conn.publish_refused == 1
+    finally:
+        conn.stop()
+        broker.stop()
+
+
+def test_a_failing_message_handler_is_contained(mosquitto: Broker) -> None:
+    seen: list[bytes] = []
+
+    def handler(msg: mqtt.MQTTMessage) -> None:
+        seen.append(msg.payload)
+        if msg.payload == b"bad":
+            raise ValueError("cannot decode")
+
+    sub = MqttConnection(mosquitto.host, mosquitto.port, "sub", on_message=handler, subscriptions=[("t/#", 1)])
+    with sub, MqttConnection(mosquitto.host, mosquitto.port, "pub") as pub:
+        assert sub.wait_connected(10) and pub.wait_connected(10)
+        assert wait_for(lambda: (pub.publish("t/probe", b"probe", qos=1), b"probe" in seen)[1], interval=0.2)
+        for p in (b"bad", b"good"):
+            pub.publish("t/x", p, qos=1)
+        assert wait_for(lambda: b"good" in seen)
+        assert sub.callback_errors == 1 and sub.connected
