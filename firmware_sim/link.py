@@ -233,15 +233,19 @@ class MqttLink:
 
     def send(self, data: bytes) -> None:
         with self._cond:
-            if not self._cond.wait_for(
+            room = self._cond.wait_for(
                 lambda: self.published - self.acked < self.max_inflight, timeout=self.publish_timeout
-            ):
+            )
+            if room:
+                self.published += 1  # counted before publishing: on_publish may run first
+            else:
                 self.publish_dropped += 1
                 return
-            info = self._client.publish(self.topic, data, qos=self.qos)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS or (self.qos > 0 and info.rc == mqtt.MQTT_ERR_NO_CONN):
-                self.published += 1  # QoS > 0 while disconnected: paho sends it after reconnecting
-            else:
+        # never call paho holding our lock: paho holds its own while it calls on_publish
+        info = self._client.publish(self.topic, data, qos=self.qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and not (self.qos > 0 and info.rc == mqtt.MQTT_ERR_NO_CONN):
+            with self._cond:  # QoS > 0 while disconnected is kept and sent after reconnecting
+                self.published -= 1
                 self.publish_dropped += 1
 
     def flush(self, timeout: float = 10.0) -> bool:
