@@ -7,7 +7,7 @@ e.g. ``alerts.k: must be 1..n (n = 5), got 7``. Validation happens once, at star
 Layout (see ``examples/agent.toml``)::
 
     device = "pump-7"                  # id used in topics, alerts, calibration
-    [source]      kind = "serial" | "mqtt"
+    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none)
     [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only, optional)
     [source.mqtt]   topic_device (defaults to device), qos
     [mqtt]        the broker for the MQTT source, alerts, status and uploads
@@ -59,6 +59,7 @@ class Source:
     serial: SerialSource | None = None
     mqtt: MqttSource | None = None
     queue_frames: int = field(default=1024, metadata=_rng(8, 1_000_000))
+    sample_rate: float | None = field(default=None, metadata=_rng(0.001, 10_000_000.0))  # Hz, if the bundle has none
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,15 @@ log = logging.getLogger(__name__)
 WindowCallback = Callable[[Window, WindowResult, "AlertEvent | None"], None]
 
 
-def make_windower(bundle: Bundle) -> Windower:
-    """The windower for a bundle: range check from ``signal.range``, times from ``signal.sample_rate``."""
+def make_windower(bundle: Bundle, sample_rate: float | None = None) -> Windower:
+    """The windower for a bundle: range check from ``signal.range``; sample rate from ``signal.sample_rate``,
+    the preprocessing spec, or else ``sample_rate`` (the config's ``source.sample_rate``)."""
     signal = bundle.manifest.get("signal", {})
     value_range = signal.get("range")
     return Windower(
         bundle.spec,
         value_range=float(value_range) if isinstance(value_range, int | float) and value_range > 0 else None,
-        sample_rate=signal.get("sample_rate") or bundle.spec.sample_rate,
+        sample_rate=signal.get("sample_rate") or bundle.spec.sample_rate or sample_rate,
     )
 
 
@@ -96,11 +97,13 @@ class Pipeline:
         alerting: bool = True,
         on_window: WindowCallback | None = None,
         scorer: Scorer | None = None,
+        sample_rate: float | None = None,
     ) -> None:
         self.device = device
         self.bundle = bundle
+        self.sample_rate = sample_rate
         self.scorer = scorer or Scorer(bundle, num_threads=num_threads)
-        self.windower = make_windower(bundle)
+        self.windower = make_windower(bundle, sample_rate)
         self.alerts = AlertStateMachine(policy, clock=clock)
         self.threshold = float(threshold)
         self.time_fn = time_fn or (lambda _w: time.time())
@@ -144,7 +147,7 @@ class Pipeline:
         """Serve a new, already tested model from the next window on."""
         if bundle.spec != self.bundle.spec or bundle.manifest.get("signal") != self.bundle.manifest.get("signal"):
             counters = self.windower.counters
-            self.windower = make_windower(bundle)
+            self.windower = make_windower(bundle, self.sample_rate)
             self.windower.counters = counters
         self.bundle, self.scorer, self.threshold = bundle, scorer, float(threshold)
         self.alerts.reset()
@@ -236,7 +239,7 @@ class Agent:
         threshold, self.threshold_source = calibration.threshold_in_force(self._calibration_path, bundle, cfg.device)
         self.pipeline = Pipeline(
             bundle, device=cfg.device, threshold=threshold, policy=policy_of(cfg), scorer=scorer,
-            on_window=self._on_window,
+            on_window=self._on_window, sample_rate=cfg.source.sample_rate,
         )
         log.info("serving model %s %s (%s), threshold %.6g from the %s", bundle.model_id, bundle.version,
                  bundle.quantization, threshold, self.threshold_source)
@@ -284,6 +287,8 @@ class Agent:
         self._spool = Spool(self.cfg.resolve(u.spool_path), u.spool_max_bytes, u.spool_max_records)
         self._uploader = Uploader(self._spool, self.connection, u.batch, threading.Event())
         self._upload_policy = UploadPolicy(u.every_s, u.only_normal)
+        if not self.pipeline.windower.sample_rate:
+            log.warning("uploads need the sample rate: the bundle has none, set source.sample_rate; not uploading")
 
     def _on_connect(self) -> None:
         """On paho's thread after every (re)connect: make the retained status current again (quick)."""
@@ -319,6 +324,7 @@ class Agent:
             self.source.stop()
         if self._uploader is not None:
             self._uploader.stop()
+            self._spool.close()
         info = self.publish_status(final=True)
         if info is not None:
             try:
@@ -334,7 +340,11 @@ class Agent:
             self.dispatcher.emit(event)
             if self.on_event is not None:
                 self.on_event(event)
-        if self._uploader is not None and self._upload_policy.should_upload(time.monotonic(), self.pipeline.alerts.state):
+        if (
+            self._uploader is not None
+            and self.pipeline.windower.sample_rate
+            and self._upload_policy.should_upload(time.monotonic(), self.pipeline.alerts.state)
+        ):
             self._offer_upload(w, result)
         if self.on_window_cb is not None:
             self.on_window_cb(w, result, event)
@@ -346,8 +356,8 @@ class Agent:
         try:
             payload = encode_record(
                 device=self.cfg.device, model_id=b.model_id, model_version=b.version, seq_end=w.seq_end,
-                time_end=datetime.fromtimestamp(result.time, timezone.utc), sample_rate=self.pipeline.windower.sample_rate
-                or 0.0, channels=list(b.spec.channels), units=b.manifest["signal"].get("units", ""),
+                time_end=datetime.fromtimestamp(result.time, timezone.utc), sample_rate=self.pipeline.windower.sample_rate,
+                channels=list(b.spec.channels), units=b.manifest["signal"].get("units", ""),
                 score=result.score, threshold=result.threshold, state=self.pipeline.alerts.state,
                 samples=self.pipeline.windower.window_samples(),
             )
@@ -443,6 +453,8 @@ class Agent:
             "model_rejects": self.model_rejects,
             "mqtt_connected": bool(self.connection is not None and self.connection.connected),
             "uploads_offered": self.uploads_offered,
+            "uploads_sent": self._uploader.sent if self._uploader is not None else 0,
+            "uploads_pending": self._uploader.pending if self._uploader is not None else 0,
         }
         return doc
 
@@ -480,7 +492,7 @@ def collect_scores(cfg: AgentConfig, n_windows: int, timeout_s: float) -> tuple[
     scores: list[float] = []
     pipeline = Pipeline(
         bundle, device=cfg.device, threshold=bundle.threshold.value, policy=policy_of(cfg), scorer=scorer,
-        alerting=False, on_window=lambda _w, r, _e: scores.append(r.score),
+        alerting=False, on_window=lambda _w, r, _e: scores.append(r.score), sample_rate=cfg.source.sample_rate,
     )
     source = make_source(cfg)
     deadline = time.monotonic() + timeout_s

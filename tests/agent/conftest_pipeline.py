@@ -1,6 +1,7 @@
 """Shared fixtures for the agent pipeline tests: a real bundle trained by the trainer, and sensor data.
 
-Import the fixtures into a test module (``from tests.agent.conftest_pipeline import agent_bundle``).
+Load them in a test module with ``pytest_plugins = ["tests.agent.conftest_pipeline"]``; helpers are in
+``tests/agent/pipeline_helpers.py``.
 The bundle is trained once per test session (cached under pytest's base temp dir, so importing the
 fixture into several modules does not train it twice): firmware_sim's healthy IMS-like bearing
 signal (4 channels, 20 kHz) -> features mode (blocks of 1024 samples, rms/peak/kurtosis/crest) ->
@@ -10,19 +11,13 @@ place the tests touch TensorFlow; the agent never does).
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_agent import wire
-from edge_agent.bundle import MANIFEST_FILE, MODEL_FILE, write_bundle
-
-RATE = 20_000
-LIFE_S = 20.0  # degrading run: healthy until 60 % of life (12 s), then a growing outer-race defect
-ONSET_S = 0.6 * LIFE_S
+from edge_agent.bundle import MANIFEST_FILE
+from tests.agent.pipeline_helpers import LIFE_S, RATE
 
 
 def _train(root: Path) -> Path:
@@ -62,61 +57,3 @@ def degrading_samples(tmp_path_factory) -> np.ndarray:
         src = signals.make_source("bearing", state="degrading", preset="ims", seed=2, life_s=LIFE_S)
         np.save(path, signals.generate(src, int(RATE * LIFE_S)))
     return np.load(path)
-
-
-def copy_bundle(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def rewrite_bundle(
-    path: Path, *, version: str | None = None, model: bytes | None = None, manifest_edit=None, base: Path | None = None
-) -> None:
-    """Write a new bundle over ``path`` atomically (as the trainer does), from the manifest in ``base`` (default: ``path``)."""
-    manifest = json.loads(((base or path) / MANIFEST_FILE).read_text())
-    blob = (path / MODEL_FILE).read_bytes() if model is None else model
-    if version is not None:
-        manifest["model"]["version"] = version
-    if manifest_edit is not None:
-        manifest_edit(manifest)
-    write_bundle(path, manifest, blob)
-
-
-def frames_of(x: np.ndarray, n: int = 256, seq0: int = 0, sample_type: str = "int16") -> list[bytes]:
-    """Binary wire frames of ``n`` samples (int16 with the IMS full scale of 10 g)."""
-    scale = wire.int16_scale(10.0) if sample_type == "int16" else None
-    return [
-        wire.encode_frame(seq0 + a, x[a : a + n], t0_us=(seq0 + a) * 50, sample_type=sample_type, scale=scale)
-        for a in range(0, len(x) - n + 1, n)
-    ]
-
-
-def agent_config(tmp_path: Path, bundle: Path, **sections) -> Path:
-    """Write an agent TOML config for ``bundle`` (sections override: dicts of TOML values)."""
-    base = {
-        "device": "pump-7",
-        "source": {"kind": "serial", "serial": {"port": "loop://"}},
-        "bundle": {"path": str(bundle), "watch_s": 0.2},
-        "alerts": {"k": 3, "n": 5, "cooldown_s": 0.0, "sinks": {"log": True, "jsonl": str(tmp_path / "alerts.jsonl")}},
-        "status": {"every_s": 0.2, "file": str(tmp_path / "status.json"), "mqtt": False},
-        "calibration": {"path": str(tmp_path / "calibration.json")},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    path = tmp_path / "agent.toml"
-    path.write_text(_toml(base))
-    return path
-
-
-def _toml(d: dict, prefix: str = "") -> str:
-    scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in d.items() if isinstance(v, dict)}
-    lines = [f"{k} = {json.dumps(v)}" for k, v in scalars.items()]
-    out = ("\n".join(lines) + "\n") if lines else ""
-    for k, v in tables.items():
-        name = f"{prefix}.{k}" if prefix else k
-        out += f"\n[{name}]\n" + _toml(v, name)
-    return out
