@@ -94,7 +94,7 @@ def replay(
     rows: list[ReplayRow] = []
     cal_scores: list[float] = []
     th = float(threshold) if threshold is not None else bundle.threshold.value
-    source = "bundle" if threshold is None else "given"
+    state = {"source": "bundle" if threshold is None else "given"}
 
     def time_fn(w) -> float:  # called before the alert machine looks at its clock
         time_of["last"] = time_of["fn"](w.seq_end)
@@ -108,6 +108,13 @@ def replay(
         else:
             cal_scores.append(result.score)
             rows.append(ReplayRow(index_end, iso, result.score, None, "calibrating", ""))
+            if len(cal_scores) == calibrate:  # the next window is scored against the device threshold
+                record = calibration.compute(np.asarray(cal_scores), bundle, device)
+                pipeline.threshold = record.value
+                pipeline.alerting = True
+                state["source"] = "replay-calibration"
+                log.info("replay: threshold %.6g from the first %d windows (%s)", record.value, calibrate,
+                         record.method)
 
     pipeline = Pipeline(
         bundle, device=device, threshold=th, policy=policy or AlertPolicy(), clock=lambda: now[0],
@@ -137,13 +144,6 @@ def replay(
         pipeline.alerts.reset()
         for a in range(0, data.shape[0], FRAME_ROWS):
             pipeline.push(wire.Frame(a, 0, data[a : a + FRAME_ROWS]))
-            if not pipeline.alerting and len(cal_scores) >= calibrate:
-                record = calibration.compute(np.asarray(cal_scores), bundle, device)
-                pipeline.threshold = record.value
-                pipeline.alerting = True
-                source = "replay-calibration"
-                log.info("replay: threshold %.6g from the first %d windows (%s)", record.value, len(cal_scores),
-                         record.method)
         base += data.shape[0]
     if not pipeline.alerting:
         raise ValueError(f"--calibrate {calibrate}: the recording gave only {len(cal_scores)} windows")
@@ -151,7 +151,7 @@ def replay(
     counters = pipeline.windower.counters.as_dict()
     counters["alerts"] = pipeline.alert_events
     return ReplayResult(
-        rows=rows, threshold=pipeline.threshold, threshold_source=source, samples=base, seconds=seconds,
+        rows=rows, threshold=pipeline.threshold, threshold_source=state["source"], samples=base, seconds=seconds,
         recording_seconds=base / sr if sr else None, counters=counters,
     )
 
