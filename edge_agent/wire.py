@@ -244,7 +244,8 @@ class FrameDecoder:
     never swallows the good frame that follows it.
 
     The internal buffer holds at most one incomplete frame (< ``MAX_FRAME_SIZE`` bytes) between
-    calls.
+    calls. A corrupted length field delays (never loses) the frames behind it: they come out
+    once the claimed length has arrived and the CRC has rejected the corrupted frame.
 
     Counters (ints, read them as attributes):
         frames: valid frames returned.

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import select
+import socket
 import threading
 import time
 import tty
@@ -254,14 +255,16 @@ class MqttLink:
             return self._cond.wait_for(lambda: self.acked >= self.published, timeout=timeout)
 
     def disconnect(self) -> None:
-        """Disconnect cleanly; paho's loop thread ends with a user-requested disconnect."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        """Drop the connection as a network failure would (no DISCONNECT packet, so the broker
+        publishes any will); paho's loop notices and reconnects after its backoff."""
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._connected.clear()
 
     def reconnect(self) -> None:
-        self._client.reconnect()
-        self._client.loop_start()
+        """Wait until paho has reconnected (ConnectionError after ``connect_timeout``)."""
         self._wait_connected()
 
     def close(self) -> None:
