@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -52,6 +52,7 @@ class RunSpec:
     stream: StreamConfig = field(default_factory=StreamConfig)
     duration_s: float = 10.0
     faults: dict[str, float] = field(default_factory=dict)
+    auto_frame: bool = False  # frame = 50 ms of samples, 1..256
 
 
 def build_source(spec: SourceSpec, default_life_s: float) -> signals.Source:
@@ -82,10 +83,13 @@ def run_stream(spec: RunSpec, stop: threading.Event | None = None) -> StreamRepo
     source = build_source(spec.source, default_life_s=spec.duration_s)
     n = int(round(spec.duration_s * source.sample_rate))
     faults = FaultInjector(spec.faults, seed=spec.source.seed, full_scale=source.full_scale)
+    cfg = spec.stream
+    if spec.auto_frame:
+        cfg = replace(cfg, frame_samples=int(min(256, max(1, source.sample_rate // 20))))
     with _open_link(spec) as link:
         click.echo(f"firmware-sim: {spec.link} link on {link.path}", err=False)
         sys.stdout.flush()
-        streamer = Streamer(source, link, spec.stream, faults)
+        streamer = Streamer(source, link, cfg, faults)
 
         def progress(done: int, elapsed: float) -> None:
             click.echo(f"  {done}/{n} samples, {done / elapsed:.0f} samples/s", err=True)
@@ -145,7 +149,7 @@ def main(verbose: int) -> None:
 @click.option("--format", "fmt", type=click.Choice(["binary", "csv", "json"]), default="binary", show_default=True)
 @click.option("--sample-type", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Hz (default: the signal's own)")
-@click.option("--frame-samples", type=click.IntRange(1, 4096), default=256, show_default=True)
+@click.option("--frame-samples", type=click.IntRange(1, 4096), help="default: 50 ms of samples, at most 256")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 @click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True, help="0: as fast as possible")
 @click.option(
@@ -175,7 +179,8 @@ def run(
         broker=broker,
         device=device,
         qos=qos,
-        stream=StreamConfig(fmt=fmt, sample_type=sample_type, frame_samples=frame_samples, speed=speed),
+        stream=StreamConfig(fmt=fmt, sample_type=sample_type, frame_samples=frame_samples or 256, speed=speed),
+        auto_frame=frame_samples is None,
         duration_s=duration,
         faults=fault_rates,
     )
@@ -194,7 +199,10 @@ def run(
     )
     injected = {k: v for k, v in summary.items() if v and k not in ("samples", "elapsed_s", "frames_sent",
                 "samples_sent", "bytes_sent", "configured_rate_hz", "achieved_rate_hz")}  # fmt: skip
+    injected.pop("overflow_bytes", None)
     click.echo("faults injected: " + (", ".join(f"{k}={v}" for k, v in injected.items()) or "none"))
+    if report.overflow_bytes:
+        click.echo(f"link overflow (receiver not keeping up or absent): {report.overflow_bytes} bytes dropped")
 
 
 @main.command()

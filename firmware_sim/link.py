@@ -9,7 +9,7 @@ Every link has the same small interface used by ``stream.Streamer``::
 
 Serial links never block the sensor for long: a write that cannot complete within
 ``write_timeout`` seconds (nobody reading) drops the rest and counts it in ``overflow_bytes``,
-as a UART with a full FIFO would.
+as a UART with a full FIFO would; the pty link then stops waiting until a write fits again.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class PtyLink:
         self.link_path = Path(link_path) if link_path else None
         self.write_timeout = write_timeout
         self.overflow_bytes = 0
+        self._stalled = False
         self._master = self._slave = -1
         self.port = ""
         self._open()
@@ -72,7 +73,8 @@ class PtyLink:
         if self._master < 0:
             return
         view = memoryview(data)
-        deadline = time.monotonic() + self.write_timeout
+        # after an overflow nobody is draining the pty: do not wait again until a write fits
+        deadline = time.monotonic() + (0.0 if self._stalled else self.write_timeout)
         while view:
             try:
                 n = os.write(self._master, view)
@@ -86,6 +88,7 @@ class PtyLink:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([], [self._master], [], left)[1]:
                 break
+        self._stalled = bool(view)
         if view:
             self.overflow_bytes += len(view)
             log.debug("pty buffer full: dropped %d bytes", len(view))
