@@ -1,0 +1,192 @@
+"""``trainer``: train and export a model bundle, or inspect one.
+
+``main()`` configures logging once and dispatches to click commands; each command turns its
+options into typed objects and calls :func:`trainer.pipeline.run` (TensorFlow is imported only
+there, so ``trainer inspect`` stays light).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edge_agent.errors import BundleError
+from trainer.data import FORMATS
+
+log = logging.getLogger(__name__)
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def _bands(value: str | None) -> tuple[tuple[float, float], ...]:
+    """``"100-500,500-2000"`` -> ((100.0, 500.0), (500.0, 2000.0))."""
+    bands = []
+    for part in _csv(value):
+        try:
+            low, high = (float(x) for x in part.split("-"))
+        except ValueError as exc:
+            raise click.BadParameter(f"FFT band {part!r} is not LOW-HIGH in Hz") from exc
+        bands.append((low, high))
+    return tuple(bands)
+
+
+def _params(values: tuple[str, ...]) -> dict:
+    """``("k=3", "q=0.99")`` -> {"k": 3.0, "q": 0.99}."""
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE")
+        try:
+            out[key.strip()] = float(raw)
+        except ValueError as exc:
+            raise click.BadParameter(f"{item!r}: value must be a number") from exc
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v: debug).")
+def cli(verbose: int) -> None:
+    """Train anomaly-detection autoencoders on vibration data and export TFLite bundles."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("matplotlib", "PIL", "absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@cli.command()
+@click.option("--data", "data", required=True, type=click.Path(exists=True, path_type=Path), help="File or folder.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory (replaced atomically).")
+@click.option("--model", "architecture", type=click.Choice(["lstm", "conv1d"]), default="lstm", show_default=True)
+@click.option("--units", default="32,16", show_default=True, help="LSTM units / Conv1D filters per encoder layer.")
+@click.option("--mode", type=click.Choice(["raw", "features"]), default="raw", show_default=True)
+@click.option("--window", type=click.IntRange(min=1), default=10, show_default=True, help="Steps per window.")
+@click.option("--hop", type=click.IntRange(min=1), default=1, show_default=True, help="Steps between windows.")
+@click.option("--block", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Samples per step (features mode).")
+@click.option("--features", default="", help="Per-block features, e.g. rms,kurtosis (features mode).")
+@click.option("--fft-bands", default="", help="FFT band energies LOW-HIGH Hz, comma separated (features mode).")
+@click.option("--channels", default="", help="Channels to keep, by name or 0-based index, comma separated.")
+@click.option("--start", default=None, help="Ignore rows before this time (e.g. a run-in period).")
+@click.option("--end", default=None, help="Ignore rows at or after this time (e.g. after shutdown).")
+@click.option("--train-until", default=None,
+              help="Train on rows before this time (2004-02-15T12:52:39 or 2004.02.15.12.52.39); default: all.")
+@click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True, help="Most epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=15, show_default=True, help="Early-stopping patience.")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Last fraction of training windows used for validation and the threshold.")
+@click.option("--quantize", type=click.Choice(["int8", "float32"]), default="int8", show_default=True,
+              help="Variant the bundle serves (both are exported).")
+@click.option("--threshold-method", type=click.Choice(["quantile", "max_margin", "mean_std", "pot"]),
+              default="mean_std", show_default=True)
+@click.option("--threshold-param", multiple=True, help="NAME=VALUE for the method (q, margin, k, risk, init_quantile).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--min-agreement", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True,
+              help="Least fraction of held-out windows whose decision the served model must share with Keras.")
+@click.option("--model-id", default=None, help="Model id (default: data name + architecture).")
+@click.option("--persistence", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Consecutive windows above threshold that count as a persistent crossing in the report.")
+def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: str, window: int, hop: int,
+          block: int, features: str, fft_bands: str, channels: str, start: str | None, end: str | None,
+          train_until: str | None, epochs: int, batch_size: int, learning_rate: float, patience: int,
+          validation_fraction: float, quantize: str, threshold_method: str, threshold_param: tuple[str, ...],
+          seed: int, min_agreement: float, model_id: str | None, persistence: int) -> None:
+    """Train on --data and write a verified bundle to --out."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    from trainer.export import ExportError
+    from trainer.model import ModelConfig
+    from trainer.pipeline import TrainOptions, run
+    from trainer.train import FitConfig
+
+    try:
+        unit_list = tuple(int(u) for u in _csv(units))
+    except ValueError as exc:
+        raise click.BadParameter(f"--units {units!r} must be integers, e.g. 32,16") from exc
+    chans = tuple(int(c) if c.lstrip("-").isdigit() else c for c in _csv(channels)) or None
+    try:
+        opts = TrainOptions(
+            data=data, out=out, format=fmt, channels=chans, train_until=train_until, start=start, end=end,
+            mode=mode, window=window, hop=hop, block=block, features=_csv(features), fft_bands=_bands(fft_bands),
+            model=ModelConfig(architecture=architecture, units=unit_list),
+            fit=FitConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                          validation_fraction=validation_fraction, patience=patience, seed=seed),
+            quantize=quantize, threshold_method=threshold_method, threshold_params=_params(threshold_param),
+            min_agreement=min_agreement, model_id=model_id, persistence=persistence,
+        )
+        result = run(opts)
+    except (ExportError, ValueError, KeyError, TypeError, BundleError) as exc:
+        log.error("training failed, %s left unchanged: %s", out, exc)
+        raise SystemExit(1) from exc
+    summary = result.report["summary"]
+    click.echo(f"bundle: {result.bundle}")
+    click.echo(f"serves: {result.manifest['tflite']['quantization']}  threshold: {summary['threshold']:.5g}  "
+               f"training windows above threshold: {summary['training_windows_above_threshold']}/"
+               f"{summary['training_windows']}")
+    crossing = summary["first_persistent_crossing"]
+    click.echo("first persistent crossing: " + ("none" if crossing is None else
+                                                 str(crossing["time"] or f"row {crossing['row_end']}")))
+
+
+def describe(manifest: dict) -> str:
+    """Human-readable summary of a manifest."""
+    m, d, pre, th, tfl = (manifest["model"], manifest["data"], manifest["preprocess"], manifest["threshold"],
+                          manifest["tflite"])
+    lines = [
+        f"model      {m['id']}  version {m['version']}  ({m['architecture']}, created {m['created']})",
+        f"data       {d.get('source', '?')}  format {d.get('format', '?')}  rows {d.get('rows', '?')}  "
+        f"digest {d['digest'][:16]}…",
+        f"signal     channels {manifest['signal']['channels']}  units {manifest['signal']['units']!r}  "
+        f"sample rate {manifest['signal'].get('sample_rate')}",
+        f"preprocess mode {pre['mode']}  window {pre['window']}  hop {pre.get('hop')}  block {pre.get('block')}  "
+        f"features {pre.get('feature_names')}",
+        f"threshold  {th['value']:.6g} ({th['method']}, {json.dumps(th['params'])})",
+        f"served     {tfl['file']}  {tfl['quantization']}  stateful {tfl['stateful']}  "
+        f"input {tfl['input']['dtype']}{tfl['input']['shape']}  sha256 {tfl['sha256'][:16]}… OK",
+    ]
+    for name, v in manifest.get("variants", {}).items():
+        p, lat = v.get("parity", {}), v.get("latency", {})
+        lines.append(
+            f"variant    {name:8s} {v.get('size_bytes', 0) / 1024:8.1f} KB  p50 {lat.get('p50_us', float('nan')):7.1f} µs"
+            f"  p99 {lat.get('p99_us', float('nan')):7.1f} µs  max rel err {p.get('max_rel_error', float('nan')):.2e}"
+            f"  spearman {p.get('spearman', float('nan')):.4f}  agreement {p.get('agreement', float('nan')):.4f}"
+        )
+    summary = manifest.get("report", {}).get("summary")
+    if summary:
+        crossing = summary.get("first_persistent_crossing")
+        lines.append(f"report     training windows above threshold {summary['training_windows_above_threshold']}/"
+                     f"{summary['training_windows']}; first persistent crossing "
+                     f"{'none' if crossing is None else crossing.get('time') or crossing.get('row_end')}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Validate BUNDLE (schema, sha256, tensors) and print its manifest. Exit 1 if it is corrupt."""
+    from edge_agent.bundle import Bundle
+
+    try:
+        loaded = Bundle.load(bundle)
+    except BundleError as exc:
+        click.echo(f"{bundle}: INVALID: {exc}", err=True)
+        raise SystemExit(1) from exc
+    click.echo(json.dumps(loaded.manifest, indent=2) if as_json else describe(loaded.manifest))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="trainer")
+
+
+if __name__ == "__main__":
+    main()
