@@ -19,7 +19,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -71,9 +71,12 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What :func:`run` wrote, plus the trained Keras model (the parity reference) for callers that want it."""
+
     bundle: Path
     manifest: dict
     report: dict
+    model: object = None
 
 
 def parse_time(text: str) -> np.datetime64:
@@ -191,7 +194,7 @@ def run(opts: TrainOptions) -> TrainResult:
     served_fit_scores = all_scores[fit_idx]
 
     model_id = _model_id(opts)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     version = f"{model_id}-{now.strftime('%Y%m%dT%H%M%SZ')}"
     variant_summary = {
         name: {k: v for k, v in facts.items() if k not in ("input", "output")} | {"file": f"variants/model.{name}.tflite"}
@@ -271,7 +274,7 @@ def run(opts: TrainOptions) -> TrainResult:
         manifest["report"] = {"dir": "report", "summary": report["summary"]}
         bundle = write_bundle(opts.out, manifest, blobs[served], variants=blobs, report_dir=report_dir)
     log.info("bundle %s written in %.1f s (serves %s)", bundle, time.monotonic() - t_start, served)
-    return TrainResult(bundle, manifest, report)
+    return TrainResult(bundle, manifest, report, model)
 
 
 def _time_str(times: np.ndarray | None, i: int) -> str | None:
