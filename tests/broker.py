@@ -1,6 +1,6 @@
-"""Fixtures for the agent tests: a real mosquitto on a free loopback port.
+"""A real mosquitto on a free loopback port, for every test that needs MQTT.
 
-``mosquitto`` yields a ``Broker`` (``host``, ``port``); ``broker.stop()`` / ``broker.start()`` /
+The ``mosquitto`` fixture (tests/conftest.py) yields a ``Broker`` (``host``, ``port``); ``broker.stop()`` / ``broker.start()`` /
 ``broker.restart()`` take the broker away and bring it back on the same port, to simulate the network
 going away. The broker persists sessions and queued QoS 1 messages across a restart (``persistence
 true``), as a production broker would.
@@ -15,10 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -92,18 +89,10 @@ class Broker:
         self.stop()
         self.start()
 
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Broker]:
-    """A running mosquitto on a free loopback port; stopped at the end of the test."""
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed")
-    broker = Broker(tmp_path / "mosquitto")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) for clients."""
+        return self.host, self.port
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # noqa: ANN001

@@ -6,10 +6,10 @@ import csv
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
-import tomllib
 from click.testing import CliRunner
 
 from edge_agent import calibration

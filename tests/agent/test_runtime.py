@@ -16,8 +16,8 @@ from edge_agent.config import load_config
 from edge_agent.errors import BundleError
 from edge_agent.runtime import Agent
 from firmware_sim.link import PtyLink
-from tests.agent.conftest import wait_for
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config, copy_bundle, frames_of, rewrite_bundle
+from tests.broker import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

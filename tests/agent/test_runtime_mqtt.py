@@ -10,8 +10,8 @@ from edge_agent.config import load_config
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.runtime import Agent
 from edge_agent.upload_record import decode_record
-from tests.agent.conftest import wait_for
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
+from tests.broker import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 

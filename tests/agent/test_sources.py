@@ -15,7 +15,7 @@ from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sources import SampleSource
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.sources.serial import SerialSource
-from tests.agent.conftest import wait_for
+from tests.broker import wait_for
 
 
 class Pty:

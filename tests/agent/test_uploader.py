@@ -12,8 +12,7 @@ import pytest
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
 from edge_agent.uploader import Uploader, UploadPolicy
-
-from .conftest import Broker, wait_for
+from tests.broker import Broker, wait_for
 
 TOPIC = "vib/pump-7/upload"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.mqtt_client import MqttConnection
-from tests.agent.conftest import Broker, wait_for
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
+from tests.broker import Broker, wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent

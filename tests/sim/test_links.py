@@ -247,7 +247,7 @@ class _Subscriber:
 
 @pytest.fixture
 def subscriber(mosquitto):
-    sub = _Subscriber(*mosquitto, "dev1")
+    sub = _Subscriber(*mosquitto.address, "dev1")
     yield sub
     sub.close()
 
@@ -267,7 +267,7 @@ def test_mqtt_frames_round_trip_bit_exact(mosquitto, subscriber, fmt, qos):
     n = 12000
     cfg = StreamConfig(fmt=fmt, sample_type="float32", frame_samples=400, speed=0 if qos else 1.0)
     src = _lorenz(12000.0)  # with QoS 0 pace at 30 messages/s: loopback never drops that
-    with link.MqttLink(*mosquitto, "dev1", qos=qos) as lk:
+    with link.MqttLink(*mosquitto.address, "dev1", qos=qos) as lk:
         report = Streamer(src, lk, cfg).run(n)
     payloads = subscriber.take(report.ledger.frames_sent)
     frames, errors = _decode_all(payloads)
@@ -279,7 +279,7 @@ def test_mqtt_frames_round_trip_bit_exact(mosquitto, subscriber, fmt, qos):
 def test_mqtt_gaps_and_corrupt_payloads_equal_the_ledger(mosquitto, subscriber):
     n = 300 * 64
     faults = FaultInjector({"drop": 0.05, "flip": 0.05, "garbage": 0.05}, seed=5, full_scale=256.0)
-    with link.MqttLink(*mosquitto, "dev1", qos=1) as lk:
+    with link.MqttLink(*mosquitto.address, "dev1", qos=1) as lk:
         report = Streamer(_lorenz(), lk, StreamConfig(frame_samples=64, speed=0), faults).run(n)
     led = report.ledger
     payloads = subscriber.take(led.frames_sent + led.garbage_chunks)
@@ -296,7 +296,7 @@ def test_mqtt_link_drop_and_reconnect(mosquitto, subscriber):
     n = 200 * 50
     faults = FaultInjector({"disconnect": 0.02}, seed=2, full_scale=256.0)
     cfg = StreamConfig(fmt="binary", frame_samples=50, speed=0, outage_s=0.2)
-    with link.MqttLink(*mosquitto, "dev1", qos=1) as lk:
+    with link.MqttLink(*mosquitto.address, "dev1", qos=1) as lk:
         report = Streamer(_lorenz(), lk, cfg, faults).run(n)
     led = report.ledger
     unique: dict[int, wire.Frame] = {}
@@ -311,7 +311,7 @@ def test_mqtt_link_drop_and_reconnect(mosquitto, subscriber):
 
 
 def test_mqtt_link_fails_clearly_without_a_broker():
-    from .conftest import free_port
+    from tests.broker import free_port
 
     with pytest.raises(ConnectionError, match="not reachable"):
         link.MqttLink("127.0.0.1", free_port(), "dev1", connect_timeout=1.0)

@@ -13,6 +13,7 @@ import pytest
 
 from edge_agent.errors import AgentError, UploadError
 from edge_agent.upload_record import decode_record, encode_record
+from tests.broker import Broker
 from trainer.data import DataFormatError, load
 from trainer.data.collect import collect
 
@@ -129,8 +130,8 @@ def test_uploads_loader_errors(tmp_path: Path) -> None:
     assert len(kept.segments) == 2
 
 
-def test_collector_with_real_mosquitto(mosquitto_broker: tuple[str, int], tmp_path: Path) -> None:
-    host, port = mosquitto_broker
+def test_collector_with_real_mosquitto(mosquitto: Broker, tmp_path: Path) -> None:
+    host, port = mosquitto.address
     out = tmp_path / "collected"
     stop, subscribed = threading.Event(), threading.Event()
     result: dict[str, object] = {}
@@ -172,8 +173,8 @@ def test_collector_with_real_mosquitto(mosquitto_broker: tuple[str, int], tmp_pa
         np.testing.assert_array_equal(seg.data, samples)
 
 
-def test_collector_stops_on_event(mosquitto_broker: tuple[str, int], tmp_path: Path) -> None:
-    host, port = mosquitto_broker
+def test_collector_stops_on_event(mosquitto: Broker, tmp_path: Path) -> None:
+    host, port = mosquitto.address
     stop, subscribed = threading.Event(), threading.Event()
     result: dict[str, object] = {}
     def run() -> None:

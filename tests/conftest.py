@@ -1,0 +1,40 @@
+"""Fixtures shared by every test folder: a real mosquitto, and the shared real recordings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.broker import MOSQUITTO, Broker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """A running mosquitto on a free loopback port; stopped at the end of the test.
+
+    Skipped where mosquitto is not installed, except under CI (``CI`` set), where that is a failure.
+    """
+    if not Path(MOSQUITTO).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"mosquitto not found at {MOSQUITTO}: .ci/run should have installed it")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    broker = Broker(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real data folder (``$SHARED_DATA`` or ``../shared/data``); skips if absent."""
+    for cand in (os.environ.get("SHARED_DATA"), REPO.parent / "shared" / "data", "/work/shared/data"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    pytest.skip("real recordings not available (no ../shared/data): statistics not checked")
