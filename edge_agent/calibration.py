@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,7 @@ def compute(scores: np.ndarray, bundle: Bundle, device: str) -> DeviceThreshold:
         value=float(result.value),
         params=dict(result.params),
         n=int(np.size(scores)),
-        time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        time=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 

@@ -22,12 +22,11 @@ Layout (see ``examples/agent.toml``)::
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 from edge_agent import wire
 from edge_agent.errors import ConfigError

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -356,7 +356,7 @@ class Agent:
         try:
             payload = encode_record(
                 device=self.cfg.device, model_id=b.model_id, model_version=b.version, seq_end=w.seq_end,
-                time_end=datetime.fromtimestamp(result.time, timezone.utc), sample_rate=self.pipeline.windower.sample_rate,
+                time_end=datetime.fromtimestamp(result.time, UTC), sample_rate=self.pipeline.windower.sample_rate,
                 channels=list(b.spec.channels), units=b.manifest["signal"].get("units", ""),
                 score=result.score, threshold=result.threshold, state=self.pipeline.alerts.state,
                 samples=self.pipeline.windower.window_samples(),
@@ -422,7 +422,7 @@ class Agent:
         doc = {
             "device": self.cfg.device,
             "state": "online",
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "uptime_s": round(time.monotonic() - self._t0, 1),
             "model_id": p.bundle.model_id,
             "model_version": p.bundle.version,

@@ -24,7 +24,7 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -100,7 +100,7 @@ def _parse_time(s: str) -> datetime:
     """ISO-8601 (``Z`` or offset allowed) to naive UTC ``datetime``; raises ValueError."""
     dt = datetime.fromisoformat(s.strip())
     if dt.tzinfo is not None:
-        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
     return dt
 
 
