@@ -31,8 +31,13 @@ class TFLiteScorer:
     Buffers are allocated once; :meth:`score_window` allocates nothing but the returned float.
     """
 
-    def __init__(self, model: Path | bytes, num_threads: int = 1, stateful: bool | None = None) -> None:
-        self.interpreter = load_interpreter(model, num_threads=num_threads)
+    def __init__(self, model: Path | bytes | None, num_threads: int = 1, stateful: bool | None = None,
+                 interpreter=None) -> None:
+        """``model``: a ``.tflite`` path or its bytes; or pass an allocated ``interpreter`` (any runtime) instead.
+
+        ``stateful=None`` detects whether the model keeps state between invokes.
+        """
+        self.interpreter = interpreter if interpreter is not None else load_interpreter(model, num_threads=num_threads)
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise BundleError(f"expected one input and one output tensor, got {len(inputs)} and {len(outputs)}")

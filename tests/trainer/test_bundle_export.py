@@ -27,7 +27,8 @@ pytest.importorskip("tensorflow")
 from trainer.data import load  # noqa: E402
 from trainer.export import ExportError, check_parity, convert, evaluate  # noqa: E402
 from trainer.model import ModelConfig, build, export_clone  # noqa: E402
-from trainer.pipeline import TrainOptions, parse_time, run, trim_recording  # noqa: E402
+from trainer.pipeline import TrainOptions, run  # noqa: E402
+from trainer.split import parse_time, trim_recording  # noqa: E402
 from trainer.tflite_eval import TFLiteScorer, model_ops, non_builtin_ops, parity, spearman  # noqa: E402
 from trainer.train import FitConfig, keras_scores  # noqa: E402
 
