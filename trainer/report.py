@@ -67,15 +67,18 @@ def plot_loss(history: dict, path: Path) -> None:
 def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) -> None:
     """groups: label -> (n,) scores (empty groups are skipped)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    present = {k: np.asarray(v) for k, v in groups.items() if len(v)}
+    present = {k: np.asarray(v, np.float64) for k, v in groups.items() if len(v)}
     everything = np.concatenate(list(present.values())) if present else np.array([threshold])
-    hi = max(float(np.quantile(everything, 0.99)), threshold * 1.5)
-    bins = np.linspace(0.0, hi, 60)
+    positive = everything[everything > 0]
+    lo = min(float(positive.min()) if positive.size else threshold, threshold) / 1.2
+    hi = max(float(everything.max()), threshold) * 1.2
+    bins = np.geomspace(lo, hi, 70)  # log-spaced: healthy and failing scores differ by orders of magnitude
     for label, values in present.items():
-        ax.hist(np.clip(values, 0, hi), bins=bins, alpha=0.55, density=True, label=f"{label} (n={len(values)})")
+        ax.hist(np.clip(values, lo, hi), bins=bins, alpha=0.55, label=f"{label} (n={len(values)})")
     ax.axvline(threshold, color="red", lw=1.5, label=f"threshold {threshold:.4g}")
-    ax.set_xlabel("reconstruction MAE (last bin holds everything above)")
-    ax.set_ylabel("density")
+    ax.set_xscale("log")
+    ax.set_xlabel("reconstruction MAE")
+    ax.set_ylabel("windows")
     ax.set_title("Anomaly score distribution")
     ax.legend()
     fig.tight_layout()
