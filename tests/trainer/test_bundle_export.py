@@ -268,6 +268,17 @@ def test_inspect_prints_the_manifest_summary(tiny):
     assert json.loads(proc.stdout)["tflite"]["quantization"] == "int8"
 
 
+def test_inspect_runs_without_tensorflow(tiny):
+    _, path = tiny
+    code = ("import sys\nfrom trainer.cli import main\n"
+            "try:\n    main(['inspect', sys.argv[1]])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "sha256" in proc.stdout and "OK" in proc.stdout
+
+
 def test_inspect_refuses_a_corrupt_bundle(bundle_copy):
     model = bundle_copy / "model.tflite"
     model.write_bytes(model.read_bytes()[:-1] + b"\x00")
