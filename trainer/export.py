@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -63,7 +64,10 @@ def convert(model: keras.Model, quantization: str, representative: np.ndarray | 
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     t0 = time.monotonic()
-    with contextlib.redirect_stdout(io.StringIO()) as chatter:  # the converter prints its SavedModel signature
+    with contextlib.redirect_stdout(io.StringIO()) as chatter, warnings.catch_warnings():
+        # the converter prints its SavedModel signature, and warns that int8 input statistics are
+        # not given: they are not needed, the input scale comes from the representative data
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
         blob = converter.convert()
     log.debug("converter output: %s", chatter.getvalue())
     log.info("converted %s model: %d bytes in %.1f s", quantization, len(blob), time.monotonic() - t0)
