@@ -25,7 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.tflite_eval import TFLiteScorer, model_ops, non_builtin_ops, parity
+from edge_agent.scorer import TFLiteModel
+from trainer.tflite_eval import latency, model_ops, non_builtin_ops, parity, tensor_info
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +87,15 @@ def evaluate(name: str, blob: bytes, held_out: np.ndarray, reference: np.ndarray
     bad = non_builtin_ops(ops)
     if bad:
         raise ExportError(f"{name} model contains non-builtin ops {bad}; the gateway runtime cannot run them")
-    scorer = TFLiteScorer(blob, num_threads=1)
+    scorer = TFLiteModel(blob, num_threads=1)
     scores = scorer.score(held_out)
     facts = {
         "quantization": name,
         "size_bytes": len(blob),
         "ops": ops,
         "stateful": scorer.stateful,
-        **scorer.tensor_info(),
-        "latency": scorer.latency(held_out, n=latency_windows),
+        **tensor_info(scorer),
+        "latency": latency(scorer, held_out, n=latency_windows),
         "parity": parity(reference, scores, threshold),
     }
     p, lat = facts["parity"], facts["latency"]

@@ -27,13 +27,13 @@ import numpy as np
 
 from edge_agent.bundle import SCHEMA_VERSION, write_bundle
 from edge_agent.preprocess import PreprocessSpec
+from edge_agent.scorer import TFLiteModel
 from trainer import threshold as thresholds
 from trainer.data import load
 from trainer.export import VARIANTS, check_parity, convert, evaluate, quiet_tensorflow
 from trainer.model import ModelConfig, export_clone
 from trainer.report import PERSISTENCE, write_report
 from trainer.split import parse_time, split_recording, trim_recording
-from trainer.tflite_eval import TFLiteScorer
 from trainer.train import FitConfig, WindowSet, fit, fit_scaler, keras_scores, make_windows, split_validation
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def run(opts: TrainOptions) -> TrainResult:
     check_parity(served, variants[served]["parity"], opts.min_agreement)
 
     # ---- scores of the served model over the whole recording, for the report and the manifest
-    scorer = TFLiteScorer(blobs[served], stateful=variants[served]["stateful"])
+    scorer = TFLiteModel(blobs[served], stateful=variants[served]["stateful"])
     all_scores = scorer.score(everything.windows)
     served_fit_scores = all_scores[fit_idx]
 

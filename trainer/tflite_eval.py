@@ -1,11 +1,9 @@
-"""Scoring windows with a TFLite model through the light runtime, and comparing scores.
+"""Facts about a TFLite model and comparisons of score vectors (no TensorFlow).
 
-No TensorFlow here: only ``edge_agent.interpreter`` and numpy, so this module can move to the
-gateway (as ``edge_agent/scorer.py``) unchanged.
-
-:class:`TFLiteScorer` quantizes a scaled window with the input tensor's (scale, zero point),
-invokes, dequantizes the output and returns the reconstruction MAE, resetting the
-interpreter's variables before every window when the model keeps state between invokes.
+Scoring itself is the gateway's own :class:`edge_agent.scorer.TFLiteModel` (quantize with the
+input tensor's scale/zero point, invoke, dequantize, MAE against the float window, variables
+reset per window when the model is stateful), so the trainer's parity figures measure exactly
+what the agent will compute. Here: tensor facts, latency, the op list, and parity metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.errors import BundleError
-from edge_agent.interpreter import interpreter_class, load_interpreter
+from edge_agent.interpreter import interpreter_class
+from edge_agent.scorer import TFLiteModel
 
 log = logging.getLogger(__name__)
 
@@ -25,124 +24,37 @@ log = logging.getLogger(__name__)
 _NON_BUILTIN_PREFIXES = ("Flex", "CUSTOM")
 
 
-class TFLiteScorer:
-    """Score scaled windows with one ``.tflite`` model (batch 1).
-
-    Buffers are allocated once; :meth:`score_window` allocates nothing but the returned float.
-    """
-
-    def __init__(self, model: Path | bytes | None, num_threads: int = 1, stateful: bool | None = None,
-                 interpreter=None) -> None:
-        """``model``: a ``.tflite`` path or its bytes; or pass an allocated ``interpreter`` (any runtime) instead.
-
-        ``stateful=None`` detects whether the model keeps state between invokes.
-        """
-        self.interpreter = interpreter if interpreter is not None else load_interpreter(model, num_threads=num_threads)
-        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BundleError(f"expected one input and one output tensor, got {len(inputs)} and {len(outputs)}")
-        self._in, self._out = inputs[0], outputs[0]
-        shape = tuple(int(d) for d in self._in["shape"])
-        if len(shape) != 3 or shape[0] != 1 or tuple(self._out["shape"]) != shape:
-            raise BundleError(f"expected (1, T, F) input and output tensors, got {shape} and {tuple(self._out['shape'])}")
-        self.window_shape: tuple[int, int] = shape[1:]
-        self.input_dtype = np.dtype(self._in["dtype"])
-        self.output_dtype = np.dtype(self._out["dtype"])
-        self.input_quant: tuple[float, int] = tuple(self._in["quantization"])  # (scale, zero point); (0, 0) = float
-        self.output_quant: tuple[float, int] = tuple(self._out["quantization"])
-        self._x = np.zeros(shape, dtype=self.input_dtype)  # (1, T, F) in the model's input dtype
-        self._qbuf = np.zeros(shape, dtype=np.float32)
-        self._y = np.zeros(shape[1:], dtype=np.float32)  # (T, F) dequantized reconstruction
-        self._diff = np.zeros(shape[1:], dtype=np.float64)  # (T, F) |y - x|
-        self.stateful = self._detect_state() if stateful is None else stateful
-
-    # ------------------------------------------------------------------ one window
-    def reconstruct(self, window: np.ndarray) -> np.ndarray:
-        """Scaled window (T, F) float32 -> reconstruction (T, F) float32 (a buffer reused by the next call)."""
-        if window.shape != self.window_shape:
-            raise ValueError(f"window shape {window.shape} != model input {self.window_shape}")
-        if self.input_dtype == np.int8:
-            scale, zero = self.input_quant
-            np.divide(window, scale, out=self._qbuf[0])
-            np.add(self._qbuf, zero, out=self._qbuf)
-            np.rint(self._qbuf, out=self._qbuf)
-            np.clip(self._qbuf, -128, 127, out=self._qbuf)
-            self._x[...] = self._qbuf
-        else:
-            self._x[0] = window
-        if self.stateful:
-            self.interpreter.reset_all_variables()
-        self.interpreter.set_tensor(self._in["index"], self._x)
-        self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self._out["index"])[0]
-        if self.output_dtype == np.int8:
-            scale, zero = self.output_quant
-            np.subtract(raw, zero, out=self._y, dtype=np.float32)
-            np.multiply(self._y, scale, out=self._y)
-        else:
-            self._y[...] = raw
-        return self._y
-
-    def score_window(self, window: np.ndarray) -> float:
-        """Reconstruction MAE of one scaled window (T, F) float32."""
-        y = self.reconstruct(window)
-        np.subtract(y, window, out=self._diff)
-        np.abs(self._diff, out=self._diff)
-        return float(self._diff.mean())
-
-    def score(self, windows: np.ndarray) -> np.ndarray:
-        """Scaled windows (W, T, F) float32 -> scores (W,) float64."""
-        out = np.empty(len(windows), dtype=np.float64)
-        for i, w in enumerate(windows):
-            out[i] = self.score_window(w)
+def tensor_info(model: TFLiteModel) -> dict:
+    """Input/output shape, dtype and (for integer tensors) quantization, for the manifest."""
+    def info(d: dict) -> dict:
+        scale, zero = d["quantization"]
+        out = {"shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+        if scale:
+            out["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
         return out
 
-    def reconstructions(self, windows: np.ndarray) -> np.ndarray:
-        """(W, T, F) -> (W, T, F) float32 reconstructions (new array)."""
-        return np.stack([self.reconstruct(w).copy() for w in windows]) if len(windows) else np.empty_like(windows)
+    interpreter = model.interpreter
+    return {"input": info(interpreter.get_input_details()[0]), "output": info(interpreter.get_output_details()[0])}
 
-    # ------------------------------------------------------------------ facts about the model
-    def _detect_state(self) -> bool:
-        """True if invoking twice on the same window gives different outputs (variable tensors)."""
-        rng = np.random.default_rng(0)
-        a = rng.random(self.window_shape, dtype=np.float32)
-        b = rng.random(self.window_shape, dtype=np.float32)
-        self.stateful = False
-        first = self.reconstruct(a).copy()
-        self.reconstruct(b)
-        again = self.reconstruct(a).copy()
-        stateful = not np.array_equal(first, again)
-        if stateful:
-            log.info("model keeps state between invokes: variables are reset before every window")
-        self.interpreter.reset_all_variables()
-        return stateful
 
-    def tensor_info(self) -> dict:
-        """Input/output shape, dtype and quantization for the manifest."""
-        def info(d: dict) -> dict:
-            scale, zero = d["quantization"]
-            out = {"shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
-            if scale:
-                out["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
-            return out
+def latency(model: TFLiteModel, windows: np.ndarray, n: int = 1000, warmup: int = 20) -> dict:
+    """Per-window wall time of quantize + invoke + dequantize + MAE, in µs: {"p50_us", "p99_us", "mean_us", "n"}.
 
-        return {"input": info(self._in), "output": info(self._out)}
-
-    def latency(self, windows: np.ndarray, n: int = 1000, warmup: int = 20) -> dict:
-        """Per-window wall time of quantize + invoke + dequantize + MAE, in µs: {"p50", "p99", "mean", "n"}."""
-        if len(windows) == 0:
-            raise ValueError("latency needs at least one window")
-        for i in range(warmup):
-            self.score_window(windows[i % len(windows)])
-        times = np.empty(n, dtype=np.float64)
-        for i in range(n):
-            w = windows[i % len(windows)]
-            t0 = time.perf_counter()
-            self.score_window(w)
-            times[i] = time.perf_counter() - t0
-        us = times * 1e6
-        return {"p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)),
-                "mean_us": float(us.mean()), "n": n}
+    windows: (W, T, F) float32 scaled, cycled through.
+    """
+    if len(windows) == 0:
+        raise ValueError("latency needs at least one window")
+    for i in range(warmup):
+        model.score_window(windows[i % len(windows)])
+    times = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        w = windows[i % len(windows)]
+        t0 = time.perf_counter()
+        model.score_window(w)
+        times[i] = time.perf_counter() - t0
+    us = times * 1e6
+    return {"p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)), "mean_us": float(us.mean()),
+            "n": n}
 
 
 def model_ops(model: Path | bytes) -> list[str]:

@@ -21,6 +21,7 @@ import pytest
 from edge_agent.bundle import Bundle, write_bundle
 from edge_agent.errors import BundleError
 from edge_agent.preprocess import model_inputs
+from edge_agent.scorer import TFLiteModel
 
 pytest.importorskip("tensorflow")
 
@@ -29,7 +30,7 @@ from trainer.export import ExportError, check_parity, convert, evaluate  # noqa:
 from trainer.model import ModelConfig, build, export_clone  # noqa: E402
 from trainer.pipeline import TrainOptions, run  # noqa: E402
 from trainer.split import parse_time, trim_recording  # noqa: E402
-from trainer.tflite_eval import TFLiteScorer, model_ops, non_builtin_ops, parity, spearman  # noqa: E402
+from trainer.tflite_eval import model_ops, non_builtin_ops, parity, spearman  # noqa: E402
 from trainer.train import FitConfig, keras_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,14 +95,14 @@ def test_served_int8_model_agrees_with_keras_on_held_out_windows(tiny):
     windows = model_inputs(later.segments[0].data, bundle.spec, bundle.scaler)
     assert windows.shape[1:] == (6, 4) and len(windows) > 100
     reference = keras_scores(result.model, windows)
-    served = TFLiteScorer(bundle.model_path).score(windows)
+    served = TFLiteModel(bundle.model_path).score(windows)
     p = parity(reference, served, bundle.threshold.value)
     assert p["agreement"] >= 0.99, p
     assert p["spearman"] > 0.99, p
     assert p["reference_above"] > 0 and p["reference_above"] < len(windows), "threshold must split the data"
     assert p["max_rel_error"] < 0.2, p
     # the float32 variant is essentially exact
-    f32 = TFLiteScorer(path / "variants" / "model.float32.tflite").score(windows)
+    f32 = TFLiteModel(path / "variants" / "model.float32.tflite").score(windows)
     np.testing.assert_allclose(f32, reference, rtol=1e-4)
 
 
@@ -121,7 +122,7 @@ def test_manifest_records_parity_size_and_latency_per_variant(tiny):
 
 def test_scorer_repeats_itself_and_quantizes_like_the_runtime(tiny):
     _, path = tiny
-    scorer = TFLiteScorer(path / "model.tflite")
+    scorer = TFLiteModel(path / "model.tflite")
     assert scorer.stateful is False
     rng = np.random.default_rng(3)
     a, b = rng.random((2, 6, 4), dtype=np.float32)
@@ -244,8 +245,8 @@ def test_same_seed_gives_identical_bundle_scores(tiny, tmp_path):
     assert second.manifest["scaler"] == first.manifest["scaler"]
     assert second.manifest["data"]["digest"] == first.manifest["data"]["digest"]
     windows = np.random.default_rng(5).random((40, 6, 4), dtype=np.float32)
-    a = TFLiteScorer(first_path / "model.tflite").score(windows)
-    b = TFLiteScorer(second.bundle / "model.tflite").score(windows)
+    a = TFLiteModel(first_path / "model.tflite").score(windows)
+    b = TFLiteModel(second.bundle / "model.tflite").score(windows)
     np.testing.assert_array_equal(a, b)
 
 
