@@ -24,19 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent import threshold
 from edge_agent.bundle import Bundle
 from edge_agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def _threshold_module():
-    """The one numpy implementation of the threshold methods (shared with the trainer; TF-free)."""
-    try:
-        from edge_agent import threshold  # type: ignore[attr-defined]
-    except ImportError:
-        from trainer import threshold
-    return threshold
 
 
 @dataclass(frozen=True)
@@ -53,14 +45,13 @@ class DeviceThreshold:
 
 def compute(scores: np.ndarray, bundle: Bundle, device: str) -> DeviceThreshold:
     """Threshold of healthy ``scores`` (N,) with the bundle's method and parameters; ValueError if too few."""
-    th = _threshold_module()
     method = bundle.threshold.method
-    func = getattr(th, method, None)
-    if func is None or method not in th.METHODS:
+    func = getattr(threshold, method, None)
+    if func is None or method not in threshold.METHODS:
         raise ValueError(f"the bundle's threshold method {method!r} is unknown to this agent")
     accepted = set(inspect.signature(func).parameters) - {"scores"}
     params = {k: v for k, v in bundle.threshold.params.items() if k in accepted}
-    result = th.calibrate(np.asarray(scores, np.float64), method, **params)
+    result = threshold.calibrate(np.asarray(scores, np.float64), method, **params)
     return DeviceThreshold(
         device=device,
         model_id=bundle.model_id,

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent import threshold as thresholds
 from edge_agent.bundle import SCHEMA_VERSION, write_bundle
 from edge_agent.preprocess import PreprocessSpec
 from edge_agent.scorer import TFLiteModel
-from trainer import threshold as thresholds
 from trainer.data import load
 from trainer.export import VARIANTS, check_parity, convert, evaluate, quiet_tensorflow
 from trainer.model import ModelConfig, export_clone

@@ -14,7 +14,7 @@ import re
 import warnings
 import zlib
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +197,7 @@ def parse_time(s: str) -> np.datetime64:
     if iso.endswith("Z") or re.search(r"[+-]\d{2}:?\d{2}$", iso[10:]):
         dt = datetime.fromisoformat(iso)
         if dt.tzinfo is not None:
-            dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+            dt = dt.astimezone(UTC).replace(tzinfo=None)
         return np.datetime64(dt, "ms")
     return np.datetime64(iso, "ms")
 
