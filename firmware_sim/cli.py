@@ -3,6 +3,13 @@
     firmware-sim run --signal bearing --preset ims --link serial --rate 20000 --duration 60
     firmware-sim run --signal lorenz --link mqtt --broker 127.0.0.1:1883 --device pump-1 --rate 100
     firmware-sim generate --signal lorenz --state healthy --samples 30000 --out healthy.npy
+    firmware-sim generate --signal replay --data tests/fixtures/data/femto_Bearing1_2 --samples 5000 --out f.csv
+    firmware-sim run --signal replay --data data/nab/art_daily_small_noise.csv --rate 10 --link mqtt
+
+Replay reads its data with ``trainer.data.load`` (``generate --format`` / ``run --data-format``,
+default auto); the rate and channel names come from the recording, ``--rate`` overrides the rate
+and is required for recordings without one (NAB, ims-avg, csv, npy). Malformed data end the
+command with ``Error: path:line:column: message`` and exit status 1.
 
 ``main()`` parses the options; ``run_stream`` and ``generate_file`` do the work.
 """
@@ -38,6 +45,7 @@ class SourceSpec:
     loop: bool = False
     rate: float | None = None
     seed: int = 0
+    data_format: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ def build_source(spec: SourceSpec, default_life_s: float) -> signals.Source:
         sample_rate=spec.rate,
         data=spec.data,
         loop=spec.loop,
+        data_format=spec.data_format,
     )
 
 
@@ -99,20 +108,24 @@ def run_stream(spec: RunSpec, stop: threading.Event | None = None) -> StreamRepo
 
 
 def generate_file(source: signals.Source, n_samples: int, out: Path) -> np.ndarray:
-    """Write ``n_samples`` rows to ``out``: ``.npy`` float32 (n, C) or CSV with a header."""
+    """Write ``n_samples`` rows to ``out``: ``.npy`` float32 (n, C) or CSV with a header
+    (a replay's channel names, else x,y,z for 3 channels or ch0, ch1, ...)."""
     data = signals.generate(source, n_samples)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, data)
     elif out.suffix == ".csv":
-        names = ["x", "y", "z"] if data.shape[1] == 3 else [f"ch{i}" for i in range(data.shape[1])]
+        names = getattr(source, "channels", None)  # a replay keeps the recording's channel names
+        if names is None or len(names) != data.shape[1]:
+            names = ["x", "y", "z"] if data.shape[1] == 3 else [f"ch{i}" for i in range(data.shape[1])]
         np.savetxt(out, data, delimiter=",", header=",".join(names), comments="", fmt="%.9g")
     else:
         raise click.BadParameter(f"output must end in .npy or .csv, got {out.name}", param_hint="--out")
     return data
 
 
-def _source_options(f):
+def _source_options(*format_flags: str):
+    """The source options; ``format_flags`` name the replay data-format option."""
     options = [
         click.option(
             "--signal", type=click.Choice(["lorenz", "bearing", "replay"]), default="bearing", show_default=True
@@ -122,11 +135,23 @@ def _source_options(f):
         click.option("--life", "life_s", type=click.FloatRange(min=0, min_open=True), help="seconds to failure"),
         click.option("--data", type=click.Path(exists=True), help="replay: file or folder"),
         click.option("--loop/--no-loop", default=False, help="replay: start again at the end"),
+        click.option(
+            *format_flags,
+            "data_format",
+            type=click.Choice(signals.REPLAY_FORMATS),
+            default="auto",
+            show_default=True,
+            help="replay: data format, as the trainer's --format",
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
 
 
 @click.group()
@@ -139,7 +164,7 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@_source_options
+@_source_options("--data-format")
 @click.option("--link", type=click.Choice(["serial", "mqtt"]), default="serial", show_default=True)
 @click.option("--port", help="serial: a port or pyserial URL; default: a new pseudo-terminal")
 @click.option("--link-path", type=click.Path(), help="serial pty: keep a symlink to the pty here")
@@ -157,7 +182,7 @@ def main(verbose: int) -> None:
 )
 @click.option("--json-summary", is_flag=True, help="print the final summary as JSON")
 def run(
-    signal, preset, state, life_s, data, loop, seed, link, port, link_path, broker, device, qos, fmt,
+    signal, preset, state, life_s, data, loop, data_format, seed, link, port, link_path, broker, device, qos, fmt,
     sample_type, rate, frame_samples, duration, speed, faults, json_summary,
 ) -> None:  # fmt: skip
     """Stream samples in real time over a serial link or MQTT."""
@@ -172,7 +197,7 @@ def run(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
     spec = RunSpec(
-        source=SourceSpec(signal, preset, state, life_s, data, loop, rate, seed),
+        source=SourceSpec(signal, preset, state, life_s, data, loop, rate, seed, data_format),
         link=link,
         port=port,
         link_path=link_path,
@@ -206,18 +231,19 @@ def run(
 
 
 @main.command()
-@_source_options
+@_source_options("--format", "--data-format")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Hz (default: the signal's own)")
 @click.option("--samples", "n_samples", type=click.IntRange(min=1), required=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=".npy or .csv")
-def generate(signal, preset, state, life_s, data, loop, seed, rate, n_samples, out) -> None:
+def generate(signal, preset, state, life_s, data, loop, data_format, seed, rate, n_samples, out) -> None:
     """Write a data set (samples x channels) for training or inspection."""
     if signal == "replay" and not data:
         raise click.BadParameter("replay needs --data", param_hint="--data")
-    spec = SourceSpec(signal, preset, state, life_s, data, loop, rate, seed)
+    spec = SourceSpec(signal, preset, state, life_s, data, loop, rate, seed, data_format)
     try:
-        # degrading without --life: over the whole file
-        source = build_source(spec, default_life_s=n_samples / (rate or signals.default_rate(signal, preset)))
+        # degrading without --life: over the whole file (a replay has no life)
+        life = 0.0 if signal == "replay" else n_samples / (rate or signals.default_rate(signal, preset))
+        source = build_source(spec, default_life_s=life)
         arr = generate_file(source, n_samples, out)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -19,15 +19,16 @@ through ``SEVERITY_PROFILE``; ``s`` stays 1 after the end of life. State ``healt
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from trainer import data as tdata  # the project's loaders: numpy only, never TensorFlow
 
 log = logging.getLogger(__name__)
 
@@ -380,101 +381,113 @@ class BearingSource:
 
 
 # --------------------------------------------------------------------------- replay
-def _read_table(path: Path) -> np.ndarray:
-    """One numeric table file -> float32 (n, C): .npy, .npz (FEMTO ``acc``), CSV or IMS text."""
-    name = path.name
-    if name.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-    elif name.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            if "acc" not in z:
-                raise ValueError(f"{path}: .npz without an 'acc' array (FEMTO snapshots [n, 2560, 2])")
-            acc = z["acc"]
-        arr = acc.reshape(-1, acc.shape[-1]) if acc.ndim == 3 else acc
-    else:
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt") as fh:
-            first = fh.readline()
-        delim = "," if "," in first else None  # IMS snapshots are tab-separated
-        try:
-            [float(v) for v in first.replace(",", " ").split()]
-            skip = 0
-        except ValueError:
-            skip = 1  # a header line (channel names)
-        arr = np.loadtxt(path, delimiter=delim, skiprows=skip, ndmin=2, dtype=np.float64)
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"{path}: expected a (samples, channels) table, got shape {arr.shape}")
-    return arr
+#: Format names ``ReplaySource`` accepts (those of ``trainer.data.load``).
+REPLAY_FORMATS = ("auto", "ims", "ims-avg", "femto", "snapshots", "nab", "csv", "npy")
 
 
-def replay_files(path: str | Path) -> list[Path]:
-    """The files a replay of ``path`` plays, in order (a folder: its files sorted by name)."""
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        if not files:
-            raise ValueError(f"{p}: empty folder")
-        return files
-    if not p.exists():
-        raise FileNotFoundError(p)
-    return [p]
+def _nice_ceiling(x: float) -> float:
+    """Smallest 1, 2 or 5 times a power of ten that is >= ``x`` (1.0 for x <= 0)."""
+    if not x > 0:
+        return 1.0
+    e = math.floor(math.log10(x))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        v = m * 10.0**e
+        if v >= x:
+            return v
+    return 10.0 ** (e + 1)
 
 
 class ReplaySource:
-    """Replays recorded samples: an IMS snapshot folder (files ``YYYY.MM.DD.HH.MM.SS`` or ``.gz``,
-    tab-separated), a FEMTO snapshot ``.npz`` (``acc`` [n, 2560, 2], snapshots concatenated),
-    a CSV file (optional header line) or a ``.npy`` (n, C) file — or a folder of such files.
+    """Replays a recording loaded by ``trainer.data.load`` (the project's one loader).
 
-    Files are loaded one at a time. ``read`` returns fewer rows than asked only at the end of
-    the data when ``loop`` is False (then an empty array). ``channels`` selects columns.
+    Any format the loader reads (``REPLAY_FORMATS``: an IMS snapshot folder of ``.gz`` files, a
+    FEMTO ``acc_NNNNN.csv`` folder, a snapshot ``.npz``, a NAB or generic CSV, a ``.npy``) is
+    streamed segment after segment in the recording's order; with ``loop`` it starts again
+    at the first segment. ``read(n)`` continues where the last call stopped and returns
+    float32 (m, C), m == n except at the end of the data without ``loop`` (then fewer rows,
+    finally (0, C)); the stream does not depend on how it is cut into reads.
+
+    Args:
+        path: file or folder.
+        format: one of ``REPLAY_FORMATS`` (``auto`` detects it).
+        sample_rate: Hz; overrides the recording's own. Needed for recordings without one
+            (NAB, ims-avg, csv, npy: their rows carry times or have no rate).
+        loop: start again at the end.
+        channels: names or 0-based indices of the channels to keep, in that order.
+        full_scale: physical units at int16 full scale; default: the data's peak rounded up to
+            1, 2 or 5 times a power of ten (so replay never clips on the int16 wire).
+
+    Attributes:
+        channels: channel names from the recording; ``units``, ``format``: the recording's.
+
+    The whole recording is loaded at construction (``trainer.data.load`` is eager), so a
+    very large folder costs its size in memory (float32).
+
+    Raises:
+        trainer.data.DataFormatError: the data are malformed (``path:line:column: message``)
+            or their format cannot be detected.
+        ValueError: no sample rate, an empty recording, or an unknown format name.
     """
 
     def __init__(
         self,
         path: str | Path,
         *,
-        sample_rate: float,
+        format: str = "auto",
+        sample_rate: float | None = None,
         loop: bool = False,
-        channels: Sequence[int] | None = None,
-        full_scale: float = 50.0,
+        channels: Sequence[str | int] | None = None,
+        full_scale: float | None = None,
     ) -> None:
-        self.files = replay_files(path)
-        self.sample_rate = float(sample_rate)
+        if format not in REPLAY_FORMATS:
+            raise ValueError(f"unknown replay format {format!r}; choose one of {', '.join(REPLAY_FORMATS)}")
+        rec = tdata.load(path, format=format)
+        if channels is not None:
+            try:
+                rec = rec.select_channels(list(channels))
+            except KeyError as exc:
+                raise ValueError(f"{path}: {exc.args[0]}") from None
+        rate = sample_rate if sample_rate is not None else rec.sample_rate
+        if rate is None or not rate > 0:
+            raise ValueError(
+                f"{path}: the {rec.format} recording has no sample rate (its rows carry their own times "
+                "or none); give one with --rate"
+            )
+        self._segments = [seg.data for seg in rec.segments if seg.n_rows]  # read-only (n_i, C) float32
+        if not self._segments:
+            raise ValueError(f"{path}: the {rec.format} recording has no rows")
+        self.recording = rec
+        self.sample_rate = float(rate)
+        self.channels = rec.channels
+        self.n_channels = rec.n_channels
+        self.units = rec.units
+        self.format = rec.format
         self.loop = loop
-        self.full_scale = full_scale
-        self._channels = list(channels) if channels is not None else None
-        self._tables: Iterator[np.ndarray] = self._iter_tables()
-        self._cur = next(self._tables)
-        self._pos = 0
-        self.n_channels = self._cur.shape[1]
-
-    def _iter_tables(self) -> Iterator[np.ndarray]:
-        while True:
-            for f in self.files:
-                arr = _read_table(f)
-                if self._channels is not None:
-                    arr = arr[:, self._channels]
-                log.debug("replaying %s: %d x %d", f, *arr.shape)
-                yield arr
-            if not self.loop:
-                return
+        peak = max(float(np.abs(d).max()) for d in self._segments)
+        self.full_scale = float(full_scale) if full_scale is not None else _nice_ceiling(peak)
+        self._seg = 0  # index of the current segment; len(self._segments) once exhausted
+        self._pos = 0  # next row in it
+        log.info(
+            "replaying %s (%s): %d segments, %d rows x %d channels %s at %g Hz",
+            path, rec.format, len(self._segments), rec.n_rows, self.n_channels, list(self.channels), self.sample_rate,
+        )
 
     def read(self, n: int) -> np.ndarray:
         out = np.empty((n, self.n_channels), dtype=np.float32)
         filled = 0
-        while filled < n and self._cur is not None:
-            take = min(n - filled, len(self._cur) - self._pos)
-            out[filled : filled + take] = self._cur[self._pos : self._pos + take]
+        segs = self._segments
+        while filled < n and self._seg < len(segs):
+            cur = segs[self._seg]
+            take = min(n - filled, len(cur) - self._pos)
+            out[filled : filled + take] = cur[self._pos : self._pos + take]
             filled += take
             self._pos += take
-            if self._pos == len(self._cur):
-                nxt = next(self._tables, None)
-                if nxt is not None and nxt.shape[1] != self.n_channels:
-                    raise ValueError(f"replay files disagree on the channel count ({nxt.shape[1]})")
-                self._cur, self._pos = nxt, 0
+            if self._pos == len(cur):
+                self._pos = 0
+                self._seg += 1
+                if self._seg == len(segs) and self.loop:
+                    log.debug("replay: looping to the first segment")
+                    self._seg = 0
         return out[:filled]
 
 
@@ -494,8 +507,10 @@ def make_source(
     sample_rate: float | None = None,
     data: str | Path | None = None,
     loop: bool = False,
+    data_format: str = "auto",
 ) -> Source:
-    """Build a source by name: "lorenz", "bearing" or "replay" (which needs ``data`` and a rate)."""
+    """Build a source by name: "lorenz", "bearing" or "replay" (which needs ``data``; its rate
+    comes from the recording unless ``sample_rate`` is given, see ``ReplaySource``)."""
     if signal == "lorenz":
         return LorenzSource(state, sample_rate=sample_rate or LORENZ_RATE, life_s=life_s)
     if signal == "bearing":
@@ -503,7 +518,7 @@ def make_source(
     if signal == "replay":
         if data is None:
             raise ValueError("replay needs a data path")
-        return ReplaySource(data, sample_rate=sample_rate or default_rate(signal, preset), loop=loop)
+        return ReplaySource(data, format=data_format, sample_rate=sample_rate, loop=loop)
     raise ValueError(f"unknown signal {signal!r}: lorenz, bearing or replay")
 
 

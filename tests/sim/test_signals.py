@@ -1,10 +1,9 @@
 """Signal sources: Lorenz against the tutorial's recordings, bearing statistics against the IMS
-and FEMTO recordings, replay of the real file formats, determinism and chunking."""
+and FEMTO recordings, determinism and chunking, snapshot statistics. (Replay: test_replay.py.)"""
 
 from __future__ import annotations
 
 import csv
-import gzip
 
 import numpy as np
 import pytest
@@ -161,41 +160,3 @@ def test_bearing_seed_changes_the_noise():
     a = signals.BearingSource("ims", seed=1).read(1000)
     b = signals.BearingSource("ims", seed=2).read(1000)
     assert a.shape == (1000, 4) and not np.array_equal(a, b)
-
-
-# --------------------------------------------------------------------------- replay
-def test_replay_ims_folder_of_gz_snapshots(shared_data, tmp_path):
-    folder = shared_data / "ims_bearing" / "raw_1st_test_first50"
-    files = sorted(folder.iterdir())[:2]
-    sub = tmp_path / "ims"
-    sub.mkdir()
-    for f in files:
-        (sub / f.name).symlink_to(f)
-    src = signals.ReplaySource(sub, sample_rate=20000)
-    x = signals.generate(src, 50000)
-    with gzip.open(files[0], "rt") as fh:
-        first = np.loadtxt(fh, dtype=np.float32)
-    assert x.shape == (2 * 20480, 8)
-    assert np.array_equal(x[:20480], first)
-    assert src.read(10).shape == (0, 8)
-
-
-def test_replay_femto_npz_loops(tmp_path):
-    acc = np.arange(3 * 2560 * 2, dtype=np.float32).reshape(3, 2560, 2)
-    np.savez(tmp_path / "b.npz", acc=acc)
-    src = signals.ReplaySource(tmp_path / "b.npz", sample_rate=25600, loop=True)
-    x = signals.generate(src, 3 * 2560 + 10)
-    assert np.array_equal(x[: 3 * 2560], acc.reshape(-1, 2))
-    assert np.array_equal(x[3 * 2560 :], acc[0, :10])
-
-
-def test_replay_csv_with_header_npy_and_plain_ims_text(tmp_path):
-    data = np.random.default_rng(0).standard_normal((100, 3)).astype(np.float32)
-    np.savetxt(tmp_path / "a.csv", data, delimiter=",", header="x,y,z", comments="", fmt="%.9g")
-    np.save(tmp_path / "a.npy", data)
-    np.savetxt(tmp_path / "2004.02.12.10.32.39", data, delimiter="\t", fmt="%.9g")
-    for name in ("a.csv", "a.npy", "2004.02.12.10.32.39"):
-        src = signals.ReplaySource(tmp_path / name, sample_rate=1000)
-        assert np.array_equal(signals.generate(src, 200), data), name
-    with pytest.raises(FileNotFoundError):
-        signals.ReplaySource(tmp_path / "missing.npy", sample_rate=1000)
