@@ -28,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_agent import preprocess
 from trainer import data as tdata  # the project's loaders: numpy only, never TensorFlow
 
 log = logging.getLogger(__name__)
@@ -536,10 +537,16 @@ def generate(source: Source, n: int, *, chunk: int = 65536) -> np.ndarray:
 
 
 def snapshot_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """RMS and excess kurtosis per channel of a (n, C) snapshot (mean removed for kurtosis)."""
-    x = np.asarray(x, dtype=np.float64)
-    rms = np.sqrt(np.mean(x * x, axis=0))
-    d = x - x.mean(axis=0)
-    m2 = np.mean(d * d, axis=0)
-    kurt = np.mean(d**4, axis=0) / np.maximum(m2 * m2, 1e-300) - 3.0
-    return rms, kurt
+    """RMS and excess kurtosis per channel of one (n, C) snapshot, n >= 2: two float32 (C,) arrays.
+
+    Computed by ``edge_agent.preprocess.steps`` with one block of n samples and the features
+    ``rms`` (mean not removed) and ``kurtosis`` (excess, mean removed; 0 for a constant channel),
+    so the simulator is judged with the same numbers the agent computes.
+    """
+    x = np.asarray(x)
+    n, c = x.shape
+    spec = preprocess.PreprocessSpec(
+        mode="features", channels=tuple(f"ch{j}" for j in range(c)), window=1, block=n, features=("rms", "kurtosis")
+    )
+    feats = preprocess.steps(x, spec).reshape(c, 2)  # (1, C * 2) channel-major -> (C, [rms, kurtosis])
+    return feats[:, 0].copy(), feats[:, 1].copy()

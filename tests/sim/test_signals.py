@@ -160,3 +160,15 @@ def test_bearing_seed_changes_the_noise():
     a = signals.BearingSource("ims", seed=1).read(1000)
     b = signals.BearingSource("ims", seed=2).read(1000)
     assert a.shape == (1000, 4) and not np.array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- snapshot_stats
+def test_snapshot_stats_are_rms_and_excess_kurtosis_per_channel():
+    rng = np.random.default_rng(3)
+    gauss = rng.standard_normal(200_000)
+    square = np.where(np.arange(200_000) % 2 == 0, 1.0, -1.0)  # kurtosis 1, excess -2
+    x = np.stack([3.0 + 2.0 * gauss, square], axis=1)
+    rms, kurt = signals.snapshot_stats(x)
+    assert rms.shape == kurt.shape == (2,)
+    assert rms == pytest.approx([np.sqrt(9.0 + 4.0), 1.0], rel=1e-2)  # RMS keeps the mean
+    assert kurt == pytest.approx([0.0, -2.0], abs=0.05)  # kurtosis removes it; Gaussian reads 0
