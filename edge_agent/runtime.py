@@ -112,15 +112,12 @@ class Pipeline:
         self.last_score: float | None = None
         self.windows_scored = 0
         self.alert_events = 0
-        self._gaps_seen = 0
 
     def push(self, frame: wire.Frame) -> int:
         """Feed one frame; returns the number of windows it completed (each scored and alerted on)."""
+        resyncs = self.windower.counters.resyncs
         n = self.windower.push(frame, self._on_window)
-        c = self.windower.counters
-        gaps = c.gaps + c.samples_invalid
-        if gaps != self._gaps_seen:  # windows on either side of a gap are not consecutive: restart the debounce
-            self._gaps_seen = gaps
+        if self.windower.counters.resyncs != resyncs:  # the sender restarted: its history says nothing now
             self.alerts.reset()
         return n
 
@@ -444,6 +441,7 @@ class Agent:
             "reconnects": src.get("reconnects", 0),
             "gaps": wc.gaps,
             "samples_missing": wc.samples_missing,
+            "duplicates": wc.duplicates,
             "samples_invalid": wc.samples_invalid,
             "windows_scored": p.windows_scored,
             "inference_ms_p50": lat["p50"],

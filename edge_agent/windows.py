@@ -10,6 +10,10 @@ What makes a span unusable (the window assembly restarts after it, so no scored 
 
 * a sequence gap or a backwards jump (``wire.seq_gap`` != 0): counted in ``gaps`` (and
   ``samples_missing`` for a forward gap, ``resyncs`` for a backwards one);
+* except a *duplicate*: a frame identical (seq, length, payload) to one of the last
+  ``RECENT_FRAMES`` consumed (QoS 1 redelivers after a reconnect) is dropped and counted in
+  ``duplicates``, and the stream carries on as if it had not arrived; a backwards jump with new
+  data is a restarted sender;
 * a row with a NaN/inf value, or a value beyond ``value_range`` (the manifest's ``signal.range``),
   or a saturated int16 code (``Frame.saturated``): counted in ``samples_invalid``.
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: A forward gap larger than this many samples is treated as a restarted sender (resync), not as loss.
 MAX_PLAUSIBLE_GAP = 1 << 24
+#: How many recently consumed frames are remembered to recognise redelivered duplicates.
+RECENT_FRAMES = 64
 #: Saturated int16 codes decode to the frame's largest magnitudes; rows within this fraction of
 #: the frame's peak magnitude (codes >= 32766 of 32767) are marked unusable.
 _SATURATION_FRACTION = 1.0 - 2.0 / 32768.0
@@ -49,6 +56,7 @@ class WindowerCounters:
     gaps: int = 0
     samples_missing: int = 0
     resyncs: int = 0
+    duplicates: int = 0
     samples_invalid: int = 0
     windows: int = 0
 
@@ -104,6 +112,7 @@ class Windower:
         self._window = Window(np.empty((spec.window, spec.n_features), np.float32))
         self._raw_window = np.empty((spec.window_samples, self.n_channels), np.float32) if self._features else None
         self._expected: int | None = None
+        self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_FRAMES)  # (seq, n, payload hash)
         self._run = 0  # contiguous valid steps since the last restart
         self._pfill = 0  # samples in the pending partial block
         self._last_warning = -math.inf
@@ -121,6 +130,7 @@ class Windower:
         """Restart and forget the expected sequence number (the next frame starts a new stream)."""
         self.restart()
         self._expected = None
+        self._recent.clear()
 
     # ------------------------------------------------------------------ input
     def push(self, frame: wire.Frame, emit: Callable[[Window], None]) -> int:
@@ -133,9 +143,12 @@ class Windower:
             self._warn("frame with shape %s rejected: the model expects %d channels", x.shape, self.n_channels)
             return 0
         n = x.shape[0]
-        c.samples_in += n
         if self._expected is not None:
             gap = wire.seq_gap(self._expected, frame.seq)
+            if gap < 0 and (frame.seq, n, hash(x.tobytes())) in self._recent:
+                c.duplicates += 1
+                self._warn("duplicate frame seq %d (already consumed up to %d): dropped", frame.seq, self._expected)
+                return 0
             if gap != 0:
                 c.gaps += 1
                 if 0 < gap <= MAX_PLAUSIBLE_GAP:
@@ -145,7 +158,9 @@ class Windower:
                     c.resyncs += 1
                     self._warn("sequence jumped from %d to %d: resynchronising", self._expected, frame.seq)
                 self.restart()
+        c.samples_in += n
         self._expected = frame.next_seq
+        self._recent.append((frame.seq, n, hash(x.tobytes())))
         before = c.windows
         bad = self._invalid_rows(x, frame.saturated)
         if bad is None:

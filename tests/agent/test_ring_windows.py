@@ -111,13 +111,28 @@ def test_gap_restarts_window_assembly(spec):
 
 
 def test_backwards_jump_is_a_resync():
-    x = _signal(RAW.window_samples * 3)
-    frames = _frames(x, [20]) + _frames(x, [20])  # the sender restarted at seq 0
+    x, y = _signal(RAW.window_samples * 3), _signal(RAW.window_samples * 3, seed=1)
+    frames = _frames(x, [20]) + _frames(y, [20])  # the sender restarted at seq 0 with new measurements
     w = Windower(RAW)
     got, _ = _collect(w, frames)
-    one = preprocess.windows(preprocess.steps(x, RAW), RAW.window, RAW.hop)
-    np.testing.assert_array_equal(got, np.concatenate([one, one]))
+    first, second = (preprocess.windows(preprocess.steps(z, RAW), RAW.window, RAW.hop) for z in (x, y))
+    np.testing.assert_array_equal(got, np.concatenate([first, second]))
+    assert w.counters.duplicates == 0
     assert w.counters.gaps == 1 and w.counters.resyncs == 1 and w.counters.samples_missing == 0
+
+
+@pytest.mark.parametrize("spec", [RAW, FEAT], ids=["raw", "features"])
+def test_redelivered_duplicate_frames_are_dropped_without_a_gap(spec):
+    """QoS 1 redelivers after a reconnect: a frame seen already must not count as a gap or restart windows."""
+    x = _signal(spec.window_samples * 4)
+    frames = _frames(x, [spec.window_samples // 3])
+    with_dups = frames[:5] + [frames[3], frames[4]] + frames[5:]
+    w = Windower(spec)
+    got, _ = _collect(w, with_dups)
+    np.testing.assert_array_equal(got, preprocess.windows(preprocess.steps(x, spec), spec.window, spec.hop))
+    assert w.counters.duplicates == 2
+    assert w.counters.gaps == 0 and w.counters.resyncs == 0 and w.counters.samples_missing == 0
+    assert w.counters.samples_in == len(x)
 
 
 @pytest.mark.parametrize("spec", [RAW, FEAT], ids=["raw", "features"])
