@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
+#: Served model forms, by the dtype of their input and output tensors.
+QUANTIZATIONS = ("float32", "int8")
 
 _NUMBER = (int, float)
 #: Required manifest keys and their types; nested dicts are checked recursively.
@@ -147,6 +149,10 @@ class Bundle:
             raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
         validate_manifest(manifest)
         model_path = path / manifest["tflite"]["file"]
+        if model_path.resolve().parent != path.resolve():
+            raise BundleError(f"{manifest_path}: tflite.file must name a file inside the bundle, not {manifest['tflite']['file']!r}")
+        if manifest["tflite"]["quantization"] not in QUANTIZATIONS:
+            raise BundleError(f"{manifest_path}: tflite.quantization must be one of {QUANTIZATIONS}, not {manifest['tflite']['quantization']!r}")
         if not model_path.is_file():
             raise BundleError(f"{path}: model file {manifest['tflite']['file']} is missing")
         actual = sha256_file(model_path)
@@ -187,9 +193,19 @@ class Bundle:
                 raise BundleError(
                     f"{self.model_path}: {kind} tensor is {dtype}{shape}, manifest says {declared['dtype']}{declared['shape']}"
                 )
-            scale, _zero = details[0]["quantization"]
+            if dtype != self.quantization:
+                raise BundleError(f"{self.model_path}: {kind} tensor is {dtype}, manifest says the model is {self.quantization}")
+            scale, zero_point = details[0]["quantization"]
             if (dtype == "int8") != (scale != 0.0):
                 raise BundleError(f"{self.model_path}: {kind} tensor quantization does not match its dtype {dtype}")
+            stated = declared.get("quantization")
+            if dtype == "int8" and stated is not None and (
+                not np.isclose(stated.get("scale", np.nan), scale, rtol=1e-6, atol=0.0) or stated.get("zero_point") != zero_point
+            ):
+                raise BundleError(
+                    f"{self.model_path}: {kind} tensor is quantized with scale {scale:.6g}, zero point {zero_point};"
+                    f" the manifest says scale {stated.get('scale')}, zero point {stated.get('zero_point')}"
+                )
 
 
 def write_bundle(

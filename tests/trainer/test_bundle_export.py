@@ -208,6 +208,31 @@ def test_broken_manifest_is_refused(bundle_copy):
         Bundle.load(bundle_copy)
 
 
+def _edit_manifest(bundle: Path, edit) -> None:
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    edit(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_manifest_that_misstates_the_quantization_is_refused(bundle_copy):
+    served = json.loads((bundle_copy / "manifest.json").read_text())["tflite"]["quantization"]
+    assert served == "int8"
+    _edit_manifest(bundle_copy, lambda m: m["tflite"].update(quantization="float32"))
+    with pytest.raises(BundleError, match="manifest says the model is float32"):
+        Bundle.load(bundle_copy)
+    _edit_manifest(bundle_copy, lambda m: m["tflite"].update(quantization="int8"))
+    _edit_manifest(bundle_copy, lambda m: m["tflite"]["input"]["quantization"].update(zero_point=0))
+    with pytest.raises(BundleError, match="input tensor is quantized with scale"):
+        Bundle.load(bundle_copy)
+
+
+def test_model_file_outside_the_bundle_is_refused(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m["tflite"].update(file="../model.tflite"))
+    with pytest.raises(BundleError, match="inside the bundle"):
+        Bundle.load(bundle_copy)
+
+
 # ---------------------------------------------------------------- atomicity
 
 
