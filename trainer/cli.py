@@ -184,6 +184,30 @@ def inspect(bundle: Path, as_json: bool) -> None:
     click.echo(json.dumps(loaded.manifest, indent=2) if as_json else describe(loaded.manifest))
 
 
+@cli.command()
+@click.option("--broker", default="127.0.0.1:1883", show_default=True, help="MQTT broker HOST:PORT the gateways upload to.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder of <device>.jsonl files (appended).")
+@click.option("--topic", default="vib/+/upload", show_default=True)
+@click.option("--max-records", type=click.IntRange(min=1), default=None, help="Stop after this many (default: Ctrl-C).")
+def collect(broker: str, out: Path, topic: str, max_records: int | None) -> None:
+    """Collect the windows gateways upload for retraining (train on them with --format uploads)."""
+    import signal
+    import threading
+
+    from trainer.data.collect import collect as collect_records
+
+    host, _, port = broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {broker!r}", param_hint="--broker")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"collecting {topic} from {broker} into {out} (Ctrl-C to stop)")
+    stats = collect_records(host, int(port), out, stop_event=stop, topic=topic, max_records=max_records)
+    click.echo(f"received {stats.received}, written {stats.written}, invalid {stats.invalid}, dropped {stats.dropped}; "
+               f"per device {dict(stats.per_device)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="trainer")
 
