@@ -29,7 +29,7 @@ from edge_agent import threshold as thresholds
 from edge_agent.bundle import SCHEMA_VERSION, write_bundle
 from edge_agent.preprocess import PreprocessSpec
 from edge_agent.scorer import TFLiteModel
-from trainer.data import load
+from trainer.data import detect_format, load
 from trainer.export import VARIANTS, check_parity, convert, evaluate, quiet_tensorflow
 from trainer.model import ModelConfig, export_clone
 from trainer.report import PERSISTENCE, write_report
@@ -110,7 +110,10 @@ def run(opts: TrainOptions) -> TrainResult:
     if not 0 < opts.min_agreement <= 1:
         raise ValueError(f"--min-agreement must be in (0, 1], got {opts.min_agreement}")
     load_opts = {"channels": list(opts.channels)} if opts.channels else {}
-    rec = load(opts.data, opts.format, **load_opts)
+    fmt = detect_format(opts.data) if opts.format == "auto" else opts.format
+    if fmt == "uploads":  # retrain only on windows the gateway scored as normal
+        load_opts["healthy_only"] = True
+    rec = load(opts.data, fmt, **load_opts)
     log.info("loaded %r", rec)
     rec = trim_recording(rec, opts.start, opts.end)
     if rec.n_rows == 0:

@@ -24,12 +24,13 @@ N_RECORDS = 8
 def _records() -> list[tuple[bytes, np.ndarray]]:
     source = signals.make_source("bearing", state="healthy", preset="femto", seed=5)
     out = []
-    for i in range(N_RECORDS):
+    for i in range(N_RECORDS):  # the last one was uploaded while an alert was active
         samples = source.read(3 * RATE)  # 3 s per uploaded window
         payload = encode_record(
             device="gw-1", model_id="m", model_version="v1", seq_end=(i + 1) * 3 * RATE,
             time_end=f"2026-11-22T10:00:{3 * i:02d}", sample_rate=RATE, channels=("horizontal", "vertical"),
-            score=0.1, threshold=0.2, state="normal", samples=samples,
+            score=0.1 if i < N_RECORDS - 1 else 0.5, threshold=0.2,
+            state="normal" if i < N_RECORDS - 1 else "critical", samples=samples,
         )
         out.append((payload, samples))
     return out
@@ -82,4 +83,5 @@ def test_uploads_are_collected_and_retrained_on(mosquitto: Broker, tmp_path: Pat
     assert train.returncode == 0, train.stdout + train.stderr
     bundle = Bundle.load(bundle_dir)
     assert bundle.manifest["data"]["format"] == "uploads"
+    assert bundle.manifest["data"]["segments"] == N_RECORDS - 1, "the window uploaded during an alert is not trained on"
     assert bundle.spec.channels == ("horizontal", "vertical") and bundle.spec.block == 2560
