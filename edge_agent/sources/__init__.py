@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from edge_agent import wire
 
@@ -50,6 +50,19 @@ class QueueSource:
         self.frames_dropped = 0
         self.reconnects = 0
         self._last_warning: dict[str, float] = {}
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _put(self, frame: wire.Frame) -> None:
         """Thin producer side: never blocks; a full queue drops the frame and counts it."""

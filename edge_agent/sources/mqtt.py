@@ -69,13 +69,6 @@ class MqttSource(QueueSource):
     def stop(self) -> None:
         self.connection.stop()
 
-    def __enter__(self) -> MqttSource:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     @property
     def counters(self) -> dict[str, int]:
         return {

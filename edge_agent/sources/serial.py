@@ -80,13 +80,6 @@ class SerialSource(QueueSource):
             self._thread.join(timeout)
             self._thread = None
 
-    def __enter__(self) -> SerialSource:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     @property
     def counters(self) -> dict[str, int]:
         d = self._decoder
