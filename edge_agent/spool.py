@@ -18,12 +18,13 @@ One connection shared by all threads, serialised by a lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,23 +118,29 @@ class Spool:
         if len(data) > self.max_bytes:
             raise UploadError(f"spool: record of {len(data)} bytes exceeds the spool size {self.max_bytes}")
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._evict_for(len(data))
-                    cur = self._db.execute(
-                        "INSERT INTO records (created, topic, payload) VALUES (?, ?, ?)", (time.time(), topic, data)
-                    )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                self._recount()
-                raise UploadError(f"spool {self.path}: cannot store a record: {exc}") from exc
+            with self._transaction("store a record") as db:
+                self._evict_for(len(data))
+                cur = db.execute(
+                    "INSERT INTO records (created, topic, payload) VALUES (?, ?, ?)", (time.time(), topic, data)
+                )
             self._count += 1
             self._bytes += len(data)
             return int(cur.lastrowid or 0)
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction (caller holds the lock); a sqlite error becomes UploadError naming ``what``."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self._recount()
+            raise UploadError(f"spool {self.path}: cannot {what}: {exc}") from exc
 
     def _evict_for(self, size: int) -> None:  # inside the put transaction
         over_n = self._count + 1 - self.max_records
@@ -176,20 +183,11 @@ class Spool:
             return 0
         marks = ",".join("?" * len(ids))
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    n, size = self._db.execute(
-                        f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM records WHERE id IN ({marks})", ids
-                    ).fetchone()
-                    self._db.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                self._recount()
-                raise UploadError(f"spool {self.path}: cannot delete records: {exc}") from exc
+            with self._transaction("delete records") as db:
+                n, size = db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM records WHERE id IN ({marks})", ids
+                ).fetchone()
+                db.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
             self._count -= int(n)
             self._bytes -= int(size)
             return int(n)
