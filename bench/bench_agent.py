@@ -1,8 +1,8 @@
 """Benchmark: does the gateway agent keep up, how fast does it score, and what does it cost?
 
 For each sensor case (25.6 kHz x 2 ch FEMTO-like, 20 kHz x 4 ch IMS-like, firmware_sim's bearing model)
-a small bundle is trained with the trainer (features mode: blocks of 1024 samples, rms/peak/kurtosis/crest,
-windows of 8 blocks, hop 2; Conv1D autoencoder; float32 + int8 variants), then:
+a small bundle is trained per architecture (features mode: blocks of 1024 samples, rms/peak/kurtosis/crest,
+windows of 8 blocks, hop 2; LSTM (the default) and Conv1D autoencoders; float32 + int8 variants), then:
 
 * keep-up: CPU of one core (``time.process_time``) to decode binary int16 frames, window, featurise and
   score one second of signal, with the served int8 model (= CPU % at the real rate);
@@ -52,7 +52,7 @@ BLOCK, WINDOW, HOP = 1024, 8, 2
 BIN = Path(sys.executable).parent
 
 
-def train(preset: str, out: Path, seconds: int = 30) -> Path:
+def train(preset: str, out: Path, architecture: str, seconds: int = 30) -> Path:
     from trainer.model import ModelConfig
     from trainer.pipeline import TrainOptions, run
     from trainer.train import FitConfig
@@ -64,9 +64,10 @@ def train(preset: str, out: Path, seconds: int = 30) -> Path:
     opts = TrainOptions(
         data=out / "healthy.npy", out=out / "bundle", format="npy", mode="features", window=WINDOW, hop=HOP,
         block=BLOCK, features=("rms", "peak", "kurtosis", "crest"),
-        model=ModelConfig(architecture="conv1d", units=(16, 8), latent=4),
+        model=ModelConfig(architecture="conv1d", units=(16, 8), latent=4) if architecture == "conv1d"
+        else ModelConfig(architecture="lstm"),
         fit=FitConfig(epochs=30, batch_size=16, patience=5), quantize="int8", latency_windows=50,
-        model_id=f"bench-{preset}",
+        model_id=f"bench-{preset}-{architecture}",
     )
     return run(opts).bundle
 
@@ -235,15 +236,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="signal seconds for keep-up and replay")
     ap.add_argument("--cases", default="femto,ims")
+    ap.add_argument("--models", default="lstm,conv1d", help="autoencoder architectures to compare")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_agent.md")
     args = ap.parse_args()
     rows = []
     facts = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in args.cases.split(","):
+        for preset, arch in [(p, a) for p in args.cases.split(",") for a in args.models.split(",")]:
             rate, channels = CASES[preset]
-            print(f"[{preset}] training a bundle ...", flush=True)
-            bundle_dir = train(preset, Path(tmp) / preset)
+            print(f"[{preset} {arch}] training a bundle ...", flush=True)
+            bundle_dir = train(preset, Path(tmp) / f"{preset}-{arch}", arch)
             bundle = Bundle.load(bundle_dir)
             from edge_agent import preprocess
 
@@ -256,8 +258,8 @@ def main() -> None:
             tfl = tf_latency(bundle, windows)
             st = startup(bundle_dir, rate)
             al = alert_latency(bundle_dir, preset)
-            facts[preset] = {"keep_up": ku, "replay_x": rs, "latency": lat, "tf": tfl, "startup": st, "alert": al}
-            name = f"{rate / 1000:g} kHz x {channels} ch"
+            facts[f"{preset}-{arch}"] = {"keep_up": ku, "replay_x": rs, "latency": lat, "tf": tfl, "startup": st, "alert": al}
+            name = f"{rate / 1000:g} kHz x {channels} ch, {arch}"
             rows.append((name, "CPU % of one core (decode+window+features+int8 score)", f"{ku['cpu_pct']:.2f} %", "<= 10 %"))
             rows.append((name, "replay speed", f"{rs:.0f}x real time", ">= 20x"))
             for v in ("int8", "float32"):
@@ -281,7 +283,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cpu = re.sub(r"\s+", " ", Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": "))
     args.out.write_text(f"Agent benchmark ({cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
-                        f"windows of {WINDOW} x {BLOCK} samples, hop {HOP} blocks; Conv1D AE; one thread)\n\n"
+                        f"windows of {WINDOW} x {BLOCK} samples, hop {HOP} blocks; {args.models} autoencoders; one thread)\n\n"
                         + table + "\n")
     (args.out.with_suffix(".json")).write_text(json.dumps(facts, indent=2))
     print(f"wrote {args.out}")
