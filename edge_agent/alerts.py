@@ -23,8 +23,9 @@ Rules (all levels relative to the threshold in force for that window)::
 - Cooldown: after a recovery no alert is raised for ``cooldown_s`` seconds of the injected monotonic clock;
   windows are still scored and recorded, so an alert that persists through the cooldown is raised on the
   first window after it.
-- Windows with a non-finite score or a threshold that is not a positive finite number are counted in
-  ``invalid`` and ignored.
+- A score of ``+inf`` (the pipeline's verdict on a span of saturated or out-of-range input, which is
+  beyond anything the model can score) is a hit at every level. Windows with a NaN or negative score,
+  or a threshold that is not a positive finite number, are counted in ``invalid`` and ignored.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class AlertStateMachine:
     def update(self, result: WindowResult) -> AlertEvent | None:
         """Record one window; return the event if the alert state changed, else ``None``."""
         score, threshold = float(result.score), float(result.threshold)
-        if not math.isfinite(score) or not (math.isfinite(threshold) and threshold > 0.0):
+        if math.isnan(score) or score < 0.0 or not (math.isfinite(threshold) and threshold > 0.0):
             self.invalid += 1
             logger.debug("alert: ignoring window seq_end=%d score=%r threshold=%r", result.seq_end, score, threshold)
             return None

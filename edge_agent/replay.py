@@ -101,8 +101,8 @@ def replay(
         return now[0]
 
     def on_window(w, result, event):
-        index_end, iso = time_of["last"]
-        if pipeline.alerting:
+        index_end, iso = time_of["last"] if w is not None else time_of["fn"](result.seq_end)
+        if pipeline.alerting or w is None:  # an over-range span (w None) is never a calibration score
             rows.append(ReplayRow(index_end, iso, result.score, result.threshold, pipeline.alerts.state,
                                   event.kind if event else ""))
         else:

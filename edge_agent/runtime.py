@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -46,7 +47,8 @@ from edge_agent.windows import Window, Windower
 log = logging.getLogger(__name__)
 
 #: Called for every scored window: (window, result, event or None). Runs on the scoring thread.
-WindowCallback = Callable[[Window, WindowResult, "AlertEvent | None"], None]
+#: Called for every scored window, and with ``None`` for an over-range span (see ``Pipeline.push``).
+WindowCallback = Callable[[Window | None, WindowResult, "AlertEvent | None"], None]
 
 
 def make_windower(bundle: Bundle, sample_rate: float | None = None) -> Windower:
@@ -112,14 +114,48 @@ class Pipeline:
         self.last_score: float | None = None
         self.windows_scored = 0
         self.alert_events = 0
+        self.over_range_spans = 0  # input spans scored as infinite: saturated / beyond signal.range
+        self._unscored = self._unscored_over_range = 0  # input since the last window, and how much was over range
 
     def push(self, frame: wire.Frame) -> int:
-        """Feed one frame; returns the number of windows it completed (each scored and alerted on)."""
-        resyncs = self.windower.counters.resyncs
+        """Feed one frame; returns the number of windows it completed (each scored and alerted on).
+
+        Saturated or out-of-range samples are never scored, but a machine shaking beyond the sensor's
+        range must not go quiet: every ``window_samples`` of input that completed no window and held
+        such samples counts for the alert state machine as a window with an infinite score.
+        """
+        wc = self.windower.counters
+        resyncs, over_range = wc.resyncs, wc.samples_over_range
         n = self.windower.push(frame, self._on_window)
-        if self.windower.counters.resyncs != resyncs:  # the sender restarted: its history says nothing now
+        if wc.resyncs != resyncs:  # the sender restarted: its history says nothing now
             self.alerts.reset()
+        if n:
+            self._unscored = self._unscored_over_range = 0
+            return n
+        self._unscored += frame.samples.shape[0]
+        self._unscored_over_range += wc.samples_over_range - over_range
+        if self._unscored >= self.bundle.spec.window_samples:
+            if self._unscored_over_range:
+                self._over_range_span(frame, self._unscored_over_range, self._unscored)
+            self._unscored = self._unscored_over_range = 0
         return n
+
+    def _over_range_span(self, frame: wire.Frame, over_range: int, samples: int) -> None:
+        result = WindowResult(
+            device=self.device,
+            model_version=self.bundle.version,
+            score=math.inf,
+            threshold=self.threshold,
+            time=time.time(),
+            seq_end=frame.next_seq,
+            stats={"over_range_samples": float(over_range), "over_range_fraction": over_range / samples},
+        )
+        self.over_range_spans += 1
+        event = self.alerts.update(result) if self.alerting else None
+        if event is not None:
+            self.alert_events += 1
+        if self.on_window is not None:
+            self.on_window(None, result, event)
 
     def _on_window(self, w: Window) -> None:
         score = self.scorer.score(w.steps)
@@ -332,13 +368,14 @@ class Agent:
         if self.connection is not None:
             self.connection.stop()  # also stops an MQTT source (it shares the connection)
 
-    def _on_window(self, w: Window, result: WindowResult, event: AlertEvent | None) -> None:
+    def _on_window(self, w: Window | None, result: WindowResult, event: AlertEvent | None) -> None:
         if event is not None:
             self.dispatcher.emit(event)
             if self.on_event is not None:
                 self.on_event(event)
         if (
-            self._uploader is not None
+            w is not None
+            and self._uploader is not None
             and self.pipeline.windower.sample_rate
             and self._upload_policy.should_upload(time.monotonic(), self.pipeline.alerts.state)
         ):
@@ -443,6 +480,8 @@ class Agent:
             "samples_missing": wc.samples_missing,
             "duplicates": wc.duplicates,
             "samples_invalid": wc.samples_invalid,
+            "samples_over_range": wc.samples_over_range,
+            "over_range_spans": p.over_range_spans,
             "windows_scored": p.windows_scored,
             "inference_ms_p50": lat["p50"],
             "inference_ms_p99": lat["p99"],
@@ -490,7 +529,7 @@ def collect_scores(cfg: AgentConfig, n_windows: int, timeout_s: float) -> tuple[
     scores: list[float] = []
     pipeline = Pipeline(
         bundle, device=cfg.device, threshold=bundle.threshold.value, policy=policy_of(cfg), scorer=scorer,
-        alerting=False, on_window=lambda _w, r, _e: scores.append(r.score), sample_rate=cfg.source.sample_rate,
+        alerting=False, on_window=lambda w, r, _e: w is not None and scores.append(r.score), sample_rate=cfg.source.sample_rate,
     )
     source = make_source(cfg)
     deadline = time.monotonic() + timeout_s

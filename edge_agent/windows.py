@@ -15,7 +15,9 @@ What makes a span unusable (the window assembly restarts after it, so no scored 
   ``duplicates``, and the stream carries on as if it had not arrived; a backwards jump with new
   data is a restarted sender;
 * a row with a NaN/inf value, or a value beyond ``value_range`` (the manifest's ``signal.range``),
-  or a saturated int16 code (``Frame.saturated``): counted in ``samples_invalid``.
+  or a saturated int16 code (``Frame.saturated``): counted in ``samples_invalid`` (and the saturated
+  or out-of-range ones also in ``samples_over_range``: the pipeline treats a span of them as an
+  anomaly in itself, see ``runtime.Pipeline``).
 
 For contiguous valid input the windows are exactly ``preprocess.windows(preprocess.steps(x), T, hop)``
 whatever the framing, because each block's features depend only on that block.
@@ -58,6 +60,7 @@ class WindowerCounters:
     resyncs: int = 0
     duplicates: int = 0
     samples_invalid: int = 0
+    samples_over_range: int = 0  # the part of samples_invalid that is saturated or beyond signal.range
     windows: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -167,6 +170,7 @@ class Windower:
             self._feed(x, 0, n, frame, emit)
             return c.windows - before
         c.samples_invalid += int(bad.sum())
+        c.samples_over_range += int((bad & np.isfinite(x).all(axis=1)).sum())
         self._warn("%d invalid samples (NaN, saturated or out of range) in frame seq %d", int(bad.sum()), frame.seq)
         start = 0
         for i in np.flatnonzero(bad):

@@ -172,10 +172,19 @@ def test_event_fields_and_to_dict_is_json() -> None:
 def test_invalid_windows_are_counted_and_ignored() -> None:
     f = Feeder()
     f.feed(HIGH, HIGH)
-    assert f.feed(math.nan, math.inf) == []
+    assert f.feed(math.nan, -math.inf) == []
     assert f.feed(HIGH, threshold=0.0) == [] and f.feed(HIGH, threshold=math.nan) == []
     assert f.sm.invalid == 4
     assert [e.kind for e in f.feed(HIGH)] == ["raised"]  # the two earlier hits still count
+
+
+def test_an_infinite_score_is_a_critical_hit() -> None:
+    """+inf is the pipeline's verdict on saturated / over-range input: beyond every level, never ignored."""
+    f = Feeder()
+    events = f.feed(math.inf, math.inf, math.inf)
+    assert [(e.kind, e.severity) for e in events] == [("raised", "critical")]
+    assert f.sm.invalid == 0
+    assert events[0].to_dict()["score"] is None  # JSON has no infinity
 
 
 def test_reset_clears_history_but_keeps_the_active_alert() -> None:

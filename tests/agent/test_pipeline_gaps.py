@@ -1,4 +1,4 @@
-"""A lossy link must not silence alerts: gaps restart window assembly, not the alert debounce."""
+"""A lossy link or a saturating sensor must not silence alerts; NaN input is counted, not alerted on."""
 
 from __future__ import annotations
 
@@ -33,3 +33,45 @@ def test_alert_is_raised_when_gaps_leave_fewer_than_k_windows_between_them(agent
     assert windows == pipeline.windower.counters.gaps + 1
     assert pipeline.alerts.state in ("warning", "critical"), "the failing machine must be alerted on"
     assert events, "an alert event was emitted"
+
+
+def _stream(pipeline: Pipeline, x: np.ndarray, seq0: int, frame: int = 256, sample_type: str = "float32") -> int:
+    """Push ``x`` through the real wire codec (int16 frames saturate at the IMS full scale of 10 g)."""
+    decoder = wire.FrameDecoder()
+    scale = wire.int16_scale(10.0) if sample_type == "int16" else None
+    for pos in range(0, len(x) - frame + 1, frame):
+        payload = wire.encode_frame(seq0 + pos, x[pos : pos + frame], sample_type=sample_type, scale=scale)
+        for f in decoder.feed(payload):
+            pipeline.push(f)
+    return seq0 + len(x) // frame * frame
+
+
+def test_a_sensor_saturating_continuously_raises_a_critical_alert(agent_bundle, degrading_samples):
+    """Saturated samples are never scored, but a machine shaking beyond the sensor's range must not go quiet."""
+    bundle = Bundle.load(agent_bundle)
+    pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=AlertPolicy(k=3, n=5))
+    events = []
+    pipeline.on_window = lambda _w, _r, event: event and events.append(event)
+    healthy = np.ascontiguousarray(degrading_samples[: RATE * 2])
+    seq = _stream(pipeline, healthy, 0, sample_type="int16")
+    assert pipeline.windows_scored > 0 and pipeline.alerts.state == "normal"
+    scored = pipeline.windows_scored
+    shaking = np.clip(healthy * 50.0, -40.0, 40.0)  # far beyond the 10 g full scale: int16 codes saturate
+    _stream(pipeline, shaking, seq, sample_type="int16")
+    counters = pipeline.windower.counters
+    assert counters.samples_over_range > 0 and counters.samples_over_range <= counters.samples_invalid
+    assert pipeline.windows_scored == scored, "no window containing saturated samples is scored"
+    assert pipeline.over_range_spans >= 3
+    assert [e.kind for e in events] == ["raised"] and events[0].severity == "critical"
+    assert events[0].stats["over_range_fraction"] > 0
+
+
+def test_a_sensor_sending_nan_is_counted_but_does_not_page_anyone(agent_bundle, degrading_samples):
+    bundle = Bundle.load(agent_bundle)
+    pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=AlertPolicy(k=3, n=5))
+    nans = np.full((RATE * 2, 4), np.nan, np.float32)
+    _stream(pipeline, nans, 0)
+    assert pipeline.windower.counters.samples_invalid == len(nans) // 256 * 256
+    assert pipeline.windower.counters.samples_over_range == 0
+    assert pipeline.windows_scored == 0 and pipeline.over_range_spans == 0
+    assert pipeline.alerts.state == "normal"
