@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from edge_agent.errors import AgentError, ConfigError
+from edge_agent.errors import AgentError, BundleError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,17 @@ def main(verbose: int) -> None:
 @main.command("validate-config")
 @click.argument("config", type=click.Path(path_type=Path))
 def validate_config(config: Path) -> None:
-    """Check a config file: exit 0 if valid, else 1 with the reason."""
+    """Check a config file and the bundle it names: exit 0 if the agent can run on them, else 1 with the reason."""
+    from edge_agent.bundle import Bundle
+
     cfg = _load(config)
-    click.echo(f"{config}: ok (device {cfg.device}, source {cfg.source.kind}, bundle {cfg.resolve(cfg.bundle.path)})")
+    bundle_path = cfg.resolve(cfg.bundle.path)
+    try:
+        bundle = Bundle.load(bundle_path)
+    except BundleError as exc:
+        raise click.ClickException(f"{config}: bundle.path: {exc}") from None
+    click.echo(f"{config}: ok (device {cfg.device}, source {cfg.source.kind}, bundle {bundle_path}: "
+               f"{bundle.model_id} {bundle.version}, {bundle.quantization})")
 
 
 @main.command()

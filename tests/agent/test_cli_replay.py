@@ -30,6 +30,10 @@ def test_validate_config_exit_codes(tmp_path, agent_bundle):
     bad.write_text(good.read_text().replace("k = 3", "k = 9"))
     fail = CliRunner().invoke(main, ["validate-config", str(bad)])
     assert fail.exit_code == 1 and "alerts.k: must be 1..n" in fail.output
+    nowhere = tmp_path / "nowhere.toml"
+    nowhere.write_text(good.read_text().replace(str(agent_bundle), str(tmp_path / "no-bundle-here")))
+    missing = CliRunner().invoke(main, ["validate-config", str(nowhere)])
+    assert missing.exit_code == 1 and "bundle.path" in missing.output and "not a bundle directory" in missing.output
 
 
 def test_replay_cli_writes_rows_and_plot(tmp_path, agent_bundle, degrading_samples):
