@@ -33,8 +33,8 @@ export-tflite: setup
 
 train: export-tflite
 
-bench: setup
 bench: export TF_CPP_MIN_LOG_LEVEL = 2
+bench: setup
 	$(PY) bench/bench_export.py
 	$(PY) bench/bench_sim.py --duration 5
 	$(PY) bench/bench_agent.py
