@@ -24,9 +24,10 @@ Binary frame (serial links and MQTT binary payloads), little-endian::
     24     P     payload      n_samples x n_channels values, sample-major (s0c0, s0c1, .., s1c0, ..)
     24+P   4     crc32        u32, zlib.crc32 of bytes [2, 24+P): header after the sync, and payload
 
-int16 codes equal to +32767, -32767 or -32768 mean the sensor was SATURATED (at or beyond full
-scale): they decode to +-full-scale numbers and are counted in ``Frame.saturated``. A float32
-NaN passes through unchanged (the agent counts and skips it).
+int16 codes +32767 and -32767 mean the sensor was SATURATED (at or beyond full scale): they decode
+to +-full-scale numbers and are counted in ``Frame.saturated``. The code -32768 means NO READING
+(the firmware's NaN) and decodes to NaN, like a float32 NaN (the agent counts and skips both; a
+missing reading is a sensor fault, not evidence of vibration).
 
 CSV line format (humans, slow links): one sample per line, ``seq,t_us,v0,v1,...`` in decimal
 (values with 9 significant digits, so float32 round-trips exactly; ``nan`` allowed). Lines
@@ -68,6 +69,8 @@ MAX_SAMPLES = 4096
 MAX_CHANNELS = 16
 SEQ_MOD = 2**32
 INT16_FULL_SCALE = 32767
+#: int16 code for a missing reading (NaN at the sensor); decodes to NaN.
+INT16_NO_READING = -32768
 #: Largest possible binary frame in bytes (float32, 4096 samples x 16 channels).
 MAX_FRAME_SIZE = HEADER_SIZE + MAX_SAMPLES * MAX_CHANNELS * 4 + CRC_SIZE
 #: Headroom used when ``encode_frame`` picks the int16 scale itself: the frame's peak maps here.
@@ -169,7 +172,7 @@ def encode_frame(
         scale: int16 only: physical units per LSB (see ``int16_scale``). When None, the frame's
             peak finite magnitude is mapped to code 30000 (headroom below saturation), or 1.0
             for an all-zero frame. Values beyond +-32767 codes clip to +-32767 (a saturated
-            reading) and NaN encodes as -32768 (also a saturated code).
+            reading) and NaN encodes as -32768 (no reading).
 
     Returns:
         The frame bytes, ``24 + n*C*itemsize + 4`` long.
@@ -196,7 +199,7 @@ def encode_frame(
         with np.errstate(invalid="ignore"):
             codes = np.rint(values / scale_f)
         codes = np.clip(codes, -INT16_FULL_SCALE, INT16_FULL_SCALE)
-        codes[np.isnan(codes)] = -32768
+        codes[np.isnan(codes)] = INT16_NO_READING
         payload = codes.astype("<i2").tobytes()
     head = HEADER.pack(SYNC, VERSION, stype, seq % SEQ_MOD, t0_us, n, c, 0, scale_f)
     crc = zlib.crc32(payload, zlib.crc32(head[2:]))
@@ -228,9 +231,12 @@ def _payload_to_frame(
     raw = np.frombuffer(buf, dtype=_DTYPE[stype], count=n * c, offset=start).reshape(n, c)
     if stype == SAMPLE_FLOAT32:
         return Frame(seq, t0, raw.astype(np.float32))
-    saturated = int(np.count_nonzero((raw >= INT16_FULL_SCALE) | (raw <= -INT16_FULL_SCALE)))
+    saturated = int(np.count_nonzero((raw == INT16_FULL_SCALE) | (raw == -INT16_FULL_SCALE)))
     samples = raw.astype(np.float32)
     samples *= np.float32(scale)
+    missing = raw == INT16_NO_READING
+    if missing.any():
+        samples[missing] = np.nan
     return Frame(seq, t0, samples, saturated)
 
 

@@ -10,7 +10,7 @@ saw:
 * ``garbage`` -> 1..64 junk bytes before a frame; binary junk never contains 0xA5 or 0x5A,
   so it cannot fake a sync marker; CSV junk is one line of letters.
 * ``nan`` / ``saturate`` -> values replaced by NaN / pushed beyond full scale (int16: saturated
-  codes; float32: exactly +-full scale); NaN in int16 frames encodes as a saturated code.
+  codes; float32: exactly +-full scale); NaN in int16 frames encodes as -32768, the no-reading code.
 * ``noise``   -> a burst of white noise (a quarter of full scale RMS) over part of a frame.
 * ``disconnect`` -> the link drops; frames produced during the outage are lost (counted in
   ``outage_samples``) and the link reconnects after the outage.

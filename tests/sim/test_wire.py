@@ -58,8 +58,9 @@ def test_int16_saturation_and_nan_are_flagged():
     scale = wire.int16_scale(50.0)
     x = np.array([[0.0, 60.0], [-70.0, 50.0], [np.nan, 1.0]], dtype=np.float32)
     f = wire.decode_payload(wire.encode_frame(0, x, scale=scale))
-    # 60 and 50 clip to +32767, -70 to -32767, NaN to -32768: four saturated codes
-    assert f.saturated == 4
+    # 60 and 50 clip to +32767, -70 to -32767: three saturated codes; NaN travels as -32768, "no reading"
+    assert f.saturated == 3
+    assert np.isnan(f.samples[2, 0]) and np.isfinite(np.delete(f.samples.ravel(), 4)).all()
     assert f.samples[0, 1] == pytest.approx(50.0, rel=1e-6)
     assert f.samples[1, 0] == pytest.approx(-50.0, rel=1e-6)
     assert f.samples[2, 1] == pytest.approx(1.0, abs=scale)
