@@ -184,7 +184,7 @@ class AlertStateMachine:
         return None
 
     def reset(self) -> None:
-        """Forget the k-of-n history and the clear run (after a gap or a model swap); keep the active alert."""
+        """Forget the k-of-n history and the clear run (after a model swap or a restarted sender); keep the active alert."""
         self._hits.clear()
         self._crit.clear()
         self._clear_run = 0

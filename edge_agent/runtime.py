@@ -46,7 +46,15 @@ from edge_agent.windows import Window, Windower
 
 log = logging.getLogger(__name__)
 
+#: Least fraction of a window's worth of unscorable input that must be saturated / beyond range for
+#: that span to count as an (infinitely) anomalous window: sporadic clipping is counted, never alerted on.
+OVER_RANGE_MIN_FRACTION = 1e-3
+
 #: Called for every scored window: (window, result, event or None). Runs on the scoring thread.
+#: Least fraction of a window's worth of unscorable input that must be saturated / beyond range for
+#: that span to count as an (infinitely) anomalous window: sporadic clipping is counted, never alerted on.
+OVER_RANGE_MIN_FRACTION = 1e-3
+
 #: Called for every scored window, and with ``None`` for an over-range span (see ``Pipeline.push``).
 WindowCallback = Callable[[Window | None, WindowResult, "AlertEvent | None"], None]
 
@@ -121,26 +129,32 @@ class Pipeline:
         """Feed one frame; returns the number of windows it completed (each scored and alerted on).
 
         Saturated or out-of-range samples are never scored, but a machine shaking beyond the sensor's
-        range must not go quiet: every ``window_samples`` of input that completed no window and held
-        such samples counts for the alert state machine as a window with an infinite score.
+        range must not go quiet: each ``window_samples`` of accepted input that completed no window, and
+        of which at least ``OVER_RANGE_MIN_FRACTION`` was over range, counts for the alert state machine
+        as a window with an infinite score. An isolated clipped sample never does.
         """
         wc = self.windower.counters
-        resyncs, over_range = wc.resyncs, wc.samples_over_range
+        resyncs, samples_in, over_range = wc.resyncs, wc.samples_in, wc.samples_over_range
         n = self.windower.push(frame, self._on_window)
         if wc.resyncs != resyncs:  # the sender restarted: its history says nothing now
             self.alerts.reset()
+            self._unscored = self._unscored_over_range = 0
         if n:
             self._unscored = self._unscored_over_range = 0
             return n
-        self._unscored += frame.samples.shape[0]
+        self._unscored += wc.samples_in - samples_in
         self._unscored_over_range += wc.samples_over_range - over_range
-        if self._unscored >= self.bundle.spec.window_samples:
-            if self._unscored_over_range:
-                self._over_range_span(frame, self._unscored_over_range, self._unscored)
-            self._unscored = self._unscored_over_range = 0
+        spans, rest = divmod(self._unscored, self.bundle.spec.window_samples)
+        if spans:
+            fraction = min(1.0, self._unscored_over_range / self._unscored)
+            if fraction >= OVER_RANGE_MIN_FRACTION:
+                for _ in range(spans):
+                    self._over_range_span(frame, fraction)
+            # carry the remainder over, with its share of the over-range samples
+            self._unscored, self._unscored_over_range = rest, round(self._unscored_over_range * rest / self._unscored)
         return n
 
-    def _over_range_span(self, frame: wire.Frame, over_range: int, samples: int) -> None:
+    def _over_range_span(self, frame: wire.Frame, fraction: float) -> None:
         result = WindowResult(
             device=self.device,
             model_version=self.bundle.version,
@@ -148,7 +162,7 @@ class Pipeline:
             threshold=self.threshold,
             time=time.time(),
             seq_end=frame.next_seq,
-            stats={"over_range_samples": float(over_range), "over_range_fraction": over_range / samples},
+            stats={"over_range_fraction": fraction},
         )
         self.over_range_spans += 1
         event = self.alerts.update(result) if self.alerting else None
@@ -184,6 +198,7 @@ class Pipeline:
             self.windower.counters = counters
         self.bundle, self.scorer, self.threshold = bundle, scorer, float(threshold)
         self.alerts.reset()
+        self._unscored = self._unscored_over_range = 0
 
 
 def load_served_model(path: Path, num_threads: int = 1) -> tuple[Bundle, Scorer, float]:

@@ -66,6 +66,20 @@ def test_a_sensor_saturating_continuously_raises_a_critical_alert(agent_bundle, 
     assert events[0].stats["over_range_fraction"] > 0
 
 
+def test_sporadic_clipping_and_missing_readings_are_counted_but_page_no_one(agent_bundle, degrading_samples):
+    """One clipped value now and then (and int16 'no reading' codes) restart windows but are not an alarm."""
+    bundle = Bundle.load(agent_bundle)
+    pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=AlertPolicy(k=3, n=5))
+    healthy = np.array(degrading_samples[: RATE * 8])
+    healthy[:: bundle.spec.window_samples // 2, 0] = 40.0  # one clipped value twice per window: int16 saturates
+    healthy[bundle.spec.window_samples // 4 :: bundle.spec.window_samples // 2, 1] = np.nan  # sent as -32768
+    _stream(pipeline, healthy, 0, sample_type="int16")
+    counters = pipeline.windower.counters
+    assert counters.samples_over_range > 10 and counters.samples_invalid > counters.samples_over_range
+    assert pipeline.over_range_spans == 0
+    assert pipeline.alerts.state == "normal" and pipeline.alert_events == 0
+
+
 def test_a_sensor_sending_nan_is_counted_but_does_not_page_anyone(agent_bundle, degrading_samples):
     bundle = Bundle.load(agent_bundle)
     pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=AlertPolicy(k=3, n=5))
