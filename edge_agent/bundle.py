@@ -136,8 +136,20 @@ class Bundle:
 
     @classmethod
     def load(cls, path: Path | str, check_model: bool = True) -> Bundle:
-        """Read and validate a bundle; with ``check_model`` also load the model and compare its tensors."""
-        path = Path(path)
+        """Read and validate a bundle; with ``check_model`` also load the model and compare its tensors.
+
+        Every way a bundle can be wrong, a value of the wrong type deep in the manifest included,
+        is a BundleError: a running agent refuses such a bundle and keeps serving its model.
+        """
+        try:
+            return cls._load(Path(path), check_model)
+        except BundleError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            raise BundleError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def _load(cls, path: Path, check_model: bool) -> Bundle:
         manifest_path = path / MANIFEST_FILE
         if not path.is_dir():
             raise BundleError(f"{path}: not a bundle directory")
@@ -149,7 +161,8 @@ class Bundle:
             raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
         validate_manifest(manifest)
         model_path = path / manifest["tflite"]["file"]
-        if model_path.resolve().parent != path.resolve():
+        declared_file = Path(manifest["tflite"]["file"])
+        if declared_file.is_absolute() or ".." in declared_file.parts:
             raise BundleError(f"{manifest_path}: tflite.file must name a file inside the bundle, not {manifest['tflite']['file']!r}")
         if manifest["tflite"]["quantization"] not in QUANTIZATIONS:
             raise BundleError(f"{manifest_path}: tflite.quantization must be one of {QUANTIZATIONS}, not {manifest['tflite']['quantization']!r}")
@@ -171,6 +184,9 @@ class Bundle:
         expected_input = [1, spec.window, spec.n_features]
         if manifest["tflite"]["input"]["shape"] != expected_input:
             raise BundleError(f"{manifest_path}: tflite.input.shape {manifest['tflite']['input']['shape']} != {expected_input}")
+        rate = manifest["signal"].get("sample_rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0):
+            raise BundleError(f"{manifest_path}: signal.sample_rate must be a positive number or null, not {rate!r}")
         t = manifest["threshold"]
         if not np.isfinite(t["value"]) or t["value"] <= 0:
             raise BundleError(f"{manifest_path}: threshold.value must be a positive number, got {t['value']}")

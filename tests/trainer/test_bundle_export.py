@@ -233,6 +233,31 @@ def test_model_file_outside_the_bundle_is_refused(bundle_copy):
         Bundle.load(bundle_copy)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["tflite"]["input"]["quantization"].update(scale="0.1"),
+        lambda m: m["tflite"]["input"].update(quantization=[0.1, 0]),
+        lambda m: m["signal"].update(sample_rate="25.6 kHz"),
+        lambda m: m["preprocess"].update(window="ten"),
+        lambda m: m["scaler"].update(min=None),
+    ],
+    ids=["scale-string", "quantization-list", "rate-string", "window-string", "scaler-null"],
+)
+def test_values_of_the_wrong_type_deep_in_the_manifest_are_a_bundle_error(bundle_copy, edit):
+    _edit_manifest(bundle_copy, edit)
+    with pytest.raises(BundleError):
+        Bundle.load(bundle_copy)
+
+
+def test_model_file_may_be_a_symlink_inside_the_bundle(bundle_copy):
+    served = bundle_copy / "model.tflite"
+    target = bundle_copy / "variants" / "served.tflite"
+    served.rename(target)
+    served.symlink_to(Path("variants") / "served.tflite")
+    assert Bundle.load(bundle_copy).model_path == served
+
+
 # ---------------------------------------------------------------- atomicity
 
 
