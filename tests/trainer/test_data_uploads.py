@@ -119,6 +119,24 @@ def test_uploads_loader_and_healthy_only(tmp_path: Path) -> None:
     np.testing.assert_array_equal(healthy.segments[1].data, recs[0][1])
 
 
+def test_a_record_collected_twice_is_loaded_once(tmp_path: Path) -> None:
+    """QoS 1 redelivery can make the collector write a record twice; training must not see it twice."""
+    recs = [make(1), make(2), make(3)]
+    _write_jsonl(tmp_path / "gw-01.jsonl", [recs[0][0], recs[1][0], recs[1][0], recs[2][0]])
+    rec = load(tmp_path)
+    assert len(rec.segments) == 3
+    for seg, (_, samples) in zip(rec.segments, recs, strict=True):
+        np.testing.assert_array_equal(seg.data, samples)
+
+
+def test_any_agent_device_id_becomes_a_safe_file_name() -> None:
+    from trainer.data.collect import device_file_name
+
+    assert device_file_name("gw-01") == "gw-01.jsonl"
+    assert device_file_name("pump 7 (hall B)") == "pump%207%20%28hall%20B%29.jsonl"
+    assert device_file_name("..") == "%2E..jsonl" and "/" not in device_file_name("a\\b")
+
+
 def test_uploads_loader_errors(tmp_path: Path) -> None:
     good, _ = make(1)
     other, _ = make(2, channels=("a", "b", "c"))

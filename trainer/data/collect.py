@@ -12,21 +12,27 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.errors import UploadError
+from edge_agent import wire
+from edge_agent.errors import ConfigError, UploadError
 from edge_agent.upload_record import UploadRecord, decode_record
 
 log = logging.getLogger(__name__)
 
-_SAFE_DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def device_file_name(device: str) -> str:
+    """``<device>.jsonl`` with every character outside ``[A-Za-z0-9_.-]`` percent-encoded (any agent id is a safe name)."""
+    name = urllib.parse.quote(device, safe="")
+    return f"{'%2E' + name[1:] if name.startswith('.') else name}.jsonl"
 
 
 @dataclass
@@ -64,7 +70,7 @@ class _Inbox:
 def _write(files: dict[str, IO[str]], out_dir: Path, rec: UploadRecord) -> None:
     fh = files.get(rec.device)
     if fh is None:
-        fh = open(out_dir / f"{rec.device}.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in collect)
+        fh = open(out_dir / device_file_name(rec.device), "a", encoding="utf-8")  # noqa: SIM115 (closed in collect)
         files[rec.device] = fh
     fh.write(rec.encode().decode("utf-8") + "\n")
     fh.flush()
@@ -134,9 +140,8 @@ def collect(
         stats.received += 1
         try:
             rec = decode_record(payload)
-            if not _SAFE_DEVICE.match(rec.device):
-                raise UploadError(f"upload record: device name {rec.device!r} is not a safe file name")
-        except UploadError as exc:
+            wire.check_device_id(rec.device)
+        except (UploadError, ConfigError) as exc:
             stats.invalid += 1
             now = time.monotonic()
             if now - warned[0] > 5.0:  # rate-limited: a flood of bad payloads logs every 5 s

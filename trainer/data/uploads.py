@@ -100,12 +100,16 @@ def load_uploads(
     located, invalid = read_records(path, skip_invalid=skip_invalid)
     if not located:
         raise DataFormatError(path, message=f"no valid upload records ({invalid} invalid)")
-    kept = [x for x in located if device is None or x.record.device == device]
+    unique: dict[tuple[str, str, int], _Located] = {}
+    for x in located:  # QoS 1 is at-least-once: a record can be collected twice
+        unique.setdefault((x.record.device, x.record.model_version, x.record.seq_end), x)
+    duplicates = len(located) - len(unique)
+    kept = [x for x in unique.values() if device is None or x.record.device == device]
     n_dev = len(kept)
     if healthy_only:
         kept = [x for x in kept if x.record.healthy]
-    log.info("%s: %d records, %d invalid skipped, %d of another device, %d not healthy dropped",
-             path, len(located), invalid, len(located) - n_dev, n_dev - len(kept))
+    log.info("%s: %d records, %d invalid skipped, %d duplicates dropped, %d of another device, %d not healthy dropped",
+             path, len(located), invalid, duplicates, len(unique) - n_dev, n_dev - len(kept))
     ref = kept[0].record if kept else located[0].record
     for x in kept:
         r = x.record
