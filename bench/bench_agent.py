@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -281,7 +282,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cpu = re.sub(r"\s+", " ", Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": "))
+    cpu = next((re.sub(r"\s+", " ", line.split(":", 1)[1].strip()) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
     args.out.write_text(f"Agent benchmark ({cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
                         f"windows of {WINDOW} x {BLOCK} samples, hop {HOP} blocks; {args.models} autoencoders; one thread)\n\n"
                         + table + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from edge_agent import wire  # noqa: E402
 from firmware_sim import link, signals  # noqa: E402
 from firmware_sim.stream import StreamConfig, Streamer  # noqa: E402
 
-MOSQUITTO = "/usr/sbin/mosquitto"
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 CASES = [("femto", 25600.0, 2), ("ims", 20000.0, 4)]
 
 
