@@ -43,8 +43,3 @@ def load_interpreter(model: Path | bytes, num_threads: int = 1):
         raise BundleError(f"{runtime} cannot load the model: {exc}") from exc
     return interpreter
 
-
-def op_names(model: Path | bytes) -> list[str]:
-    """Sorted distinct operator names of a model (for the builtin-ops check)."""
-    interpreter = load_interpreter(model)
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()})

@@ -60,9 +60,8 @@ def latency(model: TFLiteModel, windows: np.ndarray, n: int = 1000, warmup: int 
 def model_ops(model: Path | bytes) -> list[str]:
     """Sorted distinct operator names as stored in the model (no delegate applied).
 
-    ``edge_agent.interpreter.op_names`` lists ops after the default XNNPACK delegate has
-    replaced some of them with a ``DELEGATE`` node; here the delegate is kept off so the list
-    is what the file contains.
+    An interpreter with the default XNNPACK delegate lists a ``DELEGATE`` node in place of the ops
+    it took over; here the delegate is kept off so the list is what the file contains.
     """
     cls, _runtime = interpreter_class()
     kwargs = {"model_content": bytes(model)} if isinstance(model, bytes | bytearray) else {"model_path": str(model)}
