@@ -160,8 +160,8 @@ class Bundle:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
         validate_manifest(manifest)
-        model_path = path / manifest["tflite"]["file"]
         declared_file = Path(manifest["tflite"]["file"])
+        model_path = path / declared_file
         if declared_file.is_absolute() or ".." in declared_file.parts:
             raise BundleError(f"{manifest_path}: tflite.file must name a file inside the bundle, not {manifest['tflite']['file']!r}")
         if manifest["tflite"]["quantization"] not in QUANTIZATIONS:

@@ -165,11 +165,7 @@ class Pipeline:
             stats={"over_range_fraction": fraction},
         )
         self.over_range_spans += 1
-        event = self.alerts.update(result) if self.alerting else None
-        if event is not None:
-            self.alert_events += 1
-        if self.on_window is not None:
-            self.on_window(None, result, event)
+        self._judge(None, result)
 
     def _on_window(self, w: Window) -> None:
         score = self.scorer.score(w.steps)
@@ -184,6 +180,10 @@ class Pipeline:
             seq_end=w.seq_end,
             stats=flat_stats(w.stats),
         )
+        self._judge(w, result)
+
+    def _judge(self, w: Window | None, result: WindowResult) -> None:
+        """Hand a result to the alert state machine (unless calibrating) and to the ``on_window`` callback."""
         event = self.alerts.update(result) if self.alerting else None
         if event is not None:
             self.alert_events += 1
