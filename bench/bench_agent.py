@@ -38,10 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_agent import wire  # noqa: E402
 from edge_agent.alerts import AlertPolicy  # noqa: E402
-from edge_agent.bundle import Bundle  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
+from edge_agent.contract import wire  # noqa: E402
+from edge_agent.contract.bundle import Bundle  # noqa: E402
 from edge_agent.replay import replay  # noqa: E402
 from edge_agent.runtime import Agent, Pipeline  # noqa: E402
 from edge_agent.scorer import Scorer  # noqa: E402
@@ -92,7 +92,7 @@ def keep_up(bundle: Bundle, preset: str, seconds: float) -> dict:
 
 
 def replay_speed(bundle: Bundle, preset: str, seconds: float) -> float:
-    from trainer.data.recording import Recording, Segment
+    from edge_agent.contract.recordings.recording import Recording, Segment
 
     rate, _ = CASES[preset]
     x = signals.generate(signals.make_source("bearing", state="degrading", preset=preset, seed=4, life_s=seconds),
@@ -248,7 +248,7 @@ def main() -> None:
             print(f"[{preset} {arch}] training a bundle ...", flush=True)
             bundle_dir = train(preset, Path(tmp) / f"{preset}-{arch}", arch)
             bundle = Bundle.load(bundle_dir)
-            from edge_agent import preprocess
+            from edge_agent.contract import preprocess
 
             x = signals.generate(signals.make_source("bearing", state="healthy", preset=preset, seed=7), int(rate * 10))
             windows = preprocess.windows(preprocess.steps(x, bundle.spec), bundle.spec.window, bundle.spec.hop)

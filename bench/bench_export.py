@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.bundle import Bundle
-from edge_agent.preprocess import model_inputs
+from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.preprocess import model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO / "bundles" / "ims-test2"
@@ -81,7 +81,7 @@ def main() -> None:
 
         run(TrainOptions(data=args.data, out=args.bundle, **DEFAULT_ARGS))
     bundle = Bundle.load(args.bundle)
-    from trainer.data import load
+    from edge_agent.contract.recordings import load
     from trainer.split import trim_recording
 
     m = bundle.manifest

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_agent import wire  # noqa: E402
+from edge_agent.contract import wire  # noqa: E402
 from firmware_sim import link, signals  # noqa: E402
 from firmware_sim.stream import StreamConfig, Streamer  # noqa: E402
 
@@ -50,7 +50,7 @@ def _pty_reader(path: str, ready, stop, counts) -> None:
 def _mqtt_reader(host: str, port: int, device: str, ready, stop, counts) -> None:
     import paho.mqtt.client as mqtt
 
-    from edge_agent.errors import FrameError
+    from edge_agent.contract.errors import FrameError
 
     def on_message(client, userdata, msg):
         try:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import threshold
-from edge_agent.bundle import Bundle
-from edge_agent.errors import ConfigError
+from edge_agent.contract import threshold
+from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

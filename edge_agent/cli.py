@@ -6,7 +6,7 @@
     edge-agent status [--config agent.toml | --file status.json]
     edge-agent replay --bundle DIR --data PATH [--format F] [--calibrate N] --out scores.csv [--plot scores.png]
 
-Never imports TensorFlow: ``replay`` reads recordings with ``trainer.data`` (numpy only), imported lazily.
+Never imports TensorFlow: ``replay`` reads recordings with ``edge_agent.contract.recordings`` (numpy only), imported lazily.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from edge_agent.errors import AgentError, BundleError, ConfigError
+from edge_agent.contract.errors import AgentError, BundleError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def main(verbose: int) -> None:
 @click.argument("config", type=click.Path(path_type=Path))
 def validate_config(config: Path) -> None:
     """Check a config file and the bundle it names: exit 0 if the agent can run on them, else 1 with the reason."""
-    from edge_agent.bundle import Bundle
+    from edge_agent.contract.bundle import Bundle
 
     cfg = _load(config)
     bundle_path = cfg.resolve(cfg.bundle.path)
@@ -154,7 +154,7 @@ def status(config: Path | None, file: Path | None) -> None:
 @main.command()
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path, exists=True))
-@click.option("--format", "fmt", default="auto", show_default=True, help="trainer.data format (auto, ims, csv, npy, ...).")
+@click.option("--format", "fmt", default="auto", show_default=True, help="edge_agent.contract.recordings format (auto, ims, csv, npy, ...).")
 @click.option("--channels", default=None, help="Comma-separated channel names or indices to use.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Load at most this many files/snapshots.")
 @click.option("--calibrate", "n_cal", type=click.IntRange(0), default=0, show_default=True,
@@ -167,12 +167,12 @@ def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: 
     """Run the gateway pipeline on a recording as fast as it can; write one row per window."""
     from edge_agent import replay as rp
     from edge_agent.alerts import AlertPolicy
-    from edge_agent.bundle import Bundle
+    from edge_agent.contract.bundle import Bundle
 
     try:
-        from trainer import data as tdata  # numpy-only loaders, no TensorFlow
+        from edge_agent.contract import recordings as tdata  # numpy-only loaders, no TensorFlow
     except ImportError as exc:
-        raise click.ClickException(f"replay needs the recording loaders (trainer.data): {exc}") from None
+        raise click.ClickException(f"replay needs the recording loaders (edge_agent.contract.recordings): {exc}") from None
     try:
         bundle = Bundle.load(bundle_dir)
     except AgentError as exc:

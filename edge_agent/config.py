@@ -28,8 +28,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent import wire
-from edge_agent.errors import ConfigError
+from edge_agent.contract import wire
+from edge_agent.contract.errors import ConfigError
 
 
 def _rng(lo: float | None = None, hi: float | None = None, choices: tuple | None = None) -> dict:

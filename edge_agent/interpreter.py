@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edge_agent.errors import BundleError
+from edge_agent.contract.errors import BundleError
 
 log = logging.getLogger(__name__)
 

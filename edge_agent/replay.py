@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import calibration, wire
+from edge_agent import calibration
 from edge_agent.alerts import AlertPolicy
-from edge_agent.bundle import Bundle
+from edge_agent.contract import wire
+from edge_agent.contract.bundle import Bundle
 from edge_agent.runtime import Pipeline
 from edge_agent.scorer import Scorer
 
@@ -82,7 +83,7 @@ def replay(
     threshold: float | None = None,
     model_path: Path | None = None,
 ) -> ReplayResult:
-    """Score ``recording`` (a ``trainer.data.Recording``) with ``bundle``; see the module docstring.
+    """Score ``recording`` (a ``edge_agent.contract.recordings.Recording``) with ``bundle``; see the module docstring.
 
     ``calibrate`` > 0: the first that many windows are scored without alerting and set the
     threshold with the bundle's method (as ``edge-agent calibrate`` does on a device).

@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import calibration, wire
+from edge_agent import calibration
 from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, WindowResult
-from edge_agent.bundle import MANIFEST_FILE, Bundle
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError, BundleError
+from edge_agent.contract import wire
+from edge_agent.contract.bundle import MANIFEST_FILE, Bundle
+from edge_agent.contract.errors import AgentError, BundleError
 from edge_agent.scorer import Scorer
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
 from edge_agent.sources import SampleSource
@@ -399,7 +400,7 @@ class Agent:
             self.on_window_cb(w, result, event)
 
     def _offer_upload(self, w: Window, result: WindowResult) -> None:
-        from edge_agent.upload_record import encode_record
+        from edge_agent.contract.upload_record import encode_record
 
         b = self.pipeline.bundle
         try:

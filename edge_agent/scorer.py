@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import preprocess
-from edge_agent.bundle import Bundle
-from edge_agent.errors import BundleError
+from edge_agent.contract import preprocess
+from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.errors import BundleError
 from edge_agent.interpreter import load_interpreter
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from typing import Protocol, runtime_checkable
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.alerts import AlertEvent
+from edge_agent.contract.wire import alert_topic
 from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
-from edge_agent.wire import alert_topic
 
 logger = logging.getLogger(__name__)
 

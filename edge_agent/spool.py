@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.errors import UploadError
+from edge_agent.contract.errors import UploadError
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@
   (``backoff_min_s`` doubling to ``backoff_max_s``). Messages handed to paho stay in paho's queue and are
   re-sent by paho on reconnect; the thread waits for those instead of publishing copies.
 - ``UploadPolicy`` decides when a scored window is worth uploading (the caller encodes it with
-  ``edge_agent.upload_record.encode_record`` and calls ``offer``).
+  ``edge_agent.contract.upload_record.encode_record`` and calls ``offer``).
 
 Counters: ``sent`` (records acknowledged), ``failed_attempts`` (rounds that failed or timed out),
 ``dropped`` (offers the spool refused), ``pending`` (records in the spool).
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge_agent.errors import UploadError
+from edge_agent.contract.errors import UploadError
 from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
 from edge_agent.spool import Spool
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_agent import preprocess, wire
+from edge_agent.contract import preprocess, wire
 from edge_agent.ring import Ring
 
 log = logging.getLogger(__name__)

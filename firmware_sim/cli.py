@@ -6,7 +6,7 @@
     firmware-sim generate --signal replay --data tests/fixtures/data/femto_Bearing1_2 --samples 5000 --out f.csv
     firmware-sim run --signal replay --data data/nab/art_daily_small_noise.csv --rate 10 --link mqtt
 
-Replay reads its data with ``trainer.data.load`` (``generate --format`` / ``run --data-format``,
+Replay reads its data with ``edge_agent.contract.recordings.load`` (``generate --format`` / ``run --data-format``,
 default auto); the rate and channel names come from the recording, ``--rate`` overrides the rate
 and is required for recordings without one (NAB, ims-avg, csv, npy). Malformed data end the
 command with ``Error: path:line:column: message`` and exit status 1.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent import wire
+from edge_agent.contract import wire
 
 log = logging.getLogger(__name__)
 

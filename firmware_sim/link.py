@@ -27,7 +27,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import serial
 
-from edge_agent import wire
+from edge_agent.contract import wire
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_agent import preprocess
-from trainer import data as tdata  # the project's loaders: numpy only, never TensorFlow
+from edge_agent.contract import preprocess
+from edge_agent.contract import recordings as tdata  # the project's loaders: numpy only, never TensorFlow
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ class BearingSource:
 
 
 # --------------------------------------------------------------------------- replay
-#: Format names ``ReplaySource`` accepts (those of ``trainer.data.load``).
+#: Format names ``ReplaySource`` accepts (those of ``edge_agent.contract.recordings.load``).
 REPLAY_FORMATS = ("auto", "ims", "ims-avg", "femto", "snapshots", "nab", "csv", "npy")
 
 
@@ -399,7 +399,7 @@ def _nice_ceiling(x: float) -> float:
 
 
 class ReplaySource:
-    """Replays a recording loaded by ``trainer.data.load`` (the project's one loader).
+    """Replays a recording loaded by ``edge_agent.contract.recordings.load`` (the project's one loader).
 
     Any format the loader reads (``REPLAY_FORMATS``: an IMS snapshot folder of ``.gz`` files, a
     FEMTO ``acc_NNNNN.csv`` folder, a snapshot ``.npz``, a NAB or generic CSV, a ``.npy``) is
@@ -421,11 +421,11 @@ class ReplaySource:
     Attributes:
         channels: channel names from the recording; ``units``, ``format``: the recording's.
 
-    The whole recording is loaded at construction (``trainer.data.load`` is eager), so a
+    The whole recording is loaded at construction (``edge_agent.contract.recordings.load`` is eager), so a
     very large folder costs its size in memory (float32).
 
     Raises:
-        trainer.data.DataFormatError: the data are malformed (``path:line:column: message``)
+        edge_agent.contract.recordings.DataFormatError: the data are malformed (``path:line:column: message``)
             or their format cannot be detected.
         ValueError: no sample rate, an empty recording, or an unknown format name.
     """
@@ -539,7 +539,7 @@ def generate(source: Source, n: int, *, chunk: int = 65536) -> np.ndarray:
 def snapshot_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """RMS and excess kurtosis per channel of one (n, C) snapshot, n >= 2: two float32 (C,) arrays.
 
-    Computed by ``edge_agent.preprocess.steps`` with one block of n samples and the features
+    Computed by ``edge_agent.contract.preprocess.steps`` with one block of n samples and the features
     ``rms`` (mean not removed) and ``kurtosis`` (excess, mean removed; 0 for a constant channel),
     so the simulator is judged with the same numbers the agent computes.
     """

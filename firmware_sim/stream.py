@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent import wire
+from edge_agent.contract import wire
 from firmware_sim.faults import FaultInjector, Ledger
 from firmware_sim.signals import Source
 

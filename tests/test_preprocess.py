@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_agent.preprocess import (
+from edge_agent.contract.preprocess import (
     FEATURE_NAMES,
     MinMaxScaler,
     PreprocessSpec,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from edge_agent.errors import BundleError
-from trainer.data import FORMATS
+from edge_agent.contract.errors import BundleError
+from edge_agent.contract.recordings import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def describe(manifest: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 def inspect(bundle: Path, as_json: bool) -> None:
     """Validate BUNDLE (schema, sha256, tensors) and print its manifest. Exit 1 if it is corrupt."""
-    from edge_agent.bundle import Bundle
+    from edge_agent.contract.bundle import Bundle
 
     try:
         loaded = Bundle.load(bundle)
@@ -194,7 +194,7 @@ def collect(broker: str, out: Path, topic: str, max_records: int | None) -> None
     import signal
     import threading
 
-    from trainer.data.collect import collect as collect_records
+    from trainer.collect import collect as collect_records
 
     host, _, port = broker.rpartition(":")
     if not host or not port.isdigit():

@@ -1,7 +1,7 @@
 """Autoencoder architectures (Keras 3, TensorFlow backend).
 
 Both models map a scaled window (batch, T, F) float32 to its reconstruction (batch, T, F);
-the anomaly score is the reconstruction MAE (``edge_agent.preprocess.reconstruction_error``).
+the anomaly score is the reconstruction MAE (``edge_agent.contract.preprocess.reconstruction_error``).
 
 * ``lstm``: LSTM(u0, seq) … LSTM(u_last) → RepeatVector(T) → LSTM(u_last, seq) … LSTM(u0, seq)
   → TimeDistributed(Dense(F)). Units default to (32, 16), the IMS-tutorial shape.

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import threshold as thresholds
-from edge_agent.bundle import SCHEMA_VERSION, write_bundle
-from edge_agent.preprocess import PreprocessSpec
+from edge_agent.contract import threshold as thresholds
+from edge_agent.contract.bundle import SCHEMA_VERSION, write_bundle
+from edge_agent.contract.preprocess import PreprocessSpec
+from edge_agent.contract.recordings import detect_format, load
 from edge_agent.scorer import TFLiteModel
-from trainer.data import detect_format, load
 from trainer.export import VARIANTS, check_parity, convert, evaluate, quiet_tensorflow
 from trainer.model import ModelConfig, export_clone
 from trainer.report import PERSISTENCE, write_report

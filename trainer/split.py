@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from trainer.data import Recording
+from edge_agent.contract.recordings import Recording
 
 log = logging.getLogger(__name__)
 

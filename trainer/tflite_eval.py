@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.errors import BundleError
+from edge_agent.contract.errors import BundleError
 from edge_agent.interpreter import interpreter_class
 from edge_agent.scorer import TFLiteModel
 

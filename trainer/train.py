@@ -1,6 +1,6 @@
 """Windows from a recording, and seeded training of the autoencoder.
 
-Windows are framed inside each time-contiguous segment with ``edge_agent.preprocess`` (the
+Windows are framed inside each time-contiguous segment with ``edge_agent.contract.preprocess`` (the
 same code the gateway runs), never across a gap. Validation is time-ordered: the last
 ``validation_fraction`` of the training windows, after dropping the windows that overlap
 both parts (so no validation step was seen in training).
@@ -17,8 +17,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edge_agent.preprocess import MinMaxScaler, PreprocessSpec, reconstruction_error, steps, window_ends, windows
-from trainer.data import Recording
+from edge_agent.contract.preprocess import (
+    MinMaxScaler,
+    PreprocessSpec,
+    reconstruction_error,
+    steps,
+    window_ends,
+    windows,
+)
+from edge_agent.contract.recordings import Recording
 from trainer.model import ModelConfig, build
 
 log = logging.getLogger(__name__)

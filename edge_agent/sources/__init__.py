@@ -1,7 +1,7 @@
 """Sample sources: where frames come from (a serial port, an MQTT topic).
 
 Every source has the same interface (:class:`SampleSource`): ``start()`` starts a reader
-thread (or a network loop) that decodes bytes into :class:`edge_agent.wire.Frame` objects and
+thread (or a network loop) that decodes bytes into :class:`edge_agent.contract.wire.Frame` objects and
 puts them into a bounded queue; ``read(timeout)`` hands them to the one consuming thread;
 ``stop()`` ends the reader; ``counters`` says what came in and what was dropped. A source never
 raises on bad input: bad bytes, lines and payloads are counted, logged at a rate limit and skipped,
@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Protocol, Self, runtime_checkable
 
-from edge_agent import wire
+from edge_agent.contract import wire
 
 log = logging.getLogger(__name__)
 

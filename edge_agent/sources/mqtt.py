@@ -13,8 +13,8 @@ import logging
 
 import paho.mqtt.client as mqtt
 
-from edge_agent import wire
-from edge_agent.errors import FrameError
+from edge_agent.contract import wire
+from edge_agent.contract.errors import FrameError
 from edge_agent.mqtt_client import MqttConnection, Will
 from edge_agent.sources import QueueSource
 

@@ -15,7 +15,7 @@ import threading
 
 import serial
 
-from edge_agent import wire
+from edge_agent.contract import wire
 from edge_agent.sources import QueueSource
 
 log = logging.getLogger(__name__)

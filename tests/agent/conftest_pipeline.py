@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.bundle import MANIFEST_FILE
+from edge_agent.contract.bundle import MANIFEST_FILE
 from tests.agent.pipeline_helpers import LIFE_S, RATE
 
 

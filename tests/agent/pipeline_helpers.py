@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import wire
-from edge_agent.bundle import MANIFEST_FILE, MODEL_FILE, write_bundle
+from edge_agent.contract import wire
+from edge_agent.contract.bundle import MANIFEST_FILE, MODEL_FILE, write_bundle
 
 RATE = 20_000
 LIFE_S = 20.0  # degrading run: healthy until 60 % of life (12 s), then a growing outer-race defect

@@ -13,8 +13,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from edge_agent import calibration
-from edge_agent.bundle import Bundle
 from edge_agent.cli import main
+from edge_agent.contract.bundle import Bundle
 from edge_agent.replay import replay
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
 
@@ -56,9 +56,9 @@ def test_replay_cli_writes_rows_and_plot(tmp_path, agent_bundle, degrading_sampl
 
 def test_replay_equals_the_live_pipeline_scores(agent_bundle, degrading_samples):
     """Replay's rows are the windows and scores the gateway computes (same code path): check a few by hand."""
-    from edge_agent import preprocess
+    from edge_agent.contract import preprocess
+    from edge_agent.contract.recordings.recording import Recording, Segment
     from edge_agent.scorer import Scorer
-    from trainer.data.recording import Recording, Segment
 
     bundle = Bundle.load(agent_bundle)
     x = degrading_samples[: RATE * 4]

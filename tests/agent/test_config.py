@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import config_from_dict, load_config
-from edge_agent.errors import ConfigError
+from edge_agent.contract.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

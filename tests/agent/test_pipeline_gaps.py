@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent import wire
 from edge_agent.alerts import AlertPolicy
-from edge_agent.bundle import Bundle
+from edge_agent.contract import wire
+from edge_agent.contract.bundle import Bundle
 from edge_agent.runtime import Pipeline
 from tests.agent.pipeline_helpers import ONSET_S, RATE
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent import preprocess, wire
+from edge_agent.contract import preprocess, wire
 from edge_agent.ring import Ring
 from edge_agent.windows import Windower
 

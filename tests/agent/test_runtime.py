@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_agent import calibration, preprocess, wire
-from edge_agent.bundle import MANIFEST_FILE, Bundle
+from edge_agent import calibration
 from edge_agent.cli import main
 from edge_agent.config import load_config
-from edge_agent.errors import BundleError
+from edge_agent.contract import preprocess, wire
+from edge_agent.contract.bundle import MANIFEST_FILE, Bundle
+from edge_agent.contract.errors import BundleError
 from edge_agent.runtime import Agent
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config, copy_bundle, frames_of, rewrite_bundle

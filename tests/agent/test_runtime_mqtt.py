@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import threading
 
-from edge_agent import wire
 from edge_agent.config import load_config
+from edge_agent.contract import wire
+from edge_agent.contract.upload_record import decode_record
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.runtime import Agent
-from edge_agent.upload_record import decode_record
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
 from tests.broker import wait_for
 

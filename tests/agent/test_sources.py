@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import wire
+from edge_agent.contract import wire
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sources import SampleSource
 from edge_agent.sources.mqtt import MqttSource

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.errors import UploadError
+from edge_agent.contract.errors import UploadError
 from edge_agent.spool import Spool
 
 

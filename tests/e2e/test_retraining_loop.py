@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge_agent.bundle import Bundle
-from edge_agent.upload_record import encode_record
+from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.recordings import load
+from edge_agent.contract.upload_record import encode_record
 from firmware_sim import signals
 from tests.broker import Broker
-from trainer.data import load
 
 BIN = Path(sys.executable).parent
 RATE = 25_600

@@ -13,8 +13,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import serial
 
-from edge_agent import wire
-from edge_agent.errors import FrameError
+from edge_agent.contract import wire
+from edge_agent.contract.errors import FrameError
 from firmware_sim import link, signals
 from firmware_sim.faults import FaultInjector
 from firmware_sim.stream import StreamConfig, Streamer

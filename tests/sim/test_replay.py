@@ -1,4 +1,4 @@
-"""Replay of recorded data through ``trainer.data.load``: the real FEMTO, IMS and NAB files in ``data/``
+"""Replay of recorded data through ``edge_agent.contract.recordings.load``: the real FEMTO, IMS and NAB files in ``data/``
 and ``tests/fixtures/data/``, rate and channel names from the recording, chunking, looping, and clean
 command-line errors for malformed files."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge_agent.contract import recordings as tdata
 from firmware_sim import signals
 from firmware_sim.cli import main
-from trainer import data as tdata
 
 REPO = Path(__file__).resolve().parents[2]
 FEMTO_DIR = REPO / "tests" / "fixtures" / "data" / "femto_Bearing1_2"

@@ -8,7 +8,7 @@ import os
 import numpy as np
 from click.testing import CliRunner
 
-from edge_agent import wire
+from edge_agent.contract import wire
 from firmware_sim import signals
 from firmware_sim.cli import main
 

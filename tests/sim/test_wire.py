@@ -1,4 +1,4 @@
-"""The wire format: round trips, corruption, resync, fuzzing (edge_agent.wire)."""
+"""The wire format: round trips, corruption, resync, fuzzing (edge_agent.contract.wire)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import wire
-from edge_agent.errors import ConfigError, FrameError
+from edge_agent.contract import wire
+from edge_agent.contract.errors import ConfigError, FrameError
 
 
 def _samples(n: int = 256, c: int = 2, seed: int = 0) -> np.ndarray:

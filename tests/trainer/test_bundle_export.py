@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.bundle import Bundle, write_bundle
-from edge_agent.errors import BundleError
-from edge_agent.preprocess import model_inputs
+from edge_agent.contract.bundle import Bundle, write_bundle
+from edge_agent.contract.errors import BundleError
+from edge_agent.contract.preprocess import model_inputs
 from edge_agent.scorer import TFLiteModel
 
 pytest.importorskip("tensorflow")
 
-from trainer.data import load  # noqa: E402
+from edge_agent.contract.recordings import load  # noqa: E402
 from trainer.export import ExportError, check_parity, convert, evaluate  # noqa: E402
 from trainer.model import ModelConfig, build, export_clone  # noqa: E402
 from trainer.pipeline import TrainOptions, run  # noqa: E402

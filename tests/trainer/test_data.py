@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.data import DataFormatError, Recording, Segment, detect_format, load
+from edge_agent.contract.recordings import DataFormatError, Recording, Segment, detect_format, load
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data"
@@ -298,8 +298,8 @@ def test_segment_validation() -> None:
 
 
 def test_data_package_does_not_import_tensorflow() -> None:
-    code = ("import sys, trainer, trainer.data, edge_agent.upload_record; "
-            "from trainer.data import load; load(sys.argv[1]); "
+    code = ("import sys, trainer, edge_agent.contract.recordings, edge_agent.contract.upload_record; "
+            "from edge_agent.contract.recordings import load; load(sys.argv[1]); "
             "bad = [m for m in ('tensorflow', 'keras', 'pandas') if m in sys.modules]; "
             "sys.exit('imported: %s' % bad if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code, str(AVG_A)],

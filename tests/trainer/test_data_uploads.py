@@ -11,11 +11,11 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent.errors import AgentError, UploadError
-from edge_agent.upload_record import decode_record, encode_record
+from edge_agent.contract.errors import AgentError, UploadError
+from edge_agent.contract.recordings import DataFormatError, load
+from edge_agent.contract.upload_record import decode_record, encode_record
 from tests.broker import Broker
-from trainer.data import DataFormatError, load
-from trainer.data.collect import collect
+from trainer.collect import collect
 
 
 def make(
@@ -130,7 +130,7 @@ def test_a_record_collected_twice_is_loaded_once(tmp_path: Path) -> None:
 
 
 def test_any_agent_device_id_becomes_a_safe_file_name() -> None:
-    from trainer.data.collect import device_file_name
+    from trainer.collect import device_file_name
 
     assert device_file_name("gw-01") == "gw-01.jsonl"
     assert device_file_name("pump 7 (hall B)") == "pump%207%20%28hall%20B%29.jsonl"

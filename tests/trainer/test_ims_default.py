@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.bundle import Bundle
+from edge_agent.contract.bundle import Bundle
 
 pytest.importorskip("tensorflow")
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edge_agent import threshold as th
+from edge_agent.contract import threshold as th
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.preprocess import PreprocessSpec, model_inputs
-from trainer.data import Recording, Segment
+from edge_agent.contract.preprocess import PreprocessSpec, model_inputs
+from edge_agent.contract.recordings import Recording, Segment
 
 pytest.importorskip("tensorflow")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.errors import BundleError
-from edge_agent.preprocess import MinMaxScaler, PreprocessSpec
+from edge_agent.contract.errors import BundleError
+from edge_agent.contract.preprocess import MinMaxScaler, PreprocessSpec
 
 log = logging.getLogger(__name__)
 

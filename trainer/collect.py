@@ -2,7 +2,7 @@
 
 paho-mqtt 2.x runs its network loop on its own thread; its ``on_message`` callback only puts
 the raw payload on a bounded queue (counting what a full queue drops). The calling thread
-decodes each payload with ``edge_agent.upload_record.decode_record``, appends valid records as
+decodes each payload with ``edge_agent.contract.upload_record.decode_record``, appends valid records as
 one line to ``out_dir/<device>.jsonl`` (flushed), and counts invalid ones. It runs until
 ``stop_event`` is set. Subscription happens in ``on_connect``, so a reconnect re-subscribes.
 """
@@ -21,9 +21,9 @@ from typing import IO
 
 import paho.mqtt.client as mqtt
 
-from edge_agent import wire
-from edge_agent.errors import ConfigError, UploadError
-from edge_agent.upload_record import UploadRecord, decode_record
+from edge_agent.contract import wire
+from edge_agent.contract.errors import ConfigError, UploadError
+from edge_agent.contract.upload_record import UploadRecord, decode_record
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Gateway upload records (``edge_agent.upload_record``) as a ``Recording``.
+"""Gateway upload records (``edge_agent.contract.upload_record``) as a ``Recording``.
 
 Input: one ``.jsonl`` file (one record per line, as the collector writes them), one ``.json``
 file (one record), or a folder of such files. Each record is one scored window and becomes one
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.errors import UploadError
-from edge_agent.upload_record import UploadRecord, decode_record
+from edge_agent.contract.errors import UploadError
+from edge_agent.contract.upload_record import UploadRecord, decode_record
 
 from .errors import DataFormatError
 from .recording import Recording, Segment

@@ -2,7 +2,7 @@
 
 The agent writes these (``encode_record``), the central collector stores them one per line
 in ``<device>.jsonl``, and the trainer reads them back (``decode_record``,
-``trainer.data.load(..., format="uploads")``). Schema 1::
+``edge_agent.contract.recordings.load(..., format="uploads")``). Schema 1::
 
     {"schema": 1, "device": str, "model_id": str, "model_version": str,
      "seq_end": int,              # sequence number of the window's last sample

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.errors import ConfigError, FrameError
+from edge_agent.contract.errors import ConfigError, FrameError
 
 log = logging.getLogger(__name__)
 
