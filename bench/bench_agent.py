@@ -42,8 +42,9 @@ from edge_agent.alerts import AlertPolicy  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.contract import wire  # noqa: E402
 from edge_agent.contract.bundle import Bundle  # noqa: E402
+from edge_agent.pipeline import Pipeline  # noqa: E402
 from edge_agent.replay import replay  # noqa: E402
-from edge_agent.runtime import Agent, Pipeline  # noqa: E402
+from edge_agent.runtime import Agent  # noqa: E402
 from edge_agent.scorer import Scorer  # noqa: E402
 from firmware_sim import signals  # noqa: E402
 from firmware_sim.link import PtyLink  # noqa: E402

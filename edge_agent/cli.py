@@ -4,7 +4,7 @@
     edge-agent validate-config agent.toml
     edge-agent calibrate --config agent.toml --windows 200      (or --clear)
     edge-agent status [--config agent.toml | --file status.json]
-    edge-agent replay --bundle DIR --data PATH [--format F] [--calibrate N] --out scores.csv [--plot scores.png]
+    edge-agent replay --bundle DIR --data PATH [--format F] [--calibrate N] --out scores.csv
 
 Never imports TensorFlow: ``replay`` reads recordings with ``edge_agent.contract.recordings`` (numpy only), imported lazily.
 """
@@ -29,7 +29,6 @@ def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("paho").setLevel(logging.WARNING)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
 def _load(config: Path):
@@ -161,9 +160,8 @@ def status(config: Path | None, file: Path | None) -> None:
               help="The first N windows set the threshold (bundle method) before alerting.")
 @click.option("--config", "config", type=click.Path(path_type=Path), help="Take the alert policy from this config.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="scores CSV, one row per window.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="PNG of the score timeline.")
 def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: int | None, n_cal: int,
-           config: Path | None, out: Path, plot_path: Path | None) -> None:
+           config: Path | None, out: Path) -> None:
     """Run the gateway pipeline on a recording as fast as it can; write one row per window."""
     from edge_agent import replay as rp
     from edge_agent.alerts import AlertPolicy
@@ -193,8 +191,6 @@ def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: 
     except (ValueError, TypeError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
     rp.write_csv(out, result.rows)
-    if plot_path is not None:
-        rp.plot(plot_path, result.rows, title=f"{data.name}: {bundle.model_id} {bundle.version}")
     speed = f", {result.speed:.0f}x real time" if result.speed else ""
     click.echo(f"{len(result.rows)} windows from {result.samples} samples in {result.seconds:.2f} s{speed}; "
                f"threshold {result.threshold:.6g} ({result.threshold_source}); alerts {result.counters['alerts']}; "

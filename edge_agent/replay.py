@@ -1,9 +1,11 @@
 """Offline replay: a recording through exactly the gateway's pipeline, as fast as it goes.
 
-Each time-contiguous segment of the recording is cut into frames (sequence numbers restart per
-segment, so no window spans two segments) and pushed through :class:`edge_agent.runtime.Pipeline`:
-the same windower, scorer and alert state machine as ``edge-agent run``. The alert cooldown runs
-on recording time, not wall time.
+Each time-contiguous segment of the recording (a snapshot, a file, a whole table) is cut into
+frames and pushed through :class:`edge_agent.pipeline.Pipeline`: the same windower, scorer, calibration
+and alert state machine as ``edge-agent run``. Between segments window assembly restarts (no window
+spans two snapshots) but the alert debounce carries on: the time between snapshots is a sampling gap
+of one machine's life, as for a burst sensor. The pipeline's clock runs on recording time (segment
+starts, a table's row times), so the alert cooldown and every row's time are the recording's.
 
 Output: one row per window (``ReplayRow``), written as CSV by :func:`write_csv`.
 """
@@ -18,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import calibration
 from edge_agent.alerts import AlertPolicy
 from edge_agent.contract import wire
 from edge_agent.contract.bundle import Bundle
-from edge_agent.runtime import Pipeline
+from edge_agent.contract.recordings import Recording
+from edge_agent.pipeline import Pipeline
 from edge_agent.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ def match_channels(recording, bundle: Bundle):
 
 def replay(
     bundle: Bundle,
-    recording,
+    recording: Recording,
     *,
     policy: AlertPolicy | None = None,
     calibrate: int = 0,
@@ -83,82 +85,80 @@ def replay(
     threshold: float | None = None,
     model_path: Path | None = None,
 ) -> ReplayResult:
-    """Score ``recording`` (a ``edge_agent.contract.recordings.Recording``) with ``bundle``; see the module docstring.
+    """Score ``recording`` with ``bundle`` through the gateway's :class:`Pipeline`; see the module docstring.
 
     ``calibrate`` > 0: the first that many windows are scored without alerting and set the
     threshold with the bundle's method (as ``edge-agent calibrate`` does on a device).
     """
     rec = match_channels(recording, bundle)
-    sr = rec.sample_rate
-    now = [0.0]  # recording time in seconds of the current window, the alert machine's clock
-    time_of: dict = {}  # "fn": the current segment's locator; "last": (index_end, iso) of the window
+    rate = rec.sample_rate or _row_rate(rec)
+    timed = all(seg.start is not None for seg in rec.segments)
     rows: list[ReplayRow] = []
-    cal_scores: list[float] = []
-    th = float(threshold) if threshold is not None else bundle.threshold.value
-    state = {"source": "bundle" if threshold is None else "given"}
-
-    def time_fn(w) -> float:  # called before the alert machine looks at its clock
-        time_of["last"] = time_of["fn"](w.seq_end)
-        return now[0]
 
     def on_window(w, result, event):
-        index_end, iso = time_of["last"] if w is not None else time_of["fn"](result.seq_end)
-        if pipeline.alerting or w is None:  # an over-range span (w None) is never a calibration score
-            rows.append(ReplayRow(index_end, iso, result.score, result.threshold, pipeline.alerts.state,
-                                  event.kind if event else ""))
+        iso = _iso(result.time) if timed else ""
+        if w is not None and pipeline.calibrating:
+            rows.append(ReplayRow(result.seq_end, iso, result.score, None, "calibrating", ""))
         else:
-            cal_scores.append(result.score)
-            rows.append(ReplayRow(index_end, iso, result.score, None, "calibrating", ""))
-            if len(cal_scores) == calibrate:  # the next window is scored against the device threshold
-                record = calibration.compute(np.asarray(cal_scores), bundle, device)
-                pipeline.threshold = record.value
-                pipeline.alerting = True
-                state["source"] = "replay-calibration"
-                log.info("replay: threshold %.6g from the first %d windows (%s)", record.value, calibrate,
-                         record.method)
+            rows.append(ReplayRow(result.seq_end, iso, result.score, result.threshold, pipeline.alerts.state,
+                                  event.kind if event else ""))
 
     pipeline = Pipeline(
-        bundle, device=device, threshold=th, policy=policy or AlertPolicy(), clock=lambda: now[0],
-        time_fn=time_fn, alerting=calibrate <= 0, on_window=on_window,
-        scorer=Scorer(bundle, model_path=model_path) if model_path else None,
+        bundle, device=device, threshold=bundle.threshold.value if threshold is None else float(threshold),
+        policy=policy or AlertPolicy(), scorer=Scorer(bundle, model_path=model_path) if model_path else None,
+        sample_rate=rate, calibrate=calibrate, burst=True, on_window=on_window,
     )
     t0 = time.perf_counter()
-    base = 0
+    seq = 0
     for seg in rec.segments:
-        data = seg.data
-        start_s = _epoch_seconds(seg.start) if seg.start is not None else None
-
-        def locate(seq_end: int, base=base, seg=seg, start_s=start_s) -> tuple[int, str]:
-            index_end = base + seq_end  # sequence numbers restart at 0 per segment (segments < 2**32 rows)
-            if seg.row_times is not None:
-                t = _epoch_seconds(seg.row_times[seq_end - 1])
-            elif start_s is not None and sr:
-                t = start_s + (seq_end - 1) / sr
-            else:
-                t = None
-            now[0] = t if t is not None else (index_end / sr if sr else float(index_end))
-            iso = "" if t is None else np.datetime_as_string(np.datetime64(int(round(t * 1000)), "ms"), unit="ms")
-            return index_end, iso
-
-        time_of["fn"] = locate
-        pipeline.windower.reset_sequence()
-        pipeline.alerts.reset()
-        for a in range(0, data.shape[0], FRAME_ROWS):
-            pipeline.push(wire.Frame(a, 0, data[a : a + FRAME_ROWS]))
-        base += data.shape[0]
-    if not pipeline.alerting:
-        raise ValueError(f"--calibrate {calibrate}: the recording gave only {len(cal_scores)} windows")
+        pipeline.break_stream()  # a new snapshot: a sampling gap, not a restarted sender
+        for a, b, t in _frames(seg, rate):
+            pipeline.push(wire.Frame(seq % wire.SEQ_MOD, 0, seg.data[a:b]), t=t)
+            seq += b - a
+    if pipeline.calibrating:
+        raise ValueError(f"--calibrate {calibrate}: the recording gave only {len(pipeline.calibration_scores)} windows")
     seconds = time.perf_counter() - t0
     counters = pipeline.windower.counters.as_dict()
     counters["alerts"] = pipeline.alert_events
+    source = "bundle" if threshold is None else "given"
     return ReplayResult(
-        rows=rows, threshold=pipeline.threshold, threshold_source=state["source"], samples=base, seconds=seconds,
-        recording_seconds=base / sr if sr else None, counters=counters,
+        rows=rows, threshold=pipeline.threshold, threshold_source="replay-calibration" if calibrate > 0 else source,
+        samples=seq, seconds=seconds, recording_seconds=seq / rec.sample_rate if rec.sample_rate else None,
+        counters=counters,
     )
+
+
+def _row_rate(rec: Recording) -> float | None:
+    """Rows per second of a table without a sample rate (median spacing of its row times), or None."""
+    gaps = [np.diff(seg.row_times.astype("datetime64[ms]").astype(np.int64)) for seg in rec.segments
+            if seg.row_times is not None and seg.n_rows > 1]
+    gaps = np.concatenate(gaps) if gaps else np.empty(0)
+    gaps = gaps[gaps > 0]
+    return 1000.0 / float(np.median(gaps)) if gaps.size else None
+
+
+def _frames(seg, rate: float | None):
+    """(start row, end row, time of the start row or None) of the frames a segment is pushed in: at most
+    ``FRAME_ROWS`` rows, split where a table's row times leave their regular spacing (the clock re-anchors)."""
+    n = seg.n_rows
+    if seg.row_times is None or not rate:
+        start = _epoch_seconds(seg.start) if seg.start is not None else None
+        for a in range(0, n, FRAME_ROWS):
+            yield a, min(n, a + FRAME_ROWS), None if start is None else start + (a / rate if rate else 0.0)
+        return
+    ms = seg.row_times.astype("datetime64[ms]").astype(np.int64)
+    irregular = np.flatnonzero(np.abs(np.diff(ms) - 1000.0 / rate) > 500.0 / rate) + 1
+    cuts = sorted({0, n, *irregular.tolist(), *range(FRAME_ROWS, n, FRAME_ROWS)})
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        yield a, b, ms[a] / 1000.0
 
 
 def _epoch_seconds(t) -> float:
     return float(np.datetime64(t, "ms").astype(np.int64)) / 1000.0
+
+
+def _iso(t: float) -> str:
+    return np.datetime_as_string(np.datetime64(int(round(t * 1000)), "ms"), unit="ms")
 
 
 def write_csv(path: Path, rows: list[ReplayRow]) -> None:
@@ -169,33 +169,3 @@ def write_csv(path: Path, rows: list[ReplayRow]) -> None:
         for r in rows:
             out.writerow([r.index_end, r.time_end, f"{r.score:.9g}", "" if r.threshold is None else f"{r.threshold:.9g}",
                           r.state, r.event])
-
-
-def plot(path: Path, rows: list[ReplayRow], title: str = "") -> None:
-    """Score timeline with the threshold in force and the alert states shaded (PNG). Needs matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.array([r.index_end for r in rows], dtype=np.float64)
-    score = np.array([r.score for r in rows])
-    thr = np.array([np.nan if r.threshold is None else r.threshold for r in rows])
-    fig, ax = plt.subplots(figsize=(11, 4), dpi=100)
-    ax.plot(x, score, lw=0.8, color="tab:blue", label="score")
-    ax.step(x, thr, where="post", color="tab:red", lw=1.2, label="threshold")
-    colors = {"warning": "gold", "critical": "tomato", "calibrating": "lightgrey"}
-    for state, color in colors.items():
-        mask = np.array([r.state == state for r in rows])
-        if mask.any():
-            ax.fill_between(x, 0, 1, where=mask, transform=ax.get_xaxis_transform(), color=color, alpha=0.3,
-                            step="post", label=state)
-    ax.set_yscale("log" if np.all(score > 0) else "linear")
-    ax.set_xlabel("sample index (window end)")
-    ax.set_ylabel("reconstruction error")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)

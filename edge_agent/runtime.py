@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -35,172 +34,18 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent import calibration
-from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, WindowResult
+from edge_agent.alerts import AlertEvent, AlertPolicy, WindowResult
 from edge_agent.config import AgentConfig
 from edge_agent.contract import wire
 from edge_agent.contract.bundle import MANIFEST_FILE, Bundle
 from edge_agent.contract.errors import AgentError, BundleError
+from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
 from edge_agent.scorer import Scorer
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
 from edge_agent.sources import SampleSource
-from edge_agent.windows import Window, Windower
+from edge_agent.windows import Window
 
 log = logging.getLogger(__name__)
-
-#: Least fraction of a window's worth of unscorable input that must be saturated / beyond range for
-#: that span to count as an (infinitely) anomalous window: sporadic clipping is counted, never alerted on.
-OVER_RANGE_MIN_FRACTION = 1e-3
-
-#: Called for every scored window: (window, result, event or None). Runs on the scoring thread.
-#: Least fraction of a window's worth of unscorable input that must be saturated / beyond range for
-#: that span to count as an (infinitely) anomalous window: sporadic clipping is counted, never alerted on.
-OVER_RANGE_MIN_FRACTION = 1e-3
-
-#: Called for every scored window, and with ``None`` for an over-range span (see ``Pipeline.push``).
-WindowCallback = Callable[[Window | None, WindowResult, "AlertEvent | None"], None]
-
-
-def make_windower(bundle: Bundle, sample_rate: float | None = None) -> Windower:
-    """The windower for a bundle: range check from ``signal.range``; sample rate from ``signal.sample_rate``,
-    the preprocessing spec, or else ``sample_rate`` (the config's ``source.sample_rate``)."""
-    signal = bundle.manifest.get("signal", {})
-    value_range = signal.get("range")
-    return Windower(
-        bundle.spec,
-        value_range=float(value_range) if isinstance(value_range, int | float) and value_range > 0 else None,
-        sample_rate=signal.get("sample_rate") or bundle.spec.sample_rate or sample_rate,
-    )
-
-
-def flat_stats(stats: dict | None) -> dict[str, float]:
-    """{"rms": [a, b], "peak": [c, d]} -> {"rms_0": a, "rms_1": b, "peak_0": c, "peak_1": d}."""
-    out: dict[str, float] = {}
-    for name, values in (stats or {}).items():
-        for i, v in enumerate(values):
-            out[f"{name}_{i}"] = float(v)
-    return out
-
-
-class Pipeline:
-    """Windower → scorer → alert state machine for one device. Not thread-safe: one thread pushes.
-
-    Args:
-        bundle: the served bundle.
-        device: device id (goes into every result and alert).
-        threshold: the threshold in force (bundle default or the device's calibration).
-        policy: alert policy.
-        clock: monotonic seconds for the alert cooldown (replay passes recording time).
-        time_fn: wall-clock seconds of a window's end, for results (default: now).
-        alerting: False while calibrating (windows are scored, no state machine).
-        on_window: callback for every scored window.
-    """
-
-    def __init__(
-        self,
-        bundle: Bundle,
-        *,
-        device: str,
-        threshold: float,
-        policy: AlertPolicy,
-        clock: Callable[[], float] = time.monotonic,
-        time_fn: Callable[[Window], float] | None = None,
-        num_threads: int = 1,
-        alerting: bool = True,
-        on_window: WindowCallback | None = None,
-        scorer: Scorer | None = None,
-        sample_rate: float | None = None,
-    ) -> None:
-        self.device = device
-        self.bundle = bundle
-        self.sample_rate = sample_rate
-        self.scorer = scorer or Scorer(bundle, num_threads=num_threads)
-        self.windower = make_windower(bundle, sample_rate)
-        self.alerts = AlertStateMachine(policy, clock=clock)
-        self.threshold = float(threshold)
-        self.time_fn = time_fn or (lambda _w: time.time())
-        self.alerting = alerting
-        self.on_window = on_window
-        self.last_score: float | None = None
-        self.windows_scored = 0
-        self.alert_events = 0
-        self.over_range_spans = 0  # input spans scored as infinite: saturated / beyond signal.range
-        self._unscored = self._unscored_over_range = 0  # input since the last window, and how much was over range
-
-    def push(self, frame: wire.Frame) -> int:
-        """Feed one frame; returns the number of windows it completed (each scored and alerted on).
-
-        Saturated or out-of-range samples are never scored, but a machine shaking beyond the sensor's
-        range must not go quiet: each ``window_samples`` of accepted input that completed no window, and
-        of which at least ``OVER_RANGE_MIN_FRACTION`` was over range, counts for the alert state machine
-        as a window with an infinite score. An isolated clipped sample never does.
-        """
-        wc = self.windower.counters
-        resyncs, samples_in, over_range = wc.resyncs, wc.samples_in, wc.samples_over_range
-        n = self.windower.push(frame, self._on_window)
-        if wc.resyncs != resyncs:  # the sender restarted: its history says nothing now
-            self.alerts.reset()
-            self._unscored = self._unscored_over_range = 0
-        if n:
-            self._unscored = self._unscored_over_range = 0
-            return n
-        self._unscored += wc.samples_in - samples_in
-        self._unscored_over_range += wc.samples_over_range - over_range
-        spans, rest = divmod(self._unscored, self.bundle.spec.window_samples)
-        if spans:
-            fraction = min(1.0, self._unscored_over_range / self._unscored)
-            if fraction >= OVER_RANGE_MIN_FRACTION:
-                for _ in range(spans):
-                    self._over_range_span(frame, fraction)
-            # carry the remainder over, with its share of the over-range samples
-            self._unscored, self._unscored_over_range = rest, round(self._unscored_over_range * rest / self._unscored)
-        return n
-
-    def _over_range_span(self, frame: wire.Frame, fraction: float) -> None:
-        result = WindowResult(
-            device=self.device,
-            model_version=self.bundle.version,
-            score=math.inf,
-            threshold=self.threshold,
-            time=time.time(),
-            seq_end=frame.next_seq,
-            stats={"over_range_fraction": fraction},
-        )
-        self.over_range_spans += 1
-        self._judge(None, result)
-
-    def _on_window(self, w: Window) -> None:
-        score = self.scorer.score(w.steps)
-        self.last_score = score
-        self.windows_scored += 1
-        result = WindowResult(
-            device=self.device,
-            model_version=self.bundle.version,
-            score=score,
-            threshold=self.threshold,
-            time=self.time_fn(w),
-            seq_end=w.seq_end,
-            stats=flat_stats(w.stats),
-        )
-        self._judge(w, result)
-
-    def _judge(self, w: Window | None, result: WindowResult) -> None:
-        """Hand a result to the alert state machine (unless calibrating) and to the ``on_window`` callback."""
-        event = self.alerts.update(result) if self.alerting else None
-        if event is not None:
-            self.alert_events += 1
-        if self.on_window is not None:
-            self.on_window(w, result, event)
-
-    def swap(self, bundle: Bundle, scorer: Scorer, threshold: float) -> None:
-        """Serve a new, already tested model from the next window on."""
-        if bundle.spec != self.bundle.spec or bundle.manifest.get("signal") != self.bundle.manifest.get("signal"):
-            counters = self.windower.counters
-            self.windower = make_windower(bundle, self.sample_rate)
-            self.windower.counters = counters
-        self.bundle, self.scorer, self.threshold = bundle, scorer, float(threshold)
-        self.alerts.reset()
-        self._unscored = self._unscored_over_range = 0
-
 
 def load_served_model(path: Path, num_threads: int = 1) -> tuple[Bundle, Scorer, float]:
     """Load and validate a bundle, build its scorer and run one test inference; BundleError on any failure.
@@ -355,7 +200,7 @@ class Agent:
         try:
             while not stop.is_set():
                 for frame in self.source.read(0.2):
-                    self.pipeline.push(frame)
+                    self.pipeline.push(frame, wall_time_of(frame, self.pipeline.windower.sample_rate))
                 now = time.monotonic()
                 if self.cfg.bundle.watch_s > 0 and now >= self._next_watch:
                     self._next_watch = now + self.cfg.bundle.watch_s
@@ -545,7 +390,8 @@ def collect_scores(cfg: AgentConfig, n_windows: int, timeout_s: float) -> tuple[
     scores: list[float] = []
     pipeline = Pipeline(
         bundle, device=cfg.device, threshold=bundle.threshold.value, policy=policy_of(cfg), scorer=scorer,
-        alerting=False, on_window=lambda w, r, _e: w is not None and scores.append(r.score), sample_rate=cfg.source.sample_rate,
+        calibrate=n_windows + 1, on_window=lambda w, r, _e: w is not None and scores.append(r.score),
+        sample_rate=cfg.source.sample_rate,
     )
     source = make_source(cfg)
     deadline = time.monotonic() + timeout_s

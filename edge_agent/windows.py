@@ -114,7 +114,7 @@ class Windower:
         self._partial = np.empty((spec.block, self.n_channels), np.float32)
         self._window = Window(np.empty((spec.window, spec.n_features), np.float32))
         self._raw_window = np.empty((spec.window_samples, self.n_channels), np.float32) if self._features else None
-        self._expected: int | None = None
+        self.expected_seq: int | None = None
         self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_FRAMES)  # (seq, n, payload hash)
         self._run = 0  # contiguous valid steps since the last restart
         self._pfill = 0  # samples in the pending partial block
@@ -132,10 +132,15 @@ class Windower:
     def reset_sequence(self) -> None:
         """Restart and forget the expected sequence number (the next frame starts a new stream)."""
         self.restart()
-        self._expected = None
+        self.expected_seq = None
         self._recent.clear()
 
     # ------------------------------------------------------------------ input
+    def is_duplicate(self, frame: wire.Frame) -> bool:
+        """Whether ``frame`` is one of the last ``RECENT_FRAMES`` consumed (a QoS 1 redelivery)."""
+        x = frame.samples
+        return (frame.seq, x.shape[0], hash(x.tobytes())) in self._recent
+
     def push(self, frame: wire.Frame, emit: Callable[[Window], None]) -> int:
         """Consume one frame; call ``emit(window)`` for every window it completes. Returns that count."""
         c = self.counters
@@ -146,11 +151,11 @@ class Windower:
             self._warn("frame with shape %s rejected: the model expects %d channels", x.shape, self.n_channels)
             return 0
         n = x.shape[0]
-        if self._expected is not None:
-            gap = wire.seq_gap(self._expected, frame.seq)
-            if gap < 0 and (frame.seq, n, hash(x.tobytes())) in self._recent:
+        if self.expected_seq is not None:
+            gap = wire.seq_gap(self.expected_seq, frame.seq)
+            if gap < 0 and self.is_duplicate(frame):
                 c.duplicates += 1
-                self._warn("duplicate frame seq %d (already consumed up to %d): dropped", frame.seq, self._expected)
+                self._warn("duplicate frame seq %d (already consumed up to %d): dropped", frame.seq, self.expected_seq)
                 return 0
             if gap != 0:
                 c.gaps += 1
@@ -159,10 +164,10 @@ class Windower:
                     self._warn("sequence gap: %d samples missing before seq %d", gap, frame.seq)
                 else:
                     c.resyncs += 1
-                    self._warn("sequence jumped from %d to %d: resynchronising", self._expected, frame.seq)
+                    self._warn("sequence jumped from %d to %d: resynchronising", self.expected_seq, frame.seq)
                 self.restart()
         c.samples_in += n
-        self._expected = frame.next_seq
+        self.expected_seq = frame.next_seq
         self._recent.append((frame.seq, n, hash(x.tobytes())))
         before = c.windows
         bad = self._invalid_rows(x, frame.saturated)

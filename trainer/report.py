@@ -156,3 +156,28 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def plot_replay(path: Path, rows: list, title: str = "") -> None:
+    """Score timeline of ``edge_agent.replay`` rows with the threshold in force and the alert states shaded (PNG)."""
+    x = np.array([r.index_end for r in rows], dtype=np.float64)
+    score = np.array([r.score for r in rows])
+    thr = np.array([np.nan if r.threshold is None else r.threshold for r in rows])
+    fig, ax = plt.subplots(figsize=(11, 4), dpi=100)
+    ax.plot(x, score, lw=0.8, color="tab:blue", label="score")
+    ax.step(x, thr, where="post", color="tab:red", lw=1.2, label="threshold")
+    colors = {"warning": "gold", "critical": "tomato", "calibrating": "lightgrey"}
+    for state, color in colors.items():
+        mask = np.array([r.state == state for r in rows])
+        if mask.any():
+            ax.fill_between(x, 0, 1, where=mask, transform=ax.get_xaxis_transform(), color=color, alpha=0.3,
+                            step="post", label=state)
+    ax.set_yscale("log" if np.all(score > 0) else "linear")
+    ax.set_xlabel("sample index (window end)")
+    ax.set_ylabel("reconstruction error")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

@@ -36,12 +36,12 @@ def test_validate_config_exit_codes(tmp_path, agent_bundle):
     assert missing.exit_code == 1 and "bundle.path" in missing.output and "not a bundle directory" in missing.output
 
 
-def test_replay_cli_writes_rows_and_plot(tmp_path, agent_bundle, degrading_samples):
+def test_replay_cli_writes_rows_and_the_trainer_plots_them(tmp_path, agent_bundle, degrading_samples):
     data = tmp_path / "run.npy"
     np.save(data, degrading_samples)
     out, png = tmp_path / "scores.csv", tmp_path / "scores.png"
     result = CliRunner().invoke(main, ["replay", "--bundle", str(agent_bundle), "--data", str(data), "--format", "npy",
-                                       "--calibrate", "30", "--out", str(out), "--plot", str(png)])
+                                       "--calibrate", "30", "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["index_end", "time_end", "score", "threshold", "state", "event"]
@@ -51,6 +51,11 @@ def test_replay_cli_writes_rows_and_plot(tmp_path, agent_bundle, degrading_sampl
     assert float(rows[30]["threshold"]) == float(f"{device_threshold:.9g}")
     raised = [int(r["index_end"]) for r in rows if r["event"] == "raised"]
     assert raised and raised[-1] / RATE >= ONSET_S  # the real fault is caught (a 30-window threshold may add early ones)
+    from edge_agent.replay import ReplayRow
+    from trainer.report import plot_replay
+
+    plot_replay(png, [ReplayRow(int(r["index_end"]), r["time_end"], float(r["score"]),
+                                float(r["threshold"]) if r["threshold"] else None, r["state"], r["event"]) for r in rows])
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 

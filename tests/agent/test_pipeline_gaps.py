@@ -7,7 +7,7 @@ import numpy as np
 from edge_agent.alerts import AlertPolicy
 from edge_agent.contract import wire
 from edge_agent.contract.bundle import Bundle
-from edge_agent.runtime import Pipeline
+from edge_agent.pipeline import Pipeline
 from tests.agent.pipeline_helpers import ONSET_S, RATE
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
