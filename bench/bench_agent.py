@@ -38,13 +38,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.alerts import AlertPolicy  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
 from edge_agent.contract import wire  # noqa: E402
 from edge_agent.contract.bundle import Bundle  # noqa: E402
 from edge_agent.pipeline import Pipeline  # noqa: E402
 from edge_agent.replay import replay  # noqa: E402
-from edge_agent.runtime import Agent  # noqa: E402
 from edge_agent.scorer import Scorer  # noqa: E402
 from firmware_sim import signals  # noqa: E402
 from firmware_sim.link import PtyLink  # noqa: E402
@@ -207,7 +207,7 @@ def alert_latency(bundle_dir: Path, preset: str, healthy_s: float = 5.0, broken_
         stop = threading.Event()
         th = threading.Thread(target=agent.run, args=(stop,), daemon=True)
         th.start()
-        while not agent.source.connected.is_set():
+        while not agent.sensor().source.connected.is_set():
             time.sleep(0.01)
         t_start = time.monotonic()
         onset_wall = None

@@ -2,11 +2,11 @@
 
     edge-agent run --config agent.toml
     edge-agent validate-config agent.toml
-    edge-agent calibrate --config agent.toml --windows 200      (or --clear)
-    edge-agent status [--config agent.toml | --file status.json]
+    edge-agent calibrate --config agent.toml [--sensor DEVICE] --windows 200      (or --clear)
+    edge-agent status [--config agent.toml | --file status.json] [--sensor DEVICE] [--json]
     edge-agent replay --bundle DIR --data PATH [--format F] [--calibrate N] --out scores.csv
 
-Never imports TensorFlow: ``replay`` reads recordings with ``edge_agent.contract.recordings`` (numpy only), imported lazily.
+Never imports TensorFlow (nor ``trainer``): ``replay`` reads recordings with ``edge_agent.contract.recordings``.
 """
 
 from __future__ import annotations
@@ -50,32 +50,42 @@ def main(verbose: int) -> None:
 @main.command("validate-config")
 @click.argument("config", type=click.Path(path_type=Path))
 def validate_config(config: Path) -> None:
-    """Check a config file and the bundle it names: exit 0 if the agent can run on them, else 1 with the reason."""
+    """Check a config file and every bundle it names: exit 0 if the agent can run on them, else 1 with the reasons."""
     from edge_agent.contract.bundle import Bundle
 
     cfg = _load(config)
-    bundle_path = cfg.resolve(cfg.bundle.path)
-    try:
-        bundle = Bundle.load(bundle_path)
-    except BundleError as exc:
-        raise click.ClickException(f"{config}: bundle.path: {exc}") from None
-    click.echo(f"{config}: ok (device {cfg.device}, source {cfg.source.kind}, bundle {bundle_path}: "
-               f"{bundle.model_id} {bundle.version}, {bundle.quantization})")
+    problems, lines = [], []
+    for i, s in enumerate(cfg.sensors):
+        key = "bundle.path" if len(cfg.sensors) == 1 else f"sensors[{i}].bundle.path"
+        path = cfg.resolve(s.bundle.path)
+        try:
+            bundle = Bundle.load(path)
+        except BundleError as exc:
+            problems.append(f"{config}: {key}: {exc}")
+            continue
+        lines.append(f"  {s.device}: source {s.source.kind}, bundle {path}: {bundle.model_id} {bundle.version}, "
+                     f"{bundle.quantization}")
+    if problems:
+        raise click.ClickException("\n".join(problems))
+    click.echo(f"{config}: ok (gateway {cfg.gateway}, {len(cfg.sensors)} sensor{'s' if len(cfg.sensors) > 1 else ''})")
+    for line in lines:
+        click.echo(line)
 
 
 @main.command()
 @click.option("--config", "config", required=True, type=click.Path(path_type=Path), help="Agent config (TOML).")
 def run(config: Path) -> None:
     """Run the agent until SIGINT/SIGTERM; alerts are printed to stdout as they are raised."""
-    from edge_agent.runtime import Agent
+    from edge_agent.agent import Agent
 
     cfg = _load(config)
     stop = threading.Event()
 
     def on_event(event) -> None:
         d = event.to_dict()
+        score = "inf" if d["score"] is None else f"{d['score']:.6g}"
         click.echo(
-            f"ALERT {d['kind']} {d['severity']} device={d['device']} score={d['score']:.6g} "
+            f"ALERT {d['kind']} {d['severity']} device={d['device']} score={score} "
             f"threshold={d['threshold']:.6g} seq_end={d['seq_end']} model={d['model_version']}",
         )
         sys.stdout.flush()
@@ -86,52 +96,64 @@ def run(config: Path) -> None:
         raise click.ClickException(str(exc)) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    click.echo(f"edge-agent: device {cfg.device}, model {agent.pipeline.bundle.version}, "
-               f"threshold {agent.pipeline.threshold:.6g} ({agent.threshold_source})")
+    for sensor in agent.sensors:
+        p = sensor.pipeline
+        click.echo(f"edge-agent: device {sensor.device}, " + (
+            f"model {p.bundle.version}, threshold {p.threshold:.6g} ({sensor.threshold_source})" if p is not None
+            else "no model yet"))
     sys.stdout.flush()
     agent.run(stop)
     status = agent.status()
     click.echo("edge-agent stopped: " + json.dumps({k: status[k] for k in (
-        "samples_in", "windows_scored", "alerts", "frames_dropped", "crc_errors", "gaps", "inference_ms_p50",
-        "inference_ms_p99")}))
+        "sensors_total", "samples_in", "windows_scored", "alerts")} | {
+        dev: {k: d.get(k) for k in ("windows_scored", "alerts", "frames_dropped", "crc_errors", "gaps",
+                                    "inference_ms_p50", "inference_ms_p99")} for dev, d in status["sensors"].items()}))
 
 
 @main.command()
 @click.option("--config", "config", required=True, type=click.Path(path_type=Path))
+@click.option("--sensor", "device", default=None, help="Device id of the sensor (needed when there are several).")
 @click.option("--windows", "n_windows", type=click.IntRange(10, 1_000_000), default=200, show_default=True,
               help="Healthy windows to score from the live source.")
 @click.option("--timeout-s", type=click.FloatRange(1), default=600.0, show_default=True)
 @click.option("--clear", is_flag=True, help="Remove this device's threshold (the bundle default applies again).")
-def calibrate(config: Path, n_windows: int, timeout_s: float, clear: bool) -> None:
-    """Set this device's threshold from N live windows (assumed healthy), with the bundle's method."""
+def calibrate(config: Path, device: str | None, n_windows: int, timeout_s: float, clear: bool) -> None:
+    """Set a sensor's threshold from N live windows (assumed healthy), with the bundle's method."""
     from edge_agent import calibration
-    from edge_agent.runtime import collect_scores
+    from edge_agent.agent import calibrate_sensor
 
     cfg = _load(config)
-    path = cfg.resolve(cfg.calibration.path)
+    try:
+        scfg = cfg.sensor(device)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    path = cfg.resolve(scfg.calibration.path)
     if clear:
         click.echo(f"calibration {'cleared' if calibration.clear(path) else 'was not set'}: {path}")
         return
     try:
-        bundle, scores = collect_scores(cfg, n_windows, timeout_s)
-    except AgentError as exc:
-        raise click.ClickException(str(exc)) from None
-    if len(scores) < n_windows:
-        raise click.ClickException(f"only {len(scores)} of {n_windows} windows arrived in {timeout_s:g} s; nothing saved")
-    try:
-        record = calibration.compute(scores, bundle, cfg.device)
-    except ValueError as exc:
+        record, scored = calibrate_sensor(cfg, scfg.device, n_windows, timeout_s)
+    except (AgentError, ValueError) as exc:
         raise click.ClickException(f"calibration failed: {exc}") from None
+    if record is None:
+        raise click.ClickException(f"only {scored} of {n_windows} windows arrived in {timeout_s:g} s; nothing saved")
     calibration.save(path, record)
-    click.echo(f"device {cfg.device}: threshold {record.value:.6g} ({record.method}, {record.n} windows; "
-               f"bundle default {bundle.threshold.value:.6g}) saved to {path}")
+    click.echo(f"device {scfg.device}: threshold {record.value:.6g} ({record.method}, {record.n} windows) "
+               f"saved to {path}")
+
+
+#: Columns of ``edge-agent status``'s sensor table.
+STATUS_COLUMNS = ("state", "alert_state", "threshold", "last_score", "windows_scored", "alerts", "samples_in",
+                  "frames_dropped", "gaps", "crc_errors", "bad_payloads", "inference_ms_p99", "model_version")
 
 
 @main.command()
 @click.option("--config", "config", type=click.Path(path_type=Path), help="Read the status file named in the config.")
 @click.option("--file", "file", type=click.Path(path_type=Path), help="Status file to print.")
-def status(config: Path | None, file: Path | None) -> None:
-    """Print the running agent's status (samples, drops, CRC errors, gaps, windows, latency, alerts, model)."""
+@click.option("--sensor", "device", default=None, help="Print every field of this sensor.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole status document as JSON.")
+def status(config: Path | None, file: Path | None, device: str | None, as_json: bool) -> None:
+    """Print the running agent's status: the gateway, then one row per sensor (or every field of one)."""
     if file is None:
         if config is None:
             config = Path("agent.toml")
@@ -143,11 +165,39 @@ def status(config: Path | None, file: Path | None) -> None:
         doc = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise click.ClickException(f"{file}: no status file (is the agent running?)") from None
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         raise click.ClickException(f"{file}: unreadable status: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("sensors"), dict):
+        raise click.ClickException(f"{file}: not an edge-agent status document")
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    sensors = doc["sensors"]
+    if device is not None:
+        if device not in sensors:
+            raise click.ClickException(f"no sensor {device!r} in {file} (sensors: {', '.join(sensors)})")
+        _print_fields(sensors[device])
+        return
+    _print_fields({k: v for k, v in doc.items() if k != "sensors"})
+    rows = [("device", *STATUS_COLUMNS)] + [
+        (dev, *(_cell(d.get(c)) for c in STATUS_COLUMNS)) for dev, d in sensors.items()
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    click.echo("")
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _print_fields(doc: dict) -> None:
     width = max(map(len, doc)) if doc else 0
     for key, value in doc.items():
-        click.echo(f"{key:<{width}}  {value}")
+        click.echo(f"{key:<{width}}  {json.dumps(value) if isinstance(value, dict) else value}")
 
 
 @main.command()
@@ -177,9 +227,9 @@ def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: 
         raise click.ClickException(str(exc)) from None
     policy = AlertPolicy()
     if config is not None:
-        from edge_agent.runtime import policy_of
+        from edge_agent.sensor import policy_of
 
-        policy = policy_of(_load(config))
+        policy = policy_of(_load(config).sensor(None))
     opts: dict = {}
     if channels:
         opts["channels"] = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in channels.split(",")]

@@ -1,27 +1,42 @@
 """The agent's one configuration file: TOML, read into frozen dataclasses and validated strictly.
 
-Unknown keys, wrong types and out-of-range values are a :class:`ConfigError` naming the key path,
-e.g. ``alerts.k: must be 1..n (n = 5), got 7``. Validation happens once, at start
-(``edge-agent validate-config FILE`` runs only this step).
+Unknown keys, wrong types, out-of-range values and clashes between sensors are a :class:`ConfigError`
+naming the key path, e.g. ``sensors[2].alerts.k: must be 1..n (n = 5), got 7``. Validation happens once,
+at start (``edge-agent validate-config FILE`` runs only this step and loads every bundle).
 
-Layout (see ``examples/agent.toml``)::
+One sensor (the first releases' layout, still valid)::
 
-    device = "pump-7"                  # id used in topics, alerts, calibration
+    device = "pump-7"
+    [source] [bundle] [alerts] [uploads] [status] [calibration] [health] [mqtt]
+
+Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]`` table overrides them::
+
+    gateway = "hall-3"                 # id of this gateway (default: the host name; one sensor: its device)
+    [mqtt]        the one broker connection: MQTT sources, alerts, status, uploads (last will)
+    [status]      every_s, file, mqtt
+    [uploads]     the gateway's spool: spool_path, spool_max_bytes, spool_max_records, batch
+                  (and enabled, every_s, only_normal as the sensors' default)
+    [alerts] [bundle] [source] [calibration] [health]      defaults for every sensor
+    [[sensors]]   device, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
+                  [sensors.calibration] (default path calibration/<device>.json), [sensors.health]
+
+Per sensor::
+
     [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none)
-    [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only, optional)
+    [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only), read_timeout_s, reopen_max_s
     [source.mqtt]   topic_device (defaults to device), qos
-    [mqtt]        the broker for the MQTT source, alerts, status and uploads
     [bundle]      path, watch_s (0 = no hot swap), num_threads
     [alerts]      k, n, clear_ratio, clear_windows, cooldown_s, critical_ratio
     [alerts.sinks] log, jsonl, mqtt, command, command_timeout_s
-    [uploads]     enabled, every_s, only_normal, spool_path, spool_max_bytes, spool_max_records, batch
-    [status]      every_s, file, mqtt
-    [calibration] path
+    [uploads]     enabled, every_s, only_normal
+    [calibration] path, windows
+    [health]      no_window_s, no_data_s
 """
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 import tomllib
 import types
 import typing
@@ -100,9 +115,8 @@ class Alerts:
 
 @dataclass(frozen=True)
 class Uploads:
-    enabled: bool = False
-    every_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))
-    only_normal: bool = True
+    """The gateway's upload spool (the per-sensor policy is ``SensorUploads``)."""
+
     spool_path: str = "spool.sqlite"
     spool_max_bytes: int = field(default=64 * 1024 * 1024, metadata=_rng(1024, 1 << 40))
     spool_max_records: int = field(default=10_000, metadata=_rng(1, 100_000_000))
@@ -119,19 +133,46 @@ class Status:
 @dataclass(frozen=True)
 class Calibration:
     path: str = "calibration.json"
+    windows: int = field(default=0, metadata=_rng(0, 1_000_000))  # > 0: calibrate on the first N windows when unset
+
+
+@dataclass(frozen=True)
+class Health:
+    no_window_s: float = field(default=60.0, metadata=_rng(1.0, 7 * 86_400.0))  # data arrives, nothing scorable
+    no_data_s: float = field(default=60.0, metadata=_rng(1.0, 7 * 86_400.0))  # nothing arrives at all
+
+
+@dataclass(frozen=True)
+class SensorUploads:
+    enabled: bool = False
+    every_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))
+    only_normal: bool = True
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """One sensor: its id, where its samples come from, the model that scores them and what its alerts do."""
+
+    device: str
+    source: Source
+    bundle: BundleSection
+    alerts: Alerts = field(default_factory=Alerts)
+    uploads: SensorUploads = field(default_factory=SensorUploads)
+    calibration: Calibration = field(default_factory=Calibration)
+    health: Health = field(default_factory=Health)
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    device: str
-    source: Source
-    bundle: BundleSection
+    """The whole gateway: one MQTT connection, one status, one upload spool, any number of sensors."""
+
+    gateway: str
+    sensors: tuple[SensorConfig, ...]
     mqtt: Mqtt | None = None
-    alerts: Alerts = field(default_factory=Alerts)
     uploads: Uploads = field(default_factory=Uploads)
     status: Status = field(default_factory=Status)
-    calibration: Calibration = field(default_factory=Calibration)
-    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+    base_dir: Path = Path(".")
+    path: Path | None = None  # the config file, when loaded from one
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the file, relative to the config file's directory."""
@@ -140,7 +181,29 @@ class AgentConfig:
 
     @property
     def client_id(self) -> str:
-        return (self.mqtt.client_id if self.mqtt and self.mqtt.client_id else None) or f"edge-agent-{self.device}"
+        return (self.mqtt.client_id if self.mqtt and self.mqtt.client_id else None) or f"edge-agent-{self.gateway}"
+
+    @property
+    def uploads_enabled(self) -> bool:
+        return any(s.uploads.enabled for s in self.sensors)
+
+    def sensor(self, device: str | None = None) -> SensorConfig:
+        """The sensor with this device id (the only one when None); ConfigError if there is none (or several)."""
+        if device is None:
+            if len(self.sensors) != 1:
+                raise ConfigError(f"this config has {len(self.sensors)} sensors: name one "
+                                  f"({', '.join(s.device for s in self.sensors)})")
+            return self.sensors[0]
+        for s in self.sensors:
+            if s.device == device:
+                return s
+        raise ConfigError(f"no sensor {device!r} (sensors: {', '.join(s.device for s in self.sensors)})")
+
+
+#: Sections of a sensor that may also be given once at the top level, as every sensor's defaults.
+SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health")
+GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors")
+_SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch")
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -148,56 +211,174 @@ def load_config(path: str | Path) -> AgentConfig:
     """Read and validate a TOML config file; ConfigError names the file and the bad key."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory, not a config file") from exc
+    except NotADirectoryError as exc:
+        raise ConfigError(f"{path}: a part of this path is a file, not a directory") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({exc})") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
-        return config_from_dict(data, base_dir=path.resolve().parent)
+        cfg = config_from_dict(data, base_dir=path.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    return dataclasses.replace(cfg, path=path.resolve())
 
 
 def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
-    """Validate a parsed config (a dict as TOML gives it)."""
-    cfg = _build(AgentConfig, data, "")
-    cfg = dataclasses.replace(cfg, base_dir=base_dir)
-    _check_semantics(cfg)
+    """Validate a parsed config (a dict as TOML gives it).
+
+    Two layouts: one sensor (``device``, ``source``, ``bundle`` ... at the top level, the layout of the
+    first releases), or ``[[sensors]]`` tables, each with its own ``device``, ``source``, ``bundle``,
+    ``alerts``, ``uploads``, ``calibration``, ``health``; the same sections at the top level are every
+    sensor's defaults (merged key by key, the sensor's own values win).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError("config: must be a table")
+    data = dict(data)
+    if "sensors" in data:
+        if "device" in data:
+            raise ConfigError("device: goes into each [[sensors]] table when there are sensors")
+        raw_sensors = data.pop("sensors")
+        if not isinstance(raw_sensors, list) or not raw_sensors or not all(isinstance(s, dict) for s in raw_sensors):
+            raise ConfigError("sensors: must be one or more [[sensors]] tables")
+        legacy = False
+    else:
+        if "device" not in data:
+            raise ConfigError("device: required (or list [[sensors]])")
+        raw_sensors = [{"device": data.pop("device")}]
+        legacy = True
+    unknown = sorted(set(data) - set(GATEWAY_KEYS) - set(SENSOR_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted((*GATEWAY_KEYS, 'device', *SENSOR_SECTIONS)))})")
+    defaults = {k: data.pop(k) for k in SENSOR_SECTIONS if k in data}
+    uploads = data.pop("uploads", {})
+    if not isinstance(uploads, dict):
+        raise ConfigError(f"uploads: must be a table, got {type(uploads).__name__}")
+    defaults["uploads"] = {k: v for k, v in uploads.items() if k not in _SPOOL_KEYS}
+    gateway_uploads = {k: v for k, v in uploads.items() if k in _SPOOL_KEYS}
+    sensors = []
+    for i, raw in enumerate(raw_sensors):
+        where = "" if legacy else f"sensors[{i}]"
+        if not legacy:
+            spool = sorted(set(raw.get("uploads", {}) if isinstance(raw.get("uploads"), dict) else {}) & set(_SPOOL_KEYS))
+            if spool:
+                raise ConfigError(f"{where}.uploads.{spool[0]}: the spool is the gateway's: set it in the top-level [uploads]")
+        merged = _merge(defaults, raw)
+        if not legacy and "calibration" not in raw and "path" not in defaults.get("calibration", {}):
+            merged.setdefault("calibration", {})["path"] = f"calibration/{raw.get('device', i)}.json"
+        sensors.append(_build(SensorConfig, merged, where))
+    gateway = data.get("gateway", sensors[0].device if legacy else socket.gethostname().split(".")[0])
+    mqtt = _value(Mqtt | None, data.get("mqtt"), "mqtt", {}) if "mqtt" in data else None
+    cfg = AgentConfig(
+        gateway=_value(str, _device_like(gateway), "gateway", {}),
+        sensors=tuple(sensors),
+        mqtt=mqtt,
+        uploads=_build(Uploads, gateway_uploads, "uploads"),
+        status=_build(Status, data.get("status", {}), "status"),
+        base_dir=base_dir,
+    )
+    _check_semantics(cfg, legacy)
     return cfg
 
 
-def _check_semantics(cfg: AgentConfig) -> None:
-    """Rules across keys."""
+def _device_like(name: object) -> object:
+    """A host name made into a valid id (host names may hold characters topics must not)."""
+    if isinstance(name, str):
+        return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:64] or "gateway"
+    return name
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``, table by table."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
+    """Rules across keys and across sensors."""
     try:
-        wire.check_device_id(cfg.device)
+        wire.check_device_id(cfg.gateway)
     except ConfigError as exc:
-        raise ConfigError(f"device: {exc}") from None
-    a = cfg.alerts
+        raise ConfigError(f"gateway: {exc}") from None
+    devices: dict[str, str] = {}
+    ports: dict[str, str] = {}
+    topics: dict[str, str] = {}
+    paths: dict[Path, str] = {}
+
+    def claim(table: dict, key, owner: str, what: str) -> None:
+        if key in table:
+            raise ConfigError(f"{owner}: {what} is already used by {table[key]}")
+        table[key] = owner
+
+    for i, s in enumerate(cfg.sensors):
+        where = "" if legacy else f"sensors[{i}]."
+        _check_sensor(cfg, s, where)
+        claim(devices, s.device, f"{where}device", f"device id {s.device!r}")
+        if s.source.kind == "serial":
+            claim(ports, s.source.serial.port, f"{where}source.serial.port", f"port {s.source.serial.port!r}")
+        else:
+            topic = wire.samples_topic(s.source.mqtt.topic_device if s.source.mqtt and s.source.mqtt.topic_device
+                                       else s.device)
+            claim(topics, topic, f"{where}source.mqtt", f"topic {topic!r}")
+        claim(paths, cfg.resolve(s.calibration.path).resolve(), f"{where}calibration.path", "this file")
+    if cfg.uploads_enabled:
+        spool = cfg.resolve(cfg.uploads.spool_path).resolve()
+        owned = {cfg.resolve(s.bundle.path).resolve(): "a bundle.path" for s in cfg.sensors}
+        owned |= {cfg.resolve(s.alerts.sinks.jsonl).resolve(): "an alerts.sinks.jsonl file" for s in cfg.sensors
+                  if s.alerts.sinks.jsonl}
+        owned |= {p: "a calibration.path" for p in paths}
+        if cfg.status.file:
+            owned[cfg.resolve(cfg.status.file).resolve()] = "status.file"
+        if spool in owned:
+            raise ConfigError(f"uploads.spool_path: {spool} is {owned[spool]}, not a spool file")
+        for p, what in owned.items():
+            if p in spool.parents:
+                raise ConfigError(f"uploads.spool_path: {spool} is inside {what} ({p})")
+        if spool.is_dir():
+            raise ConfigError(f"uploads.spool_path: {spool} is a directory, not a spool file")
+
+
+def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
+    try:
+        wire.check_device_id(s.device)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}device: {exc}") from None
+    a = s.alerts
     if a.k > a.n:
-        raise ConfigError(f"alerts.k: must be 1..n (n = {a.n}), got {a.k}")
-    src = cfg.source
+        raise ConfigError(f"{where}alerts.k: must be 1..n (n = {a.n}), got {a.k}")
+    src = s.source
     if src.kind == "serial" and src.serial is None:
-        raise ConfigError("source.serial: required when source.kind = 'serial'")
+        raise ConfigError(f"{where}source.serial: required when source.kind = 'serial'")
     if src.kind == "mqtt":
         if cfg.mqtt is None:
-            raise ConfigError("mqtt: a [mqtt] broker section is required when source.kind = 'mqtt'")
+            raise ConfigError(f"mqtt: a [mqtt] broker section is required when {where}source.kind = 'mqtt'")
         if src.mqtt is not None and src.mqtt.topic_device is not None:
             try:
                 wire.check_device_id(src.mqtt.topic_device)
             except ConfigError as exc:
-                raise ConfigError(f"source.mqtt.topic_device: {exc}") from None
+                raise ConfigError(f"{where}source.mqtt.topic_device: {exc}") from None
     if src.kind != "serial" and src.serial is not None:
-        raise ConfigError(f"source.serial: given but source.kind = {src.kind!r}")
+        raise ConfigError(f"{where}source.serial: given but source.kind = {src.kind!r}")
     if src.kind != "mqtt" and src.mqtt is not None:
-        raise ConfigError(f"source.mqtt: given but source.kind = {src.kind!r}")
+        raise ConfigError(f"{where}source.mqtt: given but source.kind = {src.kind!r}")
     if src.serial is not None and src.serial.format == "binary" and src.serial.channels is not None:
-        raise ConfigError("source.serial.channels: only for format = 'csv' (binary frames carry their channel count)")
-    for key, needs in (("alerts.sinks.mqtt", a.sinks.mqtt), ("uploads.enabled", cfg.uploads.enabled)):
+        raise ConfigError(f"{where}source.serial.channels: only for format = 'csv' (binary frames carry their channel count)")
+    for key, needs in ((f"{where}alerts.sinks.mqtt", a.sinks.mqtt), (f"{where}uploads.enabled", s.uploads.enabled)):
         if needs and cfg.mqtt is None:
             raise ConfigError(f"{key}: needs a [mqtt] broker section")
     if a.sinks.command is not None and not a.sinks.command:
-        raise ConfigError("alerts.sinks.command: must be a non-empty list of strings (program and arguments)")
+        raise ConfigError(f"{where}alerts.sinks.command: must be a non-empty list of strings (program and arguments)")
 
 
 def _build(cls: type, data: object, where: str):

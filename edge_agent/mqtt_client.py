@@ -7,7 +7,9 @@
   default); the delay resets after a successful CONNACK.
 - ``connected`` is true only after a CONNACK whose reason code is a success; a refused connection
   (bad credentials, ...) is logged with its reason and never reported as up.
-- Subscriptions are made in ``on_connect``, so every reconnect re-subscribes.
+- Subscriptions are made in ``on_connect``, so every reconnect re-subscribes; ``subscribe(topic, qos,
+  handler)`` routes a topic's messages to its own handler (paho's ``message_callback_add``), so one
+  connection serves every sensor of a gateway. ``wait_subscribed`` waits for the broker's SUBACKs.
 - ``publish`` never raises on a down link: it returns ``None`` (counted in ``publish_refused``) when the
   link is down, so paho's outgoing queue does not grow while the broker is away. Messages already
   handed to paho (QoS >= 1) stay in paho's queue and are re-sent by paho after a reconnect.
@@ -98,6 +100,9 @@ class MqttConnection:
         self._subscriptions = [(str(t), int(q)) for t, q in subscriptions]
         self._on_message = on_message
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._pending_subacks: set[int] = set()
+        self._routes: dict[str, MessageHandler] = {}
         self._connect_listeners: list[Callable[[], None]] = []
         self._publish_listeners: list[Callable[[int], None]] = []
         self._started = False
@@ -128,6 +133,32 @@ class MqttConnection:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
+        self._client.on_subscribe = self._handle_subscribe
+
+    def subscribe(self, topic: str, qos: int, handler: MessageHandler) -> None:
+        """Deliver the messages of ``topic`` (a filter; wildcards allowed) to ``handler`` on the network thread.
+
+        Call before ``start``, or at any time: the subscription is made now if connected, and again on
+        every reconnect. ``handler`` must be thin (decode, ``put_nowait``) and is isolated like ``on_message``.
+        """
+        topic, qos = str(topic), int(qos)
+        self._routes[topic] = handler
+        self._subscriptions.append((topic, qos))
+
+        def route(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage, handler=handler) -> None:
+            self.messages_in += 1
+            self._dispatch(handler, msg)
+
+        self._client.message_callback_add(topic, route)
+        if self._connected.is_set():
+            self._subscribed.clear()
+            result, mid = self._client.subscribe([(topic, qos)])
+            if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._pending_subacks.add(mid)
+
+    def wait_subscribed(self, timeout: float | None) -> bool:
+        """Wait until connected and every subscription is acknowledged by the broker; return whether it is."""
+        return self._subscribed.wait(timeout) and self._connected.is_set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> MqttConnection:
@@ -217,8 +248,13 @@ class MqttConnection:
             if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
                 # small MQTT packets (PUBACK-paced uploads, status) must not wait ~40 ms for Nagle
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._subscribed.clear()
             if self._subscriptions:
-                client.subscribe(self._subscriptions)
+                result, mid = client.subscribe(self._subscriptions)
+                if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._pending_subacks = {mid}
+            else:
+                self._subscribed.set()
             self.connects += 1
             self._connected.set()
             logger.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)
@@ -233,6 +269,7 @@ class MqttConnection:
     ) -> None:
         was_up = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
         if was_up:
             self.disconnects += 1
             self._ratelog.log(
@@ -240,12 +277,23 @@ class MqttConnection:
                 self.client_id, self.host, self.port, reason_code,
             )
 
+    def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        self._pending_subacks.discard(mid)
+        refused = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if refused:
+            self._ratelog.log(logging.ERROR, "suback", "mqtt %s: the broker refused a subscription: %s",
+                              self.client_id, refused)
+        if not self._pending_subacks:
+            self._subscribed.set()
+
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages_in += 1
-        if self._on_message is None:
-            return
+        if self._on_message is not None:
+            self._dispatch(self._on_message, msg)
+
+    def _dispatch(self, handler: MessageHandler, msg: mqtt.MQTTMessage) -> None:
         try:
-            self._on_message(msg)
+            handler(msg)
         except Exception:
             self.callback_errors += 1
             self._ratelog.log(

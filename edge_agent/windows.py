@@ -17,7 +17,7 @@ What makes a span unusable (the window assembly restarts after it, so no scored 
 * a row with a NaN/inf value, or a value beyond ``value_range`` (the manifest's ``signal.range``),
   or a saturated int16 code (``Frame.saturated``): counted in ``samples_invalid`` (and the saturated
   or out-of-range ones also in ``samples_over_range``: the pipeline treats a span of them as an
-  anomaly in itself, see ``runtime.Pipeline``).
+  anomaly in itself, see ``pipeline.Pipeline``).
 
 For contiguous valid input the windows are exactly ``preprocess.windows(preprocess.steps(x), T, hop)``
 whatever the framing, because each block's features depend only on that block.

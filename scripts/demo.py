@@ -209,7 +209,8 @@ def main() -> int:
             broker.terminate()
 
     alerts = read_alerts(workdir / "alerts.jsonl")
-    status = json.loads((workdir / "status.json").read_text()) if (workdir / "status.json").exists() else {}
+    doc = json.loads((workdir / "status.json").read_text()) if (workdir / "status.json").exists() else {}
+    status = next(iter(doc.get("sensors", {}).values()), {})
     raised = [a for a in alerts if a["kind"] == "raised"]
     print("\n=== summary")
     print(f"  fault onset (degradation starts)  t = {onset_s:6.1f} s")

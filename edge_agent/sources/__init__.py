@@ -17,6 +17,7 @@ import time
 from typing import Protocol, Self, runtime_checkable
 
 from edge_agent.contract import wire
+from edge_agent.status import SourceCounters
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ class SampleSource(Protocol):
 
     def read(self, timeout: float) -> list[wire.Frame]: ...
 
+    def drain(self, most: int) -> list[wire.Frame]: ...
+
     @property
-    def counters(self) -> dict[str, int]: ...
+    def counters(self) -> SourceCounters: ...
 
 
 class QueueSource:
@@ -42,8 +45,9 @@ class QueueSource:
     (queue full: the consumer fell behind), ``reconnects``.
     """
 
-    def __init__(self, queue_frames: int = 1024) -> None:
+    def __init__(self, queue_frames: int = 1024, wake: threading.Event | None = None) -> None:
         self._queue: queue.Queue[wire.Frame] = queue.Queue(maxsize=queue_frames)
+        self._wake = wake  # set whenever a frame is queued (the gateway's scoring loop waits on it)
         self._stop = threading.Event()
         self.bytes = 0
         self.frames = 0
@@ -69,6 +73,8 @@ class QueueSource:
         try:
             self._queue.put_nowait(frame)
             self.frames += 1
+            if self._wake is not None:
+                self._wake.set()
         except queue.Full:
             self.frames_dropped += 1
             self._warn("queue", "frame queue full: the scorer is behind, frames dropped (%d so far)", self.frames_dropped)
@@ -86,6 +92,20 @@ class QueueSource:
             except queue.Empty:
                 break
         return out
+
+    def drain(self, most: int) -> list[wire.Frame]:
+        """Up to ``most`` queued frames, without waiting."""
+        out: list[wire.Frame] = []
+        for _ in range(most):
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
 
     def _warn(self, key: str, msg: str, *args: object) -> None:
         """Warn at most once every 10 s per key (everything is counted regardless)."""

@@ -17,6 +17,7 @@ import serial
 
 from edge_agent.contract import wire
 from edge_agent.sources import QueueSource
+from edge_agent.status import SourceCounters
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ class SerialSource(QueueSource):
         read_timeout_s: float = 0.05,
         reopen_max_s: float = 5.0,
         queue_frames: int = 1024,
+        wake: threading.Event | None = None,
     ) -> None:
-        super().__init__(queue_frames)
+        super().__init__(queue_frames, wake)
         if format not in ("binary", "csv"):
             raise ValueError(f"serial format must be 'binary' or 'csv', got {format!r}")
         self.port = port
@@ -81,21 +83,14 @@ class SerialSource(QueueSource):
             self._thread = None
 
     @property
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> SourceCounters:
         d = self._decoder
-        return {
-            "bytes": self.bytes,
-            "frames": self.frames,
-            "frames_dropped": self.frames_dropped,
-            "crc_errors": getattr(d, "crc_errors", 0),
-            "bad_headers": getattr(d, "bad_headers", 0),
-            "bytes_discarded": d.bytes_discarded,
-            "bad_lines": getattr(d, "bad_lines", 0),
-            "bad_payloads": 0,
-            "reconnects": self.reconnects,
-            "open_failures": self.open_failures,
-            "read_errors": self.read_errors + self.decoder_errors,
-        }
+        return SourceCounters(
+            bytes=self.bytes, frames=self.frames, frames_dropped=self.frames_dropped,
+            crc_errors=getattr(d, "crc_errors", 0), bad_headers=getattr(d, "bad_headers", 0),
+            bytes_discarded=d.bytes_discarded, bad_lines=getattr(d, "bad_lines", 0), reconnects=self.reconnects,
+            open_failures=self.open_failures, read_errors=self.read_errors + self.decoder_errors,
+        )
 
     # ------------------------------------------------------------------ reader thread
     def _run(self) -> None:

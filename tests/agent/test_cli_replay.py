@@ -81,7 +81,7 @@ from edge_agent.cli import main
 args = json.loads(sys.argv[1])
 if args[0] == "run-briefly":
     from edge_agent.config import load_config
-    from edge_agent.runtime import Agent
+    from edge_agent.agent import Agent
     stop = threading.Event()
     agent = Agent(load_config(args[1]))
     threading.Timer(1.0, stop.set).start()

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from edge_agent import calibration
+from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import load_config
 from edge_agent.contract import preprocess, wire
 from edge_agent.contract.bundle import MANIFEST_FILE, Bundle
 from edge_agent.contract.errors import BundleError
-from edge_agent.runtime import Agent
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config, copy_bundle, frames_of, rewrite_bundle
 from tests.broker import wait_for
@@ -53,7 +53,7 @@ def test_pty_stream_with_garbage_keeps_scoring_and_alerts_after_onset(tmp_path, 
     garbage = 0
     try:
         with Running(cfg) as run:
-            assert wait_for(lambda: run.agent.source.connected.is_set(), 10)
+            assert wait_for(lambda: run.agent.sensor().source.connected.is_set(), 10)
             sent = 0
             for i, f in enumerate(frames):
                 junk = bytes(rng.integers(0, 256, int(rng.integers(0, 2 * len(f) // 10)), dtype=np.uint8))
@@ -67,7 +67,7 @@ def test_pty_stream_with_garbage_keeps_scoring_and_alerts_after_onset(tmp_path, 
                 if i % 80 == 79 or i == len(frames) - 1:  # let the agent catch up (no drops to reason about)
                     assert wait_for(lambda s=sent: run.agent.pipeline.windower.counters.samples_in >= s, 20)
             assert wait_for(lambda: run.agent.status()["windows_scored"] > 0, 5)
-            status = run.agent.status()
+            status = run.agent.status()["sensors"]["pump-7"]
     finally:
         link.close()
     assert garbage / sum(map(len, frames)) > 0.08  # ~10 % garbage bytes on the line
@@ -95,25 +95,25 @@ def test_hot_swap_accepts_good_bundles_and_rejects_bad_ones(tmp_path, agent_bund
         agent = run.agent
         first = agent.pipeline.bundle.version
         rewrite_bundle(bundle, version="v2")
-        assert wait_for(lambda: agent.model_swaps == 1, 10)
+        assert wait_for(lambda: agent.sensor().counters.model.swaps == 1, 10)
         assert agent.pipeline.bundle.version == "v2"
 
         def bad_shape(m):
             m["tflite"]["input"]["shape"] = [1, 9, 16]
 
         rewrite_bundle(bundle, version="v3", manifest_edit=bad_shape)
-        assert wait_for(lambda: agent.model_rejects == 1, 10)
+        assert wait_for(lambda: agent.sensor().counters.model.rejects == 1, 10)
         rewrite_bundle(bundle, version="v4", model=b"TFL3 not a model", base=agent_bundle)
-        assert wait_for(lambda: agent.model_rejects == 2, 10)
+        assert wait_for(lambda: agent.sensor().counters.model.rejects == 2, 10)
         rewrite_bundle(bundle, version="v5", model=(agent_bundle / "model.tflite").read_bytes(), base=agent_bundle)
-        assert wait_for(lambda: agent.model_swaps == 2, 10)
+        assert wait_for(lambda: agent.sensor().counters.model.swaps == 2, 10)
         manifest = json.loads((bundle / MANIFEST_FILE).read_text())
         manifest["model"]["version"] = "v6"
         manifest["tflite"]["sha256"] = "0" * 64  # a digest that does not match the model
         (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-        assert wait_for(lambda: agent.model_rejects == 3, 10)
+        assert wait_for(lambda: agent.sensor().counters.model.rejects == 3, 10)
         assert agent.pipeline.bundle.version == "v5" and first != "v5"
-        assert agent.status()["model_version"] == "v5"
+        assert agent.status()["sensors"]["pump-7"]["model_version"] == "v5"
 
 
 def test_agent_refuses_a_corrupt_bundle_at_start(tmp_path, agent_bundle):
@@ -162,7 +162,7 @@ def test_calibrate_sets_the_device_threshold_until_cleared(tmp_path, agent_bundl
     assert record.value > 0 and record.value != b.threshold.value
     assert calibration.threshold_in_force(tmp_path / "calibration.json", b, "pump-7") == (record.value, "calibration")
     agent = Agent(load_config(cfg))
-    assert agent.pipeline.threshold == record.value and agent.status()["threshold_source"] == "calibration"
+    assert agent.pipeline.threshold == record.value and agent.status()["sensors"]["pump-7"]["threshold_source"] == "calibration"
     agent.close()
     rewrite_bundle(bundle, version="retrained")  # another model: the stored threshold no longer applies
     assert calibration.threshold_in_force(tmp_path / "calibration.json", Bundle.load(bundle), "pump-7") == (
@@ -176,7 +176,7 @@ def test_status_command_prints_the_status_file(tmp_path, agent_bundle):
     cfg = agent_config(tmp_path, agent_bundle)
     with Running(cfg) as run:
         assert wait_for(lambda: (tmp_path / "status.json").exists(), 10)
-        first_inference = run.agent.first_inference_s
+        first_inference = run.agent.sensor().first_inference_s
     result = CliRunner().invoke(main, ["status", "--config", str(cfg)])
     assert result.exit_code == 0
     for field in ("samples_in", "frames_dropped", "crc_errors", "gaps", "windows_scored", "inference_ms_p99",
@@ -192,8 +192,8 @@ def test_frames_with_another_channel_count_are_counted_not_fatal(tmp_path, agent
     cfg = agent_config(tmp_path, agent_bundle, source={"kind": "serial", "serial": {"port": link.path}})
     try:
         with Running(cfg) as run:
-            assert wait_for(lambda: run.agent.source.connected.is_set(), 10)
+            assert wait_for(lambda: run.agent.sensor().source.connected.is_set(), 10)
             link.send(wire.encode_frame(0, np.zeros((64, 2), np.float32)))
-            assert wait_for(lambda: run.agent.status()["frames_rejected"] == 1, 10)
+            assert wait_for(lambda: run.agent.status()["sensors"]["pump-7"]["frames_rejected"] == 1, 10)
     finally:
         link.close()

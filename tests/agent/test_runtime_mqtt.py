@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import threading
 
+from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.contract import wire
 from edge_agent.contract.upload_record import decode_record
 from edge_agent.mqtt_client import MqttConnection
-from edge_agent.runtime import Agent
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
 from tests.broker import wait_for
 
@@ -27,7 +27,7 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
         uploads={"enabled": True, "every_s": 1.0, "spool_path": str(tmp_path / "spool.sqlite")},
     )
     cfg = load_config(cfg_path)
-    seen: dict[str, list] = {"status": [], "alert": [], "upload": []}
+    seen: dict[str, list] = {"status": [], "alert": [], "upload": [], "availability": []}
     lock = threading.Lock()
 
     def on_message(msg):
@@ -37,7 +37,7 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
 
     watcher = MqttConnection(mosquitto.host, mosquitto.port, "watcher", on_message=on_message,
                              subscriptions=[("vib/pump-7/status", 1), ("vib/pump-7/alert", 1),
-                                            ("vib/pump-7/upload", 1)])
+                                            ("vib/pump-7/upload", 1), ("vib/gateway/pump-7/availability", 1)])
     pub = MqttConnection(mosquitto.host, mosquitto.port, "sensor")
     agent = Agent(cfg)
     stop = threading.Event()
@@ -46,9 +46,9 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
     pub.start()
     thread.start()
     try:
-        assert watcher.wait_connected(10) and pub.wait_connected(10) and agent.connection.wait_connected(10)
+        assert watcher.wait_subscribed(10) and pub.wait_connected(10) and agent.connection.wait_subscribed(10)
         topic = wire.samples_topic("pump-7")
-        assert wait_for(lambda: agent.connection.messages_in >= 0 and agent.status()["mqtt_connected"], 10)
+        assert wait_for(lambda: seen["availability"][-1:] == [b"online"], 10)
         bad = [b"junk", b"{}", b"\xa5\x5a\x01\x00"]
         for p in bad:
             pub.publish(topic, p, qos=1)
@@ -64,7 +64,7 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
         assert wait_for(lambda: agent.pipeline.windower.counters.samples_in >= total, 20)
         assert wait_for(lambda: any(b"critical" in p or b"warning" in p for p in seen["alert"]), 10)
         assert wait_for(lambda: len(seen["upload"]) >= 1, 10), json.dumps(agent.status())
-        status = agent.status()
+        status = agent.status()["sensors"]["pump-7"]
     finally:
         stop.set()
         thread.join(20)
@@ -77,6 +77,7 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
     statuses = [json.loads(p) for p in seen["status"] if p.startswith(b"{")]
     assert statuses and statuses[-1]["device"] == "pump-7" and "inference_ms_p99" in statuses[-1]
     assert wait_for(lambda: seen["status"][-1] == b"offline", 10)  # clean stop leaves "offline" retained
+    assert seen["availability"][-1] == b"offline"
     uploads = [decode_record(p) for p in seen["upload"]]
     assert uploads and all(r.state == "normal" for r in uploads)
     assert uploads[0].samples.shape == (8 * 1024, 4)

@@ -64,7 +64,7 @@ def _drain(source, want: int, timeout: float = 10.0) -> list[wire.Frame]:
 
 def test_sources_share_one_interface(tmp_path):
     assert isinstance(SerialSource("loop://"), SampleSource)
-    assert isinstance(MqttSource("dev", host="127.0.0.1", port=1, client_id="x"), SampleSource)
+    assert isinstance(MqttSource(MqttConnection("127.0.0.1", 1, "x"), "vib/dev/samples"), SampleSource)
 
 
 def test_serial_pty_with_ten_percent_garbage_keeps_every_good_frame():
@@ -94,9 +94,9 @@ def test_serial_pty_with_ten_percent_garbage_keeps_every_good_frame():
         assert [f.seq for f in got] == [i * 64 for i in range(len(frames)) if i not in corrupted]
         np.testing.assert_array_equal(got[0].samples, x[:64])
         c = src.counters
-        assert c["crc_errors"] >= len(corrupted)
-        assert c["bytes_discarded"] >= garbage
-        assert c["bytes"] == len(blob)
+        assert c.crc_errors >= len(corrupted)
+        assert c.bytes_discarded >= garbage
+        assert c.bytes == len(blob)
     finally:
         src.stop()
         pty.close()
@@ -114,7 +114,7 @@ def test_serial_csv_lines_over_pty():
         got = _drain(src, 2)
         assert sum(f.n_samples for f in got) == 40
         np.testing.assert_array_equal(got[0].samples, x)
-        assert src.counters["bad_lines"] == 1
+        assert src.counters.bad_lines == 1
     finally:
         src.stop()
         pty.close()
@@ -137,7 +137,7 @@ def test_serial_port_unplugged_and_replugged(tmp_path):
         assert src.connected.wait(5)
         second.write(b"".join(frames[2:]))
         assert [f.seq for f in _drain(src, 2)] == [128, 192]
-        assert src.counters["reconnects"] == 1
+        assert src.counters.reconnects == 1
     finally:
         src.stop()
         first.close()
@@ -149,7 +149,7 @@ def test_serial_missing_port_is_retried_not_fatal(tmp_path):
     src = SerialSource(str(tmp_path / "nope"), reopen_max_s=0.1)
     try:
         src.start()
-        assert wait_for(lambda: src.counters["open_failures"] >= 3, 5)
+        assert wait_for(lambda: src.counters.open_failures >= 3, 5)
         assert src.read(0.01) == []
     finally:
         src.stop()
@@ -168,8 +168,8 @@ def test_fuzz_serial_reader_path_never_raises(chunks, good_every):
             src.consume(good[sent])
             sent += 1
     c = src.counters
-    assert c["bytes"] == sum(map(len, chunks)) + sum(len(g) for g in good[:sent])
-    assert c["frames"] + c["frames_dropped"] <= sent + len(chunks)  # nothing invented beyond plausibility
+    assert c.bytes == sum(map(len, chunks)) + sum(len(g) for g in good[:sent])
+    assert c.frames + c.frames_dropped <= sent + len(chunks)  # nothing invented beyond plausibility
     for frame in src.read(0):
         assert frame.samples.dtype == np.float32 and frame.samples.ndim == 2
 
@@ -178,7 +178,7 @@ def test_serial_queue_overflow_is_counted():
     src = SerialSource("loop://", queue_frames=8)
     frames, _ = _stream(20)
     src.consume(b"".join(frames))
-    assert src.counters["frames"] == 8 and src.counters["frames_dropped"] == 12
+    assert src.counters.frames == 8 and src.counters.frames_dropped == 12
     assert len(src.read(0.01)) == 8
 
 
@@ -190,15 +190,17 @@ def _publisher(broker, name="pub"):
 
 
 def test_mqtt_source_binary_json_and_malformed(mosquitto):
-    src = MqttSource("pump-1", host=mosquitto.host, port=mosquitto.port, client_id="agent-src")
+    conn = MqttConnection(mosquitto.host, mosquitto.port, "agent-src")
+    src = MqttSource(conn, wire.samples_topic("pump-1"))
     pub = _publisher(mosquitto)
     topic = wire.samples_topic("pump-1")
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     try:
         src.start()
-        assert src.connection.wait_connected(10)
+        conn.start()
+        assert conn.wait_subscribed(10)
         probe = wire.encode_json_payload(1000, x)  # valid, so it does not count as malformed
-        assert wait_for(lambda: pub.publish(topic, probe, qos=1) is not None and src.counters["messages"] > 0, 10)
+        assert wait_for(lambda: pub.publish(topic, probe, qos=1) is not None and src.counters.messages > 0, 10)
         bad = [b"", b"\xa5\x5a" + b"\x00" * 10, b"{not json", json.dumps({"seq": -1, "samples": [[1]]}).encode(),
                b"hello", wire.encode_frame(0, x)[:-1] + b"\x00"]
         for p in bad:
@@ -214,25 +216,27 @@ def test_mqtt_source_binary_json_and_malformed(mosquitto):
         assert wait_for(both, 10)
         assert [f.seq for f in got] == [6, 12]
         np.testing.assert_array_equal(got[1].samples, x)
-        assert src.counters["bad_payloads"] == len(bad)  # QoS 1 keeps order: the bad ones came first
+        assert src.counters.bad_payloads == len(bad)  # QoS 1 keeps order: the bad ones came first
     finally:
         pub.stop()
-        src.stop()
+        conn.stop()
 
 
 def test_mqtt_source_resubscribes_after_broker_restart(mosquitto):
-    src = MqttSource("pump-2", host=mosquitto.host, port=mosquitto.port, client_id="agent-src2")
+    conn = MqttConnection(mosquitto.host, mosquitto.port, "agent-src2")
+    src = MqttSource(conn, wire.samples_topic("pump-2"))
     x = np.ones((4, 1), np.float32)
     topic = wire.samples_topic("pump-2")
     try:
         src.start()
-        assert src.connection.wait_connected(10)
+        conn.start()
+        assert conn.wait_subscribed(10)
         pub = _publisher(mosquitto)
         pub.publish(topic, wire.encode_json_payload(0, x), qos=1)
         assert [f.seq for f in _drain(src, 1)] == [0]
         pub.stop()
         mosquitto.restart()
-        assert wait_for(lambda: src.counters["reconnects"] >= 1 and src.connection.connected, 20)
+        assert wait_for(lambda: src.counters.reconnects >= 1 and src.connection.connected, 20)
         pub = _publisher(mosquitto, "pub2")
         got: list[wire.Frame] = []
 
@@ -245,4 +249,4 @@ def test_mqtt_source_resubscribes_after_broker_restart(mosquitto):
         assert got[0].seq == 4
         pub.stop()
     finally:
-        src.stop()
+        conn.stop()

@@ -1,0 +1,340 @@
+"""The gateway agent: many sensors, one MQTT connection, one scoring thread, nothing that can kill it.
+
+Threads (one stop event ends them all)::
+
+    serial reader per serial sensor ─┐
+    paho network thread (all MQTT) ──┴─► bounded queue per sensor ─► scoring loop (the caller's thread):
+                                                                      round robin Sensor.poll over the sensors,
+                                                                      every status.every_s: status file + MQTT
+    bundle watcher ─ loads and tests changed bundles, hands them to their sensor (swapped between frames)
+    alert sinks (MQTT publisher, command runner) and the uploader have their own small threads.
+
+The agent owns the one :class:`MqttConnection` (its last will marks the gateway offline) and hands it to
+the MQTT sources, the alert sinks, the status publisher and the uploader.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge_agent import calibration
+from edge_agent.alerts import AlertEvent
+from edge_agent.bundle_watch import load_served_model
+from edge_agent.config import AgentConfig, SensorConfig
+from edge_agent.contract import wire
+from edge_agent.contract.errors import AgentError, BundleError
+from edge_agent.mqtt_client import MqttConnection
+from edge_agent.pipeline import Pipeline, WindowCallback
+from edge_agent.sensor import Sensor, make_source, policy_of
+from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
+from edge_agent.status import write_json_atomic
+from edge_agent.windows import Window
+
+log = logging.getLogger(__name__)
+
+
+def gateway_topic(gateway: str, leaf: str) -> str:
+    """``vib/gateway/<gateway>/<leaf>`` (leaf: ``status`` or ``availability``)."""
+    return f"vib/gateway/{wire.check_device_id(gateway)}/{leaf}"
+
+
+class Agent:
+    """The running gateway for one config. ``run(stop)`` blocks until ``stop`` is set.
+
+    Args:
+        cfg: validated config.
+        on_event: called with every alert event (the CLI prints them), on the scoring thread.
+        on_window: called for every scored window (tests), on the scoring thread.
+
+    Raises BundleError when no sensor has a model it can serve; a sensor whose bundle fails at start
+    waits for a valid one (watched like any bundle) while the others run.
+    """
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        on_event: Callable[[AlertEvent], None] | None = None,
+        on_window: WindowCallback | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.started = time.time()
+        self._t0 = time.monotonic()
+        self.wake = threading.Event()
+        self._status_path = cfg.resolve(cfg.status.file) if cfg.status.file else None
+        self.availability_topic = gateway_topic(cfg.gateway, "availability")
+        self.status_topic = gateway_topic(cfg.gateway, "status")
+        self.connection: MqttConnection | None = None
+        if cfg.mqtt is not None:
+            m = cfg.mqtt
+            self.connection = MqttConnection(
+                m.host, m.port, cfg.client_id, username=m.username, password=m.password, keepalive=m.keepalive,
+                will=(self.availability_topic, b"offline", 1, True),
+            )
+            self.connection.add_connect_listener(self._on_connect)
+        self._jsonl: dict[Path, JsonlSink] = {}
+        self._log_sink = LogSink()
+        self._spool = None
+        self._uploader = None
+        if cfg.uploads_enabled:
+            from edge_agent.spool import Spool
+            from edge_agent.uploader import Uploader
+
+            u = cfg.uploads
+            self._spool = Spool(cfg.resolve(u.spool_path), u.spool_max_bytes, u.spool_max_records)
+            self._uploader = Uploader(self._spool, self.connection, u.batch, threading.Event())
+        self._upload_policies: dict[str, object] = {}
+        self.sensors: list[Sensor] = []
+        errors: list[str] = []
+        for scfg in cfg.sensors:
+            sensor = Sensor(
+                scfg, cfg, connection=self.connection, dispatcher=AlertDispatcher(self._make_sinks(scfg)),
+                offer_upload=self._offer_upload if scfg.uploads.enabled else None, wake=self.wake,
+                on_event=on_event, on_window=on_window,
+            )
+            try:
+                sensor.load_model()
+            except BundleError as exc:
+                errors.append(f"{scfg.device}: {exc}")
+                sensor.counters.model.rejects += 1
+                sensor.counters.model.last_reject = str(exc)[:500]
+                log.error("sensor %s has no model to serve (waiting for a valid bundle in %s): %s", scfg.device,
+                          sensor.bundle_path, exc)
+            if scfg.uploads.enabled:
+                from edge_agent.uploader import UploadPolicy
+
+                self._upload_policies[scfg.device] = UploadPolicy(scfg.uploads.every_s, scfg.uploads.only_normal)
+            self.sensors.append(sensor)
+        if len(errors) == len(self.sensors):
+            raise BundleError("no sensor has a model it can serve: " + "; ".join(errors))
+        self._next_status = 0.0
+        self._stop_watch = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ access
+    def sensor(self, device: str | None = None) -> Sensor:
+        """The sensor with this device id (the only one when None)."""
+        if device is None and len(self.sensors) == 1:
+            return self.sensors[0]
+        for s in self.sensors:
+            if s.device == device:
+                return s
+        raise KeyError(device)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline of a single-sensor gateway."""
+        pipeline = self.sensor().pipeline
+        if pipeline is None:
+            raise AgentError("the sensor has no model")
+        return pipeline
+
+    # ------------------------------------------------------------------ wiring
+    def _make_sinks(self, scfg: SensorConfig) -> list:
+        s = scfg.alerts.sinks
+        sinks: list = []
+        if s.log:
+            sinks.append(self._log_sink)
+        if s.jsonl:
+            path = self.cfg.resolve(s.jsonl).resolve()
+            if path not in self._jsonl:
+                self._jsonl[path] = JsonlSink(path)
+            sinks.append(self._jsonl[path])
+        if s.mqtt and self.connection is not None:
+            sinks.append(MqttAlertSink(self.connection, scfg.device))
+        if s.command:
+            sinks.append(CommandSink(list(s.command), s.command_timeout_s))
+        return sinks
+
+    def _offer_upload(self, sensor: Sensor, w: Window, result) -> None:
+        from edge_agent.contract.upload_record import encode_record
+
+        p = sensor.pipeline
+        rate = p.windower.sample_rate
+        if not rate or not self._upload_policies[sensor.device].should_upload(time.monotonic(), p.alerts.state):
+            return
+        b = p.bundle
+        try:
+            payload = encode_record(
+                device=sensor.device, model_id=b.model_id, model_version=b.version, seq_end=w.seq_end,
+                time_end=datetime.fromtimestamp(result.time, UTC), sample_rate=rate,
+                channels=list(b.spec.channels), units=b.manifest["signal"].get("units", ""),
+                score=result.score, threshold=result.threshold, state=p.alerts.state,
+                samples=p.windower.window_samples(),
+            )
+        except AgentError as exc:
+            log.warning("%s: upload record not made: %s", sensor.device, exc)
+            return
+        self._uploader.offer(wire.upload_topic(sensor.device), payload)
+        sensor.uploads_offered += 1
+
+    def _on_connect(self) -> None:
+        """On paho's thread after every (re)connect: availability and the retained status become current again."""
+        self.connection.publish(self.availability_topic, b"online", qos=1, retain=True)
+        self._next_status = 0.0
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, stop: threading.Event) -> None:
+        """Start everything, score until ``stop`` is set, then shut down cleanly."""
+        for sensor in self.sensors:
+            sensor.source.start()  # MQTT sources subscribe before the connection starts
+        if self.connection is not None:
+            self.connection.start()
+        if self._uploader is not None:
+            self._uploader.start()
+        self._watcher = threading.Thread(target=self._watch_bundles, name="bundle-watch", daemon=True)
+        self._watcher.start()
+        log.info("edge-agent %s running %d sensor(s)", self.cfg.gateway, len(self.sensors))
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                busy = sum(sensor.poll() for sensor in self.sensors)
+                now = time.monotonic()
+                if now >= self._next_status:
+                    self._next_status = now + self.cfg.status.every_s
+                    self.publish_status()
+                if not busy:
+                    self.wake.wait(0.1)
+        finally:
+            self.close()
+
+    def _watch_bundles(self) -> None:
+        """The watcher thread: each sensor's bundle, every ``bundle.watch_s`` of that sensor."""
+        while not self._stop_watch.wait(0.1):
+            now = time.monotonic()
+            for sensor in self.sensors:
+                if sensor.watch_due(now) and sensor.check_bundle():
+                    self._next_status = 0.0
+                    self.wake.set()
+
+    def close(self) -> None:
+        """Stop reading, leave "offline" as the retained state, flush the sinks, disconnect."""
+        self._stop_watch.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
+        for sensor in self.sensors:
+            sensor.source.stop()
+        if self._uploader is not None:
+            self._uploader.stop()
+            self._spool.close()
+        infos = self.publish_status(final=True)
+        for info in infos:
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError) as exc:
+                log.debug("final status not confirmed: %s", exc)
+        closed: set[int] = set()
+        for sensor in self.sensors:
+            for sink in sensor.dispatcher.sinks:
+                if id(sink) not in closed and hasattr(sink, "close"):
+                    closed.add(id(sink))
+                    try:
+                        sink.close()
+                    except Exception:
+                        log.exception("alert sink %r: close failed", sink)
+        if self.connection is not None:
+            self.connection.stop()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """The gateway's status document: a summary and one entry per sensor."""
+        sensors = {s.device: s.status() for s in self.sensors}
+        total = lambda key: sum(d.get(key) or 0 for d in sensors.values())  # noqa: E731
+        doc = {
+            "gateway": self.cfg.gateway,
+            "state": "online",
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "uptime_s": round(time.monotonic() - self._t0, 1),
+            "sensors_total": len(sensors),
+            "sensors_alerting": sum(d.get("alert_state") in ("warning", "critical") for d in sensors.values()),
+            "sensors_without_model": sum(d["state"] == "no_model" for d in sensors.values()),
+            "samples_in": total("samples_in"),
+            "windows_scored": total("windows_scored"),
+            "alerts": total("alerts"),
+            "mqtt_connected": bool(self.connection is not None and self.connection.connected),
+            "mqtt": None if self.connection is None else {
+                "connects": self.connection.connects, "disconnects": self.connection.disconnects,
+                "refused_connects": self.connection.refused_connects,
+                "publish_refused": self.connection.publish_refused, "publish_errors": self.connection.publish_errors,
+                "callback_errors": self.connection.callback_errors,
+            },
+            "uploads": None if self._uploader is None else {
+                "sent": self._uploader.sent, "pending": self._uploader.pending, "dropped": self._uploader.dropped,
+                "failed_attempts": self._uploader.failed_attempts, "spool_evicted": self._spool.evicted,
+                "spool_bytes": self._spool.bytes,
+            },
+            "sensors": sensors,
+        }
+        return doc
+
+    def publish_status(self, final: bool = False) -> list:
+        """Write the status file and publish the retained statuses; returns paho's message infos."""
+        doc = self.status()
+        if final:
+            doc["state"] = "stopped"
+            for d in doc["sensors"].values():
+                d["state"] = "stopped"
+        if self._status_path is not None:
+            write_json_atomic(self._status_path, doc)
+        infos: list = []
+        if not (self.cfg.status.mqtt and self.connection is not None):
+            return infos
+        summary = {k: v for k, v in doc.items() if k != "sensors"}
+        summary["sensors"] = {dev: {k: d.get(k) for k in ("state", "alert_state", "model_version", "windows_scored")}
+                              for dev, d in doc["sensors"].items()}
+        messages = [(self.status_topic, json.dumps(summary, separators=(",", ":")))]
+        for dev, d in doc["sensors"].items():
+            messages.append((wire.status_topic(dev), "offline" if final else
+                             json.dumps(d | {"gateway": self.cfg.gateway}, separators=(",", ":"))))
+        if final:
+            messages.append((self.availability_topic, "offline"))
+        for topic, payload in messages:
+            info = self.connection.publish(topic, payload, qos=1, retain=True)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+
+def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeout_s: float
+                     ) -> tuple[calibration.DeviceThreshold | None, int]:
+    """Score ``n_windows`` windows of one sensor's live source (assumed healthy) and compute its threshold with
+    the bundle's method. Returns (record or None when too few windows arrived in ``timeout_s``, windows scored).
+    Nothing is saved here."""
+    scfg = cfg.sensor(device)
+    model = load_served_model(cfg.resolve(scfg.bundle.path), scfg.bundle.num_threads)
+    connection = None
+    if scfg.source.kind == "mqtt":
+        m = cfg.mqtt
+        connection = MqttConnection(m.host, m.port, f"{cfg.client_id}-calibrate", username=m.username,
+                                    password=m.password, keepalive=m.keepalive)
+    records: list[calibration.DeviceThreshold] = []
+    pipeline = Pipeline(
+        model.bundle, device=scfg.device, threshold=model.bundle.threshold.value, policy=policy_of(scfg),
+        scorer=model.scorer, sample_rate=scfg.source.sample_rate, calibrate=n_windows, on_calibrated=records.append,
+    )
+    source = make_source(scfg, connection)
+    source.start()
+    if connection is not None:
+        connection.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while pipeline.calibrating and time.monotonic() < deadline:
+            for frame in source.read(0.2):
+                pipeline.push(frame)
+                if not pipeline.calibrating:
+                    break
+    finally:
+        source.stop()
+        if connection is not None:
+            connection.stop()
+    if pipeline.calibrating and not records:
+        return None, len(pipeline.calibration_scores)
+    if not records:
+        raise ValueError(f"calibration on {len(pipeline.calibration_scores)} windows failed (see the log)")
+    return records[0], len(pipeline.calibration_scores)

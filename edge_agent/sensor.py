@@ -1,0 +1,258 @@
+"""One sensor of the gateway: its source, its scoring pipeline, its model, its alerts and uploads.
+
+::
+
+    source (serial thread | MQTT subscription) ─► bounded queue ─► Sensor.poll (the gateway's scoring thread)
+        ─► Pipeline.push ─► window result / alert event ─► AlertDispatcher (sinks) ─► upload policy ─► Uploader
+
+A sensor never lets its own trouble reach the others: a failing port is that source's reopen loop; a
+model swap is loaded by the gateway's watcher thread and applied here between two frames; an exception
+in its pipeline is counted (``internal_errors``), logged at a rate limit, and window assembly restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from edge_agent import calibration
+from edge_agent.alerts import AlertEvent, AlertPolicy
+from edge_agent.bundle_watch import BundleWatch, LoadedModel
+from edge_agent.config import AgentConfig, SensorConfig
+from edge_agent.contract import wire
+from edge_agent.contract.errors import AgentError, BundleError
+from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
+from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
+from edge_agent.sinks import AlertDispatcher
+from edge_agent.sources import SampleSource
+from edge_agent.status import Counters
+from edge_agent.windows import Window
+
+log = logging.getLogger(__name__)
+
+#: Frames one sensor may consume per round of the scoring loop (fairness between sensors).
+FRAMES_PER_ROUND = 64
+
+
+def policy_of(cfg: SensorConfig) -> AlertPolicy:
+    a = cfg.alerts
+    return AlertPolicy(a.k, a.n, a.clear_ratio, a.clear_windows, a.cooldown_s, a.critical_ratio)
+
+
+def make_source(cfg: SensorConfig, connection: MqttConnection | None, wake: threading.Event | None = None
+                ) -> SampleSource:
+    """The sensor's configured source (not started)."""
+    src = cfg.source
+    if src.kind == "serial":
+        from edge_agent.sources.serial import SerialSource
+
+        s = src.serial
+        return SerialSource(s.port, s.format, s.baudrate, s.channels, s.read_timeout_s, s.reopen_max_s,
+                            src.queue_frames, wake)
+    from edge_agent.sources.mqtt import MqttSource
+
+    if connection is None:
+        raise AgentError(f"sensor {cfg.device}: an MQTT source needs the gateway's [mqtt] connection")
+    m = src.mqtt
+    topic = wire.samples_topic(m.topic_device if m and m.topic_device else cfg.device)
+    return MqttSource(connection, topic, qos=m.qos if m else 1, queue_frames=src.queue_frames, wake=wake)
+
+
+class Sensor:
+    """A configured sensor, scored on the gateway's scoring thread (``poll``).
+
+    Args:
+        cfg: this sensor's config; ``gateway`` resolves its paths.
+        connection: the gateway's MQTT connection (MQTT sources subscribe on it), or None.
+        dispatcher: the sinks of this sensor's alerts.
+        offer_upload: ``(sensor, window, result)`` -> None, the gateway's upload path (None: no uploads).
+        wake: set by the source whenever a frame is queued.
+        on_event, on_window: observers of alert events and scored windows (scoring thread).
+
+    Raises BundleError only from ``load_model`` (the gateway decides what a missing model means).
+    """
+
+    def __init__(
+        self,
+        cfg: SensorConfig,
+        gateway: AgentConfig,
+        *,
+        connection: MqttConnection | None,
+        dispatcher: AlertDispatcher,
+        offer_upload: Callable[[Sensor, Window, object], None] | None = None,
+        wake: threading.Event | None = None,
+        on_event: Callable[[AlertEvent], None] | None = None,
+        on_window: WindowCallback | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = cfg.device
+        self.bundle_path = gateway.resolve(cfg.bundle.path)
+        self.calibration_path = gateway.resolve(cfg.calibration.path)
+        self.watch = BundleWatch(self.bundle_path, cfg.bundle.num_threads)
+        self.dispatcher = dispatcher
+        self.offer_upload = offer_upload
+        self.on_event = on_event
+        self.on_window_cb = on_window
+        self.source = make_source(cfg, connection, wake)
+        self.counters = Counters()
+        self.pipeline: Pipeline | None = None
+        self.threshold_source = "bundle"
+        self.first_inference_s: float | None = None
+        self.uploads_offered = 0
+        self.last_frame: float | None = None  # monotonic time of the last frame consumed
+        self._pending: LoadedModel | None = None
+        self._pending_lock = threading.Lock()
+        self._ratelog = RateLimitedLog(log)
+        self._next_watch = 0.0
+
+    # ------------------------------------------------------------------ model
+    def load_model(self) -> None:
+        """Load the configured bundle now (at start). BundleError if it cannot serve."""
+        t0 = time.monotonic()
+        model = self.watch.load()
+        self.first_inference_s = time.monotonic() - t0
+        self._serve(model)
+
+    def offer_model(self, model: LoadedModel) -> None:
+        """A tested new model (from the watcher thread): served from the next ``poll`` on."""
+        with self._pending_lock:
+            self._pending = model
+
+    def check_bundle(self) -> bool:
+        """Look for a changed bundle and load it (watcher thread). Returns whether a new model is pending."""
+        try:
+            model = self.watch.check()
+        except BundleError as exc:
+            self.counters.model.rejects += 1
+            self.counters.model.last_reject = str(exc)[:500]
+            served = self.pipeline.bundle.version if self.pipeline else "none"
+            log.error("%s: new bundle in %s rejected, keeping model %s: %s", self.device, self.bundle_path, served, exc)
+            return False
+        if model is None:
+            return False
+        self.offer_model(model)
+        return True
+
+    def watch_due(self, now: float) -> bool:
+        """Whether the bundle should be looked at now (``bundle.watch_s``; 0 = never)."""
+        if self.cfg.bundle.watch_s <= 0 or now < self._next_watch:
+            return False
+        self._next_watch = now + self.cfg.bundle.watch_s
+        return True
+
+    def _serve(self, model: LoadedModel) -> None:
+        """Serve ``model`` (scoring thread, or before the loop starts)."""
+        bundle = model.bundle
+        threshold, self.threshold_source = calibration.threshold_in_force(self.calibration_path, bundle, self.device)
+        calibrate = self.cfg.calibration.windows if self.threshold_source == "bundle" else 0
+        if self.pipeline is None:
+            self.pipeline = Pipeline(
+                bundle, device=self.device, threshold=threshold, policy=policy_of(self.cfg), scorer=model.scorer,
+                sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, on_window=self._on_window,
+                on_calibrated=self._calibrated,
+            )
+        else:
+            old = self.pipeline.bundle.version
+            self.pipeline.swap(bundle, model.scorer, threshold)
+            self.counters.model.swaps += 1
+            log.info("%s: model swapped: %s -> %s (threshold %.6g from the %s)", self.device, old, bundle.version,
+                     threshold, self.threshold_source)
+        self.watch.served(model)
+        log.info("%s: serving model %s %s (%s), threshold %.6g from the %s", self.device, bundle.model_id,
+                 bundle.version, bundle.quantization, threshold, self.threshold_source)
+
+    def _calibrated(self, record: calibration.DeviceThreshold) -> None:
+        try:
+            calibration.save(self.calibration_path, record)
+        except OSError as exc:
+            log.error("%s: calibration not saved to %s: %s", self.device, self.calibration_path, exc)
+        self.threshold_source = "calibration"
+
+    # ------------------------------------------------------------------ scoring
+    def poll(self, most: int = FRAMES_PER_ROUND) -> int:
+        """Serve a pending model, then score up to ``most`` queued frames. Returns the frames consumed."""
+        if self._pending is not None:
+            with self._pending_lock:
+                model, self._pending = self._pending, None
+            if model is not None:
+                self._serve(model)
+        frames = self.source.drain(most)
+        if not frames:
+            return 0
+        self.last_frame = time.monotonic()
+        pipeline = self.pipeline
+        if pipeline is None:
+            return len(frames)  # no model yet: the frames are counted by the source, nothing scores them
+        rate = pipeline.windower.sample_rate
+        for frame in frames:
+            try:
+                pipeline.push(frame, wall_time_of(frame, rate))
+            except Exception:  # a bug must cost this sensor a window, never the gateway its life
+                self.counters.internal_errors += 1
+                self._ratelog.log(logging.ERROR, "push", "%s: scoring failed on frame seq %d", self.device,
+                                  frame.seq, exc_info=True)
+                pipeline.break_stream()
+        return len(frames)
+
+    def _on_window(self, w: Window | None, result, event: AlertEvent | None) -> None:
+        if event is not None:
+            self.dispatcher.emit(event)
+            if self.on_event is not None:
+                self.on_event(event)
+        if w is not None and self.offer_upload is not None and not self.pipeline.calibrating:
+            self.offer_upload(self, w, result)
+        if self.on_window_cb is not None:
+            self.on_window_cb(w, result, event)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """This sensor's status document (see README, "Status fields")."""
+        p = self.pipeline
+        src = self.source.counters
+        doc: dict = {"device": self.device, "state": "online" if p is not None else "no_model"}
+        if p is not None:
+            wc = p.windower.counters
+            lat = p.scorer.latency.percentiles()
+            doc |= {
+                "model_id": p.bundle.model_id,
+                "model_version": p.bundle.version,
+                "quantization": p.bundle.quantization,
+                "threshold": p.threshold,
+                "threshold_source": self.threshold_source,
+                "alert_state": p.state,
+                "alerts": p.alert_events,
+                "last_score": p.last_score,
+                "samples_in": wc.samples_in,
+                "frames_rejected": wc.frames_rejected,
+                "gaps": wc.gaps,
+                "samples_missing": wc.samples_missing,
+                "resyncs": wc.resyncs,
+                "restarts": p.restarts,
+                "bursts": p.bursts,
+                "burst_mode": "declared" if p.burst_declared else "recognised" if p.bursts_recognised else "off",
+                "duplicates": wc.duplicates,
+                "samples_invalid": wc.samples_invalid,
+                "samples_over_range": wc.samples_over_range,
+                "over_range_spans": p.over_range_spans,
+                "windows_scored": p.windows_scored,
+                "inference_ms_p50": lat["p50"],
+                "inference_ms_p99": lat["p99"],
+            }
+        doc |= {
+            "source": self.cfg.source.kind,
+            "frames_in": src.frames,
+            "bytes_in": src.bytes,
+        } | {k: v for k, v in src.as_dict().items() if k not in ("frames", "bytes")} | {
+            "queued_frames": getattr(self.source, "queued", 0),
+            "internal_errors": self.counters.internal_errors,
+            "first_inference_s": None if self.first_inference_s is None else round(self.first_inference_s, 3),
+            "model_swaps": self.counters.model.swaps,
+            "model_rejects": self.counters.model.rejects,
+            "model_last_reject": self.counters.model.last_reject,
+            "sinks": {name: {"delivered": self.dispatcher.delivered[name], "failed": self.dispatcher.failures[name]}
+                      for name in self.dispatcher.names},
+            "uploads_offered": self.uploads_offered,
+        }
+        return doc
