@@ -52,6 +52,19 @@ def read_text(path: str | os.PathLike[str]) -> str:
     return text
 
 
+#: Header names (any case) of ground-truth columns: a labelled table's labels are loaded into
+#: ``Segment.labels``, never as a channel a model could be trained on.
+LABEL_COLUMN_NAMES = frozenset({
+    "anomaly", "anomalies", "is_anomaly", "anomaly_label", "label", "labels", "changepoint", "change_point",
+    "outlier", "fault", "attack", "target",
+})
+
+
+def label_columns(header: Sequence[str]) -> list[int]:
+    """Indices of the columns of ``header`` whose name marks them as ground truth (``LABEL_COLUMN_NAMES``)."""
+    return [j for j, name in enumerate(header) if name.strip().lower() in LABEL_COLUMN_NAMES]
+
+
 def guess_delimiter(line: str) -> str:
     """Tab, semicolon or comma, whichever the line uses (comma by default)."""
     if "\t" in line:

@@ -10,7 +10,8 @@ Snapshot archives (``snapshots``): the ``.npz`` layout of the shared data set: `
 ``snapshot_index`` int32 (n,), ``source_file`` str (n,), ``n_snapshots_total`` int32 ().
 
 The files give a time of day but no date; pass ``date="YYYY-MM-DD"`` to get segment start
-times (a day is added whenever the time of day goes backwards). Without it starts are None.
+times (a day is added whenever the time of day goes backwards by more than 12 h; a smaller step back is
+one bad time stamp, replaced by the previous time plus the usual spacing). Without it starts are None.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ FEMTO_SAMPLE_RATE = 25600.0
 FEMTO_ROWS = 2560
 FEMTO_CHANNELS = ("horizontal", "vertical")
 ACC_NAME = re.compile(r"^acc_(\d+)\.csv$")
+#: A time of day that goes back by less than this is a bad time stamp; by more, the next day.
+_HALF_DAY_MS = 43_200_000
 
 
 def femto_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -94,12 +97,22 @@ def _starts(tod: np.ndarray, date: str | None) -> list[np.datetime64 | None]:
         return [None] * len(tod)
     day = np.datetime64(date, "D").astype("datetime64[ms]")
     ms = np.round(((tod[:, 0] * 60 + tod[:, 1]) * 60 + tod[:, 2]) * 1000 + tod[:, 3] / 1000).astype(np.int64)
+    step = int(np.median(np.diff(ms))) if len(ms) > 1 else 0
     out: list[np.datetime64 | None] = []
-    days = 0
-    for i, v in enumerate(ms):
-        if i and v < ms[i - 1]:
-            days += 1
-        out.append(day + np.timedelta64(int(v) + days * 86_400_000, "ms"))
+    days, prev = 0, None  # prev: the previous snapshot's time of day (ms)
+    for i, v in enumerate(ms.tolist()):
+        if prev is not None and v < prev:
+            if prev - v < _HALF_DAY_MS:  # one bad time stamp, not midnight
+                log.warning("snapshot %d: time of day %s is %.0f s before the previous one: taken as a glitch",
+                            i, tod[i].tolist(), (prev - v) / 1000)
+                v = prev + step
+                if v >= 86_400_000:
+                    v -= 86_400_000
+                    days += 1
+            else:
+                days += 1
+        out.append(day + np.timedelta64(v + days * 86_400_000, "ms"))
+        prev = v
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ._text import (
+    label_columns,
     guess_delimiter,
     is_number,
     looks_like_time,
@@ -26,7 +27,7 @@ from ._text import (
     split_row,
 )
 from .errors import DataFormatError
-from .recording import Recording, Segment
+from .recording import Recording, Segment, split_at_gaps
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,20 @@ def load_csv(
         keep = [i for i, ln in enumerate(data_lines) if ln.strip()]
         times = parse_times(path, [data_lines[i].split(delim)[0] for i in keep],
                             line_numbers=[body_start + 1 + i for i in keep], column=1)
+    is_label = np.isin(value_cols, label_columns(cells0) if header else [])
+    label_names = tuple(cells0[j] for j, lab in zip(value_cols, is_label, strict=True) if lab)
     if names is None and header:
-        names = [cells0[j] or f"ch{k}" for k, j in enumerate(value_cols)]
-    channels = _names(names, len(value_cols), path)
-    seg = Segment(values.astype(np.float32), None, times)
-    log.info("loaded CSV %s: %d rows x %d channels", path, seg.n_rows, len(channels))
-    return Recording((seg,), channels, sample_rate, units, os.fspath(path), "csv")
+        names = [cells0[j] or f"ch{k}" for k, j in enumerate(value_cols) if not is_label[k]]
+    channels = _names(names, int((~is_label).sum()), path)
+    if not channels:
+        raise DataFormatError(path, h + 1, None, "only label columns, no data")
+    if label_names:
+        log.info("%s: label columns %s are ground truth, not channels", path, list(label_names))
+    seg = Segment(values[:, ~is_label].astype(np.float32), None, times,
+                  values[:, is_label].astype(np.float32) if label_names else None)
+    segments = split_at_gaps(seg) if times is not None and sample_rate is None else [seg]
+    log.info("loaded CSV %s: %d rows x %d channels in %d segment(s)", path, seg.n_rows, len(channels), len(segments))
+    return Recording(tuple(segments), channels, sample_rate, units, os.fspath(path), "csv", label_names)
 
 
 def load_npy(

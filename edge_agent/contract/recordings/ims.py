@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._text import looks_like_time, parse_numeric, parse_times, read_text, split_row
+from ._text import label_columns, looks_like_time, parse_numeric, parse_times, read_text, split_row
 from .errors import DataFormatError
-from .recording import Recording, Segment
+from .recording import GAP_FACTOR, Recording, Segment, split_at_gaps
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,12 @@ def load_time_table(
     time_column: int | str | None = None,
     allow_nan: bool = False,
 ) -> Recording:
-    """A CSV table with one time column and numeric columns, as one ``Segment`` with row times.
+    """A CSV table with one time column and numeric columns, as ``Segment``s with row times.
 
     Columns before the time column must be an unnamed row index (dropped); columns after it
-    become the channels, named from the header. Rows are sorted by time if they are not.
+    become the channels, named from the header, except ground-truth columns (``anomaly``,
+    ``changepoint``, ... see ``LABEL_COLUMN_NAMES``), which become ``Segment.labels``. Rows are
+    sorted by time if they are not; the table is cut into segments at pauses (``split_at_gaps``).
 
     Args:
         time_column: index or header name of the time column; None to find it: a column
@@ -186,9 +188,20 @@ def load_time_table(
     dup = np.flatnonzero(times[1:] == times[:-1])
     if dup.size:
         log.warning("%s: %d rows repeat the previous row's time", path, dup.size)
-    channels = tuple(header[j] or f"ch{j - tcol - 1}" for j in value_cols)
-    seg = Segment(values.astype(np.float32), None, times)
-    return Recording((seg,), channels, None, units, os.fspath(path), format_name)
+    is_label = np.isin(value_cols, label_columns(header))
+    channels = tuple(header[j] or f"ch{j - tcol - 1}" for j, lab in zip(value_cols, is_label, strict=True) if not lab)
+    if not channels:
+        raise DataFormatError(path, header_idx + 1, None, "only label columns after the time column")
+    label_names = tuple(header[j] for j, lab in zip(value_cols, is_label, strict=True) if lab)
+    labels = values[:, is_label].astype(np.float32) if label_names else None
+    if label_names:
+        log.info("%s: label columns %s are ground truth, not channels", path, list(label_names))
+    seg = Segment(values[:, ~is_label].astype(np.float32), None, times, labels)
+    segments = split_at_gaps(seg)
+    if len(segments) > 1:
+        log.info("%s: %d pauses longer than %g row spacings: %d segments", path, len(segments) - 1, GAP_FACTOR,
+                 len(segments))
+    return Recording(tuple(segments), channels, None, units, os.fspath(path), format_name, label_names)
 
 
 def _find_time_column(

@@ -39,6 +39,8 @@ class Segment:
         start: time of the first row (``datetime64[ms]``), or None when unknown.
         row_times: (n,) ``datetime64[ms]`` when each row has its own timestamp (tables),
             else None (rows are evenly spaced at the recording's sample rate).
+        labels: (n, L) float32 ground-truth columns of a labelled table (``Recording.label_names``),
+            or None. Labels are never data: no channel, no digest, no model input.
 
     A segment takes ownership of the arrays it is given: they are made read-only (float32
     C-contiguous data is kept as is, anything else is converted into a new array).
@@ -47,6 +49,7 @@ class Segment:
     data: np.ndarray
     start: np.datetime64 | None = None
     row_times: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         data = self.data
@@ -55,6 +58,11 @@ class Segment:
         if data.dtype != np.float32 or not data.flags.c_contiguous:
             data = np.ascontiguousarray(data, dtype=np.float32)
         object.__setattr__(self, "data", _readonly(data))
+        if self.labels is not None:
+            labels = np.ascontiguousarray(self.labels, dtype=np.float32)
+            if labels.ndim != 2 or labels.shape[0] != data.shape[0]:
+                raise ValueError(f"labels shape {labels.shape} does not match {data.shape[0]} rows")
+            object.__setattr__(self, "labels", _readonly(labels))
         row_times = self.row_times
         if row_times is not None:
             row_times = np.asarray(row_times, dtype=TIME_UNIT)
@@ -73,13 +81,39 @@ class Segment:
     def _slice(self, lo: int, hi: int, sample_rate: float | None) -> Segment:
         """Rows [lo, hi) as a new segment with its start shifted accordingly."""
         start = self.start
+        labels = None if self.labels is None else self.labels[lo:hi].copy()
         if self.row_times is not None:
             times = self.row_times[lo:hi]
-            return Segment(self.data[lo:hi].copy(), times[0] if len(times) else start, times.copy())
+            return Segment(self.data[lo:hi].copy(), times[0] if len(times) else start, times.copy(), labels)
         if start is not None and lo:
             offset_ms = round(lo * 1000.0 / sample_rate) if sample_rate else None
             start = None if offset_ms is None else start + np.timedelta64(offset_ms, "ms")
-        return Segment(self.data[lo:hi].copy(), start, None)
+        return Segment(self.data[lo:hi].copy(), start, None, labels)
+
+    def _rows(self, mask: np.ndarray) -> Segment:
+        """The rows where ``mask`` (n,) bool is true, as a new segment (row times required)."""
+        labels = None if self.labels is None else self.labels[mask].copy()
+        return Segment(self.data[mask].copy(), None, self.row_times[mask].copy(), labels)
+
+
+#: A table's rows further apart than this many times their median spacing are a pause of the
+#: recording (a stopped rig, a dead link): the table is cut into segments there, so that no window
+#: mixes the two sides of a pause.
+GAP_FACTOR = 10.0
+
+
+def split_at_gaps(seg: Segment, factor: float = GAP_FACTOR) -> list[Segment]:
+    """A segment with ``row_times`` cut where consecutive rows are more than ``factor`` times the
+    median row spacing apart; segments without row times (or with fewer than 3 rows) come back whole."""
+    if seg.row_times is None or seg.n_rows < 3:
+        return [seg]
+    step = np.diff(seg.row_times.astype(np.int64))
+    positive = step[step > 0]
+    if positive.size == 0:
+        return [seg]
+    cuts = np.flatnonzero(step > factor * float(np.median(positive))) + 1
+    bounds = [0, *cuts.tolist(), seg.n_rows]
+    return [seg._slice(a, b, None) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +128,8 @@ class Recording:
         units: ``"g"`` for accelerometers, ``""`` when unknown.
         source: the path it was loaded from.
         format: the loader's format name (``ims``, ``ims-avg``, ``femto``, ...).
+        label_names: names of the ground-truth columns every segment's ``labels`` hold (a labelled
+            table, e.g. ``anomaly``, ``changepoint``); empty when the recording has none.
     """
 
     segments: tuple[Segment, ...]
@@ -102,6 +138,7 @@ class Recording:
     units: str
     source: str
     format: str
+    label_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -113,6 +150,11 @@ class Recording:
                 )
         if self.sample_rate is not None:
             object.__setattr__(self, "sample_rate", float(self.sample_rate))
+        object.__setattr__(self, "label_names", tuple(str(n) for n in self.label_names))
+        for i, seg in enumerate(self.segments):
+            width = 0 if seg.labels is None else seg.labels.shape[1]
+            if width != len(self.label_names):
+                raise ValueError(f"segment {i} has {width} label columns but there are {len(self.label_names)} labels")
 
     # ------------------------------------------------------------------ queries
     @property
@@ -123,6 +165,14 @@ class Recording:
     @property
     def n_channels(self) -> int:
         return len(self.channels)
+
+    def labels(self) -> np.ndarray | None:
+        """All label rows stacked, (N, L) float32, or None when the recording has no labels."""
+        if not self.label_names:
+            return None
+        if not self.segments:
+            return np.empty((0, len(self.label_names)), np.float32)
+        return np.concatenate([seg.labels for seg in self.segments], axis=0)
 
     def concatenated(self) -> np.ndarray:
         """All rows stacked, (N, C) float32. For plotting only: it joins across gaps."""
@@ -168,6 +218,7 @@ class Recording:
             units=self.units,
             source=self.source,
             format=self.format,
+            label_names=self.label_names,
         )
 
     def select_channels(self, channels: Sequence[str | int] | str | int) -> Recording:
@@ -184,7 +235,7 @@ class Recording:
                 idx.append(self.channels.index(c))
             else:
                 raise KeyError(f"no channel {c!r}; channels are {list(self.channels)}")
-        segs = [Segment(np.ascontiguousarray(s.data[:, idx]), s.start, s.row_times) for s in self.segments]
+        segs = [Segment(np.ascontiguousarray(s.data[:, idx]), s.start, s.row_times, s.labels) for s in self.segments]
         return self._replace(segs, [self.channels[i] for i in idx])
 
     def head(self, n_rows: int) -> Recording:
@@ -219,7 +270,7 @@ class Recording:
                     parts = [(mask, before), (~mask, after)]
                     for m, dest in parts:
                         if m.any():
-                            dest.append(Segment(seg.data[m].copy(), None, seg.row_times[m].copy()))
+                            dest.append(seg._rows(m))
                     continue
                 if k > 0:
                     before.append(seg if k == seg.n_rows else seg._slice(0, k, None))
