@@ -50,10 +50,15 @@ def _check(scores: np.ndarray, minimum: int = MIN_SCORES) -> np.ndarray:
     return s
 
 
+#: The smallest threshold: healthy scores that are all (nearly) zero come from a constant signal the model
+#: reproduces exactly; any change of it is an anomaly, and the threshold must still be a positive number.
+MIN_THRESHOLD = 1e-6
+
+
 def _positive(value: float, method: str) -> float:
-    if not value > 0:
-        raise ValueError(f"{method} threshold came out as {value}; scores must not all be zero")
-    return float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{method} threshold came out as {value}")
+    return float(max(value, MIN_THRESHOLD))
 
 
 def quantile(scores: np.ndarray, q: float = 0.995) -> ThresholdResult:
@@ -153,6 +158,15 @@ def pot(scores: np.ndarray, risk: float = 1e-3, init_quantile: float = 0.98) -> 
         "risk": risk, "init_quantile": init_quantile, "init_threshold": t, "n": int(s.size),
         "n_peaks": int(excesses.size), "gpd_shape": xi, "gpd_scale": sigma,
     })
+
+
+def with_floor(result: ThresholdResult, floor: float, reason: str) -> ThresholdResult:
+    """``result`` raised to ``floor`` when it is lower; the method stays, the params say why and by how much."""
+    if not floor > result.value:
+        return result
+    return ThresholdResult(result.method, float(floor),
+                           dict(result.params) | {"method_value": float(result.value), "floor": float(floor),
+                                                  "floor_from": reason})
 
 
 def calibrate(scores: np.ndarray, method: str = DEFAULT_METHOD, **params) -> ThresholdResult:
