@@ -3,7 +3,7 @@
 A bundle is a directory::
 
     <bundle>/
-      model.tflite      the served model (float32 or full-int8, builtin ops only)
+      model.tflite      the served model (float32, full-int8 or 16x8, builtin ops only)
       manifest.json     everything needed to use it (schema below, version ``SCHEMA_VERSION``)
       variants/         every exported variant, for benchmarks and comparison
       report/           PNG plots and report.json from training
@@ -35,7 +35,9 @@ SCHEMA_VERSION = 1
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 #: Served model forms, by the dtype of their input and output tensors.
-QUANTIZATIONS = ("float32", "int8")
+QUANTIZATIONS = ("float32", "int8", "16x8")
+#: The input/output tensor dtype of each quantization (16x8: int16 activations, int8 weights).
+IO_DTYPES = {"float32": "float32", "int8": "int8", "16x8": "int16"}
 
 _NUMBER = (int, float)
 #: Required manifest keys and their types; nested dicts are checked recursively.
@@ -209,13 +211,14 @@ class Bundle:
                 raise BundleError(
                     f"{self.model_path}: {kind} tensor is {dtype}{shape}, manifest says {declared['dtype']}{declared['shape']}"
                 )
-            if dtype != self.quantization:
+            if dtype != IO_DTYPES[self.quantization]:
                 raise BundleError(f"{self.model_path}: {kind} tensor is {dtype}, manifest says the model is {self.quantization}")
             scale, zero_point = details[0]["quantization"]
-            if (dtype == "int8") != (scale != 0.0):
+            integer = dtype != "float32"
+            if integer != (scale != 0.0):
                 raise BundleError(f"{self.model_path}: {kind} tensor quantization does not match its dtype {dtype}")
             stated = declared.get("quantization")
-            if dtype == "int8" and stated is not None and (
+            if integer and stated is not None and (
                 not np.isclose(stated.get("scale", np.nan), scale, rtol=1e-6, atol=0.0) or stated.get("zero_point") != zero_point
             ):
                 raise BundleError(
