@@ -32,7 +32,11 @@ UNROLL_WARN_STEPS = 128
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and size. ``units``: LSTM units per encoder layer, or Conv1D filters per stage."""
+    """Architecture and size. ``units``: LSTM units per encoder layer, or Conv1D filters per stage.
+
+    ``architecture="auto"`` is a placeholder the trainer resolves from the data (``trainer.recipe``);
+    :func:`build` needs a concrete one.
+    """
 
     architecture: str = "lstm"
     units: tuple[int, ...] = (32, 16)
@@ -40,7 +44,7 @@ class ModelConfig:
     kernel: int = 3  # conv1d only
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
+        if self.architecture not in (*ARCHITECTURES, "auto"):
             raise ValueError(f"unknown model {self.architecture!r}; choose one of {list(ARCHITECTURES)}")
         if not self.units or any(u < 1 for u in self.units):
             raise ValueError(f"units must be positive integers, got {self.units}")
@@ -59,7 +63,9 @@ def build(config: ModelConfig, steps: int, n_features: int, batch_size: int | No
     """A fresh model for windows of ``steps`` × ``n_features``."""
     if config.architecture == "lstm":
         return _lstm(config, steps, n_features, batch_size, unroll)
-    return _conv1d(config, steps, n_features, batch_size)
+    if config.architecture == "conv1d":
+        return _conv1d(config, steps, n_features, batch_size)
+    raise ValueError(f"cannot build architecture {config.architecture!r}; choose one of {list(ARCHITECTURES)}")
 
 
 def _lstm(config: ModelConfig, steps: int, n_features: int, batch_size: int | None, unroll: bool) -> keras.Model:
