@@ -1,15 +1,19 @@
 """TFLite conversion of a trained autoencoder, and the checks every exported variant must pass.
 
-Variants (both builtin ops only; never SELECT_TF_OPS, so ai-edge-litert runs them without TensorFlow):
+Variants (all builtin ops only; never SELECT_TF_OPS, so ai-edge-litert runs them without TensorFlow):
 
 * ``float32``: ``TFLITE_BUILTINS``.
 * ``int8``: full-integer post-training quantization, ``TFLITE_BUILTINS_INT8``, int8 input and
   output tensors, calibrated on training windows (the representative data set).
+* ``16x8``: int16 activations with int8 weights
+  (``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``), int16 input and output tensors,
+  calibrated like int8: 256 times finer activations and output than int8.
 
 For each variant :func:`evaluate` lists the ops (refusing Flex/custom ones), measures size and
 per-window latency with the light runtime (1 thread), and compares its scores with the Keras
-model's on held-out windows (:func:`trainer.tflite_eval.parity`). :func:`check_parity` fails the
-export when the served variant's above/below-threshold decisions agree on too few windows.
+model's on the parity windows (:func:`trainer.tflite_eval.parity`). :func:`check_parity` fails the
+export when the served variant's above/below-threshold decisions agree on too few windows;
+:func:`choose_variant` is ``--quantize auto``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,18 @@ from trainer.tflite_eval import latency, model_ops, non_builtin_ops, parity, ten
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("float32", "int8")
+VARIANTS = ("float32", "int8", "16x8")
+#: What ``--quantize`` accepts: a variant, or ``auto`` (:func:`choose_variant`).
+QUANTIZE_CHOICES = ("auto", *VARIANTS)
+#: ``auto`` serves int8 only when the threshold spans at least this many int8 output steps. Measured
+#: (research notes, README "Quantization"): the int8 LSTM's score differs from Keras by 0.5-2.3 output
+#: steps on average and up to ~6-10 in the worst window, so below ~32 steps the int8 score cannot resolve
+#: the decisions near the threshold even when the parity windows happen to agree.
+MIN_INT8_THRESHOLD_STEPS = 32.0
+#: ``auto`` serves 16x8 only when its median per-window latency (quantize + invoke + dequantize + error,
+#: 1 thread) stays within the gateway's budget per window (README benchmark: <= 1 ms). The median, not the
+#: p99: on a shared workstation the p99 measures the neighbours, and the choice must not flip with them.
+MAX_16X8_P50_US = 1000.0
 #: Most windows fed to the int8 calibrator.
 REPRESENTATIVE_MAX = 500
 
@@ -42,7 +57,7 @@ class ExportError(RuntimeError):
 def convert(model: keras.Model, quantization: str, representative: np.ndarray | None = None) -> bytes:
     """Convert a batch-1 Keras model to a ``.tflite`` flatbuffer.
 
-    representative: (W, T, F) float32 scaled training windows; required for ``int8``.
+    representative: (W, T, F) float32 scaled training windows; required for ``int8`` and ``16x8``.
     """
     if quantization not in VARIANTS:
         raise ValueError(f"unknown quantization {quantization!r}; choose one of {list(VARIANTS)}")
@@ -51,7 +66,7 @@ def convert(model: keras.Model, quantization: str, representative: np.ndarray | 
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     else:
         if representative is None or len(representative) == 0:
-            raise ValueError("int8 conversion needs representative training windows")
+            raise ValueError(f"{quantization} conversion needs representative training windows")
         pick = np.linspace(0, len(representative) - 1, min(len(representative), REPRESENTATIVE_MAX)).astype(int)
         sample = representative[pick]
 
@@ -61,9 +76,15 @@ def convert(model: keras.Model, quantization: str, representative: np.ndarray | 
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if quantization == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io_type = tf.int8
+        else:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            io_type = tf.int16
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
     t0 = time.monotonic()
     with contextlib.redirect_stdout(io.StringIO()) as chatter, warnings.catch_warnings():
         # the converter prints its SavedModel signature, and warns that int8 input statistics are
@@ -117,6 +138,53 @@ def check_parity(name: str, parity_facts: dict, min_agreement: float) -> None:
             f"at least {min_agreement:.2%} required). Serve float32 (--quantize float32), use more representative "
             "training data, or lower --min-agreement if you accept the difference."
         )
+
+
+def threshold_steps(facts: dict, threshold: float) -> float | None:
+    """The threshold in steps of the variant's output quantization (None for a float output)."""
+    q = facts.get("output", {}).get("quantization")
+    return float(threshold) / q["scale"] if q and q.get("scale") else None
+
+
+def choose_variant(variants: dict[str, dict], threshold: float, min_agreement: float) -> dict:
+    """``--quantize auto``: which exported variant to serve, and why.
+
+    variants: name -> the facts :func:`evaluate` returned (parity, latency, output quantization).
+    In order: ``int8`` when its decisions agree with Keras on at least ``min_agreement`` of the parity
+    windows *and* the threshold spans at least ``MIN_INT8_THRESHOLD_STEPS`` output steps; else ``16x8``
+    when it agrees and its median latency is within ``MAX_16X8_P50_US``; else ``float32``.
+    Returns {"served", "reason", "checks": {name: {"ok", "why", "agreement", "threshold_steps", "p50_us"}}}.
+    """
+    checks: dict[str, dict] = {}
+    for name in ("int8", "16x8"):
+        if name not in variants:
+            continue
+        facts = variants[name]
+        agreement = facts["parity"]["agreement"]
+        steps = threshold_steps(facts, threshold)
+        p50 = facts["latency"]["p50_us"]
+        why = []
+        if agreement < min_agreement:
+            why.append(f"decisions agree with Keras on {agreement:.2%} of {facts['parity']['n_windows']} parity windows "
+                       f"(< {min_agreement:.2%})")
+        if name == "int8" and steps is not None and steps < MIN_INT8_THRESHOLD_STEPS:
+            why.append(f"the threshold is only {steps:.1f} output quantization steps (< {MIN_INT8_THRESHOLD_STEPS:g}): "
+                       "int8 scores cannot resolve it")
+        if name == "16x8" and p50 > MAX_16X8_P50_US:
+            why.append(f"median latency {p50:.0f} µs > {MAX_16X8_P50_US:g} µs per window")
+        checks[name] = {"ok": not why, "why": "; ".join(why) or "passes", "agreement": agreement,
+                        "threshold_steps": steps, "p50_us": p50}
+    if checks.get("int8", {}).get("ok"):
+        served = "int8"
+        reason = (f"int8 agrees with Keras on {checks['int8']['agreement']:.2%} of the parity windows and the "
+                  f"threshold spans {checks['int8']['threshold_steps']:.0f} output steps")
+    elif checks.get("16x8", {}).get("ok"):
+        served = "16x8"
+        reason = f"int8 not served ({checks['int8']['why']}); 16x8 passes" if "int8" in checks else "16x8 passes"
+    else:
+        served = "float32"
+        reason = "; ".join(f"{n} not served ({c['why']})" for n, c in checks.items()) or "float32 only"
+    return {"served": served, "reason": reason, "checks": checks}
 
 
 def quiet_tensorflow() -> None:
