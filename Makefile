@@ -9,9 +9,9 @@ DATA    ?= data/ims_bearing/averaged/2nd_test_resmaple_10minutes.csv
 OUT     ?= bundles/ims-test2
 # Skip the first hour (run-in) and the two snapshots after shutdown; train before the tutorial's cut.
 TRAIN_ARGS ?= --format ims-avg --start 2004-02-12T11:32:39 --end 2004-02-19T06:12:39 \
-              --train-until 2004-02-15T12:52:39 --quantize int8
+              --train-until 2004-02-15T12:52:39 --window 10 --hop 1 --quantize int8
 
-.PHONY: setup test lint export-tflite train bench demo demo-mqtt clean
+.PHONY: setup test lint export-tflite train bench evaluate demo demo-mqtt clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ bench: setup
 	$(PY) bench/bench_export.py
 	$(PY) bench/bench_sim.py --duration 5
 	$(PY) bench/bench_agent.py
+
+# Detection benchmark (not CI): default options on the shared data, the gateway's pipeline, baselines.
+SHARED_DATA ?= ../shared/data
+EVAL_OUT    ?= runs/evaluate
+evaluate: export TF_CPP_MIN_LOG_LEVEL = 2
+evaluate: setup
+	$(BIN)/trainer evaluate --data $(SHARED_DATA) --suite bench/evaluate_shared.toml --out $(EVAL_OUT)
 
 demo: setup
 	$(PY) scripts/demo.py --link serial

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO / "bundles" / "ims-test2"
 DEFAULT_DATA = REPO / "data" / "ims_bearing" / "averaged" / "2nd_test_resmaple_10minutes.csv"
 DEFAULT_ARGS = dict(format="ims-avg", start="2004-02-12T11:32:39", end="2004-02-19T06:12:39",
-                    train_until="2004-02-15T12:52:39", quantize="int8")
+                    train_until="2004-02-15T12:52:39", window=10, hop=1, quantize="int8")
 
 
 def runtimes() -> dict:

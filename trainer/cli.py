@@ -65,15 +65,20 @@ def cli(verbose: int) -> None:
 @click.option("--data", "data", required=True, type=click.Path(exists=True, path_type=Path), help="File or folder.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory (replaced atomically).")
-@click.option("--model", "architecture", type=click.Choice(["lstm", "conv1d"]), default="lstm", show_default=True)
+@click.option("--model", "architecture", type=click.Choice(["auto", "lstm", "conv1d"]), default="auto", show_default=True,
+              help="auto: LSTM up to 64 steps per window, Conv1D beyond.")
 @click.option("--units", default="32,16", show_default=True, help="LSTM units / Conv1D filters per encoder layer.")
-@click.option("--mode", type=click.Choice(["raw", "features"]), default="raw", show_default=True)
-@click.option("--window", type=click.IntRange(min=1), default=10, show_default=True, help="Steps per window.")
-@click.option("--hop", type=click.IntRange(min=1), default=1, show_default=True, help="Steps between windows.")
-@click.option("--block", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Samples per step (features mode).")
-@click.option("--features", default="", help="Per-block features, e.g. rms,kurtosis (features mode).")
-@click.option("--fft-bands", default="", help="FFT band energies LOW-HIGH Hz, comma separated (features mode).")
+@click.option("--mode", type=click.Choice(["raw", "features"]), default=None,
+              help="[default: from the data: features at >= 1 kHz, raw for tables]")
+@click.option("--window", type=click.IntRange(min=1), default=None,
+              help="Steps per window [default: 10, or one period of a periodic table].")
+@click.option("--hop", type=click.IntRange(min=1), default=None, help="Steps between served windows [default: window].")
+@click.option("--block", type=click.IntRange(min=2), default=None,
+              help="Samples per step, features mode [default: 0.1 s, or a tenth of a shorter snapshot].")
+@click.option("--features", default=None,
+              help="Per-block features, e.g. rms,kurtosis (features mode) [default: rms,kurtosis,peak,crest].")
+@click.option("--fft-bands", default=None,
+              help="FFT band energies LOW-HIGH Hz, comma separated (features mode) [default: 5 octaves up to Nyquist].")
 @click.option("--channels", default="", help="Channels to keep, by name or 0-based index, comma separated.")
 @click.option("--start", default=None, help="Ignore rows before this time (e.g. a run-in period).")
 @click.option("--end", default=None, help="Ignore rows at or after this time (e.g. after shutdown).")
@@ -85,8 +90,9 @@ def cli(verbose: int) -> None:
 @click.option("--patience", type=click.IntRange(min=1), default=15, show_default=True, help="Early-stopping patience.")
 @click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True, help="Last fraction of training windows used for validation and the threshold.")
-@click.option("--quantize", type=click.Choice(["int8", "float32"]), default="int8", show_default=True,
-              help="Variant the bundle serves (both are exported).")
+@click.option("--quantize", type=click.Choice(["auto", "int8", "16x8", "float32"]), default="auto", show_default=True,
+              help="Variant the bundle serves (all are exported). auto: int8 if it agrees with Keras and resolves the "
+                   "threshold, else 16x8, else float32; an explicit variant must pass the parity gate.")
 @click.option("--threshold-method", type=click.Choice(["quantile", "max_margin", "mean_std", "pot"]),
               default="mean_std", show_default=True)
 @click.option("--threshold-param", multiple=True, help="NAME=VALUE for the method (q, margin, k, risk, init_quantile).")
@@ -96,8 +102,9 @@ def cli(verbose: int) -> None:
 @click.option("--model-id", default=None, help="Model id (default: data name + architecture).")
 @click.option("--persistence", type=click.IntRange(min=1), default=6, show_default=True,
               help="Consecutive windows above threshold that count as a persistent crossing in the report.")
-def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: str, window: int, hop: int,
-          block: int, features: str, fft_bands: str, channels: str, start: str | None, end: str | None,
+def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: str | None, window: int | None,
+          hop: int | None, block: int | None, features: str | None, fft_bands: str | None, channels: str,
+          start: str | None, end: str | None,
           train_until: str | None, epochs: int, batch_size: int, learning_rate: float, patience: int,
           validation_fraction: float, quantize: str, threshold_method: str, threshold_param: tuple[str, ...],
           seed: int, min_agreement: float, model_id: str | None, persistence: int) -> None:
@@ -116,7 +123,8 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
     try:
         opts = TrainOptions(
             data=data, out=out, format=fmt, channels=chans, train_until=train_until, start=start, end=end,
-            mode=mode, window=window, hop=hop, block=block, features=_csv(features), fft_bands=_bands(fft_bands),
+            mode=mode, window=window, hop=hop, block=block,
+            features=None if features is None else _csv(features), fft_bands=None if fft_bands is None else _bands(fft_bands),
             model=ModelConfig(architecture=architecture, units=unit_list),
             fit=FitConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                           validation_fraction=validation_fraction, patience=patience, seed=seed),
@@ -129,6 +137,10 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
         raise SystemExit(1) from exc
     summary = result.report["summary"]
     click.echo(f"bundle: {result.bundle}")
+    click.echo(f"representation: {result.manifest['recipe']['mode']}, window {result.manifest['window']['steps']}, "
+               f"hop {result.manifest['window']['hop']}, {result.manifest['model']['architecture']}"
+               f" ({result.manifest['recipe']['rule']})")
+    click.echo(f"quantization: {result.manifest['quantization']['reason']}")
     click.echo(f"serves: {result.manifest['tflite']['quantization']}  threshold: {summary['threshold']:.5g}  "
                f"training windows above threshold: {summary['training_windows_above_threshold']}/"
                f"{summary['training_windows']}")
@@ -160,6 +172,13 @@ def describe(manifest: dict) -> str:
             f"  p99 {lat.get('p99_us', float('nan')):7.1f} µs  max rel err {p.get('max_rel_error', float('nan')):.2e}"
             f"  spearman {p.get('spearman', float('nan')):.4f}  agreement {p.get('agreement', float('nan')):.4f}"
         )
+    recipe = manifest.get("recipe")
+    if recipe:
+        lines.append(f"recipe     {recipe.get('rule')}: {'; '.join(recipe.get('reasons', []))}"
+                     + (f" (given: {', '.join(recipe['overridden'])})" if recipe.get("overridden") else ""))
+    choice = manifest.get("quantization")
+    if choice:
+        lines.append(f"quantize   {choice.get('requested', '?')} -> {choice.get('served')}: {choice.get('reason')}")
     summary = manifest.get("report", {}).get("summary")
     if summary:
         crossing = summary.get("first_persistent_crossing")
@@ -206,6 +225,40 @@ def collect(broker: str, out: Path, topic: str, max_records: int | None) -> None
     stats = collect_records(host, int(port), out, stop_event=stop, topic=topic, max_records=max_records)
     click.echo(f"received {stats.received}, written {stats.written}, invalid {stats.invalid}, dropped {stats.dropped}; "
                f"per device {dict(stats.per_device)}")
+
+
+@cli.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder the suite's paths are relative to (or that is searched without a suite).")
+@click.option("--suite", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Suite TOML ([[case]] tables); default: discover NAB-layout series and tables with label columns.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/evaluate"), show_default=True,
+              help="report.md, results.json and one PNG per recording.")
+@click.option("--only", default=None, help="Evaluate only the cases whose name matches this glob.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most training epochs (default: trainer's).")
+@click.option("--no-baselines", is_flag=True, help="Skip the RMS, kurtosis and tutorial baselines.")
+def evaluate(data_dir: Path, suite: Path | None, out: Path, only: str | None, epochs: int | None,
+             no_baselines: bool) -> None:
+    """Train with default options, replay through the gateway's pipeline, and score labelled recordings."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import fnmatch
+
+    from trainer.evaluate.harness import discover, load_suite, run_suite
+    from trainer.train import FitConfig
+
+    cases = load_suite(suite, data_dir) if suite else discover(data_dir)
+    if only:
+        cases = [c for c in cases if fnmatch.fnmatch(c.name, only)]
+    if not cases:
+        raise click.ClickException(f"no cases to evaluate in {suite or data_dir}")
+    click.echo(f"evaluating {len(cases)} recording(s) into {out}")
+    train_options = {"fit": FitConfig(epochs=epochs)} if epochs else {}
+    outcomes = run_suite(cases, out, train_options=train_options, with_baselines=not no_baselines)
+    click.echo((out / "report.md").read_text(encoding="utf-8"))
+    failed = [o.case.name for o in outcomes if not o.rows]
+    if failed:
+        click.echo(f"{len(failed)} case(s) failed: {', '.join(failed)}", err=True)
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -128,6 +128,28 @@ def split_validation(n_windows: int, fraction: float, window: int, hop: int) -> 
     return np.arange(n_train), np.arange(n_windows - n_val, n_windows)
 
 
+def split_validation_rows(ends: np.ndarray, window_rows: int, fraction: float,
+                          min_validation: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Time-ordered (train, validation) indices of windows ending at ``ends`` (rows, exclusive, increasing).
+
+    The last ``fraction`` of the windows validate, at least ``min_validation`` of them while that leaves
+    as many for training; training keeps only the windows that end before the first validation window
+    starts, so no row is in both (windows of different snapshots never overlap, so none is lost there).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    n = len(ends)
+    n_val = max(1, int(round(n * fraction)), min(min_validation, n // 2))
+    first_val = n - n_val
+    train = np.flatnonzero(np.asarray(ends[:first_val]) <= ends[first_val] - window_rows) if first_val > 0 else []
+    if len(train) < 1:
+        raise ValueError(
+            f"{n} training windows are too few to hold out {n_val} for validation: use more training data, a "
+            "smaller window or a larger hop"
+        )
+    return np.asarray(train, np.int64), np.arange(first_val, n)
+
+
 class _EpochLog(keras.callbacks.Callback):
     """One log line per epoch."""
 

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 IMS_TEST2 = REPO / "data" / "ims_bearing" / "averaged" / "2nd_test_resmaple_10minutes.csv"
 TINY = dict(
     data=IMS_TEST2, format="ims-avg", start="2004-02-12T11:32:39", end="2004-02-17T12:00:00",
-    train_until="2004-02-14T00:00:00", window=6, model=ModelConfig(units=(8, 4)),
+    train_until="2004-02-14T00:00:00", window=6, hop=1, quantize="int8", model=ModelConfig(units=(8, 4)),
     fit=FitConfig(epochs=4, patience=2, seed=7), latency_windows=50, model_id="tiny-ims",
 )
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 IMS_TEST2 = REPO / "data" / "ims_bearing" / "averaged" / "2nd_test_resmaple_10minutes.csv"
 #: The same arguments as the Makefile's export-tflite target.
 DEFAULT = dict(format="ims-avg", start="2004-02-12T11:32:39", end="2004-02-19T06:12:39",
-               train_until="2004-02-15T12:52:39", quantize="int8")
+               train_until="2004-02-15T12:52:39", window=10, hop=1, quantize="int8")
 
 
 @pytest.mark.slow
