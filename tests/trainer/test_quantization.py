@@ -57,7 +57,7 @@ def spiky(tmp_path_factory) -> Path:
     v[1800:1900] += 4.0
     t = np.datetime64("2014-04-01T00:00") + np.arange(v.size) * np.timedelta64(5, "m")
     path = tmp_path_factory.mktemp("data") / "spiky.csv"
-    path.write_text("timestamp,value\n" + "".join(f"{str(a).replace('T', ' ')}:00,{b:.6f}\n" for a, b in zip(t, v)))
+    path.write_text("timestamp,value\n" + "".join(f"{str(a).replace('T', ' ')}:00,{b:.6f}\n" for a, b in zip(t, v, strict=True)))
     return path
 
 

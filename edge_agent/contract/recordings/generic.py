@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ._text import (
-    label_columns,
     guess_delimiter,
     is_number,
+    label_columns,
     looks_like_time,
     parse_numeric,
     parse_times,
