@@ -1,0 +1,1 @@
+"""``trainer evaluate``: the gateway's pipeline over labelled recordings, with baselines (see ``harness``)."""
