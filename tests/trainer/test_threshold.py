@@ -99,3 +99,12 @@ def test_result_serialises_for_the_manifest(rng):
     assert all(isinstance(v, int | float) for v in d["params"].values())
     q = th.score_quantiles(np.arange(101.0))
     assert q["q0.5"] == 50.0 and q["q1"] == 100.0
+
+
+def test_with_floor_raises_a_threshold_and_says_why():
+    base = th.mean_std(np.linspace(1.0, 2.0, 50))
+    assert th.with_floor(base, base.value / 2, "x") is base
+    raised = th.with_floor(base, 10.0, "training windows' q0.99")
+    assert raised.value == 10.0 and raised.method == "mean_std"
+    assert raised.params["method_value"] == base.value and raised.params["floor_from"] == "training windows' q0.99"
+    assert raised.params["k"] == base.params["k"]  # a device calibration still finds the method's own parameters

@@ -66,3 +66,17 @@ def test_time_formats():
     with pytest.raises(ValueError, match="cannot read"):
         parse_time("15/02/2004")
 
+
+
+def test_validation_split_by_rows_drops_only_windows_that_overlap():
+    from trainer.train import split_validation_rows
+
+    # continuous: windows of 10 rows every row; the 9 before the first validation window overlap it
+    fit_idx, val_idx = split_validation_rows(np.arange(10, 110), 10, 0.2)
+    assert val_idx[0] == 80 and fit_idx[-1] == 70 and len(fit_idx) == 71
+    # snapshots: one window per 2560-row snapshot, nothing overlaps, nothing is lost
+    ends = np.arange(1, 40) * 2560
+    fit_idx, val_idx = split_validation_rows(ends, 2560, 0.2, min_validation=20)
+    assert len(val_idx) == 19 and len(fit_idx) == 20  # at least 20 validation windows when that leaves as many
+    with pytest.raises(ValueError, match="too few"):
+        split_validation_rows(np.array([10]), 10, 0.2)
