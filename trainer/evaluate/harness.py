@@ -8,7 +8,8 @@ discovers (NAB layout, tables with label columns)::
            per-device calibration when the case asks for it, alert state machine)
         ─► alert states per window ─► metrics by kind (trainer.evaluate.metrics, trainer.evaluate.nab)
         ─► baselines on the same windows (trainer.evaluate.baselines)
-        ─► <out>/<case>.png, <out>/results.json, <out>/report.md (one markdown table per kind + totals)
+        ─► <out>/<case>.png, <out>/<case>.npz (the replayed windows: ends, times, scores, thresholds, states),
+           <out>/results.json, <out>/report.md (one markdown table per kind + totals)
 
 Case kinds:
 
@@ -493,7 +494,9 @@ def run_suite(cases: list[Case], out: Path, train_options: dict | None = None, w
             log.error("%s failed: %s", case.name, exc)
             outcomes.append(Outcome(case, {}, {"ae": {"error": f"{type(exc).__name__}: {exc}"}}, {}, 0.0))
             continue
-        plot_case(o, out / f"{case.name.replace('/', '-')}.png")
+        stem = case.name.replace("/", "-")
+        plot_case(o, out / f"{stem}.png")
+        np.savez_compressed(out / f"{stem}.npz", **{k: v for k, v in o.rows.items()})  # for offline re-analysis
         outcomes.append(o)
         log.info("[%d/%d] %s done in %.0f s: %s", i, len(cases), case.name, o.seconds,
                  {k: v for k, v in o.figures["ae"].items() if not isinstance(v, str)})
