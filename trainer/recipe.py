@@ -8,7 +8,8 @@ The rule reads properties of the data, never its name or source (numpy only)::
         window: 10 blocks (one snapshot of <= 1 s: exactly one window per snapshot), hop = window
     otherwise (tables of slow values: one row per snapshot, per minute, per second)  -> raw mode
         no clear period: windows of 10 rows, hop = window
-        a clear period P of 12..MAX_PERIOD rows in the training rows: windows of P/2 rows, hop P/24
+        a clear period P of 12..MAX_PERIOD rows in the training rows: windows of P/2 rows (shorter when
+        the training rows are few: see _periodic_window), hop P/24
     training windows at hop 1 (``train_hop``)
     model: LSTM up to LSTM_MAX_STEPS steps per window, Conv1D beyond (an unrolled LSTM grows with T)
 
@@ -48,6 +49,8 @@ LSTM_MAX_STEPS = 64
 #: PERIOD_MIN_ACF that rises at least PERIOD_MIN_PROMINENCE above the lowest autocorrelation before it
 #: (a slowly wandering series has a high but featureless autocorrelation; a cycle dips between repeats).
 MIN_PERIOD, MAX_PERIOD, PERIOD_MIN_ACF, PERIOD_MIN_PROMINENCE = 12, 512, 0.5, 0.5
+#: The trainer's default validation fraction (trainer.train.FitConfig), for the phase-coverage rule.
+VALIDATION_FRACTION = 0.2
 #: Most training windows (the training hop grows beyond this).
 MAX_TRAIN_WINDOWS = 20000
 
@@ -152,6 +155,15 @@ def _vibration(rec: Recording) -> Recipe:
                   architecture="lstm", train_hop=min(train_hop, window), rule="vibration", reasons=tuple(reasons))
 
 
+def _periodic_window(period: int, rows: int) -> int:
+    """Half a period, or less when the training rows are few: the windows the model is fitted on (the first
+    80 % of the training windows, less the ones overlapping validation) must start at every phase of the
+    cycle, i.e. ``(1 - VALIDATION) * (rows - w) - w >= period``; never below a quarter period or 10 rows."""
+    fit = 1.0 - VALIDATION_FRACTION
+    fits = int((fit * rows - period) / (1.0 + fit))
+    return max(STEPS_PER_WINDOW, period // 4, min(period // 2, fits))
+
+
 def _table(training: Recording) -> Recipe:
     rate = (f"{training.sample_rate:g} Hz" if training.sample_rate else
             "rows with their own times" if any(s.row_times is not None for s in training.segments) else "no sample rate")
@@ -161,7 +173,7 @@ def _table(training: Recording) -> Recipe:
     window = hop = STEPS_PER_WINDOW
     if (period is not None and acf >= PERIOD_MIN_ACF and prominence >= PERIOD_MIN_PROMINENCE
             and longest.n_rows >= 2 * period):
-        window, hop = max(STEPS_PER_WINDOW, period // 2), max(1, period // 24)
+        window, hop = _periodic_window(period, longest.n_rows), max(1, period // 24)
         reasons.append(f"the training rows repeat every {period} rows (autocorrelation {acf:.2f}, prominence "
                        f"{prominence:.2f}): windows of half a period, scored every {hop} rows")
     else:

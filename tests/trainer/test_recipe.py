@@ -57,6 +57,15 @@ def test_a_periodic_table_gets_windows_of_half_a_period(period, architecture):
     assert abs(r.window - period // 2) <= 1 and (r.hop, r.architecture) == (period // 24, architecture)
 
 
+def test_a_short_periodic_training_set_gets_shorter_windows_so_every_phase_is_fitted():
+    rng = np.random.default_rng(4)
+    t = np.arange(604)  # NAB's probation: 2.1 days of 5-minute rows, a daily cycle of 288 rows
+    r = recipe.choose(_table(np.sin(2 * np.pi * t / 288) + 0.05 * rng.normal(size=t.size)))
+    assert 72 <= r.window <= 110 and r.hop == 12
+    fit_starts = 0.8 * (604 - r.window) - r.window
+    assert fit_starts >= 287
+
+
 def test_dominant_period_is_found_in_a_cycle_and_not_in_a_random_walk():
     rng = np.random.default_rng(3)
     t = np.arange(1000)
@@ -83,7 +92,7 @@ RECIPES = {  # format -> (path under the repository, mode, window, hop): the REA
     "ims-avg": ("data/ims_bearing/averaged/2nd_test_resmaple_10minutes.csv", "raw", 10, 10),
     "femto": ("tests/fixtures/data/femto_Bearing1_2", "features", 10, 10),
     "snapshots": ("data/femto/femto_Bearing1_2_first20_last20.npz", "features", 10, 10),
-    "nab": ("data/nab/art_daily_jumpsup.csv", "raw", 144, 12),
+    "nab": ("data/nab/art_daily_jumpsup.csv", "raw", 108, 12),
     "npy": ("data/lorenz/watsoniotp.healthy.phase_aligned.npy", "raw", 10, 10),
 }
 
