@@ -54,8 +54,11 @@ log = logging.getLogger(__name__)
 
 #: Most held-out windows scored for parity (evenly spaced when there are more); synthetic ones come on top.
 PARITY_MAX_WINDOWS = 3000
-#: The bundle's threshold is at least this quantile of the training windows' own scores (README, "Threshold").
+#: The bundle's threshold is at least this quantile of the training windows' own scores (README, "Threshold") ...
 TRAINING_QUANTILE = 0.99
+#: ... and at least so high that this many isolated events (a spike, a glitch: each in every training window
+#: that covers it) are left above the floor: they do not make the healthy period's own level.
+ISOLATED_EVENTS = 3
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,13 @@ def load_recording(opts: TrainOptions) -> Recording:
     return rec
 
 
+def training_floor_quantile(n_windows: int, window: int, hop: int) -> float:
+    """The quantile of the training windows' scores the threshold may not be below: 0.99, lowered so that the
+    windows of ``ISOLATED_EVENTS`` short events (``ceil(window / hop)`` windows each) stay above it."""
+    per_event = -(-window // hop)
+    return float(min(TRAINING_QUANTILE, max(0.5, 1.0 - ISOLATED_EVENTS * per_event / max(n_windows, 1))))
+
+
 def labelled_windows(rec: Recording, ends: np.ndarray, window_rows: int) -> np.ndarray:
     """(W,) bool: the windows ending at ``ends`` (rows, exclusive) that contain a row any label marks (> 0)."""
     labels = rec.labels()
@@ -192,11 +202,12 @@ def run(opts: TrainOptions) -> TrainResult:
     fit_scores = keras_scores(model, fit_set.windows)
     threshold = thresholds.calibrate(val_scores, opts.threshold_method, **opts.threshold_params)
     log.info("threshold (%s on %d validation windows): %.5g", threshold.method, len(val_scores), threshold.value)
-    floor = float(np.quantile(np.concatenate([fit_scores, val_scores]), TRAINING_QUANTILE))
+    train_scores = np.concatenate([fit_scores, val_scores])
+    q = training_floor_quantile(len(train_scores), spec.window, recipe.train_hop)
+    floor = float(np.quantile(train_scores, q))
     if floor > threshold.value:  # the healthy period the model learned must not raise alerts itself
-        log.info("threshold raised to %.5g, the %g quantile of the training windows' own scores", floor,
-                 TRAINING_QUANTILE)
-        threshold = thresholds.with_floor(threshold, floor, f"training windows' q{TRAINING_QUANTILE:g}")
+        log.info("threshold raised to %.5g, the %.3g quantile of the training windows' own scores", floor, q)
+        threshold = thresholds.with_floor(threshold, floor, f"training windows' q{q:.3g}")
 
     # ---- parity windows on both sides of the threshold
     held_out = np.concatenate([val_set.windows, later_set.windows])
@@ -226,9 +237,9 @@ def run(opts: TrainOptions) -> TrainResult:
             export("16x8")
             choice = choose_variant(variants, threshold.value, opts.min_agreement)
         served = choice["served"]
-        check_parity(served, variants[served]["parity"], opts.min_agreement)  # float32 too must agree
+        check_parity(served, variants[served], opts.min_agreement)  # float32 too must agree
     else:
-        check_parity(opts.quantize, variants[opts.quantize]["parity"], opts.min_agreement)
+        check_parity(opts.quantize, variants[opts.quantize], opts.min_agreement)
         served = opts.quantize
         choice = {"served": served, "reason": f"--quantize {served} (passes parity)", "checks": {}}
     choice = {"requested": opts.quantize} | choice

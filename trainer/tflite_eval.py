@@ -113,7 +113,8 @@ def parity(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> di
     """Compare two score vectors (W,) on the same windows.
 
     Returns max/mean abs error, max relative error (|Δ| / reference), Spearman rank correlation,
-    and ``agreement``: the fraction of windows on the same side of ``threshold`` in both.
+    ``agreement``: the fraction of windows on the same side of ``threshold`` in both, and ``missed``: the
+    windows above it for the reference only (a candidate that misses them is blind where the reference alerts).
     """
     ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
     if ref.shape != cand.shape or ref.ndim != 1 or ref.size == 0:
@@ -132,5 +133,6 @@ def parity(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> di
         "disagreements": int((~agree).sum()),
         "reference_above": int((ref > threshold).sum()),
         "candidate_above": int((cand > threshold).sum()),
+        "missed": int(((ref > threshold) & ~(cand > threshold)).sum()),  # Keras flags it, the candidate does not
     }
 

@@ -141,7 +141,7 @@ def test_parity_gate_fails_with_a_clear_message():
     cand[95:105] = cand[95:105][::-1] + 0.2  # ten windows around the threshold flip
     p = parity(ref, cand, threshold=0.5)
     assert p["agreement"] < 0.99
-    with pytest.raises(ExportError, match=r"agree with the Keras model on only 9\d\.\d\d% .*--quantize float32"):
+    with pytest.raises(ExportError, match=r"agree with Keras on 9\d\.\d\d% of 200 held-out windows .*--quantize auto"):
         check_parity("int8", p, 0.99)
     check_parity("int8", p, 0.9)  # accepted when the user lowers the bar
 
