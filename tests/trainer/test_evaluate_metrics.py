@@ -78,8 +78,11 @@ def test_discover_finds_nab_layout_series_and_labelled_tables(tmp_path):
     (tmp_path / "pump").mkdir()
     (tmp_path / "pump" / "1.csv").write_text("datetime;a;anomaly;changepoint\n2020-01-01 00:00:00;1;0;0\n")
     (tmp_path / "plain.csv").write_text("a,b\n1,2\n")
+    np.savez(tmp_path / "bearing.npz", acc=np.zeros((3, 10, 2), np.float32), time_of_day=np.zeros((3, 4)))
+    np.savez(tmp_path / "untimed.npz", acc=np.zeros((3, 10, 2), np.float32))
     cases = discover(tmp_path)
-    assert [(c.kind, c.data.name) for c in cases] == [("windows", "machine.csv"), ("points", "1.csv")]
+    assert [(c.kind, c.data.name) for c in cases] == [("windows", "machine.csv"), ("run-to-failure", "bearing.npz"),
+                                                      ("points", "1.csv")]
     assert cases[0].label_key == "realKnownCause/machine.csv" and cases[0].train_fraction == nab.PROBATION
 
 

@@ -59,6 +59,8 @@ KINDS = ("run-to-failure", "windows", "points")
 CALIBRATION_WINDOWS = 30
 #: Points cases found by discovery train on the rows before the first labelled anomaly, at most this fraction.
 POINTS_TRAIN_FRACTION = 0.4
+#: Snapshot archives found by discovery train on their own healthy start (this fraction of the snapshots).
+RUN_TO_FAILURE_TRAIN_FRACTION = 0.3
 #: Windows cases (NAB layout) train on NAB's probationary part.
 WINDOWS_TRAIN_FRACTION = nab.PROBATION
 BASELINES = ("rms", "kurtosis", "tutorial")
@@ -123,7 +125,8 @@ def load_suite(path: Path, data_dir: Path) -> list[Case]:
 
 def discover(data_dir: Path) -> list[Case]:
     """Cases found in a folder without a suite: every series a NAB-style windows json names (``windows``,
-    trained on NAB's probationary 15 %), and every table with a label column (``points``)."""
+    trained on NAB's probationary 15 %), every snapshot archive (``.npz``: ``run-to-failure``, trained on its
+    first 30 %, healthy part = first half of life) and every table with a label column (``points``)."""
     cases: list[Case] = []
     named: set[Path] = set()
     for js in sorted(data_dir.rglob("*.json")):
@@ -142,6 +145,14 @@ def discover(data_dir: Path) -> list[Case]:
             named.add(f)
             cases.append(Case(name=Path(key).stem, kind="windows", data=f, labels=js, label_key=key,
                               train_fraction=WINDOWS_TRAIN_FRACTION, group=js.stem))
+    for f in sorted(data_dir.rglob("*.npz")):  # snapshot archives with times of day: one machine's life each
+        with np.load(f, allow_pickle=False) as z:
+            if "acc" not in z.files or "time_of_day" not in z.files:
+                log.info("%s: not a snapshot archive with times of day; give it in a suite", f)
+                continue
+        cases.append(Case(name=str(f.relative_to(data_dir).with_suffix("")), kind="run-to-failure", data=f,
+                          train_fraction=RUN_TO_FAILURE_TRAIN_FRACTION, healthy_fraction=0.5,
+                          load={"date": "2000-01-01"}, group=str(f.parent.relative_to(data_dir)) or "run to failure"))
     for f in sorted(set(data_dir.rglob("*.csv")) - named):
         header = f.open(encoding="utf-8", errors="replace").readline().lower()
         cells = {c.strip().strip('"') for c in header.replace(";", ",").replace("\t", ",").split(",")}
