@@ -109,12 +109,19 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
+#: A window the reference scores above this multiple of the threshold is a *clear* anomaly: a candidate that puts
+#: it below the threshold is blind to it. Closer to the threshold, a decision is within the score error of any
+#: quantized model (int8: up to ~6 output steps on a threshold of >= 32 steps, i.e. ~20 %).
+CLEAR_MARGIN = 1.2
+
+
 def parity(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> dict:
     """Compare two score vectors (W,) on the same windows.
 
     Returns max/mean abs error, max relative error (|Δ| / reference), Spearman rank correlation,
-    ``agreement``: the fraction of windows on the same side of ``threshold`` in both, and ``missed``: the
-    windows above it for the reference only (a candidate that misses them is blind where the reference alerts).
+    ``agreement``: the fraction of windows on the same side of ``threshold`` in both; ``missed``: the windows
+    above it for the reference only; ``clear_above`` / ``missed_clear``: the windows the reference scores above
+    ``CLEAR_MARGIN`` times the threshold, and those of them the candidate puts below it (blind where it matters).
     """
     ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
     if ref.shape != cand.shape or ref.ndim != 1 or ref.size == 0:
@@ -134,5 +141,7 @@ def parity(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> di
         "reference_above": int((ref > threshold).sum()),
         "candidate_above": int((cand > threshold).sum()),
         "missed": int(((ref > threshold) & ~(cand > threshold)).sum()),  # Keras flags it, the candidate does not
+        "clear_above": int((ref > CLEAR_MARGIN * threshold).sum()),
+        "missed_clear": int(((ref > CLEAR_MARGIN * threshold) & ~(cand > threshold)).sum()),
     }
 

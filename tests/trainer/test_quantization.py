@@ -24,7 +24,8 @@ from trainer.train import FitConfig  # noqa: E402
 def _facts(agreement: float, scale: float | None, p50: float = 100.0, missed: int = 0) -> dict:
     out = {"quantization": {"scale": scale, "zero_point": 0}} if scale else {}
     held = {"agreement": agreement, "n_windows": 100, "disagreements": round(100 * (1 - agreement))}
-    synthetic = {"agreement": 1.0, "n_windows": 500, "reference_above": 300, "missed": missed}
+    synthetic = {"agreement": 1.0, "n_windows": 500, "reference_above": 300, "missed": missed, "clear_above": 300,
+                 "missed_clear": missed}
     return {"parity": held, "parity_groups": {"held_out": held, "synthetic": synthetic},
             "latency": {"p50_us": p50, "p99_us": p50 * 2}, "output": out}
 
@@ -43,6 +44,9 @@ def test_auto_refuses_int8_whose_output_steps_cannot_resolve_the_threshold():
 def test_a_variant_that_misses_anomalies_keras_flags_is_refused_but_extra_sensitivity_is_not():
     choice = choose_variant({"int8": _facts(1.0, 0.004, missed=10), "16x8": _facts(1.0, 1e-5, missed=1)}, 0.5, 0.99)
     assert choice["served"] == "16x8" and "misses 10 of the 300 synthetic anomalies" in choice["reason"]
+    near = _facts(1.0, 0.004)
+    near["parity_groups"]["synthetic"].update(missed=30, missed_clear=0)  # only near the threshold: not blind
+    assert choose_variant({"int8": near}, 0.5, 0.99)["served"] == "int8"
     extra = _facts(1.0, 0.004)
     extra["parity"] = dict(extra["parity"], agreement=0.95)  # all windows: 5 % more flagged, none missed
     assert choose_variant({"int8": extra}, 0.5, 0.99)["served"] == "int8"
