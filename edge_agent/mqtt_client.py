@@ -26,46 +26,18 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from edge_agent.ratelog import RateLimitedLog
+
 logger = logging.getLogger(__name__)
 
 Will = tuple[str, "bytes | str", int, bool]
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
-
-
-class RateLimitedLog:
-    """Log at most one record per ``interval_s`` per key; the records in between are counted and reported.
-
-    Thread-safe. Use for conditions that may repeat at sample rate (bad payloads, a dead command).
-    """
-
-    def __init__(self, log: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self._log = log
-        self._interval = interval_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return
-            self._last[key] = now
-            suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            msg = msg + " (%d similar messages suppressed)"
-            args = (*args, suppressed)
-        self._log.log(level, msg, *args, exc_info=exc_info)
 
 
 class MqttConnection:

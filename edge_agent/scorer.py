@@ -130,13 +130,6 @@ class TFLiteModel:
             out[i] = self.score_window(w)
         return out
 
-    def reconstructions(self, windows: np.ndarray) -> np.ndarray:
-        """Scaled windows (W, T, F) -> new (W, T, F) float32 reconstructions."""
-        out = np.empty((len(windows), *self.window_shape), np.float32)
-        for i, w in enumerate(windows):
-            out[i] = self.reconstruct(w)
-        return out
-
     def _detect_state(self) -> bool:
         """True if invoking twice on the same window gives different outputs (variable tensors)."""
         rng = np.random.default_rng(0)

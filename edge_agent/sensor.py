@@ -23,8 +23,9 @@ from edge_agent.bundle_watch import BundleWatch, LoadedModel
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError, BundleError
-from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
+from edge_agent.mqtt_client import MqttConnection
 from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.sinks import AlertDispatcher
 from edge_agent.sources import SampleSource
 from edge_agent.status import Counters

@@ -29,7 +29,8 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.alerts import AlertEvent
 from edge_agent.contract.wire import alert_topic
-from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
+from edge_agent.mqtt_client import MqttConnection
+from edge_agent.ratelog import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.contract.errors import UploadError
-from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
+from edge_agent.mqtt_client import MqttConnection
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.spool import Spool
 
 logger = logging.getLogger(__name__)

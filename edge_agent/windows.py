@@ -26,8 +26,6 @@ whatever the framing, because each block's features depend only on that block.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,6 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edge_agent.contract import preprocess, wire
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ class Windower:
         self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_FRAMES)  # (seq, n, payload hash)
         self._run = 0  # contiguous valid steps since the last restart
         self._pfill = 0  # samples in the pending partial block
-        self._last_warning = -math.inf
+        self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ control
     def restart(self) -> None:
@@ -148,23 +147,23 @@ class Windower:
         x = frame.samples
         if x.ndim != 2 or x.shape[1] != self.n_channels:
             c.frames_rejected += 1
-            self._warn("frame with shape %s rejected: the model expects %d channels", x.shape, self.n_channels)
+            self._ratelog.warning("shape", "frame with shape %s rejected: the model expects %d channels", x.shape, self.n_channels)
             return 0
         n = x.shape[0]
         if self.expected_seq is not None:
             gap = wire.seq_gap(self.expected_seq, frame.seq)
             if gap < 0 and self.is_duplicate(frame):
                 c.duplicates += 1
-                self._warn("duplicate frame seq %d (already consumed up to %d): dropped", frame.seq, self.expected_seq)
+                self._ratelog.warning("duplicate", "duplicate frame seq %d (already consumed up to %d): dropped", frame.seq, self.expected_seq)
                 return 0
             if gap != 0:
                 c.gaps += 1
                 if 0 < gap <= MAX_PLAUSIBLE_GAP:
                     c.samples_missing += gap
-                    self._warn("sequence gap: %d samples missing before seq %d", gap, frame.seq)
+                    self._ratelog.warning("gap", "sequence gap: %d samples missing before seq %d", gap, frame.seq)
                 else:
                     c.resyncs += 1
-                    self._warn("sequence jumped from %d to %d: resynchronising", self.expected_seq, frame.seq)
+                    self._ratelog.warning("resync", "sequence jumped from %d to %d: resynchronising", self.expected_seq, frame.seq)
                 self.restart()
         c.samples_in += n
         self.expected_seq = frame.next_seq
@@ -176,7 +175,7 @@ class Windower:
             return c.windows - before
         c.samples_invalid += int(bad.sum())
         c.samples_over_range += int((bad & np.isfinite(x).all(axis=1)).sum())
-        self._warn("%d invalid samples (NaN, saturated or out of range) in frame seq %d", int(bad.sum()), frame.seq)
+        self._ratelog.warning("invalid", "%d invalid samples (NaN, saturated or out of range) in frame seq %d", int(bad.sum()), frame.seq)
         start = 0
         for i in np.flatnonzero(bad):
             if i > start:
@@ -274,10 +273,3 @@ class Windower:
         if self._raw is None:
             return self._steps.latest(self.spec.window, out)
         return self._raw.latest(self.spec.window_samples, out)
-
-    def _warn(self, msg: str, *args: object) -> None:
-        """Log at most one warning every 5 s (bad input is counted anyway)."""
-        now = time.monotonic()
-        if now - self._last_warning >= 5.0:
-            self._last_warning = now
-            log.warning(msg, *args)

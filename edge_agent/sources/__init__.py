@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Protocol, Self, runtime_checkable
 
 from edge_agent.contract import wire
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.status import SourceCounters
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class QueueSource:
         self.frames = 0
         self.frames_dropped = 0
         self.reconnects = 0
-        self._last_warning: dict[str, float] = {}
+        self._ratelog = RateLimitedLog(log)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -109,7 +109,4 @@ class QueueSource:
 
     def _warn(self, key: str, msg: str, *args: object) -> None:
         """Warn at most once every 10 s per key (everything is counted regardless)."""
-        now = time.monotonic()
-        if now - self._last_warning.get(key, -1e9) >= 10.0:
-            self._last_warning[key] = now
-            log.warning(msg, *args)
+        self._ratelog.warning(key, msg, *args)
