@@ -4,6 +4,7 @@
     edge-agent validate-config agent.toml
     edge-agent calibrate --config agent.toml [--sensor DEVICE] --windows 200      (or --clear)
     edge-agent status [--config agent.toml | --file status.json] [--sensor DEVICE] [--json]
+    edge-agent deploy NEW_BUNDLE (--to DIR | --config agent.toml [--sensor DEVICE])
     edge-agent replay --bundle DIR --data PATH [--format F] [--calibrate N] --out scores.csv
 
 Never imports TensorFlow (nor ``trainer``): ``replay`` reads recordings with ``edge_agent.contract.recordings``.
@@ -140,6 +141,40 @@ def calibrate(config: Path, device: str | None, n_windows: int, timeout_s: float
     calibration.save(path, record)
     click.echo(f"device {scfg.device}: threshold {record.value:.6g} ({record.method}, {record.n} windows) "
                f"saved to {path}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Path(path_type=Path), help="The bundle directory an agent serves.")
+@click.option("--config", "config", type=click.Path(path_type=Path), help="Deploy to the bundle.path of this config.")
+@click.option("--sensor", "device", default=None, help="With --config: the sensor whose bundle.path is meant.")
+def deploy(bundle: Path, to: Path | None, config: Path | None, device: str | None) -> None:
+    """Install BUNDLE where a running agent picks it up, atomically.
+
+    BUNDLE is checked as the agent would (manifest, digest, tensors), copied into a temporary sibling of
+    the target, checked again there, and renamed into place; the bundle it replaces stays as
+    DIR.previous (roll back with mv). Never copy files over a served bundle one by one.
+    """
+    from edge_agent.contract.bundle import PREVIOUS_SUFFIX, deploy_bundle
+
+    if (to is None) == (config is None):
+        raise click.UsageError("give the target: --to DIR, or --config FILE (with --sensor when it has several)")
+    if config is not None:
+        cfg = _load(config)
+        if device is None and len({cfg.resolve(s.bundle.path).resolve() for s in cfg.sensors}) == 1:
+            device = cfg.sensors[0].device
+        try:
+            to = cfg.resolve(cfg.sensor(device).bundle.path)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    replaces = to.exists()
+    try:
+        installed = deploy_bundle(bundle, to)
+    except BundleError as exc:
+        raise click.ClickException(f"not deployed: {exc}") from None
+    previous = to.with_name(to.name + PREVIOUS_SUFFIX)
+    click.echo(f"deployed {installed.model_id} {installed.version} ({installed.quantization}) to {to}"
+               + (f"; the bundle it replaced is in {previous}" if replaces else ""))
 
 
 #: Columns of ``edge-agent status``'s sensor table.

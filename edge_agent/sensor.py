@@ -125,11 +125,12 @@ class Sensor:
         """Look for a changed bundle and load it (watcher thread). Returns whether a new model is pending."""
         try:
             model = self.watch.check()
-        except BundleError as exc:
+        except Exception as exc:  # BundleError, or anything a hostile bundle provokes: the watcher thread lives on
             self.counters.model.rejects += 1
             self.counters.model.last_reject = str(exc)[:500]
             served = self.pipeline.bundle.version if self.pipeline else "none"
-            log.error("%s: new bundle in %s rejected, keeping model %s: %s", self.device, self.bundle_path, served, exc)
+            log.error("%s: new bundle in %s rejected, keeping model %s: %s", self.device, self.bundle_path, served, exc,
+                      exc_info=not isinstance(exc, BundleError))
             return False
         if model is None:
             return False
@@ -178,7 +179,13 @@ class Sensor:
             with self._pending_lock:
                 model, self._pending = self._pending, None
             if model is not None:
-                self._serve(model)
+                try:
+                    self._serve(model)
+                except Exception:  # never lose the scoring thread over a swap: keep serving the old model
+                    self.counters.internal_errors += 1
+                    self.counters.model.rejects += 1
+                    log.exception("%s: model %s could not be put in service; keeping the old one", self.device,
+                                  model.bundle.version)
         frames = self.source.drain(most)
         if not frames:
             return 0
