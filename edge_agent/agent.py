@@ -28,7 +28,7 @@ from edge_agent.alerts import AlertEvent
 from edge_agent.bundle_watch import load_served_model
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import wire
-from edge_agent.contract.errors import AgentError, BundleError
+from edge_agent.contract.errors import AgentError, BundleError, ConfigError
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.pipeline import Pipeline, WindowCallback
 from edge_agent.sensor import Sensor, make_source, policy_of
@@ -144,7 +144,10 @@ class Agent:
         if s.jsonl:
             path = self.cfg.resolve(s.jsonl).resolve()
             if path not in self._jsonl:
-                self._jsonl[path] = JsonlSink(path)
+                try:
+                    self._jsonl[path] = JsonlSink(path)
+                except OSError as exc:
+                    raise ConfigError(f"alerts.sinks.jsonl: cannot open {path}: {exc.strerror or exc}") from exc
             sinks.append(self._jsonl[path])
         if s.mqtt and self.connection is not None:
             sinks.append(MqttAlertSink(self.connection, scfg.device))
@@ -198,6 +201,8 @@ class Agent:
                 now = time.monotonic()
                 if now >= self._next_status:
                     self._next_status = now + self.cfg.status.every_s
+                    for sink in self._jsonl.values():
+                        sink.retry()  # alert lines a full disk held back
                     self.publish_status()
                 if not busy:
                     self.wake.wait(0.1)

@@ -52,12 +52,21 @@ def main(verbose: int) -> None:
 @click.argument("config", type=click.Path(path_type=Path))
 def validate_config(config: Path) -> None:
     """Check a config file and every bundle it names: exit 0 if the agent can run on them, else 1 with the reasons."""
+    from edge_agent import calibration
+    from edge_agent.config import check_path
     from edge_agent.contract.bundle import Bundle
 
     cfg = _load(config)
     problems, lines = [], []
     for i, s in enumerate(cfg.sensors):
-        key = "bundle.path" if len(cfg.sensors) == 1 else f"sensors[{i}].bundle.path"
+        where = "" if len(cfg.sensors) == 1 else f"sensors[{i}]."
+        key = f"{where}bundle.path"
+        try:  # the agent runs on without its calibration (bundle threshold, counted); say so here
+            check_path(f"{where}calibration.path", cfg.resolve(s.calibration.path))
+            calibration.load(cfg.resolve(s.calibration.path))
+        except ConfigError as exc:
+            msg = str(exc) if str(exc).startswith(f"{where}calibration.path") else f"{where}calibration.path: {exc}"
+            problems.append(f"{config}: {msg} (the agent would ignore it and use the bundle threshold)")
         path = cfg.resolve(s.bundle.path)
         try:
             bundle = Bundle.load(path)
@@ -84,6 +93,10 @@ def run(config: Path) -> None:
 
     def on_event(event) -> None:
         d = event.to_dict()
+        if d["kind"] == "health":
+            click.echo(f"HEALTH {d['state']} device={d['device']} condition={d['condition']}: {d['reason']}")
+            sys.stdout.flush()
+            return
         score = "inf" if d["score"] is None else f"{d['score']:.6g}"
         click.echo(
             f"ALERT {d['kind']} {d['severity']} device={d['device']} score={score} "
@@ -130,7 +143,10 @@ def calibrate(config: Path, device: str | None, n_windows: int, timeout_s: float
         raise click.ClickException(str(exc)) from None
     path = cfg.resolve(scfg.calibration.path)
     if clear:
-        click.echo(f"calibration {'cleared' if calibration.clear(path) else 'was not set'}: {path}")
+        try:
+            click.echo(f"calibration {'cleared' if calibration.clear(path) else 'was not set'}: {path}")
+        except ConfigError as exc:
+            raise click.ClickException(f"calibration.path: {exc}") from None
         return
     try:
         record, scored = calibrate_sensor(cfg, scfg.device, n_windows, timeout_s)
@@ -138,7 +154,8 @@ def calibrate(config: Path, device: str | None, n_windows: int, timeout_s: float
         raise click.ClickException(f"calibration failed: {exc}") from None
     if record is None:
         raise click.ClickException(f"only {scored} of {n_windows} windows arrived in {timeout_s:g} s; nothing saved")
-    calibration.save(path, record)
+    if not calibration.save(path, record):
+        raise click.ClickException(f"calibration.path: cannot write {path} (see the log); nothing saved")
     click.echo(f"device {scfg.device}: threshold {record.value:.6g} ({record.method}, {record.n} windows) "
                f"saved to {path}")
 

@@ -36,6 +36,7 @@ Per sensor::
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import tomllib
 import types
@@ -332,6 +333,11 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
                                        else s.device)
             claim(topics, topic, f"{where}source.mqtt", f"topic {topic!r}")
         claim(paths, cfg.resolve(s.calibration.path).resolve(), f"{where}calibration.path", "this file")
+        check_path(f"{where}bundle.path", cfg.resolve(s.bundle.path), directory=True)
+        if s.alerts.sinks.jsonl:
+            check_path(f"{where}alerts.sinks.jsonl", cfg.resolve(s.alerts.sinks.jsonl))
+    if cfg.status.file:
+        check_path("status.file", cfg.resolve(cfg.status.file))
     if cfg.uploads_enabled:
         spool = cfg.resolve(cfg.uploads.spool_path).resolve()
         owned = {cfg.resolve(s.bundle.path).resolve(): "a bundle.path" for s in cfg.sensors}
@@ -345,8 +351,23 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
         for p, what in owned.items():
             if p in spool.parents:
                 raise ConfigError(f"uploads.spool_path: {spool} is inside {what} ({p})")
-        if spool.is_dir():
-            raise ConfigError(f"uploads.spool_path: {spool} is a directory, not a spool file")
+        check_path("uploads.spool_path", spool)
+
+
+def check_path(key: str, path: Path, directory: bool = False) -> None:
+    """ConfigError naming ``key`` when ``path`` cannot be what it must be: a file key that names a directory,
+    a directory key that names a file, or any path under a regular file. A path that does not exist yet is fine."""
+    if os.path.lexists(path):
+        if directory and not path.is_dir():
+            raise ConfigError(f"{key}: {path} is a file, not a directory")
+        if not directory and path.is_dir():
+            raise ConfigError(f"{key}: {path} is a directory, not a file")
+        return
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise ConfigError(f"{key}: {path} cannot exist: {parent} is a file, not a directory")
+            return
 
 
 def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:

@@ -23,6 +23,8 @@ from edge_agent.bundle_watch import BundleWatch, LoadedModel
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError, BundleError
+from edge_agent.health import HealthMonitor
+from edge_agent.health import Input as HealthInput
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
 from edge_agent.ratelog import RateLimitedLog
@@ -107,6 +109,7 @@ class Sensor:
         self._pending_lock = threading.Lock()
         self._ratelog = RateLimitedLog(log)
         self._next_watch = 0.0
+        self.health = HealthMonitor(cfg.device, cfg.health.no_data_s, cfg.health.no_window_s)
 
     # ------------------------------------------------------------------ model
     def load_model(self) -> None:
@@ -147,7 +150,11 @@ class Sensor:
     def _serve(self, model: LoadedModel) -> None:
         """Serve ``model`` (scoring thread, or before the loop starts)."""
         bundle = model.bundle
-        threshold, self.threshold_source = calibration.threshold_in_force(self.calibration_path, bundle, self.device)
+        choice = calibration.choose(self.calibration_path, bundle, self.device)
+        threshold, self.threshold_source = choice.value, choice.source
+        if choice.note is not None:
+            self.counters.calibration_ignored += 1
+            self.counters.calibration_note = choice.note[:500]
         calibrate = self.cfg.calibration.windows if self.threshold_source == "bundle" else 0
         if self.pipeline is None:
             self.pipeline = Pipeline(
@@ -166,10 +173,9 @@ class Sensor:
                  bundle.version, bundle.quantization, threshold, self.threshold_source)
 
     def _calibrated(self, record: calibration.DeviceThreshold) -> None:
-        try:
-            calibration.save(self.calibration_path, record)
-        except OSError as exc:
-            log.error("%s: calibration not saved to %s: %s", self.device, self.calibration_path, exc)
+        if not calibration.save(self.calibration_path, record):
+            log.error("%s: calibration not saved to %s (in force until the agent stops)", self.device,
+                      self.calibration_path)
         self.threshold_source = "calibration"
 
     # ------------------------------------------------------------------ scoring
@@ -187,22 +193,61 @@ class Sensor:
                     log.exception("%s: model %s could not be put in service; keeping the old one", self.device,
                                   model.bundle.version)
         frames = self.source.drain(most)
-        if not frames:
-            return 0
-        self.last_frame = time.monotonic()
         pipeline = self.pipeline
-        if pipeline is None:
-            return len(frames)  # no model yet: the frames are counted by the source, nothing scores them
-        rate = pipeline.windower.sample_rate
-        for frame in frames:
-            try:
-                pipeline.push(frame, wall_time_of(frame, rate))
-            except Exception:  # a bug must cost this sensor a window, never the gateway its life
-                self.counters.internal_errors += 1
-                self._ratelog.log(logging.ERROR, "push", "%s: scoring failed on frame seq %d", self.device,
-                                  frame.seq, exc_info=True)
-                pipeline.break_stream()
+        if frames:
+            self.last_frame = time.monotonic()
+        if frames and pipeline is not None:  # without a model the frames are only counted (by the source)
+            rate = pipeline.windower.sample_rate
+            for frame in frames:
+                try:
+                    pipeline.push(frame, wall_time_of(frame, rate))
+                except Exception:  # a bug must cost this sensor a window, never the gateway its life
+                    self.counters.internal_errors += 1
+                    self._ratelog.log(logging.ERROR, "push", "%s: scoring failed on frame seq %d", self.device,
+                                      frame.seq, exc_info=True)
+                    pipeline.break_stream()
+        self._look_after_health(bool(frames))
         return len(frames)
+
+    # ------------------------------------------------------------------ health
+    def _look_after_health(self, data: bool) -> None:
+        """Is this sensor monitored? A change goes through the alert sinks as a health event (``health.py``)."""
+        p = self.pipeline
+        try:
+            event = self.health.update(
+                data=data, judged=None if p is None else p.windows_scored + p.over_range_spans,
+                counts=self._health_input, burst=p is not None and p.burst,
+                window_samples=p.bundle.spec.window_samples if p is not None else 1,
+                model_version=p.bundle.version if p is not None else None,
+                no_model=self.counters.model.last_reject or "", hint=self._source_hint,
+            )
+            if event is None:
+                return
+            log.log(logging.WARNING if event.state == "fault" else logging.INFO, "%s: health %s (%s): %s",
+                    self.device, event.state, event.condition, event.reason)
+            self.dispatcher.emit(event)
+            if self.on_event is not None:
+                self.on_event(event)
+        except Exception:
+            self.counters.internal_errors += 1
+            self._ratelog.log(logging.ERROR, "health", "%s: health check failed", self.device, exc_info=True)
+
+    def _health_input(self) -> HealthInput:
+        if self.pipeline is None:
+            return HealthInput()
+        c = self.pipeline.windower.counters
+        return HealthInput(c.samples_in, c.samples_invalid, c.samples_over_range, c.gaps, c.samples_missing,
+                           c.frames_rejected)
+
+    def _source_hint(self) -> str:
+        src = self.source
+        connected = getattr(src, "connected", None)
+        if isinstance(connected, threading.Event) and not connected.is_set():
+            return f"port {getattr(src, 'port', '?')} is not open"
+        conn = getattr(src, "connection", None)
+        if conn is not None and not conn.connected:
+            return "the MQTT connection is down"
+        return ""
 
     def _on_window(self, w: Window | None, result, event: AlertEvent | None) -> None:
         if event is not None:
@@ -255,12 +300,14 @@ class Sensor:
         } | {k: v for k, v in src.as_dict().items() if k not in ("frames", "bytes")} | {
             "queued_frames": getattr(self.source, "queued", 0),
             "internal_errors": self.counters.internal_errors,
+            "calibration_ignored": self.counters.calibration_ignored,
+            "calibration_note": self.counters.calibration_note,
             "first_inference_s": None if self.first_inference_s is None else round(self.first_inference_s, 3),
             "model_swaps": self.counters.model.swaps,
             "model_rejects": self.counters.model.rejects,
             "model_last_reject": self.counters.model.last_reject,
-            "sinks": {name: {"delivered": self.dispatcher.delivered[name], "failed": self.dispatcher.failures[name]}
-                      for name in self.dispatcher.names},
+            "sinks": self.dispatcher.status(),
+            "health": self.health.state.as_dict(),
             "uploads_offered": self.uploads_offered,
         }
         return doc

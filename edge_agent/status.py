@@ -99,6 +99,8 @@ class Counters:
     """Counters of one sensor that are not owned by the source or the windower."""
 
     internal_errors: int = 0
+    calibration_ignored: int = 0  # a calibration file present but not applied (unreadable, invalid, stale)
+    calibration_note: str | None = None  # why, the last time
     model: ModelCounters = field(default_factory=ModelCounters)
 
 
