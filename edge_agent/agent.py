@@ -28,7 +28,7 @@ from edge_agent.alerts import AlertEvent
 from edge_agent.bundle_watch import load_served_model
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import wire
-from edge_agent.contract.errors import AgentError, BundleError, ConfigError
+from edge_agent.contract.errors import AgentError, BundleError, ConfigError, UploadError
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.pipeline import Pipeline, WindowCallback
 from edge_agent.sensor import Sensor, make_source, policy_of
@@ -87,7 +87,10 @@ class Agent:
             from edge_agent.uploader import Uploader
 
             u = cfg.uploads
-            self._spool = Spool(cfg.resolve(u.spool_path), u.spool_max_bytes, u.spool_max_records)
+            try:
+                self._spool = Spool(cfg.resolve(u.spool_path), u.spool_max_bytes, u.spool_max_records)
+            except UploadError as exc:
+                raise UploadError(f"uploads.spool_path: {exc}") from None
             self._uploader = Uploader(self._spool, self.connection, u.batch, threading.Event())
         self._upload_policies: dict[str, object] = {}
         self.sensors: list[Sensor] = []
@@ -272,7 +275,8 @@ class Agent:
             "uploads": None if self._uploader is None else {
                 "sent": self._uploader.sent, "pending": self._uploader.pending, "dropped": self._uploader.dropped,
                 "failed_attempts": self._uploader.failed_attempts, "spool_evicted": self._spool.evicted,
-                "spool_bytes": self._spool.bytes,
+                "spool_bytes": self._spool.bytes, "spool_quarantined": self._spool.quarantined,
+                "spool_lock_waits": self._spool.lock_waits, "spool_waiting_in_memory": self._spool.waiting,
             },
             "sensors": sensors,
         }

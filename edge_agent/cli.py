@@ -75,6 +75,14 @@ def validate_config(config: Path) -> None:
             continue
         lines.append(f"  {s.device}: source {s.source.kind}, bundle {path}: {bundle.model_id} {bundle.version}, "
                      f"{bundle.quantization}")
+    if cfg.uploads_enabled:
+        from edge_agent.contract.errors import UploadError
+        from edge_agent.spool import check_spool_path
+
+        try:
+            check_spool_path(cfg.resolve(cfg.uploads.spool_path))
+        except UploadError as exc:
+            problems.append(f"{config}: uploads.spool_path: {exc}")
     if problems:
         raise click.ClickException("\n".join(problems))
     click.echo(f"{config}: ok (gateway {cfg.gateway}, {len(cfg.sensors)} sensor{'s' if len(cfg.sensors) > 1 else ''})")

@@ -151,6 +151,8 @@ class Uploader:
 
     def _step(self) -> bool:
         """One round: finish the in-flight batch or publish the next one. False when the round failed."""
+        if self.spool.waiting:
+            self.spool.flush()  # records held in memory while another program locked the spool
         if self._inflight:
             return self._collect()
         if not self.connection.wait_connected(0.5):
