@@ -326,6 +326,7 @@ def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeo
     pipeline = Pipeline(
         model.bundle, device=scfg.device, threshold=model.bundle.threshold.value, policy=policy_of(scfg),
         scorer=model.scorer, sample_rate=scfg.source.sample_rate, calibrate=n_windows, on_calibrated=records.append,
+        bridge_fraction=scfg.health.bridge_fraction,
     )
     source = make_source(scfg, connection)
     source.start()

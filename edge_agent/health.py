@@ -59,7 +59,7 @@ class HealthEvent:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "state": self.state, "condition": self.condition, "device": self.device,
-                "reason": self.reason, "since": None if self.since is None else round(self.since, 3),
+                "reason": self.reason, "since": self.since,
                 "time": round(self.time, 3), "model_version": self.model_version}
 
 
@@ -190,14 +190,14 @@ class HealthMonitor:
         if not changed:
             return None
         was_fault = s.state != "ok"
-        s.state, s.since = condition, since
+        s.state, s.since = condition, None if since is None else round(since, 3)
         if condition == "ok" and not was_fault:
             return None
         s.events += 1
         if condition == "ok":
             return HealthEvent("recovered", "ok", self.device, "windows are scored again", None, self._wall(),
                                model_version)
-        return HealthEvent("fault", condition, self.device, reason, since, self._wall(), model_version)
+        return HealthEvent("fault", condition, self.device, reason, s.since, self._wall(), model_version)
 
 
 def _percent(x: float) -> str:

@@ -160,7 +160,7 @@ class Sensor:
             self.pipeline = Pipeline(
                 bundle, device=self.device, threshold=threshold, policy=policy_of(self.cfg), scorer=model.scorer,
                 sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, on_window=self._on_window,
-                on_calibrated=self._calibrated,
+                on_calibrated=self._calibrated, bridge_fraction=self.cfg.health.bridge_fraction,
             )
         else:
             old = self.pipeline.bundle.version
@@ -254,7 +254,7 @@ class Sensor:
             self.dispatcher.emit(event)
             if self.on_event is not None:
                 self.on_event(event)
-        if w is not None and self.offer_upload is not None and not self.pipeline.calibrating:
+        if w is not None and self.offer_upload is not None and not self.pipeline.calibrating and not w.bridged:
             self.offer_upload(self, w, result)
         if self.on_window_cb is not None:
             self.on_window_cb(w, result, event)
@@ -288,6 +288,9 @@ class Sensor:
                 "duplicates": wc.duplicates,
                 "samples_invalid": wc.samples_invalid,
                 "samples_over_range": wc.samples_over_range,
+                "samples_bridged": wc.samples_bridged,
+                "windows_bridged": wc.windows_bridged,
+                "windows_withheld": wc.windows_withheld,
                 "over_range_spans": p.over_range_spans,
                 "windows_scored": p.windows_scored,
                 "inference_ms_p50": lat["p50"],

@@ -19,6 +19,16 @@ What makes a span unusable (the window assembly restarts after it, so no scored 
   or out-of-range ones also in ``samples_over_range``: the pipeline treats a span of them as an
   anomaly in itself, see ``pipeline.Pipeline``).
 
+Bridging (``bridge`` > 0, features mode with order-free block features only: no FFT bands): a forward gap
+or a run of NaN rows of at most ``bridge`` samples does not restart assembly; the missing samples are
+left out and the block goes on with the next valid ones (rms, peak, kurtosis, crest of a block are
+statistics of its samples, whatever their order, so a block of 1024 valid samples from 1280 samples of
+time measures the same vibration). A window in which more than ``bridge`` samples were left out is
+withheld (``windows_withheld``), never scored; a scored window says how many it bridged
+(``Window.bridged``; counters ``windows_bridged``, ``samples_bridged``). Saturated and out-of-range rows
+are never bridged: they are what the pipeline alerts on. Raw-mode windows (the model sees the samples
+themselves) are never bridged.
+
 For contiguous valid input the windows are exactly ``preprocess.windows(preprocess.steps(x), T, hop)``
 whatever the framing, because each block's features depend only on that block.
 """
@@ -61,6 +71,9 @@ class WindowerCounters:
     samples_invalid: int = 0
     samples_over_range: int = 0  # the part of samples_invalid that is saturated or beyond signal.range
     windows: int = 0
+    samples_bridged: int = 0  # missing or NaN samples left out without restarting assembly
+    windows_bridged: int = 0  # windows emitted with bridged samples in them
+    windows_withheld: int = 0  # windows not emitted: more than ``bridge`` samples missing in them
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -73,13 +86,15 @@ class Window:
     ``steps`` is a (T, F) float32 buffer owned by the windower and overwritten by the next
     window: copy it if you keep it. ``seq_end`` is the sequence number (sample index mod 2**32)
     just past the window's last sample; ``t_end_us`` the sensor clock there. ``stats`` holds
-    per-channel ``rms`` and ``peak`` of the window's raw samples (lists of C floats).
+    per-channel ``rms`` and ``peak`` of the window's raw samples (lists of C floats); ``bridged`` the
+    missing or invalid samples left out inside it (0 for a window of contiguous valid samples).
     """
 
     steps: np.ndarray
     seq_end: int = 0
     t_end_us: int = 0
     stats: dict | None = None
+    bridged: int = 0
 
 
 class Windower:
@@ -91,6 +106,8 @@ class Windower:
         sample_rate: Hz, for window end times (defaults to ``spec.sample_rate``; without one
             the end time is the end frame's ``t0_us``).
         with_stats: compute per-channel rms/peak of each window's raw samples.
+        bridge: most missing or NaN samples left out per window without restarting assembly (features
+            mode without FFT bands only; 0 = every gap restarts).
     """
 
     def __init__(
@@ -99,6 +116,7 @@ class Windower:
         value_range: float | None = None,
         sample_rate: float | None = None,
         with_stats: bool = True,
+        bridge: int = 0,
     ) -> None:
         self.spec = spec
         self.value_range = value_range
@@ -117,6 +135,9 @@ class Windower:
         self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_FRAMES)  # (seq, n, payload hash)
         self._run = 0  # contiguous valid steps since the last restart
         self._pfill = 0  # samples in the pending partial block
+        self.bridge = int(bridge) if self._features and not spec.fft_bands else 0
+        self._skips: deque[int] = deque(maxlen=spec.window)  # samples left out while each step was assembled
+        self._skip_pending = 0  # left out in the step being assembled
         self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ control
@@ -125,8 +146,21 @@ class Windower:
         self._run = 0
         self._pfill = 0
         self._steps.clear()
+        self._skips.clear()
+        self._skip_pending = 0
         if self._raw is not None:
             self._raw.clear()
+
+    def _bridge_over(self, n: int) -> bool:
+        """Leave ``n`` missing or invalid samples out without a restart, if the budget allows (else restart)."""
+        if self._run == 0 and self._pfill == 0:
+            return True  # nothing assembled yet: nothing to bridge, nothing to restart
+        if 0 < n <= self.bridge:
+            self._skip_pending += n
+            self.counters.samples_bridged += n
+            return True
+        self.restart()
+        return False
 
     def reset_sequence(self) -> None:
         """Restart and forget the expected sequence number (the next frame starts a new stream)."""
@@ -161,10 +195,11 @@ class Windower:
                 if 0 < gap <= MAX_PLAUSIBLE_GAP:
                     c.samples_missing += gap
                     self._ratelog.warning("gap", "sequence gap: %d samples missing before seq %d", gap, frame.seq)
+                    self._bridge_over(gap)
                 else:
                     c.resyncs += 1
                     self._ratelog.warning("resync", "sequence jumped from %d to %d: resynchronising", self.expected_seq, frame.seq)
-                self.restart()
+                    self.restart()
         c.samples_in += n
         self.expected_seq = frame.next_seq
         self._recent.append((frame.seq, n, hash(x.tobytes())))
@@ -177,11 +212,16 @@ class Windower:
         c.samples_over_range += int((bad & np.isfinite(x).all(axis=1)).sum())
         self._ratelog.warning("invalid", "%d invalid samples (NaN, saturated or out of range) in frame seq %d", int(bad.sum()), frame.seq)
         start = 0
-        for i in np.flatnonzero(bad):
-            if i > start:
-                self._feed(x, start, int(i), frame, emit)
-            self.restart()
-            start = int(i) + 1
+        rows = np.flatnonzero(bad)
+        breaks = np.flatnonzero(np.diff(rows) > 1)
+        nan_only = self.bridge and not frame.saturated and (self.value_range is None or not bool(
+            (np.abs(np.nan_to_num(x[rows], nan=0.0)) > self.value_range).any()))
+        for a, b in zip(rows[np.r_[0, breaks + 1]], rows[np.r_[breaks, len(rows) - 1]] + 1, strict=True):
+            if a > start:  # rows a..b-1 are one run of invalid rows
+                self._feed(x, start, int(a), frame, emit)
+            if not (nan_only and self._bridge_over(int(b - a))):
+                self.restart()
+            start = int(b)
         if start < n:
             self._feed(x, start, n, frame, emit)
         return c.windows - before
@@ -242,6 +282,10 @@ class Windower:
             need = spec.window - run if run < spec.window else spec.hop - (run - spec.window) % spec.hop
             take = min(need, k - i)
             self._steps.write(steps[i : i + take])
+            if self.bridge:
+                self._skips.append(self._skip_pending)
+                self._skips.extend([0] * (take - 1))
+                self._skip_pending = 0
             if self._raw is not None:
                 self._raw.write(raw[i * block : (i + take) * block])
             self._run += take
@@ -252,6 +296,11 @@ class Windower:
     def _emit(self, frame: wire.Frame, end_row: int, emit: Callable[[Window], None]) -> None:
         """``end_row``: row of ``frame`` just past the window's last sample."""
         w = self._window
+        w.bridged = sum(self._skips) if self.bridge else 0
+        if w.bridged > self.bridge:
+            self.counters.windows_withheld += 1
+            return
+        self.counters.windows_bridged += w.bridged > 0
         self._steps.latest(self.spec.window, w.steps)
         w.seq_end = (frame.seq + end_row) % wire.SEQ_MOD
         if self.sample_rate:
