@@ -262,6 +262,7 @@ class Agent:
             "sensors_total": len(sensors),
             "sensors_alerting": sum(d.get("alert_state") in ("warning", "critical") for d in sensors.values()),
             "sensors_without_model": sum(d["state"] == "no_model" for d in sensors.values()),
+            "sensors_unmonitored": sum(d["health"]["state"] != "ok" for d in sensors.values()),
             "samples_in": total("samples_in"),
             "windows_scored": total("windows_scored"),
             "alerts": total("alerts"),
@@ -296,7 +297,7 @@ class Agent:
             return infos
         summary = {k: v for k, v in doc.items() if k != "sensors"}
         summary["sensors"] = {dev: {k: d.get(k) for k in ("state", "alert_state", "model_version", "windows_scored")}
-                              for dev, d in doc["sensors"].items()}
+                              | {"health": d["health"]["state"]} for dev, d in doc["sensors"].items()}
         messages = [(self.status_topic, json.dumps(summary, separators=(",", ":")))]
         for dev, d in doc["sensors"].items():
             messages.append((wire.status_topic(dev), "offline" if final else

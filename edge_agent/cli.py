@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -67,7 +68,7 @@ def validate_config(config: Path) -> None:
         except ConfigError as exc:
             msg = str(exc) if str(exc).startswith(f"{where}calibration.path") else f"{where}calibration.path: {exc}"
             problems.append(f"{config}: {msg} (the agent would ignore it and use the bundle threshold)")
-        path = cfg.resolve(s.bundle.path)
+        path = Path(os.path.normpath(cfg.resolve(s.bundle.path)))
         try:
             bundle = Bundle.load(path)
         except BundleError as exc:
@@ -191,7 +192,8 @@ def deploy(bundle: Path, to: Path | None, config: Path | None, device: str | Non
         try:
             to = cfg.resolve(cfg.sensor(device).bundle.path)
         except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(f"{exc}, with --sensor") from None
+    to = Path(os.path.normpath(to))
     replaces = to.exists()
     try:
         installed = deploy_bundle(bundle, to)
