@@ -37,7 +37,7 @@ from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, Window
 from edge_agent.contract import wire
 from edge_agent.contract.bundle import Bundle
 from edge_agent.scorer import Scorer
-from edge_agent.windows import Window, Windower
+from edge_agent.windows import BRIDGE_FRACTION, Window, Windower
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Pipeline:
             the bundle's method (``calibration.compute``) and start alerting.
         burst: True: the sender is a burst sensor (the debounce carries across restarts); None: recognise it.
         bridge_fraction: share of a window's samples that may be missing or NaN and left out instead of
-            restarting assembly (``windows.Windower``'s ``bridge``; 0 = never).
+            restarting assembly (``windows.Windower``'s ``bridge``; 0 = never; the default is the agent's).
         on_window: called for every scored window (and over-range span) with its event, if any.
         on_calibrated: called with the ``DeviceThreshold`` once calibration finished.
     """
@@ -145,7 +145,7 @@ class Pipeline:
         sample_rate: float | None = None,
         calibrate: int = 0,
         burst: bool | None = None,
-        bridge_fraction: float = 0.0,
+        bridge_fraction: float = BRIDGE_FRACTION,
         on_window: WindowCallback | None = None,
         on_calibrated: Callable[[calibration.DeviceThreshold], None] | None = None,
     ) -> None:

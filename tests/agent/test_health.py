@@ -18,7 +18,7 @@ from tests.broker import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 
-HEALTH = {"no_data_s": 1.0, "no_window_s": 1.0}
+HEALTH = {"no_data_s": 2.0, "no_window_s": 1.0}
 
 
 def _frames(x: np.ndarray, seq0: int, n: int = 1024) -> list[bytes]:
@@ -104,7 +104,7 @@ def test_no_windows_no_data_and_recovery_are_health_events_through_the_sinks(tmp
 def test_a_burst_sensor_is_not_reported_dead_between_bursts(tmp_path, agent_bundle, degrading_samples):
     link = PtyLink(tmp_path / "ttyV0", write_timeout=10)
     cfg = agent_config(tmp_path, agent_bundle, source={"kind": "serial", "serial": {"port": link.path}},
-                       health=HEALTH)
+                       health={"no_data_s": 1.5})
     agent = Agent(load_config(cfg))
     sensor = agent.sensor()
     stop = threading.Event()
@@ -120,16 +120,16 @@ def test_a_burst_sensor_is_not_reported_dead_between_bursts(tmp_path, agent_bund
             assert wait_for(lambda s=scored: sensor.pipeline.windows_scored > s + 5, 20)
             assert wait_for(lambda: sensor.health.state.state == "ok", 5)
             silence = threading.Event()
-            while not silence.wait(0.1):  # 2.5 s of silence, longer than no_data_s
+            while not silence.wait(0.1):  # 3 s of silence, twice no_data_s
                 faults.append(sensor.health.state.state)
-                if len(faults) >= 25 * (k + 1):
+                if len(faults) >= 30 * (k + 1):
                     break
         assert sensor.pipeline.burst
     finally:
         stop.set()
         thread.join(20)
         link.close()
-    first, later = faults[:25], faults[25:]
+    first, later = faults[:30], faults[30:]
     assert "no_data" in first  # before the second burst nobody can tell a burst sensor from a dead one
     assert set(later) == {"ok"}, later  # once it is known, its silences are not faults
     assert agent.status()["sensors"]["pump-7"]["health"]["events"] == 2  # the first silence, and its recovery
