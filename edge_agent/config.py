@@ -22,7 +22,7 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
 
 Per sensor::
 
-    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none)
+    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none), burst
     [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only), read_timeout_s, reopen_max_s
     [source.mqtt]   topic_device (defaults to device), qos
     [bundle]      path, watch_s (0 = no hot swap), num_threads
@@ -74,6 +74,7 @@ class Source:
     mqtt: MqttSource | None = None
     queue_frames: int = field(default=1024, metadata=_rng(8, 1_000_000))
     sample_rate: float | None = field(default=None, metadata=_rng(0.001, 10_000_000.0))  # Hz, if the bundle has none
+    burst: bool | None = None  # sends snapshots (sequence may restart per burst); unset: recognised when it happens
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,8 @@ class Sensor:
         if self.pipeline is None:
             self.pipeline = Pipeline(
                 bundle, device=self.device, threshold=threshold, policy=policy_of(self.cfg), scorer=model.scorer,
-                sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, on_window=self._on_window,
+                sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, burst=self.cfg.source.burst,
+                on_window=self._on_window,
                 on_calibrated=self._calibrated,
             )
         else:
