@@ -8,6 +8,8 @@ Threads (one stop event ends them all)::
                                                                       every status.every_s: status file + MQTT
     bundle watcher ─ loads and tests changed bundles, hands them to their sensor (swapped between frames)
     alert sinks (MQTT publisher, command runner) and the uploader have their own small threads.
+    web server ([http]) ─ status page and /metrics, reading the status snapshot the scoring loop refreshes
+    every second and each sensor's bounded history.
 
 The agent owns the one :class:`MqttConnection` (its last will marks the gateway offline) and hands it to
 the MQTT sources, the alert sinks, the status publisher and the uploader.
@@ -37,6 +39,9 @@ from edge_agent.status import write_json_atomic
 from edge_agent.windows import Window
 
 log = logging.getLogger(__name__)
+
+#: Seconds between refreshes of the status snapshot the web server reads.
+SNAPSHOT_S = 1.0
 
 
 def gateway_topic(gateway: str, leaf: str) -> str:
@@ -78,6 +83,16 @@ class Agent:
                 will=(self.availability_topic, b"offline", 1, True),
             )
             self.connection.add_connect_listener(self._on_connect)
+        self.discovery = None
+        if cfg.homeassistant.enabled and self.connection is not None:
+            from edge_agent.homeassistant import Discovery
+
+            self.discovery = Discovery(cfg, self.connection)
+        self.web = None
+        if cfg.http.enabled:
+            from edge_agent.web import StatusServer
+
+            self.web = StatusServer(self, cfg.http.listen, cfg.http.port)
         self._jsonl: dict[Path, JsonlSink] = {}
         self._log_sink = LogSink()
         self._spool = None
@@ -114,6 +129,8 @@ class Agent:
         if len(errors) == len(self.sensors):
             raise BundleError("no sensor has a model it can serve: " + "; ".join(errors))
         self._next_status = 0.0
+        self._snapshot: tuple[dict, float] | None = None
+        self._next_snapshot = 0.0
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -190,12 +207,17 @@ class Agent:
             self._uploader.start()
         self._watcher = threading.Thread(target=self._watch_bundles, name="bundle-watch", daemon=True)
         self._watcher.start()
+        self._refresh_snapshot(time.monotonic())
+        if self.web is not None:
+            self.web.start()
         log.info("edge-agent %s running %d sensor(s)", self.cfg.gateway, len(self.sensors))
         try:
             while not stop.is_set():
                 self.wake.clear()
                 busy = sum(sensor.poll() for sensor in self.sensors)
                 now = time.monotonic()
+                if now >= self._next_snapshot:
+                    self._refresh_snapshot(now)
                 if now >= self._next_status:
                     self._next_status = now + self.cfg.status.every_s
                     self.publish_status()
@@ -215,6 +237,8 @@ class Agent:
 
     def close(self) -> None:
         """Stop reading, leave "offline" as the retained state, flush the sinks, disconnect."""
+        if self.web is not None:
+            self.web.stop()
         self._stop_watch.set()
         if self._watcher is not None:
             self._watcher.join(10)
@@ -240,6 +264,25 @@ class Agent:
                         log.exception("alert sink %r: close failed", sink)
         if self.connection is not None:
             self.connection.stop()
+
+    # ------------------------------------------------------------------ web (read by the web server's threads)
+    def _refresh_snapshot(self, now: float) -> None:
+        """Scoring thread: the status document the web server serves (replaced whole, never mutated)."""
+        self._next_snapshot = now + SNAPSHOT_S
+        self._snapshot = (self.status(), now)
+
+    def snapshot(self) -> tuple[dict, float]:
+        """The latest status snapshot and its age in seconds (taken now when the loop has not run yet)."""
+        snap = self._snapshot
+        if snap is None:
+            return self.status(), 0.0
+        return snap[0], time.monotonic() - snap[1]
+
+    def histories(self) -> dict:
+        return {s.device: s.history for s in self.sensors}
+
+    def queue_capacity(self) -> dict[str, int]:
+        return {s.device: s.cfg.source.queue_frames for s in self.sensors}
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
@@ -269,6 +312,8 @@ class Agent:
                 "failed_attempts": self._uploader.failed_attempts, "spool_evicted": self._spool.evicted,
                 "spool_bytes": self._spool.bytes,
             },
+            "http": None if self.web is None else self.web.status(),
+            "homeassistant": None if self.discovery is None else self.discovery.status(),
             "sensors": sensors,
         }
         return doc

@@ -16,6 +16,8 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
     [status]      every_s, file, mqtt
     [uploads]     the gateway's spool: spool_path, spool_max_bytes, spool_max_records, batch
                   (and enabled, every_s, only_normal as the sensors' default)
+    [http]        enabled, listen, port: the local status page and the Prometheus /metrics endpoint
+    [homeassistant] enabled, discovery_prefix: Home Assistant MQTT discovery of every sensor
     [alerts] [bundle] [source] [calibration] [health]      defaults for every sensor
     [[sensors]]   device, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
                   [sensors.calibration] (default path calibration/<device>.json), [sensors.health]
@@ -132,6 +134,32 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Http:
+    """The gateway's read-only web endpoint: the status page (``/``) and Prometheus metrics (``/metrics``).
+
+    On by default, on the loopback interface only: a technician on the gateway (or through an SSH tunnel)
+    and a Prometheus on the same host see it without any set-up, and nothing is reachable from the network
+    until ``listen`` says so. A port already taken is logged and counted; the agent keeps scoring.
+    """
+
+    enabled: bool = True
+    listen: str = field(default="127.0.0.1", metadata=_rng())  # an IP address: 127.0.0.1, ::1, 0.0.0.0, ...
+    port: int = field(default=9847, metadata=_rng(0, 65535))  # 0: any free port (tests)
+
+
+@dataclass(frozen=True)
+class HomeAssistant:
+    """Home Assistant MQTT discovery: retained entity configs under ``<discovery_prefix>/...`` on every connect.
+
+    Off by default: the broker may be shared, and retained messages in another application's topic tree
+    must be asked for.
+    """
+
+    enabled: bool = False
+    discovery_prefix: str = field(default="homeassistant", metadata=_rng())
+
+
+@dataclass(frozen=True)
 class Calibration:
     path: str = "calibration.json"
     windows: int = field(default=0, metadata=_rng(0, 1_000_000))  # > 0: calibrate on the first N windows when unset
@@ -172,6 +200,8 @@ class AgentConfig:
     mqtt: Mqtt | None = None
     uploads: Uploads = field(default_factory=Uploads)
     status: Status = field(default_factory=Status)
+    http: Http = field(default_factory=Http)
+    homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
     base_dir: Path = Path(".")
     path: Path | None = None  # the config file, when loaded from one
 
@@ -203,7 +233,7 @@ class AgentConfig:
 
 #: Sections of a sensor that may also be given once at the top level, as every sensor's defaults.
 SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health")
-GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors")
+GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant")
 _SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch")
 
 
@@ -285,6 +315,8 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
         mqtt=mqtt,
         uploads=_build(Uploads, gateway_uploads, "uploads"),
         status=_build(Status, data.get("status", {}), "status"),
+        http=_build(Http, data.get("http", {}), "http"),
+        homeassistant=_build(HomeAssistant, data.get("homeassistant", {}), "homeassistant"),
         base_dir=base_dir,
     )
     _check_semantics(cfg, legacy)
@@ -312,6 +344,7 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
         wire.check_device_id(cfg.gateway)
     except ConfigError as exc:
         raise ConfigError(f"gateway: {exc}") from None
+    _check_web(cfg)
     devices: dict[str, str] = {}
     ports: dict[str, str] = {}
     topics: dict[str, str] = {}
@@ -348,6 +381,26 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
                 raise ConfigError(f"uploads.spool_path: {spool} is inside {what} ({p})")
         if spool.is_dir():
             raise ConfigError(f"uploads.spool_path: {spool} is a directory, not a spool file")
+
+
+def _check_web(cfg: AgentConfig) -> None:
+    """[http] and [homeassistant]: an address to bind, and what discovery needs."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(cfg.http.listen)
+    except ValueError:
+        raise ConfigError(f"http.listen: must be an IP address (127.0.0.1, ::1, 0.0.0.0), got {cfg.http.listen!r}"
+                          ) from None
+    ha = cfg.homeassistant
+    prefix = ha.discovery_prefix
+    if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        raise ConfigError(f"homeassistant.discovery_prefix: must be a topic without wildcards or empty levels, "
+                          f"got {prefix!r}")
+    if ha.enabled and cfg.mqtt is None:
+        raise ConfigError("homeassistant.enabled: needs a [mqtt] broker section")
+    if ha.enabled and not cfg.status.mqtt:
+        raise ConfigError("homeassistant.enabled: needs status.mqtt = true (the entities read vib/<device>/status)")
 
 
 def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:

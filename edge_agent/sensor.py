@@ -23,6 +23,7 @@ from edge_agent.bundle_watch import BundleWatch, LoadedModel
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError, BundleError
+from edge_agent.history import SensorHistory
 from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
 from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
 from edge_agent.sinks import AlertDispatcher
@@ -97,6 +98,7 @@ class Sensor:
         self.on_window_cb = on_window
         self.source = make_source(cfg, connection, wake)
         self.counters = Counters()
+        self.history = SensorHistory()  # what the status page draws (read by the web server's threads)
         self.pipeline: Pipeline | None = None
         self.threshold_source = "bundle"
         self.first_inference_s: float | None = None
@@ -198,7 +200,9 @@ class Sensor:
         return len(frames)
 
     def _on_window(self, w: Window | None, result, event: AlertEvent | None) -> None:
+        self.history.record(result, self.pipeline.state)
         if event is not None:
+            self.history.record_event(event)
             self.dispatcher.emit(event)
             if self.on_event is not None:
                 self.on_event(event)
