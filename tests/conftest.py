@@ -38,3 +38,19 @@ def shared_data() -> Path:
         if cand and Path(cand).is_dir():
             return Path(cand)
     pytest.skip("real recordings not available (no ../shared/data): statistics not checked")
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's ``chromium`` + ``chromium-driver``) under Selenium.
+
+    Skipped where they are not installed, except under CI (``CI`` set), where that is a failure.
+    """
+    from tests import browser as b
+
+    if not b.available():
+        if os.environ.get("CI"):
+            pytest.fail(f"{b.CHROMIUM} / {b.CHROMEDRIVER} not found: .ci/run should have installed them")
+        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver)")
+    with b.chromium() as driver:
+        yield driver

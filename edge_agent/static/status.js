@@ -3,12 +3,15 @@
 // every text goes through textContent, never innerHTML (device ids and reasons are data, not markup).
 "use strict";
 
-const POLL_MS = 2000;
+// ?poll=MS polls faster or slower (tests); never faster than 4 times a second
+const POLL_MS = Math.max(250, Number(new URLSearchParams(location.search).get("poll")) || 2000);
 const STALE_S = 5;
 const SVG = "http://www.w3.org/2000/svg";
 const CHART = { w: 640, h: 180, left: 52, right: 10, top: 10, bottom: 22 };
 const SPARK = { w: 640, h: 46, left: 52, right: 10, top: 4, bottom: 4 };
-// health counters shown on each card, in this order, when the sensor's status has them
+// health counters shown on each card, in this order, when the sensor's status has them: the first ones always,
+// the others only when they are not zero (one line says so)
+const ALWAYS = new Set(["frames_dropped", "crc_errors", "gaps", "samples_invalid", "bad_payloads"]);
 const COUNTERS = [
   ["frames_dropped", "frames dropped (queue full)"], ["crc_errors", "CRC errors"], ["bad_headers", "bad headers"],
   ["frames_rejected", "frames rejected"], ["duplicates", "duplicates"], ["bad_payloads", "bad payloads"],
@@ -46,9 +49,9 @@ function clock(t) {
 }
 
 function ago(s) {
-  if (s < 90) return `${Math.round(s)} s`;
-  if (s < 5400) return `${Math.round(s / 60)} min`;
-  return `${(s / 3600).toFixed(1)} h`;
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Number((s / 60).toFixed(1))} min`;
+  return `${Number((s / 3600).toFixed(1))} h`;
 }
 
 function makeCard(device) {
@@ -123,11 +126,21 @@ function renderHealth(c, s) {
     delete health.dataset.state;
   }
   c.counters.replaceChildren();
+  let hidden = 0;
   for (const [key, label] of COUNTERS) {
     if (typeof s[key] !== "number") continue;
+    if (!ALWAYS.has(key) && s[key] === 0) {
+      hidden += 1;
+      continue;
+    }
     const tr = el("tr", s[key] > 0 ? "nonzero" : "");
     tr.dataset.key = key;
     tr.append(el("td", "", label), el("td", "num", fmt(s[key], 12)));
+    c.counters.appendChild(tr);
+  }
+  if (hidden) {
+    const tr = el("tr", "rest");
+    tr.append(el("td", "", `${hidden} other counters`), el("td", "num", "0"));
     c.counters.appendChild(tr);
   }
 }
@@ -151,12 +164,16 @@ function xScale(box, t0, now) {
   return { span, at: (t) => box.left + (box.w - box.left - box.right) * (1 - (now - t) / span) };
 }
 
+// vertical grid lines at round times before now (10 s ... 1 h steps, 2 to 6 of them across the span)
+const STEPS = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
 function drawAxisTimes(g, box, xs) {
-  for (const f of [1, 0.5, 0]) {
-    const x = box.left + (box.w - box.left - box.right) * (1 - f);
+  const step = STEPS.find((s) => xs.span / s <= 6) || xs.span / 4;
+  const width = box.w - box.left - box.right;
+  for (let k = 0; k * step <= xs.span + 1e-9; k++) {
+    const x = box.left + width * (1 - (k * step) / xs.span);
     svg("line", { x1: x, x2: x, y1: box.top, y2: box.h - box.bottom, class: "grid" }, g);
-    const label = svg("text", { x, y: box.h - 6, class: "tick", "text-anchor": f === 0 ? "end" : "middle" }, g);
-    label.textContent = f === 0 ? "now" : `−${ago(xs.span * f)}`;
+    const label = svg("text", { x, y: box.h - 6, class: "tick", "text-anchor": k === 0 ? "end" : "middle" }, g);
+    label.textContent = k === 0 ? "now" : `−${ago(k * step)}`;
   }
 }
 
