@@ -229,7 +229,7 @@ class StatusServer:
             self.error = f"cannot listen on {self.listen}:{self.requested_port}: {exc.strerror or exc}"
             log.error("status page and /metrics disabled: %s (set [http] port, or enabled = false)", self.error)
             return False
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="web", daemon=True)
         self._thread.start()
         log.info("status page at %s, Prometheus metrics at %smetrics", self.url, self.url)
