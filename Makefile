@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/bench_export.py
 	$(PY) bench/bench_sim.py --duration 5
 	$(PY) bench/bench_agent.py
+	$(PY) bench/bench_web.py
 
 demo: setup
 	$(PY) scripts/demo.py --link serial
