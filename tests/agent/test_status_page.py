@@ -1,5 +1,5 @@
 """The status page in a real browser: it loads, its chart follows the windows as they are scored, and an alert
-shows up on the sensor that raised it (and only there)."""
+shows up on the sensor that raised it (and only there); a device id full of markup stays text."""
 
 from __future__ import annotations
 
@@ -17,25 +17,31 @@ from tests.broker import wait_for
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 
 
+HOSTILE = "<img src=x onerror=alert(1)>"  # a valid device id: the page must show it as text, never as markup
+
+
 def _card(browser, device: str):
-    return browser.find_element(By.CSS_SELECTOR, f'section.card[data-sensor="{device}"]')
+    return next(c for c in browser.find_elements(By.CSS_SELECTOR, "section.card")
+                if c.get_attribute("data-sensor") == device)
 
 
 def _points(browser, device: str) -> int:
-    cards = browser.find_elements(By.CSS_SELECTOR, f'section.card[data-sensor="{device}"] svg.chart')
-    return int(cards[0].get_attribute("data-points") or 0) if cards else 0
+    try:
+        return int(_card(browser, device).find_element(By.CSS_SELECTOR, "svg.chart").get_attribute("data-points") or 0)
+    except StopIteration:
+        return 0
 
 
 def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agent_bundle, degrading_samples):
     links = {"pump-1": PtyLink(tmp_path / "tty1", write_timeout=10),
-             "pump-2": PtyLink(tmp_path / "tty2", write_timeout=10)}
+             HOSTILE: PtyLink(tmp_path / "tty2", write_timeout=10)}
     agent = Agent(gateway_config(tmp_path, agent_bundle, links))
     frames = frames_of(degrading_samples, 1024)
     first, healthy = len(frames) // 8, len(frames) // 2  # the defect starts at 60 % of the recording
     wait = WebDriverWait(browser, 20, poll_frequency=0.1)
     p1 = agent.sensor("pump-1")
 
-    def send(a: int, b: int, devices=("pump-1", "pump-2")) -> float:
+    def send(a: int, b: int, devices=("pump-1", HOSTILE)) -> float:
         for f in frames[a:b]:
             for d in devices:
                 links[d].send(f)
@@ -60,10 +66,10 @@ def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agen
             wait.until(lambda b: _points(b, "pump-1") > before)
             assert _card(browser, "pump-1").find_elements(By.CSS_SELECTOR, "polyline.threshold")
 
-            send(healthy, len(frames), devices=("pump-1",))  # pump-1 fails; pump-2 stays quiet
+            send(healthy, len(frames), devices=("pump-1",))  # pump-1 fails; the other stays quiet
             wait.until(lambda b: _card(b, "pump-1").find_elements(By.CSS_SELECTOR, 'table.alerts tr[data-kind="raised"]'))
             wait.until(lambda b: _card(b, "pump-1").get_attribute("data-state") in ("warning", "critical"))
-            card1, card2 = _card(browser, "pump-1"), _card(browser, "pump-2")
+            card1, card2 = _card(browser, "pump-1"), _card(browser, HOSTILE)
             badge = card1.find_element(By.CSS_SELECTOR, ".badge").text.lower()
             assert badge in ("warning", "critical")
             assert card1.find_elements(By.CSS_SELECTOR, "svg.chart rect.band")  # the alert period is shaded
@@ -75,6 +81,7 @@ def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agen
             assert {"frames_dropped", "crc_errors", "gaps", "samples_invalid"} <= counters
             assert "1 alerting" in browser.find_element(By.ID, "summary").text
             assert not browser.find_element(By.ID, "banner").is_displayed()
+            assert card2.find_element(By.CSS_SELECTOR, "h2").text == HOSTILE and not browser.find_elements(By.TAG_NAME, "img")
             png = browser.get_screenshot_as_png()
     finally:
         for link in links.values():
