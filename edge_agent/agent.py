@@ -31,7 +31,7 @@ from edge_agent.bundle_watch import load_served_model
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError, BundleError
-from edge_agent.mqtt_client import MqttConnection
+from edge_agent.mqtt_client import MqttConnection, connection_for
 from edge_agent.pipeline import Pipeline, WindowCallback
 from edge_agent.sensor import Sensor, make_source, policy_of
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
@@ -77,11 +77,7 @@ class Agent:
         self.status_topic = gateway_topic(cfg.gateway, "status")
         self.connection: MqttConnection | None = None
         if cfg.mqtt is not None:
-            m = cfg.mqtt
-            self.connection = MqttConnection(
-                m.host, m.port, cfg.client_id, username=m.username, password=m.password, keepalive=m.keepalive,
-                will=(self.availability_topic, b"offline", 1, True),
-            )
+            self.connection = connection_for(cfg, will=(self.availability_topic, b"offline", 1, True))
             self.connection.add_connect_listener(self._on_connect)
         self.discovery = None
         if cfg.homeassistant.enabled and self.connection is not None:
@@ -301,12 +297,7 @@ class Agent:
             "windows_scored": total("windows_scored"),
             "alerts": total("alerts"),
             "mqtt_connected": bool(self.connection is not None and self.connection.connected),
-            "mqtt": None if self.connection is None else {
-                "connects": self.connection.connects, "disconnects": self.connection.disconnects,
-                "refused_connects": self.connection.refused_connects,
-                "publish_refused": self.connection.publish_refused, "publish_errors": self.connection.publish_errors,
-                "callback_errors": self.connection.callback_errors,
-            },
+            "mqtt": None if self.connection is None else self.connection.status(),
             "uploads": None if self._uploader is None else {
                 "sent": self._uploader.sent, "pending": self._uploader.pending, "dropped": self._uploader.dropped,
                 "failed_attempts": self._uploader.failed_attempts, "spool_evicted": self._spool.evicted,
@@ -355,9 +346,7 @@ def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeo
     model = load_served_model(cfg.resolve(scfg.bundle.path), scfg.bundle.num_threads)
     connection = None
     if scfg.source.kind == "mqtt":
-        m = cfg.mqtt
-        connection = MqttConnection(m.host, m.port, f"{cfg.client_id}-calibrate", username=m.username,
-                                    password=m.password, keepalive=m.keepalive)
+        connection = connection_for(cfg, f"{cfg.client_id}-calibrate")
     records: list[calibration.DeviceThreshold] = []
     pipeline = Pipeline(
         model.bundle, device=scfg.device, threshold=model.bundle.threshold.value, policy=policy_of(scfg),
