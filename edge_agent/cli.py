@@ -25,10 +25,14 @@ from edge_agent.contract.errors import AgentError, BundleError, ConfigError
 log = logging.getLogger(__name__)
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("paho").setLevel(logging.WARNING)
+def _setup_logging(verbose: int, fmt: str | None = None, cfg=None) -> None:
+    """-v/-vv win; else the config's ``[logging] level`` for commands given one (``run``), else warnings only.
+    The format: ``--log-format``, else ``[logging] format``, else text."""
+    from edge_agent import logs
+
+    default = cfg.logging.level if cfg is not None else "warning"
+    level = {0: default, 1: "info"}.get(verbose, "debug")
+    logs.setup(level, fmt or (cfg.logging.format if cfg is not None else "text"))
 
 
 def _load(config: Path):
@@ -42,9 +46,13 @@ def _load(config: Path):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging (stderr).")
-def main(verbose: int) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="One line per event: text, or one JSON object per line (default: [logging] format, else text).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, log_format: str | None) -> None:
     """Vibration anomaly detection on the gateway (TFLite, no TensorFlow)."""
-    _setup_logging(verbose)
+    ctx.obj = {"verbose": verbose, "log_format": log_format}
+    _setup_logging(verbose, log_format)
 
 
 @main.command("validate-config")
@@ -79,6 +87,8 @@ def run(config: Path) -> None:
     from edge_agent.agent import Agent
 
     cfg = _load(config)
+    opts = click.get_current_context().find_root().obj or {}
+    _setup_logging(opts.get("verbose", 0), opts.get("log_format"), cfg)
     stop = threading.Event()
 
     def on_event(event) -> None:

@@ -62,6 +62,10 @@ class WindowerCounters:
     samples_invalid: int = 0
     samples_over_range: int = 0  # the part of samples_invalid that is saturated or beyond signal.range
     windows: int = 0
+    # where every accepted sample went: samples_in = samples_scored + samples_invalid + samples_discarded
+    # + the samples still pending (Windower.samples_pending)
+    samples_scored: int = 0  # in at least one scored window
+    samples_discarded: int = 0  # valid, but in a partial window dropped at a break (gap, invalid sample, resync)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -121,8 +125,16 @@ class Windower:
         self._last_warning = -math.inf
 
     # ------------------------------------------------------------------ control
+    @property
+    def samples_pending(self) -> int:
+        """Valid samples accepted but in no window yet (the next window, or the next break, accounts for them)."""
+        spec = self.spec
+        steps = self._run if self._run < spec.window else (self._run - spec.window) % spec.hop
+        return steps * (self._block if self._features else 1) + self._pfill
+
     def restart(self) -> None:
         """Drop the partial window (the next window needs ``window`` fresh contiguous steps)."""
+        self.counters.samples_discarded += self.samples_pending
         self._run = 0
         self._pfill = 0
         self._steps.clear()
@@ -265,7 +277,10 @@ class Windower:
                 "rms": np.sqrt(np.mean(np.square(raw, dtype=np.float64), axis=0)).round(6).tolist(),
                 "peak": np.abs(raw).max(axis=0).astype(np.float64).round(6).tolist(),
             }
-        self.counters.windows += 1
+        c = self.counters
+        c.windows += 1
+        c.samples_scored += (self.spec.window if self._run == self.spec.window else self.spec.hop) * (
+            self._block if self._features else 1)
         emit(w)
 
     def window_samples(self) -> np.ndarray:
