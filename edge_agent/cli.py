@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -255,6 +256,49 @@ def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: 
     click.echo(f"{len(result.rows)} windows from {result.samples} samples in {result.seconds:.2f} s{speed}; "
                f"threshold {result.threshold:.6g} ({result.threshold_source}); alerts {result.counters['alerts']}; "
                f"wrote {out}")
+
+
+@main.command()
+@click.option("--apply", "apply_", is_flag=True, help="Make the changes (default: print them and change nothing).")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"), show_default=True,
+              help="Install under this directory instead of / (an image being prepared, a test).")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=Path("/etc/edge-agent/agent.toml"),
+              show_default=True, help="Where the service reads its config (a skeleton is written if none is there).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/edge-agent"), show_default=True,
+              help="The service's own writable directory.")
+@click.option("--executable", type=click.Path(path_type=Path), default=None,
+              help="The edge-agent program the unit runs (default: this one).")
+@click.option("--user", default="edge-agent", show_default=True, help="System user (and group) the agent runs as.")
+def install(apply_: bool, root: Path, config: Path, state_dir: Path, executable: Path | None, user: str) -> None:
+    """Install the agent as a systemd service run by its own unprivileged user (dry run unless --apply)."""
+    from edge_agent import install as inst
+
+    for name, p in (("--config", config), ("--state-dir", state_dir), ("--executable", executable)):
+        if p is not None and not p.is_absolute():
+            raise click.BadParameter("must be an absolute path (as the service sees it)", param_hint=name)
+    lay = inst.Layout(executable=executable or inst.default_executable(), config=config, state_dir=state_dir,
+                      user=user, systemd_version=inst.systemd_version())
+    root = root.resolve()
+    if lay.executable.is_relative_to("/home") or lay.executable.is_relative_to("/root"):
+        click.echo(f"warning: {lay.executable} is under a home directory, which the unit hides (ProtectHome=yes): "
+                   "install the agent's venv under /opt (python3 -m venv /opt/edge-agent)", err=True)
+    steps = inst.plan(lay, root)
+    where = "" if root == Path("/") else f" under {root}"
+    click.echo(f"edge-agent install{where}: {'applying' if apply_ else 'dry run, nothing is changed'}")
+    for step in steps:
+        click.echo(f"  {step.what}")
+        if apply_:
+            try:
+                step.run(root)
+            except PermissionError as exc:
+                raise click.ClickException(f"{exc}: installing needs root (sudo edge-agent install --apply)") from None
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                raise click.ClickException(f"{step.what.split()[0]} failed: {exc}") from None
+    if not apply_:
+        click.echo("run again with --apply to make these changes")
+        return
+    click.echo(f"next: edit {config}, copy a bundle to {state_dir}/bundles/, then\n"
+               f"  edge-agent doctor --config {config}\n  systemctl start {lay.unit.name}")
 
 
 if __name__ == "__main__":

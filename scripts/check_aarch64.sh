@@ -65,7 +65,10 @@ grep -qx enabled $BINFMT/qemu-aarch64 || { echo "check-aarch64: binfmt qemu-aarc
 mounted=()
 mount_guest() {
   local what
-  for what in proc sys; do  # /dev: the first stage made its own nodes (null, zero, urandom, ...)
+  # /dev: the first stage made its own nodes (null, zero, urandom, ...). Not /sys: with the host's CPU topology
+  # there and the host's x86 /proc/cpuinfo, the arm64 cpuinfo library inside LiteRT crashes under qemu-user
+  # (SIGSEGV creating the interpreter); without it cpuinfo says it cannot parse the CPU lists and carries on.
+  for what in proc; do
     mountpoint -q "$ROOT/$what" && continue
     mkdir -p "$ROOT/$what"; as_root mount --bind "/$what" "$ROOT/$what"; mounted+=("$ROOT/$what")
   done
