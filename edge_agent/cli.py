@@ -5,6 +5,9 @@
     edge-agent calibrate --config agent.toml [--sensor DEVICE] --windows 200      (or --clear)
     edge-agent status [--config agent.toml | --file status.json] [--sensor DEVICE] [--json]
     edge-agent replay --bundle DIR --data PATH [--format F] [--calibrate N] --out scores.csv
+    edge-agent doctor --config agent.toml [--listen-s 5] [--json]       exit 0 ok, 1 warnings, 2 failures
+    edge-agent install [--apply] [--root DIR] [--config FILE] [--state-dir DIR]   systemd service (dry run by default)
+    edge-agent --log-format json run ...                                one JSON object per log line
 
 Never imports TensorFlow (nor ``trainer``): ``replay`` reads recordings with ``edge_agent.contract.recordings``.
 """
@@ -256,6 +259,27 @@ def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: 
     click.echo(f"{len(result.rows)} windows from {result.samples} samples in {result.seconds:.2f} s{speed}; "
                f"threshold {result.threshold:.6g} ({result.threshold_source}); alerts {result.counters['alerts']}; "
                f"wrote {out}")
+
+
+@main.command()
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path), help="Agent config (TOML).")
+@click.option("--listen-s", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
+              help="How long to watch each sensor's data.")
+@click.option("--timeout-s", type=click.FloatRange(0.5, 600), default=10.0, show_default=True,
+              help="How long to wait for the broker.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(config: Path, listen_s: float, timeout_s: float, as_json: bool) -> None:
+    """Check a gateway end to end; exit 0 all ok, 1 warnings only, 2 a failure."""
+    from edge_agent import doctor as dr
+
+    try:
+        cfg = _load(config)
+    except click.ClickException as exc:
+        checks = [dr.Check("gateway", "config", dr.FAIL, exc.message)]
+    else:
+        checks = dr.run(cfg, listen_s=listen_s, timeout_s=timeout_s)
+    click.echo(dr.as_json(checks) if as_json else dr.table(checks))
+    sys.exit(dr.EXIT[dr.verdict(checks)])
 
 
 @main.command()

@@ -132,6 +132,7 @@ class MqttConnection:
         self._connect_listeners: list[Callable[[], None]] = []
         self._publish_listeners: list[Callable[[int], None]] = []
         self._started = False
+        self._stopping = False
         self._ratelog = RateLimitedLog(logger)
         # counters (written by one thread each; read for status)
         self.connects = 0
@@ -219,6 +220,7 @@ class MqttConnection:
         if self._started:
             return self
         self._started = True
+        self._stopping = False
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
         self._client.loop_start()
         return self
@@ -228,6 +230,7 @@ class MqttConnection:
         if not self._started:
             return
         self._started = False
+        self._stopping = True
         try:
             self._client.disconnect()
         except (OSError, ValueError) as exc:  # socket already gone
@@ -331,7 +334,9 @@ class MqttConnection:
         self._connected.clear()
         self._subscribed.clear()
         error, self._transport_error = self._transport_error, None
-        if was_up:
+        if was_up and self._stopping:
+            logger.debug("mqtt %s: disconnected (stop)", self.client_id)
+        elif was_up:
             self.disconnects += 1
             self._ratelog.log(
                 logging.WARNING, "disconnect", "mqtt %s: disconnected from %s:%d: %s",
