@@ -127,6 +127,10 @@ class Pipeline:
         burst: True: the sender is a burst sensor (the debounce carries across restarts); None: recognise it.
         on_window: called for every scored window (and over-range span) with its event, if any.
         on_calibrated: called with the ``DeviceThreshold`` once calibration finished.
+        cooldown_clock: the clock of the alert cooldown; default the pipeline clock (recording time in a replay).
+            The live agent passes ``time.monotonic``: its pipeline clock follows the wall clock (re-anchored when
+            the frames' arrival times drift), and a wall clock stepped back by NTP must not stretch a cooldown
+            by the size of the step, nor one stepped forward cut it short.
     """
 
     def __init__(
@@ -143,6 +147,7 @@ class Pipeline:
         burst: bool | None = None,
         on_window: WindowCallback | None = None,
         on_calibrated: Callable[[calibration.DeviceThreshold], None] | None = None,
+        cooldown_clock: Callable[[], float] | None = None,
     ) -> None:
         self.device = device
         self.bundle = bundle
@@ -150,7 +155,7 @@ class Pipeline:
         self.scorer = scorer or Scorer(bundle, num_threads=num_threads)
         self.windower = make_windower(bundle, sample_rate)
         self.clock = SampleClock(self.windower.sample_rate)
-        self.alerts = AlertStateMachine(policy, clock=self.now)
+        self.alerts = AlertStateMachine(policy, clock=cooldown_clock or self.now)
         self.threshold = float(threshold)
         self.on_window = on_window
         self.on_calibrated = on_calibrated

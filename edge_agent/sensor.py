@@ -154,7 +154,7 @@ class Sensor:
                 bundle, device=self.device, threshold=threshold, policy=policy_of(self.cfg), scorer=model.scorer,
                 sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, burst=self.cfg.source.burst,
                 on_window=self._on_window,
-                on_calibrated=self._calibrated,
+                on_calibrated=self._calibrated, cooldown_clock=time.monotonic,
             )
         else:
             old = self.pipeline.bundle.version
