@@ -58,12 +58,12 @@ class Sensor(threading.Thread):
 class AgentProcess:
     """``edge-agent run --config CFG`` with extra environment; stdout+stderr lines collected by a thread."""
 
-    def __init__(self, config: Path, env: dict | None = None, preexec_fn=None) -> None:
+    def __init__(self, config: Path, env: dict | None = None, preexec_fn=None, options: tuple[str, ...] = ()) -> None:
         import os
 
         self.lines: queue.Queue[str] = queue.Queue()
         self.all: list[str] = []
-        self.p = subprocess.Popen([str(BIN / "edge-agent"), "run", "--config", str(config)], cwd=config.parent,
+        self.p = subprocess.Popen([str(BIN / "edge-agent"), *options, "run", "--config", str(config)], cwd=config.parent,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
         threading.Thread(target=self._pump, daemon=True).start()
