@@ -82,6 +82,19 @@ def validate_config(config: Path) -> None:
     click.echo(f"{config}: ok (gateway {cfg.gateway}, {len(cfg.sensors)} sensor{'s' if len(cfg.sensors) > 1 else ''})")
     for line in lines:
         click.echo(line)
+    _secret_warnings(cfg)
+
+
+def _secret_warnings(cfg) -> None:
+    """Warn (stderr) about a secret the config names that cannot be read or that others can read."""
+    from edge_agent.config import mqtt_password, secret_file_warnings
+
+    try:
+        mqtt_password(cfg)
+    except ConfigError as exc:
+        click.echo(f"warning: {exc}", err=True)
+    for warning in secret_file_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()

@@ -236,3 +236,15 @@ def test_config_refuses_a_clear_text_password_and_checks_the_secret(tmp_path, mo
     assert len(warnings) == 1 and "readable by others" in warnings[0]
     os.chmod(tmp_path / "pw", 0o600)
     assert secret_file_warnings(cfg) == []
+
+
+def test_validate_config_warns_about_a_secret_others_can_read(tmp_path, agent_bundle):
+    from click.testing import CliRunner
+
+    from edge_agent.cli import main
+
+    (tmp_path / "mqtt.secret").write_text("pw\n")
+    os.chmod(tmp_path / "mqtt.secret", 0o644)
+    cfg = agent_config(tmp_path, agent_bundle, mqtt={"username": "u", "password_file": "mqtt.secret"})
+    result = CliRunner().invoke(main, ["validate-config", str(cfg)])
+    assert result.exit_code == 0 and "readable by others" in result.stderr and "pw\n" not in result.output

@@ -68,3 +68,4 @@ def test_agent_logs_json_and_rate_limits_a_flood_of_bad_input(tmp_path, agent_bu
     assert {"time", "level", "logger", "message", "thread"} <= set(records[0])
     gap_lines = [r for r in records if "sequence gap" in r["message"]]
     assert 1 <= len(gap_lines) <= 3, gap_lines
+
