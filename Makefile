@@ -13,7 +13,7 @@ TRAIN_ARGS ?= --format ims-avg --start 2004-02-12T11:32:39 --end 2004-02-19T06:1
 
 .PHONY: setup system-packages test lint export-tflite train bench demo demo-mqtt soak check-aarch64 clean
 
-# The Debian packages (mosquitto, sqlite3, python3-venv, faketime, systemd), installed when missing, then .venv.
+# The Debian packages (mosquitto, sqlite3, python3-venv, faketime, systemd, chromium), installed when missing, then .venv.
 setup: system-packages $(STAMP)
 
 system-packages:
