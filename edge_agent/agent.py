@@ -8,6 +8,8 @@ Threads (one stop event ends them all)::
                                                                       every status.every_s: status file + MQTT
     bundle watcher ─ loads and tests changed bundles, hands them to their sensor (swapped between frames)
     alert sinks (MQTT publisher, command runner) and the uploader have their own small threads.
+    web server ([http]) ─ status page and /metrics, reading the status snapshot the scoring loop refreshes
+    every second and each sensor's bounded history.
 
 The agent owns the one :class:`MqttConnection` (its last will marks the gateway offline) and hands it to
 the MQTT sources, the alert sinks, the status publisher and the uploader.
@@ -29,7 +31,7 @@ from edge_agent.bundle_watch import load_served_model
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError, BundleError, ConfigError, UploadError
-from edge_agent.mqtt_client import MqttConnection
+from edge_agent.mqtt_client import MqttConnection, connection_for
 from edge_agent.pipeline import Pipeline, WindowCallback
 from edge_agent.sensor import Sensor, make_source, policy_of
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
@@ -37,6 +39,9 @@ from edge_agent.status import write_json_atomic
 from edge_agent.windows import Window
 
 log = logging.getLogger(__name__)
+
+#: Seconds between refreshes of the status snapshot the web server reads.
+SNAPSHOT_S = 1.0
 
 
 def gateway_topic(gateway: str, leaf: str) -> str:
@@ -72,12 +77,18 @@ class Agent:
         self.status_topic = gateway_topic(cfg.gateway, "status")
         self.connection: MqttConnection | None = None
         if cfg.mqtt is not None:
-            m = cfg.mqtt
-            self.connection = MqttConnection(
-                m.host, m.port, cfg.client_id, username=m.username, password=m.password, keepalive=m.keepalive,
-                will=(self.availability_topic, b"offline", 1, True),
-            )
+            self.connection = connection_for(cfg, will=(self.availability_topic, b"offline", 1, True))
             self.connection.add_connect_listener(self._on_connect)
+        self.discovery = None
+        if cfg.homeassistant.enabled and self.connection is not None:
+            from edge_agent.homeassistant import Discovery
+
+            self.discovery = Discovery(cfg, self.connection)
+        self.web = None
+        if cfg.http.enabled:
+            from edge_agent.web import StatusServer
+
+            self.web = StatusServer(self, cfg.http.listen, cfg.http.port)
         self._jsonl: dict[Path, JsonlSink] = {}
         self._log_sink = LogSink()
         self._spool = None
@@ -117,6 +128,8 @@ class Agent:
         if len(errors) == len(self.sensors):
             raise BundleError("no sensor has a model it can serve: " + "; ".join(errors))
         self._next_status = 0.0
+        self._snapshot: tuple[dict, float] | None = None
+        self._next_snapshot = 0.0
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -196,12 +209,17 @@ class Agent:
             self._uploader.start()
         self._watcher = threading.Thread(target=self._watch_bundles, name="bundle-watch", daemon=True)
         self._watcher.start()
+        self._refresh_snapshot(time.monotonic())
+        if self.web is not None:
+            self.web.start()
         log.info("edge-agent %s running %d sensor(s)", self.cfg.gateway, len(self.sensors))
         try:
             while not stop.is_set():
                 self.wake.clear()
                 busy = sum(sensor.poll() for sensor in self.sensors)
                 now = time.monotonic()
+                if now >= self._next_snapshot:
+                    self._refresh_snapshot(now)
                 if now >= self._next_status:
                     self._next_status = now + self.cfg.status.every_s
                     for sink in self._jsonl.values():
@@ -223,6 +241,8 @@ class Agent:
 
     def close(self) -> None:
         """Stop reading, leave "offline" as the retained state, flush the sinks, disconnect."""
+        if self.web is not None:
+            self.web.stop()
         self._stop_watch.set()
         if self._watcher is not None:
             self._watcher.join(10)
@@ -249,6 +269,25 @@ class Agent:
         if self.connection is not None:
             self.connection.stop()
 
+    # ------------------------------------------------------------------ web (read by the web server's threads)
+    def _refresh_snapshot(self, now: float) -> None:
+        """Scoring thread: the status document the web server serves (replaced whole, never mutated)."""
+        self._next_snapshot = now + SNAPSHOT_S
+        self._snapshot = (self.status(), now)
+
+    def snapshot(self) -> tuple[dict, float]:
+        """The latest status snapshot and its age in seconds (taken now when the loop has not run yet)."""
+        snap = self._snapshot
+        if snap is None:
+            return self.status(), 0.0
+        return snap[0], time.monotonic() - snap[1]
+
+    def histories(self) -> dict:
+        return {s.device: s.history for s in self.sensors}
+
+    def queue_capacity(self) -> dict[str, int]:
+        return {s.device: s.cfg.source.queue_frames for s in self.sensors}
+
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         """The gateway's status document: a summary and one entry per sensor."""
@@ -267,18 +306,15 @@ class Agent:
             "windows_scored": total("windows_scored"),
             "alerts": total("alerts"),
             "mqtt_connected": bool(self.connection is not None and self.connection.connected),
-            "mqtt": None if self.connection is None else {
-                "connects": self.connection.connects, "disconnects": self.connection.disconnects,
-                "refused_connects": self.connection.refused_connects,
-                "publish_refused": self.connection.publish_refused, "publish_errors": self.connection.publish_errors,
-                "callback_errors": self.connection.callback_errors,
-            },
+            "mqtt": None if self.connection is None else self.connection.status(),
             "uploads": None if self._uploader is None else {
                 "sent": self._uploader.sent, "pending": self._uploader.pending, "dropped": self._uploader.dropped,
                 "failed_attempts": self._uploader.failed_attempts, "spool_evicted": self._spool.evicted,
                 "spool_bytes": self._spool.bytes, "spool_quarantined": self._spool.quarantined,
                 "spool_lock_waits": self._spool.lock_waits, "spool_waiting_in_memory": self._spool.waiting,
             },
+            "http": None if self.web is None else self.web.status(),
+            "homeassistant": None if self.discovery is None else self.discovery.status(),
             "sensors": sensors,
         }
         return doc
@@ -320,9 +356,7 @@ def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeo
     model = load_served_model(cfg.resolve(scfg.bundle.path), scfg.bundle.num_threads)
     connection = None
     if scfg.source.kind == "mqtt":
-        m = cfg.mqtt
-        connection = MqttConnection(m.host, m.port, f"{cfg.client_id}-calibrate", username=m.username,
-                                    password=m.password, keepalive=m.keepalive)
+        connection = connection_for(cfg, f"{cfg.client_id}-calibrate")
     records: list[calibration.DeviceThreshold] = []
     pipeline = Pipeline(
         model.bundle, device=scfg.device, threshold=model.bundle.threshold.value, policy=policy_of(scfg),

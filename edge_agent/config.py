@@ -16,13 +16,15 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
     [status]      every_s, file, mqtt
     [uploads]     the gateway's spool: spool_path, spool_max_bytes, spool_max_records, batch
                   (and enabled, every_s, only_normal as the sensors' default)
+    [http]        enabled, listen, port: the local status page and the Prometheus /metrics endpoint
+    [homeassistant] enabled, discovery_prefix: Home Assistant MQTT discovery of every sensor
     [alerts] [bundle] [source] [calibration] [health]      defaults for every sensor
     [[sensors]]   device, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
                   [sensors.calibration] (default path calibration/<device>.json), [sensors.health]
 
 Per sensor::
 
-    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none)
+    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none), burst
     [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only), read_timeout_s, reopen_max_s
     [source.mqtt]   topic_device (defaults to device), qos
     [bundle]      path, watch_s (0 = no hot swap), num_threads
@@ -31,6 +33,12 @@ Per sensor::
     [uploads]     enabled, every_s, only_normal
     [calibration] path, windows
     [health]      no_window_s, no_data_s, bridge_fraction
+
+Gateway only::
+
+    [mqtt]        host, port, username, password_file | password_env (never a clear-text password), keepalive,
+                  client_id; [mqtt.tls] ca_file, cert_file, key_file
+    [logging]     format = "text" | "json", level
 """
 
 from __future__ import annotations
@@ -75,16 +83,39 @@ class Source:
     mqtt: MqttSource | None = None
     queue_frames: int = field(default=1024, metadata=_rng(8, 1_000_000))
     sample_rate: float | None = field(default=None, metadata=_rng(0.001, 10_000_000.0))  # Hz, if the bundle has none
+    burst: bool | None = None  # sends snapshots (sequence may restart per burst); unset: recognised when it happens
+
+
+@dataclass(frozen=True)
+class MqttTls:
+    """``[mqtt.tls]``: paths (relative to the config file) of the broker's CA and this gateway's certificate."""
+
+    ca_file: str | None = None  # CA that signed the broker's certificate; none: the system's CAs
+    cert_file: str | None = None  # client certificate (brokers with require_certificate), with key_file
+    key_file: str | None = None
 
 
 @dataclass(frozen=True)
 class Mqtt:
+    """``[mqtt]``. The password is never in the config: ``password_file`` (a file holding it, first line) or
+    ``password_env`` (an environment variable); a clear-text ``password`` key is refused."""
+
     host: str = "127.0.0.1"
     port: int = field(default=1883, metadata=_rng(1, 65535))
     username: str | None = None
-    password: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
     keepalive: int = field(default=30, metadata=_rng(5, 3600))
     client_id: str | None = None  # default: edge-agent-<device>
+    tls: MqttTls | None = None
+
+
+@dataclass(frozen=True)
+class Logging:
+    """``[logging]``: ``format`` text (one line per event) or json (one JSON object per line); ``level``."""
+
+    format: str = field(default="text", metadata=_rng(choices=("text", "json")))
+    level: str = field(default="info", metadata=_rng(choices=("debug", "info", "warning", "error")))
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,32 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Http:
+    """The gateway's read-only web endpoint: the status page (``/``) and Prometheus metrics (``/metrics``).
+
+    On by default, on the loopback interface only: a technician on the gateway (or through an SSH tunnel)
+    and a Prometheus on the same host see it without any set-up, and nothing is reachable from the network
+    until ``listen`` says so. A port already taken is logged and counted; the agent keeps scoring.
+    """
+
+    enabled: bool = True
+    listen: str = field(default="127.0.0.1", metadata=_rng())  # an IP address: 127.0.0.1, ::1, 0.0.0.0, ...
+    port: int = field(default=9847, metadata=_rng(0, 65535))  # 0: any free port (tests)
+
+
+@dataclass(frozen=True)
+class HomeAssistant:
+    """Home Assistant MQTT discovery: retained entity configs under ``<discovery_prefix>/...`` on every connect.
+
+    Off by default: the broker may be shared, and retained messages in another application's topic tree
+    must be asked for.
+    """
+
+    enabled: bool = False
+    discovery_prefix: str = field(default="homeassistant", metadata=_rng())
+
+
+@dataclass(frozen=True)
 class Calibration:
     path: str = "calibration.json"
     windows: int = field(default=0, metadata=_rng(0, 1_000_000))  # > 0: calibrate on the first N windows when unset
@@ -175,6 +232,9 @@ class AgentConfig:
     mqtt: Mqtt | None = None
     uploads: Uploads = field(default_factory=Uploads)
     status: Status = field(default_factory=Status)
+    http: Http = field(default_factory=Http)
+    homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
+    logging: Logging = field(default_factory=Logging)
     base_dir: Path = Path(".")
     path: Path | None = None  # the config file, when loaded from one
 
@@ -206,7 +266,7 @@ class AgentConfig:
 
 #: Sections of a sensor that may also be given once at the top level, as every sensor's defaults.
 SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health")
-GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors")
+GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "logging")
 _SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch")
 
 
@@ -281,6 +341,10 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
             merged.setdefault("calibration", {})["path"] = f"calibration/{raw.get('device', i)}.json"
         sensors.append(_build(SensorConfig, merged, where))
     gateway = data.get("gateway", sensors[0].device if legacy else socket.gethostname().split(".")[0])
+    if isinstance(data.get("mqtt"), dict) and "password" in data["mqtt"]:
+        raise ConfigError("mqtt.password: a password is never written in the config (it is copied, pasted and "
+                          "read by anyone who can read the file): put it in a file readable only by the agent's "
+                          "user and set mqtt.password_file, or set mqtt.password_env to an environment variable")
     mqtt = _value(Mqtt | None, data.get("mqtt"), "mqtt", {}) if "mqtt" in data else None
     cfg = AgentConfig(
         gateway=_value(str, _device_like(gateway), "gateway", {}),
@@ -288,6 +352,9 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
         mqtt=mqtt,
         uploads=_build(Uploads, gateway_uploads, "uploads"),
         status=_build(Status, data.get("status", {}), "status"),
+        http=_build(Http, data.get("http", {}), "http"),
+        homeassistant=_build(HomeAssistant, data.get("homeassistant", {}), "homeassistant"),
+        logging=_build(Logging, data.get("logging", {}), "logging"),
         base_dir=base_dir,
     )
     _check_semantics(cfg, legacy)
@@ -315,6 +382,9 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
         wire.check_device_id(cfg.gateway)
     except ConfigError as exc:
         raise ConfigError(f"gateway: {exc}") from None
+    _check_web(cfg)
+    if cfg.mqtt is not None:
+        _check_mqtt(cfg.mqtt)
     devices: dict[str, str] = {}
     ports: dict[str, str] = {}
     topics: dict[str, str] = {}
@@ -371,6 +441,78 @@ def check_path(key: str, path: Path, directory: bool = False) -> None:
             if not parent.is_dir():
                 raise ConfigError(f"{key}: {path} cannot exist: {parent} is a file, not a directory")
             return
+
+
+def _check_web(cfg: AgentConfig) -> None:
+    """[http] and [homeassistant]: an address to bind, and what discovery needs."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(cfg.http.listen)
+    except ValueError:
+        raise ConfigError(f"http.listen: must be an IP address (127.0.0.1, ::1, 0.0.0.0), got {cfg.http.listen!r}"
+                          ) from None
+    ha = cfg.homeassistant
+    prefix = ha.discovery_prefix
+    if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        raise ConfigError(f"homeassistant.discovery_prefix: must be a topic without wildcards or empty levels, "
+                          f"got {prefix!r}")
+    if ha.enabled and cfg.mqtt is None:
+        raise ConfigError("homeassistant.enabled: needs a [mqtt] broker section")
+    if ha.enabled and not cfg.status.mqtt:
+        raise ConfigError("homeassistant.enabled: needs status.mqtt = true (the entities read vib/<device>/status)")
+def _check_mqtt(m: Mqtt) -> None:
+    if m.password_file is not None and m.password_env is not None:
+        raise ConfigError("mqtt.password_env: give password_file or password_env, not both")
+    if (m.password_file is not None or m.password_env is not None) and m.username is None:
+        raise ConfigError("mqtt.username: required with a password")
+    if m.tls is not None and (m.tls.cert_file is None) != (m.tls.key_file is None):
+        raise ConfigError("mqtt.tls.key_file: cert_file and key_file go together")
+
+
+def mqtt_password(cfg: AgentConfig) -> str | None:
+    """The broker password from ``mqtt.password_file`` (its first line) or ``mqtt.password_env``; None when
+    neither is set. ConfigError (never showing the secret) when the file or the variable is missing or empty."""
+    import os
+
+    m = cfg.mqtt
+    if m is None or (m.password_file is None and m.password_env is None):
+        return None
+    if m.password_env is not None:
+        value = os.environ.get(m.password_env)
+        if not value:
+            raise ConfigError(f"mqtt.password_env: the environment variable {m.password_env} is not set or empty")
+        return value
+    path = cfg.resolve(m.password_file)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"mqtt.password_file: {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"mqtt.password_file: {path}: not UTF-8 text") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"mqtt.password_file: {path}: empty")
+    return lines[0].strip()
+
+
+def secret_file_warnings(cfg: AgentConfig) -> list[str]:
+    """Secret files that others can read (group or world permissions): warnings for validate-config/doctor."""
+    m = cfg.mqtt
+    out = []
+    if m is None:
+        return out
+    for key, value in (("mqtt.password_file", m.password_file),
+                       ("mqtt.tls.key_file", m.tls.key_file if m.tls is not None else None)):
+        if value is None:
+            continue
+        path = cfg.resolve(value)
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            out.append(f"{key}: {path} is readable by others (mode {mode & 0o777:o}): chmod 600 it")
+    return out
 
 
 def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:

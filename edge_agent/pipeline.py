@@ -131,6 +131,10 @@ class Pipeline:
             restarting assembly (``windows.Windower``'s ``bridge``; 0 = never; the default is the agent's).
         on_window: called for every scored window (and over-range span) with its event, if any.
         on_calibrated: called with the ``DeviceThreshold`` once calibration finished.
+        cooldown_clock: the clock of the alert cooldown; default the pipeline clock (recording time in a replay).
+            The live agent passes ``time.monotonic``: its pipeline clock follows the wall clock (re-anchored when
+            the frames' arrival times drift), and a wall clock stepped back by NTP must not stretch a cooldown
+            by the size of the step, nor one stepped forward cut it short.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class Pipeline:
         bridge_fraction: float = BRIDGE_FRACTION,
         on_window: WindowCallback | None = None,
         on_calibrated: Callable[[calibration.DeviceThreshold], None] | None = None,
+        cooldown_clock: Callable[[], float] | None = None,
     ) -> None:
         self.device = device
         self.bundle = bundle
@@ -156,7 +161,7 @@ class Pipeline:
         self.scorer = scorer or Scorer(bundle, num_threads=num_threads)
         self.windower = make_windower(bundle, sample_rate, self.bridge_fraction)
         self.clock = SampleClock(self.windower.sample_rate)
-        self.alerts = AlertStateMachine(policy, clock=self.now)
+        self.alerts = AlertStateMachine(policy, clock=cooldown_clock or self.now)
         self.threshold = float(threshold)
         self.on_window = on_window
         self.on_calibrated = on_calibrated

@@ -25,6 +25,7 @@ from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError, BundleError
 from edge_agent.health import HealthMonitor
 from edge_agent.health import Input as HealthInput
+from edge_agent.history import SensorHistory
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
 from edge_agent.ratelog import RateLimitedLog
@@ -100,6 +101,7 @@ class Sensor:
         self.on_window_cb = on_window
         self.source = make_source(cfg, connection, wake)
         self.counters = Counters()
+        self.history = SensorHistory()  # what the status page draws (read by the web server's threads)
         self.pipeline: Pipeline | None = None
         self.threshold_source = "bundle"
         self.first_inference_s: float | None = None
@@ -159,8 +161,10 @@ class Sensor:
         if self.pipeline is None:
             self.pipeline = Pipeline(
                 bundle, device=self.device, threshold=threshold, policy=policy_of(self.cfg), scorer=model.scorer,
-                sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, on_window=self._on_window,
-                on_calibrated=self._calibrated, bridge_fraction=self.cfg.health.bridge_fraction,
+                sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, burst=self.cfg.source.burst,
+                on_window=self._on_window,
+                on_calibrated=self._calibrated, cooldown_clock=time.monotonic,
+                bridge_fraction=self.cfg.health.bridge_fraction,
             )
         else:
             old = self.pipeline.bundle.version
@@ -250,7 +254,9 @@ class Sensor:
         return ""
 
     def _on_window(self, w: Window | None, result, event: AlertEvent | None) -> None:
+        self.history.record(result, self.pipeline.state)
         if event is not None:
+            self.history.record_event(event)
             self.dispatcher.emit(event)
             if self.on_event is not None:
                 self.on_event(event)
@@ -288,6 +294,9 @@ class Sensor:
                 "duplicates": wc.duplicates,
                 "samples_invalid": wc.samples_invalid,
                 "samples_over_range": wc.samples_over_range,
+                "samples_scored": wc.samples_scored,
+                "samples_discarded": wc.samples_discarded,
+                "samples_pending": p.windower.samples_pending,
                 "samples_bridged": wc.samples_bridged,
                 "windows_bridged": wc.windows_bridged,
                 "windows_withheld": wc.windows_withheld,

@@ -21,8 +21,8 @@ The file is the spool's own, and nothing else is ever touched:
   ``records``): anything else (an alert log, a bundle, another program's database) is refused, untouched;
 * ``database is locked`` (an operator's ``sqlite3`` shell in a write transaction, a process that still
   holds the file) is waited for, briefly (``busy_timeout_s``, so the scoring thread never stalls), then
-  retried: meanwhile new records wait in memory, in order and bounded (``memory_records``, oldest evicted
-  first), and are written as soon as the lock is gone;
+  retried: meanwhile new records wait in memory, in order and bounded (``memory_records`` and
+  ``memory_bytes``, oldest evicted first), and are written as soon as the lock is gone;
 * only real corruption (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, a failed ``quick_check``) of a file that is
   ours is renamed aside to ``<name>.corrupt-<unix time>`` (with its ``-wal``/``-shm``), logged as an error
   and counted in ``quarantined``; a fresh spool is started: the agent never stops for a bad spool file.
@@ -86,7 +86,7 @@ class Spool:
     """
 
     def __init__(self, path: str | os.PathLike[str], max_bytes: int = 64 * 1024 * 1024, max_records: int = 10_000,
-                 *, busy_timeout_s: float = 0.25, memory_records: int = 256):
+                 *, busy_timeout_s: float = 0.25, memory_records: int = 256, memory_bytes: int = 8 << 20):
         if max_bytes <= 0 or max_records <= 0:
             raise ValueError(f"spool: max_bytes and max_records must be > 0, got {max_bytes}, {max_records}")
         self.path = Path(path)
@@ -94,6 +94,7 @@ class Spool:
         self.max_records = int(max_records)
         self.busy_timeout_s = float(busy_timeout_s)
         self.memory_records = int(memory_records)
+        self.memory_bytes = int(memory_bytes)
         self._lock = threading.Lock()
         self._ratelog = RateLimitedLog(logger)
         self.evicted = 0
@@ -196,14 +197,21 @@ class Spool:
         if len(data) > self.max_bytes:
             raise UploadError(f"spool: record of {len(data)} bytes exceeds the spool size {self.max_bytes}")
         with self._lock:
-            self._waiting.append((time.time(), topic, data))
-            if len(self._waiting) > self.memory_records:
+            record = (time.time(), topic, data)
+            self._waiting.append(record)
+            while len(self._waiting) > self.memory_records or (
+                    len(self._waiting) > 1 and sum(len(d) for _, _, d in self._waiting) > self.memory_bytes):
                 _, _, old = self._waiting.popleft()
                 self.evicted += 1
                 self.evicted_bytes += len(old)
                 self._ratelog.log(logging.WARNING, "memory", "spool %s: locked for long; the oldest waiting record"
                                   " was evicted (%d in total)", self.path, self.evicted)
-            return self._write_waiting()
+            try:
+                return self._write_waiting()
+            except UploadError:  # not a lock (a full disk...): this record is refused, the caller counts it
+                if self._waiting and self._waiting[-1] is record:
+                    self._waiting.pop()
+                raise
 
     def flush(self) -> int:
         """Write the records that wait for a lock (the uploader thread calls it); returns how many still wait."""
@@ -241,7 +249,8 @@ class Spool:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # sqlite already rolled back after some errors (a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             self._recount()
@@ -348,12 +357,17 @@ class Spool:
         with self._lock:
             deadline = time.monotonic() + timeout_s
             while self._waiting and time.monotonic() < deadline:
-                self._write_waiting()
+                try:
+                    self._write_waiting()
+                except UploadError as exc:
+                    logger.error("%s", exc)
+                    break
                 if self._waiting:
                     time.sleep(0.1)
             if self._waiting:
-                logger.error("spool %s: still locked by another program: %d records that waited in memory are lost",
+                logger.error("spool %s: %d records that waited in memory could not be written and are lost",
                              self.path, len(self._waiting))
+                self._waiting.clear()
             if self._db is not None:
                 self._db.close()
                 self._db = None

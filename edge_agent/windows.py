@@ -74,6 +74,10 @@ class WindowerCounters:
     samples_invalid: int = 0
     samples_over_range: int = 0  # the part of samples_invalid that is saturated or beyond signal.range
     windows: int = 0
+    # where every accepted sample went: samples_in = samples_scored + samples_invalid + samples_discarded
+    # + the samples still pending (Windower.samples_pending)
+    samples_scored: int = 0  # in at least one scored window
+    samples_discarded: int = 0  # valid, but in a partial window dropped at a break (gap, invalid sample, resync)
     samples_bridged: int = 0  # missing or NaN samples left out without restarting assembly
     windows_bridged: int = 0  # windows emitted with bridged samples in them
     windows_withheld: int = 0  # windows not emitted: more than ``bridge`` samples missing in them
@@ -144,8 +148,16 @@ class Windower:
         self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ control
+    @property
+    def samples_pending(self) -> int:
+        """Valid samples accepted but in no window yet (the next window, or the next break, accounts for them)."""
+        spec = self.spec
+        steps = self._run if self._run < spec.window else (self._run - spec.window) % spec.hop
+        return steps * (self._block if self._features else 1) + self._pfill
+
     def restart(self) -> None:
         """Drop the partial window (the next window needs ``window`` fresh contiguous steps)."""
+        self.counters.samples_discarded += self.samples_pending
         self._run = 0
         self._pfill = 0
         self._steps.clear()
@@ -299,11 +311,15 @@ class Windower:
     def _emit(self, frame: wire.Frame, end_row: int, emit: Callable[[Window], None]) -> None:
         """``end_row``: row of ``frame`` just past the window's last sample."""
         w = self._window
+        c = self.counters
+        new_samples = (self.spec.window if self._run == self.spec.window else self.spec.hop) * (
+            self._block if self._features else 1)
         w.bridged = sum(self._skips) if self.bridge else 0
-        if w.bridged > self.bridge:
-            self.counters.windows_withheld += 1
+        if w.bridged > self.bridge:  # too much of it is missing: not scored, its new samples are discarded
+            c.windows_withheld += 1
+            c.samples_discarded += new_samples
             return
-        self.counters.windows_bridged += w.bridged > 0
+        c.windows_bridged += w.bridged > 0
         self._steps.latest(self.spec.window, w.steps)
         w.seq_end = (frame.seq + end_row) % wire.SEQ_MOD
         if self.sample_rate:
@@ -316,7 +332,8 @@ class Windower:
                 "rms": np.sqrt(np.mean(np.square(raw, dtype=np.float64), axis=0)).round(6).tolist(),
                 "peak": np.abs(raw).max(axis=0).astype(np.float64).round(6).tolist(),
             }
-        self.counters.windows += 1
+        c.windows += 1
+        c.samples_scored += new_samples
         emit(w)
 
     def window_samples(self) -> np.ndarray:
