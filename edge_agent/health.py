@@ -193,7 +193,8 @@ class HealthMonitor:
         s.state, s.since = condition, None if since is None else round(since, 3)
         if condition == "ok" and not was_fault:
             return None
-        s.events += 1
+        if not was_fault:
+            s.events += 1  # times the sensor stopped being monitored
         if condition == "ok":
             return HealthEvent("recovered", "ok", self.device, "windows are scored again", None, self._wall(),
                                model_version)
