@@ -232,7 +232,7 @@ def deploy(bundle: Path, to: Path | None, config: Path | None, device: str | Non
 
 
 #: Columns of ``edge-agent status``'s sensor table.
-STATUS_COLUMNS = ("state", "alert_state", "threshold", "last_score", "windows_scored", "alerts", "samples_in",
+STATUS_COLUMNS = ("state", "health", "alert_state", "threshold", "last_score", "windows_scored", "alerts", "samples_in",
                   "frames_dropped", "gaps", "crc_errors", "bad_payloads", "inference_ms_p99", "model_version")
 
 
@@ -278,6 +278,8 @@ def status(config: Path | None, file: Path | None, device: str | None, as_json: 
 
 
 def _cell(value) -> str:
+    if isinstance(value, dict) and "state" in value:  # health: its state (the reason is in --sensor DEV)
+        return str(value["state"])
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else str(value)
