@@ -26,7 +26,9 @@ Per sensor::
 
     [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none), burst
     [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only), read_timeout_s, reopen_max_s
-    [source.mqtt]   topic_device (defaults to device), qos
+    [source.mqtt]   topic_device (defaults to device) or topic (any topic), qos, payload = "wire" | "json";
+                    json: fields (or values, channels), records, seq_field, time_field, time_unit, scale,
+                    max_payload_bytes (see ``wire.JsonMapping``)
     [bundle]      path, watch_s (0 = no hot swap), num_threads
     [alerts]      k, n, clear_ratio, clear_windows, cooldown_s, critical_ratio
     [alerts.sinks] log, jsonl, mqtt, command, command_timeout_s
@@ -70,10 +72,42 @@ class SerialSource:
     reopen_max_s: float = field(default=5.0, metadata=_rng(0.1, 300.0))
 
 
+#: ``[source.mqtt]`` keys of a JSON payload mapping (``payload = "json"``), as ``wire.JsonMapping`` names them.
+MAPPING_KEYS = ("fields", "values", "records", "channels", "seq_field", "time_field", "time_unit", "scale")
+
+
 @dataclass(frozen=True)
 class MqttSource:
+    """Where an MQTT sensor publishes and what its payloads look like (``payload = "json"``: ``wire.JsonMapping``)."""
+
     topic_device: str | None = field(default=None, metadata=_rng())  # whose vib/<device>/samples; default: device
+    topic: str | None = field(default=None, metadata=_rng())  # any topic instead (no wildcards)
     qos: int = field(default=1, metadata=_rng(0, 2))
+    payload: str = field(default="wire", metadata=_rng(choices=("wire", "json")))
+    fields: tuple[str, ...] | None = None
+    values: str | None = None
+    records: str | None = None
+    channels: int | None = field(default=None, metadata=_rng(1, wire.MAX_CHANNELS))
+    seq_field: str | None = None
+    time_field: str | None = None
+    time_unit: str | None = field(default=None, metadata=_rng(choices=wire.TIME_UNITS))
+    scale: float | None = None
+    max_payload_bytes: int | None = field(default=None, metadata=_rng(1024, 256 * 1024 * 1024))
+
+    def samples_topic(self, device: str) -> str:
+        """The topic this sensor's samples arrive on."""
+        return self.topic or wire.samples_topic(self.topic_device or device)
+
+    def mapping(self) -> wire.JsonMapping | None:
+        """The declared JSON mapping (None: the wire payloads). ConfigError naming the key at fault."""
+        if self.payload != "json":
+            return None
+        kwargs = {k: getattr(self, k) for k in MAPPING_KEYS if getattr(self, k) is not None}
+        return wire.JsonMapping(**kwargs)
+
+    def decoder(self) -> wire.PayloadDecoder:
+        """A new payload decoder for this source (it numbers samples itself when the mapping has no seq_field)."""
+        return wire.PayloadDecoder(self.mapping(), self.max_payload_bytes)
 
 
 @dataclass(frozen=True)
@@ -402,8 +436,7 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
         if s.source.kind == "serial":
             claim(ports, s.source.serial.port, f"{where}source.serial.port", f"port {s.source.serial.port!r}")
         else:
-            topic = wire.samples_topic(s.source.mqtt.topic_device if s.source.mqtt and s.source.mqtt.topic_device
-                                       else s.device)
+            topic = (s.source.mqtt or MqttSource()).samples_topic(s.device)
             claim(topics, topic, f"{where}source.mqtt", f"topic {topic!r}")
         claim(paths, cfg.resolve(s.calibration.path).resolve(), f"{where}calibration.path", "this file")
         check_path(f"{where}bundle.path", cfg.resolve(s.bundle.path), directory=True)
@@ -529,11 +562,8 @@ def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
     if src.kind == "mqtt":
         if cfg.mqtt is None:
             raise ConfigError(f"mqtt: a [mqtt] broker section is required when {where}source.kind = 'mqtt'")
-        if src.mqtt is not None and src.mqtt.topic_device is not None:
-            try:
-                wire.check_device_id(src.mqtt.topic_device)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}source.mqtt.topic_device: {exc}") from None
+        if src.mqtt is not None:
+            _check_mqtt_source(src.mqtt, f"{where}source.mqtt")
     if src.kind != "serial" and src.serial is not None:
         raise ConfigError(f"{where}source.serial: given but source.kind = {src.kind!r}")
     if src.kind != "mqtt" and src.mqtt is not None:
@@ -545,6 +575,32 @@ def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
             raise ConfigError(f"{key}: needs a [mqtt] broker section")
     if a.sinks.command is not None and not a.sinks.command:
         raise ConfigError(f"{where}alerts.sinks.command: must be a non-empty list of strings (program and arguments)")
+
+
+def _check_mqtt_source(m: MqttSource, where: str) -> None:
+    """Topic and payload mapping of an MQTT source (the mapping is built once here, so its errors come at load)."""
+    if m.topic_device is not None:
+        try:
+            wire.check_device_id(m.topic_device)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.topic_device: {exc}") from None
+    if m.topic is not None:
+        if m.topic_device is not None:
+            raise ConfigError(f"{where}.topic: give topic or topic_device, not both")
+        if any(ch in m.topic for ch in "+#\0") or len(m.topic.encode()) > 65535:
+            raise ConfigError(f"{where}.topic: one topic, without the wildcards '+' and '#' (a sensor reads one "
+                              f"publisher), got {m.topic!r}")
+    if m.payload != "json":
+        given = [k for k in (*MAPPING_KEYS, "max_payload_bytes") if getattr(m, k) is not None]
+        if given:
+            raise ConfigError(f"{where}.{given[0]}: only for payload = \"json\" (the wire payloads describe themselves)")
+        return
+    if m.time_unit is not None and m.time_field is None:
+        raise ConfigError(f"{where}.time_unit: only with time_field")
+    try:
+        m.mapping()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def _build(cls: type, data: object, where: str):

@@ -21,7 +21,6 @@ from edge_agent import calibration
 from edge_agent.alerts import AlertEvent, AlertPolicy
 from edge_agent.bundle_watch import BundleWatch, LoadedModel
 from edge_agent.config import AgentConfig, SensorConfig
-from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError, BundleError
 from edge_agent.health import HealthMonitor
 from edge_agent.health import Input as HealthInput
@@ -55,13 +54,14 @@ def make_source(cfg: SensorConfig, connection: MqttConnection | None, wake: thre
         s = src.serial
         return SerialSource(s.port, s.format, s.baudrate, s.channels, s.read_timeout_s, s.reopen_max_s,
                             src.queue_frames, wake)
+    from edge_agent.config import MqttSource as MqttSourceConfig
     from edge_agent.sources.mqtt import MqttSource
 
     if connection is None:
         raise AgentError(f"sensor {cfg.device}: an MQTT source needs the gateway's [mqtt] connection")
-    m = src.mqtt
-    topic = wire.samples_topic(m.topic_device if m and m.topic_device else cfg.device)
-    return MqttSource(connection, topic, qos=m.qos if m else 1, queue_frames=src.queue_frames, wake=wake)
+    m = src.mqtt or MqttSourceConfig()
+    return MqttSource(connection, m.samples_topic(cfg.device), qos=m.qos, decoder=m.decoder(),
+                      queue_frames=src.queue_frames, wake=wake)
 
 
 class Sensor:

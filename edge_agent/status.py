@@ -39,6 +39,7 @@ class SourceCounters:
     reconnects: int = 0
     open_failures: int = 0
     read_errors: int = 0
+    gaps_detectable: bool = True  # false: the payloads carry no sequence number (samples numbered as they arrive)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

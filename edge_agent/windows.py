@@ -10,7 +10,7 @@ What makes a span unusable (the window assembly restarts after it, so no scored 
 
 * a sequence gap or a backwards jump (``wire.seq_gap`` != 0): counted in ``gaps`` (and
   ``samples_missing`` for a forward gap, ``resyncs`` for a backwards one);
-* except a *duplicate*: a frame identical (seq, length, payload) to one of the last
+* except a *duplicate*: a frame identical (seq, length, CRC-32 ``Frame.checksum``) to one of the last
   ``RECENT_FRAMES`` consumed (QoS 1 redelivers after a reconnect) is dropped and counted in
   ``duplicates``, and the stream carries on as if it had not arrived; a backwards jump with new
   data is a restarted sender;
@@ -139,7 +139,7 @@ class Windower:
         self._window = Window(np.empty((spec.window, spec.n_features), np.float32))
         self._raw_window = np.empty((spec.window_samples, self.n_channels), np.float32) if self._features else None
         self.expected_seq: int | None = None
-        self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_FRAMES)  # (seq, n, payload hash)
+        self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_FRAMES)  # (seq, n, Frame.checksum)
         self._run = 0  # contiguous valid steps since the last restart
         self._pfill = 0  # samples in the pending partial block
         self.bridge = int(bridge) if self._features and not spec.fft_bands else 0
@@ -185,9 +185,9 @@ class Windower:
 
     # ------------------------------------------------------------------ input
     def is_duplicate(self, frame: wire.Frame) -> bool:
-        """Whether ``frame`` is one of the last ``RECENT_FRAMES`` consumed (a QoS 1 redelivery)."""
-        x = frame.samples
-        return (frame.seq, x.shape[0], hash(x.tobytes())) in self._recent
+        """Whether ``frame`` is one of the last ``RECENT_FRAMES`` consumed (a QoS 1 redelivery): same seq, length
+        and CRC-32 (the wire CRC of a binary frame, else computed over the samples in place, without a copy)."""
+        return (frame.seq, frame.samples.shape[0], frame.checksum) in self._recent
 
     def push(self, frame: wire.Frame, emit: Callable[[Window], None]) -> int:
         """Consume one frame; call ``emit(window)`` for every window it completes. Returns that count."""
@@ -217,7 +217,7 @@ class Windower:
                     self.restart()
         c.samples_in += n
         self.expected_seq = frame.next_seq
-        self._recent.append((frame.seq, n, hash(x.tobytes())))
+        self._recent.append((frame.seq, n, frame.checksum))
         before = c.windows
         bad = self._invalid_rows(x, frame.saturated)
         if bad is None:
