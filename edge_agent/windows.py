@@ -328,9 +328,10 @@ class Windower:
             w.t_end_us = frame.t0_us
         if self.with_stats:
             raw = w.steps if self._raw is None else self._raw.latest(self.spec.window_samples, self._raw_window)
+            chan = np.ascontiguousarray(raw.T)  # (C, n): numpy reduces a (n, C) array along n ~20x slower
             w.stats = {
-                "rms": np.sqrt(np.mean(np.square(raw, dtype=np.float64), axis=0)).round(6).tolist(),
-                "peak": np.abs(raw).max(axis=0).astype(np.float64).round(6).tolist(),
+                "rms": np.sqrt(np.mean(np.square(chan, dtype=np.float64), axis=1)).round(6).tolist(),
+                "peak": np.abs(chan).max(axis=1).astype(np.float64).round(6).tolist(),
             }
         c.windows += 1
         c.samples_scored += new_samples
