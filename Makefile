@@ -43,6 +43,8 @@ bench: setup
 	$(PY) bench/bench_sim.py --duration 5
 	$(PY) bench/bench_agent.py
 	$(PY) bench/bench_web.py
+	$(PY) bench/bench_payloads.py
+	$(PY) bench/bench_sensors.py
 
 demo: setup
 	$(PY) scripts/demo.py --link serial
