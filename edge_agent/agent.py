@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between refreshes of the status snapshot the web server reads.
 SNAPSHOT_S = 1.0
+#: After a wake-up the scoring loop lets this long pass before it polls, so that one round serves the frames
+#: of many sensors: a wake-up per frame (thousands a second with tens of sensors) cost ~10 % of a core.
+WAKE_COALESCE_S = 0.002
 
 
 def gateway_topic(gateway: str, leaf: str) -> str:
@@ -225,8 +228,8 @@ class Agent:
                     for sink in self._jsonl.values():
                         sink.retry()  # alert lines a full disk held back
                     self.publish_status()
-                if not busy:
-                    self.wake.wait(0.1)
+                if not busy and self.wake.wait(0.1):
+                    stop.wait(WAKE_COALESCE_S)
         finally:
             self.close()
 
