@@ -45,7 +45,8 @@ def mutate(payload: bytes, **changes: object) -> bytes:
 def test_round_trip() -> None:
     payload, samples = make()
     obj = json.loads(payload)
-    assert (obj["schema"], obj["shape"], obj["dtype"], obj["units"]) == (1, [16, 3], "float32", "g")
+    assert (obj["schema"], obj["shape"], obj["dtype"], obj["units"], obj["kind"]) == (2, [16, 3], "float32", "g", "normal")
+    assert len(obj["id"]) == 32 and obj["gateway"] is None
     assert base64.b64decode(obj["data_b64"]) == samples.astype("<f4").tobytes()
     rec = decode_record(payload)
     np.testing.assert_array_equal(rec.samples, samples)
@@ -64,7 +65,12 @@ def test_round_trip() -> None:
     ({"shape": [17, 3]}, "bytes, shape [17, 3]"),
     ({"shape": [16, 2]}, "does not fit 3 channels"),
     ({"state": "broken"}, "state 'broken'"),
-    ({"schema": 2}, "schema 2"),
+    ({"schema": 3}, "schema 3"),
+    ({"schema": True}, "schema True"),
+    ({"kind": "spare"}, "kind 'spare'"),
+    ({"id": "a b"}, "id 'a b'"),
+    ({"id": KeyError}, "missing keys ['id']"),
+    ({"gateway": ""}, "'gateway' is empty"),
     ({"dtype": "float64"}, "dtype 'float64'"),
     ({"seq_end": "10"}, "'seq_end' has type str"),
     ({"time_end": "yesterday"}, "not ISO-8601"),
@@ -77,6 +83,34 @@ def test_decode_rejects(bad: object, msg: str) -> None:
         decode_record(data)
     assert msg in str(info.value)
     assert isinstance(info.value, AgentError)
+
+
+def test_schema_1_records_still_decode() -> None:
+    payload, samples = make()
+    obj = json.loads(payload)
+    for key in ("id", "kind", "gateway", "alert_ref"):
+        del obj[key]
+    obj["schema"] = 1
+    old = json.dumps(obj).encode()
+    rec = decode_record(old)
+    np.testing.assert_array_equal(rec.samples, samples)
+    assert rec.schema == 1 and rec.kind == "normal" and rec.id.startswith("s1-")
+    assert decode_record(old).id == rec.id, "a schema-1 record collected twice keeps one id"
+    obj["score"] = None
+    with pytest.raises(UploadError, match="'score' has type NoneType"):
+        decode_record(json.dumps(obj))
+    assert decode_record(rec.encode()).id == rec.id, "re-encoded as schema 2 with the same id"
+
+
+def test_optional_scores_and_kinds() -> None:
+    payload, _ = make(state="critical", score=0.9)
+    rec = decode_record(payload)
+    assert rec.kind == "alert" and not rec.healthy
+    calib = decode_record(mutate(payload, kind="calibration", state="normal", threshold=None, score=0.2))
+    assert calib.threshold is None and calib.healthy, "calibration windows are healthy data"
+    assert not decode_record(mutate(payload, kind="alert", state="normal", score=0.1)).healthy
+    with pytest.raises(UploadError, match="bytes is more than"):
+        decode_record(b" " * (32 * 1024 * 1024 + 1))
 
 
 def test_nan_rejected_both_ways() -> None:
