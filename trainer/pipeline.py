@@ -68,6 +68,7 @@ class TrainOptions:
     model_id: str | None = None
     latency_windows: int = 1000
     persistence: int = PERSISTENCE
+    recording: object = None  # a Recording already loaded (trainer.dataset, trainer.retrain); ``data`` only names it
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,10 @@ def run(opts: TrainOptions) -> TrainResult:
     if not 0 < opts.min_agreement <= 1:
         raise ValueError(f"--min-agreement must be in (0, 1], got {opts.min_agreement}")
     load_opts = {"channels": list(opts.channels)} if opts.channels else {}
-    fmt = detect_format(opts.data) if opts.format == "auto" else opts.format
+    fmt = detect_format(opts.data) if opts.format == "auto" and opts.recording is None else opts.format
     if fmt == "uploads":  # retrain only on windows the gateway scored as normal
         load_opts["healthy_only"] = True
-    rec = load(opts.data, fmt, **load_opts)
+    rec = opts.recording if opts.recording is not None else load(opts.data, fmt, **load_opts)
     log.info("loaded %r", rec)
     rec = trim_recording(rec, opts.start, opts.end)
     if rec.n_rows == 0:

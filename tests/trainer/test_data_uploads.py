@@ -1,21 +1,17 @@
-"""Upload records: codec, the ``uploads`` loader, and the collector against a real mosquitto."""
+"""Upload records: the codec and the ``uploads`` loader (the collector: tests/trainer/test_collect.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.contract.errors import AgentError, UploadError
 from edge_agent.contract.recordings import DataFormatError, load
 from edge_agent.contract.upload_record import decode_record, encode_record
-from tests.broker import Broker
-from trainer.collect import collect
 
 
 def make(
@@ -180,62 +176,3 @@ def test_uploads_loader_errors(tmp_path: Path) -> None:
     bad = Path(__file__).resolve().parents[1] / "fixtures/data/malformed/uploads_bad_base64.jsonl"
     kept = load(bad, skip_invalid=True)
     assert len(kept.segments) == 2
-
-
-def test_collector_with_real_mosquitto(mosquitto: Broker, tmp_path: Path) -> None:
-    host, port = mosquitto.address
-    out = tmp_path / "collected"
-    stop, subscribed = threading.Event(), threading.Event()
-    result: dict[str, object] = {}
-
-    def run() -> None:
-        result["stats"] = collect(host, port, out, stop_event=stop, subscribed=subscribed, max_records=3)
-
-    worker = threading.Thread(target=run, name="collector", daemon=True)
-    worker.start()
-    try:
-        assert subscribed.wait(10), "collector did not subscribe"
-        sent = [make(1, device="gw-01"), make(2, device="gw-02"), make(3, device="gw-01")]
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-publisher")
-        pub.connect(host, port)
-        pub.loop_start()
-        try:
-            infos = [pub.publish("vib/gw-01/upload", b"garbage", qos=1),
-                     pub.publish("vib/gw-01/upload", mutate(sent[0][0], state="bogus"), qos=1)]
-            infos += [pub.publish(f"vib/{json.loads(p)['device']}/upload", p, qos=1) for p, _ in sent]
-            for info in infos:
-                info.wait_for_publish(timeout=10)
-                assert info.is_published()
-        finally:
-            pub.disconnect()
-            pub.loop_stop()
-        worker.join(timeout=15)
-        assert not worker.is_alive(), "collector did not finish"
-    finally:
-        stop.set()
-        worker.join(timeout=5)
-    stats = result["stats"]
-    assert (stats.received, stats.written, stats.invalid, stats.dropped) == (5, 3, 2, 0)
-    assert stats.per_device == {"gw-01": 2, "gw-02": 1}
-    assert sorted(p.name for p in out.iterdir()) == ["gw-01.jsonl", "gw-02.jsonl"]
-    assert len((out / "gw-01.jsonl").read_text().splitlines()) == 2
-    rec = load(out)
-    assert rec.format == "uploads" and len(rec.segments) == 3
-    for seg, (_, samples) in zip(rec.segments, sent, strict=True):
-        np.testing.assert_array_equal(seg.data, samples)
-
-
-def test_collector_stops_on_event(mosquitto: Broker, tmp_path: Path) -> None:
-    host, port = mosquitto.address
-    stop, subscribed = threading.Event(), threading.Event()
-    result: dict[str, object] = {}
-    def run() -> None:
-        result["stats"] = collect(host, port, tmp_path, stop_event=stop, subscribed=subscribed)
-
-    worker = threading.Thread(target=run, name="collector", daemon=True)
-    worker.start()
-    assert subscribed.wait(10)
-    stop.set()
-    worker.join(timeout=10)
-    assert not worker.is_alive()
-    assert result["stats"].received == 0
