@@ -193,8 +193,10 @@ def inspect(bundle: Path, as_json: bool) -> None:
 
 from trainer import collect as _collect  # noqa: E402 (fleet commands: trainer/collect.py, publish.py, retrain.py)
 from trainer import publish as _publish  # noqa: E402
+from trainer import retrain as _retrain  # noqa: E402
 
 cli.add_command(_collect.command())
+cli.add_command(_retrain.command())
 for _command in _publish.commands():
     cli.add_command(_command)
 
