@@ -90,8 +90,8 @@ def collect(
     client_id: str | None = None,
     member: int = 1,
     subscribed: threading.Event | None = None,
-    receive_maximum: int = 1000,
-    flush_records: int = 500,
+    receive_maximum: int = 2000,
+    flush_records: int = 1000,
     flush_bytes: int = 64 * 1024 * 1024,
     flush_s: float = 1.0,
     session_expiry_s: int = 86_400,
@@ -265,7 +265,7 @@ def command():
                   help="Number of this collector on this host (part of the default client id).")
     @click.option("--client-id", default=None, help="MQTT client id (default: collect-<group>-<host>-<member>).")
     @click.option("--topic", default=UPLOAD_FILTER, show_default=True)
-    @click.option("--receive-maximum", type=click.IntRange(1, 65535), default=1000, show_default=True,
+    @click.option("--receive-maximum", type=click.IntRange(1, 65535), default=2000, show_default=True,
                   help="Most unacknowledged messages the broker may send.")
     @click.option("--flush-s", type=click.FloatRange(0.01, 3600), default=1.0, show_default=True,
                   help="Write (and acknowledge) buffered records at least this often.")
