@@ -36,6 +36,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ class RolloutPolicy:
     max_alert_rate_increase: float = 0.05
     probation_windows: int = 300
     min_probation_windows: int = 30  # a rollback may come this early, when the excess is already clear
+    assemble_timeout_s: float = 600.0  # a rollout whose chunks do not all arrive in this time is rejected
 
 
 def previous_path(bundle_path: Path) -> Path:
@@ -162,6 +164,8 @@ class SensorRollout:
         self._chunks: dict[int, bytes] = {}
         self._orphans: dict[str, dict[int, bytes]] = {}
         self._orphan_bytes = 0
+        self._bad_chunks: dict[str, int] = {}  # rollout id -> chunks seen that no trusted key signed
+        self._received_at = 0.0
         self._candidate: LoadedModel | None = None
         self._previous: LoadedModel | None = None
         self._staged: Path | None = None
@@ -201,8 +205,12 @@ class SensorRollout:
             except contract.RolloutError as exc:
                 self._reject(str(exc))
         try:
-            if self.state == "received" and self.meta is not None and len(self._chunks) == self.meta.n_chunks:
-                self._verify()
+            if self.state == "received" and self.meta is not None:
+                if len(self._chunks) == self.meta.n_chunks:
+                    self._verify()
+                elif time.monotonic() - self._received_at > self.policy.assemble_timeout_s:
+                    raise contract.RolloutError(f"only {len(self._chunks)} of {self.meta.n_chunks} chunks arrived in "
+                                                f"{self.policy.assemble_timeout_s:g} s")
             if self.state in ("verified", "shadow"):
                 self._shadow()
             elif self.state == "serving":
@@ -230,6 +238,8 @@ class SensorRollout:
         """A chunk before its metadata: kept (bounded) only if a trusted key signed it."""
         body, signature = payload[:-64], payload[-64:]
         if not any(_verifies(k, signature, body) for k in self.keys.values()):
+            if rollout_id in self._bad_chunks or len(self._bad_chunks) < 16:
+                self._bad_chunks[rollout_id] = self._bad_chunks.get(rollout_id, 0) + 1
             return
         if self._orphan_bytes + len(payload) > ORPHAN_BYTES:
             self._orphans.clear()
@@ -253,7 +263,10 @@ class SensorRollout:
             return
         self._discard_candidate()
         self.meta, self._chunks, self.reason, self.figures = meta, {}, "", {}
-        self.state = "received"
+        self.state, self._received_at = "received", time.monotonic()
+        if meta.rollout_id in self._bad_chunks:
+            raise contract.RolloutError(f"{self._bad_chunks[meta.rollout_id]} chunk(s) of this rollout: signature "
+                                        "does not verify")
         for chunk in self._orphans.pop(meta.rollout_id, {}).values():
             i, data = contract.verify_chunk(meta, chunk, self.keys)
             self._chunks[i] = data
