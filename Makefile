@@ -11,7 +11,13 @@ OUT     ?= bundles/ims-test2
 TRAIN_ARGS ?= --format ims-avg --start 2004-02-12T11:32:39 --end 2004-02-19T06:12:39 \
               --train-until 2004-02-15T12:52:39 --quantize int8
 
-.PHONY: setup system-packages test lint export-tflite train bench demo demo-mqtt soak check-aarch64 clean
+# Retraining on what the fleet collected (trainer collect --out $(DATASET)), proved against the served bundle.
+DATASET ?= runs/fleet/dataset
+CURRENT ?= bundles/current
+NEW     ?= bundles/retrained
+RETRAIN_ARGS ?=
+
+.PHONY: setup system-packages test lint export-tflite train bench demo demo-mqtt soak check-aarch64 retrain demo-fleet clean
 
 # The Debian packages (mosquitto, sqlite3, python3-venv, faketime, systemd, chromium), installed when missing, then .venv.
 setup: system-packages $(STAMP)
@@ -45,6 +51,7 @@ bench: setup
 	$(PY) bench/bench_web.py
 	$(PY) bench/bench_payloads.py
 	$(PY) bench/bench_sensors.py
+	$(PY) bench/bench_fleet.py
 
 demo: setup
 	$(PY) scripts/demo.py --link serial
@@ -60,6 +67,13 @@ soak: setup
 # Not in CI. The agent on an arm64 Debian root under qemu-user (runs/aarch64/; needs root or sudo; minutes).
 check-aarch64: setup
 	scripts/check_aarch64.sh
+
+retrain: setup
+	$(BIN)/trainer retrain --dataset $(DATASET) --current $(CURRENT) --out $(NEW) $(RETRAIN_ARGS)
+	$(BIN)/trainer inspect $(NEW)
+
+demo-fleet: setup
+	$(PY) scripts/demo_fleet.py
 
 clean:
 	rm -rf --one-file-system bundles runs .pytest_cache
