@@ -159,12 +159,16 @@ def test_a_record_collected_twice_is_loaded_once(tmp_path: Path) -> None:
         np.testing.assert_array_equal(seg.data, samples)
 
 
-def test_any_agent_device_id_becomes_a_safe_file_name() -> None:
-    from trainer.collect import device_file_name
+def test_any_agent_device_id_becomes_a_safe_partition_folder(tmp_path: Path) -> None:
+    from trainer.dataset import partition_dir
 
-    assert device_file_name("gw-01") == "gw-01.jsonl"
-    assert device_file_name("pump 7 (hall B)") == "pump%207%20%28hall%20B%29.jsonl"
-    assert device_file_name("..") == "%2E..jsonl" and "/" not in device_file_name("a\\b")
+    def name(device: str) -> str:
+        return partition_dir(tmp_path, device, "2026-11-22").relative_to(tmp_path).as_posix()
+
+    assert name("gw-01") == "device=gw-01/date=2026-11-22"
+    assert name("pump 7 (hall B)") == "device=pump%207%20%28hall%20B%29/date=2026-11-22"
+    assert name("..") == "device=../date=2026-11-22" and name("a\\b") == "device=a%5Cb/date=2026-11-22"
+    assert partition_dir(tmp_path, "..", "d").resolve().parent.parent == tmp_path.resolve()
 
 
 def test_uploads_loader_errors(tmp_path: Path) -> None:
