@@ -15,6 +15,10 @@ scaled out over N collectors with an MQTT 5 shared subscription.
 * **Bounded.** The client's Receive Maximum caps the messages the broker sends before it sees an
   acknowledgement; records are buffered up to ``flush_records`` / ``flush_bytes`` / ``flush_s`` and then
   written, one file per device and date, and acknowledged together.
+* **Receipts, end to end.** Once records are durable their ids are published (QoS 1) to
+  ``vib/<device>/upload/receipt``; a gateway keeps each record in its spool until a receipt names it and
+  sends it again otherwise. This covers what MQTT acknowledgements cannot: messages a broker drops (a broker
+  restart forgets shared subscriptions, measured on mosquitto 2.0.11; queue limits; an expired session).
 * **Idempotent.** A record whose id is in the dataset (a QoS 1 re-send, a message collected by two members
   around a session hand-over) is acknowledged and skipped; readers drop any duplicate that slipped through.
 
@@ -40,7 +44,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.contract import wire
 from edge_agent.contract.errors import ConfigError, UploadError
-from edge_agent.contract.upload_record import decode_record
+from edge_agent.contract.upload_record import decode_record, encode_receipts, receipt_topic
 from trainer.dataset import DatasetWriter
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,7 @@ class CollectStats:
     flush_errors: int = 0  # writes that failed (disk full, ...): retried, nothing acknowledged meanwhile
     dropped: int = 0  # hand-over queue full: not acknowledged, so the broker re-sends it after a reconnect
     connects: int = 0
+    receipts: int = 0  # receipt messages published
     per_device: dict[str, int] = field(default_factory=dict)
 
 
@@ -99,6 +104,7 @@ def collect(
     username: str | None = None,
     password: str | None = None,
     max_records: int | None = None,
+    receipts: bool = True,
 ) -> CollectStats:
     """Collect upload records into the dataset ``out_dir`` until ``stop_event`` is set.
 
@@ -114,6 +120,8 @@ def collect(
         session_expiry_s: how long the broker keeps this collector's session (and queues its share)
             while it is away.
         max_records: return after this many records were written.
+        receipts: once records are durable, confirm their ids to the gateways (``vib/<device>/upload/receipt``),
+            which keep each record until a receipt names it.
 
     Returns:
         CollectStats.
@@ -164,6 +172,7 @@ def collect(
     props.ReceiveMaximum = int(receive_maximum)
 
     unacked: list[tuple[int, int, int]] = []  # (generation, mid, qos) of records buffered or skipped
+    owed: dict[str, list[str]] = {}  # device -> ids to confirm to the gateways once durable (receipts)
     oldest = [None]  # monotonic time the oldest buffered record arrived
     warned = [0.0]
 
@@ -173,6 +182,11 @@ def collect(
                 client.ack(mid, qos)
                 stats.acked += 1
         unacked.clear()
+        for device, ids in owed.items():  # end to end: the gateway may now forget these records
+            for payload in encode_receipts(ids, cid):
+                client.publish(receipt_topic(device), payload, qos=1)
+                stats.receipts += 1
+        owed.clear()
 
     def flush() -> bool:
         try:
@@ -199,6 +213,8 @@ def collect(
                 log.warning("dropped invalid upload (%d so far): %s", stats.invalid, exc)
                 warned[0] = now
         else:
+            if receipts:
+                owed.setdefault(rec.device, []).append(rec.id)
             if writer.add(rec):
                 stats.per_device[rec.device] = stats.per_device.get(rec.device, 0) + 1
                 if oldest[0] is None:
@@ -272,8 +288,10 @@ def command():
     @click.option("--session-expiry-s", type=click.IntRange(0, 2**32 - 1), default=86_400, show_default=True,
                   help="How long the broker keeps this collector's session while it is away.")
     @click.option("--max-records", type=click.IntRange(min=1), default=None, help="Stop after this many (default: Ctrl-C).")
+    @click.option("--no-receipts", is_flag=True, help="Do not confirm durable records to the gateways.")
     def collect_command(broker: str, out, group: str, no_share: bool, member: int, client_id: str | None, topic: str,
-                        receive_maximum: int, flush_s: float, session_expiry_s: int, max_records: int | None) -> None:
+                        receive_maximum: int, flush_s: float, session_expiry_s: int, max_records: int | None,
+                        no_receipts: bool) -> None:
         """Collect the windows gateways upload into a Parquet dataset (train on it with --data DATASET)."""
         import signal
 
@@ -285,7 +303,7 @@ def command():
         click.echo(f"collecting {sub} from {broker} into {out} (Ctrl-C to stop)")
         stats = collect(host, port, out, stop_event=stop, group=None if no_share else group, topic=topic,
                         client_id=client_id, member=member, receive_maximum=receive_maximum, flush_s=flush_s,
-                        session_expiry_s=session_expiry_s, max_records=max_records)
+                        session_expiry_s=session_expiry_s, max_records=max_records, receipts=not no_receipts)
         click.echo(f"received {stats.received}, written {stats.written}, duplicates {stats.duplicates}, "
                    f"invalid {stats.invalid}, files {stats.files}; per device {dict(stats.per_device)}")
 

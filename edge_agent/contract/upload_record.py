@@ -323,3 +323,35 @@ def decode_record(payload: bytes | str) -> UploadRecord:
         threshold=None if obj["threshold"] is None else float(obj["threshold"]), state=obj["state"],
         samples=samples, schema=obj["schema"], **extra,
     )
+
+
+# ------------------------------------------------------------------------------------------- receipts
+#: Ids per receipt message (a receipt of 500 uuid4 ids is ~18 KB).
+RECEIPT_IDS = 500
+
+
+def receipt_topic(device: str) -> str:
+    """``vib/<device>/upload/receipt``: where collectors confirm the records of ``device`` they hold durably."""
+    from .wire import check_device_id
+
+    return f"vib/{check_device_id(device)}/upload/receipt"
+
+
+def encode_receipts(ids: list[str], collector: str = "") -> list[bytes]:
+    """Receipt messages (``{"ids": [...], "collector": str}``, at most ``RECEIPT_IDS`` ids each)."""
+    return [json.dumps({"ids": ids[i:i + RECEIPT_IDS], "collector": collector}, separators=(",", ":")).encode()
+            for i in range(0, len(ids), RECEIPT_IDS)]
+
+
+def decode_receipt(payload: bytes) -> list[str]:
+    """The record ids a receipt confirms; UploadError for anything else."""
+    if len(payload) > 1024 * 1024:
+        raise UploadError("upload receipt: too large")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise UploadError(f"upload receipt: not valid UTF-8 JSON ({exc})") from exc
+    ids = obj.get("ids") if isinstance(obj, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) and _ID.fullmatch(i) for i in ids):
+        raise UploadError("upload receipt: 'ids' must be a list of record ids")
+    return ids
