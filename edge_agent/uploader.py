@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.contract.errors import UploadError
-from edge_agent.contract.upload_record import KINDS
+from edge_agent.contract.upload_record import KINDS, decode_receipt
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.spool import Spool
@@ -204,6 +204,22 @@ class ByteBudget:
         return max(0.0, (min(size, self.capacity) - self._tokens) / self.rate)
 
 
+class UplinkState:
+    """Whether the gateway's bridge to the centre is up, from mosquitto's bridge notification topic
+    (retained ``1`` / ``0``; ``notifications true`` in examples/mosquitto-bridge.conf). Up until told otherwise."""
+
+    def __init__(self) -> None:
+        self.up: bool | None = None
+
+    def on_message(self, payload: bytes) -> None:  # paho's thread
+        text = bytes(payload).strip()
+        if text in (b"0", b"1"):
+            self.up = text == b"1"
+
+    def __call__(self) -> bool:
+        return self.up is not False
+
+
 class Uploader:
     """Drain ``spool`` to the broker of ``connection`` with QoS 1 in a background thread."""
 
@@ -220,6 +236,8 @@ class Uploader:
         qos: int = 1,
         budget: ByteBudget | None = None,
         uplink=None,
+        receipts: bool = False,
+        receipt_timeout_s: float = 300.0,
     ) -> None:
         if batch < 1:
             raise ValueError(f"uploader: batch must be >= 1, got {batch}")
@@ -239,6 +257,12 @@ class Uploader:
         self._ratelog = RateLimitedLog(logger)
         self.budget = budget  # bytes per hour on a metered link (None: no limit)
         self.uplink = uplink  # () -> bool: whether the bridge to the centre is up (None: not known, always send)
+        # receipts: a PUBACK only means the (local) broker has it; the record stays in the spool, marked sent,
+        # until a collector's receipt names it, and is sent again after receipt_timeout_s without one
+        self.receipts = bool(receipts)
+        self.receipt_timeout_s = float(receipt_timeout_s)
+        self._receipts: collections.deque[list[str]] = collections.deque(maxlen=10_000)
+        self.confirmed = 0  # records a receipt confirmed
         self.sent = 0
         self.sent_bytes = 0
         self.failed_attempts = 0
@@ -299,10 +323,25 @@ class Uploader:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2.0, self.backoff_max_s)
 
+    def on_receipt(self, payload: bytes) -> None:
+        """paho's thread: a collector's receipt (ids it holds durably); applied on the uploader thread."""
+        try:
+            self._receipts.append(decode_receipt(payload))
+        except UploadError as exc:
+            self._ratelog.log(logging.WARNING, "receipt", "uploader: bad receipt dropped: %s", exc)
+        self._wake.set()
+
+    def _apply_receipts(self) -> None:
+        while self._receipts:
+            ids = self._receipts.popleft()
+            self.confirmed += self.spool.confirm(ids)
+
     def _step(self) -> bool:
         """One round: finish the in-flight batch or publish the next one. False when the round failed."""
         if self.spool.waiting:
             self.spool.flush()  # records held in memory while another program locked the spool
+        if self.receipts:
+            self._apply_receipts()
         if self._inflight:
             return self._collect()
         if not self.connection.wait_connected(0.5):
@@ -311,7 +350,8 @@ class Uploader:
             self.uplink_waits += 1
             self.stop_event.wait(0.5)  # uploads stay in the spool (bounded, evicts by kind), not in the broker's RAM
             return True
-        records = self.spool.peek(self.batch)
+        records = (self.spool.peek(self.batch, resend_after_s=self.receipt_timeout_s) if self.receipts
+                   else self.spool.peek(self.batch))
         if not records:
             self._wake.wait(0.5)
             self._wake.clear()
@@ -353,7 +393,7 @@ class Uploader:
             del self._inflight[rid]
         if done:
             self.sent_bytes += sum(info_size for rid, info_size in self._sizes.items() if rid in done)
-            self.sent += self.spool.ack(done)
+            self.sent += self.spool.mark_sent(done) if self.receipts else self.spool.ack(done)
             for rid in done:
                 self._sizes.pop(rid, None)
         if not self._inflight:
