@@ -231,6 +231,28 @@ def deploy(bundle: Path, to: Path | None, config: Path | None, device: str | Non
                + (f"; the bundle it replaced is in {previous}" if replaces else ""))
 
 
+@main.command()
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path), help="The agent's config.")
+@click.option("--sensor", "device", default=None, help="The sensor whose bundle is rolled back (when several).")
+@click.option("--reason", default="by hand", show_default=True, help="Recorded in the rollout state.")
+def rollback(config: Path, device: str | None, reason: str) -> None:
+    """Serve the previous bundle again (the one the last deploy or rollout replaced).
+
+    BUNDLE.previous goes back into the sensor's bundle path (the rolled-back bundle is kept as
+    BUNDLE.rolled-back); a running agent's watcher serves it within bundle.watch_s, and a rollout that was
+    rolled back is not applied again from its retained message.
+    """
+    from edge_agent.rollout import rollback_files
+
+    cfg = _load(config)
+    try:
+        path = cfg.resolve(cfg.sensor(device).bundle.path)
+        version = rollback_files(path, reason)
+    except (ConfigError, BundleError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path}: now {version} (the rolled-back bundle is in {path.name}.rolled-back)")
+
+
 #: Columns of ``edge-agent status``'s sensor table.
 STATUS_COLUMNS = ("state", "health", "alert_state", "threshold", "last_score", "windows_scored", "alerts", "samples_in",
                   "frames_dropped", "gaps", "crc_errors", "bad_payloads", "inference_ms_p99", "model_version")

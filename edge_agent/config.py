@@ -187,6 +187,10 @@ class Uploads:
     spool_max_bytes: int = field(default=64 * 1024 * 1024, metadata=_rng(1024, 1 << 40))
     spool_max_records: int = field(default=10_000, metadata=_rng(1, 100_000_000))
     batch: int = field(default=50, metadata=_rng(1, 10_000))
+    max_bytes_per_hour: int = field(default=0, metadata=_rng(0, 1 << 40))  # metered link: upload budget (0: none)
+    uplink_topic: str | None = None  # the bridge's notification topic: hold uploads while it reads 0
+    receipts: bool = True  # keep a record until a collector's receipt names it (trainer collect sends them)
+    receipt_timeout_s: float = field(default=300.0, metadata=_rng(5.0, 7 * 86_400.0))  # then send it again
 
 
 @dataclass(frozen=True)
@@ -240,8 +244,31 @@ class Health:
 @dataclass(frozen=True)
 class SensorUploads:
     enabled: bool = False
-    every_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))
+    every_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))  # one reservoir-sampled normal window
     only_normal: bool = True
+    drift_every_s: float = field(default=60.0, metadata=_rng(1.0, 7 * 86_400.0))  # while the scores drift
+    context_before: int = field(default=5, metadata=_rng(0, 1000))  # windows kept before each alert
+    context_after: int = field(default=5, metadata=_rng(0, 1000))  # and after it
+    calibration: bool = True  # keep the windows a calibration is computed on
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Score drift against the bundle's training score quantiles (``edge_agent.drift``)."""
+
+    enabled: bool = True
+    windows: int = field(default=500, metadata=_rng(50, 1_000_000))
+    psi_limit: float = field(default=0.25, metadata=_rng(0.01, 10.0))
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Signed model rollouts (``trainer publish``): the trusted public keys and the limits of a swap."""
+
+    public_keys: tuple[str, ...]
+    shadow_windows: int = field(default=100, metadata=_rng(1, 100_000))
+    max_alert_rate_increase: float = field(default=0.05, metadata=_rng(0.0, 1.0))
+    probation_windows: int = field(default=300, metadata=_rng(1, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -255,6 +282,7 @@ class SensorConfig:
     uploads: SensorUploads = field(default_factory=SensorUploads)
     calibration: Calibration = field(default_factory=Calibration)
     health: Health = field(default_factory=Health)
+    drift: Drift = field(default_factory=Drift)
 
 
 @dataclass(frozen=True)
@@ -269,6 +297,7 @@ class AgentConfig:
     http: Http = field(default_factory=Http)
     homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
     logging: Logging = field(default_factory=Logging)
+    rollout: Rollout | None = None
     base_dir: Path = Path(".")
     path: Path | None = None  # the config file, when loaded from one
 
@@ -299,9 +328,10 @@ class AgentConfig:
 
 
 #: Sections of a sensor that may also be given once at the top level, as every sensor's defaults.
-SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health")
-GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "logging")
-_SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch")
+SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health", "drift")
+GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "logging", "rollout")
+_SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch", "max_bytes_per_hour", "uplink_topic",
+               "receipts", "receipt_timeout_s")
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -389,6 +419,7 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
         http=_build(Http, data.get("http", {}), "http"),
         homeassistant=_build(HomeAssistant, data.get("homeassistant", {}), "homeassistant"),
         logging=_build(Logging, data.get("logging", {}), "logging"),
+        rollout=_build(Rollout, data["rollout"], "rollout") if "rollout" in data else None,
         base_dir=base_dir,
     )
     _check_semantics(cfg, legacy)
@@ -410,6 +441,28 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _check_fleet(cfg: AgentConfig) -> None:
+    """[rollout] keys parse and need a broker; the upload budget and the bridge topic are sound."""
+    if cfg.rollout is not None:
+        from edge_agent.contract.rollout import RolloutError, load_public_key
+
+        if cfg.mqtt is None:
+            raise ConfigError("rollout: needs a [mqtt] broker section (rollouts arrive over MQTT)")
+        if not cfg.rollout.public_keys:
+            raise ConfigError("rollout.public_keys: at least one key (`trainer keygen` prints it)")
+        for i, key in enumerate(cfg.rollout.public_keys):
+            try:
+                load_public_key(key)
+            except RolloutError as exc:
+                raise ConfigError(f"rollout.public_keys[{i}]: {exc}") from None
+    topic = cfg.uploads.uplink_topic
+    if topic is not None and (not topic or any(c in topic for c in "+#")):
+        raise ConfigError(f"uploads.uplink_topic: a topic name without wildcards, got {topic!r}")
+    if 0 < cfg.uploads.max_bytes_per_hour < 1024:
+        raise ConfigError(f"uploads.max_bytes_per_hour: 0 (no budget) or at least 1024, got "
+                          f"{cfg.uploads.max_bytes_per_hour}")
+
+
 def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
     """Rules across keys and across sensors."""
     try:
@@ -419,6 +472,7 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
     _check_web(cfg)
     if cfg.mqtt is not None:
         _check_mqtt(cfg.mqtt)
+    _check_fleet(cfg)
     devices: dict[str, str] = {}
     ports: dict[str, str] = {}
     topics: dict[str, str] = {}

@@ -46,6 +46,7 @@ import numpy as np
 
 from edge_agent.bundle_watch import LoadedModel, load_served_model
 from edge_agent.contract import rollout as contract
+from edge_agent.contract.bundle import PREVIOUS_SUFFIX, deploy_bundle
 from edge_agent.contract.errors import BundleError
 from edge_agent.status import write_json_atomic
 
@@ -69,7 +70,7 @@ class RolloutPolicy:
 
 
 def previous_path(bundle_path: Path) -> Path:
-    return bundle_path.with_name(bundle_path.name + ".previous")
+    return bundle_path.with_name(bundle_path.name + PREVIOUS_SUFFIX)
 
 
 def state_path(bundle_path: Path) -> Path:
@@ -85,16 +86,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def deploy(staged: Path, bundle_path: Path) -> Path:
-    """Move the unpacked bundle ``staged`` into ``bundle_path``, keeping the replaced one as ``.previous``.
-
-    Two renames on one file system; between them ``bundle_path`` does not exist (a watcher sees no change)."""
-    prev = previous_path(bundle_path)
-    if bundle_path.exists():
-        if prev.exists():
-            shutil.rmtree(prev)
-        os.rename(bundle_path, prev)
-    os.rename(staged, bundle_path)
-    _fsync_dir(bundle_path.parent)
+    """Install the unpacked bundle ``staged`` as ``bundle_path`` the way ``edge-agent deploy`` does (checked,
+    assembled in a sibling, renamed into place; the replaced bundle kept as ``.previous``), then remove it."""
+    try:
+        deploy_bundle(staged, bundle_path)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return bundle_path
 
 
@@ -322,11 +319,13 @@ class SensorRollout:
         self._swap()
 
     def _swap(self) -> None:
-        previous = self._serving()
         deploy(self._staged, self.bundle_path)
+        self._staged = None
         model = load_served_model(self.bundle_path, self.num_threads)  # from its final place
         self._candidate = None
-        self._previous = previous
+        # the previous model in an interpreter of this thread's own (the sensor's is busy scoring)
+        prev = previous_path(self.bundle_path)
+        self._previous = load_served_model(prev, self.num_threads) if prev.exists() else None
         self._offer(model)
         self.counters["swaps"] += 1
         with self._ring_lock:

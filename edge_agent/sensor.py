@@ -22,6 +22,7 @@ from edge_agent.alerts import AlertEvent, AlertPolicy
 from edge_agent.bundle_watch import BundleWatch, LoadedModel
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract.errors import AgentError, BundleError
+from edge_agent.fleet import SensorFleet
 from edge_agent.health import HealthMonitor
 from edge_agent.health import Input as HealthInput
 from edge_agent.history import SensorHistory
@@ -71,7 +72,8 @@ class Sensor:
         cfg: this sensor's config; ``gateway`` resolves its paths.
         connection: the gateway's MQTT connection (MQTT sources subscribe on it), or None.
         dispatcher: the sinks of this sensor's alerts.
-        offer_upload: ``(sensor, window, result)`` -> None, the gateway's upload path (None: no uploads).
+        offer_upload: ``(sensor, uploads)`` -> None, the gateway's upload path for the records ``fleet`` chose.
+        fleet: what this sensor keeps for retraining, its drift monitor and rollouts (``edge_agent.fleet``).
         wake: set by the source whenever a frame is queued.
         on_event, on_window: observers of alert events and scored windows (scoring thread).
 
@@ -85,7 +87,8 @@ class Sensor:
         *,
         connection: MqttConnection | None,
         dispatcher: AlertDispatcher,
-        offer_upload: Callable[[Sensor, Window, object], None] | None = None,
+        offer_upload: Callable[[Sensor, list], None] | None = None,
+        fleet: SensorFleet | None = None,
         wake: threading.Event | None = None,
         on_event: Callable[[AlertEvent], None] | None = None,
         on_window: WindowCallback | None = None,
@@ -97,6 +100,7 @@ class Sensor:
         self.watch = BundleWatch(self.bundle_path, cfg.bundle.num_threads)
         self.dispatcher = dispatcher
         self.offer_upload = offer_upload
+        self.fleet = fleet
         self.on_event = on_event
         self.on_window_cb = on_window
         self.source = make_source(cfg, connection, wake)
@@ -125,6 +129,17 @@ class Sensor:
         """A tested new model (from the watcher thread): served from the next ``poll`` on."""
         with self._pending_lock:
             self._pending = model
+
+    def adopt_model(self, model: LoadedModel) -> None:
+        """A model the rollout just deployed into the bundle path (watcher thread): the watcher takes the new
+        directory as seen, so it is not loaded a second time, and the sensor serves ``model``."""
+        self.watch.changed()
+        self.offer_model(model)
+
+    def served_model(self) -> LoadedModel | None:
+        """The model serving now (any thread: a reference read)."""
+        p = self.pipeline
+        return None if p is None else LoadedModel(p.bundle, p.scorer, "", 0.0)
 
     def check_bundle(self) -> bool:
         """Look for a changed bundle and load it (watcher thread). Returns whether a new model is pending."""
@@ -170,6 +185,8 @@ class Sensor:
             old = self.pipeline.bundle.version
             self.pipeline.swap(bundle, model.scorer, threshold)
             self.counters.model.swaps += 1
+            if self.fleet is not None:
+                self.fleet.model_changed(bundle.manifest)
             log.info("%s: model swapped: %s -> %s (threshold %.6g from the %s)", self.device, old, bundle.version,
                      threshold, self.threshold_source)
         self.watch.served(model)
@@ -260,8 +277,17 @@ class Sensor:
             self.dispatcher.emit(event)
             if self.on_event is not None:
                 self.on_event(event)
-        if w is not None and self.offer_upload is not None and not self.pipeline.calibrating and not w.bridged:
-            self.offer_upload(self, w, result)
+        if w is not None and self.fleet is not None and not w.bridged:
+            try:
+                uploads = self.fleet.on_window(self.pipeline, w, result, event)
+            except Exception:  # the fleet's bookkeeping must never cost a window its alert
+                self.counters.internal_errors += 1
+                self._ratelog.log(logging.ERROR, "fleet", "%s: upload/drift bookkeeping failed", self.device,
+                                  exc_info=True)
+                uploads = []
+            if uploads and self.offer_upload is not None:
+                self.offer_upload(self, uploads)
+                self.uploads_offered += len(uploads)
         if self.on_window_cb is not None:
             self.on_window_cb(w, result, event)
 
@@ -322,4 +348,6 @@ class Sensor:
             "health": self.health.state.as_dict(),
             "uploads_offered": self.uploads_offered,
         }
+        if self.fleet is not None:
+            doc |= self.fleet.status()
         return doc

@@ -1,12 +1,17 @@
 """A bounded, persistent spool of records waiting to be uploaded (store-and-forward), on sqlite3.
 
-Records are ``(id, created, topic, payload, attempts)``; ids increase monotonically (``AUTOINCREMENT``),
-so "oldest first" is "lowest id first", also across restarts.
+Records are ``(id, created, topic, payload, attempts, kind, upload_id, sent)``; ids increase monotonically
+(``AUTOINCREMENT``), so "oldest first" is "lowest id first", also across restarts. ``kind`` is the upload
+record's (``normal``, ``drift``, ``calibration``, ``alert``): records go out most important first (alert,
+calibration, drift, normal; oldest first within a kind). With receipts, a record the broker acknowledged is
+marked ``sent`` and stays until a collector's receipt names its ``upload_id`` (``confirm``), or is sent again.
 
-Policy when full: the OLDEST records are evicted to make room for the new one, and counted in
-``evicted``. A gateway has a small disk; a bounded spool that loses the oldest retraining windows
-during a very long outage beats one that grows until the disk is full and the agent stops. The bounds
-are on the number of records and on the sum of payload sizes (sqlite's own overhead comes on top).
+Policy when full: records are evicted to make room for the new one, least important first: normal windows
+oldest first, then drift, then calibration, alert windows last; a record never evicts a more important
+one (it is dropped itself instead). Counted in ``evicted`` and ``evicted_by_kind``. A gateway has a small
+disk; a bounded spool that loses the oldest healthy windows during a very long outage beats one that grows
+until the disk is full and the agent stops. The bounds are on the number of records and on the sum of
+payload sizes (sqlite's own overhead comes on top).
 
 Durability: WAL journal, ``synchronous=NORMAL`` — every committed record survives a crash or restart of
 the process; a power cut may lose the last few commits but never corrupts the file.
@@ -55,12 +60,21 @@ CREATE TABLE IF NOT EXISTS records (
     created  REAL    NOT NULL,
     topic    TEXT    NOT NULL,
     payload  BLOB    NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    kind      TEXT    NOT NULL DEFAULT 'normal',
+    upload_id TEXT,
+    sent      REAL
 )
 """
 
 
 _COLUMNS = ("id", "created", "topic", "payload", "attempts")
+#: Columns added since the first release (a spool of that release is migrated in place).
+_ADDED = (("kind", "TEXT NOT NULL DEFAULT 'normal'"), ("upload_id", "TEXT"), ("sent", "REAL"))
+#: Eviction order (lowest first) and sending order (highest first) of the record kinds.
+_ADDED_NAMES = tuple(name for name, _ in _ADDED)
+_RANK = "CASE kind WHEN 'alert' THEN 3 WHEN 'calibration' THEN 2 WHEN 'drift' THEN 1 ELSE 0 END"
+RANKS = {"normal": 0, "drift": 1, "calibration": 2, "alert": 3}
 #: ``PRAGMA application_id`` of a spool ("VIBE"): marks the file as ours.
 APPLICATION_ID = 0x56494245
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -76,6 +90,8 @@ class Record:
     topic: str
     payload: bytes
     attempts: int
+    kind: str = "normal"
+    upload_id: str | None = None
 
 
 class Spool:
@@ -99,11 +115,13 @@ class Spool:
         self._ratelog = RateLimitedLog(logger)
         self.evicted = 0
         self.evicted_bytes = 0
+        self.evicted_by_kind: dict[str, int] = dict.fromkeys(RANKS, 0)
         self.quarantined = 0
         self.lock_waits = 0  # operations that found the database locked by another program
         self.recovered_from: Path | None = None  # where a corrupt file was moved, if one was
         self._db: sqlite3.Connection | None = None
-        self._waiting: deque[tuple[float, str, bytes]] = deque()  # (created, topic, payload) held by a lock
+        # (created, topic, payload, kind, upload_id) held in memory while another program locks the database
+        self._waiting: deque[tuple[float, str, bytes, str, str | None]] = deque()
         self._count = self._bytes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         check_spool_path(self.path)
@@ -154,7 +172,7 @@ class Spool:
                 tables = {name for (name,) in db.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
                 columns = tuple(row[1] for row in db.execute("PRAGMA table_info(records)"))
-                if app != 0 or tables - {"records"} or columns not in ((), _COLUMNS):
+                if app != 0 or tables - {"records"} or columns not in ((), _COLUMNS, _COLUMNS + _ADDED_NAMES):
                     raise UploadError(f"spool {self.path}: an SQLite database of another program (application id "
                                       f"{app}, tables {', '.join(sorted(tables)) or '-'}): not touched;"
                                       " uploads.spool_path must name the agent's own spool file")
@@ -163,6 +181,10 @@ class Spool:
             if app != APPLICATION_ID:
                 db.execute(_SCHEMA)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+            for name, decl in _ADDED:  # a spool of an earlier release: its records are normal windows, unsent
+                if name not in have:
+                    db.execute(f"ALTER TABLE records ADD COLUMN {name} {decl}")
         except (sqlite3.Error, UploadError):
             db.close()
             raise
@@ -185,25 +207,28 @@ class Spool:
                           " a transaction?): %d records wait in memory, retrying", self.path, exc, len(self._waiting))
 
     # ------------------------------------------------------------------ api
-    def put(self, topic: str, payload: bytes) -> int:
-        """Append a record and return its id (0 while it waits in memory for a locked database); evicts the
-        oldest records if the spool would overflow.
+    def put(self, topic: str, payload: bytes, kind: str = "normal", upload_id: str | None = None) -> int:
+        """Append a record and return its id (0 while it waits in memory for a locked database, or when a spool
+        full of more important records dropped it); evicts less important records if the spool would overflow.
 
         Raises ``UploadError`` for a record that can never fit or a database error other than a lock.
         """
         if not isinstance(topic, str) or not topic:
             raise UploadError(f"spool: topic must be a non-empty string, got {topic!r}")
         data = bytes(payload)
+        if kind not in RANKS:
+            raise UploadError(f"spool: kind must be one of {list(RANKS)}, got {kind!r}")
         if len(data) > self.max_bytes:
             raise UploadError(f"spool: record of {len(data)} bytes exceeds the spool size {self.max_bytes}")
         with self._lock:
-            record = (time.time(), topic, data)
+            record = (time.time(), topic, data, kind, upload_id)
             self._waiting.append(record)
             while len(self._waiting) > self.memory_records or (
-                    len(self._waiting) > 1 and sum(len(d) for _, _, d in self._waiting) > self.memory_bytes):
-                _, _, old = self._waiting.popleft()
+                    len(self._waiting) > 1 and sum(len(w[2]) for w in self._waiting) > self.memory_bytes):
+                _, _, old, old_kind, _ = self._waiting.popleft()
                 self.evicted += 1
                 self.evicted_bytes += len(old)
+                self.evicted_by_kind[old_kind] += 1
                 self._ratelog.log(logging.WARNING, "memory", "spool %s: locked for long; the oldest waiting record"
                                   " was evicted (%d in total)", self.path, self.evicted)
             try:
@@ -227,10 +252,11 @@ class Spool:
         last = 0
         try:
             with self._transaction("store records") as db:
-                for created, topic, data in self._waiting:
-                    self._evict_for(len(data))
-                    cur = db.execute("INSERT INTO records (created, topic, payload) VALUES (?, ?, ?)",
-                                     (created, topic, data))
+                for created, topic, data, kind, upload_id in self._waiting:
+                    if not self._evict_for(len(data), kind):
+                        continue  # full of more important records: this one is the one dropped
+                    cur = db.execute("INSERT INTO records (created, topic, payload, kind, upload_id) VALUES "
+                                     "(?, ?, ?, ?, ?)", (created, topic, data, kind, upload_id))
                     self._count += 1
                     self._bytes += len(data)
                     last = int(cur.lastrowid or 0)
@@ -259,31 +285,48 @@ class Spool:
                 raise _Locked(str(exc)) from exc
             raise UploadError(f"spool {self.path}: cannot {what}: {exc}") from exc
 
-    def _evict_for(self, size: int) -> None:  # inside the put transaction
+    def _evict_for(self, size: int, kind: str) -> bool:  # inside the put transaction
+        """Make room for a record of ``size`` bytes and ``kind`` by evicting records no more important than it,
+        least important and oldest first. False (nothing evicted; the new record counted as evicted) when they
+        do not make enough room."""
         over_n = self._count + 1 - self.max_records
         over_b = self._bytes + size - self.max_bytes
         if over_n <= 0 and over_b <= 0:
-            return
+            return True
         n = b = 0
-        last_id = None
-        cur = self._db.execute("SELECT id, LENGTH(payload) FROM records ORDER BY id")
-        for rid, length in cur:
+        victims: list[tuple[int, str]] = []
+        cur = self._db.execute(f"SELECT id, LENGTH(payload), kind FROM records WHERE {_RANK} <= ? "
+                               f"ORDER BY {_RANK}, id", (RANKS[kind],))
+        for rid, length, victim_kind in cur:
             if n >= over_n and b >= over_b:
                 break
-            n, b, last_id = n + 1, b + int(length), rid
+            n, b = n + 1, b + int(length)
+            victims.append((rid, victim_kind))
         cur.close()
-        if last_id is None:
-            return
-        self._db.execute("DELETE FROM records WHERE id <= ?", (last_id,))
+        if n < over_n or b < over_b:
+            self.evicted += 1
+            self.evicted_bytes += size
+            self.evicted_by_kind[kind] += 1
+            self._ratelog.log(logging.WARNING, "full", "spool %s full of more important records: a new %s record "
+                              "was dropped (%d in total)", self.path, kind, self.evicted)
+            return False
+        for i in range(0, len(victims), 500):
+            chunk = [rid for rid, _ in victims[i:i + 500]]
+            self._db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        for _, victim_kind in victims:
+            self.evicted_by_kind[victim_kind if victim_kind in RANKS else "normal"] += 1
         self._count -= n
         self._bytes -= b
         self.evicted += n
         self.evicted_bytes += b
-        logger.warning("spool %s full: evicted the %d oldest records (%d bytes; %d in total)", self.path, n, b,
-                       self.evicted)
+        self._ratelog.log(logging.WARNING, "evict", "spool %s full: evicted %d records (%d bytes; %s in total)",
+                          self.path, n, b, self.evicted_by_kind)
+        return True
 
-    def peek(self, n: int) -> list[Record]:
-        """The ``n`` oldest records written, oldest first (they stay in the spool until ``ack``)."""
+    def peek(self, n: int, resend_after_s: float | None = None) -> list[Record]:
+        """The next ``n`` records to send, most important kind first, oldest first within a kind (they stay in
+        the spool until ``ack`` or ``confirm``). Records marked sent are left out, or, with ``resend_after_s``,
+        included once they were sent that long ago without a receipt."""
         with self._lock:
             if self._waiting:
                 self._write_waiting()
@@ -291,13 +334,65 @@ class Spool:
                 raise UploadError(f"spool {self.path}: locked by another program")
             try:
                 rows = self._db.execute(
-                    "SELECT id, created, topic, payload, attempts FROM records ORDER BY id LIMIT ?", (int(n),)
+                    "SELECT id, created, topic, payload, attempts, kind, upload_id FROM records "
+                    f"WHERE sent IS NULL OR sent < ? ORDER BY {_RANK} DESC, id LIMIT ?",
+                    (-1.0 if resend_after_s is None else time.time() - resend_after_s, int(n)),
                 ).fetchall()
             except sqlite3.Error as exc:
                 if _locked(exc):
                     self._waited(exc)
                 raise UploadError(f"spool {self.path}: cannot read records: {exc}") from exc
-        return [Record(int(i), float(c), str(t), bytes(p), int(a)) for i, c, t, p, a in rows]
+        return [Record(int(i), float(c), str(t), bytes(p), int(a), str(k), u) for i, c, t, p, a, k, u in rows]
+
+    def mark_sent(self, ids: Iterable[int]) -> int:
+        """The broker acknowledged these records: keep them, marked sent, until a receipt confirms them."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return 0
+        with self._lock:
+            if not self._connect():
+                raise UploadError(f"spool {self.path}: locked by another program")
+            try:
+                with self._transaction("mark records sent") as db:
+                    cur = db.execute(f"UPDATE records SET sent = ? WHERE id IN ({','.join('?' * len(ids))})",
+                                     [time.time(), *ids])
+            except _Locked as exc:
+                raise UploadError(f"spool {self.path}: cannot mark records sent: {exc}") from exc
+            return int(cur.rowcount)
+
+    def confirm(self, upload_ids: Iterable[str]) -> int:
+        """Delete the records whose upload ids a collector's receipt names; return how many were there."""
+        ids = [str(i) for i in upload_ids]
+        if not ids:
+            return 0
+        done = 0
+        with self._lock:
+            if not self._connect():
+                raise UploadError(f"spool {self.path}: locked by another program")
+            try:
+                with self._transaction("delete confirmed records") as db:
+                    for i in range(0, len(ids), 500):
+                        chunk = ids[i:i + 500]
+                        marks = ",".join("?" * len(chunk))
+                        n, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM records "
+                                             f"WHERE upload_id IN ({marks})", chunk).fetchone()
+                        db.execute(f"DELETE FROM records WHERE upload_id IN ({marks})", chunk)
+                        self._count -= int(n)
+                        self._bytes -= int(size)
+                        done += int(n)
+            except _Locked as exc:
+                raise UploadError(f"spool {self.path}: cannot delete records: {exc}") from exc
+        return done
+
+    def awaiting_receipt(self) -> int:
+        """Records the broker acknowledged that no receipt has confirmed yet."""
+        with self._lock:
+            if self._db is None:
+                return 0
+            try:
+                return int(self._db.execute("SELECT COUNT(*) FROM records WHERE sent IS NOT NULL").fetchone()[0])
+            except sqlite3.Error:
+                return 0
 
     def ack(self, ids: Iterable[int]) -> int:
         """Delete delivered records; return how many were still there. UploadError while locked (they are
@@ -345,7 +440,7 @@ class Spool:
     @property
     def bytes(self) -> int:
         """Sum of the pending payload sizes (those waiting in memory included)."""
-        return self._bytes + sum(len(d) for _, _, d in self._waiting)
+        return self._bytes + sum(len(w[2]) for w in self._waiting)
 
     @property
     def waiting(self) -> int:

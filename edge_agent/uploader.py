@@ -72,7 +72,8 @@ class KeepPolicy:
     """What one sensor keeps for retraining (``[uploads]``).
 
     * ``every_s``: one normal window per period, drawn uniformly from the period's windows (a reservoir of
-      one), instead of the first one: the whole day is sampled, not the start of each period.
+      one), instead of the first one: the whole day is sampled, not the start of each period. The first
+      healthy window after start is kept at once.
     * ``drift_every_s``: the period while the score distribution drifts (``edge_agent.drift``): more healthy
       windows of the new condition, for the retraining the drift asks for (kind ``drift``).
     * ``context_before`` / ``context_after``: windows kept around every raised or escalated alert (kind
@@ -146,11 +147,13 @@ class WindowKeeper:
             out.append(_as(kept, "alert", self._alert_ref))
             flag[0] = True
         elif kept.state == "normal" or not self.policy.only_normal:
-            self._reservoir(kept, drifting)
+            if self._period_start is None:  # the first healthy window after start goes at once
+                self._period_start = now
+                out.append(_as(kept, "drift" if drifting else "normal"))
+            else:
+                self._reservoir(kept, drifting)
         period = self.policy.drift_every_s if drifting else self.policy.every_s
-        if self._period_start is None:
-            self._period_start = now
-        elif now - self._period_start >= period:
+        if self._period_start is not None and now - self._period_start >= period:
             if self._pick is not None:
                 out.append(self._pick)
             self._pick, self._period_n, self._period_start = None, 0, now
@@ -274,10 +277,11 @@ class Uploader:
     def pending(self) -> int:
         return len(self.spool)
 
-    def offer(self, topic: str, payload: bytes) -> int | None:
-        """Spool a record for upload; return its id, or ``None`` if the spool refused it (counted)."""
+    def offer(self, topic: str, payload: bytes, kind: str = "normal", upload_id: str | None = None) -> int | None:
+        """Spool a record for upload (``kind`` and ``upload_id`` of the upload record); return its spool id, or
+        ``None`` if the spool refused it (counted)."""
         try:
-            rid = self.spool.put(topic, payload)
+            rid = self.spool.put(topic, payload, kind, upload_id)
         except UploadError as exc:
             self.dropped += 1
             self._ratelog.log(logging.ERROR, "offer", "upload dropped: %s", exc)

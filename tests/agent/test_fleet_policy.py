@@ -31,15 +31,15 @@ def test_alert_context_before_and_after_each_alert() -> None:
     assert seqs == [8, 9, 10, 11, 12, 13, 14], "3 before the raise (its own window among them), 2 after, no repeats"
     refs = {k.seq_end: k.alert_ref for k in alert}
     assert refs[8] == refs[11] and refs[12] != refs[8] and refs[12] == refs[14], "each alert names its context"
-    assert keeper.kept["alert"] == 7 and keeper.kept["normal"] == 0
+    assert keeper.kept["alert"] == 7 and keeper.kept["normal"] == 1, "the first healthy window goes at once"
 
 
 def test_reservoir_samples_the_whole_period_and_faster_while_drifting() -> None:
     keeper = WindowKeeper(KeepPolicy(every_s=100, drift_every_s=10), seed=3)
     kept = feed(keeper, 1000)
     normal = [k.seq_end for k in kept if k.kind == "normal"]
-    assert len(normal) == 9, "one per 100 s period"
-    offsets = np.array(normal) % 100
+    assert normal[0] == 0 and len(normal) == 10, "the first at once, then one per 100 s period"
+    offsets = np.array(normal[1:]) % 100
     assert offsets.std() > 15, f"drawn across each period, not always its first window: {offsets}"
     keeper = WindowKeeper(KeepPolicy(every_s=100, drift_every_s=10), seed=3)
     drift = [k for k in feed(keeper, 1000, drifting=lambda i: i >= 500) if k.kind == "drift"]
