@@ -14,8 +14,9 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
     gateway = "hall-3"                 # id of this gateway (default: the host name; one sensor: its device)
     [mqtt]        the one broker connection: MQTT sources, alerts, status, uploads (last will)
     [status]      every_s, file, mqtt
-    [uploads]     the gateway's spool: spool_path, spool_max_bytes, spool_max_records, batch
-                  (and enabled, every_s, only_normal as the sensors' default)
+    [uploads]     the gateway's spool: spool_path, spool_max_bytes, spool_max_records, batch, max_bytes_per_hour,
+                  uplink_topic, receipts, receipt_timeout_s (and the sensors' defaults below)
+    [rollout]     public_keys, shadow_windows, max_alert_rate_increase, probation_windows (signed rollouts)
     [http]        enabled, listen, port: the local status page and the Prometheus /metrics endpoint
     [homeassistant] enabled, discovery_prefix: Home Assistant MQTT discovery of every sensor
     [alerts] [bundle] [source] [calibration] [health]      defaults for every sensor
@@ -32,7 +33,8 @@ Per sensor::
     [bundle]      path, watch_s (0 = no hot swap), num_threads
     [alerts]      k, n, clear_ratio, clear_windows, cooldown_s, critical_ratio
     [alerts.sinks] log, jsonl, mqtt, command, command_timeout_s
-    [uploads]     enabled, every_s, only_normal
+    [uploads]     enabled, every_s, only_normal, drift_every_s, context_before, context_after, calibration
+    [drift]       enabled, windows, psi_limit
     [calibration] path, windows
     [health]      no_window_s, no_data_s, bridge_fraction
 

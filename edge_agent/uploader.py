@@ -77,7 +77,8 @@ class KeepPolicy:
     * ``drift_every_s``: the period while the score distribution drifts (``edge_agent.drift``): more healthy
       windows of the new condition, for the retraining the drift asks for (kind ``drift``).
     * ``context_before`` / ``context_after``: windows kept around every raised or escalated alert (kind
-      ``alert``, with the alert's id as ``alert_ref``), from a ring of the last windows' raw samples.
+      ``alert``, with the alert's id as ``alert_ref``; an escalation keeps the id), from a ring of the last
+      windows' raw samples.
     * ``calibration``: keep every window scored while the device calibrates its threshold.
     """
 
@@ -133,7 +134,8 @@ class WindowKeeper:
                 out.append(_as(kept, "calibration"))
                 flag[0] = True
         elif event_kind in ("raised", "escalated"):
-            self._alert_ref = uuid.uuid4().hex
+            if event_kind == "raised" or self._alert_ref is None:  # an escalation is the same alert, more severe
+                self._alert_ref = uuid.uuid4().hex
             for k, f in list(self._ring):
                 if not f[0]:
                     out.append(_as(k, "alert", self._alert_ref))

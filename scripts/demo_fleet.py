@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import signal
@@ -43,9 +44,18 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
+def run(cmd: list, log: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run a step; its log goes to ``log`` (shown when it fails)."""
     print("$ " + " ".join(str(c) for c in cmd), flush=True)
-    return subprocess.run([str(c) for c in cmd], check=True, **kwargs)
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    if log is None:
+        return subprocess.run([str(c) for c in cmd], check=True, env=env, **kwargs)
+    with open(log, "w") as f:
+        done = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=f, text=True, env=env, **kwargs)
+    if done.returncode != 0:
+        print(done.stdout + "\n".join(log.read_text().splitlines()[-15:]))
+        raise SystemExit(f"{cmd[1]} {cmd[2]} failed with exit code {done.returncode} (log: {log})")
+    return done
 
 
 def bridge_conf(gateway: str, central: Broker) -> str:
@@ -83,10 +93,14 @@ probation_windows = 100
 every_s = 1.0
 file = "status.json"
 
+[http]
+enabled = false
+
 [[sensors]]
 device = "{device}"
 [sensors.source]
 kind = "mqtt"
+sample_rate = {RATE}
 [sensors.bundle]
 path = "bundle"
 watch_s = 1.0
@@ -160,10 +174,10 @@ def main() -> int:
         run([BIN / "trainer", "train", "--data", work / "healthy.npy", "--format", "npy", "--mode", "features",
              "--block", "1024", "--window", "8", "--hop", "2", "--features", FEATURES, "--model", "conv1d",
              "--units", "16,8", "--epochs", "30", "--patience", "5", "--batch-size", "16", "--model-id", "fleet-conv",
-             "--out", work / "bundles" / "current"], stdout=subprocess.DEVNULL)
+             "--out", work / "bundles" / "current"], log=logs / "train.log")
         current = json.loads((work / "bundles" / "current" / "manifest.json").read_text())["model"]["version"]
         print(f"serving {current}")
-        run([BIN / "trainer", "keygen", "--out", work / "keys" / "rollout.key"], stdout=subprocess.DEVNULL)
+        run([BIN / "trainer", "keygen", "--out", work / "keys" / "rollout.key"], log=logs / "keygen.log")
         public_key = (work / "keys" / "rollout.key.pub").read_text().strip()
 
         step("2. brokers (central + one per gateway, bridged) and two collectors on one shared subscription")
@@ -205,14 +219,14 @@ def main() -> int:
         step("4. retrain on the collected windows, compared with the served model")
         retrain = run([BIN / "trainer", "retrain", "--dataset", dataset_dir, "--current", work / "bundles" / "current",
                        "--out", work / "bundles" / "retrained", "--data", work / "healthy.npy", "--format", "npy",
-                       "--epochs", "30"], capture_output=True, text=True)
+                       "--epochs", "30"], log=logs / "retrain.log")
         print(retrain.stdout)
         new = json.loads((work / "bundles" / "retrained" / "manifest.json").read_text())["model"]["version"]
 
         step("5. a signed rollout to the fleet")
         publish = run([BIN / "trainer", "publish", work / "bundles" / "retrained", "--to", "fleet", "--key",
                        work / "keys" / "rollout.key", "--broker", f"{central.host}:{central.port}", "--wait-s", "120",
-                       "--expect", str(len(GATEWAYS))], capture_output=True, text=True)
+                       "--expect", str(len(GATEWAYS))], log=logs / "publish.log")
         print(publish.stdout)
         wait("gateways serving the new model",
              lambda: all(sensor_status(work, g).get("model_version") == new for g in GATEWAYS), 60, procs)

@@ -71,10 +71,29 @@ def _scores(bundle: Bundle, windows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _figures(bundle: Bundle, normal: np.ndarray, alert: np.ndarray) -> dict:
+#: Windows above the threshold among those uploaded during an alert that count as catching it (the default k of
+#: the gateway's k-of-n debounce).
+CATCH_WINDOWS = 3
+
+
+def _caught(above: np.ndarray, during: np.ndarray, refs: list[str | None]) -> tuple[int, int]:
+    """(alerts caught, alerts): an alert (its windows uploaded while it was active, grouped by ``alert_ref``; a
+    window without a reference is an alert of its own) is caught when min(CATCH_WINDOWS, its windows) of them
+    are above the threshold."""
+    groups: dict[str, list[bool]] = {}
+    for i, (a, d, r) in enumerate(zip(above, during, refs, strict=True)):
+        if d:
+            groups.setdefault(r or f"window-{i}", []).append(bool(a))
+    caught = sum(sum(g) >= min(CATCH_WINDOWS, len(g)) for g in groups.values())
+    return caught, len(groups)
+
+
+def _figures(bundle: Bundle, normal: np.ndarray, alert: np.ndarray, during: np.ndarray,
+             refs: list[str | None]) -> dict:
     t = bundle.threshold.value
     parity = bundle.manifest.get("parity", {})
-    n, a = normal[np.isfinite(normal)], alert[np.isfinite(alert)]
+    ok = np.isfinite(alert)
+    n, a, d = normal[np.isfinite(normal)], alert[ok], alert[ok & during]
     return {
         "version": bundle.version,
         "threshold": t,
@@ -87,20 +106,33 @@ def _figures(bundle: Bundle, normal: np.ndarray, alert: np.ndarray) -> dict:
         "alerts_detected": int((a > t).sum()),
         "alert_detection_rate": float((a > t).mean()) if len(a) else None,
         "alert_score_ratio_p50": float(np.median(a / t)) if len(a) else None,
+        "during_alert_windows": len(d),
+        "during_alerts_detected": int((d > t).sum()),
+        **dict(zip(("alerts_caught", "alerts"), _caught(np.nan_to_num(alert, nan=-1.0) > t, during, refs),
+                   strict=True)),
         "parity_agreement": parity.get("agreement"),
         "parity_max_rel_error": parity.get("max_rel_error"),
     }
 
 
-def compare(current: Bundle, new: Bundle, normal: list[np.ndarray], alert: list[np.ndarray]) -> dict:
-    """Both models on the same held-out windows; ``worse_on_alerts`` when the new one detects fewer."""
+def compare(current: Bundle, new: Bundle, normal: list[np.ndarray], alert: list[np.ndarray],
+            alert_states: list[str] | None = None, alert_refs: list[str | None] | None = None) -> dict:
+    """Both models on the same held-out windows. ``worse_on_alerts`` when the new one catches fewer of the alerts
+    the fleet reported: an alert is caught when ``CATCH_WINDOWS`` of the windows uploaded while it was active (state
+    warning or critical) are above the model's threshold. Context windows from before an alert (state normal, near
+    the threshold by nature) and window counts are reported; they do not decide."""
     cur = {"normal": _scores(current, normal), "alert": _scores(current, alert)}
     nxt = {"normal": _scores(new, normal), "alert": _scores(new, alert)}
-    fc, fn = _figures(current, cur["normal"], cur["alert"]), _figures(new, nxt["normal"], nxt["alert"])
+    during = np.array([s != "normal" for s in (alert_states or ["critical"] * len(alert))], bool)
+    refs = alert_refs or [None] * len(alert)
+    fc = _figures(current, cur["normal"], cur["alert"], during, refs)
+    fn = _figures(new, nxt["normal"], nxt["alert"], during, refs)
+    key = "alerts_caught"
     return {
         "current": fc,
         "new": fn,
-        "worse_on_alerts": fn["alert_windows"] > 0 and fn["alerts_detected"] < fc["alerts_detected"],
+        "gate": key,
+        "worse_on_alerts": fn["alert_windows"] > 0 and fn[key] < fc[key],
         "scores": {"current": {k: v.tolist() for k, v in cur.items()}, "new": {k: v.tolist() for k, v in nxt.items()}},
     }
 
@@ -116,6 +148,10 @@ def table(comparison: dict) -> str:
             ("false alerts on them", "false_alerts"), ("false-alert rate", "false_alert_rate"),
             ("normal score p50 / p99", None), ("alert windows", "alert_windows"),
             ("alert windows above threshold", "alerts_detected"), ("detection rate", "alert_detection_rate"),
+            ("of them uploaded during the alert", "during_alert_windows"),
+            ("above threshold", "during_alerts_detected"),
+            (f"alerts caught ({CATCH_WINDOWS} windows above threshold): the gate", "alerts_caught"),
+            ("alerts reported", "alerts"),
             ("alert score / threshold, median", "alert_score_ratio_p50"),
             ("parity with Keras (agreement)", "parity_agreement")]
     lines = ["| | current | new |", "|---|---|---|"]
@@ -246,13 +282,14 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
             latency_windows=200,
         ))
         new = Bundle.load(result.bundle)
-        comparison = compare(current, new, held, alerts.samples)
+        comparison = compare(current, new, held, alerts.samples, alerts.table.column("state").to_pylist(),
+                             alerts.table.column("alert_ref").to_pylist())
         report_md = table(comparison)
         log.info("comparison with %s:\n%s", current.version, report_md)
         if comparison["worse_on_alerts"] and not opts.force:
             raise RetrainRefused(
-                f"the new model detects {comparison['new']['alerts_detected']} of {comparison['new']['alert_windows']} "
-                f"alert windows, the current one {comparison['current']['alerts_detected']}: not written "
+                f"the new model catches {comparison['new']['alerts_caught']} of the {comparison['new']['alerts']} "
+                f"alerts the fleet reported, the current one {comparison['current']['alerts_caught']}: not written "
                 f"(--force writes it anyway)\n{report_md}")
         report_dir = work / "report"
         shutil.copytree(new.path / "report", report_dir)
