@@ -147,6 +147,17 @@ def dataset_counts(root: Path) -> dict:
     return out
 
 
+def per_collector(root: Path) -> dict[str, int]:
+    """Windows each collector wrote (its id is in its files' names)."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, int] = {}
+    for f in root.rglob("part-*.parquet"):
+        member = "member " + f.name.split("-")[-3]  # part-collect-<group>-<host>-<member>-<n>-<rand>.parquet
+        out[member] = out.get(member, 0) + pq.read_metadata(f).num_rows
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=REPO / "runs" / "demo-fleet")
@@ -232,15 +243,18 @@ def main() -> int:
              lambda: all(sensor_status(work, g).get("model_version") == new for g in GATEWAYS), 60, procs)
 
         step("6. summary")
-        print(f"{'gateway':8s} {'sensor':8s} {'machine':10s} {'windows':>8s} {'alerts':>6s} {'uploads sent':>12s}  "
-              f"{'kept by kind':40s} {'serves':30s} rollout")
+        print(f"{'gateway':8s} {'sensor':7s} {'machine':10s} {'windows':>7s} {'alerts':>6s} {'drift':>10s} "
+              f"{'kept (normal/alert/calib/drift)':>31s} {'confirmed':>9s}  {'serves':28s} rollout")
         for gw, (device, state) in GATEWAYS.items():
             g, s = status(work, gw), sensor_status(work, gw)
             kept = s.get("uploads_kept", {})
-            print(f"{gw:8s} {device:8s} {state:10s} {s.get('windows_scored', 0):8d} {s.get('alerts', 0):6d} "
-                  f"{(g.get('uploads') or {}).get('sent', 0):12d}  {json.dumps(kept):40s} "
-                  f"{s.get('model_version', '?'):30s} {(s.get('rollout') or {}).get('state')}")
+            kinds = "/".join(str(kept.get(k, 0)) for k in ("normal", "alert", "calibration", "drift"))
+            drift = s.get("drift") or {}
+            print(f"{gw:8s} {device:7s} {state:10s} {s.get('windows_scored', 0):7d} {s.get('alerts', 0):6d} "
+                  f"{drift.get('state', '?'):>10s} {kinds:>31s} {(g.get('uploads') or {}).get('confirmed', 0):9d}  "
+                  f"{s.get('model_version', '?'):28s} {(s.get('rollout') or {}).get('state')}")
         print(f"\ndataset {dataset_dir} (windows by device and kind): {json.dumps(dataset_counts(dataset_dir))}")
+        print("written by collector: " + ", ".join(f"{k} {v}" for k, v in sorted(per_collector(dataset_dir).items())))
         print(f"model before: {current}\nmodel after:  {new} (report: {work / 'bundles' / 'retrained' / 'report'})")
         print(f"whole loop in {time.monotonic() - t_start:.0f} s")
         return 0
