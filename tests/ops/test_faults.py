@@ -189,7 +189,7 @@ def test_sigterm_during_upload_loses_nothing(tmp_path, mosquitto, agent_bundle):
                        mqtt={"host": mosquitto.host, "port": mosquitto.port},
                        status={"every_s": 0.2, "file": str(tmp_path / "status.json"), "mqtt": True},
                        uploads={"enabled": True, "every_s": 1.0, "spool_path": str(tmp_path / "spool.sqlite"),
-                                "batch": 2})
+                                "batch": 2, "receipts": False})  # a plain subscriber, not a collector: no receipts
     status = lambda: read_json(tmp_path / "status.json")  # noqa: E731
     sensor = Sensor(tmp_path / "ttyS")
     # a persistent session: the broker keeps what arrives for the watcher while it is away
