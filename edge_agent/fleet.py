@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError
 from edge_agent.contract.upload_record import encode_record, new_id
 from edge_agent.drift import DriftMonitor, DriftPolicy
+from edge_agent.health import Notice
 from edge_agent.rollout import SensorRollout
 from edge_agent.uploader import KeepPolicy, Kept, WindowKeeper
 
@@ -50,7 +52,7 @@ class SensorFleet:
         self.drift = DriftMonitor(manifest or {}, drift) if drift is not None else None
         self.rollout = rollout
         self.encode_errors = 0
-        self._drift_logged = False
+        self.on_notice: Callable[[Notice], None] | None = None  # the sensor sends notices through its sinks
 
     def model_changed(self, manifest: dict) -> None:
         """A new model serves: its own training distribution."""
@@ -64,9 +66,11 @@ class SensorFleet:
         state = pipeline.alerts.state
         score = result.score
         if not calibrating:
-            if self.drift is not None and self.drift.update(score, alerting=state != "normal"):
-                log.warning("%s: %s: scores drift from the training distribution (PSI %.3f over %d windows)",
-                            self.device, RETRAINING_DUE, self.drift.value, self.drift.policy.windows)
+            if self.drift is not None:
+                was = self.drift.drifting
+                self.drift.update(score, alerting=state != "normal")
+                if self.drift.drifting != was:
+                    self._drift_notice(pipeline, result.time)
             if self.rollout is not None and math.isfinite(score):
                 self.rollout.observe(w.steps, score, result.threshold, pipeline.bundle.version)
         if self.keeper is None:
@@ -80,6 +84,16 @@ class SensorFleet:
         chosen = self.keeper.window(kept, event_kind=None if event is None else event.kind, calibrating=calibrating,
                                     drifting=bool(self.drift and self.drift.drifting), now=time.monotonic())
         return [u for k in chosen if (u := self._encode(pipeline, k, rate)) is not None]
+
+    def _drift_notice(self, pipeline, t: float) -> None:
+        d = self.drift
+        reason = (f"scores drift from the training distribution: PSI {d.value:.3f} > {d.policy.psi_limit:g} over the "
+                  f"last {len(d._scores)} windows" if d.drifting else
+                  f"scores are back within the training distribution: PSI {d.value:.3f}")
+        (log.warning if d.drifting else log.info)("%s: %s: %s", self.device, RETRAINING_DUE, reason)
+        if self.on_notice is not None:
+            self.on_notice(Notice("raised" if d.drifting else "cleared", RETRAINING_DUE, self.device, reason, t,
+                                  pipeline.bundle.version))
 
     def _encode(self, pipeline, k: Kept, rate: float) -> Upload | None:
         b = pipeline.bundle

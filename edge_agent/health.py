@@ -64,6 +64,29 @@ class HealthEvent:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A maintenance notice about a monitored sensor, sent through the alert sinks (``kind`` is ``"notice"``):
+    nothing is wrong with the machine or the link, but someone should act — e.g. "retraining due" when the
+    scores drift from the model's training distribution. ``state`` is ``"raised"`` or ``"cleared"``."""
+
+    state: Literal["raised", "cleared"]
+    notice: str
+    device: str
+    reason: str
+    time: float
+    model_version: str | None = None
+    kind: Literal["notice"] = "notice"
+
+    @property
+    def severity(self) -> str:
+        return self.state
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "state": self.state, "notice": self.notice, "device": self.device,
+                "reason": self.reason, "time": round(self.time, 3), "model_version": self.model_version}
+
+
+@dataclass(frozen=True)
 class Input:
     """What the monitor needs to explain a fault: the windower's counters (plain ints)."""
 

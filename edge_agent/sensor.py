@@ -101,6 +101,8 @@ class Sensor:
         self.dispatcher = dispatcher
         self.offer_upload = offer_upload
         self.fleet = fleet
+        if fleet is not None:
+            fleet.on_notice = self.dispatcher.emit  # "retraining due" goes where the alerts go
         self.on_event = on_event
         self.on_window_cb = on_window
         self.source = make_source(cfg, connection, wake)

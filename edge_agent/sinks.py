@@ -5,7 +5,8 @@
                     cannot be written (a full disk) waits, in order, in a bounded queue and is written
                     before the next one, or at the next ``retry``; a failed write never leaves half a line.
 - ``MqttAlertSink`` publishes the CURRENT alert state, retained, QoS 1, on ``vib/<device>/alert``, so a
-                    dashboard that connects later sees it (and the current health on ``vib/<device>/health``).
+                    dashboard that connects later sees it (the current health on ``vib/<device>/health``, the
+                    latest notice on ``vib/<device>/notice``).
                     While the link is down the latest state is kept and published on reconnect; the last
                     state the broker retains is always the latest event (see the class docstring).
 - ``CommandSink``   runs a local program (a buzzer or relay script) per event, in a worker thread behind a
@@ -13,8 +14,9 @@
                     the last ``STDERR_TAIL`` bytes of what it writes to stderr are kept.
 - ``AlertDispatcher`` emits to every sink and isolates failures: one failing sink never stops the others.
 
-Events are ``alerts.AlertEvent`` (kind raised / escalated / cleared) and ``health.HealthEvent`` (kind
-health: a sensor that is not monitored, and its recovery). Every sink counts what it delivered, what failed,
+Events are ``alerts.AlertEvent`` (kind raised / escalated / cleared), ``health.HealthEvent`` (kind
+health: a sensor that is not monitored, and its recovery) and ``health.Notice`` (kind notice: e.g.
+"retraining due" while the scores drift, raised and cleared). Every sink counts what it delivered, what failed,
 what waits and what it dropped (``status.SinkCounters``); nothing here raises into the scoring loop.
 """
 
@@ -59,6 +61,11 @@ def health_topic(device: str) -> str:
     return f"vib/{check_device_id(device)}/health"
 
 
+def notice_topic(device: str) -> str:
+    """``vib/<device>/notice``: the retained latest maintenance notice of a sensor (e.g. "retraining due")."""
+    return f"vib/{check_device_id(device)}/notice"
+
+
 def event_json(event: AlertEvent) -> bytes:
     """The event as compact UTF-8 JSON (the payload of the JSONL, MQTT and command sinks)."""
     return json.dumps(event.to_dict(), separators=(",", ":"), sort_keys=True).encode("utf-8")
@@ -76,6 +83,10 @@ class LogSink:
             self._log.log(logging.WARNING if event.state == "fault" else logging.INFO,
                           "health state=%s condition=%s device=%s reason=%s", event.state, event.condition,
                           event.device, event.reason)
+        elif event.kind == "notice":
+            self._log.log(logging.WARNING if event.state == "raised" else logging.INFO,
+                          "notice %s state=%s device=%s reason=%s", event.notice, event.state, event.device,
+                          event.reason)
         else:
             level = logging.INFO if event.kind == "cleared" else logging.WARNING
             self._log.log(
@@ -219,7 +230,7 @@ class MqttAlertSink:
         self.connection = connection
         self.device = device
         self.topic = topic or alert_topic(device)
-        self._health: MqttAlertSink | None = None
+        self._side: dict[str, MqttAlertSink] = {}  # health and notice states, each on its own retained topic
         self.qos = qos
         self._retry_s = retry_s
         self._cond = threading.Condition()
@@ -238,13 +249,15 @@ class MqttAlertSink:
         self._thread.start()
 
     def emit(self, event: AlertEvent) -> None:
-        if event.kind == "health" and self.topic != health_topic(self.device):
-            if self._health is None:
-                self._health = MqttAlertSink(self.connection, self.device, qos=self.qos, retry_s=self._retry_s,
-                                             topic=health_topic(self.device))
-            self._health.emit(event)
+        side_topic = {"health": health_topic, "notice": notice_topic}.get(event.kind)
+        if side_topic is not None and self.topic != side_topic(self.device):
+            sink = self._side.get(event.kind)
+            if sink is None:
+                sink = self._side[event.kind] = MqttAlertSink(self.connection, self.device, qos=self.qos,
+                                                              retry_s=self._retry_s, topic=side_topic(self.device))
+            sink.emit(event)
             return
-        payload = event.to_dict() if event.kind == "health" else dict(event.to_dict(), state=event.severity)
+        payload = event.to_dict() if side_topic is not None else dict(event.to_dict(), state=event.severity)
         data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
         with self._cond:
             self._version += 1
@@ -271,14 +284,14 @@ class MqttAlertSink:
         with self._cond:
             c = SinkCounters(delivered=self.published, failed=self.failures,
                              pending=int(self._version > 0 and (self._dirty or self._last_acked != self._version)))
-        if self._health is not None:
-            h = self._health.counters
+        for side in list(self._side.values()):
+            h = side.counters
             c = SinkCounters(c.delivered + h.delivered, c.failed + h.failed, c.pending + h.pending)
         return c
 
     def close(self, timeout: float = 5.0) -> None:
-        if self._health is not None:
-            self._health.close(timeout)
+        for side in list(self._side.values()):
+            side.close(timeout)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -411,6 +424,8 @@ class CommandSink:
                    EDGE_ALERT_DEVICE=event.device)
         if event.kind == "health":
             env |= {"EDGE_ALERT_SCORE": "", "EDGE_HEALTH_CONDITION": event.condition}
+        elif event.kind == "notice":
+            env |= {"EDGE_ALERT_SCORE": "", "EDGE_NOTICE": event.notice}
         else:
             env["EDGE_ALERT_SCORE"] = repr(float(event.score))
         try:

@@ -8,6 +8,8 @@ import pytest
 from edge_agent.drift import DriftMonitor, DriftPolicy, psi, reference
 from edge_agent.uploader import ByteBudget, KeepPolicy, Kept, WindowKeeper
 
+pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
+
 
 def window(i: int, state: str = "normal", score: float = 0.1) -> Kept:
     return Kept("normal", np.full((4, 1), i, np.float32), score, 0.5, state, 1000.0 + i, i, "v1")
@@ -93,3 +95,42 @@ def test_drift_psi_against_the_training_quantiles() -> None:
     started = [monitor.update(s, alerting=False) for s in rng.gamma(4.0, 0.025, 400) * 1.5]
     assert sum(started) == 1 and monitor.status()["state"] == "drifting" and monitor.events == 1
     assert DriftMonitor({}).status()["state"] == "unknown", "a manifest without quantiles: no verdict"
+
+
+def test_drift_raises_and_clears_a_retraining_notice_through_the_sinks(tmp_path, agent_bundle) -> None:
+    """The "retraining due" notice goes where the alerts go: a JSONL line raised, then cleared."""
+    import json
+
+    from edge_agent.alerts import AlertPolicy, WindowResult
+    from edge_agent.contract.bundle import Bundle
+    from edge_agent.fleet import RETRAINING_DUE, SensorFleet
+    from edge_agent.pipeline import Pipeline
+    from edge_agent.sinks import AlertDispatcher, JsonlSink
+    from edge_agent.windows import Window
+
+    bundle = Bundle.load(agent_bundle)
+    pipeline = Pipeline(bundle, device="pump-7", threshold=1e9, policy=AlertPolicy())  # never alerting
+    fleet = SensorFleet("pump-7", "gw", keep=None, drift=DriftPolicy(windows=200, every=20), rollout=None,
+                        manifest=bundle.manifest)
+    sink = JsonlSink(tmp_path / "alerts.jsonl")
+    fleet.on_notice = AlertDispatcher([sink]).emit
+    train = bundle.manifest["score_quantiles"]["training_served"]
+    rng = np.random.default_rng(1)
+    probs = [0.5, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0]
+    healthy = np.interp(rng.uniform(0, 1, 400), [0.0, *probs],  # drawn from the training score distribution
+                        [train["q0.5"] * 0.8, *(train[f"q{p:g}"] for p in probs)])
+    window = Window(np.zeros((bundle.spec.window, bundle.spec.n_features), np.float32))
+
+    def feed(scores):
+        for i, s in enumerate(scores):
+            fleet.on_window(pipeline, window, WindowResult("pump-7", bundle.version, float(s), 1e9, 1e9 + i, i), None)
+
+    feed(healthy)
+    assert not (tmp_path / "alerts.jsonl").read_text()
+    feed(healthy * 3)  # the same machine, scores three times the training median: drift
+    feed(healthy)  # back to normal
+    sink.close()
+    lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert [(x["kind"], x["state"], x["notice"]) for x in lines] == [
+        ("notice", "raised", RETRAINING_DUE), ("notice", "cleared", RETRAINING_DUE)]
+    assert "PSI" in lines[0]["reason"] and lines[0]["device"] == "pump-7"
