@@ -75,6 +75,11 @@ _MODEL_ATTRS = ("{{ {'model_id': value_json.model_id, 'quantization': value_json
 _SCORE_ATTRS = ("{{ {'threshold': value_json.threshold, 'alert_state': value_json.alert_state} | tojson "
                 "if value_json is defined and value_json.threshold is defined else '{}' }}")
 
+_RETRAIN_ON = ("{% if value_json is not defined %}None"
+               "{% elif value_json.drift is defined and value_json.drift.state is defined %}"
+               "{{ 'ON' if value_json.drift.state == 'drifting' else 'OFF' }}{% else %}None{% endif %}")
+_DRIFT_ATTRS = "{{ (value_json.drift if value_json is defined and value_json.drift is defined else {}) | tojson }}"
+
 ALERT_STATES = ["calibrating", "normal", "warning", "critical"]
 
 
@@ -144,6 +149,10 @@ def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
             ("binary_sensor", "health"): {
                 "name": "Health", "device_class": "problem", "value_template": _HEALTH_ON,
                 "json_attributes_topic": status, "json_attributes_template": _HEALTH_ATTRS},
+            ("binary_sensor", "retraining_due"): {
+                "name": "Retraining due", "device_class": "problem", "value_template": _RETRAIN_ON,
+                "entity_category": "diagnostic", "icon": "mdi:school-outline",
+                "json_attributes_topic": status, "json_attributes_template": _DRIFT_ATTRS},
             ("sensor", "model_version"): {
                 "name": "Model version", "value_template": _MODEL, "entity_category": "diagnostic",
                 "icon": "mdi:brain", "json_attributes_topic": status, "json_attributes_template": _MODEL_ATTRS},

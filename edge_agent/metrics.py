@@ -197,6 +197,18 @@ def _sensor(e: Exposition, device: str, s: Mapping, capacity: int | None) -> Non
         e.add("model_info", "gauge", "Always 1: the served model in labels.", 1, lab | {
             "model_id": str(s.get("model_id", "")), "model_version": str(s["model_version"]),
             "quantization": str(s.get("quantization", "")), "threshold_source": str(s.get("threshold_source", ""))})
+    drift = s.get("drift")
+    if isinstance(drift, Mapping):
+        e.add("drift_psi", "gauge", "Population stability index of the recent scores against the training scores.",
+              drift.get("psi"), lab)
+        e.add("retraining_due", "gauge", "1 while the scores drift from the training distribution.",
+              int(drift.get("state") == "drifting"), lab)
+    for kind, count in (s.get("uploads_kept") or {}).items():
+        e.add("uploads_kept_total", "counter", "Windows kept for retraining, by kind.", count, lab | {"kind": str(kind)})
+    rollout = s.get("rollout")
+    if isinstance(rollout, Mapping) and rollout.get("state") is not None:
+        e.add("rollout_info", "gauge", "Always 1: the sensor's rollout state in labels.", 1, lab | {
+            "state": str(rollout["state"]), "model_version": str(rollout.get("model_version") or "")})
     for sink, counts in _items(s.get("sinks")):
         for result in ("delivered", "failed"):
             e.add("alert_deliveries_total", "counter", "Alert events handed to each sink, by result.",

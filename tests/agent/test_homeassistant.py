@@ -24,7 +24,7 @@ pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, de
 
 ENTITIES = {("sensor", "anomaly_score"), ("binary_sensor", "alert"), ("sensor", "alert_state"),
             ("binary_sensor", "health"), ("sensor", "model_version"), ("sensor", "threshold"),
-            ("sensor", "windows_scored"), ("sensor", "inference_p99")}
+            ("sensor", "windows_scored"), ("sensor", "inference_p99"), ("binary_sensor", "retraining_due")}
 
 
 def _cfg(**over):
@@ -141,6 +141,12 @@ def test_templates_read_the_status_the_agent_publishes():
     # health ok; before the sensor's status has a health verdict, only "no model" is a problem
     assert r("health", json.dumps(running_doc | {"health": {"state": "ok", "reason": "", "since": None,
                                                             "events": 2}})) == "OFF"
+    # retraining due: the drift verdict; a sensor without drift monitoring (or not yet known) is unknown
+    assert r("retraining_due") == "None"
+    drifting = json.dumps(running_doc | {"drift": {"state": "drifting", "psi": 0.4, "windows": 500}})
+    assert r("retraining_due", drifting) == "ON"
+    assert json.loads(ha_schema.render(ent["retraining_due"]["json_attributes_template"], drifting))["psi"] == 0.4
+    assert r("retraining_due", json.dumps(running_doc | {"drift": {"state": "stable"}})) == "OFF"
     no_health = {k: v for k, v in running_doc.items() if k != "health"}
     assert r("health", json.dumps(no_health)) == "OFF"
     assert r("health", json.dumps({"device": "pump-1", "state": "no_model"})) == "ON"

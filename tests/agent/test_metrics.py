@@ -67,7 +67,10 @@ def test_render_escapes_labels_and_formats_values():
                                 "inference_ms_p99": None, "model_id": "m", "model_version": 'v"1',
                                 "quantization": "int8", "threshold_source": "bundle", "crc_errors": 4,
                                 "samples_missing": 7, "sinks": {"0:LogSink": {"delivered": 2, "failed": 0}},
-                                "health": {"state": "no_windows", "reason": "x", "since": 1.7e9, "events": 1}},
+                                "health": {"state": "no_windows", "reason": "x", "since": 1.7e9, "events": 1},
+                                "drift": {"state": "drifting", "psi": 0.31, "windows": 500},
+                                "uploads_kept": {"alert": 6, "normal": 2},
+                                "rollout": {"state": "shadow", "model_version": "v2"}},
                        "fan": {"state": "no_model", "frames_in": 5}}}
     text = metrics.render(doc, queue_capacity={device: 1024}, status_age_s=0.4)
     check_exposition(text)
@@ -90,6 +93,10 @@ def test_render_escapes_labels_and_formats_values():
     assert f["edge_agent_alert_deliveries_total"][(("result", "delivered"), ("sensor", device), ("sink", "0:LogSink"))] == 2
     assert f["edge_agent_frames_total"] == {(("sensor", "fan"),): 5}
     assert "edge_agent_spool_bytes" not in f  # no uploads: nothing invented
+    assert f["edge_agent_drift_psi"] == {lab: 0.31} and f["edge_agent_retraining_due"] == {lab: 1}
+    assert f["edge_agent_uploads_kept_total"][(("kind", "alert"), ("sensor", device))] == 6
+    assert dict(next(iter(f["edge_agent_rollout_info"]))) == {"sensor": device, "state": "shadow", "model_version": "v2"}
+    assert not any(k[0][1] == "fan" for k in f["edge_agent_drift_psi"])  # a sensor without drift: nothing invented
 
 
 def test_check_exposition_can_fail():
