@@ -52,6 +52,7 @@ class SensorFleet:
         self.drift = DriftMonitor(manifest or {}, drift) if drift is not None else None
         self.rollout = rollout
         self.encode_errors = 0
+        self.skipped_no_rate = 0  # windows not kept: no sample rate for their upload record
         self.on_notice: Callable[[Notice], None] | None = None  # the sensor sends notices through its sinks
 
     def model_changed(self, manifest: dict) -> None:
@@ -76,7 +77,11 @@ class SensorFleet:
         if self.keeper is None:
             return []
         rate = pipeline.windower.sample_rate
-        if not rate:
+        if not rate:  # an upload record needs the sample rate: neither the bundle nor source.sample_rate has one
+            if not self.skipped_no_rate:
+                log.warning("%s: windows are not kept for retraining: the sample rate is unknown "
+                            "(set source.sample_rate)", self.device)
+            self.skipped_no_rate += 1
             return []
         kept = Kept("normal", pipeline.windower.window_samples(), score if math.isfinite(score) else None,
                     None if calibrating else result.threshold, state, result.time, w.seq_end,
@@ -115,6 +120,7 @@ class SensorFleet:
         doc: dict = {}
         if self.keeper is not None:
             doc["uploads_kept"] = dict(self.keeper.kept)
+            doc["uploads_not_kept_no_rate"] = self.skipped_no_rate
         if self.drift is not None:
             doc["drift"] = self.drift.status()
             doc["notices"] = [RETRAINING_DUE] if self.drift.drifting else []
