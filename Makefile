@@ -11,9 +11,19 @@ OUT     ?= bundles/ims-test2
 TRAIN_ARGS ?= --format ims-avg --start 2004-02-12T11:32:39 --end 2004-02-19T06:12:39 \
               --train-until 2004-02-15T12:52:39 --window 10 --hop 1 --quantize int8
 
-.PHONY: setup test lint export-tflite train bench evaluate demo demo-mqtt clean
+# Retraining on what the fleet collected (trainer collect --out $(DATASET)), proved against the served bundle.
+DATASET ?= runs/fleet/dataset
+CURRENT ?= bundles/current
+NEW     ?= bundles/retrained
+RETRAIN_ARGS ?=
 
-setup: $(STAMP)
+.PHONY: setup system-packages test lint export-tflite train bench evaluate demo demo-mqtt soak check-aarch64 retrain demo-fleet clean
+
+# The Debian packages (mosquitto, sqlite3, python3-venv, faketime, systemd, chromium), installed when missing, then .venv.
+setup: system-packages $(STAMP)
+
+system-packages:
+	@scripts/system_packages.sh
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +48,10 @@ bench: setup
 	$(PY) bench/bench_export.py
 	$(PY) bench/bench_sim.py --duration 5
 	$(PY) bench/bench_agent.py
+	$(PY) bench/bench_web.py
+	$(PY) bench/bench_payloads.py
+	$(PY) bench/bench_sensors.py
+	$(PY) bench/bench_fleet.py
 
 # Detection benchmark (not CI): default options on the shared data, the gateway's pipeline, baselines.
 SHARED_DATA ?= ../shared/data
@@ -52,5 +66,21 @@ demo: setup
 demo-mqtt: setup
 	$(PY) scripts/demo.py --link mqtt
 
+# Not in CI. 30 minutes at full rate on several sensors with injected faults (runs/soak/): SOAK_ARGS=--minutes 5
+SOAK_ARGS ?=
+soak: setup
+	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# Not in CI. The agent on an arm64 Debian root under qemu-user (runs/aarch64/; needs root or sudo; minutes).
+check-aarch64: setup
+	scripts/check_aarch64.sh
+
+retrain: setup
+	$(BIN)/trainer retrain --dataset $(DATASET) --current $(CURRENT) --out $(NEW) $(RETRAIN_ARGS)
+	$(BIN)/trainer inspect $(NEW)
+
+demo-fleet: setup
+	$(PY) scripts/demo_fleet.py
+
 clean:
-	rm -rf bundles runs .pytest_cache
+	rm -rf --one-file-system bundles runs .pytest_cache

@@ -8,6 +8,8 @@ Threads (one stop event ends them all)::
                                                                       every status.every_s: status file + MQTT
     bundle watcher ─ loads and tests changed bundles, hands them to their sensor (swapped between frames)
     alert sinks (MQTT publisher, command runner) and the uploader have their own small threads.
+    web server ([http]) ─ status page and /metrics, reading the status snapshot the scoring loop refreshes
+    every second and each sensor's bounded history.
 
 The agent owns the one :class:`MqttConnection` (its last will marks the gateway offline) and hands it to
 the MQTT sources, the alert sinks, the status publisher and the uploader.
@@ -27,16 +29,27 @@ from edge_agent import calibration
 from edge_agent.alerts import AlertEvent
 from edge_agent.bundle_watch import load_served_model
 from edge_agent.config import AgentConfig, SensorConfig
+from edge_agent.contract import rollout as rollout_topics
 from edge_agent.contract import wire
-from edge_agent.contract.errors import AgentError, BundleError
-from edge_agent.mqtt_client import MqttConnection
+from edge_agent.contract.errors import AgentError, BundleError, ConfigError, UploadError
+from edge_agent.contract.upload_record import receipt_topic
+from edge_agent.drift import DriftPolicy
+from edge_agent.fleet import SensorFleet
+from edge_agent.mqtt_client import MqttConnection, connection_for
 from edge_agent.pipeline import Pipeline, WindowCallback
+from edge_agent.rollout import RolloutPolicy, SensorRollout
 from edge_agent.sensor import Sensor, make_source, policy_of
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
 from edge_agent.status import write_json_atomic
-from edge_agent.windows import Window
+from edge_agent.uploader import ByteBudget, KeepPolicy
 
 log = logging.getLogger(__name__)
+
+#: Seconds between refreshes of the status snapshot the web server reads.
+SNAPSHOT_S = 1.0
+#: After a wake-up the scoring loop lets this long pass before it polls, so that one round serves the frames
+#: of many sensors: a wake-up per frame (thousands a second with tens of sensors) cost ~10 % of a core.
+WAKE_COALESCE_S = 0.002
 
 
 def gateway_topic(gateway: str, leaf: str) -> str:
@@ -72,24 +85,42 @@ class Agent:
         self.status_topic = gateway_topic(cfg.gateway, "status")
         self.connection: MqttConnection | None = None
         if cfg.mqtt is not None:
-            m = cfg.mqtt
-            self.connection = MqttConnection(
-                m.host, m.port, cfg.client_id, username=m.username, password=m.password, keepalive=m.keepalive,
-                will=(self.availability_topic, b"offline", 1, True),
-            )
+            self.connection = connection_for(cfg, will=(self.availability_topic, b"offline", 1, True))
             self.connection.add_connect_listener(self._on_connect)
+        self.discovery = None
+        if cfg.homeassistant.enabled and self.connection is not None:
+            from edge_agent.homeassistant import Discovery
+
+            self.discovery = Discovery(cfg, self.connection)
+        self.web = None
+        if cfg.http.enabled:
+            from edge_agent.web import StatusServer
+
+            self.web = StatusServer(self, cfg.http.listen, cfg.http.port)
         self._jsonl: dict[Path, JsonlSink] = {}
         self._log_sink = LogSink()
         self._spool = None
         self._uploader = None
+        self._uplink = None
         if cfg.uploads_enabled:
             from edge_agent.spool import Spool
             from edge_agent.uploader import Uploader
 
             u = cfg.uploads
-            self._spool = Spool(cfg.resolve(u.spool_path), u.spool_max_bytes, u.spool_max_records)
-            self._uploader = Uploader(self._spool, self.connection, u.batch, threading.Event())
-        self._upload_policies: dict[str, object] = {}
+            try:
+                self._spool = Spool(cfg.resolve(u.spool_path), u.spool_max_bytes, u.spool_max_records)
+            except UploadError as exc:
+                raise UploadError(f"uploads.spool_path: {exc}") from None
+            self._uplink = None
+            if u.uplink_topic:
+                from edge_agent.uploader import UplinkState
+
+                self._uplink = UplinkState()
+                self.connection.subscribe(u.uplink_topic, 1, lambda msg: self._uplink.on_message(msg.payload))
+            self._uploader = Uploader(
+                self._spool, self.connection, u.batch, threading.Event(), uplink=self._uplink, receipts=u.receipts,
+                receipt_timeout_s=u.receipt_timeout_s,
+                budget=ByteBudget(u.max_bytes_per_hour) if u.max_bytes_per_hour else None)
         self.sensors: list[Sensor] = []
         errors: list[str] = []
         for scfg in cfg.sensors:
@@ -106,14 +137,14 @@ class Agent:
                 sensor.counters.model.last_reject = str(exc)[:500]
                 log.error("sensor %s has no model to serve (waiting for a valid bundle in %s): %s", scfg.device,
                           sensor.bundle_path, exc)
-            if scfg.uploads.enabled:
-                from edge_agent.uploader import UploadPolicy
-
-                self._upload_policies[scfg.device] = UploadPolicy(scfg.uploads.every_s, scfg.uploads.only_normal)
+            sensor.fleet = self._fleet_of(sensor)
             self.sensors.append(sensor)
         if len(errors) == len(self.sensors):
             raise BundleError("no sensor has a model it can serve: " + "; ".join(errors))
+        self._subscribe_fleet()
         self._next_status = 0.0
+        self._snapshot: tuple[dict, float] | None = None
+        self._next_snapshot = 0.0
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -144,7 +175,10 @@ class Agent:
         if s.jsonl:
             path = self.cfg.resolve(s.jsonl).resolve()
             if path not in self._jsonl:
-                self._jsonl[path] = JsonlSink(path)
+                try:
+                    self._jsonl[path] = JsonlSink(path)
+                except OSError as exc:
+                    raise ConfigError(f"alerts.sinks.jsonl: cannot open {path}: {exc.strerror or exc}") from exc
             sinks.append(self._jsonl[path])
         if s.mqtt and self.connection is not None:
             sinks.append(MqttAlertSink(self.connection, scfg.device))
@@ -152,27 +186,51 @@ class Agent:
             sinks.append(CommandSink(list(s.command), s.command_timeout_s))
         return sinks
 
-    def _offer_upload(self, sensor: Sensor, w: Window, result) -> None:
-        from edge_agent.contract.upload_record import encode_record
+    def _fleet_of(self, sensor: Sensor) -> SensorFleet | None:
+        """The sensor's part in the fleet loop: what it keeps for upload, its drift monitor, its rollouts."""
+        scfg, cfg = sensor.cfg, self.cfg
+        u = scfg.uploads
+        keep = KeepPolicy(u.every_s, u.drift_every_s, u.context_before, u.context_after, u.calibration,
+                          u.only_normal) if u.enabled else None
+        drift = DriftPolicy(scfg.drift.windows, scfg.drift.psi_limit) if scfg.drift.enabled else None
+        rollout = None
+        if cfg.rollout is not None and self.connection is not None:
+            r = cfg.rollout
+            rollout = SensorRollout(
+                sensor.device, sensor.bundle_path,
+                RolloutPolicy(r.public_keys, r.shadow_windows, r.max_alert_rate_increase, r.probation_windows),
+                serving=sensor.served_model, offer_model=sensor.adopt_model, publish=self._publish_retained,
+                num_threads=scfg.bundle.num_threads)
+        if keep is None and drift is None and rollout is None:
+            return None
+        manifest = sensor.pipeline.bundle.manifest if sensor.pipeline is not None else None
+        return SensorFleet(sensor.device, cfg.gateway, keep=keep, drift=drift, rollout=rollout, manifest=manifest)
 
-        p = sensor.pipeline
-        rate = p.windower.sample_rate
-        if not rate or not self._upload_policies[sensor.device].should_upload(time.monotonic(), p.alerts.state):
+    def _subscribe_fleet(self) -> None:
+        """Rollout topics (the fleet's, fanned out to every sensor, and each sensor's own) and upload receipts."""
+        if self.connection is None:
             return
-        b = p.bundle
-        try:
-            payload = encode_record(
-                device=sensor.device, model_id=b.model_id, model_version=b.version, seq_end=w.seq_end,
-                time_end=datetime.fromtimestamp(result.time, UTC), sample_rate=rate,
-                channels=list(b.spec.channels), units=b.manifest["signal"].get("units", ""),
-                score=result.score, threshold=result.threshold, state=p.alerts.state,
-                samples=p.windower.window_samples(),
-            )
-        except AgentError as exc:
-            log.warning("%s: upload record not made: %s", sensor.device, exc)
-            return
-        self._uploader.offer(wire.upload_topic(sensor.device), payload)
-        sensor.uploads_offered += 1
+        rollouts = [s.fleet.rollout for s in self.sensors if s.fleet is not None and s.fleet.rollout is not None]
+        if rollouts:
+            fleet_filter = rollout_topics.subscriptions(self.sensors[0].device)[0]
+            self.connection.subscribe(fleet_filter, 1, lambda msg: [r.on_message(msg.topic, msg.payload)
+                                                                    for r in rollouts])
+            for r in rollouts:
+                self.connection.subscribe(rollout_topics.subscriptions(r.device)[1], 1,
+                                          lambda msg, r=r: r.on_message(msg.topic, msg.payload))
+        if self._uploader is not None and self._uploader.receipts:
+            for s in self.sensors:
+                if s.cfg.uploads.enabled:
+                    self.connection.subscribe(receipt_topic(s.device), 1,
+                                              lambda msg: self._uploader.on_receipt(msg.payload))
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        self.connection.publish(topic, payload, qos=1, retain=True)
+
+    def _offer_upload(self, sensor: Sensor, uploads: list) -> None:
+        """The records a sensor chose (scoring thread): into the spool, never onto the network here."""
+        for u in uploads:
+            self._uploader.offer(u.topic, u.payload, u.kind, u.id)
 
     def _on_connect(self) -> None:
         """On paho's thread after every (re)connect: availability and the retained status become current again."""
@@ -190,17 +248,24 @@ class Agent:
             self._uploader.start()
         self._watcher = threading.Thread(target=self._watch_bundles, name="bundle-watch", daemon=True)
         self._watcher.start()
+        self._refresh_snapshot(time.monotonic())
+        if self.web is not None:
+            self.web.start()
         log.info("edge-agent %s running %d sensor(s)", self.cfg.gateway, len(self.sensors))
         try:
             while not stop.is_set():
                 self.wake.clear()
                 busy = sum(sensor.poll() for sensor in self.sensors)
                 now = time.monotonic()
+                if now >= self._next_snapshot:
+                    self._refresh_snapshot(now)
                 if now >= self._next_status:
                     self._next_status = now + self.cfg.status.every_s
+                    for sink in self._jsonl.values():
+                        sink.retry()  # alert lines a full disk held back
                     self.publish_status()
-                if not busy:
-                    self.wake.wait(0.1)
+                if not busy and self.wake.wait(0.1):
+                    stop.wait(WAKE_COALESCE_S)
         finally:
             self.close()
 
@@ -212,9 +277,20 @@ class Agent:
                 if sensor.watch_due(now) and sensor.check_bundle():
                     self._next_status = 0.0
                     self.wake.set()
+                rollout = sensor.fleet.rollout if sensor.fleet is not None else None
+                if rollout is not None:
+                    try:
+                        if rollout.step():
+                            self._next_status = 0.0
+                            self.wake.set()
+                    except Exception:  # the watcher thread lives on whatever a rollout does
+                        sensor.counters.internal_errors += 1
+                        log.exception("%s: rollout step failed", sensor.device)
 
     def close(self) -> None:
         """Stop reading, leave "offline" as the retained state, flush the sinks, disconnect."""
+        if self.web is not None:
+            self.web.stop()
         self._stop_watch.set()
         if self._watcher is not None:
             self._watcher.join(10)
@@ -241,6 +317,25 @@ class Agent:
         if self.connection is not None:
             self.connection.stop()
 
+    # ------------------------------------------------------------------ web (read by the web server's threads)
+    def _refresh_snapshot(self, now: float) -> None:
+        """Scoring thread: the status document the web server serves (replaced whole, never mutated)."""
+        self._next_snapshot = now + SNAPSHOT_S
+        self._snapshot = (self.status(), now)
+
+    def snapshot(self) -> tuple[dict, float]:
+        """The latest status snapshot and its age in seconds (taken now when the loop has not run yet)."""
+        snap = self._snapshot
+        if snap is None:
+            return self.status(), 0.0
+        return snap[0], time.monotonic() - snap[1]
+
+    def histories(self) -> dict:
+        return {s.device: s.history for s in self.sensors}
+
+    def queue_capacity(self) -> dict[str, int]:
+        return {s.device: s.cfg.source.queue_frames for s in self.sensors}
+
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         """The gateway's status document: a summary and one entry per sensor."""
@@ -254,21 +349,25 @@ class Agent:
             "sensors_total": len(sensors),
             "sensors_alerting": sum(d.get("alert_state") in ("warning", "critical") for d in sensors.values()),
             "sensors_without_model": sum(d["state"] == "no_model" for d in sensors.values()),
+            "sensors_unmonitored": sum(d["health"]["state"] != "ok" for d in sensors.values()),
+            "sensors_retraining_due": sum(bool(d.get("notices")) for d in sensors.values()),
             "samples_in": total("samples_in"),
             "windows_scored": total("windows_scored"),
             "alerts": total("alerts"),
             "mqtt_connected": bool(self.connection is not None and self.connection.connected),
-            "mqtt": None if self.connection is None else {
-                "connects": self.connection.connects, "disconnects": self.connection.disconnects,
-                "refused_connects": self.connection.refused_connects,
-                "publish_refused": self.connection.publish_refused, "publish_errors": self.connection.publish_errors,
-                "callback_errors": self.connection.callback_errors,
-            },
+            "mqtt": None if self.connection is None else self.connection.status(),
             "uploads": None if self._uploader is None else {
                 "sent": self._uploader.sent, "pending": self._uploader.pending, "dropped": self._uploader.dropped,
                 "failed_attempts": self._uploader.failed_attempts, "spool_evicted": self._spool.evicted,
-                "spool_bytes": self._spool.bytes,
+                "spool_bytes": self._spool.bytes, "spool_quarantined": self._spool.quarantined,
+                "spool_lock_waits": self._spool.lock_waits, "spool_waiting_in_memory": self._spool.waiting,
+                "spool_evicted_by_kind": dict(self._spool.evicted_by_kind), "sent_bytes": self._uploader.sent_bytes,
+                "awaiting_receipt": self._spool.awaiting_receipt() if self._uploader.receipts else None,
+                "confirmed": self._uploader.confirmed, "throttled": self._uploader.throttled,
+                "uplink": None if self._uplink is None else self._uplink.up, "uplink_waits": self._uploader.uplink_waits,
             },
+            "http": None if self.web is None else self.web.status(),
+            "homeassistant": None if self.discovery is None else self.discovery.status(),
             "sensors": sensors,
         }
         return doc
@@ -287,7 +386,7 @@ class Agent:
             return infos
         summary = {k: v for k, v in doc.items() if k != "sensors"}
         summary["sensors"] = {dev: {k: d.get(k) for k in ("state", "alert_state", "model_version", "windows_scored")}
-                              for dev, d in doc["sensors"].items()}
+                              | {"health": d["health"]["state"]} for dev, d in doc["sensors"].items()}
         messages = [(self.status_topic, json.dumps(summary, separators=(",", ":")))]
         for dev, d in doc["sensors"].items():
             messages.append((wire.status_topic(dev), "offline" if final else
@@ -310,13 +409,12 @@ def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeo
     model = load_served_model(cfg.resolve(scfg.bundle.path), scfg.bundle.num_threads)
     connection = None
     if scfg.source.kind == "mqtt":
-        m = cfg.mqtt
-        connection = MqttConnection(m.host, m.port, f"{cfg.client_id}-calibrate", username=m.username,
-                                    password=m.password, keepalive=m.keepalive)
+        connection = connection_for(cfg, f"{cfg.client_id}-calibrate")
     records: list[calibration.DeviceThreshold] = []
     pipeline = Pipeline(
         model.bundle, device=scfg.device, threshold=model.bundle.threshold.value, policy=policy_of(scfg),
         scorer=model.scorer, sample_rate=scfg.source.sample_rate, calibrate=n_windows, on_calibrated=records.append,
+        bridge_fraction=scfg.health.bridge_fraction,
     )
     source = make_source(scfg, connection)
     source.start()

@@ -7,7 +7,10 @@ inode of every file in it. Any change (a new directory renamed into place, a fil
 * ``Bundle.load`` validates manifest, digest and tensors, a scorer is built and given a test inference;
 * a bundle whose manifest and model are byte-identical to the one served is not swapped again;
 * a bundle that fails is rejected (the old model keeps serving) and tried again at its next change, so a
-  deployment copied file by file is picked up once its last file is complete.
+  deployment copied file by file is picked up once its last file is complete;
+* a signature taken within ``RACY_S`` of a file's modification cannot prove that the file did not change
+  again within the same timestamp tick (same size, same mtime, as an in-place rewrite can leave it): a
+  bundle rejected on such a signature is tried once more at the next look, like git's "racily clean" index.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.errors import BundleError
 from edge_agent.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
 Signature = tuple
+#: A file modified this close (seconds) to the signature may change again without changing the signature.
+RACY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ def load_served_model(path: Path, num_threads: int = 1) -> LoadedModel:
 
 
 def signature(path: Path) -> Signature | None:
-    """What the watcher compares: the folder's inode and (name, size, mtime, inode) of each file in it."""
+    """What the watcher compares: the folder's inode and (name, size, mtime, ctime, inode) of each file in it."""
     try:
         top = os.stat(path)
         with os.scandir(path) as it:
@@ -60,10 +66,18 @@ def signature(path: Path) -> Signature | None:
                 if e.name.startswith("."):
                     continue
                 st = e.stat(follow_symlinks=True)
-                entries.append((e.name, st.st_size, st.st_mtime_ns, st.st_ino))
+                entries.append((e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     except OSError:
         return None
     return (top.st_ino, tuple(sorted(entries)))
+
+
+def _racy(sig: Signature | None, now_ns: int) -> bool:
+    """Whether a file of ``sig`` was modified within ``RACY_S`` of ``now_ns`` (wall clock)."""
+    if sig is None:
+        return False
+    newest = max((max(e[2], e[3]) for e in sig[1]), default=0)
+    return now_ns - newest < RACY_S * 1e9
 
 
 class BundleWatch:
@@ -73,12 +87,19 @@ class BundleWatch:
         self.path = path
         self.num_threads = num_threads
         self._seen: Signature | None = None
+        self._racy_retry = False  # the last load failed on a signature too fresh to be trusted
+        self._last_error: str | None = None
         self.served_identity: str | None = None
 
     def load(self) -> LoadedModel:
         """Load the bundle now (at start); BundleError if it cannot serve."""
+        now_ns = time.time_ns()
         self._seen = signature(self.path)
-        model = load_served_model(self.path, self.num_threads)
+        try:
+            model = load_served_model(self.path, self.num_threads)
+        except BundleError as exc:
+            self._racy_retry, self._last_error = _racy(self._seen, now_ns), str(exc)
+            raise
         self.served_identity = model.identity
         return model
 
@@ -93,11 +114,28 @@ class BundleWatch:
     def check(self) -> LoadedModel | None:
         """The new model when the bundle changed and loads; None when nothing (new) is there.
 
-        Raises BundleError when the changed bundle cannot serve (it is tried again at its next change).
+        Raises BundleError when the changed bundle cannot serve (it is tried again at its next change, or
+        once more at the next look when its signature was racy; a racy retry that fails the same way again
+        is not reported twice).
         """
+        now_ns = time.time_ns()
+        retry = False
         if not self.changed():
-            return None
-        model = load_served_model(self.path, self.num_threads)
+            if not self._racy_retry:
+                return None
+            retry = True
+        self._racy_retry = False
+        seen = self._seen
+        try:
+            model = load_served_model(self.path, self.num_threads)
+        except BundleError as exc:
+            self._racy_retry = _racy(seen, now_ns)
+            repeated = retry and str(exc) == self._last_error
+            self._last_error = str(exc)
+            if repeated:
+                return None
+            raise
+        self._last_error = None
         if model.identity == self.served_identity:
             return None
         return model

@@ -9,7 +9,9 @@ max_margin, mean_std or pot, with the bundle's parameters). The result is stored
 
 and used instead of the bundle's default threshold until ``edge-agent calibrate --clear``.
 A stored threshold made for another model version (or another device) is ignored with a warning:
-scores of a different model are not comparable.
+scores of a different model are not comparable. So is a file that is not a valid record (``"value":
+null``, not JSON, a directory): the agent never stops over its calibration, it serves with the bundle's
+threshold and says why (``Choice.note``, counted in the sensor's ``calibration_ignored``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 from edge_agent.contract import threshold
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.errors import ConfigError
+from edge_agent.status import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,56 +66,89 @@ def compute(scores: np.ndarray, bundle: Bundle, device: str) -> DeviceThreshold:
     )
 
 
-def save(path: Path, record: DeviceThreshold) -> None:
-    """Write atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def save(path: Path, record: DeviceThreshold) -> bool:
+    """Write atomically (``status.write_json_atomic``: temp file + rename); False (logged) when it cannot."""
+    if not write_json_atomic(path, asdict(record)):
+        return False
     log.info("calibration: %s threshold %.6g (%s, n=%d) saved to %s", record.device, record.value,
              record.method, record.n, path)
+    return True
 
 
 def clear(path: Path) -> bool:
-    """Remove the stored threshold; return whether there was one."""
+    """Remove the stored threshold; return whether there was one. ConfigError when the path cannot be removed."""
     try:
         path.unlink()
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot remove the calibration: {_reason(path, exc)}") from exc
     return True
 
 
+#: Types of the record's fields (``value`` is checked to be a positive finite number on top).
+_TYPES = {"device": str, "model_id": str, "bundle_version": str, "method": str, "value": (int, float),
+          "params": dict, "n": int, "time": str}
+
+
 def load(path: Path) -> DeviceThreshold | None:
-    """The stored record, None if there is none; ConfigError if the file is unreadable."""
+    """The stored record, None if there is none; ConfigError naming the problem for anything else."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return DeviceThreshold(**data)
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: not a calibration record ({exc})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a calibration record ({_reason(path, exc)})") from exc
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not a calibration record (not JSON: {str(exc)[:100]})") from exc
+    if not isinstance(data, dict) or set(data) != {f.name for f in fields(DeviceThreshold)}:
+        raise ConfigError(f"{path}: not a calibration record (fields {sorted(data) if isinstance(data, dict) else data!r})")
+    for key, types in _TYPES.items():
+        if isinstance(data[key], bool) or not isinstance(data[key], types):
+            raise ConfigError(f"{path}: not a calibration record ({key} is {data[key]!r})")
+    if not (np.isfinite(data["value"]) and data["value"] > 0):
+        raise ConfigError(f"{path}: not a calibration record (value {data['value']!r} is not a positive number)")
+    return DeviceThreshold(**data)
 
 
-def threshold_in_force(path: Path, bundle: Bundle, device: str) -> tuple[float, str]:
-    """(threshold, source): the device's calibrated threshold if valid for this bundle, else the bundle's.
+def _reason(path: Path, exc: Exception) -> str:
+    if isinstance(exc, IsADirectoryError):
+        return "it is a directory"
+    if isinstance(exc, NotADirectoryError):
+        return "a part of the path is a file, not a directory"
+    return getattr(exc, "strerror", None) or str(exc)
 
-    ``source`` is ``"calibration"`` or ``"bundle"``. A bad or stale record is ignored with a warning.
-    """
+
+@dataclass(frozen=True)
+class Choice:
+    """The threshold in force: its value, ``source`` ("calibration" or "bundle"), and why a stored
+    calibration was ignored (``note``, None when none was or when it applies)."""
+
+    value: float
+    source: str
+    note: str | None = None
+
+
+def choose(path: Path, bundle: Bundle, device: str) -> Choice:
+    """The device's calibrated threshold if valid for this bundle, else the bundle's (with the reason, logged)."""
     try:
         record = load(path)
     except ConfigError as exc:
-        log.warning("calibration ignored: %s", exc)
-        return bundle.threshold.value, "bundle"
-    if record is None:
-        return bundle.threshold.value, "bundle"
-    if record.device != device or record.model_id != bundle.model_id or record.bundle_version != bundle.version:
-        log.warning(
-            "calibration in %s is for device %s model %s %s, not %s %s %s: using the bundle threshold %.6g",
-            path, record.device, record.model_id, record.bundle_version, device, bundle.model_id, bundle.version,
-            bundle.threshold.value,
-        )
-        return bundle.threshold.value, "bundle"
-    if not (np.isfinite(record.value) and record.value > 0):
-        log.warning("calibration in %s has an unusable value %r: using the bundle threshold", path, record.value)
-        return bundle.threshold.value, "bundle"
-    return float(record.value), "calibration"
+        note = f"calibration ignored: {exc}"
+    else:
+        if record is None:
+            return Choice(bundle.threshold.value, "bundle")
+        if record.device == device and record.model_id == bundle.model_id and record.bundle_version == bundle.version:
+            return Choice(float(record.value), "calibration")
+        note = (f"calibration in {path} is for device {record.device} model {record.model_id} "
+                f"{record.bundle_version}, not {device} {bundle.model_id} {bundle.version}")
+    log.warning("%s: using the bundle threshold %.6g", note, bundle.threshold.value)
+    return Choice(bundle.threshold.value, "bundle", note)
+
+
+def threshold_in_force(path: Path, bundle: Bundle, device: str) -> tuple[float, str]:
+    """(threshold, source) of :func:`choose`."""
+    choice = choose(path, bundle, device)
+    return choice.value, choice.source

@@ -4,7 +4,11 @@
     edge-agent validate-config agent.toml
     edge-agent calibrate --config agent.toml [--sensor DEVICE] --windows 200      (or --clear)
     edge-agent status [--config agent.toml | --file status.json] [--sensor DEVICE] [--json]
+    edge-agent deploy NEW_BUNDLE (--to DIR | --config agent.toml [--sensor DEVICE])
     edge-agent replay --bundle DIR --data PATH [--format F] [--calibrate N] --out scores.csv
+    edge-agent doctor --config agent.toml [--listen-s 5] [--json]       exit 0 ok, 1 warnings, 2 failures
+    edge-agent install [--apply] [--root DIR] [--config FILE] [--state-dir DIR]   systemd service (dry run by default)
+    edge-agent --log-format json run ...                                one JSON object per log line
 
 Never imports TensorFlow (nor ``trainer``): ``replay`` reads recordings with ``edge_agent.contract.recordings``.
 """
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -25,10 +31,14 @@ from edge_agent.contract.errors import AgentError, BundleError, ConfigError
 log = logging.getLogger(__name__)
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("paho").setLevel(logging.WARNING)
+def _setup_logging(verbose: int, fmt: str | None = None, cfg=None) -> None:
+    """-v/-vv win; else the config's ``[logging] level`` for commands given one (``run``), else warnings only.
+    The format: ``--log-format``, else ``[logging] format``, else text."""
+    from edge_agent import logs
+
+    default = cfg.logging.level if cfg is not None else "warning"
+    level = {0: default, 1: "info"}.get(verbose, "debug")
+    logs.setup(level, fmt or (cfg.logging.format if cfg is not None else "text"))
 
 
 def _load(config: Path):
@@ -42,22 +52,35 @@ def _load(config: Path):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug logging (stderr).")
-def main(verbose: int) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="One line per event: text, or one JSON object per line (default: [logging] format, else text).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, log_format: str | None) -> None:
     """Vibration anomaly detection on the gateway (TFLite, no TensorFlow)."""
-    _setup_logging(verbose)
+    ctx.obj = {"verbose": verbose, "log_format": log_format}
+    _setup_logging(verbose, log_format)
 
 
 @main.command("validate-config")
 @click.argument("config", type=click.Path(path_type=Path))
 def validate_config(config: Path) -> None:
     """Check a config file and every bundle it names: exit 0 if the agent can run on them, else 1 with the reasons."""
+    from edge_agent import calibration
+    from edge_agent.config import check_path
     from edge_agent.contract.bundle import Bundle
 
     cfg = _load(config)
     problems, lines = [], []
     for i, s in enumerate(cfg.sensors):
-        key = "bundle.path" if len(cfg.sensors) == 1 else f"sensors[{i}].bundle.path"
-        path = cfg.resolve(s.bundle.path)
+        where = "" if len(cfg.sensors) == 1 else f"sensors[{i}]."
+        key = f"{where}bundle.path"
+        try:  # the agent runs on without its calibration (bundle threshold, counted); say so here
+            check_path(f"{where}calibration.path", cfg.resolve(s.calibration.path))
+            calibration.load(cfg.resolve(s.calibration.path))
+        except ConfigError as exc:
+            msg = str(exc) if str(exc).startswith(f"{where}calibration.path") else f"{where}calibration.path: {exc}"
+            problems.append(f"{config}: {msg} (the agent would ignore it and use the bundle threshold)")
+        path = Path(os.path.normpath(cfg.resolve(s.bundle.path)))
         try:
             bundle = Bundle.load(path)
         except BundleError as exc:
@@ -65,11 +88,32 @@ def validate_config(config: Path) -> None:
             continue
         lines.append(f"  {s.device}: source {s.source.kind}, bundle {path}: {bundle.model_id} {bundle.version}, "
                      f"{bundle.quantization}")
+    if cfg.uploads_enabled:
+        from edge_agent.contract.errors import UploadError
+        from edge_agent.spool import check_spool_path
+
+        try:
+            check_spool_path(cfg.resolve(cfg.uploads.spool_path))
+        except UploadError as exc:
+            problems.append(f"{config}: uploads.spool_path: {exc}")
     if problems:
         raise click.ClickException("\n".join(problems))
     click.echo(f"{config}: ok (gateway {cfg.gateway}, {len(cfg.sensors)} sensor{'s' if len(cfg.sensors) > 1 else ''})")
     for line in lines:
         click.echo(line)
+    _secret_warnings(cfg)
+
+
+def _secret_warnings(cfg) -> None:
+    """Warn (stderr) about a secret the config names that cannot be read or that others can read."""
+    from edge_agent.config import mqtt_password, secret_file_warnings
+
+    try:
+        mqtt_password(cfg)
+    except ConfigError as exc:
+        click.echo(f"warning: {exc}", err=True)
+    for warning in secret_file_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()
@@ -79,10 +123,16 @@ def run(config: Path) -> None:
     from edge_agent.agent import Agent
 
     cfg = _load(config)
+    opts = click.get_current_context().find_root().obj or {}
+    _setup_logging(opts.get("verbose", 0), opts.get("log_format"), cfg)
     stop = threading.Event()
 
     def on_event(event) -> None:
         d = event.to_dict()
+        if d["kind"] == "health":
+            click.echo(f"HEALTH {d['state']} device={d['device']} condition={d['condition']}: {d['reason']}")
+            sys.stdout.flush()
+            return
         score = "inf" if d["score"] is None else f"{d['score']:.6g}"
         click.echo(
             f"ALERT {d['kind']} {d['severity']} device={d['device']} score={score} "
@@ -129,7 +179,10 @@ def calibrate(config: Path, device: str | None, n_windows: int, timeout_s: float
         raise click.ClickException(str(exc)) from None
     path = cfg.resolve(scfg.calibration.path)
     if clear:
-        click.echo(f"calibration {'cleared' if calibration.clear(path) else 'was not set'}: {path}")
+        try:
+            click.echo(f"calibration {'cleared' if calibration.clear(path) else 'was not set'}: {path}")
+        except ConfigError as exc:
+            raise click.ClickException(f"calibration.path: {exc}") from None
         return
     try:
         record, scored = calibrate_sensor(cfg, scfg.device, n_windows, timeout_s)
@@ -137,13 +190,71 @@ def calibrate(config: Path, device: str | None, n_windows: int, timeout_s: float
         raise click.ClickException(f"calibration failed: {exc}") from None
     if record is None:
         raise click.ClickException(f"only {scored} of {n_windows} windows arrived in {timeout_s:g} s; nothing saved")
-    calibration.save(path, record)
+    if not calibration.save(path, record):
+        raise click.ClickException(f"calibration.path: cannot write {path} (see the log); nothing saved")
     click.echo(f"device {scfg.device}: threshold {record.value:.6g} ({record.method}, {record.n} windows) "
                f"saved to {path}")
 
 
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Path(path_type=Path), help="The bundle directory an agent serves.")
+@click.option("--config", "config", type=click.Path(path_type=Path), help="Deploy to the bundle.path of this config.")
+@click.option("--sensor", "device", default=None, help="With --config: the sensor whose bundle.path is meant.")
+def deploy(bundle: Path, to: Path | None, config: Path | None, device: str | None) -> None:
+    """Install BUNDLE where a running agent picks it up, atomically.
+
+    BUNDLE is checked as the agent would (manifest, digest, tensors), copied into a temporary sibling of
+    the target, checked again there, and renamed into place; the bundle it replaces stays as
+    DIR.previous (roll back with mv). Never copy files over a served bundle one by one.
+    """
+    from edge_agent.contract.bundle import PREVIOUS_SUFFIX, deploy_bundle
+
+    if (to is None) == (config is None):
+        raise click.UsageError("give the target: --to DIR, or --config FILE (with --sensor when it has several)")
+    if config is not None:
+        cfg = _load(config)
+        if device is None and len({cfg.resolve(s.bundle.path).resolve() for s in cfg.sensors}) == 1:
+            device = cfg.sensors[0].device
+        try:
+            to = cfg.resolve(cfg.sensor(device).bundle.path)
+        except ConfigError as exc:
+            raise click.ClickException(f"{exc}, with --sensor") from None
+    to = Path(os.path.normpath(to))
+    replaces = to.exists()
+    try:
+        installed = deploy_bundle(bundle, to)
+    except BundleError as exc:
+        raise click.ClickException(f"not deployed: {exc}") from None
+    previous = to.with_name(to.name + PREVIOUS_SUFFIX)
+    click.echo(f"deployed {installed.model_id} {installed.version} ({installed.quantization}) to {to}"
+               + (f"; the bundle it replaced is in {previous}" if replaces else ""))
+
+
+@main.command()
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path), help="The agent's config.")
+@click.option("--sensor", "device", default=None, help="The sensor whose bundle is rolled back (when several).")
+@click.option("--reason", default="by hand", show_default=True, help="Recorded in the rollout state.")
+def rollback(config: Path, device: str | None, reason: str) -> None:
+    """Serve the previous bundle again (the one the last deploy or rollout replaced).
+
+    BUNDLE.previous goes back into the sensor's bundle path (the rolled-back bundle is kept as
+    BUNDLE.rolled-back); a running agent's watcher serves it within bundle.watch_s, and a rollout that was
+    rolled back is not applied again from its retained message.
+    """
+    from edge_agent.rollout import rollback_files
+
+    cfg = _load(config)
+    try:
+        path = cfg.resolve(cfg.sensor(device).bundle.path)
+        version = rollback_files(path, reason)
+    except (ConfigError, BundleError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path}: now {version} (the rolled-back bundle is in {path.name}.rolled-back)")
+
+
 #: Columns of ``edge-agent status``'s sensor table.
-STATUS_COLUMNS = ("state", "alert_state", "threshold", "last_score", "windows_scored", "alerts", "samples_in",
+STATUS_COLUMNS = ("state", "health", "alert_state", "threshold", "last_score", "windows_scored", "alerts", "samples_in",
                   "frames_dropped", "gaps", "crc_errors", "bad_payloads", "inference_ms_p99", "model_version")
 
 
@@ -189,6 +300,8 @@ def status(config: Path | None, file: Path | None, device: str | None, as_json: 
 
 
 def _cell(value) -> str:
+    if isinstance(value, dict) and "state" in value:  # health: its state (the reason is in --sensor DEV)
+        return str(value["state"])
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else str(value)
@@ -245,6 +358,70 @@ def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: 
     click.echo(f"{len(result.rows)} windows from {result.samples} samples in {result.seconds:.2f} s{speed}; "
                f"threshold {result.threshold:.6g} ({result.threshold_source}); alerts {result.counters['alerts']}; "
                f"wrote {out}")
+
+
+@main.command()
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path), help="Agent config (TOML).")
+@click.option("--listen-s", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
+              help="How long to watch each sensor's data.")
+@click.option("--timeout-s", type=click.FloatRange(0.5, 600), default=10.0, show_default=True,
+              help="How long to wait for the broker.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(config: Path, listen_s: float, timeout_s: float, as_json: bool) -> None:
+    """Check a gateway end to end; exit 0 all ok, 1 warnings only, 2 a failure."""
+    from edge_agent import doctor as dr
+
+    try:
+        cfg = _load(config)
+    except click.ClickException as exc:
+        checks = [dr.Check("gateway", "config", dr.FAIL, exc.message)]
+    else:
+        checks = dr.run(cfg, listen_s=listen_s, timeout_s=timeout_s)
+    click.echo(dr.as_json(checks) if as_json else dr.table(checks))
+    sys.exit(dr.EXIT[dr.verdict(checks)])
+
+
+@main.command()
+@click.option("--apply", "apply_", is_flag=True, help="Make the changes (default: print them and change nothing).")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"), show_default=True,
+              help="Install under this directory instead of / (an image being prepared, a test).")
+@click.option("--config", "config", type=click.Path(path_type=Path), default=Path("/etc/edge-agent/agent.toml"),
+              show_default=True, help="Where the service reads its config (a skeleton is written if none is there).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/edge-agent"), show_default=True,
+              help="The service's own writable directory.")
+@click.option("--executable", type=click.Path(path_type=Path), default=None,
+              help="The edge-agent program the unit runs (default: this one).")
+@click.option("--user", default="edge-agent", show_default=True, help="System user (and group) the agent runs as.")
+def install(apply_: bool, root: Path, config: Path, state_dir: Path, executable: Path | None, user: str) -> None:
+    """Install the agent as a systemd service run by its own unprivileged user (dry run unless --apply)."""
+    from edge_agent import install as inst
+
+    for name, p in (("--config", config), ("--state-dir", state_dir), ("--executable", executable)):
+        if p is not None and not p.is_absolute():
+            raise click.BadParameter("must be an absolute path (as the service sees it)", param_hint=name)
+    lay = inst.Layout(executable=executable or inst.default_executable(), config=config, state_dir=state_dir,
+                      user=user, systemd_version=inst.systemd_version())
+    root = root.resolve()
+    if lay.executable.is_relative_to("/home") or lay.executable.is_relative_to("/root"):
+        click.echo(f"warning: {lay.executable} is under a home directory, which the unit hides (ProtectHome=yes): "
+                   "install the agent's venv under /opt (python3 -m venv /opt/edge-agent)", err=True)
+    steps = inst.plan(lay, root)
+    where = "" if root == Path("/") else f" under {root}"
+    click.echo(f"edge-agent install{where}: {'applying' if apply_ else 'dry run, nothing is changed'}")
+    for step in steps:
+        click.echo(f"  {step.what}")
+        if apply_:
+            try:
+                step.run(root)
+            except PermissionError as exc:
+                raise click.ClickException(f"{exc}: installing needs root (sudo edge-agent install --apply)") from None
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                raise click.ClickException(f"{step.what.split()[0]} failed: {exc}") from None
+    if not apply_:
+        click.echo("run again with --apply to make these changes")
+        return
+    click.echo(f"next: edit {config}, copy a bundle to {state_dir}/bundles/, then\n"
+               f"  edge-agent doctor --config {config}\n  systemctl start {lay.unit.name}")
 
 
 if __name__ == "__main__":

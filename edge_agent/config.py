@@ -14,28 +14,41 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
     gateway = "hall-3"                 # id of this gateway (default: the host name; one sensor: its device)
     [mqtt]        the one broker connection: MQTT sources, alerts, status, uploads (last will)
     [status]      every_s, file, mqtt
-    [uploads]     the gateway's spool: spool_path, spool_max_bytes, spool_max_records, batch
-                  (and enabled, every_s, only_normal as the sensors' default)
+    [uploads]     the gateway's spool: spool_path, spool_max_bytes, spool_max_records, batch, max_bytes_per_hour,
+                  uplink_topic, receipts, receipt_timeout_s (and the sensors' defaults below)
+    [rollout]     public_keys, shadow_windows, max_alert_rate_increase, probation_windows (signed rollouts)
+    [http]        enabled, listen, port: the local status page and the Prometheus /metrics endpoint
+    [homeassistant] enabled, discovery_prefix: Home Assistant MQTT discovery of every sensor
     [alerts] [bundle] [source] [calibration] [health]      defaults for every sensor
     [[sensors]]   device, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
                   [sensors.calibration] (default path calibration/<device>.json), [sensors.health]
 
 Per sensor::
 
-    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none)
+    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none), burst
     [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only), read_timeout_s, reopen_max_s
-    [source.mqtt]   topic_device (defaults to device), qos
+    [source.mqtt]   topic_device (defaults to device) or topic (any topic), qos, payload = "wire" | "json";
+                    json: fields (or values, channels), records, seq_field, time_field, time_unit, scale,
+                    max_payload_bytes (see ``wire.JsonMapping``)
     [bundle]      path, watch_s (0 = no hot swap), num_threads
     [alerts]      k, n, clear_ratio, clear_windows, cooldown_s, critical_ratio
     [alerts.sinks] log, jsonl, mqtt, command, command_timeout_s
-    [uploads]     enabled, every_s, only_normal
+    [uploads]     enabled, every_s, only_normal, drift_every_s, context_before, context_after, calibration
+    [drift]       enabled, windows, psi_limit
     [calibration] path, windows
-    [health]      no_window_s, no_data_s
+    [health]      no_window_s, no_data_s, bridge_fraction
+
+Gateway only::
+
+    [mqtt]        host, port, username, password_file | password_env (never a clear-text password), keepalive,
+                  client_id; [mqtt.tls] ca_file, cert_file, key_file
+    [logging]     format = "text" | "json", level
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import tomllib
 import types
@@ -61,10 +74,42 @@ class SerialSource:
     reopen_max_s: float = field(default=5.0, metadata=_rng(0.1, 300.0))
 
 
+#: ``[source.mqtt]`` keys of a JSON payload mapping (``payload = "json"``), as ``wire.JsonMapping`` names them.
+MAPPING_KEYS = ("fields", "values", "records", "channels", "seq_field", "time_field", "time_unit", "scale")
+
+
 @dataclass(frozen=True)
 class MqttSource:
+    """Where an MQTT sensor publishes and what its payloads look like (``payload = "json"``: ``wire.JsonMapping``)."""
+
     topic_device: str | None = field(default=None, metadata=_rng())  # whose vib/<device>/samples; default: device
+    topic: str | None = field(default=None, metadata=_rng())  # any topic instead (no wildcards)
     qos: int = field(default=1, metadata=_rng(0, 2))
+    payload: str = field(default="wire", metadata=_rng(choices=("wire", "json")))
+    fields: tuple[str, ...] | None = None
+    values: str | None = None
+    records: str | None = None
+    channels: int | None = field(default=None, metadata=_rng(1, wire.MAX_CHANNELS))
+    seq_field: str | None = None
+    time_field: str | None = None
+    time_unit: str | None = field(default=None, metadata=_rng(choices=wire.TIME_UNITS))
+    scale: float | None = None
+    max_payload_bytes: int | None = field(default=None, metadata=_rng(1024, 256 * 1024 * 1024))
+
+    def samples_topic(self, device: str) -> str:
+        """The topic this sensor's samples arrive on."""
+        return self.topic or wire.samples_topic(self.topic_device or device)
+
+    def mapping(self) -> wire.JsonMapping | None:
+        """The declared JSON mapping (None: the wire payloads). ConfigError naming the key at fault."""
+        if self.payload != "json":
+            return None
+        kwargs = {k: getattr(self, k) for k in MAPPING_KEYS if getattr(self, k) is not None}
+        return wire.JsonMapping(**kwargs)
+
+    def decoder(self) -> wire.PayloadDecoder:
+        """A new payload decoder for this source (it numbers samples itself when the mapping has no seq_field)."""
+        return wire.PayloadDecoder(self.mapping(), self.max_payload_bytes)
 
 
 @dataclass(frozen=True)
@@ -74,16 +119,39 @@ class Source:
     mqtt: MqttSource | None = None
     queue_frames: int = field(default=1024, metadata=_rng(8, 1_000_000))
     sample_rate: float | None = field(default=None, metadata=_rng(0.001, 10_000_000.0))  # Hz, if the bundle has none
+    burst: bool | None = None  # sends snapshots (sequence may restart per burst); unset: recognised when it happens
+
+
+@dataclass(frozen=True)
+class MqttTls:
+    """``[mqtt.tls]``: paths (relative to the config file) of the broker's CA and this gateway's certificate."""
+
+    ca_file: str | None = None  # CA that signed the broker's certificate; none: the system's CAs
+    cert_file: str | None = None  # client certificate (brokers with require_certificate), with key_file
+    key_file: str | None = None
 
 
 @dataclass(frozen=True)
 class Mqtt:
+    """``[mqtt]``. The password is never in the config: ``password_file`` (a file holding it, first line) or
+    ``password_env`` (an environment variable); a clear-text ``password`` key is refused."""
+
     host: str = "127.0.0.1"
     port: int = field(default=1883, metadata=_rng(1, 65535))
     username: str | None = None
-    password: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
     keepalive: int = field(default=30, metadata=_rng(5, 3600))
     client_id: str | None = None  # default: edge-agent-<device>
+    tls: MqttTls | None = None
+
+
+@dataclass(frozen=True)
+class Logging:
+    """``[logging]``: ``format`` text (one line per event) or json (one JSON object per line); ``level``."""
+
+    format: str = field(default="text", metadata=_rng(choices=("text", "json")))
+    level: str = field(default="info", metadata=_rng(choices=("debug", "info", "warning", "error")))
 
 
 @dataclass(frozen=True)
@@ -121,6 +189,10 @@ class Uploads:
     spool_max_bytes: int = field(default=64 * 1024 * 1024, metadata=_rng(1024, 1 << 40))
     spool_max_records: int = field(default=10_000, metadata=_rng(1, 100_000_000))
     batch: int = field(default=50, metadata=_rng(1, 10_000))
+    max_bytes_per_hour: int = field(default=0, metadata=_rng(0, 1 << 40))  # metered link: upload budget (0: none)
+    uplink_topic: str | None = None  # the bridge's notification topic: hold uploads while it reads 0
+    receipts: bool = True  # keep a record until a collector's receipt names it (trainer collect sends them)
+    receipt_timeout_s: float = field(default=300.0, metadata=_rng(5.0, 7 * 86_400.0))  # then send it again
 
 
 @dataclass(frozen=True)
@@ -128,6 +200,32 @@ class Status:
     every_s: float = field(default=10.0, metadata=_rng(0.1, 86_400.0))
     file: str | None = "edge-agent-status.json"
     mqtt: bool = True
+
+
+@dataclass(frozen=True)
+class Http:
+    """The gateway's read-only web endpoint: the status page (``/``) and Prometheus metrics (``/metrics``).
+
+    On by default, on the loopback interface only: a technician on the gateway (or through an SSH tunnel)
+    and a Prometheus on the same host see it without any set-up, and nothing is reachable from the network
+    until ``listen`` says so. A port already taken is logged and counted; the agent keeps scoring.
+    """
+
+    enabled: bool = True
+    listen: str = field(default="127.0.0.1", metadata=_rng())  # an IP address: 127.0.0.1, ::1, 0.0.0.0, ...
+    port: int = field(default=9847, metadata=_rng(0, 65535))  # 0: any free port (tests)
+
+
+@dataclass(frozen=True)
+class HomeAssistant:
+    """Home Assistant MQTT discovery: retained entity configs under ``<discovery_prefix>/...`` on every connect.
+
+    Off by default: the broker may be shared, and retained messages in another application's topic tree
+    must be asked for.
+    """
+
+    enabled: bool = False
+    discovery_prefix: str = field(default="homeassistant", metadata=_rng())
 
 
 @dataclass(frozen=True)
@@ -140,13 +238,39 @@ class Calibration:
 class Health:
     no_window_s: float = field(default=60.0, metadata=_rng(1.0, 7 * 86_400.0))  # data arrives, nothing scorable
     no_data_s: float = field(default=60.0, metadata=_rng(1.0, 7 * 86_400.0))  # nothing arrives at all
+    # share of a window's samples that may be missing or NaN, left out instead of restarting assembly
+    # (features bundles without FFT bands; scripts/study_gaps.py measured 10 %: no false alarm, detection kept)
+    bridge_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
 
 
 @dataclass(frozen=True)
 class SensorUploads:
     enabled: bool = False
-    every_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))
+    every_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))  # one reservoir-sampled normal window
     only_normal: bool = True
+    drift_every_s: float = field(default=60.0, metadata=_rng(1.0, 7 * 86_400.0))  # while the scores drift
+    context_before: int = field(default=5, metadata=_rng(0, 1000))  # windows kept before each alert
+    context_after: int = field(default=5, metadata=_rng(0, 1000))  # and after it
+    calibration: bool = True  # keep the windows a calibration is computed on
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Score drift against the bundle's training score quantiles (``edge_agent.drift``)."""
+
+    enabled: bool = True
+    windows: int = field(default=500, metadata=_rng(50, 1_000_000))
+    psi_limit: float = field(default=0.25, metadata=_rng(0.01, 10.0))
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Signed model rollouts (``trainer publish``): the trusted public keys and the limits of a swap."""
+
+    public_keys: tuple[str, ...]
+    shadow_windows: int = field(default=100, metadata=_rng(1, 100_000))
+    max_alert_rate_increase: float = field(default=0.05, metadata=_rng(0.0, 1.0))
+    probation_windows: int = field(default=300, metadata=_rng(1, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -160,6 +284,7 @@ class SensorConfig:
     uploads: SensorUploads = field(default_factory=SensorUploads)
     calibration: Calibration = field(default_factory=Calibration)
     health: Health = field(default_factory=Health)
+    drift: Drift = field(default_factory=Drift)
 
 
 @dataclass(frozen=True)
@@ -171,6 +296,10 @@ class AgentConfig:
     mqtt: Mqtt | None = None
     uploads: Uploads = field(default_factory=Uploads)
     status: Status = field(default_factory=Status)
+    http: Http = field(default_factory=Http)
+    homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
+    logging: Logging = field(default_factory=Logging)
+    rollout: Rollout | None = None
     base_dir: Path = Path(".")
     path: Path | None = None  # the config file, when loaded from one
 
@@ -201,9 +330,10 @@ class AgentConfig:
 
 
 #: Sections of a sensor that may also be given once at the top level, as every sensor's defaults.
-SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health")
-GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors")
-_SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch")
+SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health", "drift")
+GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "logging", "rollout")
+_SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch", "max_bytes_per_hour", "uplink_topic",
+               "receipts", "receipt_timeout_s")
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -277,6 +407,10 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
             merged.setdefault("calibration", {})["path"] = f"calibration/{raw.get('device', i)}.json"
         sensors.append(_build(SensorConfig, merged, where))
     gateway = data.get("gateway", sensors[0].device if legacy else socket.gethostname().split(".")[0])
+    if isinstance(data.get("mqtt"), dict) and "password" in data["mqtt"]:
+        raise ConfigError("mqtt.password: a password is never written in the config (it is copied, pasted and "
+                          "read by anyone who can read the file): put it in a file readable only by the agent's "
+                          "user and set mqtt.password_file, or set mqtt.password_env to an environment variable")
     mqtt = _value(Mqtt | None, data.get("mqtt"), "mqtt", {}) if "mqtt" in data else None
     cfg = AgentConfig(
         gateway=_value(str, _device_like(gateway), "gateway", {}),
@@ -284,6 +418,10 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
         mqtt=mqtt,
         uploads=_build(Uploads, gateway_uploads, "uploads"),
         status=_build(Status, data.get("status", {}), "status"),
+        http=_build(Http, data.get("http", {}), "http"),
+        homeassistant=_build(HomeAssistant, data.get("homeassistant", {}), "homeassistant"),
+        logging=_build(Logging, data.get("logging", {}), "logging"),
+        rollout=_build(Rollout, data["rollout"], "rollout") if "rollout" in data else None,
         base_dir=base_dir,
     )
     _check_semantics(cfg, legacy)
@@ -305,12 +443,38 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _check_fleet(cfg: AgentConfig) -> None:
+    """[rollout] keys parse and need a broker; the upload budget and the bridge topic are sound."""
+    if cfg.rollout is not None:
+        from edge_agent.contract.rollout import RolloutError, load_public_key
+
+        if cfg.mqtt is None:
+            raise ConfigError("rollout: needs a [mqtt] broker section (rollouts arrive over MQTT)")
+        if not cfg.rollout.public_keys:
+            raise ConfigError("rollout.public_keys: at least one key (`trainer keygen` prints it)")
+        for i, key in enumerate(cfg.rollout.public_keys):
+            try:
+                load_public_key(key)
+            except RolloutError as exc:
+                raise ConfigError(f"rollout.public_keys[{i}]: {exc}") from None
+    topic = cfg.uploads.uplink_topic
+    if topic is not None and (not topic or any(c in topic for c in "+#")):
+        raise ConfigError(f"uploads.uplink_topic: a topic name without wildcards, got {topic!r}")
+    if 0 < cfg.uploads.max_bytes_per_hour < 1024:
+        raise ConfigError(f"uploads.max_bytes_per_hour: 0 (no budget) or at least 1024, got "
+                          f"{cfg.uploads.max_bytes_per_hour}")
+
+
 def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
     """Rules across keys and across sensors."""
     try:
         wire.check_device_id(cfg.gateway)
     except ConfigError as exc:
         raise ConfigError(f"gateway: {exc}") from None
+    _check_web(cfg)
+    if cfg.mqtt is not None:
+        _check_mqtt(cfg.mqtt)
+    _check_fleet(cfg)
     devices: dict[str, str] = {}
     ports: dict[str, str] = {}
     topics: dict[str, str] = {}
@@ -328,10 +492,14 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
         if s.source.kind == "serial":
             claim(ports, s.source.serial.port, f"{where}source.serial.port", f"port {s.source.serial.port!r}")
         else:
-            topic = wire.samples_topic(s.source.mqtt.topic_device if s.source.mqtt and s.source.mqtt.topic_device
-                                       else s.device)
+            topic = (s.source.mqtt or MqttSource()).samples_topic(s.device)
             claim(topics, topic, f"{where}source.mqtt", f"topic {topic!r}")
         claim(paths, cfg.resolve(s.calibration.path).resolve(), f"{where}calibration.path", "this file")
+        check_path(f"{where}bundle.path", cfg.resolve(s.bundle.path), directory=True)
+        if s.alerts.sinks.jsonl:
+            check_path(f"{where}alerts.sinks.jsonl", cfg.resolve(s.alerts.sinks.jsonl))
+    if cfg.status.file:
+        check_path("status.file", cfg.resolve(cfg.status.file))
     if cfg.uploads_enabled:
         spool = cfg.resolve(cfg.uploads.spool_path).resolve()
         owned = {cfg.resolve(s.bundle.path).resolve(): "a bundle.path" for s in cfg.sensors}
@@ -345,8 +513,95 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
         for p, what in owned.items():
             if p in spool.parents:
                 raise ConfigError(f"uploads.spool_path: {spool} is inside {what} ({p})")
-        if spool.is_dir():
-            raise ConfigError(f"uploads.spool_path: {spool} is a directory, not a spool file")
+        check_path("uploads.spool_path", spool)
+
+
+def check_path(key: str, path: Path, directory: bool = False) -> None:
+    """ConfigError naming ``key`` when ``path`` cannot be what it must be: a file key that names a directory,
+    a directory key that names a file, or any path under a regular file. A path that does not exist yet is fine."""
+    if os.path.lexists(path):
+        if directory and not path.is_dir():
+            raise ConfigError(f"{key}: {path} is a file, not a directory")
+        if not directory and path.is_dir():
+            raise ConfigError(f"{key}: {path} is a directory, not a file")
+        return
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise ConfigError(f"{key}: {path} cannot exist: {parent} is a file, not a directory")
+            return
+
+
+def _check_web(cfg: AgentConfig) -> None:
+    """[http] and [homeassistant]: an address to bind, and what discovery needs."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(cfg.http.listen)
+    except ValueError:
+        raise ConfigError(f"http.listen: must be an IP address (127.0.0.1, ::1, 0.0.0.0), got {cfg.http.listen!r}"
+                          ) from None
+    ha = cfg.homeassistant
+    prefix = ha.discovery_prefix
+    if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        raise ConfigError(f"homeassistant.discovery_prefix: must be a topic without wildcards or empty levels, "
+                          f"got {prefix!r}")
+    if ha.enabled and cfg.mqtt is None:
+        raise ConfigError("homeassistant.enabled: needs a [mqtt] broker section")
+    if ha.enabled and not cfg.status.mqtt:
+        raise ConfigError("homeassistant.enabled: needs status.mqtt = true (the entities read vib/<device>/status)")
+def _check_mqtt(m: Mqtt) -> None:
+    if m.password_file is not None and m.password_env is not None:
+        raise ConfigError("mqtt.password_env: give password_file or password_env, not both")
+    if (m.password_file is not None or m.password_env is not None) and m.username is None:
+        raise ConfigError("mqtt.username: required with a password")
+    if m.tls is not None and (m.tls.cert_file is None) != (m.tls.key_file is None):
+        raise ConfigError("mqtt.tls.key_file: cert_file and key_file go together")
+
+
+def mqtt_password(cfg: AgentConfig) -> str | None:
+    """The broker password from ``mqtt.password_file`` (its first line) or ``mqtt.password_env``; None when
+    neither is set. ConfigError (never showing the secret) when the file or the variable is missing or empty."""
+    import os
+
+    m = cfg.mqtt
+    if m is None or (m.password_file is None and m.password_env is None):
+        return None
+    if m.password_env is not None:
+        value = os.environ.get(m.password_env)
+        if not value:
+            raise ConfigError(f"mqtt.password_env: the environment variable {m.password_env} is not set or empty")
+        return value
+    path = cfg.resolve(m.password_file)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"mqtt.password_file: {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"mqtt.password_file: {path}: not UTF-8 text") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"mqtt.password_file: {path}: empty")
+    return lines[0].strip()
+
+
+def secret_file_warnings(cfg: AgentConfig) -> list[str]:
+    """Secret files that others can read (group or world permissions): warnings for validate-config/doctor."""
+    m = cfg.mqtt
+    out = []
+    if m is None:
+        return out
+    for key, value in (("mqtt.password_file", m.password_file),
+                       ("mqtt.tls.key_file", m.tls.key_file if m.tls is not None else None)):
+        if value is None:
+            continue
+        path = cfg.resolve(value)
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            out.append(f"{key}: {path} is readable by others (mode {mode & 0o777:o}): chmod 600 it")
+    return out
 
 
 def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
@@ -363,11 +618,8 @@ def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
     if src.kind == "mqtt":
         if cfg.mqtt is None:
             raise ConfigError(f"mqtt: a [mqtt] broker section is required when {where}source.kind = 'mqtt'")
-        if src.mqtt is not None and src.mqtt.topic_device is not None:
-            try:
-                wire.check_device_id(src.mqtt.topic_device)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}source.mqtt.topic_device: {exc}") from None
+        if src.mqtt is not None:
+            _check_mqtt_source(src.mqtt, f"{where}source.mqtt")
     if src.kind != "serial" and src.serial is not None:
         raise ConfigError(f"{where}source.serial: given but source.kind = {src.kind!r}")
     if src.kind != "mqtt" and src.mqtt is not None:
@@ -379,6 +631,32 @@ def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
             raise ConfigError(f"{key}: needs a [mqtt] broker section")
     if a.sinks.command is not None and not a.sinks.command:
         raise ConfigError(f"{where}alerts.sinks.command: must be a non-empty list of strings (program and arguments)")
+
+
+def _check_mqtt_source(m: MqttSource, where: str) -> None:
+    """Topic and payload mapping of an MQTT source (the mapping is built once here, so its errors come at load)."""
+    if m.topic_device is not None:
+        try:
+            wire.check_device_id(m.topic_device)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.topic_device: {exc}") from None
+    if m.topic is not None:
+        if m.topic_device is not None:
+            raise ConfigError(f"{where}.topic: give topic or topic_device, not both")
+        if any(ch in m.topic for ch in "+#\0") or len(m.topic.encode()) > 65535:
+            raise ConfigError(f"{where}.topic: one topic, without the wildcards '+' and '#' (a sensor reads one "
+                              f"publisher), got {m.topic!r}")
+    if m.payload != "json":
+        given = [k for k in (*MAPPING_KEYS, "max_payload_bytes") if getattr(m, k) is not None]
+        if given:
+            raise ConfigError(f"{where}.{given[0]}: only for payload = \"json\" (the wire payloads describe themselves)")
+        return
+    if m.time_unit is not None and m.time_field is None:
+        raise ConfigError(f"{where}.time_unit: only with time_field")
+    try:
+        m.mapping()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def _build(cls: type, data: object, where: str):

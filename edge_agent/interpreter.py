@@ -31,13 +31,20 @@ def interpreter_class() -> tuple[type, str]:
 
 
 def load_interpreter(model: Path | bytes, num_threads: int = 1):
-    """An allocated interpreter for a ``.tflite`` file or its bytes; a model that won't load is a BundleError."""
+    """An allocated interpreter for a model's bytes (or a ``.tflite`` file, read into memory first); a model
+    that won't load is a BundleError.
+
+    Always from bytes: ``model_path=`` would map the file, and a file truncated in place under a mapped model
+    (``cp`` does that) kills the process with SIGBUS at the next invoke.
+    """
     cls, runtime = interpreter_class()
+    if not isinstance(model, bytes | bytearray):
+        try:
+            model = Path(model).read_bytes()
+        except OSError as exc:
+            raise BundleError(f"{model}: cannot read the model: {exc.strerror or exc}") from exc
     try:
-        if isinstance(model, bytes | bytearray):
-            interpreter = cls(model_content=bytes(model), num_threads=num_threads)
-        else:
-            interpreter = cls(model_path=str(model), num_threads=num_threads)
+        interpreter = cls(model_content=bytes(model), num_threads=num_threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise BundleError(f"{runtime} cannot load the model: {exc}") from exc

@@ -15,6 +15,13 @@
   handed to paho (QoS >= 1) stay in paho's queue and are re-sent by paho after a reconnect.
 - Callbacks stay thin: each catches its own errors and logs them at a rate limit (paho would otherwise
   re-raise them on its network thread).
+- Security: TLS (``TlsSettings``: the CA that signed the broker's certificate, this gateway's client
+  certificate and key; the broker's host name is verified) and username/password (paho's ``tls_set``,
+  ``username_pw_set``). The password is never logged nor kept anywhere but in paho's client.
+- Errors a technician must see: a connection the broker refused (CONNACK failure, or a TLS handshake
+  it or we rejected: unknown CA, expired certificate, host name mismatch) counts in ``refused_connects``;
+  a broker that could not be reached (TCP refused, no route, timeout) in ``connect_failures``;
+  ``last_error`` holds the latest reason in words (also logged, at a rate limit).
 
 Listeners (``add_connect_listener``, ``add_publish_listener``) run on paho's network thread while paho
 holds its own locks: they must be quick and must never wait for a lock that a thread calling
@@ -25,13 +32,20 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
+import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from edge_agent.contract.errors import AgentError
+from edge_agent.ratelog import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -39,33 +53,15 @@ Will = tuple[str, "bytes | str", int, bool]
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
-class RateLimitedLog:
-    """Log at most one record per ``interval_s`` per key; the records in between are counted and reported.
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS to the broker. ``ca_file``: the CA certificate(s) that signed the broker's certificate (None: the
+    system's CAs); ``cert_file`` + ``key_file``: this gateway's client certificate and its private key (for a
+    broker with ``require_certificate true``). The broker's certificate must name ``host``."""
 
-    Thread-safe. Use for conditions that may repeat at sample rate (bad payloads, a dead command).
-    """
-
-    def __init__(self, log: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self._log = log
-        self._interval = interval_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return
-            self._last[key] = now
-            suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            msg = msg + " (%d similar messages suppressed)"
-            args = (*args, suppressed)
-        self._log.log(level, msg, *args, exc_info=exc_info)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
 
 class MqttConnection:
@@ -85,6 +81,7 @@ class MqttConnection:
         *,
         username: str | None = None,
         password: str | None = None,
+        tls: TlsSettings | None = None,
         keepalive: int = 30,
         will: Will | None = None,
         on_message: MessageHandler | None = None,
@@ -106,6 +103,7 @@ class MqttConnection:
         self._connect_listeners: list[Callable[[], None]] = []
         self._publish_listeners: list[Callable[[int], None]] = []
         self._started = False
+        self._stopping = False
         self._ratelog = RateLimitedLog(logger)
         # counters (written by one thread each; read for status)
         self.connects = 0
@@ -116,6 +114,10 @@ class MqttConnection:
         self.publish_errors = 0
         self.messages_in = 0
         self.callback_errors = 0
+        self.connect_failures = 0
+        self.last_error: str | None = None
+        self.last_error_at: str | None = None  # ISO time of last_error (wall clock, for people)
+        self._transport_error: str | None = None  # paho's last socket error on the current attempt
 
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -125,6 +127,9 @@ class MqttConnection:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
+        self.tls = tls
+        if tls is not None:
+            self._set_tls(tls)
         if will is not None:
             topic, payload, qos, retain = will
             self._client.will_set(topic, payload, qos=qos, retain=retain)
@@ -134,6 +139,26 @@ class MqttConnection:
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
         self._client.on_subscribe = self._handle_subscribe
+        self._client.on_connect_fail = self._handle_connect_fail
+        self._client.on_log = self._handle_log
+
+    def _set_tls(self, tls: TlsSettings) -> None:
+        """Load the CA and the client certificate now: a missing or bad file is an AgentError at start."""
+        for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+            if path is not None and not Path(path).is_file():
+                raise AgentError(f"mqtt tls.{what}: {path}: no such file")
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise AgentError("mqtt tls: cert_file and key_file go together")
+        try:
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise AgentError(f"mqtt tls: cannot load the CA or the client certificate/key "
+                             f"({tls.ca_file}, {tls.cert_file}, {tls.key_file}): {exc}") from exc
 
     def subscribe(self, topic: str, qos: int, handler: MessageHandler) -> None:
         """Deliver the messages of ``topic`` (a filter; wildcards allowed) to ``handler`` on the network thread.
@@ -166,6 +191,7 @@ class MqttConnection:
         if self._started:
             return self
         self._started = True
+        self._stopping = False
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
         self._client.loop_start()
         return self
@@ -175,6 +201,7 @@ class MqttConnection:
         if not self._started:
             return
         self._started = False
+        self._stopping = True
         try:
             self._client.disconnect()
         except (OSError, ValueError) as exc:  # socket already gone
@@ -187,6 +214,16 @@ class MqttConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def status(self) -> dict:
+        """Counters and the latest error, for the gateway's status (never the credentials)."""
+        return {
+            "connected": self.connected, "tls": self.tls is not None, "connects": self.connects,
+            "disconnects": self.disconnects, "refused_connects": self.refused_connects,
+            "connect_failures": self.connect_failures, "last_error": self.last_error,
+            "last_error_at": self.last_error_at, "publish_refused": self.publish_refused,
+            "publish_errors": self.publish_errors, "callback_errors": self.callback_errors,
+        }
 
     @property
     def connected(self) -> bool:
@@ -236,13 +273,10 @@ class MqttConnection:
     # ------------------------------------------------------------------ paho callbacks (network thread)
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:
+            self._transport_error = None
             if reason_code.is_failure:
-                self.refused_connects += 1
                 self._connected.clear()
-                self._ratelog.log(
-                    logging.ERROR, "refused", "mqtt %s: %s:%d refused the connection: %s",
-                    self.client_id, self.host, self.port, reason_code,
-                )
+                self._refused(f"the broker refused the connection: {reason_code}")
                 return
             sock = client.socket()
             if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -270,12 +304,39 @@ class MqttConnection:
         was_up = self._connected.is_set()
         self._connected.clear()
         self._subscribed.clear()
-        if was_up:
+        error, self._transport_error = self._transport_error, None
+        if was_up and self._stopping:
+            logger.debug("mqtt %s: disconnected (stop)", self.client_id)
+        elif was_up:
             self.disconnects += 1
             self._ratelog.log(
                 logging.WARNING, "disconnect", "mqtt %s: disconnected from %s:%d: %s",
-                self.client_id, self.host, self.port, reason_code,
+                self.client_id, self.host, self.port, error or reason_code,
             )
+        elif error is not None:  # the link broke before a CONNACK: the broker's TLS layer turned us away
+            self._refused(f"the broker closed the connection during the handshake: {error}")
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """paho could not open the connection; it calls this inside its ``except OSError`` block."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError):  # our side rejected the broker's certificate, or the broker ours
+            self._refused(f"TLS handshake failed: {_tls_reason(exc)}")
+            return
+        self.connect_failures += 1
+        self._error(logging.WARNING, "unreachable", f"cannot reach the broker: {exc or 'connection failed'}")
+
+    def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR and buf.startswith("failed to receive on socket"):
+            self._transport_error = buf.split(": ", 1)[-1]
+
+    def _refused(self, reason: str) -> None:
+        self.refused_connects += 1
+        self._error(logging.ERROR, "refused", reason)
+
+    def _error(self, level: int, key: str, reason: str) -> None:
+        self.last_error = reason
+        self.last_error_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self._ratelog.log(level, key, "mqtt %s: %s:%d: %s", self.client_id, self.host, self.port, reason)
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         self._pending_subacks.discard(mid)
@@ -312,3 +373,24 @@ class MqttConnection:
             self.callback_errors += 1
             self._ratelog.log(logging.ERROR, "listener", "mqtt %s: listener %r failed", self.client_id, fn,
                               exc_info=True)
+
+
+def connection_for(cfg, client_id: str | None = None, **kwargs: Any) -> MqttConnection:
+    """The connection to the broker of ``cfg.mqtt`` (an ``AgentConfig``): its password from ``password_file`` or
+    ``password_env``, TLS from ``[mqtt.tls]`` (paths relative to the config file). ``kwargs`` go to
+    ``MqttConnection`` (will, on_message, ...). ConfigError/AgentError for a missing secret or certificate."""
+    from edge_agent.config import mqtt_password
+
+    m = cfg.mqtt
+    tls = None
+    if m.tls is not None:
+        tls = TlsSettings(*(cfg.resolve(p) if p else None for p in (m.tls.ca_file, m.tls.cert_file, m.tls.key_file)))
+    return MqttConnection(m.host, m.port, client_id or cfg.client_id, username=m.username, password=mqtt_password(cfg),
+                          tls=tls, keepalive=m.keepalive, **kwargs)
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """An SSL error in words: the verification message when there is one, else OpenSSL's reason."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"the broker's certificate is not trusted: {exc.verify_message}"
+    return exc.reason.lower().replace("_", " ") if exc.reason else str(exc)

@@ -37,7 +37,7 @@ from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, Window
 from edge_agent.contract import wire
 from edge_agent.contract.bundle import Bundle
 from edge_agent.scorer import Scorer
-from edge_agent.windows import Window, Windower
+from edge_agent.windows import BRIDGE_FRACTION, Window, Windower
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,17 @@ WindowCallback = Callable[[Window | None, WindowResult, "AlertEvent | None"], No
 PipelineState = Literal["calibrating", "normal", "warning", "critical"]
 
 
-def make_windower(bundle: Bundle, sample_rate: float | None = None) -> Windower:
+def make_windower(bundle: Bundle, sample_rate: float | None = None, bridge_fraction: float = 0.0) -> Windower:
     """The windower for a bundle: range check from ``signal.range``; sample rate from ``signal.sample_rate``,
-    the preprocessing spec, or else ``sample_rate`` (the config's ``source.sample_rate``)."""
+    the preprocessing spec, or else ``sample_rate`` (the config's ``source.sample_rate``); up to
+    ``bridge_fraction`` of a window's samples may be missing (``windows.Windower``'s ``bridge``)."""
     signal = bundle.manifest.get("signal", {})
     value_range = signal.get("range")
     return Windower(
         bundle.spec,
         value_range=float(value_range) if isinstance(value_range, int | float) and value_range > 0 else None,
         sample_rate=signal.get("sample_rate") or bundle.spec.sample_rate or sample_rate,
+        bridge=int(bridge_fraction * bundle.spec.window_samples),
     )
 
 
@@ -125,8 +127,14 @@ class Pipeline:
         calibrate: score this many windows first without alerting, then set the threshold from them with
             the bundle's method (``calibration.compute``) and start alerting.
         burst: True: the sender is a burst sensor (the debounce carries across restarts); None: recognise it.
+        bridge_fraction: share of a window's samples that may be missing or NaN and left out instead of
+            restarting assembly (``windows.Windower``'s ``bridge``; 0 = never; the default is the agent's).
         on_window: called for every scored window (and over-range span) with its event, if any.
         on_calibrated: called with the ``DeviceThreshold`` once calibration finished.
+        cooldown_clock: the clock of the alert cooldown; default the pipeline clock (recording time in a replay).
+            The live agent passes ``time.monotonic``: its pipeline clock follows the wall clock (re-anchored when
+            the frames' arrival times drift), and a wall clock stepped back by NTP must not stretch a cooldown
+            by the size of the step, nor one stepped forward cut it short.
     """
 
     def __init__(
@@ -141,16 +149,19 @@ class Pipeline:
         sample_rate: float | None = None,
         calibrate: int = 0,
         burst: bool | None = None,
+        bridge_fraction: float = BRIDGE_FRACTION,
         on_window: WindowCallback | None = None,
         on_calibrated: Callable[[calibration.DeviceThreshold], None] | None = None,
+        cooldown_clock: Callable[[], float] | None = None,
     ) -> None:
         self.device = device
         self.bundle = bundle
         self.sample_rate = sample_rate
+        self.bridge_fraction = float(bridge_fraction)
         self.scorer = scorer or Scorer(bundle, num_threads=num_threads)
-        self.windower = make_windower(bundle, sample_rate)
+        self.windower = make_windower(bundle, sample_rate, self.bridge_fraction)
         self.clock = SampleClock(self.windower.sample_rate)
-        self.alerts = AlertStateMachine(policy, clock=self.now)
+        self.alerts = AlertStateMachine(policy, clock=cooldown_clock or self.now)
         self.threshold = float(threshold)
         self.on_window = on_window
         self.on_calibrated = on_calibrated
@@ -277,7 +288,7 @@ class Pipeline:
             threshold=self.threshold,
             time=self._now,
             seq_end=w.seq_end,
-            stats=flat_stats(w.stats),
+            stats=flat_stats(w.stats) | ({"bridged_samples": float(w.bridged)} if w.bridged else {}),
         )
         if self.calibrating:
             self._calibration_window(w, result)
@@ -316,7 +327,7 @@ class Pipeline:
         two models are not comparable)."""
         if bundle.spec != self.bundle.spec or bundle.manifest.get("signal") != self.bundle.manifest.get("signal"):
             counters, expected = self.windower.counters, self.windower.expected_seq
-            self.windower = make_windower(bundle, self.sample_rate)
+            self.windower = make_windower(bundle, self.sample_rate, self.bridge_fraction)
             self.windower.counters = counters
             self.windower.expected_seq = expected
             if self.windower.sample_rate != self.clock.rate:

@@ -58,7 +58,7 @@ class TFLiteModel:
     then the interpreter's variables are reset before every window.
 
     Args:
-        model: path of a ``.tflite`` file, or its bytes.
+        model: a model's bytes, or the path of a ``.tflite`` file (read into memory: never mapped).
         num_threads: interpreter threads.
         stateful: reset variables before each window; None = find out by invoking twice.
     """
@@ -130,13 +130,6 @@ class TFLiteModel:
             out[i] = self.score_window(w)
         return out
 
-    def reconstructions(self, windows: np.ndarray) -> np.ndarray:
-        """Scaled windows (W, T, F) -> new (W, T, F) float32 reconstructions."""
-        out = np.empty((len(windows), *self.window_shape), np.float32)
-        for i, w in enumerate(windows):
-            out[i] = self.reconstruct(w)
-        return out
-
     def _detect_state(self) -> bool:
         """True if invoking twice on the same window gives different outputs (variable tensors)."""
         rng = np.random.default_rng(0)
@@ -158,13 +151,15 @@ class Scorer:
         bundle: a loaded, validated bundle.
         num_threads: interpreter threads (1 is best for one small window on a small CPU).
         model_path: a different ``.tflite`` with the same tensors (benchmarks score bundle
-            variants through the same code); defaults to the bundle's served model.
+            variants through the same code); defaults to the bundle's served model, from the bytes
+            ``Bundle.load`` verified.
     """
 
     def __init__(self, bundle: Bundle, num_threads: int = 1, model_path: Path | str | None = None) -> None:
         self.bundle = bundle
         self.model_path = Path(model_path or bundle.model_path)
-        self.model = TFLiteModel(self.model_path, num_threads=num_threads, stateful=bundle.stateful)
+        model = bundle.model_bytes if model_path is None and bundle.model_bytes else self.model_path
+        self.model = TFLiteModel(model, num_threads=num_threads, stateful=bundle.stateful)
         shape = (bundle.spec.window, bundle.spec.n_features)
         if self.model.window_shape != shape:
             raise BundleError(f"{self.model_path}: model windows are {self.model.window_shape}, the bundle needs {shape}")

@@ -21,10 +21,14 @@ from edge_agent import calibration
 from edge_agent.alerts import AlertEvent, AlertPolicy
 from edge_agent.bundle_watch import BundleWatch, LoadedModel
 from edge_agent.config import AgentConfig, SensorConfig
-from edge_agent.contract import wire
 from edge_agent.contract.errors import AgentError, BundleError
-from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
+from edge_agent.fleet import SensorFleet
+from edge_agent.health import HealthMonitor
+from edge_agent.health import Input as HealthInput
+from edge_agent.history import SensorHistory
+from edge_agent.mqtt_client import MqttConnection
 from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.sinks import AlertDispatcher
 from edge_agent.sources import SampleSource
 from edge_agent.status import Counters
@@ -51,13 +55,14 @@ def make_source(cfg: SensorConfig, connection: MqttConnection | None, wake: thre
         s = src.serial
         return SerialSource(s.port, s.format, s.baudrate, s.channels, s.read_timeout_s, s.reopen_max_s,
                             src.queue_frames, wake)
+    from edge_agent.config import MqttSource as MqttSourceConfig
     from edge_agent.sources.mqtt import MqttSource
 
     if connection is None:
         raise AgentError(f"sensor {cfg.device}: an MQTT source needs the gateway's [mqtt] connection")
-    m = src.mqtt
-    topic = wire.samples_topic(m.topic_device if m and m.topic_device else cfg.device)
-    return MqttSource(connection, topic, qos=m.qos if m else 1, queue_frames=src.queue_frames, wake=wake)
+    m = src.mqtt or MqttSourceConfig()
+    return MqttSource(connection, m.samples_topic(cfg.device), qos=m.qos, decoder=m.decoder(),
+                      queue_frames=src.queue_frames, wake=wake)
 
 
 class Sensor:
@@ -67,7 +72,8 @@ class Sensor:
         cfg: this sensor's config; ``gateway`` resolves its paths.
         connection: the gateway's MQTT connection (MQTT sources subscribe on it), or None.
         dispatcher: the sinks of this sensor's alerts.
-        offer_upload: ``(sensor, window, result)`` -> None, the gateway's upload path (None: no uploads).
+        offer_upload: ``(sensor, uploads)`` -> None, the gateway's upload path for the records ``fleet`` chose.
+        fleet: what this sensor keeps for retraining, its drift monitor and rollouts (``edge_agent.fleet``).
         wake: set by the source whenever a frame is queued.
         on_event, on_window: observers of alert events and scored windows (scoring thread).
 
@@ -81,7 +87,8 @@ class Sensor:
         *,
         connection: MqttConnection | None,
         dispatcher: AlertDispatcher,
-        offer_upload: Callable[[Sensor, Window, object], None] | None = None,
+        offer_upload: Callable[[Sensor, list], None] | None = None,
+        fleet: SensorFleet | None = None,
         wake: threading.Event | None = None,
         on_event: Callable[[AlertEvent], None] | None = None,
         on_window: WindowCallback | None = None,
@@ -93,10 +100,14 @@ class Sensor:
         self.watch = BundleWatch(self.bundle_path, cfg.bundle.num_threads)
         self.dispatcher = dispatcher
         self.offer_upload = offer_upload
+        self.fleet = fleet
+        if fleet is not None:
+            fleet.on_notice = self.dispatcher.emit  # "retraining due" goes where the alerts go
         self.on_event = on_event
         self.on_window_cb = on_window
         self.source = make_source(cfg, connection, wake)
         self.counters = Counters()
+        self.history = SensorHistory()  # what the status page draws (read by the web server's threads)
         self.pipeline: Pipeline | None = None
         self.threshold_source = "bundle"
         self.first_inference_s: float | None = None
@@ -106,6 +117,7 @@ class Sensor:
         self._pending_lock = threading.Lock()
         self._ratelog = RateLimitedLog(log)
         self._next_watch = 0.0
+        self.health = HealthMonitor(cfg.device, cfg.health.no_data_s, cfg.health.no_window_s)
 
     # ------------------------------------------------------------------ model
     def load_model(self) -> None:
@@ -120,15 +132,27 @@ class Sensor:
         with self._pending_lock:
             self._pending = model
 
+    def adopt_model(self, model: LoadedModel) -> None:
+        """A model the rollout just deployed into the bundle path (watcher thread): the watcher takes the new
+        directory as seen, so it is not loaded a second time, and the sensor serves ``model``."""
+        self.watch.changed()
+        self.offer_model(model)
+
+    def served_model(self) -> LoadedModel | None:
+        """The model serving now (any thread: a reference read)."""
+        p = self.pipeline
+        return None if p is None else LoadedModel(p.bundle, p.scorer, "", 0.0)
+
     def check_bundle(self) -> bool:
         """Look for a changed bundle and load it (watcher thread). Returns whether a new model is pending."""
         try:
             model = self.watch.check()
-        except BundleError as exc:
+        except Exception as exc:  # BundleError, or anything a hostile bundle provokes: the watcher thread lives on
             self.counters.model.rejects += 1
             self.counters.model.last_reject = str(exc)[:500]
             served = self.pipeline.bundle.version if self.pipeline else "none"
-            log.error("%s: new bundle in %s rejected, keeping model %s: %s", self.device, self.bundle_path, served, exc)
+            log.error("%s: new bundle in %s rejected, keeping model %s: %s", self.device, self.bundle_path, served, exc,
+                      exc_info=not isinstance(exc, BundleError))
             return False
         if model is None:
             return False
@@ -145,18 +169,26 @@ class Sensor:
     def _serve(self, model: LoadedModel) -> None:
         """Serve ``model`` (scoring thread, or before the loop starts)."""
         bundle = model.bundle
-        threshold, self.threshold_source = calibration.threshold_in_force(self.calibration_path, bundle, self.device)
+        choice = calibration.choose(self.calibration_path, bundle, self.device)
+        threshold, self.threshold_source = choice.value, choice.source
+        if choice.note is not None:
+            self.counters.calibration_ignored += 1
+            self.counters.calibration_note = choice.note[:500]
         calibrate = self.cfg.calibration.windows if self.threshold_source == "bundle" else 0
         if self.pipeline is None:
             self.pipeline = Pipeline(
                 bundle, device=self.device, threshold=threshold, policy=policy_of(self.cfg), scorer=model.scorer,
-                sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, on_window=self._on_window,
-                on_calibrated=self._calibrated,
+                sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, burst=self.cfg.source.burst,
+                on_window=self._on_window,
+                on_calibrated=self._calibrated, cooldown_clock=time.monotonic,
+                bridge_fraction=self.cfg.health.bridge_fraction,
             )
         else:
             old = self.pipeline.bundle.version
             self.pipeline.swap(bundle, model.scorer, threshold)
             self.counters.model.swaps += 1
+            if self.fleet is not None:
+                self.fleet.model_changed(bundle.manifest)
             log.info("%s: model swapped: %s -> %s (threshold %.6g from the %s)", self.device, old, bundle.version,
                      threshold, self.threshold_source)
         self.watch.served(model)
@@ -164,10 +196,9 @@ class Sensor:
                  bundle.version, bundle.quantization, threshold, self.threshold_source)
 
     def _calibrated(self, record: calibration.DeviceThreshold) -> None:
-        try:
-            calibration.save(self.calibration_path, record)
-        except OSError as exc:
-            log.error("%s: calibration not saved to %s: %s", self.device, self.calibration_path, exc)
+        if not calibration.save(self.calibration_path, record):
+            log.error("%s: calibration not saved to %s (in force until the agent stops)", self.device,
+                      self.calibration_path)
         self.threshold_source = "calibration"
 
     # ------------------------------------------------------------------ scoring
@@ -177,32 +208,88 @@ class Sensor:
             with self._pending_lock:
                 model, self._pending = self._pending, None
             if model is not None:
-                self._serve(model)
+                try:
+                    self._serve(model)
+                except Exception:  # never lose the scoring thread over a swap: keep serving the old model
+                    self.counters.internal_errors += 1
+                    self.counters.model.rejects += 1
+                    log.exception("%s: model %s could not be put in service; keeping the old one", self.device,
+                                  model.bundle.version)
         frames = self.source.drain(most)
-        if not frames:
-            return 0
-        self.last_frame = time.monotonic()
         pipeline = self.pipeline
-        if pipeline is None:
-            return len(frames)  # no model yet: the frames are counted by the source, nothing scores them
-        rate = pipeline.windower.sample_rate
-        for frame in frames:
-            try:
-                pipeline.push(frame, wall_time_of(frame, rate))
-            except Exception:  # a bug must cost this sensor a window, never the gateway its life
-                self.counters.internal_errors += 1
-                self._ratelog.log(logging.ERROR, "push", "%s: scoring failed on frame seq %d", self.device,
-                                  frame.seq, exc_info=True)
-                pipeline.break_stream()
+        if frames:
+            self.last_frame = time.monotonic()
+        if frames and pipeline is not None:  # without a model the frames are only counted (by the source)
+            rate = pipeline.windower.sample_rate
+            for frame in frames:
+                try:
+                    pipeline.push(frame, wall_time_of(frame, rate))
+                except Exception:  # a bug must cost this sensor a window, never the gateway its life
+                    self.counters.internal_errors += 1
+                    self._ratelog.log(logging.ERROR, "push", "%s: scoring failed on frame seq %d", self.device,
+                                      frame.seq, exc_info=True)
+                    pipeline.break_stream()
+        self._look_after_health(bool(frames))
         return len(frames)
 
-    def _on_window(self, w: Window | None, result, event: AlertEvent | None) -> None:
-        if event is not None:
+    # ------------------------------------------------------------------ health
+    def _look_after_health(self, data: bool) -> None:
+        """Is this sensor monitored? A change goes through the alert sinks as a health event (``health.py``)."""
+        p = self.pipeline
+        try:
+            event = self.health.update(
+                data=data, judged=None if p is None else p.windows_scored + p.over_range_spans,
+                counts=self._health_input, burst=p is not None and p.burst,
+                window_samples=p.bundle.spec.window_samples if p is not None else 1,
+                model_version=p.bundle.version if p is not None else None,
+                no_model=self.counters.model.last_reject or "", hint=self._source_hint,
+            )
+            if event is None:
+                return
+            log.log(logging.WARNING if event.state == "fault" else logging.INFO, "%s: health %s (%s): %s",
+                    self.device, event.state, event.condition, event.reason)
             self.dispatcher.emit(event)
             if self.on_event is not None:
                 self.on_event(event)
-        if w is not None and self.offer_upload is not None and not self.pipeline.calibrating:
-            self.offer_upload(self, w, result)
+        except Exception:
+            self.counters.internal_errors += 1
+            self._ratelog.log(logging.ERROR, "health", "%s: health check failed", self.device, exc_info=True)
+
+    def _health_input(self) -> HealthInput:
+        if self.pipeline is None:
+            return HealthInput()
+        c = self.pipeline.windower.counters
+        return HealthInput(c.samples_in, c.samples_invalid, c.samples_over_range, c.gaps, c.samples_missing,
+                           c.frames_rejected)
+
+    def _source_hint(self) -> str:
+        src = self.source
+        connected = getattr(src, "connected", None)
+        if isinstance(connected, threading.Event) and not connected.is_set():
+            return f"port {getattr(src, 'port', '?')} is not open"
+        conn = getattr(src, "connection", None)
+        if conn is not None and not conn.connected:
+            return "the MQTT connection is down"
+        return ""
+
+    def _on_window(self, w: Window | None, result, event: AlertEvent | None) -> None:
+        self.history.record(result, self.pipeline.state)
+        if event is not None:
+            self.history.record_event(event)
+            self.dispatcher.emit(event)
+            if self.on_event is not None:
+                self.on_event(event)
+        if w is not None and self.fleet is not None and not w.bridged:
+            try:
+                uploads = self.fleet.on_window(self.pipeline, w, result, event)
+            except Exception:  # the fleet's bookkeeping must never cost a window its alert
+                self.counters.internal_errors += 1
+                self._ratelog.log(logging.ERROR, "fleet", "%s: upload/drift bookkeeping failed", self.device,
+                                  exc_info=True)
+                uploads = []
+            if uploads and self.offer_upload is not None:
+                self.offer_upload(self, uploads)
+                self.uploads_offered += len(uploads)
         if self.on_window_cb is not None:
             self.on_window_cb(w, result, event)
 
@@ -235,6 +322,12 @@ class Sensor:
                 "duplicates": wc.duplicates,
                 "samples_invalid": wc.samples_invalid,
                 "samples_over_range": wc.samples_over_range,
+                "samples_scored": wc.samples_scored,
+                "samples_discarded": wc.samples_discarded,
+                "samples_pending": p.windower.samples_pending,
+                "samples_bridged": wc.samples_bridged,
+                "windows_bridged": wc.windows_bridged,
+                "windows_withheld": wc.windows_withheld,
                 "over_range_spans": p.over_range_spans,
                 "windows_scored": p.windows_scored,
                 "inference_ms_p50": lat["p50"],
@@ -247,12 +340,16 @@ class Sensor:
         } | {k: v for k, v in src.as_dict().items() if k not in ("frames", "bytes")} | {
             "queued_frames": getattr(self.source, "queued", 0),
             "internal_errors": self.counters.internal_errors,
+            "calibration_ignored": self.counters.calibration_ignored,
+            "calibration_note": self.counters.calibration_note,
             "first_inference_s": None if self.first_inference_s is None else round(self.first_inference_s, 3),
             "model_swaps": self.counters.model.swaps,
             "model_rejects": self.counters.model.rejects,
             "model_last_reject": self.counters.model.last_reject,
-            "sinks": {name: {"delivered": self.dispatcher.delivered[name], "failed": self.dispatcher.failures[name]}
-                      for name in self.dispatcher.names},
+            "sinks": self.dispatcher.status(),
+            "health": self.health.state.as_dict(),
             "uploads_offered": self.uploads_offered,
         }
+        if self.fleet is not None:
+            doc |= self.fleet.status()
         return doc

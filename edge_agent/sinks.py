@@ -1,26 +1,37 @@
 """Where alert events go: a configurable set of sinks behind one dispatcher.
 
 - ``LogSink``       one structured log line per event (``key=value``).
-- ``JsonlSink``     appends one JSON object per line to a file, flushed and fsynced per event.
+- ``JsonlSink``     appends one JSON object per line to a file, flushed and fsynced per event. A line that
+                    cannot be written (a full disk) waits, in order, in a bounded queue and is written
+                    before the next one, or at the next ``retry``; a failed write never leaves half a line.
 - ``MqttAlertSink`` publishes the CURRENT alert state, retained, QoS 1, on ``vib/<device>/alert``, so a
-                    dashboard that connects later sees it. While the link is down the latest state is kept
-                    and published on reconnect; the last state the broker retains is always the latest
-                    event (see the class docstring for how re-sent older messages are handled).
+                    dashboard that connects later sees it (the current health on ``vib/<device>/health``, the
+                    latest notice on ``vib/<device>/notice``).
+                    While the link is down the latest state is kept and published on reconnect; the last
+                    state the broker retains is always the latest event (see the class docstring).
 - ``CommandSink``   runs a local program (a buzzer or relay script) per event, in a worker thread behind a
-                    bounded queue: a slow, failing or hanging program never blocks scoring.
+                    bounded queue: a slow, failing, hanging or chatty program never blocks scoring, and only
+                    the last ``STDERR_TAIL`` bytes of what it writes to stderr are kept.
 - ``AlertDispatcher`` emits to every sink and isolates failures: one failing sink never stops the others.
 
-Every sink counts what it delivered and what failed; nothing here raises into the scoring loop.
+Events are ``alerts.AlertEvent`` (kind raised / escalated / cleared), ``health.HealthEvent`` (kind
+health: a sensor that is not monitored, and its recovery) and ``health.Notice`` (kind notice: e.g.
+"retraining due" while the scores drift, raised and cleared). Every sink counts what it delivered, what failed,
+what waits and what it dropped (``status.SinkCounters``); nothing here raises into the scoring loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
+import selectors
 import subprocess
 import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -28,15 +39,31 @@ from typing import Protocol, runtime_checkable
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.alerts import AlertEvent
-from edge_agent.contract.wire import alert_topic
-from edge_agent.mqtt_client import MqttConnection, RateLimitedLog
+from edge_agent.contract.wire import alert_topic, check_device_id
+from edge_agent.mqtt_client import MqttConnection
+from edge_agent.ratelog import RateLimitedLog
+from edge_agent.status import SinkCounters
 
 logger = logging.getLogger(__name__)
+
+
+#: Bytes of a command's stderr kept (the end of it): enough for an error message, never the whole stream.
+STDERR_TAIL = 4096
 
 
 @runtime_checkable
 class AlertSink(Protocol):
     def emit(self, event: AlertEvent) -> None: ...
+
+
+def health_topic(device: str) -> str:
+    """``vib/<device>/health``: the retained current health of a sensor."""
+    return f"vib/{check_device_id(device)}/health"
+
+
+def notice_topic(device: str) -> str:
+    """``vib/<device>/notice``: the retained latest maintenance notice of a sensor (e.g. "retraining due")."""
+    return f"vib/{check_device_id(device)}/notice"
 
 
 def event_json(event: AlertEvent) -> bytes:
@@ -45,51 +72,139 @@ def event_json(event: AlertEvent) -> bytes:
 
 
 class LogSink:
-    """One structured log line per event: WARNING for raised/escalated, INFO for cleared."""
+    """One structured log line per event: WARNING for raised/escalated and health faults, INFO for the rest."""
 
     def __init__(self, log: logging.Logger | None = None) -> None:
         self._log = log or logger
         self.emitted = 0
 
     def emit(self, event: AlertEvent) -> None:
-        level = logging.INFO if event.kind == "cleared" else logging.WARNING
-        self._log.log(
-            level,
-            "alert kind=%s severity=%s device=%s model=%s score=%.6g threshold=%.6g windows=%d seq_end=%d "
-            "time=%.3f started_at=%.3f",
-            event.kind, event.severity, event.device, event.model_version, event.score, event.threshold,
-            event.window_count, event.seq_end, event.time, event.started_at,
-        )
+        if event.kind == "health":
+            self._log.log(logging.WARNING if event.state == "fault" else logging.INFO,
+                          "health state=%s condition=%s device=%s reason=%s", event.state, event.condition,
+                          event.device, event.reason)
+        elif event.kind == "notice":
+            self._log.log(logging.WARNING if event.state == "raised" else logging.INFO,
+                          "notice %s state=%s device=%s reason=%s", event.notice, event.state, event.device,
+                          event.reason)
+        else:
+            level = logging.INFO if event.kind == "cleared" else logging.WARNING
+            self._log.log(
+                level,
+                "alert kind=%s severity=%s device=%s model=%s score=%.6g threshold=%.6g windows=%d seq_end=%d "
+                "time=%.3f started_at=%.3f",
+                event.kind, event.severity, event.device, event.model_version, event.score, event.threshold,
+                event.window_count, event.seq_end, event.time, event.started_at,
+            )
         self.emitted += 1
+
+    @property
+    def counters(self) -> SinkCounters:
+        return SinkCounters(delivered=self.emitted)
 
 
 class JsonlSink:
-    """Append one JSON line per event to ``path`` (parent directories created); flush and fsync each line."""
+    """Append one JSON line per event to ``path`` (parent directories created); fsync each line.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    A line that cannot be written (disk full, read-only file system, the file gone) is kept in a queue of at
+    most ``max_pending`` lines and written, in order, before the next event's line or at the next ``retry``
+    (the agent calls it every status period); when the queue is full the oldest waiting line is dropped.
+    A failed write is undone (the file is truncated back to where the line began), so the file never holds
+    half a line. The file is reopened when it was moved or deleted (log rotation).
+
+    Counters: ``delivered`` lines written (late ones included), ``failed`` events not written when emitted,
+    ``pending`` waiting, ``dropped`` discarded from a full queue: emitted = delivered + pending + dropped.
+    Opening the file at start raises OSError (the agent reports the config key); nothing raises afterwards.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_pending: int = 1000) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_pending = int(max_pending)
         self._lock = threading.Lock()
-        self._file = self.path.open("ab")
+        self._pending: deque[bytes] = deque()
+        self._fd = -1
+        self._ratelog = RateLimitedLog(logger)
         self.emitted = 0
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open()
+
+    @property
+    def counters(self) -> SinkCounters:
+        return SinkCounters(delivered=self.delivered, failed=self.failed, pending=len(self._pending),
+                            dropped=self.dropped)
 
     def emit(self, event: AlertEvent) -> None:
         line = event_json(event) + b"\n"
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
-            os.fsync(self._file.fileno())
             self.emitted += 1
+            if len(self._pending) >= self.max_pending:
+                self._pending.popleft()
+                self.dropped += 1
+            self._pending.append(line)
+            self._flush()
+            if self._pending and self._pending[-1] is line:
+                self.failed += 1
+
+    def retry(self) -> None:
+        """Write the lines that wait (from the scoring thread's status tick)."""
+        with self._lock:
+            if self._pending:
+                self._flush()
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._pending:
+                self._flush()
+                if self._pending:
+                    logger.error("alerts file %s: %d alert lines could not be written and are lost", self.path,
+                                 len(self._pending))
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> JsonlSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _flush(self) -> None:  # with the lock held
+        while self._pending:
+            try:
+                self._write(self._pending[0])
+            except OSError as exc:
+                self._ratelog.log(logging.ERROR, "write", "alerts file %s: cannot write (%s): %d alert lines wait",
+                                  self.path, exc.strerror or exc, len(self._pending))
+                return
+            self._pending.popleft()
+            self.delivered += 1
+
+    def _write(self, line: bytes) -> None:
+        """Append one whole line and fsync it, or leave the file as it was and raise OSError."""
+        try:
+            if self._fd < 0 or os.fstat(self._fd).st_ino != os.stat(self.path).st_ino:
+                raise FileNotFoundError
+        except FileNotFoundError:  # moved or deleted under us: write where the path points now
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._open()
+        start = os.fstat(self._fd).st_size
+        try:
+            n = os.write(self._fd, line)
+            if n != len(line):
+                raise OSError(28, "No space left on device (short write)")
+            os.fsync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
 
 
 class MqttAlertSink:
@@ -103,13 +218,19 @@ class MqttAlertSink:
     republishes the latest state (a) on every connect and (b) whenever the broker acknowledges an older
     state after the latest one was acknowledged. The broker therefore always ends with the latest state.
 
+    Health events (kind ``health``) go the same way to ``vib/<device>/health``, through a second instance
+    made at the first one: the retained alert state is never overwritten by a health state.
+
     Counters: ``published`` (acknowledged publishes), ``failures`` (publishes refused or rejected while the
     link was down; the state is kept and retried).
     """
 
-    def __init__(self, connection: MqttConnection, device: str, *, qos: int = 1, retry_s: float = 1.0) -> None:
+    def __init__(self, connection: MqttConnection, device: str, *, qos: int = 1, retry_s: float = 1.0,
+                 topic: str | None = None) -> None:
         self.connection = connection
-        self.topic = alert_topic(device)
+        self.device = device
+        self.topic = topic or alert_topic(device)
+        self._side: dict[str, MqttAlertSink] = {}  # health and notice states, each on its own retained topic
         self.qos = qos
         self._retry_s = retry_s
         self._cond = threading.Condition()
@@ -128,7 +249,15 @@ class MqttAlertSink:
         self._thread.start()
 
     def emit(self, event: AlertEvent) -> None:
-        payload = dict(event.to_dict(), state=event.severity)
+        side_topic = {"health": health_topic, "notice": notice_topic}.get(event.kind)
+        if side_topic is not None and self.topic != side_topic(self.device):
+            sink = self._side.get(event.kind)
+            if sink is None:
+                sink = self._side[event.kind] = MqttAlertSink(self.connection, self.device, qos=self.qos,
+                                                              retry_s=self._retry_s, topic=side_topic(self.device))
+            sink.emit(event)
+            return
+        payload = event.to_dict() if side_topic is not None else dict(event.to_dict(), state=event.severity)
         data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
         with self._cond:
             self._version += 1
@@ -150,7 +279,19 @@ class MqttAlertSink:
                 lambda: self._version > 0 and not self._dirty and self._last_acked == self._version, timeout
             )
 
+    @property
+    def counters(self) -> SinkCounters:
+        with self._cond:
+            c = SinkCounters(delivered=self.published, failed=self.failures,
+                             pending=int(self._version > 0 and (self._dirty or self._last_acked != self._version)))
+        for side in list(self._side.values()):
+            h = side.counters
+            c = SinkCounters(c.delivered + h.delivered, c.failed + h.failed, c.pending + h.pending)
+        return c
+
     def close(self, timeout: float = 5.0) -> None:
+        for side in list(self._side.values()):
+            side.close(timeout)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -214,9 +355,13 @@ class CommandSink:
     """Run ``argv`` once per event in a worker thread: event JSON on stdin, and the environment variables
     ``EDGE_ALERT_KIND``, ``EDGE_ALERT_SEVERITY``, ``EDGE_ALERT_SCORE``, ``EDGE_ALERT_DEVICE``.
 
+    For a health event ``EDGE_ALERT_KIND`` is ``health``, ``EDGE_ALERT_SEVERITY`` ``fault`` or ``recovered``,
+    ``EDGE_ALERT_SCORE`` empty and ``EDGE_HEALTH_CONDITION`` names the condition.
+
     ``emit`` never blocks: events queue (``queue_size``) and overflow is dropped and counted. A program that
     exits non-zero or cannot start counts in ``failed``; one running past ``timeout_s`` is killed and counts
-    in ``timed_out``.
+    in ``timed_out``. The program's stderr is read as it comes and only its last ``STDERR_TAIL`` bytes are
+    kept (``last_stderr``, and in the log when it fails): a program writing gigabytes costs no memory.
     """
 
     def __init__(self, argv: Sequence[str], timeout_s: float = 10.0, *, queue_size: int = 16) -> None:
@@ -233,6 +378,7 @@ class CommandSink:
         self.failed = 0
         self.timed_out = 0
         self.dropped = 0
+        self.last_stderr = b""
         self._thread = threading.Thread(target=self._run, name="alert-command", daemon=True)
         self._thread.start()
 
@@ -242,6 +388,11 @@ class CommandSink:
         except queue.Full:
             self.dropped += 1
             self._ratelog.log(logging.ERROR, "full", "alert command %s: queue full, event dropped", self.argv[0])
+
+    @property
+    def counters(self) -> SinkCounters:
+        return SinkCounters(delivered=self.ran, failed=self.failed + self.timed_out,
+                            pending=self._queue.qsize() + int(self._busy), dropped=self.dropped)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every queued event has been handled; return whether that happened in time."""
@@ -269,33 +420,63 @@ class CommandSink:
                     self._idle.notify_all()
 
     def _execute(self, event: AlertEvent) -> None:
-        env = dict(
-            os.environ,
-            EDGE_ALERT_KIND=event.kind,
-            EDGE_ALERT_SEVERITY=event.severity,
-            EDGE_ALERT_SCORE=repr(float(event.score)),
-            EDGE_ALERT_DEVICE=event.device,
-        )
+        env = dict(os.environ, EDGE_ALERT_KIND=event.kind, EDGE_ALERT_SEVERITY=event.severity,
+                   EDGE_ALERT_DEVICE=event.device)
+        if event.kind == "health":
+            env |= {"EDGE_ALERT_SCORE": "", "EDGE_HEALTH_CONDITION": event.condition}
+        elif event.kind == "notice":
+            env |= {"EDGE_ALERT_SCORE": "", "EDGE_NOTICE": event.notice}
+        else:
+            env["EDGE_ALERT_SCORE"] = repr(float(event.score))
         try:
-            proc = subprocess.run(
-                self.argv, input=event_json(event), env=env, timeout=self.timeout_s,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
-            )
-        except subprocess.TimeoutExpired:
-            self.timed_out += 1
-            self._ratelog.log(logging.ERROR, "timeout", "alert command %s: killed after %.1f s",
-                              self.argv[0], self.timeout_s)
-            return
+            proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, env=env)
         except OSError as exc:
             self.failed += 1
             self._ratelog.log(logging.ERROR, "oserror", "alert command %s: cannot run: %s", self.argv[0], exc)
             return
-        if proc.returncode != 0:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            with contextlib.suppress(BrokenPipeError):  # a program that does not read its input
+                proc.stdin.write(event_json(event))
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            self.last_stderr = _read_tail(proc.stderr, deadline)
+            rc = proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            self.timed_out += 1
+            self._ratelog.log(logging.ERROR, "timeout", "alert command %s: killed after %.1f s",
+                              self.argv[0], self.timeout_s)
+            return
+        finally:
+            proc.stderr.close()
+        if rc != 0:
             self.failed += 1
             self._ratelog.log(logging.ERROR, "rc", "alert command %s: exit status %d: %s", self.argv[0],
-                              proc.returncode, proc.stderr.decode("utf-8", "replace")[-500:].strip())
+                              rc, self.last_stderr.decode("utf-8", "replace")[-500:].strip())
             return
         self.ran += 1
+
+
+def _read_tail(stream, deadline: float, keep: int = STDERR_TAIL) -> bytes:
+    """Read ``stream`` (a pipe) to its end, keeping only its last ``keep`` bytes; TimeoutExpired at ``deadline``."""
+    tail = bytearray()
+    fd = stream.fileno()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired("alert command", 0)
+            if not sel.select(left):
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return bytes(tail)
+            tail += chunk
+            del tail[:-keep]
 
 
 class AlertDispatcher:
@@ -320,6 +501,27 @@ class AlertDispatcher:
                 self._ratelog.log(logging.ERROR, name, "alert sink %s failed", name, exc_info=True)
             else:
                 self.delivered[name] += 1
+
+    def retry(self) -> None:
+        """Let the sinks that keep undelivered events (the JSONL file) try them again."""
+        for name, sink in zip(self.names, self.sinks, strict=True):
+            retry = getattr(sink, "retry", None)
+            if retry is None:
+                continue
+            try:
+                retry()
+            except Exception:
+                self._ratelog.log(logging.ERROR, f"{name}-retry", "alert sink %s: retry failed", name, exc_info=True)
+
+    def status(self) -> dict[str, dict[str, int]]:
+        """Per sink: delivered, failed, pending, dropped. A sink's own counters where it keeps them (what it
+        really wrote or ran, not what it accepted); emits that raised count as failed on top."""
+        out = {}
+        for name, sink in zip(self.names, self.sinks, strict=True):
+            own = getattr(sink, "counters", None)
+            c = own if isinstance(own, SinkCounters) else SinkCounters(delivered=self.delivered[name])
+            out[name] = dict(c.as_dict(), failed=c.failed + self.failures[name])
+        return out
 
     def close(self) -> None:
         for name, sink in zip(self.names, self.sinks, strict=True):

@@ -39,6 +39,7 @@ class SourceCounters:
     reconnects: int = 0
     open_failures: int = 0
     read_errors: int = 0
+    gaps_detectable: bool = True  # false: the payloads carry no sequence number (samples numbered as they arrive)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -99,6 +100,8 @@ class Counters:
     """Counters of one sensor that are not owned by the source or the windower."""
 
     internal_errors: int = 0
+    calibration_ignored: int = 0  # a calibration file present but not applied (unreadable, invalid, stale)
+    calibration_note: str | None = None  # why, the last time
     model: ModelCounters = field(default_factory=ModelCounters)
 
 

@@ -2,6 +2,7 @@
 
     firmware-sim run --signal bearing --preset ims --link serial --rate 20000 --duration 60
     firmware-sim run --signal lorenz --link mqtt --broker 127.0.0.1:1883 --device pump-1 --rate 100
+    firmware-sim run --signal lorenz --link mqtt --payload json-per-sample --fields x,y,z --topic iot-2/evt/status/fmt/json
     firmware-sim generate --signal lorenz --state healthy --samples 30000 --out healthy.npy
     firmware-sim generate --signal replay --data tests/fixtures/data/femto_Bearing1_2 --samples 5000 --out f.csv
     firmware-sim run --signal replay --data data/nab/art_daily_small_noise.csv --rate 10 --link mqtt
@@ -27,10 +28,12 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edge_agent.contract import wire
+from edge_agent.contract.errors import ConfigError
 from firmware_sim import signals
 from firmware_sim.faults import FAULTS, FaultInjector, parse_faults
 from firmware_sim.link import MqttLink, PtyLink, SerialUrlLink
-from firmware_sim.stream import StreamConfig, Streamer, StreamReport
+from firmware_sim.stream import FORMATS, JSON_SHAPES, StreamConfig, Streamer, StreamReport, default_fields
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ class RunSpec:
     duration_s: float = 10.0
     faults: dict[str, float] = field(default_factory=dict)
     auto_frame: bool = False  # frame = 50 ms of samples, 1..256
+    topic: str | None = None  # mqtt: instead of vib/<device>/samples
+    mapping: dict = field(default_factory=dict)  # json-* formats: wire.JsonMapping arguments (fields default by channel)
+
 
 
 def build_source(spec: SourceSpec, default_life_s: float) -> signals.Source:
@@ -81,7 +87,7 @@ def build_source(spec: SourceSpec, default_life_s: float) -> signals.Source:
 def _open_link(spec: RunSpec):
     if spec.link == "mqtt":
         host, _, port = spec.broker.rpartition(":")
-        return MqttLink(host or "127.0.0.1", int(port), spec.device, qos=spec.qos)
+        return MqttLink(host or "127.0.0.1", int(port), spec.device, qos=spec.qos, topic=spec.topic)
     if spec.port:
         return SerialUrlLink(spec.port)
     return PtyLink(spec.link_path)
@@ -95,6 +101,11 @@ def run_stream(spec: RunSpec, stop: threading.Event | None = None) -> StreamRepo
     cfg = spec.stream
     if spec.auto_frame:
         cfg = replace(cfg, frame_samples=int(min(256, max(1, source.sample_rate // 20))))
+    if cfg.fmt in JSON_SHAPES:
+        kwargs = dict(spec.mapping)
+        if not kwargs.get("values"):
+            kwargs["fields"] = kwargs.get("fields") or default_fields(source.n_channels)
+        cfg = replace(cfg, mapping=wire.JsonMapping(**kwargs))
     with _open_link(spec) as link:
         click.echo(f"firmware-sim: {spec.link} link on {link.path}", err=False)
         sys.stdout.flush()
@@ -171,7 +182,17 @@ def main(verbose: int) -> None:
 @click.option("--broker", default="127.0.0.1:1883", show_default=True, help="mqtt: HOST:PORT")
 @click.option("--device", default="sim-1", show_default=True, help="device id in the topic")
 @click.option("--qos", type=click.IntRange(0, 2), default=1, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["binary", "csv", "json"]), default="binary", show_default=True)
+@click.option(
+    "--format", "--payload", "fmt", type=click.Choice(FORMATS), default="binary", show_default=True,
+    help="serial: binary|csv; mqtt: binary|json (the wire JSON) or a sensor's own JSON: json-per-sample "
+    "(one {\"x\":..,\"y\":..,\"z\":..} message per sample), json-columns, json-records, json-rows (--values)",
+)
+@click.option("--topic", help="mqtt: publish here instead of vib/<device>/samples")
+@click.option("--fields", help="json-*: channel field names or paths, comma-separated (default x,y,z / ch0,ch1,..)")
+@click.option("--values", "values_path", help="json-per-sample|json-rows: one list of values at this path instead")
+@click.option("--seq-field", help="json-*: write the sample index in this field (default: none, as the IBM tutorial)")
+@click.option("--time-field", help="json-*: write the sample time in this field")
+@click.option("--time-unit", type=click.Choice(wire.TIME_UNITS), default="s", show_default=True)
 @click.option("--sample-type", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Hz (default: the signal's own)")
 @click.option("--frame-samples", type=click.IntRange(1, 4096), help="default: 50 ms of samples, at most 256")
@@ -183,15 +204,27 @@ def main(verbose: int) -> None:
 @click.option("--json-summary", is_flag=True, help="print the final summary as JSON")
 def run(
     signal, preset, state, life_s, data, loop, data_format, seed, link, port, link_path, broker, device, qos, fmt,
-    sample_type, rate, frame_samples, duration, speed, faults, json_summary,
+    topic, fields, values_path, seq_field, time_field, time_unit, sample_type, rate, frame_samples, duration, speed,
+    faults, json_summary,
 ) -> None:  # fmt: skip
     """Stream samples in real time over a serial link or MQTT."""
     if signal == "replay" and not data:
         raise click.BadParameter("replay needs --data", param_hint="--data")
     if fmt == "csv" and link == "mqtt":
         raise click.BadParameter("MQTT payloads are binary or json", param_hint="--format")
-    if fmt == "json" and link == "serial":
+    if fmt.startswith("json") and link == "serial":
         raise click.BadParameter("serial links carry binary or csv", param_hint="--format")
+    mapping = {"fields": tuple(f.strip() for f in fields.split(",")) if fields else (), "values": values_path,
+               "seq_field": seq_field, "time_field": time_field, "time_unit": time_unit}
+    if fmt in JSON_SHAPES:
+        try:  # checked now (any channel names), so that a bad option is an error before anything streams
+            wire.JsonMapping(**{**mapping, "fields": mapping["fields"] or (() if values_path else ("x",))})
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint=f"--{str(exc).split(':')[0].replace('_', '-')}") from None
+    elif fields or values_path or seq_field or time_field:
+        raise click.BadParameter(f"only with a sensor's own JSON ({', '.join(JSON_SHAPES)})", param_hint="--fields")
+    if topic is not None and link != "mqtt":
+        raise click.BadParameter("only with --link mqtt", param_hint="--topic")
     try:
         fault_rates = parse_faults(faults)
     except ValueError as exc:
@@ -208,6 +241,8 @@ def run(
         auto_frame=frame_samples is None,
         duration_s=duration,
         faults=fault_rates,
+        topic=topic,
+        mapping={k: v for k, v in mapping.items() if v},
     )
     try:
         report = run_stream(spec)

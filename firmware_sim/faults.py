@@ -192,7 +192,8 @@ class FaultInjector:
 
         binary: one byte after the header (payload or CRC) XOR a non-zero value, a certain
         CRC error; csv: one character of one line (not its newline) becomes ``x``; json: one
-        character of the ``samples`` array becomes ``x``.
+        character of the ``samples`` array becomes ``x``; a sensor's own JSON (json-*): one
+        character that is not ``x`` becomes ``x`` (a number, a key or the syntax breaks).
         """
         if not self._hit("flip"):
             return data
@@ -208,9 +209,13 @@ class FaultInjector:
             start = int(ends[line - 1]) + 1 if line else 0
             buf[int(rng.integers(start, ends[line]))] = ord("x")
             self.ledger.flipped_bytes += int(ends[line]) + 1 - start
-        else:  # inside the samples array, where any "x" breaks the JSON
+        elif fmt == "json":  # inside the samples array, where any "x" breaks the JSON
             start = data.index(b'"samples":') + len(b'"samples":')
             buf[int(rng.integers(start, data.index(b"]]", start) + 2))] = ord("x")
+            self.ledger.flipped_bytes += len(buf)
+        else:
+            candidates = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) != ord("x"))
+            buf[int(rng.choice(candidates))] = ord("x")
             self.ledger.flipped_bytes += len(buf)
         self.ledger.flipped_seqs.append(seq)
         return bytes(buf)

@@ -159,7 +159,7 @@ class SerialUrlLink:
 
 
 class MqttLink:
-    """Publishes each frame as one message on ``vib/<device>/samples`` (paho-mqtt 2.x).
+    """Publishes each frame as one message on ``topic`` (default ``vib/<device>/samples``; paho-mqtt 2.x).
 
     The network loop runs in paho's thread (``loop_start``). The constructor waits for a
     successful CONNACK until ``connect_timeout`` and raises ConnectionError otherwise; paho
@@ -176,6 +176,7 @@ class MqttLink:
         device: str,
         *,
         qos: int = 1,
+        topic: str | None = None,
         client_id: str | None = None,
         connect_timeout: float = 10.0,
         max_inflight: int = 200,
@@ -184,7 +185,7 @@ class MqttLink:
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
-        self.topic = wire.samples_topic(device)
+        self.topic = topic or wire.samples_topic(device)
         self.qos = qos
         self.connect_timeout = connect_timeout
         self.max_inflight = max_inflight

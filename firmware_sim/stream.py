@@ -23,14 +23,26 @@ from firmware_sim.signals import Source
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("binary", "csv", "json")
+#: A sensor's own JSON shapes (MQTT), with ``StreamConfig.mapping``: format -> ``wire.JsonMapping.encode`` layout.
+JSON_SHAPES = {"json-per-sample": "sample", "json-columns": "columns", "json-records": "records", "json-rows": "rows"}
+FORMATS = ("binary", "csv", "json", *JSON_SHAPES)
+
+
+def default_fields(n_channels: int) -> tuple[str, ...]:
+    """Channel field names a sensor would use: x, y, z for three channels, else ch0, ch1, ..."""
+    return ("x", "y", "z") if n_channels == 3 else tuple(f"ch{i}" for i in range(n_channels))
 
 
 @dataclass(frozen=True)
 class StreamConfig:
     """How samples are framed and paced.
 
-    fmt: binary (serial or MQTT), csv (serial) or json (MQTT).
+    fmt: binary (serial or MQTT), csv (serial) or json (MQTT, the wire JSON object); or a sensor's own JSON
+        shape (MQTT, see ``JSON_SHAPES``) written through ``mapping``: json-per-sample (one message per sample,
+        ``{"x": .., "y": .., "z": ..}`` as in the IBM Watson IoT tutorial), json-columns (one array per
+        channel), json-records (an array of sample objects), json-rows (``mapping.values``: a list of rows).
+    mapping: the ``wire.JsonMapping`` of the JSON shapes (field names, sequence and time fields); default:
+        fields x, y, z for three channels (else ch0, ch1, ...), no sequence or time field.
     sample_type: int16 (scaled by the source's full scale) or float32, for binary frames.
     frame_samples: samples per frame / message (1..4096).
     speed: 1 = real time, 2 = twice as fast, 0 = as fast as possible.
@@ -38,6 +50,7 @@ class StreamConfig:
     """
 
     fmt: str = "binary"
+    mapping: wire.JsonMapping | None = None
     sample_type: str = "int16"
     frame_samples: int = 256
     speed: float = 1.0
@@ -48,6 +61,8 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.fmt!r}")
+        if self.mapping is not None and self.fmt not in JSON_SHAPES:
+            raise ValueError(f"a payload mapping goes with the formats {', '.join(JSON_SHAPES)} only")
         if self.sample_type not in wire.SAMPLE_TYPES:
             raise ValueError(f"sample type must be int16 or float32, got {self.sample_type!r}")
         if not 1 <= self.frame_samples <= wire.MAX_SAMPLES:
@@ -85,13 +100,20 @@ class Streamer:
         self.cfg = config
         self.faults = faults or FaultInjector(full_scale=source.full_scale)
         self.scale = wire.int16_scale(source.full_scale)
+        self.mapping = config.mapping
+        if config.fmt in JSON_SHAPES and self.mapping is None:
+            self.mapping = wire.JsonMapping(fields=default_fields(source.n_channels))
 
-    def _encode(self, seq: int, x: np.ndarray, t0_us: int) -> bytes:
-        if self.cfg.fmt == "binary":
-            return wire.encode_frame(seq, x, t0_us=t0_us, sample_type=self.cfg.sample_type, scale=self.scale)
-        if self.cfg.fmt == "csv":
-            return wire.encode_csv_lines(seq, x, t0_us, self.source.sample_rate)
-        return wire.encode_json_payload(seq, x, t0_us=t0_us)
+    def _encode(self, seq: int, x: np.ndarray, t0_us: int) -> list[bytes]:
+        """The messages (serial: chunks) carrying one frame's samples."""
+        fmt = self.cfg.fmt
+        if fmt == "binary":
+            return [wire.encode_frame(seq, x, t0_us=t0_us, sample_type=self.cfg.sample_type, scale=self.scale)]
+        if fmt == "csv":
+            return [wire.encode_csv_lines(seq, x, t0_us, self.source.sample_rate)]
+        if fmt == "json":
+            return [wire.encode_json_payload(seq, x, t0_us=t0_us)]
+        return self.mapping.encode(seq, x, t0_us=t0_us, sample_rate=self.source.sample_rate, layout=JSON_SHAPES[fmt])
 
     def run(
         self,
@@ -139,11 +161,13 @@ class Streamer:
             if junk:
                 self.link.send(junk)
                 ledger.bytes_sent += len(junk)
-            data = faults.flip(seq, self._encode(seq, x, t0), cfg.fmt)
-            self.link.send(data)
+            messages = self._encode(seq, x, t0)
+            messages[0] = faults.flip(seq, messages[0], cfg.fmt)
+            for data in messages:
+                self.link.send(data)
+                ledger.bytes_sent += len(data)
             ledger.frames_sent += 1
             ledger.samples_sent += n
-            ledger.bytes_sent += len(data)
             if progress is not None and time.monotonic() >= next_progress:
                 progress(done, time.monotonic() - start)
                 next_progress += cfg.progress_s

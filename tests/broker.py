@@ -3,7 +3,11 @@
 The ``mosquitto`` fixture (tests/conftest.py) yields a ``Broker`` (``host``, ``port``); ``broker.stop()`` / ``broker.start()`` /
 ``broker.restart()`` take the broker away and bring it back on the same port, to simulate the network
 going away. The broker persists sessions and queued QoS 1 messages across a restart (``persistence
-true``), as a production broker would.
+true``), as a production broker would. ``tls_conf`` makes the listener TLS-only (client certificates,
+an ACL file, a password file).
+
+mosquitto is found on PATH or in /usr/sbin (``$MOSQUITTO`` overrides); where it is missing a test that
+needs it fails, naming the fix (``make setup`` installs it): it never skips.
 """
 
 from __future__ import annotations
@@ -18,6 +22,37 @@ import time
 from pathlib import Path
 
 MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+
+
+def require_mosquitto() -> str:
+    """The mosquitto executable; RuntimeError naming the fix when it is not installed."""
+    if not (Path(MOSQUITTO).is_file() and os.access(MOSQUITTO, os.X_OK)):
+        raise RuntimeError(f"mosquitto is not installed (looked on PATH and at {MOSQUITTO}): run `make setup`, "
+                           "which installs it (or apt-get install mosquitto)")
+    return MOSQUITTO
+
+
+def tls_conf(ca_file: Path, cert_file: Path, key_file: Path, *, require_certificate: bool = True,
+             acl_file: Path | None = None, password_file: Path | None = None) -> str:
+    """``extra_conf`` for a TLS listener: with ``require_certificate`` the client certificate's common name is the
+    MQTT user name (for the ACL); else clients log in with a user name and a password from ``password_file``."""
+    lines = [f"cafile {ca_file}", f"certfile {cert_file}", f"keyfile {key_file}",
+             f"require_certificate {'true' if require_certificate else 'false'}"]
+    if require_certificate:
+        lines.append("use_identity_as_username true")
+    if password_file is not None:
+        lines.append(f"password_file {password_file}")
+    if acl_file is not None:
+        lines.append(f"acl_file {acl_file}")
+    lines.append("allow_anonymous false")
+    return "\n".join(lines)
+
+
+def add_password(password_file: Path, user: str, password: str) -> None:
+    """Add a user to a mosquitto password file (hashed by mosquitto_passwd)."""
+    args = [MOSQUITTO_PASSWD, "-b", *([] if password_file.exists() else ["-c"]), str(password_file), user, password]
+    subprocess.run(args, check=True, capture_output=True, timeout=30)
 
 
 def free_port() -> int:
@@ -58,8 +93,9 @@ class Broker:
     def start(self, timeout: float = 10.0) -> None:
         """Start mosquitto and wait (up to ``timeout`` s) until it accepts TCP connections."""
         assert not self.running, "broker already running"
+        exe = require_mosquitto()
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf_path)], stdout=log, stderr=log)
+            self._proc = subprocess.Popen([exe, "-c", str(self.conf_path)], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:

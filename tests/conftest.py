@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import MOSQUITTO, Broker
+from tests.broker import Broker, require_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,12 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 def mosquitto(tmp_path: Path) -> Iterator[Broker]:
     """A running mosquitto on a free loopback port; stopped at the end of the test.
 
-    Skipped where mosquitto is not installed, except under CI (``CI`` set), where that is a failure.
+    A missing mosquitto fails the test, naming the fix (``make setup`` installs it): never a silent skip.
     """
-    if not Path(MOSQUITTO).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"mosquitto not found at {MOSQUITTO}: .ci/run should have installed it")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    try:
+        require_mosquitto()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     broker = Broker(tmp_path / "mosquitto")
     broker.start()
     try:
@@ -38,3 +38,19 @@ def shared_data() -> Path:
         if cand and Path(cand).is_dir():
             return Path(cand)
     pytest.skip("real recordings not available (no ../shared/data): statistics not checked")
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's ``chromium`` + ``chromium-driver``) under Selenium.
+
+    Skipped where they are not installed, except under CI (``CI`` set), where that is a failure.
+    """
+    from tests import browser as b
+
+    if not b.available():
+        if os.environ.get("CI"):
+            pytest.fail(f"{b.CHROMIUM} / {b.CHROMEDRIVER} not found: .ci/run should have installed them")
+        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver)")
+    with b.chromium() as driver:
+        yield driver

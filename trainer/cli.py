@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edge_agent.contract.errors import BundleError
-from edge_agent.contract.recordings import FORMATS
+from edge_agent.contract.recordings import FORMATS, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,18 @@ def cli(verbose: int) -> None:
 @click.option("--model-id", default=None, help="Model id (default: data name + architecture).")
 @click.option("--persistence", type=click.IntRange(min=1), default=6, show_default=True,
               help="Consecutive windows above threshold that count as a persistent crossing in the report.")
+@click.option("--select", multiple=True, help="A collected dataset's windows: KEY=VALUE (device, gateway, kind, "
+              "model_version, start, end, healthy; default healthy=true), repeatable.")
 def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: str | None, window: int | None,
           hop: int | None, block: int | None, features: str | None, fft_bands: str | None, channels: str,
           start: str | None, end: str | None,
           train_until: str | None, epochs: int, batch_size: int, learning_rate: float, patience: int,
           validation_fraction: float, quantize: str, threshold_method: str, threshold_param: tuple[str, ...],
-          seed: int, min_agreement: float, model_id: str | None, persistence: int) -> None:
+          seed: int, min_agreement: float, model_id: str | None, persistence: int, select: tuple[str, ...]) -> None:
     """Train on --data and write a verified bundle to --out."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    from trainer.dataset import is_dataset, parse_select
+    from trainer.dataset import load as load_dataset
     from trainer.export import ExportError
     from trainer.model import ModelConfig
     from trainer.pipeline import TrainOptions, run
@@ -121,6 +125,9 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
         raise click.BadParameter(f"--units {units!r} must be integers, e.g. 32,16") from exc
     chans = tuple(int(c) if c.lstrip("-").isdigit() else c for c in _csv(channels)) or None
     try:
+        recording = None
+        if select or is_dataset(data):  # the fleet's collected windows (trainer.dataset), filtered
+            recording = load_dataset(data, parse_select(select, start=start, end=end), chans)
         opts = TrainOptions(
             data=data, out=out, format=fmt, channels=chans, train_until=train_until, start=start, end=end,
             mode=mode, window=window, hop=hop, block=block,
@@ -129,10 +136,10 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
             fit=FitConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                           validation_fraction=validation_fraction, patience=patience, seed=seed),
             quantize=quantize, threshold_method=threshold_method, threshold_params=_params(threshold_param),
-            min_agreement=min_agreement, model_id=model_id, persistence=persistence,
+            min_agreement=min_agreement, model_id=model_id, persistence=persistence, recording=recording,
         )
         result = run(opts)
-    except (ExportError, ValueError, KeyError, TypeError, BundleError) as exc:
+    except (ExportError, ValueError, KeyError, TypeError, BundleError, DataFormatError) as exc:
         log.error("training failed, %s left unchanged: %s", out, exc)
         raise SystemExit(1) from exc
     summary = result.report["summary"]
@@ -203,28 +210,14 @@ def inspect(bundle: Path, as_json: bool) -> None:
     click.echo(json.dumps(loaded.manifest, indent=2) if as_json else describe(loaded.manifest))
 
 
-@cli.command()
-@click.option("--broker", default="127.0.0.1:1883", show_default=True, help="MQTT broker HOST:PORT the gateways upload to.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder of <device>.jsonl files (appended).")
-@click.option("--topic", default="vib/+/upload", show_default=True)
-@click.option("--max-records", type=click.IntRange(min=1), default=None, help="Stop after this many (default: Ctrl-C).")
-def collect(broker: str, out: Path, topic: str, max_records: int | None) -> None:
-    """Collect the windows gateways upload for retraining (train on them with --format uploads)."""
-    import signal
-    import threading
+from trainer import collect as _collect  # noqa: E402 (fleet commands: trainer/collect.py, publish.py, retrain.py)
+from trainer import publish as _publish  # noqa: E402
+from trainer import retrain as _retrain  # noqa: E402
 
-    from trainer.collect import collect as collect_records
-
-    host, _, port = broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(f"expected HOST:PORT, got {broker!r}", param_hint="--broker")
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    click.echo(f"collecting {topic} from {broker} into {out} (Ctrl-C to stop)")
-    stats = collect_records(host, int(port), out, stop_event=stop, topic=topic, max_records=max_records)
-    click.echo(f"received {stats.received}, written {stats.written}, invalid {stats.invalid}, dropped {stats.dropped}; "
-               f"per device {dict(stats.per_device)}")
+cli.add_command(_collect.command())
+cli.add_command(_retrain.command())
+for _command in _publish.commands():
+    cli.add_command(_command)
 
 
 @cli.command()

@@ -90,6 +90,7 @@ class TrainOptions:
     latency_windows: int = 1000
     persistence: int = PERSISTENCE
     load_options: dict = field(default_factory=dict)
+    recording: object = None  # a Recording already loaded (trainer.dataset, trainer.retrain); ``data`` only names it
 
 
 @dataclass(frozen=True)
@@ -124,14 +125,14 @@ def _evenly(n: int, most: int) -> np.ndarray:
 
 
 def load_recording(opts: TrainOptions) -> Recording:
-    """The recording ``opts`` names, trimmed to ``--start`` / ``--end``."""
+    """The recording ``opts`` names (or carries), trimmed to ``--start`` / ``--end``."""
     load_opts = dict(opts.load_options)
     if opts.channels:
         load_opts["channels"] = list(opts.channels)
-    fmt = detect_format(opts.data) if opts.format == "auto" else opts.format
+    fmt = detect_format(opts.data) if opts.format == "auto" and opts.recording is None else opts.format
     if fmt == "uploads":  # retrain only on windows the gateway scored as normal
         load_opts["healthy_only"] = True
-    rec = load(opts.data, fmt, **load_opts)
+    rec = opts.recording if opts.recording is not None else load(opts.data, fmt, **load_opts)
     log.info("loaded %r", rec)
     rec = trim_recording(rec, opts.start, opts.end)
     if rec.n_rows == 0:

@@ -8,20 +8,25 @@ A bundle is a directory::
       variants/         every exported variant, for benchmarks and comparison
       report/           PNG plots and report.json from training
 
-The trainer writes it with :func:`write_bundle` (temp dir + rename, so a reader never sees half a
-bundle); the agent opens it with :meth:`Bundle.load`, which refuses, with a :class:`BundleError`
-naming the problem, anything whose manifest, digest, or tensors do not agree.
+The trainer writes it with :func:`write_bundle` and ``edge-agent deploy`` installs one with
+:func:`deploy_bundle`; both assemble the new bundle in a temporary sibling directory and rename it into
+place, so a reader never sees half a bundle. The agent opens it with :meth:`Bundle.load`, which reads
+the model's bytes once, checks the manifest's sha256 on those very bytes, and refuses, with a
+:class:`BundleError` naming the problem, anything whose manifest, digest, or tensors do not agree.
+Interpreters are built from those bytes, never from the file: a model file overwritten in place
+(``cp new.tflite bundle/model.tflite`` truncates it) cannot pull the weights from under a running model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +39,12 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
+#: Suffix of the directory ``deploy_bundle`` keeps the replaced bundle in (a manual rollback).
+PREVIOUS_SUFFIX = ".previous"
+#: Largest manifest read (a real one is ~10 KB): anything bigger is refused before it is parsed.
+MAX_MANIFEST_BYTES = 4 << 20
+#: Largest model read into memory: 20x the largest model measured here (12.5 MB, int8 LSTM over 256 steps).
+MAX_MODEL_BYTES = 256 << 20
 #: Served model forms, by the dtype of their input and output tensors.
 QUANTIZATIONS = ("float32", "int8", "16x8")
 #: The input/output tensor dtype of each quantization (16x8: int16 activations, int8 weights).
@@ -64,12 +75,20 @@ MANIFEST_SCHEMA: dict = {
 }
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _read_capped(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path`` (at most ``limit``); BundleError for a file that is missing, unreadable or too big."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path.parent}: no {path.name}") from exc
+    except IsADirectoryError as exc:
+        raise BundleError(f"{path}: is a directory, not the {what}") from exc
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise BundleError(f"{path}: the {what} is larger than {limit >> 20} MiB: refused")
+    return data
 
 
 def validate_manifest(manifest: object, schema: dict = MANIFEST_SCHEMA, path: str = "") -> None:
@@ -104,13 +123,15 @@ class Threshold:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A validated bundle on disk. Holds no interpreter: the scorer makes its own."""
+    """A validated bundle: its manifest and the model's bytes as read and verified (the file is never read
+    again). Holds no interpreter: the scorer makes its own from ``model_bytes``."""
 
     path: Path
     manifest: dict
     spec: PreprocessSpec
     scaler: MinMaxScaler
     threshold: Threshold
+    model_bytes: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def model_path(self) -> Path:
@@ -140,27 +161,29 @@ class Bundle:
     def load(cls, path: Path | str, check_model: bool = True) -> Bundle:
         """Read and validate a bundle; with ``check_model`` also load the model and compare its tensors.
 
-        Every way a bundle can be wrong, a value of the wrong type deep in the manifest included,
-        is a BundleError: a running agent refuses such a bundle and keeps serving its model.
+        Every way a bundle can be wrong (a value of the wrong type deep in the manifest, JSON nested past
+        the parser's depth, a file that is a directory) is a BundleError: a running agent refuses such a
+        bundle and keeps serving its model.
         """
         try:
             return cls._load(Path(path), check_model)
         except BundleError:
             raise
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-            raise BundleError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:  # hostile input must never escape as anything but a refused bundle
+            raise BundleError(f"{path}: malformed bundle ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
     @classmethod
     def _load(cls, path: Path, check_model: bool) -> Bundle:
         manifest_path = path / MANIFEST_FILE
         if not path.is_dir():
             raise BundleError(f"{path}: not a bundle directory")
+        raw = _read_capped(manifest_path, MAX_MANIFEST_BYTES, "manifest")
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise BundleError(f"{path}: no {MANIFEST_FILE}") from exc
+            manifest = json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise BundleError(f"{manifest_path}: not a manifest (JSON nested too deeply)") from exc
         validate_manifest(manifest)
         declared_file = Path(manifest["tflite"]["file"])
         model_path = path / declared_file
@@ -168,9 +191,8 @@ class Bundle:
             raise BundleError(f"{manifest_path}: tflite.file must name a file inside the bundle, not {manifest['tflite']['file']!r}")
         if manifest["tflite"]["quantization"] not in QUANTIZATIONS:
             raise BundleError(f"{manifest_path}: tflite.quantization must be one of {QUANTIZATIONS}, not {manifest['tflite']['quantization']!r}")
-        if not model_path.is_file():
-            raise BundleError(f"{path}: model file {manifest['tflite']['file']} is missing")
-        actual = sha256_file(model_path)
+        model_bytes = _read_capped(model_path, MAX_MODEL_BYTES, "model file")
+        actual = hashlib.sha256(model_bytes).hexdigest()
         if actual != manifest["tflite"]["sha256"]:
             raise BundleError(
                 f"{model_path}: sha256 {actual[:12]}… does not match the manifest ({manifest['tflite']['sha256'][:12]}…);"
@@ -192,16 +214,17 @@ class Bundle:
         t = manifest["threshold"]
         if not np.isfinite(t["value"]) or t["value"] <= 0:
             raise BundleError(f"{manifest_path}: threshold.value must be a positive number, got {t['value']}")
-        bundle = cls(path, manifest, spec, scaler, Threshold(t["method"], float(t["value"]), dict(t["params"])))
+        bundle = cls(path, manifest, spec, scaler, Threshold(t["method"], float(t["value"]), dict(t["params"])),
+                     model_bytes)
         if check_model:
             bundle.check_tensors()
         return bundle
 
     def check_tensors(self) -> None:
-        """Load the model and check its input/output tensors against the manifest."""
+        """Load the model (from the verified bytes) and check its input/output tensors against the manifest."""
         from edge_agent.interpreter import load_interpreter
 
-        interpreter = load_interpreter(self.model_path)
+        interpreter = load_interpreter(self.model_bytes)
         for kind, details in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
             if len(details) != 1:
                 raise BundleError(f"{self.model_path}: expected one {kind} tensor, found {len(details)}")
@@ -238,9 +261,11 @@ def write_bundle(
 
     The manifest's ``tflite.file`` and ``tflite.sha256`` are filled in here. The bundle is
     assembled in a temporary sibling directory and renamed into place, so ``out_dir`` holds
-    either the old bundle or the new one, never a mixture.
+    either the old bundle or the new one, never a mixture. An existing ``out_dir`` that is neither
+    a bundle nor empty is refused (BundleError), never replaced.
     """
     out_dir = Path(out_dir).resolve()
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(json.dumps(manifest))  # a deep copy that is surely JSON
     manifest["tflite"]["file"] = MODEL_FILE
@@ -255,21 +280,74 @@ def write_bundle(
         if report_dir is not None:
             shutil.copytree(report_dir, tmp / "report")
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                with open(file, "rb") as f:
-                    os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        _install(tmp, out_dir, previous=None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote bundle %s (model %s)", out_dir, manifest["model"]["version"])
     return out_dir
+
+
+def deploy_bundle(src: Path | str, dest: Path | str) -> Bundle:
+    """Install the bundle ``src`` as ``dest`` atomically, the way a running agent must be given a new model.
+
+    ``src`` is validated first (manifest, digest, tensors) and refused with a BundleError if it would be.
+    It is then copied into a temporary sibling of ``dest``, verified there again (a full disk shows up
+    as a short copy), and renamed into place; the bundle it replaces is kept as ``<dest>.previous``
+    (one level: a manual rollback is ``mv``). The agent watching ``dest`` sees the old bundle or the
+    new one, never a mixture. Returns the installed bundle.
+    """
+    src, dest = Path(src), Path(dest).absolute()
+    Bundle.load(src)
+    if src.resolve() == dest.resolve():
+        raise BundleError(f"{src}: is already the bundle in {dest}")
+    _check_replaceable(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.deploy-", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        installed = Bundle.load(tmp)
+        _install(tmp, dest, previous=dest.with_name(dest.name + PREVIOUS_SUFFIX))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(f"{dest}: cannot install the bundle: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("deployed bundle %s (model %s %s) to %s", src, installed.model_id, installed.version, dest)
+    return dataclasses.replace(installed, path=dest)
+
+
+def _check_replaceable(dest: Path) -> None:
+    """Refuse to replace anything but a bundle (or an empty directory): a mistyped path must never be moved."""
+    if not os.path.lexists(dest):
+        return
+    if not dest.is_dir():
+        raise BundleError(f"{dest}: exists and is not a bundle directory: refusing to replace it")
+    if not (dest / MANIFEST_FILE).exists() and any(dest.iterdir()):
+        raise BundleError(f"{dest}: is a directory without {MANIFEST_FILE} (not a bundle): refusing to replace it")
+
+
+def _install(tmp: Path, dest: Path, previous: Path | None) -> None:
+    """Make the complete directory ``tmp`` (a sibling of ``dest``) become ``dest``: contents synced to disk,
+    then renamed into place. The replaced directory goes to ``previous``, or is deleted when None."""
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    os.chmod(tmp, 0o755)
+    if os.path.lexists(dest):
+        old = previous or dest.with_name(f".{dest.name}.old")
+        if os.path.lexists(old):
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        if previous is None:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dest)
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the renames themselves survive a power cut
+    finally:
+        os.close(fd)

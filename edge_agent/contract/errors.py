@@ -5,7 +5,6 @@ Every error the product raises on purpose derives from ``AgentError``::
     AgentError
     ├── FrameError    bytes or a payload that are not a valid frame (wire.py)
     ├── BundleError   a model bundle that is missing, corrupt or inconsistent (bundle.py)
-    ├── SourceError   a sample source that cannot be opened or has gone away (sources/)
     ├── UploadError   an upload record that cannot be encoded, decoded or delivered
     └── ConfigError   a configuration file or value that fails validation (config.py)
 
@@ -24,10 +23,6 @@ class FrameError(AgentError):
 
 class BundleError(AgentError):
     """A model bundle that cannot be trusted: missing files, bad digest, mismatched shapes."""
-
-
-class SourceError(AgentError):
-    """A sample source that cannot be opened or read."""
 
 
 class UploadError(AgentError):

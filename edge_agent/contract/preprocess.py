@@ -136,8 +136,10 @@ def steps(samples: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.mode == "raw":
         return x.copy()
     n_blocks = x.shape[0] // spec.block
-    # (n_blocks, block, C) view of the caller's data: read only, never written.
-    blocks = x[: n_blocks * spec.block].reshape(n_blocks, spec.block, x.shape[1]).astype(np.float64)
+    # (n_blocks, C, block) float64, a channel-major copy: every reduction runs along contiguous memory (numpy
+    # reduces a (block, C) array along its first axis C values at a time, ~20x slower at C = 2..4)
+    blocks = x[: n_blocks * spec.block].reshape(n_blocks, spec.block, x.shape[1]).transpose(0, 2, 1)
+    blocks = blocks.astype(np.float64, order="C")
     columns = [_block_feature(name, blocks) for name in spec.features]  # each (n_blocks, C)
     per_channel = np.stack(columns, axis=2) if columns else np.empty((n_blocks, x.shape[1], 0))
     out = per_channel.reshape(n_blocks, -1)  # channel-major: ch0.f0, ch0.f1, ..., ch1.f0, ...
@@ -147,35 +149,36 @@ def steps(samples: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def _block_feature(name: str, blocks: np.ndarray) -> np.ndarray:
-    """One feature per block and channel. blocks: (n_blocks, block, C) float64 -> (n_blocks, C)."""
+    """One feature per block and channel. blocks: (n_blocks, C, block) float64 -> (n_blocks, C)."""
     if name == "mean_abs":
-        return np.abs(blocks).mean(axis=1)
+        return np.abs(blocks).mean(axis=2)
     if name == "rms":
-        return np.sqrt((blocks**2).mean(axis=1))
+        return np.sqrt(np.square(blocks).mean(axis=2))
     if name == "std":
-        return blocks.std(axis=1)
+        return blocks.std(axis=2)
     if name == "peak":
-        return np.abs(blocks).max(axis=1)
+        return np.abs(blocks).max(axis=2)
     if name == "kurtosis":
-        centred = blocks - blocks.mean(axis=1, keepdims=True)
-        m2 = (centred**2).mean(axis=1)
-        m4 = (centred**4).mean(axis=1)
+        centred = blocks - blocks.mean(axis=2, keepdims=True)
+        squared = np.square(centred)  # x**4 is a pow() per value: ~80x slower than squaring twice
+        m2 = squared.mean(axis=2)
+        m4 = np.square(squared).mean(axis=2)
         return np.where(m2 > _EPS, m4 / np.maximum(m2, _EPS) ** 2 - 3.0, 0.0)
     if name == "crest":
-        rms = np.sqrt((blocks**2).mean(axis=1))
-        return np.where(rms > _EPS, np.abs(blocks).max(axis=1) / np.maximum(rms, _EPS), 0.0)
+        rms = np.sqrt(np.square(blocks).mean(axis=2))
+        return np.where(rms > _EPS, np.abs(blocks).max(axis=2) / np.maximum(rms, _EPS), 0.0)
     raise ValueError(f"unknown feature {name!r}")
 
 
 def _band_power(blocks: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Mean Hann-windowed spectral power per band. blocks (n_blocks, block, C) -> (n_blocks, C, bands)."""
-    taper = np.hanning(spec.block)[None, :, None]
-    spectrum = np.abs(np.fft.rfft(blocks * taper, axis=1)) ** 2 / (spec.block * (taper**2).sum())
+    """Mean Hann-windowed spectral power per band. blocks (n_blocks, C, block) -> (n_blocks, C, bands)."""
+    taper = np.hanning(spec.block)
+    spectrum = np.abs(np.fft.rfft(blocks * taper, axis=2)) ** 2 / (spec.block * (taper**2).sum())
     freqs = np.fft.rfftfreq(spec.block, d=1.0 / spec.sample_rate)
     bands = []
     for low, high in spec.fft_bands:
         in_band = (freqs >= low) & (freqs < high)
-        bands.append(spectrum[:, in_band, :].mean(axis=1) if in_band.any() else np.zeros(spectrum[:, 0, :].shape))
+        bands.append(spectrum[:, :, in_band].mean(axis=2) if in_band.any() else np.zeros(spectrum.shape[:2]))
     return np.stack(bands, axis=2)
 
 

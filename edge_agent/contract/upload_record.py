@@ -1,18 +1,28 @@
-"""The record a gateway uploads for retraining: one JSON object per scored window.
+"""The record a gateway uploads for retraining: one JSON object per window.
 
-The agent writes these (``encode_record``), the central collector stores them one per line
-in ``<device>.jsonl``, and the trainer reads them back (``decode_record``,
-``edge_agent.contract.recordings.load(..., format="uploads")``). Schema 1::
+The agent writes these (``encode_record``), the central collector stores them in the columnar dataset
+(``trainer.dataset``), and the trainer reads them back (``decode_record``,
+``edge_agent.contract.recordings.load(..., format="uploads")`` for JSONL files). Schema 2::
 
-    {"schema": 1, "device": str, "model_id": str, "model_version": str,
+    {"schema": 2,
+     "id": str,                   # unique per window, fixed when the gateway spools it: duplicates share it
+     "kind": "normal" | "alert" | "calibration" | "drift",   # why the window was kept (see KINDS)
+     "gateway": str | null,       # the gateway that sent it
+     "device": str,               # the sensor (the <device> of vib/<device>/...)
+     "model_id": str, "model_version": str,
      "seq_end": int,              # sequence number of the window's last sample
      "time_end": str,             # ISO-8601 time of the last sample (UTC if no offset)
      "sample_rate": float,        # Hz
      "channels": [str, ...], "units": "g",
-     "score": float, "threshold": float,
-     "state": "normal" | "warning" | "critical",
+     "score": float | null,       # the serving model's score (null: not scored)
+     "threshold": float | null,   # the threshold in force (null: none yet, e.g. while calibrating)
+     "state": "normal" | "warning" | "critical",   # the alert state when the window was scored
+     "alert_ref": str | null,     # kind "alert": id of the alert the window is context of
      "dtype": "float32", "shape": [n, C],
      "data_b64": str}             # base64 of the samples, little-endian float32, row-major
+
+Schema 1 records (no ``id``, ``kind``, ``gateway``, ``alert_ref``; numbers required) still decode: their
+id is derived from (device, model_version, seq_end), their kind from the state.
 
 numpy and the standard library only.
 """
@@ -21,19 +31,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
+import re
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from .errors import UploadError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMAS = (1, 2)
 STATES = ("normal", "warning", "critical")
-_FIELDS: dict[str, type | tuple[type, ...]] = {
+#: Why a window was kept: a reservoir sample of healthy operation, context of an alert (before, during,
+#: after), a calibration window, or an extra healthy sample taken while the score distribution drifts.
+KINDS = ("normal", "alert", "calibration", "drift")
+#: Largest payload ``decode_record`` parses (a 3 s window of 16 channels at 25.6 kHz is ~6.6 MB).
+MAX_RECORD_BYTES = 32 * 1024 * 1024
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_V1_FIELDS: dict[str, type | tuple[type, ...]] = {
     "schema": int,
     "device": str,
     "model_id": str,
@@ -50,6 +70,27 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "shape": list,
     "data_b64": str,
 }
+_NONE = type(None)
+_V2_FIELDS: dict[str, type | tuple[type, ...]] = _V1_FIELDS | {
+    "id": str,
+    "kind": str,
+    "gateway": (str, _NONE),
+    "score": (int, float, _NONE),
+    "threshold": (int, float, _NONE),
+    "alert_ref": (str, _NONE),
+}
+FIELDS = {1: _V1_FIELDS, 2: _V2_FIELDS}
+
+
+def new_id() -> str:
+    """A fresh record id (uuid4, 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def legacy_id(device: str, model_version: str, seq_end: int) -> str:
+    """The id of a schema-1 record: a digest of what identified it then (device, model version, seq)."""
+    key = json.dumps([device, model_version, int(seq_end)], separators=(",", ":")).encode("utf-8")
+    return "s1-" + hashlib.sha256(key).hexdigest()[:32]
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,10 +108,14 @@ class UploadRecord:
     sample_rate: float
     channels: tuple[str, ...]
     units: str
-    score: float
-    threshold: float
+    score: float | None
+    threshold: float | None
     state: str
     samples: np.ndarray
+    id: str = ""
+    kind: str = "normal"
+    gateway: str | None = None
+    alert_ref: str | None = None
     schema: int = SCHEMA_VERSION
 
     @property
@@ -79,20 +124,28 @@ class UploadRecord:
 
     @property
     def healthy(self) -> bool:
-        """Scored below threshold and in state ``normal``."""
-        return self.score < self.threshold and self.state == "normal"
+        """Healthy-operation data: not kept as alert context, scored below the threshold in state ``normal``
+        (calibration windows, scored before any threshold, count as healthy)."""
+        if self.kind == "alert" or self.state != "normal" or self.score is None:
+            return False
+        return self.threshold is None or self.score < self.threshold
 
     def time_end_utc(self) -> datetime:
         """``time_end`` as a naive UTC ``datetime``."""
         return _parse_time(self.time_end)
 
+    def time_start_utc(self) -> datetime:
+        """Time of the first sample, naive UTC: ``time_end`` - (n - 1) / sample_rate."""
+        return self.time_end_utc() - timedelta(seconds=(self.n_rows - 1) / self.sample_rate)
+
     def encode(self) -> bytes:
-        """The record as UTF-8 JSON (same as ``encode_record`` with these fields)."""
+        """The record as schema-2 UTF-8 JSON (same as ``encode_record`` with these fields)."""
         return encode_record(
             device=self.device, model_id=self.model_id, model_version=self.model_version,
             seq_end=self.seq_end, time_end=self.time_end, sample_rate=self.sample_rate,
             channels=self.channels, units=self.units, score=self.score, threshold=self.threshold,
-            state=self.state, samples=self.samples,
+            state=self.state, samples=self.samples, id=self.id, kind=self.kind, gateway=self.gateway,
+            alert_ref=self.alert_ref,
         )
 
 
@@ -113,6 +166,10 @@ def _finite(name: str, value: Any) -> float:
     return v
 
 
+def _optional(name: str, value: Any) -> float | None:
+    return None if value is None else _finite(name, value)
+
+
 def encode_record(
     *,
     device: str,
@@ -122,20 +179,26 @@ def encode_record(
     time_end: str | datetime,
     sample_rate: float,
     channels: list[str] | tuple[str, ...],
-    score: float,
-    threshold: float,
+    score: float | None,
+    threshold: float | None,
     state: str,
     samples: np.ndarray,
     units: str = "g",
+    id: str | None = None,  # noqa: A002 (the record's field name)
+    kind: str | None = None,
+    gateway: str | None = None,
+    alert_ref: str | None = None,
 ) -> bytes:
-    """Encode one window as a schema-1 record (compact UTF-8 JSON, no newline).
+    """Encode one window as a schema-2 record (compact UTF-8 JSON, no newline).
 
     Args:
         samples: (n, C) array, C == len(channels); stored as little-endian float32.
         time_end: ISO-8601 string or ``datetime`` of the last sample.
+        id: the record's unique id (default: a new uuid4); a re-sent record must keep its id.
+        kind: one of ``KINDS`` (default: ``normal`` in state ``normal``, else ``alert``).
 
     Raises:
-        UploadError: wrong shape, NaN/inf samples or numbers, unknown state, bad time.
+        UploadError: wrong shape, NaN/inf samples or numbers, unknown state or kind, bad id or time.
     """
     arr = np.asarray(samples)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != len(channels):
@@ -147,6 +210,9 @@ def encode_record(
         time_end = time_end.isoformat()
     fields = {
         "schema": SCHEMA_VERSION,
+        "id": new_id() if id is None else id,
+        "kind": kind or ("normal" if state == "normal" else "alert"),
+        "gateway": gateway,
         "device": device,
         "model_id": model_id,
         "model_version": model_version,
@@ -155,9 +221,10 @@ def encode_record(
         "sample_rate": _finite("sample_rate", sample_rate),
         "channels": [str(c) for c in channels],
         "units": units,
-        "score": _finite("score", score),
-        "threshold": _finite("threshold", threshold),
+        "score": _optional("score", score),
+        "threshold": _optional("threshold", threshold),
         "state": state,
+        "alert_ref": alert_ref,
         "dtype": "float32",
         "shape": [int(arr32.shape[0]), int(arr32.shape[1])],
         "data_b64": base64.b64encode(arr32.tobytes()).decode("ascii"),
@@ -167,28 +234,38 @@ def encode_record(
 
 
 def _check_fields(obj: dict[str, Any]) -> None:
-    missing = [k for k in _FIELDS if k not in obj]
+    schema = obj.get("schema")
+    if isinstance(schema, bool) or schema not in SCHEMAS:
+        raise UploadError(f"upload record: schema {schema!r} is not supported (this version reads {list(SCHEMAS)})")
+    spec = FIELDS[schema]
+    missing = [k for k in spec if k not in obj]
     if missing:
         raise UploadError(f"upload record: missing keys {missing}")
-    unknown = sorted(set(obj) - set(_FIELDS))
+    unknown = sorted(set(obj) - set(spec))
     if unknown:
         raise UploadError(f"upload record: unknown keys {unknown}")
-    for key, typ in _FIELDS.items():
+    for key, typ in spec.items():
         v = obj[key]
         if isinstance(v, bool) or not isinstance(v, typ):
             raise UploadError(f"upload record: {key!r} has type {type(v).__name__}")
-    if obj["schema"] != SCHEMA_VERSION:
-        raise UploadError(
-            f"upload record: schema {obj['schema']} is not supported (expected {SCHEMA_VERSION})")
     for key in ("device", "model_id"):
         if not obj[key].strip():
             raise UploadError(f"upload record: {key!r} is empty")
     if obj["state"] not in STATES:
         raise UploadError(f"upload record: state {obj['state']!r} is not one of {list(STATES)}")
+    if schema >= 2:
+        if not _ID.fullmatch(obj["id"]):
+            raise UploadError(f"upload record: id {obj['id'][:40]!r} is not 1..128 characters of [A-Za-z0-9._:-]")
+        if obj["kind"] not in KINDS:
+            raise UploadError(f"upload record: kind {obj['kind']!r} is not one of {list(KINDS)}")
+        for key in ("gateway", "alert_ref"):
+            if obj[key] is not None and not obj[key].strip():
+                raise UploadError(f"upload record: {key!r} is empty (use null)")
     if obj["dtype"] != "float32":
         raise UploadError(f"upload record: dtype {obj['dtype']!r} is not 'float32'")
     for key in ("sample_rate", "score", "threshold"):
-        _finite(key, obj[key])
+        if obj[key] is not None:
+            _finite(key, obj[key])
     if obj["sample_rate"] <= 0:
         raise UploadError(f"upload record: sample_rate must be > 0, got {obj['sample_rate']}")
     chans = obj["channels"]
@@ -205,15 +282,18 @@ def _check_fields(obj: dict[str, Any]) -> None:
 
 
 def decode_record(payload: bytes | str) -> UploadRecord:
-    """Decode and validate one record.
+    """Decode and validate one record (schema 1 or 2).
 
     Raises:
-        UploadError: not JSON, missing/unknown keys, wrong types, bad base64, a data length that
-            does not match ``shape``, NaN/inf samples or numbers, unknown state or schema.
+        UploadError: larger than ``MAX_RECORD_BYTES``, not JSON, missing/unknown keys, wrong types, bad
+            base64, a data length that does not match ``shape``, NaN/inf samples or numbers, unknown
+            state, kind or schema.
     """
+    if len(payload) > MAX_RECORD_BYTES:
+        raise UploadError(f"upload record: {len(payload)} bytes is more than the {MAX_RECORD_BYTES} a record may hold")
     try:
         obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise UploadError(f"upload record: not valid UTF-8 JSON ({exc})") from exc
     if not isinstance(obj, dict):
         raise UploadError(f"upload record: expected a JSON object, got {type(obj).__name__}")
@@ -230,9 +310,48 @@ def decode_record(payload: bytes | str) -> UploadRecord:
     if not np.isfinite(samples).all():
         raise UploadError("upload record: samples contain NaN or inf")
     samples.flags.writeable = False
+    if obj["schema"] == 1:
+        extra = {"id": legacy_id(obj["device"], obj["model_version"], obj["seq_end"]),
+                 "kind": "normal" if obj["state"] == "normal" else "alert", "gateway": None, "alert_ref": None}
+    else:
+        extra = {k: obj[k] for k in ("id", "kind", "gateway", "alert_ref")}
     return UploadRecord(
         device=obj["device"], model_id=obj["model_id"], model_version=obj["model_version"],
         seq_end=obj["seq_end"], time_end=obj["time_end"], sample_rate=float(obj["sample_rate"]),
-        channels=tuple(obj["channels"]), units=obj["units"], score=float(obj["score"]),
-        threshold=float(obj["threshold"]), state=obj["state"], samples=samples, schema=obj["schema"],
+        channels=tuple(obj["channels"]), units=obj["units"],
+        score=None if obj["score"] is None else float(obj["score"]),
+        threshold=None if obj["threshold"] is None else float(obj["threshold"]), state=obj["state"],
+        samples=samples, schema=obj["schema"], **extra,
     )
+
+
+# ------------------------------------------------------------------------------------------- receipts
+#: Ids per receipt message (a receipt of 500 uuid4 ids is ~18 KB).
+RECEIPT_IDS = 500
+
+
+def receipt_topic(device: str) -> str:
+    """``vib/<device>/upload/receipt``: where collectors confirm the records of ``device`` they hold durably."""
+    from .wire import check_device_id
+
+    return f"vib/{check_device_id(device)}/upload/receipt"
+
+
+def encode_receipts(ids: list[str], collector: str = "") -> list[bytes]:
+    """Receipt messages (``{"ids": [...], "collector": str}``, at most ``RECEIPT_IDS`` ids each)."""
+    return [json.dumps({"ids": ids[i:i + RECEIPT_IDS], "collector": collector}, separators=(",", ":")).encode()
+            for i in range(0, len(ids), RECEIPT_IDS)]
+
+
+def decode_receipt(payload: bytes) -> list[str]:
+    """The record ids a receipt confirms; UploadError for anything else."""
+    if len(payload) > 1024 * 1024:
+        raise UploadError("upload receipt: too large")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise UploadError(f"upload receipt: not valid UTF-8 JSON ({exc})") from exc
+    ids = obj.get("ids") if isinstance(obj, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) and _ID.fullmatch(i) for i in ids):
+        raise UploadError("upload receipt: 'ids' must be a list of record ids")
+    return ids

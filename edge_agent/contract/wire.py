@@ -36,19 +36,30 @@ starting with ``#`` and empty lines are ignored. ``\\r\\n`` line ends are accept
 MQTT: topic ``vib/<device>/samples``; a payload is either exactly one binary frame or a JSON
 object ``{"seq": int, "t0_us": int, "samples": [[v0, v1, ...], ...], "channels": ...}``
 (``channels`` optional: a channel count or a list of channel names; ``NaN`` or ``null`` for
-a missing value). ``decode_payload`` tells them apart by the first byte.
+a missing value). ``decode_payload`` tells them apart by the first byte. Sensors that publish
+their own JSON are read through a declared :class:`JsonMapping` (field names or a list layout,
+one sample or a batch per message, optional sequence and time fields), see ``PayloadDecoder``.
+
+Size limits, checked before anything is parsed (``PayloadTooLarge``): a binary payload is at most
+``MAX_FRAME_SIZE`` bytes; a JSON payload at most ``json_payload_limit(channels, key_chars)``,
+i.e. ``MAX_SAMPLES`` samples of ``channels`` values of at most ``JSON_VALUE_CHARS`` characters
+each (plus the key, in layouts that repeat it per value), ``JSON_SAMPLE_CHARS`` per sample and
+``JSON_MESSAGE_CHARS`` per message (``WIRE_JSON_LIMIT`` for the wire JSON object: 16 channels).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import math
+import operator
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -75,6 +86,13 @@ INT16_NO_READING = -32768
 MAX_FRAME_SIZE = HEADER_SIZE + MAX_SAMPLES * MAX_CHANNELS * 4 + CRC_SIZE
 #: Headroom used when ``encode_frame`` picks the int16 scale itself: the frame's peak maps here.
 AUTO_SCALE_CODE = 30000
+#: JSON size bound, per value: the longest float repr (24 characters, "-2.2250738585072014e-308"),
+#: its separator and some whitespace.
+JSON_VALUE_CHARS = 32
+#: JSON size bound, per sample: a row's brackets or a sample object's braces, and a per-sample seq or time.
+JSON_SAMPLE_CHARS = 64
+#: JSON size bound, per message: the seq and time fields and whatever else a sensor puts into its messages.
+JSON_MESSAGE_CHARS = 64 * 1024
 
 _ITEMSIZE = {SAMPLE_INT16: 2, SAMPLE_FLOAT32: 4}
 _DTYPE = {SAMPLE_INT16: np.dtype("<i2"), SAMPLE_FLOAT32: np.dtype("<f4")}
@@ -110,12 +128,14 @@ class Frame:
         samples: float32 array of shape (n_samples, n_channels), owned by the frame.
         saturated: number of values in ``samples`` that were saturated int16 codes
             (always 0 for float32, CSV and JSON sources).
+        crc: the binary frame's CRC-32 as it came over the wire, or None (see ``checksum``).
     """
 
     seq: int
     t0_us: int
     samples: np.ndarray
     saturated: int = 0
+    crc: int | None = None
 
     @property
     def n_samples(self) -> int:
@@ -129,6 +149,14 @@ class Frame:
     def next_seq(self) -> int:
         """Sequence number the next contiguous frame will carry."""
         return expected_next(self.seq, self.n_samples)
+
+    @property
+    def checksum(self) -> int:
+        """CRC-32 identifying the frame's content (recognises a redelivered frame): the wire CRC of a binary
+        frame, else ``zlib.crc32`` over the samples' memory, read in place (no copy when C-contiguous)."""
+        if self.crc is not None:
+            return self.crc
+        return zlib.crc32(np.ascontiguousarray(self.samples))
 
 
 def _as_samples(samples: np.ndarray) -> np.ndarray:
@@ -226,18 +254,19 @@ def _payload_to_frame(
     n: int,
     c: int,
     scale: float,
+    crc: int,
 ) -> Frame:
     """Build a Frame from the payload at ``buf[start:]`` (copies; never keeps ``buf``)."""
     raw = np.frombuffer(buf, dtype=_DTYPE[stype], count=n * c, offset=start).reshape(n, c)
     if stype == SAMPLE_FLOAT32:
-        return Frame(seq, t0, raw.astype(np.float32))
+        return Frame(seq, t0, raw.astype(np.float32), 0, crc)
     saturated = int(np.count_nonzero((raw == INT16_FULL_SCALE) | (raw == -INT16_FULL_SCALE)))
     samples = raw.astype(np.float32)
     samples *= np.float32(scale)
     missing = raw == INT16_NO_READING
     if missing.any():
         samples[missing] = np.nan
-    return Frame(seq, t0, samples, saturated)
+    return Frame(seq, t0, samples, saturated, crc)
 
 
 class FrameDecoder:
@@ -297,11 +326,10 @@ class FrameDecoder:
                 break
             mv = memoryview(buf)
             try:
-                crc_ok = (
-                    zlib.crc32(mv[pos + 2 : pos + size - CRC_SIZE]) == CRC.unpack_from(buf, pos + size - CRC_SIZE)[0]
-                )
+                crc = CRC.unpack_from(buf, pos + size - CRC_SIZE)[0]
+                crc_ok = zlib.crc32(mv[pos + 2 : pos + size - CRC_SIZE]) == crc
                 if crc_ok:
-                    out.append(_payload_to_frame(mv, pos + HEADER_SIZE, stype, seq, t0, n, c, scale))
+                    out.append(_payload_to_frame(mv, pos + HEADER_SIZE, stype, seq, t0, n, c, scale, crc))
             finally:
                 mv.release()
             if not crc_ok:
@@ -482,16 +510,42 @@ class CsvLineDecoder:
 
 
 # --------------------------------------------------------------------------- MQTT payloads
+class PayloadTooLarge(FrameError):
+    """A payload longer than the largest valid one: refused before it is parsed."""
+
+
+def json_payload_limit(channels: int, key_chars: int = 0) -> int:
+    """Largest JSON payload, in bytes, that can hold a valid frame of ``channels`` channels.
+
+    ``MAX_SAMPLES`` samples x ``channels`` values x (``JSON_VALUE_CHARS`` + ``key_chars``, the key written
+    before every value in layouts that repeat it) + ``JSON_SAMPLE_CHARS`` per sample + ``JSON_MESSAGE_CHARS``.
+    Parsing JSON costs ~20x its size in memory; this bound is what keeps a sensor's 80 MB message from
+    costing the gateway gigabytes.
+    """
+    return JSON_MESSAGE_CHARS + MAX_SAMPLES * (channels * (JSON_VALUE_CHARS + key_chars) + JSON_SAMPLE_CHARS)
+
+
+#: Largest wire JSON payload (``{"seq", "t0_us", "samples", "channels"}``, up to 16 channels): ~2.4 MB.
+WIRE_JSON_LIMIT = json_payload_limit(MAX_CHANNELS)
+
+
 def decode_payload(payload: bytes | bytearray | memoryview) -> Frame:
     """Decode one MQTT payload: exactly one binary frame, or a JSON object.
 
     Raises:
+        PayloadTooLarge: longer than ``MAX_FRAME_SIZE`` (binary) or ``WIRE_JSON_LIMIT`` (otherwise), checked
+            before anything is copied or parsed.
         FrameError: anything malformed (bad header, CRC, trailing bytes, bad JSON or fields);
             the message says what.
     """
-    data = bytes(payload)
-    if data[:2] == SYNC:
-        return _decode_binary_payload(data)
+    size = len(payload)
+    if bytes(payload[:2]) == SYNC:
+        if size > MAX_FRAME_SIZE:
+            raise PayloadTooLarge(f"binary payload of {size} bytes refused unparsed: a frame is at most {MAX_FRAME_SIZE}")
+        return _decode_binary_payload(payload if isinstance(payload, bytes) else bytes(payload))
+    if size > WIRE_JSON_LIMIT:
+        raise PayloadTooLarge(f"payload of {size} bytes refused unparsed: a JSON frame is at most {WIRE_JSON_LIMIT}")
+    data = payload if isinstance(payload, bytes) else bytes(payload)
     if data.lstrip()[:1] == b"{":
         return _decode_json_payload(data)
     raise FrameError(f"payload is neither a binary frame nor JSON (starts with {data[:8]!r}, {len(data)} bytes)")
@@ -513,30 +567,81 @@ def _decode_binary_payload(data: bytes) -> Frame:
     got = zlib.crc32(memoryview(data)[2 : size - CRC_SIZE])
     if got != want:
         raise FrameError(f"CRC mismatch: computed {got:#010x}, frame says {want:#010x} (seq {seq})")
-    return _payload_to_frame(data, HEADER_SIZE, stype, seq, t0, n, c, scale)
+    return _payload_to_frame(data, HEADER_SIZE, stype, seq, t0, n, c, scale, want)
+
+
+def _loads(data: bytes) -> object:
+    """Parse JSON once (the json module's C parser); FrameError for anything it refuses."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise FrameError(f"payload is not valid JSON: {exc}") from None
+
+
+def _as_float32(values: object, what: str, data: bytes) -> np.ndarray:
+    """JSON numbers (nested lists as ``json.loads`` made them) as a float32 array, converted by one numpy call.
+
+    ``null`` and NaN are a missing reading (NaN); a number beyond float32 range becomes +-inf (an invalid
+    sample, as on the wire). Strings, booleans, objects, integers beyond float range and rows of unequal length
+    are a FrameError naming ``what``. Plain numbers take no Python loop; only a payload holding ``null``,
+    ``true`` or ``false`` somewhere is checked value by value.
+    """
+    try:
+        arr = np.array(values)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise FrameError(f"JSON {what} must be numbers, in rows of the same length ({str(exc)[:80]})") from None
+    kind = arr.dtype.kind
+    if kind == "O" or (kind in "iuf" and (b"true" in data or b"false" in data)):
+        arr = _checked_numbers(values, what)
+    elif kind not in "iuf":
+        got = {"U": "strings", "S": "strings", "b": "booleans"}.get(kind, arr.dtype.name)
+        raise FrameError(f"JSON {what} values must be numbers (or null / NaN for missing), got {got}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return arr.astype(np.float32)
+
+
+def _checked_numbers(values: object, what: str) -> np.ndarray:
+    """The slow path of ``_as_float32``: float64 array, every value checked (null -> NaN)."""
+    try:
+        obj = np.array(values, dtype=object)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise FrameError(f"JSON {what} must be numbers, in rows of the same length ({str(exc)[:80]})") from None
+    flat = obj.ravel()
+    out = np.empty(flat.size, np.float64)
+    for i, v in enumerate(flat):
+        if v is None:
+            out[i] = np.nan
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            try:
+                out[i] = v
+            except OverflowError:
+                raise FrameError(f"JSON {what}: {str(v)[:20]}... is beyond float range") from None
+        else:
+            raise FrameError(f"JSON {what} values must be numbers (or null / NaN for missing), got {v!r:.40}")
+    return out.reshape(obj.shape)
+
+
+def _check_shape(samples: np.ndarray, what: str) -> None:
+    if samples.ndim != 2 or not 1 <= samples.shape[0] <= MAX_SAMPLES or not 1 <= samples.shape[1] <= MAX_CHANNELS:
+        raise FrameError(
+            f"JSON {what} must be 1..{MAX_SAMPLES} samples of the same 1..{MAX_CHANNELS} values, got shape {samples.shape}"
+        )
 
 
 def _decode_json_payload(data: bytes) -> Frame:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise FrameError(f"payload is not valid JSON: {exc}") from None
+    obj = _loads(data)
     if not isinstance(obj, dict):
         raise FrameError("JSON payload must be an object")
     seq, t0 = obj.get("seq"), obj.get("t0_us", 0)
     if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < SEQ_MOD:
-        raise FrameError(f"JSON 'seq' must be an integer in [0, 2**32), got {seq!r}")
+        raise FrameError(f"JSON 'seq' must be an integer in [0, 2**32), got {seq!r:.40}")
     if not isinstance(t0, int) or isinstance(t0, bool) or not 0 <= t0 < 2**64:
-        raise FrameError(f"JSON 't0_us' must be a non-negative integer, got {t0!r}")
+        raise FrameError(f"JSON 't0_us' must be a non-negative integer, got {t0!r:.40}")
     rows = obj.get("samples")
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
+    if not isinstance(rows, list) or not rows or not isinstance(rows[0], list):
         raise FrameError("JSON 'samples' must be a non-empty list of lists (one per sample)")
-    width = len(rows[0])
-    if len(rows) > MAX_SAMPLES or not 1 <= width <= MAX_CHANNELS or any(len(r) != width for r in rows):
-        raise FrameError(f"JSON 'samples' must be 1..{MAX_SAMPLES} rows of the same 1..{MAX_CHANNELS} values")
-    flat = [v for r in rows for v in r]
-    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in flat):
-        raise FrameError("JSON 'samples' values must be numbers (or null / NaN for missing)")
+    samples = _as_float32(rows, "'samples'", data)
+    _check_shape(samples, "'samples'")
     channels = obj.get("channels")
     if channels is not None:
         count = (
@@ -544,11 +649,8 @@ def _decode_json_payload(data: bytes) -> Frame:
             if isinstance(channels, int) and not isinstance(channels, bool)
             else (len(channels) if isinstance(channels, list) else None)
         )
-        if count != width:
-            raise FrameError(f"JSON 'channels' ({channels!r}) does not match {width} values per sample")
-    values = np.array([np.nan if v is None else v for v in flat], dtype=np.float64)
-    with np.errstate(over="ignore"):
-        samples = values.astype(np.float32).reshape(len(rows), width)
+        if count != samples.shape[1]:
+            raise FrameError(f"JSON 'channels' ({channels!r:.40}) does not match {samples.shape[1]} values per sample")
     return Frame(seq, t0, samples)
 
 
@@ -565,6 +667,322 @@ def encode_json_payload(
     if channels is not None:
         obj["channels"] = channels
     return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+# --------------------------------------------------------------------------- a sensor's own JSON
+#: ``JsonMapping.time_unit`` values: a number of seconds, milliseconds, microseconds, nanoseconds, or an ISO 8601 string.
+TIME_UNITS = ("s", "ms", "us", "ns", "iso")
+_US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: ``JsonMapping.encode`` layouts.
+LAYOUTS = ("sample", "columns", "records", "rows")
+
+
+def _path(text: object, key: str) -> tuple[str, ...]:
+    """``"data.acc.x"`` -> ("data", "acc", "x"); ConfigError naming ``key`` if it is not a path."""
+    if not isinstance(text, str) or not text or not all(text.split(".")):
+        raise ConfigError(f"{key}: {text!r} is not a field path (names joined by '.', e.g. \"data.acc.x\")")
+    return tuple(text.split("."))
+
+
+def _lookup(obj: object, parts: tuple[str, ...]) -> object:
+    """Follow a path: object keys, or list indices where a part is digits. KeyError/IndexError/TypeError if absent."""
+    for p in parts:
+        if isinstance(obj, dict):
+            obj = obj[p]
+        elif isinstance(obj, list) and p.isascii() and p.isdigit():
+            obj = obj[int(p)]
+        else:
+            raise KeyError(p)
+    return obj
+
+
+def _put(obj: dict, parts: tuple[str, ...], value: object) -> None:
+    for p in parts[:-1]:
+        obj = obj.setdefault(p, {})
+    obj[parts[-1]] = value
+
+
+@dataclass(frozen=True)
+class JsonMapping:
+    """How a sensor's own JSON payload maps onto a frame: an MQTT source's declared payload mapping.
+
+    The channels are either ``fields`` (one path per channel: ``"x"``, ``"data.acc.x"``; a path's parts are
+    object keys, or list indices where they are digits) or ``values`` (the path of a list of the channels'
+    values, ``channels`` of them when given). The layout is recognised per message::
+
+        {"x": 0.1, "y": 0.2, "z": 9.8}                 fields: one sample (the IBM Watson IoT tutorial's shape)
+        {"x": [..], "y": [..], "z": [..]}              fields: a batch, one array per channel
+        [{"x": .., "y": .., "z": ..}, ...]             fields: a batch, an array of sample objects
+        {"<records>": [{"x": ..}, ...], ...}           fields + ``records``: the same array under a path
+        {"v": [0.1, 0.2, 9.8]} / {"v": [[..], ..]}     values = "v": one sample / a batch of rows
+
+    ``seq_field`` names the first sample's index (a non-negative integer, taken modulo 2**32), ``time_field``
+    its time in ``time_unit`` (s, ms, us, ns: a number; iso: an ISO 8601 string, UTC unless it says
+    otherwise). Both are looked up in the message, and, where the samples are objects and the message has no
+    such field, in the first sample; a list there gives its first element. Without ``seq_field`` the receiver
+    numbers the samples as they arrive (``PayloadDecoder``). Values are multiplied by ``scale``; ``null`` or
+    NaN is a missing reading. At most ``MAX_SAMPLES`` samples per message.
+
+    Raises ConfigError naming the attribute at fault (``"fields: ..."``).
+    """
+
+    fields: tuple[str, ...] = ()
+    values: str | None = None
+    records: str | None = None
+    channels: int | None = None
+    seq_field: str | None = None
+    time_field: str | None = None
+    time_unit: str = "s"
+    scale: float = 1.0
+    _paths: tuple = field(init=False, repr=False, compare=False, default=())
+    _row: object = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        fields = tuple(self.fields)
+        if bool(fields) == (self.values is not None):
+            raise ConfigError('fields: give the channels\' field names (fields = ["x", "y", "z"]) or the path of '
+                              'a list of values (values = "samples"), one of the two')
+        if len(fields) > MAX_CHANNELS:
+            raise ConfigError(f"fields: at most {MAX_CHANNELS} channels, got {len(fields)}")
+        paths = tuple(_path(f, "fields") for f in fields)
+        dup = sorted({f for f in fields if fields.count(f) > 1})
+        if dup:
+            raise ConfigError(f"fields: {dup[0]!r} is given twice")
+        if self.values is not None:
+            _path(self.values, "values")
+        if self.channels is not None and (self.values is None or not 1 <= self.channels <= MAX_CHANNELS):
+            raise ConfigError(f"channels: 1..{MAX_CHANNELS}, and only with values (fields give the channel count)")
+        if self.records is not None:
+            if self.values is not None:
+                raise ConfigError("records: only with fields (it is the path of an array of sample objects)")
+            _path(self.records, "records")
+        for key in ("seq_field", "time_field"):
+            name = getattr(self, key)
+            if name is not None:
+                _path(name, key)
+                if name in fields or name == self.values:
+                    raise ConfigError(f"{key}: {name!r} is also a channel")
+        if self.seq_field is not None and self.seq_field == self.time_field:
+            raise ConfigError("time_field: the same field as seq_field")
+        if self.time_unit not in TIME_UNITS:
+            raise ConfigError(f"time_unit: one of {', '.join(TIME_UNITS)}, got {self.time_unit!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not (
+            math.isfinite(self.scale) and self.scale != 0
+        ):
+            raise ConfigError(f"scale: must be a finite non-zero number, got {self.scale!r}")
+        if all(len(p) == 1 for p in paths):  # flat keys: rows of sample objects in C (operator.itemgetter)
+            row = operator.itemgetter(*(p[0] for p in paths)) if paths else None
+        else:
+            def row(rec: object, paths: tuple = paths) -> tuple:
+                return tuple(_lookup(rec, p) for p in paths)
+        object.__setattr__(self, "fields", fields)
+        object.__setattr__(self, "_paths", paths)
+        object.__setattr__(self, "_row", row)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def n_channels(self) -> int | None:
+        """Channels per sample (None: whatever the values list holds)."""
+        return len(self.fields) or self.channels
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest valid payload in this mapping (``json_payload_limit``; keys count where repeated per value)."""
+        key = max((sum(len(part) + 6 for part in p) for p in self._paths), default=0)
+        return json_payload_limit(self.n_channels or MAX_CHANNELS, key)
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, data: bytes) -> tuple[int | None, int, np.ndarray]:
+        """One payload -> (seq, or None without ``seq_field``; t0_us; samples float32 (n, C), scaled).
+
+        Raises FrameError naming what does not fit the mapping.
+        """
+        obj = _loads(data)
+        first = None  # the first sample object, where samples are objects
+        if self.values is not None:
+            samples = _as_float32(self._get(obj, self.values), repr(self.values), data)
+            if samples.ndim == 1:
+                samples = samples[None, :]
+        else:
+            records = obj if isinstance(obj, list) else None
+            if records is None and self.records is not None:
+                with contextlib.suppress(KeyError, IndexError, TypeError):  # else: fields at the top, as below
+                    records = _lookup(obj, tuple(self.records.split(".")))
+            if records is None:  # one sample, or one array per channel
+                cols = [self._get(obj, f) for f in self.fields]
+                samples = _as_float32(cols, "fields", data)
+                samples = samples[None, :] if samples.ndim == 1 else np.ascontiguousarray(samples.T)
+            else:
+                if not isinstance(records, list) or not records or len(records) > MAX_SAMPLES:
+                    raise FrameError(f"JSON samples must be an array of 1..{MAX_SAMPLES} sample objects")
+                first = records[0]
+                try:
+                    rows = list(map(self._row, records))
+                except (KeyError, IndexError, TypeError) as exc:
+                    raise FrameError(f"JSON sample objects must all hold {list(self.fields)} (missing {exc})") from None
+                samples = _as_float32(rows, "fields", data)
+                if samples.ndim == 1:
+                    samples = samples[:, None]
+        _check_shape(samples, "samples")
+        if self.channels is not None and samples.shape[1] != self.channels:
+            raise FrameError(f"JSON {self.values!r} holds {samples.shape[1]} values per sample, the mapping says {self.channels}")
+        if self.scale != 1.0:
+            samples *= np.float32(self.scale)
+        return self._seq(obj, first), self._t0_us(obj, first), samples
+
+    def _get(self, obj: object, path: str) -> object:
+        try:
+            return _lookup(obj, tuple(path.split(".")))
+        except (KeyError, IndexError, TypeError):
+            raise FrameError(f"JSON field {path!r} is missing") from None
+
+    def _meta(self, obj: object, first: object, path: str) -> object:
+        parts = tuple(path.split("."))
+        for holder in (obj, first):
+            if holder is None:
+                continue
+            try:
+                v = _lookup(holder, parts)
+            except (KeyError, IndexError, TypeError):
+                continue
+            return v[0] if isinstance(v, list) and v else v
+        raise FrameError(f"JSON field {path!r} is missing")
+
+    def _seq(self, obj: object, first: object) -> int | None:
+        if self.seq_field is None:
+            return None
+        v = self._meta(obj, first, self.seq_field)
+        if type(v) is not int or v < 0:
+            raise FrameError(f"JSON {self.seq_field!r} must be a non-negative integer (the sample index), got {v!r:.40}")
+        return v % SEQ_MOD
+
+    def _t0_us(self, obj: object, first: object) -> int:
+        if self.time_field is None:
+            return 0
+        v = self._meta(obj, first, self.time_field)
+        what = f"JSON {self.time_field!r}"
+        if self.time_unit == "iso":
+            if not isinstance(v, str):
+                raise FrameError(f"{what} must be an ISO 8601 time, got {v!r:.40}")
+            try:
+                t = datetime.fromisoformat(v)
+            except ValueError:
+                raise FrameError(f"{what} is not an ISO 8601 time: {v!r:.40}") from None
+            us = (t if t.tzinfo else t.replace(tzinfo=UTC)) - _EPOCH
+            us = us.days * 86_400_000_000 + us.seconds * 1_000_000 + us.microseconds
+        elif isinstance(v, bool) or not isinstance(v, int | float):
+            raise FrameError(f"{what} must be a number of {self.time_unit}, got {v!r:.40}")
+        elif self.time_unit == "ns":
+            us = v // 1000 if isinstance(v, int) else v / 1000
+        else:
+            us = v * _US_PER_UNIT[self.time_unit]
+        if isinstance(us, float):
+            if not math.isfinite(us):
+                raise FrameError(f"{what} is not finite: {v!r:.40}")
+            us = round(us)
+        if not 0 <= us < 2**64:
+            raise FrameError(f"{what} is before 1970 or beyond range: {v!r:.40}")
+        return us
+
+    # ------------------------------------------------------------------ encode (the sensor's side)
+    def encode(
+        self, seq: int, samples: np.ndarray, *, t0_us: int = 0, sample_rate: float | None = None,
+        layout: str = "sample",
+    ) -> list[bytes]:
+        """Payloads carrying ``samples`` (n, C) in this mapping's shape (values divided by ``scale``).
+
+        layout: ``sample`` (one message per sample), ``columns`` (fields: one array per channel), ``records``
+        (fields: an array of sample objects, under ``records`` when set), ``rows`` (values: a list of rows).
+        Sample ``i`` is at ``seq + i`` and ``t0_us + i * 1e6 / sample_rate`` (``t0_us`` without a rate).
+        """
+        arr = _as_samples(np.asarray(samples, dtype=np.float32)).astype(np.float64)
+        n, c = arr.shape
+        allowed = ("sample", "columns", "records") if self.fields else ("sample", "rows")
+        if layout not in allowed:
+            raise ValueError(f"layout {layout!r} does not fit this mapping: one of {', '.join(allowed)}")
+        if self.n_channels is not None and c != self.n_channels:
+            raise ValueError(f"the mapping has {self.n_channels} channels, samples have {c}")
+        if self.scale != 1.0:
+            arr /= self.scale
+        rows = arr.tolist()
+        if np.isnan(arr).any():  # standard JSON: a missing reading is null
+            rows = [[None if v != v else v for v in r] for r in rows]
+        step = 1e6 / sample_rate if sample_rate else 0.0
+
+        def meta(msg: dict, i: int) -> dict:
+            if self.seq_field is not None:
+                _put(msg, _path(self.seq_field, "seq_field"), (seq + i) % SEQ_MOD)
+            if self.time_field is not None:
+                _put(msg, _path(self.time_field, "time_field"), self._time_value(t0_us + round(i * step)))
+            return msg
+
+        def sample(row: list, i: int | None) -> dict:
+            msg: dict = {}
+            if self.values is not None:
+                _put(msg, _path(self.values, "values"), row)
+            else:
+                for p, v in zip(self._paths, row, strict=True):
+                    _put(msg, p, v)
+            return msg if i is None else meta(msg, i)
+
+        if layout == "sample":
+            out: list[object] = [sample(r, i) for i, r in enumerate(rows)]
+        elif layout == "columns":
+            msg: dict = {}
+            for p, col in zip(self._paths, map(list, zip(*rows, strict=True)), strict=True):
+                _put(msg, p, col)
+            out = [meta(msg, 0)]
+        elif layout == "rows":
+            msg = {}
+            _put(msg, _path(self.values, "values"), rows)
+            out = [meta(msg, 0)]
+        elif self.records is None:  # a bare array of sample objects, each with its own seq and time
+            out = [[sample(r, i) for i, r in enumerate(rows)]]
+        else:
+            msg = {}
+            _put(msg, _path(self.records, "records"), [sample(r, None) for r in rows])
+            out = [meta(msg, 0)]
+        return [json.dumps(m, separators=(",", ":")).encode("ascii") for m in out]
+
+    def _time_value(self, us: int) -> object:
+        if self.time_unit == "iso":
+            return (_EPOCH + timedelta(microseconds=us)).isoformat()
+        if self.time_unit == "ns":
+            return us * 1000
+        per = _US_PER_UNIT[self.time_unit]
+        return us if per == 1 else us / per
+
+
+class PayloadDecoder:
+    """One MQTT source's payloads to frames: the wire payloads (``decode_payload``: a binary frame or the wire
+    JSON object), or, with a ``JsonMapping``, the sensor's own JSON.
+
+    ``decode`` refuses a payload longer than ``max_bytes`` before looking at it (``PayloadTooLarge``; default:
+    the largest valid payload, ``MAX_FRAME_SIZE`` / ``WIRE_JSON_LIMIT`` / ``JsonMapping.max_payload_bytes``)
+    and raises FrameError for anything else malformed; nothing else escapes. Without a ``seq_field`` the
+    decoder numbers the samples itself, consecutively (``counted``): windows are count-based, and a lost or
+    refused message cannot be seen as a gap. Not thread-safe: one thread (paho's) decodes.
+    """
+
+    def __init__(self, mapping: JsonMapping | None = None, max_bytes: int | None = None) -> None:
+        self.mapping = mapping
+        default = mapping.max_payload_bytes if mapping is not None else max(MAX_FRAME_SIZE, WIRE_JSON_LIMIT)
+        self.max_bytes = int(max_bytes or default)
+        self.counted = mapping is not None and mapping.seq_field is None
+        self._next_seq = 0
+
+    def decode(self, payload: bytes | bytearray | memoryview) -> Frame:
+        size = len(payload)
+        if size > self.max_bytes:
+            raise PayloadTooLarge(f"payload of {size} bytes refused unparsed: the largest valid one is {self.max_bytes}")
+        if self.mapping is None:
+            return decode_payload(payload)
+        seq, t0_us, samples = self.mapping.decode(payload if isinstance(payload, bytes) else bytes(payload))
+        if seq is None:
+            seq = self._next_seq
+            self._next_seq = (seq + samples.shape[0]) % SEQ_MOD
+        return Frame(seq, t0_us, samples)
 
 
 # --------------------------------------------------------------------------- topics

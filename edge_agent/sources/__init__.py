@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Protocol, Self, runtime_checkable
 
 from edge_agent.contract import wire
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.status import SourceCounters
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class QueueSource:
         self.frames = 0
         self.frames_dropped = 0
         self.reconnects = 0
-        self._last_warning: dict[str, float] = {}
+        self._ratelog = RateLimitedLog(log)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -73,7 +73,9 @@ class QueueSource:
         try:
             self._queue.put_nowait(frame)
             self.frames += 1
-            if self._wake is not None:
+            # Event.set takes a lock and notifies: skip it while the scoring loop has not cleared the event yet
+            # (it clears before polling every sensor, so a frame queued before the clear is still seen)
+            if self._wake is not None and not self._wake.is_set():
                 self._wake.set()
         except queue.Full:
             self.frames_dropped += 1
@@ -94,14 +96,12 @@ class QueueSource:
         return out
 
     def drain(self, most: int) -> list[wire.Frame]:
-        """Up to ``most`` queued frames, without waiting."""
-        out: list[wire.Frame] = []
-        for _ in range(most):
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return out
+        """Up to ``most`` queued frames, without waiting. The scoring loop polls every sensor after every wake, so
+        an empty queue must cost nothing: its length is read without the queue's lock (only this thread takes
+        frames out, so at least that many are there)."""
+        q = self._queue
+        n = min(most, len(q.queue))
+        return [q.get_nowait() for _ in range(n)] if n else []
 
     @property
     def queued(self) -> int:
@@ -109,7 +109,4 @@ class QueueSource:
 
     def _warn(self, key: str, msg: str, *args: object) -> None:
         """Warn at most once every 10 s per key (everything is counted regardless)."""
-        now = time.monotonic()
-        if now - self._last_warning.get(key, -1e9) >= 10.0:
-            self._last_warning[key] = now
-            log.warning(msg, *args)
+        self._ratelog.warning(key, msg, *args)

@@ -1,10 +1,17 @@
-"""MQTT source: frames published on a sensor's samples topic (binary frames or JSON batches).
+"""MQTT source: frames published on a sensor's samples topic (binary frames, wire JSON, or the sensor's own JSON).
 
 The source does not own a connection: it subscribes its topic on the gateway's one
 :class:`edge_agent.mqtt_client.MqttConnection` (paho-mqtt 2.x), which re-subscribes on every reconnect
-and routes each topic's messages to its own source. The message handler is thin: decode with
-``wire.decode_payload`` and ``put_nowait``; a malformed payload is counted in ``bad_payloads`` and
-skipped, a full queue counts ``frames_dropped``.
+and routes each topic's messages to its own source. The message handler is thin: a size check, then
+``wire.PayloadDecoder.decode`` and ``put_nowait``. A payload longer than the largest valid one is refused
+unparsed (``oversized_payloads``), a malformed one is counted in ``bad_payloads``; both are skipped, and a
+full queue counts ``frames_dropped``.
+
+Payloads are either the gateway's wire payloads (``payload = "wire"``: a binary frame or the wire JSON
+object) or a sensor's own JSON read through a declared ``wire.JsonMapping`` (``payload = "json"``). A
+mapping without a sequence field gives count-based windows: the source numbers the samples as they
+arrive, and a lost message cannot be seen as a gap (``gaps_detectable`` is false in the status, and the
+source says so in the log when it starts).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ class MqttSource(QueueSource):
 
     Args:
         connection: the gateway's MQTT connection (started and stopped by its owner).
-        topic: the samples topic (``wire.samples_topic(device)``).
+        topic: the samples topic (``wire.samples_topic(device)``, or any topic a sensor publishes on).
         qos: subscription QoS (1 recommended: QoS 0 drops silently under load).
+        decoder: how payloads become frames (default: the wire payloads, ``wire.PayloadDecoder()``).
         queue_frames: bound of the frame queue.
         wake: set whenever a frame is queued.
     """
@@ -40,6 +48,7 @@ class MqttSource(QueueSource):
         topic: str,
         *,
         qos: int = 1,
+        decoder: wire.PayloadDecoder | None = None,
         queue_frames: int = 1024,
         wake: threading.Event | None = None,
     ) -> None:
@@ -47,12 +56,17 @@ class MqttSource(QueueSource):
         self.topic = topic
         self.qos = qos
         self.connection = connection
+        self.decoder = decoder or wire.PayloadDecoder()
         self.bad_payloads = 0
+        self.oversized_payloads = 0
         self.messages = 0
         self._subscribed = False
 
     def start(self) -> None:
         if not self._subscribed:
+            if self.decoder.counted:
+                log.warning("mqtt %s: the payload mapping has no sequence field: samples are numbered as they arrive "
+                            "(count-based windows), so a lost message cannot be detected as a gap", self.topic)
             self.connection.subscribe(self.topic, self.qos, self._on_message)
             self._subscribed = True
 
@@ -63,15 +77,20 @@ class MqttSource(QueueSource):
     def counters(self) -> SourceCounters:
         return SourceCounters(
             bytes=self.bytes, messages=self.messages, frames=self.frames, frames_dropped=self.frames_dropped,
-            bad_payloads=self.bad_payloads, reconnects=max(0, self.connection.connects - 1),
+            bad_payloads=self.bad_payloads, oversized_payloads=self.oversized_payloads,
+            reconnects=max(0, self.connection.connects - 1), gaps_detectable=not self.decoder.counted,
         )
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
-        """Runs on paho's network thread: decode, queue, count; nothing slow, never raises."""
+        """Runs on paho's network thread: size check, decode, queue, count; nothing slow, never raises."""
         self.messages += 1
         self.bytes += len(msg.payload)
         try:
-            frame = wire.decode_payload(msg.payload)
+            frame = self.decoder.decode(msg.payload)
+        except wire.PayloadTooLarge as exc:
+            self.oversized_payloads += 1
+            self._warn("oversized", "mqtt %s: %s; %d so far", msg.topic, exc, self.oversized_payloads)
+            return
         except FrameError as exc:
             self.bad_payloads += 1
             self._warn("payload", "mqtt %s: malformed payload skipped (%s); %d so far", msg.topic, exc, self.bad_payloads)

@@ -104,6 +104,9 @@ def test_three_sensors_one_port_vanishes_one_bundle_swaps_the_third_keeps_alerti
     assert saved["state"] == "stopped" and set(saved["sensors"]) == {"pump-1", "pump-2", "fan-9"}
     table = CliRunner().invoke(main, ["status", "--file", str(tmp_path / "status.json")])
     assert table.exit_code == 0 and all(d in table.output for d in ("pump-1", "pump-2", "fan-9"))
+    header, *rows = table.output.strip().splitlines()[-4:]
+    assert header.split()[:4] == ["device", "state", "health", "alert_state"]
+    assert {r.split()[0]: r.split()[2] for r in rows} == {d: s["health"]["state"] for d, s in saved["sensors"].items()}
     one = CliRunner().invoke(main, ["status", "--file", str(tmp_path / "status.json"), "--sensor", "fan-9"])
     assert one.exit_code == 0 and "fan-v2" in one.output
 

@@ -17,7 +17,8 @@ def test_alert_is_raised_when_gaps_leave_fewer_than_k_windows_between_them(agent
     bundle = Bundle.load(agent_bundle)
     spec = bundle.spec
     policy = AlertPolicy(k=3, n=5)
-    pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=policy)
+    # every gap restarts window assembly (no bridging): the debounce must still carry across the gaps
+    pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=policy, bridge_fraction=0.0)
     events = []
     # After the fault onset, stretches of one window each (fewer than k) separated by 100 lost samples.
     failing = degrading_samples[int(RATE * (ONSET_S + 3)) :]

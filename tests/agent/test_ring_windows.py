@@ -175,3 +175,70 @@ def test_window_stats_are_per_channel():
     Windower(FEAT).push(wire.Frame(0, 0, x), lambda win: seen.append(dict(win.stats)))
     assert len(seen) == 1
     assert seen[0]["rms"][0] == pytest.approx(2.0) and seen[0]["peak"] == [2.0, 3.0]
+
+
+# --------------------------------------------------------------------------- bridging short gaps
+ORDER_FREE = preprocess.PreprocessSpec(mode="features", channels=("x", "y"), window=6, hop=2, block=32,
+                                       features=("rms", "peak", "kurtosis", "crest"))
+
+
+def _bridged(windower: Windower, frames: list[wire.Frame]) -> tuple[np.ndarray, list[int]]:
+    got, bridged = [], []
+
+    def emit(w):
+        got.append(w.steps.copy())
+        bridged.append(w.bridged)
+
+    for f in frames:
+        windower.push(f, emit)
+    return np.stack(got), bridged
+
+
+def test_bridged_windows_are_the_windows_of_the_valid_samples_and_say_how_many_were_missing():
+    x = _signal(32 * 60)
+    lost = np.zeros(len(x), bool)
+    lost[[100, 101, 700, 1300]] = True  # NaN rows: a run of two, then single ones
+    frames = []
+    for a in range(0, len(x), 50):
+        chunk = x[a:a + 50].copy()
+        chunk[lost[a:a + 50]] = np.nan
+        frames.append(wire.Frame(a, 0, chunk))
+    del frames[30]  # and one lost frame (rows 1500..1549)
+    lost[1500:1550] = True
+    w = Windower(ORDER_FREE, bridge=60)
+    got, bridged = _bridged(w, frames)
+    expected = preprocess.windows(preprocess.steps(x[~lost], ORDER_FREE), ORDER_FREE.window, ORDER_FREE.hop)
+    np.testing.assert_array_equal(got, expected)  # exactly what the valid samples make, nothing invented
+    assert w.counters.samples_bridged == 54 and w.counters.windows_bridged == sum(b > 0 for b in bridged) > 0
+    assert max(bridged) == 50 and w.counters.windows_withheld == 0
+
+
+def test_a_gap_beyond_the_budget_restarts_and_a_window_over_budget_is_withheld():
+    x = _signal(32 * 40)
+    frames = [wire.Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)]
+    del frames[12]  # 32 samples: more than a budget of 20 -> restart, as without bridging
+    w = Windower(ORDER_FREE, bridge=20)
+    _, ends = _collect(w, frames)
+    assert w.counters.samples_bridged == 0 and all(e <= 12 * 32 or e >= 13 * 32 + 6 * 32 for e in ends)
+    y = x.copy()
+    y[[40, 50, 60, 70]] = np.nan  # 4 NaN rows in one stretch, each bridged, together over a budget of 3
+    w = Windower(ORDER_FREE, bridge=3)
+    _collect(w, [wire.Frame(a, 0, y[a:a + 32].copy()) for a in range(0, len(y), 32)])
+    assert w.counters.windows_withheld > 0 and w.counters.samples_bridged == 4
+
+
+@pytest.mark.parametrize("spec", [RAW, FEAT], ids=["raw", "fft-bands"])
+def test_windows_whose_features_depend_on_order_are_never_bridged(spec):
+    x = _signal(32 * 40)
+    x[100] = np.nan
+    w = Windower(spec, bridge=100)
+    _collect(w, [wire.Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)])
+    assert w.bridge == 0 and w.counters.samples_bridged == 0
+
+
+def test_over_range_samples_are_never_bridged():
+    x = _signal(32 * 40)
+    x[100] = 50.0
+    w = Windower(ORDER_FREE, value_range=10.0, bridge=100)
+    _collect(w, [wire.Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)])
+    assert w.counters.samples_over_range == 1 and w.counters.samples_bridged == 0

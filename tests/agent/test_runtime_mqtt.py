@@ -79,6 +79,8 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
     assert wait_for(lambda: seen["status"][-1] == b"offline", 10)  # clean stop leaves "offline" retained
     assert seen["availability"][-1] == b"offline"
     uploads = [decode_record(p) for p in seen["upload"]]
-    assert uploads and all(r.state == "normal" for r in uploads)
+    normal = [r for r in uploads if r.kind == "normal"]
+    assert normal and all(r.state == "normal" for r in normal), "reservoir samples come from healthy operation"
+    assert any(r.kind == "alert" and r.alert_ref for r in uploads), "the windows around the alert were uploaded"
     assert uploads[0].samples.shape == (8 * 1024, 4)
     watcher.stop()

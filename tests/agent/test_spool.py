@@ -1,9 +1,8 @@
-"""Spool: FIFO order, persistence across restarts, bounded size with oldest-first eviction, corrupt files."""
+"""Spool: FIFO order, persistence across restarts, bounded size with oldest-first eviction (hostile files and
+locks: test_spool_hostile.py)."""
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -67,28 +66,6 @@ def test_bad_records_are_refused_and_lose_nothing(tmp_path: Path) -> None:
         with pytest.raises(UploadError, match="topic"):
             spool.put("", b"x")
         assert [r.payload for r in spool.peek(10)] == [b"keep"] and spool.evicted == 0
-
-
-@pytest.mark.parametrize("kind", ["garbage", "wrong-schema"])
-def test_corrupt_file_is_moved_aside_and_a_fresh_spool_started(
-    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "spool.db"
-    if kind == "garbage":
-        path.write_bytes(b"this is not a database" * 200)
-    else:
-        db = sqlite3.connect(path)
-        db.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, something TEXT)")
-        db.commit()
-        db.close()
-    with caplog.at_level(logging.ERROR, logger="edge_agent.spool"), Spool(path, 1000, 10) as spool:
-        assert spool.recovered_from is not None and spool.recovered_from.exists()
-        assert len(spool) == 0
-        spool.put("t", b"fresh")
-        assert [r.payload for r in spool.peek(1)] == [b"fresh"]
-    assert any("not a usable database" in r.getMessage() for r in caplog.records)
-    with Spool(path, 1000, 10) as spool:
-        assert spool.recovered_from is None and len(spool) == 1
 
 
 def test_concurrent_puts_from_several_threads(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Central retraining from gateway uploads: records published to the broker are collected by
-`trainer collect` and a new bundle is trained from them with `--format uploads`."""
+`trainer collect` into the Parquet dataset and a new bundle is trained from it with `--data DATASET`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from edge_agent.contract.bundle import Bundle
-from edge_agent.contract.recordings import load
 from edge_agent.contract.upload_record import encode_record
 from firmware_sim import signals
 from tests.broker import Broker
+from trainer.dataset import DataFilter
+from trainer.dataset import load as load_dataset
 
 BIN = Path(sys.executable).parent
 RATE = 25_600
@@ -51,7 +52,7 @@ def test_uploads_are_collected_and_retrained_on(mosquitto: Broker, tmp_path: Pat
         seen = []
         for line in collector.stdout:  # the collector logs once the broker has granted its subscription
             seen.append(line)
-            if "subscribed to vib/+/upload" in line:
+            if "subscribed to $share/collectors/vib/+/upload" in line:
                 break
         else:
             raise AssertionError("the collector never subscribed: " + "".join(seen))
@@ -68,7 +69,7 @@ def test_uploads_are_collected_and_retrained_on(mosquitto: Broker, tmp_path: Pat
     assert collector.returncode == 0, output
     assert f"written {N_RECORDS}" in output, output
 
-    recording = load(collected, format="uploads")
+    recording = load_dataset(collected, DataFilter())
     assert recording.sample_rate == RATE and recording.channels == ("horizontal", "vertical")
     assert len(recording.segments) == N_RECORDS
     for segment, (_, samples) in zip(recording.segments, records, strict=True):
@@ -76,12 +77,12 @@ def test_uploads_are_collected_and_retrained_on(mosquitto: Broker, tmp_path: Pat
 
     bundle_dir = tmp_path / "retrained"
     train = subprocess.run(
-        [BIN / "trainer", "train", "--data", collected, "--format", "uploads", "--mode", "features", "--block", "2560",
+        [BIN / "trainer", "train", "--data", collected, "--mode", "features", "--block", "2560",
          "--features", "rms,kurtosis", "--window", "10", "--epochs", "3", "--model", "conv1d", "--out", bundle_dir],
         capture_output=True, text=True, timeout=300,
     )
     assert train.returncode == 0, train.stdout + train.stderr
     bundle = Bundle.load(bundle_dir)
-    assert bundle.manifest["data"]["format"] == "uploads"
+    assert bundle.manifest["data"]["format"] == "dataset"
     assert bundle.manifest["data"]["segments"] == N_RECORDS - 1, "the window uploaded during an alert is not trained on"
     assert bundle.spec.channels == ("horizontal", "vertical") and bundle.spec.block == 2560

@@ -120,15 +120,17 @@ def test_decoder_waits_for_split_frames():
 def test_fuzz_feed_never_raises_on_arbitrary_bytes(data, cuts):
     dec = wire.FrameDecoder()
     pos = 0
+    frames = []
     for k in cuts:
-        dec.feed(data[pos : pos + k])
+        frames += dec.feed(data[pos : pos + k])
         pos += k
-    dec.feed(data[pos:])
-    assert dec.frames >= 0 and len(dec._buf) < wire.MAX_FRAME_SIZE
+    frames += dec.feed(data[pos:])
+    assert dec.frames == len(frames) and len(dec._buf) < wire.MAX_FRAME_SIZE
+    assert dec.bytes_discarded + len(dec._buf) + sum(wire.HEADER_SIZE for _ in frames) <= len(data)
     csv = wire.CsvLineDecoder()
-    csv.feed(data)
-    csv.feed(b"\n")
-    assert csv.lines + csv.bad_lines >= 0
+    rows = csv.feed(data) + csv.feed(b"\n")
+    assert csv.lines == sum(f.n_samples for f in rows)
+    assert csv.bad_lines <= data.count(b"\n") + 2 and csv.bytes_discarded <= len(data) + 1
 
 
 @st.composite

@@ -1,21 +1,17 @@
-"""Upload records: codec, the ``uploads`` loader, and the collector against a real mosquitto."""
+"""Upload records: the codec and the ``uploads`` loader (the collector: tests/trainer/test_collect.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.contract.errors import AgentError, UploadError
 from edge_agent.contract.recordings import DataFormatError, load
 from edge_agent.contract.upload_record import decode_record, encode_record
-from tests.broker import Broker
-from trainer.collect import collect
 
 
 def make(
@@ -45,7 +41,8 @@ def mutate(payload: bytes, **changes: object) -> bytes:
 def test_round_trip() -> None:
     payload, samples = make()
     obj = json.loads(payload)
-    assert (obj["schema"], obj["shape"], obj["dtype"], obj["units"]) == (1, [16, 3], "float32", "g")
+    assert (obj["schema"], obj["shape"], obj["dtype"], obj["units"], obj["kind"]) == (2, [16, 3], "float32", "g", "normal")
+    assert len(obj["id"]) == 32 and obj["gateway"] is None
     assert base64.b64decode(obj["data_b64"]) == samples.astype("<f4").tobytes()
     rec = decode_record(payload)
     np.testing.assert_array_equal(rec.samples, samples)
@@ -64,7 +61,12 @@ def test_round_trip() -> None:
     ({"shape": [17, 3]}, "bytes, shape [17, 3]"),
     ({"shape": [16, 2]}, "does not fit 3 channels"),
     ({"state": "broken"}, "state 'broken'"),
-    ({"schema": 2}, "schema 2"),
+    ({"schema": 3}, "schema 3"),
+    ({"schema": True}, "schema True"),
+    ({"kind": "spare"}, "kind 'spare'"),
+    ({"id": "a b"}, "id 'a b'"),
+    ({"id": KeyError}, "missing keys ['id']"),
+    ({"gateway": ""}, "'gateway' is empty"),
     ({"dtype": "float64"}, "dtype 'float64'"),
     ({"seq_end": "10"}, "'seq_end' has type str"),
     ({"time_end": "yesterday"}, "not ISO-8601"),
@@ -77,6 +79,34 @@ def test_decode_rejects(bad: object, msg: str) -> None:
         decode_record(data)
     assert msg in str(info.value)
     assert isinstance(info.value, AgentError)
+
+
+def test_schema_1_records_still_decode() -> None:
+    payload, samples = make()
+    obj = json.loads(payload)
+    for key in ("id", "kind", "gateway", "alert_ref"):
+        del obj[key]
+    obj["schema"] = 1
+    old = json.dumps(obj).encode()
+    rec = decode_record(old)
+    np.testing.assert_array_equal(rec.samples, samples)
+    assert rec.schema == 1 and rec.kind == "normal" and rec.id.startswith("s1-")
+    assert decode_record(old).id == rec.id, "a schema-1 record collected twice keeps one id"
+    obj["score"] = None
+    with pytest.raises(UploadError, match="'score' has type NoneType"):
+        decode_record(json.dumps(obj))
+    assert decode_record(rec.encode()).id == rec.id, "re-encoded as schema 2 with the same id"
+
+
+def test_optional_scores_and_kinds() -> None:
+    payload, _ = make(state="critical", score=0.9)
+    rec = decode_record(payload)
+    assert rec.kind == "alert" and not rec.healthy
+    calib = decode_record(mutate(payload, kind="calibration", state="normal", threshold=None, score=0.2))
+    assert calib.threshold is None and calib.healthy, "calibration windows are healthy data"
+    assert not decode_record(mutate(payload, kind="alert", state="normal", score=0.1)).healthy
+    with pytest.raises(UploadError, match="bytes is more than"):
+        decode_record(b" " * (32 * 1024 * 1024 + 1))
 
 
 def test_nan_rejected_both_ways() -> None:
@@ -129,12 +159,16 @@ def test_a_record_collected_twice_is_loaded_once(tmp_path: Path) -> None:
         np.testing.assert_array_equal(seg.data, samples)
 
 
-def test_any_agent_device_id_becomes_a_safe_file_name() -> None:
-    from trainer.collect import device_file_name
+def test_any_agent_device_id_becomes_a_safe_partition_folder(tmp_path: Path) -> None:
+    from trainer.dataset import partition_dir
 
-    assert device_file_name("gw-01") == "gw-01.jsonl"
-    assert device_file_name("pump 7 (hall B)") == "pump%207%20%28hall%20B%29.jsonl"
-    assert device_file_name("..") == "%2E..jsonl" and "/" not in device_file_name("a\\b")
+    def name(device: str) -> str:
+        return partition_dir(tmp_path, device, "2026-11-22").relative_to(tmp_path).as_posix()
+
+    assert name("gw-01") == "device=gw-01/date=2026-11-22"
+    assert name("pump 7 (hall B)") == "device=pump%207%20%28hall%20B%29/date=2026-11-22"
+    assert name("..") == "device=../date=2026-11-22" and name("a\\b") == "device=a%5Cb/date=2026-11-22"
+    assert partition_dir(tmp_path, "..", "d").resolve().parent.parent == tmp_path.resolve()
 
 
 def test_uploads_loader_errors(tmp_path: Path) -> None:
@@ -146,62 +180,3 @@ def test_uploads_loader_errors(tmp_path: Path) -> None:
     bad = Path(__file__).resolve().parents[1] / "fixtures/data/malformed/uploads_bad_base64.jsonl"
     kept = load(bad, skip_invalid=True)
     assert len(kept.segments) == 2
-
-
-def test_collector_with_real_mosquitto(mosquitto: Broker, tmp_path: Path) -> None:
-    host, port = mosquitto.address
-    out = tmp_path / "collected"
-    stop, subscribed = threading.Event(), threading.Event()
-    result: dict[str, object] = {}
-
-    def run() -> None:
-        result["stats"] = collect(host, port, out, stop_event=stop, subscribed=subscribed, max_records=3)
-
-    worker = threading.Thread(target=run, name="collector", daemon=True)
-    worker.start()
-    try:
-        assert subscribed.wait(10), "collector did not subscribe"
-        sent = [make(1, device="gw-01"), make(2, device="gw-02"), make(3, device="gw-01")]
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-publisher")
-        pub.connect(host, port)
-        pub.loop_start()
-        try:
-            infos = [pub.publish("vib/gw-01/upload", b"garbage", qos=1),
-                     pub.publish("vib/gw-01/upload", mutate(sent[0][0], state="bogus"), qos=1)]
-            infos += [pub.publish(f"vib/{json.loads(p)['device']}/upload", p, qos=1) for p, _ in sent]
-            for info in infos:
-                info.wait_for_publish(timeout=10)
-                assert info.is_published()
-        finally:
-            pub.disconnect()
-            pub.loop_stop()
-        worker.join(timeout=15)
-        assert not worker.is_alive(), "collector did not finish"
-    finally:
-        stop.set()
-        worker.join(timeout=5)
-    stats = result["stats"]
-    assert (stats.received, stats.written, stats.invalid, stats.dropped) == (5, 3, 2, 0)
-    assert stats.per_device == {"gw-01": 2, "gw-02": 1}
-    assert sorted(p.name for p in out.iterdir()) == ["gw-01.jsonl", "gw-02.jsonl"]
-    assert len((out / "gw-01.jsonl").read_text().splitlines()) == 2
-    rec = load(out)
-    assert rec.format == "uploads" and len(rec.segments) == 3
-    for seg, (_, samples) in zip(rec.segments, sent, strict=True):
-        np.testing.assert_array_equal(seg.data, samples)
-
-
-def test_collector_stops_on_event(mosquitto: Broker, tmp_path: Path) -> None:
-    host, port = mosquitto.address
-    stop, subscribed = threading.Event(), threading.Event()
-    result: dict[str, object] = {}
-    def run() -> None:
-        result["stats"] = collect(host, port, tmp_path, stop_event=stop, subscribed=subscribed)
-
-    worker = threading.Thread(target=run, name="collector", daemon=True)
-    worker.start()
-    assert subscribed.wait(10)
-    stop.set()
-    worker.join(timeout=10)
-    assert not worker.is_alive()
-    assert result["stats"].received == 0

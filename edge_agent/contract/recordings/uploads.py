@@ -100,9 +100,9 @@ def load_uploads(
     located, invalid = read_records(path, skip_invalid=skip_invalid)
     if not located:
         raise DataFormatError(path, message=f"no valid upload records ({invalid} invalid)")
-    unique: dict[tuple[str, str, int], _Located] = {}
-    for x in located:  # QoS 1 is at-least-once: a record can be collected twice
-        unique.setdefault((x.record.device, x.record.model_version, x.record.seq_end), x)
+    unique: dict[str, _Located] = {}
+    for x in located:  # QoS 1 is at-least-once: a record can be collected twice (same id)
+        unique.setdefault(x.record.id, x)
     duplicates = len(located) - len(unique)
     kept = [x for x in unique.values() if device is None or x.record.device == device]
     n_dev = len(kept)

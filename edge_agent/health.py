@@ -1,0 +1,230 @@
+"""Whether a sensor is monitored at all: the failures no anomaly score can show.
+
+A sensor goes unmonitored in ways that raise no alert: nothing arrives (a port gone, a dead sensor, a broker
+away), data arrives but no window can be scored (NaN now and then, dropped frames, the wrong channel count:
+a window needs ``window_samples`` valid contiguous samples), or there is no model to score with. The
+:class:`HealthMonitor` of each sensor watches for these on the scoring thread and returns a
+:class:`HealthEvent` when the sensor's health changes; the sensor sends it through its alert sinks::
+
+    ok ──(no frame for no_data limit)──────────────────────────────► no_data      "fault"
+    ok ──(data, >= a window of it, none scored for no_window_s)────► no_windows   "fault"
+    ok ──(no model to serve)───────────────────────────────────────► no_model     "fault"
+    any fault ──(a window scored again)────────────────────────────► ok           "recovered"
+
+A fault that turns into another (data comes back, still nothing scores) is a new "fault" event. A burst
+sensor (snapshots with silences between them) must not look dead between bursts: once the pipeline knows
+it as one, the no-data limit is ``max(no_data_s, BURST_MARGIN x the longest recent silence)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from edge_agent.status import HealthState
+
+Condition = Literal["ok", "no_data", "no_windows", "no_model"]
+
+#: A burst sensor may stay silent this many times its longest recent silence before it counts as dead.
+BURST_MARGIN = 2.0
+#: Silences longer than this (seconds) are remembered as gaps between bursts.
+MIN_SILENCE_S = 1.0
+#: How often (seconds) the conditions are evaluated when nothing was scored.
+EVERY_S = 0.25
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    """A change of a sensor's health, sent through the alert sinks (``kind`` is always ``"health"``).
+
+    ``state`` is ``"fault"`` or ``"recovered"``; ``condition`` the health after the event (``ok`` when
+    recovered); ``since`` unix seconds since when the sensor was not monitored; ``time`` of the event.
+    """
+
+    state: Literal["fault", "recovered"]
+    condition: Condition
+    device: str
+    reason: str
+    since: float | None
+    time: float
+    model_version: str | None = None
+    kind: Literal["health"] = "health"
+
+    @property
+    def severity(self) -> str:
+        return self.state
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "state": self.state, "condition": self.condition, "device": self.device,
+                "reason": self.reason, "since": self.since,
+                "time": round(self.time, 3), "model_version": self.model_version}
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A maintenance notice about a monitored sensor, sent through the alert sinks (``kind`` is ``"notice"``):
+    nothing is wrong with the machine or the link, but someone should act — e.g. "retraining due" when the
+    scores drift from the model's training distribution. ``state`` is ``"raised"`` or ``"cleared"``."""
+
+    state: Literal["raised", "cleared"]
+    notice: str
+    device: str
+    reason: str
+    time: float
+    model_version: str | None = None
+    kind: Literal["notice"] = "notice"
+
+    @property
+    def severity(self) -> str:
+        return self.state
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "state": self.state, "notice": self.notice, "device": self.device,
+                "reason": self.reason, "time": round(self.time, 3), "model_version": self.model_version}
+
+
+@dataclass(frozen=True)
+class Input:
+    """What the monitor needs to explain a fault: the windower's counters (plain ints)."""
+
+    samples_in: int = 0
+    samples_invalid: int = 0
+    samples_over_range: int = 0
+    gaps: int = 0
+    samples_missing: int = 0
+    frames_rejected: int = 0
+
+
+class HealthMonitor:
+    """The health of one sensor (scoring thread only).
+
+    Args:
+        device: the sensor's id (goes into the events).
+        no_data_s: seconds without a frame after which the sensor is ``no_data``.
+        no_window_s: seconds without a scored window, while data arrives, after which it is ``no_windows``
+            (only once at least ``window_samples`` samples arrived since the last window).
+        clock, wall: monotonic and wall-clock time sources.
+    """
+
+    def __init__(self, device: str, no_data_s: float, no_window_s: float, *,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.device = device
+        self.no_data_s = float(no_data_s)
+        self.no_window_s = float(no_window_s)
+        self._clock, self._wall = clock, wall
+        self.state = HealthState()
+        now = clock()
+        self._started, self._started_wall = now, wall()
+        self._last_data: float | None = None
+        self._last_data_wall: float | None = None
+        self._judged: int | None = None  # windows scored + over-range spans, at the last look
+        self._last_window: float | None = None
+        self._last_window_wall: float | None = None
+        self._unscored_since: float | None = None  # first frame after the last scored window
+        self._unscored_since_wall: float | None = None
+        self._base = Input()  # the counters when the last window was scored
+        self._silences: deque[float] = deque(maxlen=8)
+        self._next = 0.0
+
+    def no_data_limit(self, burst: bool) -> float:
+        """Seconds of silence that make the sensor ``no_data`` (longer for a burst sensor)."""
+        if burst and self._silences:
+            return max(self.no_data_s, BURST_MARGIN * max(self._silences))
+        return self.no_data_s
+
+    def update(self, *, data: bool, judged: int | None, counts: Callable[[], Input], burst: bool = False,
+               window_samples: int = 1, model_version: str | None = None, no_model: str = "",
+               hint: Callable[[], str] | None = None) -> HealthEvent | None:
+        """Account for one look at the sensor; return an event when its health changed.
+
+        Args:
+            data: frames arrived since the last look.
+            judged: windows scored plus over-range spans judged so far (None: no model).
+            counts: the windower's counters now (called only when needed).
+            burst: the pipeline takes the sensor for a burst sensor.
+            window_samples: samples one window needs.
+            no_model: why there is no model (with ``judged`` None).
+            hint: a short note on the source's state for a ``no_data`` reason.
+        """
+        now = self._clock()
+        if data:
+            if self._last_data is not None and now - self._last_data > MIN_SILENCE_S:
+                self._silences.append(now - self._last_data)
+            self._last_data, self._last_data_wall = now, self._wall()
+            if self._unscored_since is None:
+                self._unscored_since, self._unscored_since_wall = now, self._last_data_wall
+        if judged is not None and judged != self._judged:
+            fresh = self._judged is None  # the first look, or a model just put in service
+            self._judged = judged
+            self._base = counts()
+            if fresh and judged == 0:  # nothing scored yet: unscored time counts from now on
+                self._unscored_since = self._unscored_since_wall = None
+                if data:
+                    self._unscored_since, self._unscored_since_wall = now, self._last_data_wall
+            else:
+                self._last_window, self._last_window_wall = now, self._wall()
+                self._unscored_since = self._unscored_since_wall = None
+                return self._set("ok", "", None, model_version)
+        if now < self._next:
+            return None
+        self._next = now + EVERY_S
+        if judged is None:
+            return self._set("no_model", f"no model to score with: {no_model}" if no_model else "no model to score with",
+                             self._started_wall, model_version)
+        silent_for = now - (self._last_data if self._last_data is not None else self._started)
+        if silent_for >= self.no_data_limit(burst):
+            since = self._last_data_wall if self._last_data_wall is not None else self._started_wall
+            note = hint() if hint is not None else ""
+            return self._set("no_data", f"no data for {silent_for:.0f} s" + (f" ({note})" if note else ""), since,
+                             model_version)
+        if self._unscored_since is not None and now - self._unscored_since >= self.no_window_s:
+            c = counts()
+            if c.samples_in - self._base.samples_in >= window_samples:
+                since = self._last_window_wall if self._last_window_wall is not None else self._unscored_since_wall
+                return self._set("no_windows", self._why_no_windows(now, c, window_samples), since, model_version)
+        return None
+
+    def _why_no_windows(self, now: float, c: Input, window_samples: int) -> str:
+        b = self._base
+        n = c.samples_in - b.samples_in
+        invalid, over = c.samples_invalid - b.samples_invalid, c.samples_over_range - b.samples_over_range
+        gaps, missing = c.gaps - b.gaps, c.samples_missing - b.samples_missing
+        rejected = c.frames_rejected - b.frames_rejected
+        since = self._last_window if self._last_window is not None else self._unscored_since
+        parts = []
+        if invalid:
+            kinds = " or ".join(k for k, v in (("NaN", invalid - over), ("over range", over)) if v)
+            parts.append(f"{_percent(invalid / max(n, 1))} of input invalid ({kinds})")
+        if gaps:
+            parts.append(f"{gaps} gaps ({missing} samples lost)")
+        if rejected:
+            parts.append(f"{rejected} frames with the wrong channel count")
+        why = ", ".join(parts) if parts else f"{n} samples arrived"
+        return f"no windows scored for {now - since:.0f} s: {why}; a window needs {window_samples} valid contiguous samples"
+
+    def _set(self, condition: Condition, reason: str, since: float | None, model_version: str | None
+             ) -> HealthEvent | None:
+        s = self.state
+        changed = condition != s.state
+        s.reason = reason
+        if not changed:
+            return None
+        was_fault = s.state != "ok"
+        s.state, s.since = condition, None if since is None else round(since, 3)
+        if condition == "ok" and not was_fault:
+            return None
+        if not was_fault:
+            s.events += 1  # times the sensor stopped being monitored
+        if condition == "ok":
+            return HealthEvent("recovered", "ok", self.device, "windows are scored again", None, self._wall(),
+                               model_version)
+        return HealthEvent("fault", condition, self.device, reason, s.since, self._wall(), model_version)
+
+
+def _percent(x: float) -> str:
+    """0.93 -> '93 %', 4e-4 -> '0.04 %' (two significant digits below 1 %)."""
+    pct = 100.0 * x
+    return f"{pct:.0f} %" if pct >= 1 else f"{pct:.2g} %"

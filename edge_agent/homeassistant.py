@@ -1,0 +1,217 @@
+"""Home Assistant MQTT discovery: every sensor appears in Home Assistant as a device with its entities.
+
+Nothing new is published for the entities' states: they all read the retained JSON the agent already
+publishes on ``vib/<device>/status`` (``value_template`` / ``json_attributes_template``), so Home
+Assistant shows exactly what ``edge-agent status`` shows. Topics (``<prefix>`` = ``discovery_prefix``,
+``<node>`` = the gateway id, ``<object>`` = ``<device>_<entity>``; ids with characters outside
+``[A-Za-z0-9_-]`` are mapped to ``_`` plus a short hash, so distinct ids stay distinct)::
+
+    <prefix>/sensor/<node>/<device>_anomaly_score/config     score of the last window (measurement)
+    <prefix>/binary_sensor/<node>/<device>_alert/config      problem: on while an alert is active
+    <prefix>/sensor/<node>/<device>_alert_state/config       enum: calibrating, normal, warning, critical
+    <prefix>/binary_sensor/<node>/<device>_health/config     problem: on while the sensor is not monitored
+    <prefix>/sensor/<node>/<device>_model_version/config     diagnostic (model id, quantization: attributes)
+    <prefix>/sensor/<node>/<device>_threshold/config         diagnostic
+    <prefix>/sensor/<node>/<device>_windows_scored/config    diagnostic, total_increasing
+    <prefix>/sensor/<node>/<device>_inference_p99/config     diagnostic, duration in ms
+    <prefix>/binary_sensor/<node>/gateway_online/config      connectivity of the gateway itself
+
+Availability: every sensor entity lists two topics with ``availability_mode: all``: the gateway's
+``vib/gateway/<gw>/availability`` (retained ``online``, and ``offline`` as the connection's last will or
+after a clean stop) and the sensor's own status topic (retained JSON while the agent runs, ``offline``
+after a clean stop). Score and alert entities also expire after three status periods without an update
+(a scoring loop that stopped while the connection stayed up).
+
+Lifecycle: the configs are retained and published again on every (re)connect. A sensor removed from the
+config is removed from Home Assistant: on connect the agent reads back the retained configs under its own
+``<node>`` that came from this program (origin ``vibration-edge``) and clears the ones it no longer
+publishes with an empty retained message. Turning discovery off publishes and clears nothing (the broker
+may be shared); ``mosquitto_sub -t '<prefix>/+/<node>/+/config' --remove-retained -W 1`` clears by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig
+from edge_agent.contract import wire
+from edge_agent.mqtt_client import MqttConnection
+
+log = logging.getLogger(__name__)
+
+ORIGIN = "vibration-edge"
+MANUFACTURER = "vibration-edge"
+_TOPIC_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+#: Templates over the sensor's status payload (JSON while running, the string ``offline`` after a stop).
+#: ``None`` is Home Assistant's payload for "unknown"; a guard on ``value_json`` keeps ``offline`` harmless.
+_SENSOR_PRESENT = "{{ 'offline' if value == 'offline' else 'online' }}"
+_SCORE = "{{ value_json.last_score if value_json is defined and value_json.last_score is number else 'None' }}"
+_THRESHOLD = "{{ value_json.threshold if value_json is defined and value_json.threshold is number else 'None' }}"
+_WINDOWS = ("{{ value_json.windows_scored if value_json is defined and value_json.windows_scored is number "
+            "else 'None' }}")
+_INFERENCE = ("{{ value_json.inference_ms_p99 if value_json is defined and value_json.inference_ms_p99 is number "
+              "else 'None' }}")
+_ALERT_STATE = ("{{ value_json.alert_state if value_json is defined and value_json.alert_state in "
+                "['calibrating', 'normal', 'warning', 'critical'] else 'None' }}")
+_ALERT_ON = ("{% if value_json is not defined or value_json.alert_state is not defined %}None"
+             "{% elif value_json.alert_state in ['warning', 'critical'] %}ON{% else %}OFF{% endif %}")
+# health: the sensor's own verdict when its status has one, else only "no model" counts as a problem
+_HEALTH_ON = ("{% if value_json is not defined %}None"
+              "{% elif value_json.health is defined and value_json.health.state is defined %}"
+              "{{ 'OFF' if value_json.health.state == 'ok' else 'ON' }}"
+              "{% else %}{{ 'ON' if value_json.state == 'no_model' else 'OFF' }}{% endif %}")
+_HEALTH_ATTRS = ("{{ (value_json.health if value_json is defined and value_json.health is defined "
+                 "else {'state': value_json.state if value_json is defined else 'offline'}) | tojson }}")
+_MODEL = "{{ value_json.model_version if value_json is defined and value_json.model_version else 'None' }}"
+_MODEL_ATTRS = ("{{ {'model_id': value_json.model_id, 'quantization': value_json.quantization, "
+                "'threshold': value_json.threshold, 'threshold_source': value_json.threshold_source} | tojson "
+                "if value_json is defined and value_json.model_version is defined else '{}' }}")
+_SCORE_ATTRS = ("{{ {'threshold': value_json.threshold, 'alert_state': value_json.alert_state} | tojson "
+                "if value_json is defined and value_json.threshold is defined else '{}' }}")
+
+_RETRAIN_ON = ("{% if value_json is not defined %}None"
+               "{% elif value_json.drift is defined and value_json.drift.state is defined %}"
+               "{{ 'ON' if value_json.drift.state == 'drifting' else 'OFF' }}{% else %}None{% endif %}")
+_DRIFT_ATTRS = "{{ (value_json.drift if value_json is defined and value_json.drift is defined else {}) | tojson }}"
+
+ALERT_STATES = ["calibrating", "normal", "warning", "critical"]
+
+
+def topic_id(name: str) -> str:
+    """``name`` as a discovery topic level: itself when it is ``[A-Za-z0-9_-]+``, else the invalid characters
+    replaced by ``_`` and a 6-digit hash of the original appended (``hall.3`` and ``hall_3`` stay apart)."""
+    if _TOPIC_ID.fullmatch(name):
+        return name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:6]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}_{digest}"
+
+
+def expire_after_s(status_every_s: float) -> int:
+    """Seconds after which Home Assistant marks score and alert entities unavailable: three status periods,
+    at least a minute (whole seconds: Home Assistant wants a positive integer)."""
+    return max(60, math.ceil(3 * status_every_s))
+
+
+def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
+    """Every discovery config this gateway publishes: ``{topic: payload}`` (payloads in full key names)."""
+    prefix = cfg.homeassistant.discovery_prefix
+    node = topic_id(cfg.gateway)
+    gateway_ident = f"vibration_edge_{node}"
+    availability_topic = f"vib/gateway/{wire.check_device_id(cfg.gateway)}/availability"
+    origin = {"name": ORIGIN, "sw_version": __version__}
+    expire = expire_after_s(cfg.status.every_s)
+    out: dict[str, dict] = {
+        f"{prefix}/binary_sensor/{node}/gateway_online/config": {
+            "name": "Online",
+            "unique_id": f"{gateway_ident}_online",
+            "state_topic": availability_topic,
+            "payload_on": "online",
+            "payload_off": "offline",
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+            "qos": 1,
+            "device": {"identifiers": [gateway_ident], "name": f"{cfg.gateway} gateway", "manufacturer": MANUFACTURER,
+                       "model": "edge-agent gateway", "sw_version": __version__},
+            "origin": origin,
+        },
+    }
+    for s in cfg.sensors:
+        obj = topic_id(s.device)
+        ident = f"{gateway_ident}_{obj}"
+        status = wire.status_topic(s.device)
+        device = {"identifiers": [ident], "name": s.device, "manufacturer": MANUFACTURER,
+                  "model": "vibration anomaly detector", "sw_version": __version__, "via_device": gateway_ident}
+        common = {
+            "state_topic": status,
+            "qos": 1,
+            "availability": [{"topic": availability_topic},
+                             {"topic": status, "value_template": _SENSOR_PRESENT}],
+            "availability_mode": "all",
+            "device": device,
+            "origin": origin,
+        }
+        entities = {
+            ("sensor", "anomaly_score"): {
+                "name": "Anomaly score", "value_template": _SCORE, "state_class": "measurement",
+                "expire_after": expire, "icon": "mdi:chart-bell-curve",
+                "json_attributes_topic": status, "json_attributes_template": _SCORE_ATTRS},
+            ("binary_sensor", "alert"): {
+                "name": "Alert", "device_class": "problem", "value_template": _ALERT_ON, "expire_after": expire},
+            ("sensor", "alert_state"): {
+                "name": "Alert state", "device_class": "enum", "options": ALERT_STATES, "value_template": _ALERT_STATE,
+                "expire_after": expire, "icon": "mdi:alert-outline"},
+            ("binary_sensor", "health"): {
+                "name": "Health", "device_class": "problem", "value_template": _HEALTH_ON,
+                "json_attributes_topic": status, "json_attributes_template": _HEALTH_ATTRS},
+            ("binary_sensor", "retraining_due"): {
+                "name": "Retraining due", "device_class": "problem", "value_template": _RETRAIN_ON,
+                "entity_category": "diagnostic", "icon": "mdi:school-outline",
+                "json_attributes_topic": status, "json_attributes_template": _DRIFT_ATTRS},
+            ("sensor", "model_version"): {
+                "name": "Model version", "value_template": _MODEL, "entity_category": "diagnostic",
+                "icon": "mdi:brain", "json_attributes_topic": status, "json_attributes_template": _MODEL_ATTRS},
+            ("sensor", "threshold"): {
+                "name": "Threshold", "value_template": _THRESHOLD, "state_class": "measurement",
+                "entity_category": "diagnostic", "icon": "mdi:gauge"},
+            ("sensor", "windows_scored"): {
+                "name": "Windows scored", "value_template": _WINDOWS, "state_class": "total_increasing",
+                "entity_category": "diagnostic", "icon": "mdi:counter"},
+            ("sensor", "inference_p99"): {
+                "name": "Inference p99", "value_template": _INFERENCE, "device_class": "duration",
+                "unit_of_measurement": "ms", "state_class": "measurement", "entity_category": "diagnostic"},
+        }
+        for (component, key), entity in entities.items():
+            topic = f"{prefix}/{component}/{node}/{obj}_{key}/config"
+            out[topic] = entity | {"unique_id": f"{ident}_{key}"} | common
+    return out
+
+
+class Discovery:
+    """Publishes the discovery configs on every connect and clears this gateway's configs that are gone.
+
+    Both run on paho's network thread (a connect listener, a subscription handler): quick, no waiting.
+    """
+
+    def __init__(self, cfg: AgentConfig, connection: MqttConnection) -> None:
+        self.connection = connection
+        self.configs = {t: json.dumps(p, separators=(",", ":")) for t, p in discovery_configs(cfg).items()}
+        prefix = cfg.homeassistant.discovery_prefix
+        self.node = topic_id(cfg.gateway)
+        self.published = 0  # configs handed to the connection
+        self.removed = 0  # stale configs cleared
+        connection.add_connect_listener(self.publish)
+        connection.subscribe(f"{prefix}/+/{self.node}/+/config", 1, self._on_config)
+
+    @property
+    def entities(self) -> int:
+        return len(self.configs)
+
+    def publish(self) -> None:
+        """Publish every config, retained, QoS 1 (on connect)."""
+        for topic, payload in self.configs.items():
+            if self.connection.publish(topic, payload, qos=1, retain=True) is not None:
+                self.published += 1
+
+    def _on_config(self, msg) -> None:
+        """A retained config under this gateway's node: clear it if this program made it and no longer does."""
+        if msg.topic in self.configs or not msg.payload:
+            return
+        try:
+            doc = json.loads(msg.payload)
+        except (ValueError, UnicodeDecodeError):
+            return  # not ours: ours are JSON
+        origin = doc.get("origin", doc.get("o")) if isinstance(doc, dict) else None
+        if not (isinstance(origin, dict) and origin.get("name") == ORIGIN):
+            return
+        log.info("home assistant: removing %s (no such sensor in the config any more)", msg.topic)
+        if self.connection.publish(msg.topic, b"", qos=1, retain=True) is not None:
+            self.removed += 1
+
+    def status(self) -> dict:
+        return {"entities": self.entities, "published": self.published, "removed": self.removed}

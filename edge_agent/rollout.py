@@ -1,0 +1,447 @@
+"""Signed model rollout on the gateway: verify, shadow, swap, probation, rollback (one ``SensorRollout`` per sensor).
+
+::
+
+    vib/rollout/{fleet,device/<d>}/… ─► on_message (paho thread: bounded queue)
+    scored windows ─► observe (scoring thread: steps copied into a bounded ring)
+                                      step() (the bundle-watch thread) ─► state machine ─► vib/<d>/rollout (retained)
+
+    received ─► verified ─► shadow ─► serving (probation) ─► serving
+       │            │          │               └─► rolled_back (alert rate too high: the previous bundle serves)
+       └────────────┴──────────┴─► rejected (reason; the current model never stopped scoring)
+
+* **received**: signed metadata for this sensor or the fleet; chunks are collected (only chunks signed by a
+  trusted key are buffered, bounded in bytes).
+* **verified**: every chunk's signature and sha256 and the whole payload's sha256 match the signed metadata;
+  the payload unpacks to a bundle whose input shape and channels are this sensor's; ``Bundle.load`` and a test
+  inference pass in a second interpreter.
+* **shadow**: the candidate scores the sensor's most recent windows beside the serving model. Its alert rate
+  (share of windows above its threshold) may exceed the serving model's by at most ``max_alert_rate_increase``.
+* **serving**: the bundle is deployed atomically (assembled in a sibling folder, renamed into the sensor's
+  bundle path; the replaced bundle is kept as ``<bundle>.previous``) and handed to the sensor, which swaps it
+  in between two frames. On **probation** for ``probation_windows`` windows the previous model keeps scoring
+  beside it; if the new model's alert rate exceeds the previous one's by more than the limit it is
+  **rolled back** (``edge-agent rollback`` does the same by hand).
+
+Decisions survive a restart: ``<bundle>.rollout.json`` remembers the rollouts handled, so a retained rollout
+that was rejected or rolled back is not applied again.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.bundle_watch import LoadedModel, load_served_model
+from edge_agent.contract import rollout as contract
+from edge_agent.contract.bundle import PREVIOUS_SUFFIX, deploy_bundle
+from edge_agent.contract.errors import BundleError
+from edge_agent.status import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: Most bytes of chunks buffered before their metadata arrives (retained messages come in any order).
+ORPHAN_BYTES = 64 * 1024 * 1024
+STATES = ("idle", "received", "verified", "shadow", "serving", "rolled_back", "rejected")
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """``[rollout]`` of the gateway config."""
+
+    public_keys: tuple[str, ...]
+    shadow_windows: int = 100
+    max_alert_rate_increase: float = 0.05
+    probation_windows: int = 300
+    min_probation_windows: int = 30  # a rollback may come this early, when the excess is already clear
+    assemble_timeout_s: float = 600.0  # a rollout whose chunks do not all arrive in this time is rejected
+
+
+def previous_path(bundle_path: Path) -> Path:
+    return bundle_path.with_name(bundle_path.name + PREVIOUS_SUFFIX)
+
+
+def state_path(bundle_path: Path) -> Path:
+    return bundle_path.with_name(bundle_path.name + ".rollout.json")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def deploy(staged: Path, bundle_path: Path) -> Path:
+    """Install the unpacked bundle ``staged`` as ``bundle_path`` the way ``edge-agent deploy`` does (checked,
+    assembled in a sibling, renamed into place; the replaced bundle kept as ``.previous``), then remove it."""
+    try:
+        deploy_bundle(staged, bundle_path)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return bundle_path
+
+
+def rollback_files(bundle_path: Path, reason: str = "by hand") -> str:
+    """Put ``<bundle>.previous`` back in place (the rolled-back bundle is kept as ``.rolled-back``); returns the
+    version now in place. The running agent's bundle watcher serves it at its next look. BundleError if there is
+    no previous bundle."""
+    prev = previous_path(bundle_path)
+    if not (prev / "manifest.json").is_file():
+        raise BundleError(f"{bundle_path}: no previous bundle ({prev}) to roll back to")
+    version = json.loads((prev / "manifest.json").read_text())["model"]["version"]
+    failed = bundle_path.with_name(bundle_path.name + ".rolled-back")
+    if failed.exists():
+        shutil.rmtree(failed)
+    if bundle_path.exists():
+        os.rename(bundle_path, failed)
+    os.rename(prev, bundle_path)
+    _fsync_dir(bundle_path.parent)
+    memory = _read_state(state_path(bundle_path))
+    memory["rolled_back"] = sorted(set(memory.get("rolled_back", [])) | set(memory.get("deployed", [])[-1:]))
+    memory["last"] = {"state": "rolled_back", "reason": reason, "serving_version": version,
+                      "time": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_json_atomic(state_path(bundle_path), memory)
+    return version
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+class SensorRollout:
+    """One sensor's rollouts.
+
+    Args:
+        device: the sensor.
+        bundle_path: the sensor's bundle directory (deployed bundles go there).
+        policy: keys and limits.
+        serving: ``() -> LoadedModel | None``, the model the sensor serves now.
+        offer_model: hands a loaded model to the sensor (it swaps it in between two frames).
+        publish: ``(topic, payload)`` -> None, retained QoS 1 (None: not published).
+        num_threads: interpreter threads of the second interpreter.
+    """
+
+    def __init__(self, device: str, bundle_path: Path, policy: RolloutPolicy, *,
+                 serving: Callable[[], LoadedModel | None], offer_model: Callable[[LoadedModel], None],
+                 publish: Callable[[str, bytes], None] | None = None, num_threads: int = 1,
+                 ring: int = 512, inbox: int = 4096) -> None:
+        self.device = device
+        self.bundle_path = Path(bundle_path)
+        self.policy = policy
+        self.keys = contract.keyring(policy.public_keys)
+        self._serving = serving
+        self._offer = offer_model
+        self._publish = publish
+        self.num_threads = num_threads
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=inbox)
+        self._ring: collections.deque[tuple[np.ndarray, float, float, str]] = collections.deque(maxlen=max(ring, 1))
+        self._ring_lock = threading.Lock()
+        self._seen = 0  # windows observed since start (the ring's total)
+        self.state = "idle"
+        self.reason = ""
+        self.meta: contract.RolloutMeta | None = None
+        self._chunks: dict[int, bytes] = {}
+        self._orphans: dict[str, dict[int, bytes]] = {}
+        self._orphan_bytes = 0
+        self._bad_chunks: dict[str, int] = {}  # rollout id -> chunks seen that no trusted key signed
+        self._received_at = 0.0
+        self._candidate: LoadedModel | None = None
+        self._previous: LoadedModel | None = None
+        self._staged: Path | None = None
+        self._probed = 0  # windows observed when probation last looked
+        self._probation: list[tuple[bool, bool]] = []  # (new above its threshold, previous above its threshold)
+        self.figures: dict = {}
+        self.counters = {"messages": 0, "dropped": 0, "rejected": 0, "swaps": 0, "rollbacks": 0}
+        self._memory = _read_state(state_path(self.bundle_path))
+
+    # ------------------------------------------------------------------ inputs (other threads)
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """paho's thread: hand over, never block (a full inbox drops; retained messages come again on reconnect)."""
+        try:
+            self._inbox.put_nowait((topic, bytes(payload)))
+        except queue.Full:
+            self.counters["dropped"] += 1
+
+    def observe(self, steps: np.ndarray, score: float, threshold: float, version: str) -> None:
+        """The scoring thread, once per scored window: (T, F) steps (copied), the serving model's score, threshold
+        and version."""
+        with self._ring_lock:
+            self._ring.append((np.array(steps, np.float32, copy=True), float(score), float(threshold), version))
+            self._seen += 1
+
+    # ------------------------------------------------------------------ the state machine (watcher thread)
+    def step(self) -> bool:
+        """Handle queued messages and advance; returns whether the state changed."""
+        before = (self.state, self.meta.rollout_id if self.meta else None)
+        for _ in range(self._inbox.qsize()):
+            try:
+                topic, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            self.counters["messages"] += 1
+            try:
+                self._message(topic, payload)
+            except contract.RolloutError as exc:
+                self._reject(str(exc))
+        try:
+            if self.state == "received" and self.meta is not None:
+                if len(self._chunks) == self.meta.n_chunks:
+                    self._verify()
+                elif time.monotonic() - self._received_at > self.policy.assemble_timeout_s:
+                    raise contract.RolloutError(f"only {len(self._chunks)} of {self.meta.n_chunks} chunks arrived in "
+                                                f"{self.policy.assemble_timeout_s:g} s")
+            if self.state in ("verified", "shadow"):
+                self._shadow()
+            elif self.state == "serving":
+                self._check_serving()
+        except (contract.RolloutError, BundleError, OSError) as exc:
+            self._reject(str(exc))
+        return (self.state, self.meta.rollout_id if self.meta else None) != before
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        parsed = contract.parse_topic(topic)
+        if parsed is None or not payload:
+            return  # not ours, or a cleared retained message
+        target, rollout_id, index = parsed
+        if target not in (contract.FLEET, contract.target_of(self.device)):
+            return
+        if rollout_id is None:
+            self._metadata(target, payload)
+        elif self.meta is not None and rollout_id == self.meta.rollout_id and self.state == "received":
+            i, data = contract.verify_chunk(self.meta, payload, self.keys)
+            self._chunks[i] = data
+        elif self.meta is None or rollout_id != self.meta.rollout_id:
+            self._orphan(rollout_id, index, payload)
+
+    def _orphan(self, rollout_id: str, index: int, payload: bytes) -> None:
+        """A chunk before its metadata: kept (bounded) only if a trusted key signed it."""
+        body, signature = payload[:-64], payload[-64:]
+        if not any(_verifies(k, signature, body) for k in self.keys.values()):
+            if rollout_id in self._bad_chunks or len(self._bad_chunks) < 16:
+                self._bad_chunks[rollout_id] = self._bad_chunks.get(rollout_id, 0) + 1
+            return
+        if self._orphan_bytes + len(payload) > ORPHAN_BYTES:
+            self._orphans.clear()
+            self._orphan_bytes = 0
+        self._orphans.setdefault(rollout_id, {})[index] = payload
+        self._orphan_bytes += len(payload)
+
+    def _metadata(self, target: str, payload: bytes) -> None:
+        meta = contract.verify_metadata(payload, self.keys)
+        if meta.target != target:
+            raise contract.RolloutError(f"rollout metadata for {meta.target} arrived on the topic of {target}")
+        if self.meta is not None and meta.rollout_id == self.meta.rollout_id:
+            return  # the retained copy again (reconnect)
+        done = {k: set(self._memory.get(k, [])) for k in ("rejected", "rolled_back", "deployed")}
+        if meta.rollout_id in done["rejected"] | done["rolled_back"]:
+            return  # decided before (and the retained message is still there)
+        serving = self._serving()
+        if meta.rollout_id in done["deployed"] or (serving is not None and
+                                                   serving.bundle.version == meta.model_version):
+            self.meta, self.state, self.reason = meta, "serving", ""
+            return
+        self._discard_candidate()
+        self.meta, self._chunks, self.reason, self.figures = meta, {}, "", {}
+        self.state, self._received_at = "received", time.monotonic()
+        if meta.rollout_id in self._bad_chunks:
+            raise contract.RolloutError(f"{self._bad_chunks[meta.rollout_id]} chunk(s) of this rollout: signature "
+                                        "does not verify")
+        for chunk in self._orphans.pop(meta.rollout_id, {}).values():
+            i, data = contract.verify_chunk(meta, chunk, self.keys)
+            self._chunks[i] = data
+            self._orphan_bytes -= len(chunk)
+        log.info("%s: rollout %s of %s %s received (%d chunks)", self.device, meta.rollout_id[:8], meta.model_id,
+                 meta.model_version, meta.n_chunks)
+        self._announce()
+
+    def _verify(self) -> None:
+        meta = self.meta
+        blob = contract.assemble(meta, self._chunks)
+        serving = self._serving()
+        if serving is not None:
+            contract.check_fits(meta, serving.bundle.input_shape, serving.bundle.spec.channels)
+        staged = self.bundle_path.with_name(f".{self.bundle_path.name}.rollout-{meta.rollout_id[:12]}")
+        if staged.exists():
+            shutil.rmtree(staged)
+        contract.unpack_bundle(blob, staged)
+        try:
+            model = load_served_model(staged, self.num_threads)
+            if model.bundle.version != meta.model_version or tuple(model.bundle.input_shape) != meta.input_shape:
+                raise contract.RolloutError("the bundle inside the rollout is not the one its metadata names")
+        except BundleError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        self._candidate, self._staged = model, staged
+        self._chunks = {}
+        self.state = "verified"
+        log.info("%s: rollout %s verified (signature, sha256, shape, test inference)", self.device, meta.rollout_id[:8])
+        self._announce()
+        self.state = "shadow"
+        self._announce()
+
+    def _shadow(self) -> None:
+        """Score the candidate on the most recent windows the serving model scored; swap if its alert rate fits."""
+        n = self.policy.shadow_windows
+        serving = self._serving()
+        with self._ring_lock:
+            recent = [w for w in self._ring if serving is not None and w[3] == serving.bundle.version][-n:]
+        if len(recent) < min(n, self._ring.maxlen):
+            return  # wait for windows (the ring fills as the sensor streams)
+        cand = self._candidate
+        new_scores = cand.scorer.score_windows(np.stack([w[0] for w in recent]))
+        cur_above = np.array([sc > th for _, sc, th, _ in recent])
+        new_above = new_scores > cand.bundle.threshold.value
+        cur_rate, new_rate = float(cur_above.mean()), float(new_above.mean())
+        self.figures = {"shadow_windows": len(recent), "shadow_alert_rate": new_rate,
+                        "serving_alert_rate": cur_rate}
+        if new_rate - cur_rate > self.policy.max_alert_rate_increase:
+            raise contract.RolloutError(
+                f"shadow: the new model is above its threshold on {new_rate:.1%} of {len(recent)} recent windows, the "
+                f"serving model on {cur_rate:.1%} (limit +{self.policy.max_alert_rate_increase:.1%})")
+        self._swap()
+
+    def _swap(self) -> None:
+        deploy(self._staged, self.bundle_path)
+        self._staged = None
+        model = load_served_model(self.bundle_path, self.num_threads)  # from its final place
+        self._candidate = None
+        # the previous model in an interpreter of this thread's own (the sensor's is busy scoring)
+        prev = previous_path(self.bundle_path)
+        self._previous = load_served_model(prev, self.num_threads) if prev.exists() else None
+        self._offer(model)
+        self.counters["swaps"] += 1
+        with self._ring_lock:
+            self._probed, self._probation = self._seen, []
+        self.state, self.reason = "serving", ""
+        self._remember("deployed", self.meta.rollout_id)
+        log.info("%s: rollout %s: serving %s (probation: %d windows)", self.device, self.meta.rollout_id[:8],
+                 model.bundle.version, self.policy.probation_windows)
+        self._announce()
+
+    def _check_serving(self) -> None:
+        """Notice a rollback made by hand (the bundle watcher serves another version); run probation."""
+        serving = self._serving()
+        if serving is not None and self.meta is not None and serving.bundle.version != self.meta.model_version:
+            last = _read_state(state_path(self.bundle_path)).get("last", {})
+            self._previous = None
+            self.state = "rolled_back"
+            self.reason = last.get("reason") or f"{serving.bundle.version} serves instead"
+            self._announce()
+        elif self._previous is not None:
+            self._probe()
+
+    def _probe(self) -> None:
+        """Probation: the previous model scores the windows the new one scored."""
+        version = self.meta.model_version
+        with self._ring_lock:
+            fresh = min(self._seen - self._probed, len(self._ring))
+            todo = [w for w in list(self._ring)[len(self._ring) - fresh:] if w[3] == version]
+            self._probed = self._seen
+        prev = self._previous
+        room = self.policy.probation_windows - len(self._probation)
+        for steps, score, threshold, _ in todo[:max(room, 0)]:
+            self._probation.append((score > threshold, prev.scorer.score(steps) > prev.bundle.threshold.value))
+        n = len(self._probation)
+        if n == 0:
+            return
+        new_rate = sum(a for a, _ in self._probation) / n
+        old_rate = sum(b for _, b in self._probation) / n
+        self.figures |= {"probation_windows": n, "probation_alert_rate": new_rate, "previous_alert_rate": old_rate}
+        excess = new_rate - old_rate
+        if n >= self.policy.min_probation_windows and excess > self.policy.max_alert_rate_increase:
+            self.rollback(f"probation: {version} above its threshold on {new_rate:.1%} of {n} windows, the previous "
+                          f"model on {old_rate:.1%} (limit +{self.policy.max_alert_rate_increase:.1%})")
+        elif n >= self.policy.probation_windows:
+            log.info("%s: %s passed probation (%d windows, alert rate %.1f%% vs %.1f%%)", self.device, version, n,
+                     100 * new_rate, 100 * old_rate)
+            self._previous = None
+            self._announce()
+
+    def rollback(self, reason: str) -> None:
+        """Serve the previous bundle again (files and model)."""
+        version = rollback_files(self.bundle_path, reason)
+        model = load_served_model(self.bundle_path, self.num_threads)
+        self._offer(model)
+        self._previous = None
+        self.counters["rollbacks"] += 1
+        self.state, self.reason = "rolled_back", reason
+        if self.meta is not None:
+            self._remember("rolled_back", self.meta.rollout_id)
+        log.error("%s: rolled back to %s: %s", self.device, version, reason)
+        self._announce()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _reject(self, reason: str) -> None:
+        self.counters["rejected"] += 1
+        self._discard_candidate()
+        self.state, self.reason = "rejected", reason[:500]
+        if self.meta is not None:
+            self._remember("rejected", self.meta.rollout_id)
+        log.error("%s: rollout %s rejected, the current model keeps scoring: %s", self.device,
+                  self.meta.rollout_id[:8] if self.meta else "?", reason)
+        self._announce()
+
+    def _discard_candidate(self) -> None:
+        self._candidate = None
+        if self._staged is not None and self._staged.exists():
+            shutil.rmtree(self._staged, ignore_errors=True)
+        self._staged = None
+
+    def _remember(self, kind: str, rollout_id: str) -> None:
+        memory = _read_state(state_path(self.bundle_path))  # `edge-agent rollback` may have written it meanwhile
+        for k in ("deployed", "rejected", "rolled_back"):
+            memory[k] = list(dict.fromkeys([*memory.get(k, []), *self._memory.get(k, [])]))
+        memory[kind] = list(dict.fromkeys([*memory.get(kind, []), rollout_id]))[-50:]
+        memory["last"] = self.status()
+        self._memory = memory
+        write_json_atomic(state_path(self.bundle_path), memory)
+
+    def status(self) -> dict:
+        serving = self._serving()
+        m = self.meta
+        return {
+            "state": self.state,
+            "rollout_id": m.rollout_id if m else None,
+            "model_version": m.model_version if m else None,
+            "serving_version": serving.bundle.version if serving else None,
+            "probation": self.state == "serving" and self._previous is not None,
+            "reason": self.reason or None,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            **self.figures,
+            **self.counters,
+        }
+
+    def _announce(self) -> None:
+        if self._publish is not None:
+            try:
+                self._publish(contract.state_topic(self.device), json.dumps(self.status()).encode())
+            except Exception:  # publishing a state must never break the rollout
+                log.exception("%s: rollout state not published", self.device)
+
+
+def _verifies(key, signature: bytes, body: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        key.verify(signature, body)
+    except InvalidSignature:
+        return False
+    return True

@@ -1,0 +1,299 @@
+// edge-agent status page: polls /api/status and draws one card per sensor (score vs threshold as inline SVG,
+// vibration RMS, health counters, alert history, served model). No library, nothing fetched from elsewhere;
+// every text goes through textContent, never innerHTML (device ids and reasons are data, not markup).
+"use strict";
+
+// ?poll=MS polls faster or slower (tests); never faster than 4 times a second
+const POLL_MS = Math.max(250, Number(new URLSearchParams(location.search).get("poll")) || 2000);
+const STALE_S = 5;
+const SVG = "http://www.w3.org/2000/svg";
+const CHART = { w: 640, h: 180, left: 52, right: 10, top: 10, bottom: 22 };
+const SPARK = { w: 640, h: 46, left: 52, right: 10, top: 4, bottom: 4 };
+// health counters shown on each card, in this order, when the sensor's status has them: the first ones always,
+// the others only when they are not zero (one line says so)
+const ALWAYS = new Set(["frames_dropped", "crc_errors", "gaps", "samples_invalid", "bad_payloads"]);
+const COUNTERS = [
+  ["frames_dropped", "frames dropped (queue full)"], ["crc_errors", "CRC errors"], ["bad_headers", "bad headers"],
+  ["frames_rejected", "frames rejected"], ["duplicates", "duplicates"], ["bad_payloads", "bad payloads"],
+  ["oversized_payloads", "oversized payloads"], ["bad_lines", "bad CSV lines"], ["gaps", "gaps"],
+  ["samples_missing", "samples missing"], ["samples_invalid", "samples invalid"],
+  ["samples_over_range", "samples over range"], ["reconnects", "reconnects"], ["read_errors", "read errors"],
+  ["open_failures", "open failures"], ["model_rejects", "bundles rejected"], ["internal_errors", "internal errors"],
+];
+const cards = new Map();
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function svg(tag, attrs, parent) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  if (parent) parent.appendChild(e);
+  return e;
+}
+
+function fmt(x, digits = 4) {
+  if (x === null || x === undefined) return "–";
+  if (typeof x !== "number") return String(x);
+  if (x !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e5)) return x.toExponential(2);
+  return String(Number(x.toPrecision(digits)));
+}
+
+function clock(t) {
+  if (typeof t !== "number") return "–";
+  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+function ago(s) {
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Number((s / 60).toFixed(1))} min`;
+  return `${Number((s / 3600).toFixed(1))} h`;
+}
+
+function makeCard(device) {
+  const card = el("section", "card");
+  card.dataset.sensor = device;
+  const head = el("div", "card-head");
+  head.append(el("h2", "device", device), el("span", "badge"), el("span", "health"));
+  const stats = el("dl", "stats");
+  const chartBox = el("div", "chart-box");
+  const chart = svg("svg", { class: "chart", viewBox: `0 0 ${CHART.w} ${CHART.h}`, role: "img",
+                             "aria-label": `anomaly score of ${device} against its threshold` });
+  const spark = svg("svg", { class: "spark", viewBox: `0 0 ${SPARK.w} ${SPARK.h}`, role: "img",
+                             "aria-label": `vibration RMS of ${device}` });
+  chartBox.append(el("div", "chart-title", "anomaly score vs threshold"), chart,
+                  el("div", "chart-title", "vibration RMS (highest channel)"), spark);
+  const lower = el("div", "lower");
+  const counters = el("table", "counters");
+  const alertsBox = el("div", "alerts-box");
+  const alerts = el("table", "alerts");
+  const ahead = el("thead");
+  const hr = el("tr");
+  for (const h of ["time", "event", "severity", "score", "threshold"]) hr.appendChild(el("th", "", h));
+  ahead.appendChild(hr);
+  alerts.append(ahead, el("tbody"));
+  alertsBox.append(el("h3", "", "alert history"), alerts, el("p", "none", "no alerts since the agent started"));
+  const countersBox = el("div", "counters-box");
+  countersBox.append(el("h3", "", "health counters"), counters);
+  lower.append(countersBox, alertsBox);
+  card.append(head, stats, chartBox, lower);
+  document.getElementById("sensors").appendChild(card);
+  const c = { card, stats, chart, spark, counters, alerts: alerts.tBodies[0], none: alertsBox.lastChild };
+  cards.set(device, c);
+  return c;
+}
+
+function stateOf(s) {
+  if (s.state === "no_model") return "no model";
+  if (s.state === "stopped") return "stopped";
+  return s.alert_state || s.state || "unknown";
+}
+
+function renderStats(c, s) {
+  const rows = [
+    ["last score", fmt(s.last_score)],
+    ["threshold", s.threshold === undefined ? "–" : `${fmt(s.threshold)} (${s.threshold_source || "bundle"})`],
+    ["windows scored", fmt(s.windows_scored, 12)],
+    ["inference p50 / p99", s.inference_ms_p50 == null ? "–" :
+      `${fmt(s.inference_ms_p50, 3)} / ${fmt(s.inference_ms_p99, 3)} ms`],
+    ["model", s.model_version ? `${s.model_id} ${s.model_version} (${s.quantization})` : "none"],
+    ["source", `${s.source || "–"}, ${fmt(s.frames_in, 12)} frames, queue ${fmt(s.queued_frames, 12)}`],
+  ];
+  c.stats.replaceChildren();
+  for (const [k, v] of rows) c.stats.append(el("dt", "", k), el("dd", "", v));
+}
+
+function renderHealth(c, s) {
+  const badge = c.card.querySelector(".badge");
+  const st = stateOf(s);
+  badge.textContent = st;
+  badge.dataset.state = st.replace(" ", "_");
+  c.card.dataset.state = badge.dataset.state;
+  const health = c.card.querySelector(".health");
+  const h = s.health;
+  if (h && h.state) {
+    health.textContent = h.state === "ok" ? "monitoring" : `${h.state.replace("_", " ")}: ${h.reason || ""}`;
+    health.dataset.state = h.state;
+  } else if (s.state === "no_model") {
+    health.textContent = s.model_last_reject ? `no model: ${s.model_last_reject}` : "waiting for a valid bundle";
+    health.dataset.state = "no_model";
+  } else {
+    health.textContent = "";
+    delete health.dataset.state;
+  }
+  c.counters.replaceChildren();
+  let hidden = 0;
+  for (const [key, label] of COUNTERS) {
+    if (typeof s[key] !== "number") continue;
+    if (!ALWAYS.has(key) && s[key] === 0) {
+      hidden += 1;
+      continue;
+    }
+    const tr = el("tr", s[key] > 0 ? "nonzero" : "");
+    tr.dataset.key = key;
+    tr.append(el("td", "", label), el("td", "num", fmt(s[key], 12)));
+    c.counters.appendChild(tr);
+  }
+  if (hidden) {
+    const tr = el("tr", "rest");
+    tr.append(el("td", "", `${hidden} other counters`), el("td", "num", "0"));
+    c.counters.appendChild(tr);
+  }
+}
+
+function renderAlerts(c, h) {
+  const events = (h && h.alerts) || [];
+  c.alerts.replaceChildren();
+  for (const e of events.slice().reverse()) {
+    const tr = el("tr", `ev-${e.kind} sev-${e.severity}`);
+    tr.dataset.kind = e.kind;
+    tr.append(el("td", "", clock(e.time)), el("td", "", e.kind), el("td", "", e.severity),
+              el("td", "num", e.score === null ? "over range" : fmt(e.score)), el("td", "num", fmt(e.threshold)));
+    c.alerts.appendChild(tr);
+  }
+  c.none.hidden = events.length > 0;
+}
+
+// x: seconds before `now`; the span covers every point kept (at least a minute)
+function xScale(box, t0, now) {
+  const span = Math.max(60, now - t0);
+  return { span, at: (t) => box.left + (box.w - box.left - box.right) * (1 - (now - t) / span) };
+}
+
+// vertical grid lines at round times before now (10 s ... 1 h steps, 2 to 6 of them across the span)
+const STEPS = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+function drawAxisTimes(g, box, xs) {
+  const step = STEPS.find((s) => xs.span / s <= 6) || xs.span / 4;
+  const width = box.w - box.left - box.right;
+  for (let k = 0; k * step <= xs.span + 1e-9; k++) {
+    const x = box.left + width * (1 - (k * step) / xs.span);
+    svg("line", { x1: x, x2: x, y1: box.top, y2: box.h - box.bottom, class: "grid" }, g);
+    const label = svg("text", { x, y: box.h - 6, class: "tick", "text-anchor": k === 0 ? "end" : "middle" }, g);
+    label.textContent = k === 0 ? "now" : `−${ago(k * step)}`;
+  }
+}
+
+function renderChart(c, h, now) {
+  const g = c.chart;
+  g.replaceChildren();
+  const box = CHART;
+  const n = h ? h.t.length : 0;
+  g.dataset.points = String(n);
+  const bottom = box.h - box.bottom;
+  if (!n) {
+    const t = svg("text", { x: box.w / 2, y: box.h / 2, class: "empty", "text-anchor": "middle" }, g);
+    t.textContent = "no window scored yet";
+    return;
+  }
+  now = Math.max(now, h.t[n - 1]);
+  const xs = xScale(box, h.t[0], now);
+  const finite = h.score.filter((v) => v !== null);
+  const thr = h.threshold.filter((v) => v !== null);
+  const top = Math.max(1e-9, 1.1 * Math.max(0, ...finite), 1.5 * Math.max(0, ...thr));
+  const y = (v) => bottom - (bottom - box.top) * Math.min(v, top) / top;
+  // alert periods: a band behind the curve for every bucket in warning or critical
+  for (let i = 0; i < n; i++) {
+    const st = h.state[i];
+    if (st !== "warning" && st !== "critical") continue;
+    const x0 = xs.at(i ? h.t[i - 1] : h.t[i] - h.bucket_s);
+    const x1 = xs.at(h.t[i]);
+    svg("rect", { x: x0, y: box.top, width: Math.max(1, x1 - x0), height: bottom - box.top, class: `band ${st}` }, g);
+  }
+  drawAxisTimes(g, box, xs);
+  svg("line", { x1: box.left, x2: box.w - box.right, y1: bottom, y2: bottom, class: "axis" }, g);
+  for (const v of [0, top / 2, top]) {
+    const t = svg("text", { x: box.left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, g);
+    t.textContent = fmt(v, 2);
+  }
+  const pts = (vals) => vals.map((v, i) => (v === null ? null : `${xs.at(h.t[i]).toFixed(1)},${y(v).toFixed(1)}`))
+    .filter((p) => p !== null).join(" ");
+  svg("polyline", { points: pts(h.threshold), class: "threshold" }, g);
+  const line = svg("polyline", { points: pts(h.score.map((v) => (v === null ? top : v))), class: "score" }, g);
+  line.dataset.points = String(n);
+  for (let i = 0; i < n; i++) {
+    const v = h.score[i];
+    if (v === null) {  // over range: beyond anything the model can score
+      const x = xs.at(h.t[i]);
+      svg("path", { d: `M${x - 4},${box.top + 7} L${x + 4},${box.top + 7} L${x},${box.top} Z`, class: "over" }, g);
+    } else if (h.threshold[i] !== null && v > h.threshold[i]) {
+      svg("circle", { cx: xs.at(h.t[i]), cy: y(v), r: 2.2, class: "hit" }, g);
+    }
+  }
+  const last = h.threshold[n - 1];
+  if (last !== null) {
+    const t = svg("text", { x: box.w - box.right - 2, y: y(last) - 4, class: "thr-label", "text-anchor": "end" }, g);
+    t.textContent = `threshold ${fmt(last, 3)}`;
+  }
+}
+
+function renderSpark(c, h, now) {
+  const g = c.spark;
+  g.replaceChildren();
+  const box = SPARK;
+  const idx = h ? h.rms.map((v, i) => (v === null ? -1 : i)).filter((i) => i >= 0) : [];
+  if (!idx.length) return;
+  now = Math.max(now, h.t[h.t.length - 1]);
+  const xs = xScale(box, h.t[0], now);
+  const top = Math.max(1e-12, ...idx.map((i) => h.rms[i])) * 1.1;
+  const y = (v) => box.h - box.bottom - (box.h - box.top - box.bottom) * v / top;
+  svg("polyline", { points: idx.map((i) => `${xs.at(h.t[i]).toFixed(1)},${y(h.rms[i]).toFixed(1)}`).join(" "),
+                    class: "rms" }, g);
+  const t = svg("text", { x: box.left - 6, y: box.top + 10, class: "tick", "text-anchor": "end" }, g);
+  t.textContent = fmt(h.rms[idx[idx.length - 1]], 3);
+}
+
+function renderSummary(doc) {
+  const gw = doc.gateway;
+  document.getElementById("gateway").textContent = gw.gateway;
+  document.title = `edge-agent ${gw.gateway}`;
+  const parts = [
+    `${gw.sensors_total} sensor${gw.sensors_total === 1 ? "" : "s"}`,
+    `${gw.sensors_alerting} alerting`,
+    `${fmt(gw.windows_scored, 12)} windows scored`,
+    `up ${ago(gw.uptime_s)}`,
+    gw.mqtt === null ? "no broker" : gw.mqtt_connected ? "broker connected" : "broker DISCONNECTED",
+  ];
+  const summary = document.getElementById("summary");
+  summary.textContent = parts.join(" · ");
+  summary.dataset.alerting = String(gw.sensors_alerting);
+  const banner = document.getElementById("banner");
+  if (gw.status_age_s > STALE_S) {
+    banner.textContent = `the scoring loop has not refreshed these numbers for ${ago(gw.status_age_s)}`;
+    banner.hidden = false;
+  } else {
+    banner.hidden = true;
+  }
+}
+
+function render(doc) {
+  renderSummary(doc);
+  for (const [device, s] of Object.entries(doc.sensors)) {
+    const c = cards.get(device) || makeCard(device);
+    renderStats(c, s);
+    renderHealth(c, s);
+    renderAlerts(c, s.history);
+    renderChart(c, s.history, doc.time);
+    renderSpark(c, s.history, doc.time);
+  }
+  document.body.dataset.updated = String(doc.time);
+}
+
+async function poll() {
+  try {
+    const r = await fetch("/api/status", { cache: "no-store" });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    render(await r.json());
+  } catch (err) {
+    const banner = document.getElementById("banner");
+    banner.textContent = `cannot reach the agent (${err.message}); retrying`;
+    banner.hidden = false;
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+poll();

@@ -1,0 +1,88 @@
+"""A real ``edge-agent run`` process for the tests that must see it survive (or die), and a paced pty feeder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from firmware_sim.link import PtyLink
+from tests.agent.pipeline_helpers import frames_of
+from tests.broker import wait_for
+
+BIN = Path(sys.executable).parent
+
+
+class AgentProcess:
+    """``edge-agent -v run --config CFG`` with stdout and stderr in files under ``workdir``."""
+
+    def __init__(self, config: Path, workdir: Path, status_file: Path) -> None:
+        self.status_file = status_file
+        self.out_path, self.err_path = workdir / "agent.out", workdir / "agent.err"
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+            self.p = subprocess.Popen([str(BIN / "edge-agent"), "-v", "run", "--config", str(config)], cwd=workdir,
+                                      stdout=out, stderr=err)
+
+    def status(self) -> dict:
+        """The status file the agent writes ({} before the first)."""
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(self.status_file.read_text())
+        return {}
+
+    def sensor(self, device: str = "pump-7") -> dict:
+        return self.status().get("sensors", {}).get(device, {})
+
+    def wait_sensor(self, predicate, timeout: float = 20.0) -> bool:
+        """Wait until ``predicate(sensor status)`` holds while the process lives."""
+        return wait_for(lambda: self.alive and bool(predicate(self.sensor())), timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def log(self) -> str:
+        return self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return self.p.wait(timeout)
+
+
+class Feeder:
+    """Stream ``x`` (looped, sequence numbers running on) into a pty at about ``speed`` x real time."""
+
+    def __init__(self, link: PtyLink, x: np.ndarray, rate: int, speed: float = 2.0, frame: int = 1024) -> None:
+        self.link, self.x, self.frame = link, x, frame
+        self.pause = frame / rate / speed
+        self.stop_event = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Feeder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        seq = 0
+        while not self.stop_event.is_set():
+            for f in frames_of(self.x, self.frame, seq0=seq):
+                self.link.send(f)
+                self.sent += self.frame
+                if self.stop_event.wait(self.pause):
+                    return
+            seq += len(self.x) // self.frame * self.frame

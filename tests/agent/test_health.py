@@ -1,0 +1,135 @@
+"""Health: a sensor that is not monitored says so through the alert sinks. Real pty, real bundle, real files."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+from click.testing import CliRunner
+
+from edge_agent.agent import Agent
+from edge_agent.cli import main
+from edge_agent.config import load_config
+from edge_agent.contract import wire
+from firmware_sim.link import PtyLink
+from tests.agent.pipeline_helpers import RATE, agent_config
+from tests.broker import wait_for
+
+pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
+
+HEALTH = {"no_data_s": 2.0, "no_window_s": 1.0}
+
+
+def _frames(x: np.ndarray, seq0: int, n: int = 1024) -> list[bytes]:
+    return [wire.encode_frame(seq0 + a, x[a:a + n], sample_type="float32") for a in range(0, len(x) - n + 1, n)]
+
+
+class Stream:
+    """Frames into a pty from a thread, sequence numbers running on; ``x`` can be changed while it runs."""
+
+    def __init__(self, link: PtyLink, x: np.ndarray, seq0: int = 0, pause_s: float = 0.02) -> None:
+        self.link, self.x, self.seq, self.pause_s = link, x, seq0, pause_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            x = self.x
+            for f in _frames(x, self.seq):
+                self.link.send(f)
+                if self.stop.wait(self.pause_s):
+                    return
+            self.seq += len(x) // 1024 * 1024
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def _health_lines(path) -> list[dict]:
+    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [x for x in lines if x["kind"] == "health"]
+
+
+def test_no_windows_no_data_and_recovery_are_health_events_through_the_sinks(tmp_path, agent_bundle,
+                                                                              degrading_samples):
+    link = PtyLink(tmp_path / "ttyV0", write_timeout=10)
+    cfg = agent_config(tmp_path, agent_bundle, source={"kind": "serial", "serial": {"port": link.path}},
+                       health=HEALTH)
+    events = []
+    agent = Agent(load_config(cfg), on_event=events.append)
+    sensor = agent.sensor()
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    healthy = degrading_samples[: RATE * 4]
+    broken = healthy.copy()
+    broken[np.random.default_rng(0).random(broken.shape) < 0.2] = np.nan  # a wire fault: 20 % of values lost
+    alerts = tmp_path / "alerts.jsonl"
+    thread.start()
+    stream = Stream(link, healthy)
+    try:
+        assert wait_for(lambda: sensor.pipeline.windows_scored > 10, 20)
+        assert agent.status()["sensors"]["pump-7"]["health"] == {"state": "ok", "reason": "", "since": None,
+                                                                  "events": 0}
+        stream.x = broken
+        assert wait_for(lambda: len(_health_lines(alerts)) == 1, 20)
+        fault = _health_lines(alerts)[0]
+        assert fault["state"] == "fault" and fault["condition"] == "no_windows" and fault["device"] == "pump-7"
+        assert "of input invalid (NaN)" in fault["reason"] and "8192 valid contiguous samples" in fault["reason"]
+        doc = agent.status()["sensors"]["pump-7"]["health"]
+        assert doc["state"] == "no_windows" and doc["events"] == 1 and doc["since"] <= fault["time"]
+        stream.x = healthy
+        assert wait_for(lambda: len(_health_lines(alerts)) == 2, 20)
+        assert _health_lines(alerts)[1]["state"] == "recovered"
+        assert agent.status()["sensors"]["pump-7"]["health"]["state"] == "ok"
+        stream.close()  # the sensor goes quiet
+        assert wait_for(lambda: len(_health_lines(alerts)) == 3, 20)
+        quiet = _health_lines(alerts)[2]
+        assert quiet["condition"] == "no_data" and quiet["reason"].startswith("no data for")
+        assert agent.status()["sensors"]["pump-7"]["health"] == {
+            "state": "no_data", "reason": agent.status()["sensors"]["pump-7"]["health"]["reason"],
+            "since": quiet["since"], "events": 2}  # it stopped being monitored twice
+    finally:
+        stream.close()
+        stop.set()
+        thread.join(20)
+        link.close()
+    assert [e.kind for e in events] == ["health"] * 3 and [e.state for e in events] == ["fault", "recovered", "fault"]
+    table = CliRunner().invoke(main, ["status", "--file", str(tmp_path / "status.json"), "--sensor", "pump-7"])
+    assert '"state": "no_data"' in table.output
+
+
+def test_a_burst_sensor_is_not_reported_dead_between_bursts(tmp_path, agent_bundle, degrading_samples):
+    link = PtyLink(tmp_path / "ttyV0", write_timeout=10)
+    cfg = agent_config(tmp_path, agent_bundle, source={"kind": "serial", "serial": {"port": link.path}},
+                       health={"no_data_s": 1.5})
+    agent = Agent(load_config(cfg))
+    sensor = agent.sensor()
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    faults = []
+    try:
+        assert wait_for(sensor.source.connected.is_set, 10)  # the first snapshot arrives whole
+        for k in range(3):  # a one-second snapshot, its sequence numbers restarting at 0, then silence
+            scored = sensor.pipeline.windows_scored
+            for f in _frames(degrading_samples[k * RATE:(k + 1) * RATE], 0):
+                link.send(f)
+            assert wait_for(lambda s=scored: sensor.pipeline.windows_scored > s + 5, 20)
+            assert wait_for(lambda: sensor.health.state.state == "ok", 5)
+            silence = threading.Event()
+            while not silence.wait(0.1):  # 3 s of silence, twice no_data_s
+                faults.append(sensor.health.state.state)
+                if len(faults) >= 30 * (k + 1):
+                    break
+        assert sensor.pipeline.burst
+    finally:
+        stop.set()
+        thread.join(20)
+        link.close()
+    first, later = faults[:30], faults[30:]
+    assert "no_data" in first  # before the second burst nobody can tell a burst sensor from a dead one
+    assert set(later) == {"ok"}, later  # once it is known, its silences are not faults
+    assert agent.status()["sensors"]["pump-7"]["health"]["events"] == 1  # the first silence only

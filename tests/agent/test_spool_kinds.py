@@ -1,0 +1,60 @@
+"""The spool by kind: most important records go first, least important are evicted first, receipts confirm."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from edge_agent.spool import Spool
+
+
+def test_alerts_go_first_and_are_evicted_last(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.sqlite", max_bytes=10_000, max_records=8) as spool:
+        for i, kind in enumerate(["normal", "alert", "normal", "calibration", "drift", "alert", "normal", "normal"]):
+            spool.put("vib/d/upload", bytes([i]) * 100, kind, f"id{i}")
+        assert [r.kind for r in spool.peek(8)] == ["alert", "alert", "calibration", "drift"] + ["normal"] * 4
+        assert [r.upload_id for r in spool.peek(3)] == ["id1", "id5", "id3"], "oldest first within a kind"
+        for i in range(3):  # full: each new alert evicts the oldest normal window
+            spool.put("vib/d/upload", b"a" * 100, "alert", f"new{i}")
+        assert spool.evicted_by_kind == {"normal": 3, "drift": 0, "calibration": 0, "alert": 0}
+        assert [r.upload_id for r in spool.peek(8) if r.kind == "normal"] == ["id7"]
+        for i in range(3):
+            spool.put("vib/d/upload", b"a" * 100, "alert", f"more{i}")
+        assert [r.kind for r in spool.peek(8)] == ["alert"] * 8, "the last normal, then drift, then calibration"
+        assert spool.evicted_by_kind == {"normal": 4, "drift": 1, "calibration": 1, "alert": 0}
+        spool.put("vib/d/upload", b"n" * 100, "normal", "late")  # a normal window never evicts a more important one
+        assert "late" not in [r.upload_id for r in spool.peek(8)] and spool.evicted_by_kind["normal"] == 5
+        big = b"x" * 9_000  # bytes bound: one big alert evicts what it takes, least important first
+        spool.put("vib/d/upload", big, "alert", "big")
+        assert spool.bytes <= 10_000 and "big" in [r.upload_id for r in spool.peek(8)]
+        assert spool.evicted_by_kind["alert"] == 1 and "id1" not in [r.upload_id for r in spool.peek(8)], \
+            "alerts go last, and then the oldest first"
+
+
+def test_receipts_keep_sent_records_until_confirmed(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.sqlite") as spool:
+        for i in range(5):
+            spool.put("vib/d/upload", b"p", "normal", f"u{i}")
+        first = spool.peek(3)
+        assert spool.mark_sent(r.id for r in first) == 3 and spool.awaiting_receipt() == 3
+        assert [r.upload_id for r in spool.peek(10)] == ["u3", "u4"], "sent records wait for their receipt"
+        assert spool.confirm(["u0", "u2", "u0", "unknown"]) == 2 and len(spool) == 3
+        time.sleep(0.05)
+        assert [r.upload_id for r in spool.peek(10, resend_after_s=0.01)] == ["u1", "u3", "u4"], \
+            "a sent record without a receipt goes again after the timeout"
+
+
+def test_a_spool_of_the_first_release_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, topic TEXT NOT NULL,"
+               " payload BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0)")
+    db.execute("INSERT INTO records (created, topic, payload) VALUES (1.0, 'vib/d/upload', x'01')")
+    db.commit()
+    db.close()
+    with Spool(path) as spool:
+        (rec,) = spool.peek(5)
+        assert (rec.kind, rec.upload_id, rec.payload) == ("normal", None, b"\x01")
+        spool.put("vib/d/upload", b"\x02", "alert", "a1")
+        assert [r.kind for r in spool.peek(5)] == ["alert", "normal"]

@@ -1,0 +1,90 @@
+"""The status page in a real browser: it loads, its chart follows the windows as they are scored, and an alert
+shows up on the sensor that raised it (and only there); a device id full of markup stays text."""
+
+from __future__ import annotations
+
+import time
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from edge_agent.agent import Agent
+from firmware_sim.link import PtyLink
+from tests.agent.gateway_helpers import gateway_config, running
+from tests.agent.pipeline_helpers import frames_of
+from tests.broker import wait_for
+
+pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
+
+
+HOSTILE = "<img src=x onerror=alert(1)>"  # a valid device id: the page must show it as text, never as markup
+
+
+def _card(browser, device: str):
+    return next(c for c in browser.find_elements(By.CSS_SELECTOR, "section.card")
+                if c.get_attribute("data-sensor") == device)
+
+
+def _points(browser, device: str) -> int:
+    try:
+        return int(_card(browser, device).find_element(By.CSS_SELECTOR, "svg.chart").get_attribute("data-points") or 0)
+    except StopIteration:
+        return 0
+
+
+def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agent_bundle, degrading_samples):
+    links = {"pump-1": PtyLink(tmp_path / "tty1", write_timeout=10),
+             HOSTILE: PtyLink(tmp_path / "tty2", write_timeout=10)}
+    agent = Agent(gateway_config(tmp_path, agent_bundle, links))
+    frames = frames_of(degrading_samples, 1024)
+    first, healthy = len(frames) // 8, len(frames) // 2  # the defect starts at 60 % of the recording
+    wait = WebDriverWait(browser, 20, poll_frequency=0.1)
+    p1 = agent.sensor("pump-1")
+
+    def send(a: int, b: int, devices=("pump-1", HOSTILE)) -> float:
+        for f in frames[a:b]:
+            for d in devices:
+                links[d].send(f)
+        assert wait_for(lambda: p1.pipeline.windower.counters.samples_in >= b * 1024, 20)
+        return time.time()
+
+    try:
+        with running(agent):
+            assert wait_for(lambda: agent.web.port is not None, 10)
+            browser.get(f"{agent.web.url}?poll=300")
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "section.card")) == 2)
+            assert browser.find_element(By.ID, "gateway").text == "hall-3"
+            assert "no window scored yet" in _card(browser, "pump-1").text
+
+            sent = send(0, first)
+            wait.until(lambda b: _points(b, "pump-1") >= 1)
+            before = _points(browser, "pump-1")
+            assert _card(browser, "pump-1").find_element(By.CSS_SELECTOR, ".badge").text.lower() == "normal"
+            # history points are per second of scoring: the next batch, a second later, adds a point
+            assert wait_for(lambda: int(time.time()) > int(sent), 2)
+            send(first, healthy)
+            wait.until(lambda b: _points(b, "pump-1") > before)
+            assert _card(browser, "pump-1").find_elements(By.CSS_SELECTOR, "polyline.threshold")
+
+            send(healthy, len(frames), devices=("pump-1",))  # pump-1 fails; the other stays quiet
+            wait.until(lambda b: _card(b, "pump-1").find_elements(By.CSS_SELECTOR, 'table.alerts tr[data-kind="raised"]'))
+            wait.until(lambda b: _card(b, "pump-1").get_attribute("data-state") in ("warning", "critical"))
+            card1, card2 = _card(browser, "pump-1"), _card(browser, HOSTILE)
+            badge = card1.find_element(By.CSS_SELECTOR, ".badge").text.lower()
+            assert badge in ("warning", "critical")
+            assert card1.find_elements(By.CSS_SELECTOR, "svg.chart rect.band")  # the alert period is shaded
+            assert card1.find_elements(By.CSS_SELECTOR, "svg.chart circle.hit")  # windows above the threshold
+            assert card2.get_attribute("data-state") == "normal"
+            assert not card2.find_elements(By.CSS_SELECTOR, "table.alerts tbody tr")
+            assert "test-conv" in card1.find_element(By.CSS_SELECTOR, "dl.stats").text  # the served model
+            counters = {r.get_attribute("data-key") for r in card1.find_elements(By.CSS_SELECTOR, "table.counters tr")}
+            assert {"frames_dropped", "crc_errors", "gaps", "samples_invalid"} <= counters
+            assert "1 alerting" in browser.find_element(By.ID, "summary").text
+            assert not browser.find_element(By.ID, "banner").is_displayed()
+            assert card2.find_element(By.CSS_SELECTOR, "h2").text == HOSTILE and not browser.find_elements(By.TAG_NAME, "img")
+            png = browser.get_screenshot_as_png()
+    finally:
+        for link in links.values():
+            link.close()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    (tmp_path / "status-page.png").write_bytes(png)
