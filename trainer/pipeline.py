@@ -251,6 +251,7 @@ def run(opts: TrainOptions) -> TrainResult:
     scorer = TFLiteModel(blobs[served], stateful=variants[served]["stateful"])
     all_scores = scorer.score(everything.windows)
     served_val_scores = scorer.score(val_set.windows)
+    served_fit_scores = scorer.score(fit_set.windows[_evenly(len(fit_set), 5000)])  # drift's reference (drift.py)
 
     model_id = _model_id(opts, recipe.architecture)
     now = datetime.now(UTC)
@@ -305,6 +306,7 @@ def run(opts: TrainOptions) -> TrainResult:
         "threshold": threshold.to_dict() | {"calibrated_on": "keras validation scores"},
         "score_quantiles": {
             "training_keras": thresholds.score_quantiles(fit_scores),
+            "training_served": thresholds.score_quantiles(served_fit_scores),
             "validation_keras": thresholds.score_quantiles(val_scores),
             "validation_served": thresholds.score_quantiles(served_val_scores),
         },

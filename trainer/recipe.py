@@ -191,12 +191,12 @@ def _table(training: Recording) -> Recipe:
 def resolve(rec: Recording, training: Recording | None = None, **explicit) -> Recipe:
     """:func:`choose`, with every option given explicitly (not None) taking precedence.
 
-    explicit: any of ``mode``, ``window``, ``hop``, ``block``, ``features``, ``fft_bands``,
+    explicit: any of ``mode``, ``window``, ``hop``, ``block``, ``features``, ``fft_bands`` (``()``: none),
     ``architecture``. An explicit ``mode`` that differs from the rule's gets that mode's own defaults
     (features: blocks of 0.1 s or 10 rows without a sample rate; raw: windows of 10 rows).
     A window given without a hop keeps ``hop == window``.
     """
-    given = {k: v for k, v in explicit.items() if v is not None and v != ()}
+    given = {k: v for k, v in explicit.items() if v is not None}  # () is explicit: none (e.g. no FFT bands)
     base = choose(rec, training)
     if given.get("mode") and given["mode"] != base.mode:
         if given["mode"] == "features":
