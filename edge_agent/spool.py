@@ -75,6 +75,9 @@ _ADDED = (("kind", "TEXT NOT NULL DEFAULT 'normal'"), ("upload_id", "TEXT"), ("s
 _ADDED_NAMES = tuple(name for name, _ in _ADDED)
 _RANK = "CASE kind WHEN 'alert' THEN 3 WHEN 'calibration' THEN 2 WHEN 'drift' THEN 1 ELSE 0 END"
 RANKS = {"normal": 0, "drift": 1, "calibration": 2, "alert": 3}
+#: A record sent without a receipt goes again after the receipt timeout, then after 2x, 4x, ... up to 64x it
+#: (300 s: at most every 5.3 h): bounded resending while no collector answers.
+RESEND_DOUBLINGS = 6
 #: ``PRAGMA application_id`` of a spool ("VIBE"): marks the file as ours.
 APPLICATION_ID = 0x56494245
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -326,7 +329,9 @@ class Spool:
     def peek(self, n: int, resend_after_s: float | None = None) -> list[Record]:
         """The next ``n`` records to send, most important kind first, oldest first within a kind (they stay in
         the spool until ``ack`` or ``confirm``). Records marked sent are left out, or, with ``resend_after_s``,
-        included once they were sent that long ago without a receipt."""
+        included once they were sent that long ago without a receipt; the wait doubles with each attempt, up
+        to ``2**RESEND_DOUBLINGS`` times (a gateway whose collector is away does not resend its whole spool
+        every few minutes)."""
         with self._lock:
             if self._waiting:
                 self._write_waiting()
@@ -335,8 +340,10 @@ class Spool:
             try:
                 rows = self._db.execute(
                     "SELECT id, created, topic, payload, attempts, kind, upload_id FROM records "
-                    f"WHERE sent IS NULL OR sent < ? ORDER BY {_RANK} DESC, id LIMIT ?",
-                    (-1.0 if resend_after_s is None else time.time() - resend_after_s, int(n)),
+                    "WHERE sent IS NULL OR sent + ? * (1 << MIN(MAX(attempts - 1, 0), ?)) < ? "
+                    f"ORDER BY {_RANK} DESC, id LIMIT ?",
+                    (0.0, 0, -1.0, int(n)) if resend_after_s is None else
+                    (float(resend_after_s), RESEND_DOUBLINGS, time.time(), int(n)),
                 ).fetchall()
             except sqlite3.Error as exc:
                 if _locked(exc):

@@ -45,6 +45,23 @@ def test_receipts_keep_sent_records_until_confirmed(tmp_path: Path) -> None:
             "a sent record without a receipt goes again after the timeout"
 
 
+def test_resending_without_a_receipt_backs_off(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.sqlite") as spool:
+        spool.put("vib/d/upload", b"p", "normal", "u0")
+        timeout = 0.2
+        waits = []
+        for _attempt in range(3):
+            (rec,) = spool.peek(10, resend_after_s=timeout)
+            spool.mark_attempt([rec.id])
+            spool.mark_sent([rec.id])
+            sent = time.monotonic()
+            while not spool.peek(10, resend_after_s=timeout):
+                time.sleep(0.01)
+            waits.append(time.monotonic() - sent)
+        assert timeout <= waits[0] < 2 * timeout <= waits[1] < 4 * timeout <= waits[2], \
+            f"each resend waits twice as long as the one before: {waits}"
+
+
 def test_a_spool_of_the_first_release_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
