@@ -80,6 +80,9 @@ def cli(verbose: int) -> None:
 @click.option("--fft-bands", default=None,
               help="FFT band energies LOW-HIGH Hz, comma separated (features mode) [default: 5 octaves up to Nyquist].")
 @click.option("--channels", default="", help="Channels to keep, by name or 0-based index, comma separated.")
+@click.option("--sample-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Hz of a CSV / .npy / .npz recording that does not state it (a time column or a "
+                   "'sample_rate' entry does).")
 @click.option("--start", default=None, help="Ignore rows before this time (e.g. a run-in period).")
 @click.option("--end", default=None, help="Ignore rows at or after this time (e.g. after shutdown).")
 @click.option("--train-until", default=None,
@@ -106,8 +109,8 @@ def cli(verbose: int) -> None:
               "model_version, start, end, healthy; default healthy=true), repeatable.")
 def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: str | None, window: int | None,
           hop: int | None, block: int | None, features: str | None, fft_bands: str | None, channels: str,
-          start: str | None, end: str | None,
-          train_until: str | None, epochs: int, batch_size: int, learning_rate: float, patience: int,
+          sample_rate: float | None, start: str | None, end: str | None, train_until: str | None, epochs: int,
+          batch_size: int, learning_rate: float, patience: int,
           validation_fraction: float, quantize: str, threshold_method: str, threshold_param: tuple[str, ...],
           seed: int, min_agreement: float, model_id: str | None, persistence: int, select: tuple[str, ...]) -> None:
     """Train on --data and write a verified bundle to --out."""
@@ -137,6 +140,7 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
                           validation_fraction=validation_fraction, patience=patience, seed=seed),
             quantize=quantize, threshold_method=threshold_method, threshold_params=_params(threshold_param),
             min_agreement=min_agreement, model_id=model_id, persistence=persistence, recording=recording,
+            load_options={} if sample_rate is None else {"sample_rate": sample_rate},
         )
         result = run(opts)
     except (ExportError, ValueError, KeyError, TypeError, BundleError, DataFormatError) as exc:

@@ -204,6 +204,12 @@ def run(opts: TrainOptions) -> TrainResult:
     fit_scores = keras_scores(model, fit_set.windows)
     threshold = thresholds.calibrate(val_scores, opts.threshold_method, **opts.threshold_params)
     log.info("threshold (%s on %d validation windows): %.5g", threshold.method, len(val_scores), threshold.value)
+    if np.median(val_scores) > np.quantile(fit_scores, 0.99):
+        log.warning("the validation windows (the last %d %% of the training rows) score above 99 %% of the windows "
+                    "fitted before them (median %.4g vs q0.99 %.4g): the end of the training period is not like its "
+                    "start (a machine already degrading?); the threshold calibrated on it will be high. Train on the "
+                    "healthy part only (--train-until)", round(100 * opts.fit.validation_fraction),
+                    float(np.median(val_scores)), float(np.quantile(fit_scores, 0.99)))
     train_scores = np.concatenate([fit_scores, val_scores])
     q = training_floor_quantile(len(train_scores), spec.window, recipe.train_hop)
     floor = float(np.quantile(train_scores, q))

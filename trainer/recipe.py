@@ -25,11 +25,14 @@ for the log and the manifest.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from edge_agent.contract.recordings import Recording
+
+log = logging.getLogger(__name__)
 
 #: Sample rates at or above this are raw vibration: summarised per block, not modelled sample by sample.
 HIGH_RATE_HZ = 1000.0
@@ -51,6 +54,8 @@ LSTM_MAX_STEPS = 64
 MIN_PERIOD, MAX_PERIOD, PERIOD_MIN_ACF, PERIOD_MIN_PROMINENCE = 12, 512, 0.5, 0.5
 #: The trainer's default validation fraction (trainer.train.FitConfig), for the phase-coverage rule.
 VALIDATION_FRACTION = 0.2
+#: A table longer than this without a rate or times may be raw vibration (said in the log).
+LONG_TABLE_ROWS = 100_000
 #: Most training windows (the training hop grows beyond this).
 MAX_TRAIN_WINDOWS = 20000
 
@@ -168,6 +173,10 @@ def _table(training: Recording) -> Recipe:
     rate = (f"{training.sample_rate:g} Hz" if training.sample_rate else
             "rows with their own times" if any(s.row_times is not None for s in training.segments) else "no sample rate")
     reasons = [f"{rate}: a table of slow values, one step per row"]
+    if not training.sample_rate and all(s.row_times is None for s in training.segments) \
+            and training.n_rows > LONG_TABLE_ROWS:
+        log.warning("%d rows without a sample rate or times are modelled row by row; if this is raw vibration, "
+                    "give its rate (--sample-rate HZ) for the features representation", training.n_rows)
     longest = max((seg for seg in training.segments), key=lambda s: s.n_rows, default=None)
     period, acf, prominence = (None, 0.0, 0.0) if longest is None else dominant_period(longest.data)
     window = hop = STEPS_PER_WINDOW

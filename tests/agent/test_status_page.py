@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -25,10 +26,31 @@ def _card(browser, device: str):
                 if c.get_attribute("data-sensor") == device)
 
 
+#: Everything the test checks once the alert shows, read in one script run (arguments: the two device ids).
+_SNAPSHOT = """
+const card = id => Array.from(document.querySelectorAll('section.card')).find(c => c.dataset.sensor === id);
+const [c1, c2] = [card(arguments[0]), card(arguments[1])];
+const banner = document.getElementById('banner');
+return {
+  badge1: c1.querySelector('.badge').textContent.trim().toLowerCase(),
+  bands1: c1.querySelectorAll('svg.chart rect.band').length,
+  hits1: c1.querySelectorAll('svg.chart circle.hit').length,
+  stats1: c1.querySelector('dl.stats').textContent,
+  counters1: Array.from(c1.querySelectorAll('table.counters tr')).map(r => r.dataset.key),
+  state2: c2.dataset.state,
+  alert_rows2: c2.querySelectorAll('table.alerts tbody tr').length,
+  title2: c2.querySelector('h2').textContent,
+  summary: document.getElementById('summary').textContent,
+  banner_shown: !!banner && banner.offsetParent !== null && getComputedStyle(banner).display !== 'none',
+  images: document.getElementsByTagName('img').length,
+};
+"""
+
+
 def _points(browser, device: str) -> int:
     try:
         return int(_card(browser, device).find_element(By.CSS_SELECTOR, "svg.chart").get_attribute("data-points") or 0)
-    except StopIteration:
+    except (StopIteration, StaleElementReferenceException):
         return 0
 
 
@@ -38,7 +60,8 @@ def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agen
     agent = Agent(gateway_config(tmp_path, agent_bundle, links))
     frames = frames_of(degrading_samples, 1024)
     first, healthy = len(frames) // 8, len(frames) // 2  # the defect starts at 60 % of the recording
-    wait = WebDriverWait(browser, 20, poll_frequency=0.1)
+    # the page re-renders every poll: an element found in one call may be gone by the next (retried, not failed)
+    wait = WebDriverWait(browser, 20, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     p1 = agent.sensor("pump-1")
 
     def send(a: int, b: int, devices=("pump-1", HOSTILE)) -> float:
@@ -54,34 +77,31 @@ def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agen
             browser.get(f"{agent.web.url}?poll=300")
             wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "section.card")) == 2)
             assert browser.find_element(By.ID, "gateway").text == "hall-3"
-            assert "no window scored yet" in _card(browser, "pump-1").text
+            wait.until(lambda b: "no window scored yet" in _card(b, "pump-1").text)
 
             sent = send(0, first)
             wait.until(lambda b: _points(b, "pump-1") >= 1)
             before = _points(browser, "pump-1")
-            assert _card(browser, "pump-1").find_element(By.CSS_SELECTOR, ".badge").text.lower() == "normal"
+            wait.until(lambda b: _card(b, "pump-1").find_element(By.CSS_SELECTOR, ".badge").text.lower() == "normal")
             # history points are per second of scoring: the next batch, a second later, adds a point
             assert wait_for(lambda: int(time.time()) > int(sent), 2)
             send(first, healthy)
             wait.until(lambda b: _points(b, "pump-1") > before)
-            assert _card(browser, "pump-1").find_elements(By.CSS_SELECTOR, "polyline.threshold")
+            wait.until(lambda b: _card(b, "pump-1").find_elements(By.CSS_SELECTOR, "polyline.threshold"))
 
             send(healthy, len(frames), devices=("pump-1",))  # pump-1 fails; the other stays quiet
             wait.until(lambda b: _card(b, "pump-1").find_elements(By.CSS_SELECTOR, 'table.alerts tr[data-kind="raised"]'))
             wait.until(lambda b: _card(b, "pump-1").get_attribute("data-state") in ("warning", "critical"))
-            card1, card2 = _card(browser, "pump-1"), _card(browser, HOSTILE)
-            badge = card1.find_element(By.CSS_SELECTOR, ".badge").text.lower()
-            assert badge in ("warning", "critical")
-            assert card1.find_elements(By.CSS_SELECTOR, "svg.chart rect.band")  # the alert period is shaded
-            assert card1.find_elements(By.CSS_SELECTOR, "svg.chart circle.hit")  # windows above the threshold
-            assert card2.get_attribute("data-state") == "normal"
-            assert not card2.find_elements(By.CSS_SELECTOR, "table.alerts tbody tr")
-            assert "test-conv" in card1.find_element(By.CSS_SELECTOR, "dl.stats").text  # the served model
-            counters = {r.get_attribute("data-key") for r in card1.find_elements(By.CSS_SELECTOR, "table.counters tr")}
-            assert {"frames_dropped", "crc_errors", "gaps", "samples_invalid"} <= counters
-            assert "1 alerting" in browser.find_element(By.ID, "summary").text
-            assert not browser.find_element(By.ID, "banner").is_displayed()
-            assert card2.find_element(By.CSS_SELECTOR, "h2").text == HOSTILE and not browser.find_elements(By.TAG_NAME, "img")
+            # one synchronous read of the page (the page re-renders every poll: elements held across calls go stale)
+            page = browser.execute_script(_SNAPSHOT, "pump-1", HOSTILE)
+            assert page["badge1"] in ("warning", "critical")
+            assert page["bands1"] and page["hits1"], "the alert period is shaded, windows above the threshold marked"
+            assert page["state2"] == "normal" and page["alert_rows2"] == 0
+            assert "test-conv" in page["stats1"]  # the served model
+            assert {"frames_dropped", "crc_errors", "gaps", "samples_invalid"} <= set(page["counters1"])
+            assert "1 alerting" in page["summary"]
+            assert not page["banner_shown"]
+            assert page["title2"] == HOSTILE and page["images"] == 0
             png = browser.get_screenshot_as_png()
     finally:
         for link in links.values():

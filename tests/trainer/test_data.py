@@ -169,6 +169,50 @@ def test_generic_csv(tmp_path: Path) -> None:
     assert plain.segments[0].data[1, 2] == 6
 
 
+@pytest.mark.parametrize(("header", "t0", "step", "rate", "epoch"), [
+    ("t,x,y", 0.0, 1 / 12000, 12000.0, False),            # elapsed seconds at 12 kHz, printed to 1 µs
+    ("Time (ms),x,y", 5.0, 0.1, 10000.0, False),          # elapsed milliseconds
+    ("time,temp,pressure", 1.7e9, 60.0, None, True),      # Unix seconds: row times, not a channel
+    ("timestamp,value", 1.7e12, 300_000.0, None, True),   # Unix milliseconds under NAB's header
+])
+def test_a_numeric_time_column_is_time_not_a_channel(tmp_path: Path, header, t0, step, rate, epoch) -> None:
+    p = tmp_path / "t.csv"
+    t = t0 + step * np.arange(2400)
+    values = np.random.default_rng(0).normal(size=(2400, header.count(",")))
+    np.savetxt(p, np.c_[t, values], delimiter=",", header=header, comments="", fmt=["%.6f"] + ["%.5f"] * values.shape[1])
+    rec = load(p)
+    assert rec.format == "csv" and rec.channels == tuple(header.split(",")[1:])
+    np.testing.assert_allclose(rec.segments[0].data, values, atol=1e-5)
+    assert rec.sample_rate == rate
+    times = rec.segments[0].row_times
+    if epoch:
+        ms = t * (1000.0 if t0 < 1e11 else 1.0)
+        assert times is not None and int(times[0].astype(np.int64)) == round(ms[0])
+    else:
+        assert times is None
+
+
+def test_a_column_named_like_time_that_is_not_increasing_stays_a_channel(tmp_path: Path) -> None:
+    p = tmp_path / "t.csv"
+    p.write_text("t,x\n3,1\n2,2\n5,3\n", encoding="utf-8")
+    rec = load(p)
+    assert rec.channels == ("t", "x") and rec.sample_rate is None
+
+
+def test_a_snapshot_archive_states_its_sample_rate(tmp_path: Path) -> None:
+    acc = np.random.default_rng(1).normal(size=(3, 1000, 3)).astype(np.float32)
+    np.savez(tmp_path / "s.npz", acc=acc, sample_rate=np.float64(51200.0))
+    np.savez(tmp_path / "plain.npz", acc=acc)
+    assert load(tmp_path / "s.npz").sample_rate == 51200.0
+    assert load(tmp_path / "plain.npz").sample_rate == 25600.0, "FEMTO's rate when the archive says nothing"
+    assert load(tmp_path / "plain.npz", sample_rate=10000.0).sample_rate == 10000.0
+    np.savez(tmp_path / "bad.npz", acc=acc, sample_rate=np.array([1.0, 2.0]))
+    with pytest.raises(DataFormatError, match="sample_rate"):
+        load(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="cannot be given for nab"):
+        load(NAB_OK, sample_rate=10.0)
+
+
 def test_npy_shapes(tmp_path: Path) -> None:
     h, b = load(LORENZ_H, names=["x", "y", "z"]), load(LORENZ_B)
     assert h.format == "npy" and h.channels == ("x", "y", "z") and h.n_rows == 3000

@@ -106,3 +106,15 @@ def test_each_supported_format_gets_the_documented_default(fmt):
     training = rec.head(int(0.15 * rec.n_rows)) if fmt == "nab" else rec
     r = recipe.choose(rec, training)
     assert (r.mode, r.window, r.hop) == (mode, window, hop), r.describe()
+
+
+def test_raw_vibration_in_a_csv_with_a_time_column_or_an_npy_with_a_given_rate_gets_features(tmp_path):
+    t = np.arange(0, 3, 1 / 12000)
+    x = np.c_[np.sin(2 * np.pi * 157 * t), np.random.default_rng(0).normal(size=len(t))]
+    np.savetxt(tmp_path / "vib.csv", np.c_[t, x], delimiter=",", header="t,x,y", comments="", fmt="%.6f")
+    np.save(tmp_path / "vib.npy", x.astype(np.float32))
+    for rec in (load(tmp_path / "vib.csv"), load(tmp_path / "vib.npy", sample_rate=12000.0)):
+        r = recipe.choose(rec)
+        assert rec.sample_rate == 12000.0 and rec.channels[-2:] in (("x", "y"), ("ch0", "ch1"))
+        assert (r.mode, r.block, r.window, r.hop) == ("features", 1200, 10, 10), r.describe()
+    assert recipe.choose(load(tmp_path / "vib.npy")).mode == "raw", "without a rate nothing says it is vibration"

@@ -32,6 +32,7 @@ Every loader raises ``DataFormatError`` (``path:line:column: message``) on malfo
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import zipfile
@@ -121,8 +122,8 @@ def _detect_table(p: Path) -> str:
     delim = "\t" if "\t" in header_line else ("," if "," in header_line else ";")
     header = split_row(header_line, delim)
     lowered = [h.lower() for h in header]
-    if lowered == ["timestamp", "value"]:
-        return "nab"
+    if lowered == ["timestamp", "value"] and not (len(lines) > 1 and is_number(split_row(lines[1], delim)[0])):
+        return "nab"  # NAB's date-time stamps (numeric ones are a generic table with a time column)
     if len(lines) > 1 and any(not is_number(h) for h in header):
         first = split_row(lines[1], delim)
         tcol = next((j for j in range(min(2, len(lowered))) if lowered[j] == "datetime"), None)
@@ -154,6 +155,10 @@ def load(path: str | os.PathLike[str], format: str = "auto", **opts: Any) -> Rec
     if not Path(path).exists():
         raise DataFormatError(path, message="no such file or folder")
     channels = opts.pop("channels", None)
+    if opts.get("sample_rate") is None:
+        opts.pop("sample_rate", None)
+    elif "sample_rate" not in inspect.signature(LOADERS[fmt]).parameters:
+        raise ValueError(f"a sample rate cannot be given for {fmt} recordings: they state their own")
     rec = LOADERS[fmt](path, **opts)
     if channels is not None:
         rec = rec.select_channels(channels)

@@ -6,7 +6,8 @@ semicolon-separated, no header), sampled at 25.6 kHz, one snapshot every 10 s. O
 (``temp_NNNNN.csv`` temperature logs) are ignored.
 
 Snapshot archives (``snapshots``): the ``.npz`` layout of the shared data set: ``acc`` float32
-(n, 2560, 2) [horizontal, vertical]; optional ``time_of_day`` float64 (n, 4) (h, min, s, µs),
+(n, L, C) (FEMTO: (n, 2560, 2) [horizontal, vertical]); optional ``sample_rate`` (or ``fs``) scalar Hz
+(default: FEMTO's 25.6 kHz, said in the log), ``time_of_day`` float64 (n, 4) (h, min, s, µs),
 ``snapshot_index`` int32 (n,), ``source_file`` str (n,), ``n_snapshots_total`` int32 ().
 
 The files give a time of day but no date; pass ``date="YYYY-MM-DD"`` to get segment start
@@ -34,6 +35,8 @@ FEMTO_SAMPLE_RATE = 25600.0
 FEMTO_ROWS = 2560
 FEMTO_CHANNELS = ("horizontal", "vertical")
 ACC_NAME = re.compile(r"^acc_(\d+)\.csv$")
+#: Entries of a snapshot archive that may give its sample rate (Hz, a scalar).
+RATE_KEYS = ("sample_rate", "fs", "sampling_rate")
 #: A time of day that goes back by less than this is a bad time stamp; by more, the next day.
 _HALF_DAY_MS = 43_200_000
 
@@ -145,14 +148,15 @@ def load_femto(
 
 def load_snapshots(
     path: str | os.PathLike[str], *, limit: int | None = None, start: int = 0, date: str | None = None,
-    sample_rate: float = FEMTO_SAMPLE_RATE,
+    sample_rate: float | None = None,
 ) -> Recording:
     """Load a snapshot archive (``.npz`` with ``acc`` (n, L, C)), one ``Segment`` per snapshot.
 
     Args:
         limit / start: keep snapshots ``start .. start+limit``.
         date: ``YYYY-MM-DD`` of the first snapshot (uses ``time_of_day``) for start times.
-        sample_rate: Hz within a snapshot (FEMTO: 25600).
+        sample_rate: Hz within a snapshot; default: the archive's ``sample_rate`` (or ``fs``) entry, else
+            FEMTO's 25600.
 
     Raises:
         DataFormatError: not an ``.npz``, no ``acc`` key, wrong shapes, NaN or inf values.
@@ -164,12 +168,26 @@ def load_snapshots(
                 raise DataFormatError(p, message=f"no 'acc' array in archive (keys: {', '.join(z.files)})")
             acc = z["acc"]
             tod = z["time_of_day"] if "time_of_day" in z.files else None
+            stored = next((z[k] for k in RATE_KEYS if k in z.files), None)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         if isinstance(exc, DataFormatError):
             raise
         raise DataFormatError(p, message=f"not a readable .npz archive ({exc})") from exc
     if acc.ndim != 3 or acc.shape[0] == 0:
         raise DataFormatError(p, message=f"'acc' must have shape (n, L, C) with n > 0, got {acc.shape}")
+    if sample_rate is None and stored is not None:
+        try:
+            sample_rate = float(np.asarray(stored).reshape(()))
+        except (TypeError, ValueError) as exc:
+            raise DataFormatError(p, message=f"'sample_rate' must be one number (Hz), got {stored!r}") from exc
+        if not (np.isfinite(sample_rate) and sample_rate > 0):
+            raise DataFormatError(p, message=f"'sample_rate' must be a positive number of Hz, got {sample_rate}")
+    elif sample_rate is None:
+        sample_rate = FEMTO_SAMPLE_RATE
+        femto_like = acc.shape[1:] == (FEMTO_ROWS, len(FEMTO_CHANNELS))
+        log.log(logging.INFO if femto_like else logging.WARNING,
+                "%s states no sample rate (no 'sample_rate' entry): assuming FEMTO's %g Hz%s", p, sample_rate,
+                "" if femto_like else f" for snapshots of {acc.shape[1]} x {acc.shape[2]} (give it with --sample-rate)")
     if not np.issubdtype(acc.dtype, np.number):
         raise DataFormatError(p, message=f"'acc' has non-numeric dtype {acc.dtype}")
     if tod is not None and tod.shape != (acc.shape[0], 4):

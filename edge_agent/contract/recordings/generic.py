@@ -1,9 +1,11 @@
 """Generic inputs: numeric CSV tables and ``.npy`` arrays.
 
 CSV: comma, semicolon or tab separated (guessed from the first line); an optional header
-(detected when the first line has a non-numeric cell); an optional leading time column
-(detected when the first data cell is a date-time); every other column must be numeric and
-becomes a channel. ``.npy``: (n,) is one channel, (n, C) is C channels, (n, L, C) is n
+(detected when the first line has a non-numeric cell); an optional leading time column, detected when
+the first data cell is a date-time, or when the first header names time (``t``, ``time``, ``timestamp``,
+``seconds``, ...) over strictly increasing numbers: Unix epoch seconds or milliseconds become row times,
+other numbers are seconds, whose median step gives the sample rate; every other column must be numeric and
+becomes a channel (label columns are ground truth). ``.npy``: (n,) is one channel, (n, C) is C channels, (n, L, C) is n
 segments of L rows.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +33,42 @@ from .errors import DataFormatError
 from .recording import Recording, Segment, split_at_gaps
 
 log = logging.getLogger(__name__)
+
+#: Header names of a numeric leading time column (lower case, units in brackets or after "_" dropped).
+TIME_NAMES = frozenset({"t", "time", "timestamp", "ts", "sec", "secs", "second", "seconds", "elapsed", "epoch",
+                        "unix", "unixtime", "unix_time", "times"})
+_TIME_HEADER = re.compile(r"^(.+?)(?:\s*[_ ]?\s*[(\[]?\s*(ms|us|µs|s)\s*[)\]]?)?$")
+#: Plausible Unix epoch seconds (1973..2286) and milliseconds.
+_EPOCH_S, _EPOCH_MS = (1e8, 1e10), (1e11, 1e13)
+
+
+def _time_name(cell: str) -> str | None:
+    """'s', 'ms' or 'us' when a header cell names a time column in those units (None: not a time name)."""
+    m = _TIME_HEADER.match(cell.strip().strip('"').lower())
+    if m is None or m.group(1) not in TIME_NAMES:
+        return None
+    return {"µs": "us", None: "s"}.get(m.group(2), m.group(2))
+
+
+def _numeric_times(path, column: np.ndarray, unit: str) -> tuple[np.ndarray | None, float | None]:
+    """(row times datetime64[ms] or None, sample rate Hz or None) of a strictly increasing numeric time column."""
+    scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6}[unit]
+    if unit == "s" and _EPOCH_MS[0] <= column[0] < _EPOCH_MS[1]:
+        scale = 1e-3
+    seconds = column * scale
+    if _EPOCH_S[0] <= seconds[0] < _EPOCH_S[1]:
+        log.info("%s: the first column holds Unix times (%s)", path, "ms" if scale == 1e-3 else "s")
+        return (seconds * 1000.0).round().astype("datetime64[ms]"), None
+    steps = np.diff(seconds)
+    step = float(np.median(steps)) if len(steps) else 0.0
+    if step > 0 and steps.max() < 1.5 * step:  # no gap: the whole span averages out printed-time rounding
+        step = float(seconds[-1] - seconds[0]) / len(steps)
+    rate = 1.0 / step if step > 0 else None
+    if rate is not None and rate >= 1.0 and abs(rate - round(rate)) < 1e-3 * rate:
+        rate = float(round(rate))
+    if rate is not None:
+        log.info("%s: the first column holds times in %s; rows every %g s: %g Hz", path, unit, step, rate)
+    return None, rate
 
 
 def _names(names: Sequence[str] | None, n: int, path: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -87,6 +126,11 @@ def load_csv(
     values = parse_numeric(path, data_lines, delimiter=delim, first_line=body_start + 1, n_cols=n_cols,
                            usecols=value_cols if time_column else None, allow_nan=allow_nan)
     times = None
+    unit = _time_name(cells0[0]) if header and not time_column and len(value_cols) > 1 else None
+    if unit is not None and len(values) > 1 and np.all(np.diff(values[:, 0]) > 0):
+        times, rate = _numeric_times(path, values[:, 0], unit)
+        sample_rate = sample_rate or rate
+        value_cols, values = value_cols[1:], values[:, 1:]
     if time_column:
         keep = [i for i, ln in enumerate(data_lines) if ln.strip()]
         times = parse_times(path, [data_lines[i].split(delim)[0] for i in keep],
