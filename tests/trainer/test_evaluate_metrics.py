@@ -84,6 +84,7 @@ def test_discover_finds_nab_layout_series_and_labelled_tables(tmp_path):
     assert [(c.kind, c.data.name) for c in cases] == [("windows", "machine.csv"), ("run-to-failure", "bearing.npz"),
                                                       ("points", "1.csv")]
     assert cases[0].label_key == "realKnownCause/machine.csv" and cases[0].train_fraction == nab.PROBATION
+    assert [c.group for c in cases[1:]] == ["run to failure", "pump"], "a recording at the top has a named group"
 
 
 def test_the_shared_suite_parses(shared_data):

@@ -152,14 +152,20 @@ def discover(data_dir: Path) -> list[Case]:
                 continue
         cases.append(Case(name=str(f.relative_to(data_dir).with_suffix("")), kind="run-to-failure", data=f,
                           train_fraction=RUN_TO_FAILURE_TRAIN_FRACTION, healthy_fraction=0.5,
-                          load={"date": "2000-01-01"}, group=str(f.parent.relative_to(data_dir)) or "run to failure"))
+                          load={"date": "2000-01-01"}, group=_group(f, data_dir, "run to failure")))
     for f in sorted(set(data_dir.rglob("*.csv")) - named):
         header = f.open(encoding="utf-8", errors="replace").readline().lower()
         cells = {c.strip().strip('"') for c in header.replace(";", ",").replace("\t", ",").split(",")}
         if cells & LABEL_COLUMN_NAMES:
             cases.append(Case(name=str(f.relative_to(data_dir).with_suffix("")), kind="points", data=f,
-                              group=str(f.parent.relative_to(data_dir)) or "points"))
+                              group=_group(f, data_dir, "points")))
     return cases
+
+
+def _group(f: Path, data_dir: Path, default: str) -> str:
+    """A discovered recording's group: its folder under ``data_dir``, or ``default`` at the top."""
+    folder = f.parent.relative_to(data_dir)
+    return default if folder == Path(".") else str(folder)
 
 
 def _find_series(data_dir: Path, label_dir: Path, key: str) -> Path | None:
