@@ -199,6 +199,24 @@ def test_a_column_named_like_time_that_is_not_increasing_stays_a_channel(tmp_pat
     assert rec.channels == ("t", "x") and rec.sample_rate is None
 
 
+def test_spreadsheet_exports_trailing_delimiters_and_decimal_commas(tmp_path: Path) -> None:
+    excel = tmp_path / "excel.csv"
+    excel.write_text("a;b;\n1,5;2;\n3;4,25;\n", encoding="utf-8")
+    rec = load(excel)
+    assert rec.channels == ("a", "b")
+    np.testing.assert_array_equal(rec.segments[0].data, [[1.5, 2], [3, 4.25]])
+    timed = tmp_path / "timed.csv"
+    timed.write_text("datetime;temp;anomaly;\n2024-01-01 00:00:00;20,5;0;\n2024-01-01 00:01:00;21,0;1;\n",
+                     encoding="utf-8")
+    t = load(timed)
+    assert t.channels == ("temp",) and t.label_names == ("anomaly",)
+    np.testing.assert_array_equal(t.segments[0].data[:, 0], [20.5, 21.0])
+    points = tmp_path / "points.csv"
+    points.write_text("a;b\n1.5;2\n1,000;3\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="1,000"):
+        load(points)  # a file that uses decimal points elsewhere: a comma is not silently a decimal point
+
+
 def test_a_snapshot_archive_states_its_sample_rate(tmp_path: Path) -> None:
     acc = np.random.default_rng(1).normal(size=(3, 1000, 3)).astype(np.float32)
     np.savez(tmp_path / "s.npz", acc=acc, sample_rate=np.float64(51200.0))

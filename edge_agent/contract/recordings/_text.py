@@ -21,6 +21,8 @@ import numpy as np
 
 from .errors import DataFormatError
 
+_DECIMAL_COMMA = re.compile(r"(\d),(\d)")
+_DECIMAL_POINT = re.compile(r"\d\.\d")
 _DOTTED_TIME = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})$")
 
 
@@ -72,6 +74,18 @@ def guess_delimiter(line: str) -> str:
     if ";" in line and "," not in line:
         return ";"
     return ","
+
+
+def tidy_lines(lines: list[str], delimiter: str) -> list[str]:
+    """Spreadsheet exports as plain tables: a delimiter ending every line (Excel's trailing ``;``) is dropped,
+    and with ``;`` or tab between fields, decimal commas (``0,25``) become points when no field uses a point."""
+    body = [ln for ln in lines if ln.strip()]
+    if body and all(ln.rstrip().endswith(delimiter) for ln in body) and delimiter != " ":
+        lines = [ln.rstrip()[:-1] if ln.strip() else ln for ln in lines]
+    if delimiter in (";", "\t") and any(_DECIMAL_COMMA.search(ln) for ln in lines) \
+            and not any(_DECIMAL_POINT.search(ln) for ln in lines):
+        lines = [_DECIMAL_COMMA.sub(r"\1.\2", ln) for ln in lines]
+    return lines
 
 
 def split_row(line: str, delimiter: str) -> list[str]:

@@ -28,6 +28,7 @@ from ._text import (
     parse_times,
     read_text,
     split_row,
+    tidy_lines,
 )
 from .errors import DataFormatError
 from .recording import Recording, Segment, split_at_gaps
@@ -107,6 +108,7 @@ def load_csv(
     lines = text.splitlines()
     h = next(i for i, ln in enumerate(lines) if ln.strip())
     delim = delimiter or guess_delimiter(lines[h])
+    lines = tidy_lines(lines, delim)
     cells0 = split_row(lines[h], delim)
     if header is None:
         header = any(not is_number(c) for c in cells0[1:]) or (not is_number(cells0[0])

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._text import label_columns, looks_like_time, parse_numeric, parse_times, read_text, split_row
+from ._text import (
+    label_columns,
+    looks_like_time,
+    parse_numeric,
+    parse_times,
+    read_text,
+    split_row,
+    tidy_lines,
+)
 from .errors import DataFormatError
 from .recording import GAP_FACTOR, Recording, Segment, split_at_gaps
 
@@ -161,7 +169,8 @@ def load_time_table(
     header_idx = next((i for i, ln in enumerate(lines) if ln.strip()), None)
     header_line = lines[header_idx]
     delim = "\t" if "\t" in header_line else ("," if "," in header_line else ";")
-    header = split_row(header_line, delim)
+    lines = tidy_lines(lines, delim)
+    header = split_row(lines[header_idx], delim)
     data_lines = lines[header_idx + 1:]
     first_data = next((ln for ln in data_lines if ln.strip()), None)
     if first_data is None:
