@@ -224,6 +224,11 @@ def test_a_snapshot_archive_states_its_sample_rate(tmp_path: Path) -> None:
     assert load(tmp_path / "s.npz").sample_rate == 51200.0
     assert load(tmp_path / "plain.npz").sample_rate == 25600.0, "FEMTO's rate when the archive says nothing"
     assert load(tmp_path / "plain.npz", sample_rate=10000.0).sample_rate == 10000.0
+    np.savez(tmp_path / "mono.npz", acc=acc[:, :, 0], fs=20000)
+    mono = load(tmp_path / "mono.npz")
+    assert mono.sample_rate == 20000.0 and mono.channels == ("ch0",) and mono.segments[0].data.shape == (1000, 1)
+    np.save(tmp_path / "first.npy", acc[0].T)  # (3, 1000): channels first
+    assert load(tmp_path / "first.npy").segments[0].data.shape == (1000, 3)
     np.savez(tmp_path / "bad.npz", acc=acc, sample_rate=np.array([1.0, 2.0]))
     with pytest.raises(DataFormatError, match="sample_rate"):
         load(tmp_path / "bad.npz")

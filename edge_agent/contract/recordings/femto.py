@@ -6,7 +6,7 @@ semicolon-separated, no header), sampled at 25.6 kHz, one snapshot every 10 s. O
 (``temp_NNNNN.csv`` temperature logs) are ignored.
 
 Snapshot archives (``snapshots``): the ``.npz`` layout of the shared data set: ``acc`` float32
-(n, L, C) (FEMTO: (n, 2560, 2) [horizontal, vertical]); optional ``sample_rate`` (or ``fs``) scalar Hz
+(n, L, C) or (n, L) for one channel (FEMTO: (n, 2560, 2) [horizontal, vertical]); optional ``sample_rate`` (or ``fs``) scalar Hz
 (default: FEMTO's 25.6 kHz, said in the log), ``time_of_day`` float64 (n, 4) (h, min, s, µs),
 ``snapshot_index`` int32 (n,), ``source_file`` str (n,), ``n_snapshots_total`` int32 ().
 
@@ -173,8 +173,10 @@ def load_snapshots(
         if isinstance(exc, DataFormatError):
             raise
         raise DataFormatError(p, message=f"not a readable .npz archive ({exc})") from exc
+    if acc.ndim == 2:
+        acc = acc[:, :, None]  # (n, L): one channel
     if acc.ndim != 3 or acc.shape[0] == 0:
-        raise DataFormatError(p, message=f"'acc' must have shape (n, L, C) with n > 0, got {acc.shape}")
+        raise DataFormatError(p, message=f"'acc' must have shape (n, L, C) or (n, L) with n > 0, got {acc.shape}")
     if sample_rate is None and stored is not None:
         try:
             sample_rate = float(np.asarray(stored).reshape(()))

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 TIME_NAMES = frozenset({"t", "time", "timestamp", "ts", "sec", "secs", "second", "seconds", "elapsed", "epoch",
                         "unix", "unixtime", "unix_time", "times"})
 _TIME_HEADER = re.compile(r"^(.+?)(?:\s*[_ ]?\s*[(\[]?\s*(ms|us|µs|s)\s*[)\]]?)?$")
+#: Most rows of a 2-D array read as channels (channels first) when it has 100x as many columns.
+CHANNELS_FIRST_MAX = 64
 #: Plausible Unix epoch seconds (1973..2286) and milliseconds.
 _EPOCH_S, _EPOCH_MS = (1e8, 1e10), (1e11, 1e13)
 
@@ -161,7 +163,8 @@ def load_npy(
     units: str = "",
     allow_nan: bool = False,
 ) -> Recording:
-    """Load a ``.npy`` array: (n,) -> 1 channel, (n, C) -> C channels, (n, L, C) -> n segments.
+    """Load a ``.npy`` array: (n,) -> 1 channel, (n, C) -> C channels, (n, L, C) -> n segments; a (C, n)
+    array with at most ``CHANNELS_FIRST_MAX`` rows and 100 times as many columns is C channels of n samples.
 
     Raises:
         DataFormatError: unreadable file, object/non-numeric dtype, other ranks, or NaN/inf.
@@ -178,6 +181,9 @@ def load_npy(
     if arr.ndim == 1:
         blocks = [arr.reshape(-1, 1)]
     elif arr.ndim == 2:
+        if arr.shape[0] <= CHANNELS_FIRST_MAX and arr.shape[1] >= 100 * arr.shape[0]:
+            log.info("%s: shape %s read as %d channels of %d samples (channels first)", p, arr.shape, *arr.shape)
+            arr = arr.T
         blocks = [arr]
     elif arr.ndim == 3:
         blocks = list(arr)
