@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 import click
 
 from edge_agent.contract.errors import AgentError, BundleError, ConfigError
+from edge_agent.shutdown import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,7 @@ def run(config: Path) -> None:
         agent = Agent(cfg, on_event=on_event)
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     for sensor in agent.sensors:
         p = sensor.pipeline
         click.echo(f"edge-agent: device {sensor.device}, " + (

@@ -293,12 +293,11 @@ def command():
                         receive_maximum: int, flush_s: float, session_expiry_s: int, max_records: int | None,
                         no_receipts: bool) -> None:
         """Collect the windows gateways upload into a Parquet dataset (train on it with --data DATASET)."""
-        import signal
+        from edge_agent.shutdown import stop_on_signals
 
         host, port = _host_port(broker)
         stop = threading.Event()
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop_on_signals(stop)
         sub = shared_filter(None if no_share else group, topic)
         click.echo(f"collecting {sub} from {broker} into {out} (Ctrl-C to stop)")
         stats = collect(host, port, out, stop_event=stop, group=None if no_share else group, topic=topic,
