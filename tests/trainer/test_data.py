@@ -211,6 +211,10 @@ def test_spreadsheet_exports_trailing_delimiters_and_decimal_commas(tmp_path: Pa
     t = load(timed)
     assert t.channels == ("temp",) and t.label_names == ("anomaly",)
     np.testing.assert_array_equal(t.segments[0].data[:, 0], [20.5, 21.0])
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('"time","Temperature, °C","Pressure, bar"\n2024-01-01 00:00:00,20.5,1.0\n'
+                      '2024-01-01 00:01:00,21.0,1.1\n', encoding="utf-8")
+    assert load(quoted).channels == ("Temperature, °C", "Pressure, bar")
     points = tmp_path / "points.csv"
     points.write_text("a;b\n1.5;2\n1,000;3\n", encoding="utf-8")
     with pytest.raises(DataFormatError, match="1,000"):

@@ -7,6 +7,7 @@ column, so the error message can say exactly where the problem is.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import math
 import os
@@ -89,8 +90,11 @@ def tidy_lines(lines: list[str], delimiter: str) -> list[str]:
 
 
 def split_row(line: str, delimiter: str) -> list[str]:
-    """Fields of one line, stripped of blanks and of surrounding double quotes."""
-    return [c.strip().strip('"').strip() for c in line.split(delimiter)]
+    """Fields of one line, stripped of blanks and of surrounding double quotes (a quoted field may hold the
+    delimiter: ``"Temperature, °C"``)."""
+    if '"' not in line:
+        return [c.strip() for c in line.split(delimiter)]
+    return [c.strip().strip('"').strip() for c in next(csv.reader([line], delimiter=delimiter, skipinitialspace=True))]
 
 
 def is_number(cell: str) -> bool:
