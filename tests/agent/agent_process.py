@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,58 @@ from tests.agent.pipeline_helpers import frames_of
 from tests.broker import wait_for
 
 BIN = Path(sys.executable).parent
+
+
+def stop_process(p: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    """Send ``sig`` (if it still runs), wait ``timeout`` s, then SIGKILL; the exit status."""
+    if p.poll() is None:
+        p.send_signal(sig)
+    try:
+        return p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.wait(timeout)
+
+
+class Proc:
+    """A subprocess whose stdout (and stderr) lines are collected by a thread (no blocking reads in the test)."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict | None = None, preexec_fn=None) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.all: list[str] = []
+        self.p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=env, preexec_fn=preexec_fn)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.p.stdout:
+            self.lines.put(line)
+
+    def drain(self) -> list[str]:
+        """Every line so far."""
+        while True:
+            try:
+                self.all.append(self.lines.get_nowait())
+            except queue.Empty:
+                return self.all
+
+    def wait_line(self, pattern: str, timeout: float) -> str | None:
+        """The next line matching ``pattern`` within ``timeout`` s (None: none, or the process ended)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.p.poll() is not None:
+                    break
+                continue
+            self.all.append(line)
+            if re.search(pattern, line):
+                return line
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        return stop_process(self.p, sig, timeout)
 
 
 class AgentProcess:
@@ -50,13 +105,7 @@ class AgentProcess:
         return self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            return self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            return self.p.wait(timeout)
+        return stop_process(self.p, timeout=timeout)
 
 
 class Feeder:

@@ -8,68 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from edge_agent.mqtt_client import MqttConnection
+from tests.agent.agent_process import Proc
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
 from tests.broker import Broker, wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent
 LIFE = 20
-
-
-class Proc:
-    """A subprocess whose stdout lines are collected by a thread (no blocking reads in the test)."""
-
-    def __init__(self, argv: list[str], cwd: Path) -> None:
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.all: list[str] = []
-        self.p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.p.stdout:
-            self.lines.put(line)
-
-    def drain(self) -> list[str]:
-        while True:
-            try:
-                self.all.append(self.lines.get_nowait())
-            except queue.Empty:
-                return self.all
-
-    def wait_line(self, pattern: str, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.p.poll() is not None:
-                    break
-                continue
-            self.all.append(line)
-            if re.search(pattern, line):
-                return line
-        return None
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-        try:
-            return self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            return self.p.wait(timeout)
 
 
 def _alerts(lines: list[str]) -> list[dict]:

@@ -4,10 +4,6 @@ healthy and broken, and a running ``edge-agent run`` process whose output lines 
 from __future__ import annotations
 
 import json
-import queue
-import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -16,6 +12,7 @@ from pathlib import Path
 from edge_agent.contract import wire
 from firmware_sim import signals
 from firmware_sim.link import PtyLink
+from tests.agent.agent_process import Proc
 from tests.agent.pipeline_helpers import RATE
 
 BIN = Path(sys.executable).parent
@@ -55,50 +52,20 @@ class Sensor(threading.Thread):
         self.link.close()
 
 
-class AgentProcess:
+class AgentProcess(Proc):
     """``edge-agent run --config CFG`` with extra environment; stdout+stderr lines collected by a thread."""
 
     def __init__(self, config: Path, env: dict | None = None, preexec_fn=None, options: tuple[str, ...] = ()) -> None:
         import os
 
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.all: list[str] = []
-        self.p = subprocess.Popen([str(BIN / "edge-agent"), *options, "run", "--config", str(config)], cwd=config.parent,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.p.stdout:
-            self.lines.put(line)
-
-    def wait_line(self, pattern: str, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.p.poll() is not None:
-                    return None
-                continue
-            self.all.append(line)
-            if re.search(pattern, line):
-                return line
-        return None
+        super().__init__([str(BIN / "edge-agent"), *options, "run", "--config", str(config)], config.parent,
+                         env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
 
     def output(self) -> str:
-        while not self.lines.empty():
-            self.all.append(self.lines.get_nowait())
-        return "".join(self.all)
+        return "".join(self.drain())
 
     def stop(self, timeout: float = 30) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            return self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            return self.p.wait(timeout)
+        return super().stop(timeout=timeout)
 
 
 def read_json(path: Path) -> dict:
