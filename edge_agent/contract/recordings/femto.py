@@ -6,9 +6,10 @@ semicolon-separated, no header), sampled at 25.6 kHz, one snapshot every 10 s. O
 (``temp_NNNNN.csv`` temperature logs) are ignored.
 
 Snapshot archives (``snapshots``): the ``.npz`` layout of the shared data set: ``acc`` float32
-(n, L, C) or (n, L) for one channel (FEMTO: (n, 2560, 2) [horizontal, vertical]); optional ``sample_rate`` (or ``fs``) scalar Hz
-(default: FEMTO's 25.6 kHz, said in the log), ``time_of_day`` float64 (n, 4) (h, min, s, µs),
-``snapshot_index`` int32 (n,), ``source_file`` str (n,), ``n_snapshots_total`` int32 ().
+(n, L, C), or (n, L) for one channel (FEMTO: (n, 2560, 2) [horizontal, vertical]); optional
+``sample_rate`` (or ``fs``) scalar Hz (default: FEMTO's 25.6 kHz, said in the log), ``time_of_day``
+float64 (n, 4) (h, min, s, µs), ``snapshot_index`` int32 (n,), ``source_file`` str (n,),
+``n_snapshots_total`` int32 ().
 
 The files give a time of day but no date; pass ``date="YYYY-MM-DD"`` to get segment start
 times (a day is added whenever the time of day goes backwards by more than 12 h; a smaller step back is

@@ -4,8 +4,9 @@ CSV: comma, semicolon or tab separated (guessed from the first line); an optiona
 (detected when the first line has a non-numeric cell); an optional leading time column, detected when
 the first data cell is a date-time, or when the first header names time (``t``, ``time``, ``timestamp``,
 ``seconds``, ...) over strictly increasing numbers: Unix epoch seconds or milliseconds become row times,
-other numbers are seconds, whose median step gives the sample rate; every other column must be numeric and
-becomes a channel (label columns are ground truth). ``.npy``: (n,) is one channel, (n, C) is C channels, (n, L, C) is n
+other numbers are elapsed time (seconds, or the ``ms`` / ``us`` its name gives) whose step gives the sample
+rate; every other column must be numeric and becomes a channel (label columns are ground truth).
+``.npy``: (n,) is one channel, (n, C) is C channels, (n, L, C) is n
 segments of L rows.
 """
 
