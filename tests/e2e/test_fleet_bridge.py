@@ -8,7 +8,6 @@ restarted during the outage, the uplink returns: every window reaches the datase
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,7 @@ from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
 from edge_agent.uploader import Uploader
 from tests.broker import Broker, wait_for
-from trainer import dataset
-from trainer.collect import collect
+from tests.e2e.fleet_helpers import CollectorThread
 
 REPO = Path(__file__).resolve().parents[2]
 CENTRAL = "allow_anonymous true\nmax_queued_messages 0\n"
@@ -50,11 +48,7 @@ def test_uplink_cut_and_restored_loses_nothing(tmp_path: Path) -> None:
     central.start()
     gateway = Broker(tmp_path / "gateway", extra_conf=bridge_conf(central))
     gateway.start()
-    out = tmp_path / "dataset"
-    stop, subscribed = threading.Event(), threading.Event()
-    collector = threading.Thread(target=collect, args=(*central.address, out), daemon=True,
-                                 kwargs={"stop_event": stop, "subscribed": subscribed, "flush_s": 0.2})
-    collector.start()
+    collector = CollectorThread(central.address, tmp_path / "dataset")
     spool = Spool(tmp_path / "spool.sqlite")
     connection = MqttConnection(*gateway.address, "edge-agent-gw-test", reconnect_min_s=0.2, reconnect_max_s=1)
     uploader = Uploader(spool, connection, batch=20, backoff_min_s=0.1, backoff_max_s=1)
@@ -66,10 +60,10 @@ def test_uplink_cut_and_restored_loses_nothing(tmp_path: Path) -> None:
             sent.append(p)
 
     def collected() -> int:
-        return dataset.read_table(out, columns=["id"]).num_rows if out.exists() else 0
+        return len(collector.ids())
 
     try:
-        assert subscribed.wait(10)
+        assert collector.subscribed.wait(10)
         connection.start()
         uploader.start()
         offer(windows(0, 100))
@@ -89,10 +83,8 @@ def test_uplink_cut_and_restored_loses_nothing(tmp_path: Path) -> None:
     finally:
         uploader.stop()
         connection.stop()
-        stop.set()
-        collector.join(10)
+        collector.stop()
         spool.close()
         gateway.stop()
         central.stop()
-    ids = dataset.read_table(out, columns=["id"]).column("id").to_pylist()
-    assert sorted(ids) == sorted(decode_record(p).id for p in sent), "every window, exactly once after dedupe"
+    assert sorted(collector.ids()) == sorted(decode_record(p).id for p in sent), "every window, exactly once after dedupe"

@@ -31,8 +31,7 @@ from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
 from tests.agent.pipeline_helpers import RATE, agent_config, rewrite_bundle
 from tests.broker import Broker, wait_for
-from trainer import dataset
-from trainer.collect import collect
+from tests.e2e.fleet_helpers import CollectorThread
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent
@@ -204,22 +203,17 @@ def test_agent_killed_while_spooling_reopens_intact_and_resumes(tmp_path, agent_
             ids = {decode_record(r.payload).id for r in records}
             assert {r.kind for r in records} == {"calibration"} and len(ids) == len(records)
 
-        out = tmp_path / "dataset"
-        stop, subscribed = threading.Event(), threading.Event()
-        collector = threading.Thread(target=collect, args=(*broker.address, out), daemon=True,
-                                     kwargs={"stop_event": stop, "subscribed": subscribed, "flush_s": 0.2})
-        collector.start()
-        assert subscribed.wait(10)
+        collector = CollectorThread(broker.address, tmp_path / "dataset")
+        assert collector.subscribed.wait(10)
         cfg_path.write_text(cfg_path.read_text().replace("windows = 100000", "windows = 0"))
         agent = subprocess.Popen([BIN / "edge-agent", "run", "--config", cfg_path], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.STDOUT, env=env)
-        got = lambda: set(dataset.read_table(out, columns=["id"]).column("id").to_pylist()) if out.exists() else set()  # noqa: E731
+        got = lambda: set(collector.ids())  # noqa: E731
         assert wait_for(lambda: ids <= got(), timeout=40), f"{len(ids - got())} of {len(ids)} spooled not delivered"
         status = json.loads((tmp_path / "status.json").read_text())
         assert wait_for(lambda: json.loads((tmp_path / "status.json").read_text())["uploads"]["pending"] == 0,
                         timeout=20), status["uploads"]
-        stop.set()
-        collector.join(10)
+        collector.stop()
     finally:
         if stream is not None and stream.thread.is_alive():
             stream.close()

@@ -7,7 +7,6 @@ gateway keeps each record until a collector's receipt names it, and sends it aga
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,13 @@ from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
 from edge_agent.uploader import Uploader
 from tests.broker import Broker, wait_for
-from trainer import dataset
-from trainer.collect import collect
+from tests.e2e.fleet_helpers import CollectorThread
 
 
 def test_broker_stopped_mid_upload_every_window_arrives_once(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "central", extra_conf="allow_anonymous true\nmax_queued_messages 0\n")
     broker.start()
-    out = tmp_path / "dataset"
-    stop, subscribed = threading.Event(), threading.Event()
-    collector = threading.Thread(target=collect, args=(*broker.address, out), daemon=True,
-                                 kwargs={"stop_event": stop, "subscribed": subscribed, "flush_s": 0.2})
-    collector.start()
+    collector = CollectorThread(broker.address, tmp_path / "dataset")
     spool = Spool(tmp_path / "spool.sqlite")
     connection = MqttConnection(*broker.address, "edge-agent-gw", reconnect_min_s=0.2, reconnect_max_s=1)
     uploader = Uploader(spool, connection, batch=20, backoff_min_s=0.1, backoff_max_s=1, ack_timeout_s=2,
@@ -40,11 +34,8 @@ def test_broker_stopped_mid_upload_every_window_arrives_once(tmp_path: Path) -> 
                               channels=["a", "b"], score=0.1, threshold=0.5, state="normal", gateway="gw",
                               samples=rng.normal(size=(2048, 2)).astype(np.float32)) for i in range(600)]
 
-    def collected() -> int:
-        return dataset.read_table(out, columns=["id"]).num_rows if out.exists() else 0
-
     try:
-        assert subscribed.wait(10)
+        assert collector.subscribed.wait(10)
         connection.start()
         uploader.start()
         for p in payloads:
@@ -53,16 +44,14 @@ def test_broker_stopped_mid_upload_every_window_arrives_once(tmp_path: Path) -> 
         broker.stop()  # mid-upload: records in flight, PUBACKs lost, the collector cut off too
         assert uploader.confirmed < len(payloads), "the stop came too late to test anything"
         broker.start()
-        assert wait_for(lambda: len(spool) == 0 and collected() == len(payloads), timeout=60), \
-            f"{collected()} of {len(payloads)} collected, {len(spool)} still spooled"
+        assert wait_for(lambda: len(spool) == 0 and len(collector.ids()) == len(payloads), timeout=60), \
+            f"{len(collector.ids())} of {len(payloads)} collected, {len(spool)} still spooled"
         assert wait_for(lambda: uploader.confirmed == len(payloads), timeout=5), \
             "each record left the spool when a receipt named it"
     finally:
         uploader.stop()
         connection.stop()
-        stop.set()
-        collector.join(10)
+        collector.stop()
         spool.close()
         broker.stop()
-    ids = dataset.read_table(out, columns=["id"]).column("id").to_pylist()
-    assert sorted(ids) == sorted(decode_record(p).id for p in payloads), "every window, exactly once after dedupe"
+    assert sorted(collector.ids()) == sorted(decode_record(p).id for p in payloads), "every window, exactly once after dedupe"
