@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_agent.contract import wire  # noqa: E402
+from edge_agent.contract import topics, wire  # noqa: E402
 from firmware_sim import link, signals  # noqa: E402
 from firmware_sim.stream import StreamConfig, Streamer  # noqa: E402
 
@@ -65,7 +65,7 @@ def _mqtt_reader(host: str, port: int, device: str, ready, stop, counts) -> None
             counts[3] += 1 - ok
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub")
-    client.on_connect = lambda c, u, f, rc, p: c.subscribe(wire.samples_topic(device), qos=1)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(topics.samples_topic(device), qos=1)
     client.on_subscribe = lambda c, u, mid, rcs, p: ready.set()
     client.on_message = on_message
     client.connect(host, port)

@@ -30,9 +30,8 @@ from edge_agent.alerts import AlertEvent
 from edge_agent.bundle_watch import load_served_model
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import rollout as rollout_topics
-from edge_agent.contract import wire
+from edge_agent.contract import topics
 from edge_agent.contract.errors import AgentError, BundleError, ConfigError, UploadError
-from edge_agent.contract.upload_record import receipt_topic
 from edge_agent.drift import DriftPolicy
 from edge_agent.fleet import SensorFleet
 from edge_agent.mqtt_client import MqttConnection, connection_for
@@ -50,11 +49,6 @@ SNAPSHOT_S = 1.0
 #: After a wake-up the scoring loop lets this long pass before it polls, so that one round serves the frames
 #: of many sensors: a wake-up per frame (thousands a second with tens of sensors) cost ~10 % of a core.
 WAKE_COALESCE_S = 0.002
-
-
-def gateway_topic(gateway: str, leaf: str) -> str:
-    """``vib/gateway/<gateway>/<leaf>`` (leaf: ``status`` or ``availability``)."""
-    return f"vib/gateway/{wire.check_device_id(gateway)}/{leaf}"
 
 
 class Agent:
@@ -81,8 +75,8 @@ class Agent:
         self._t0 = time.monotonic()
         self.wake = threading.Event()
         self._status_path = cfg.resolve(cfg.status.file) if cfg.status.file else None
-        self.availability_topic = gateway_topic(cfg.gateway, "availability")
-        self.status_topic = gateway_topic(cfg.gateway, "status")
+        self.availability_topic = topics.gateway_topic(cfg.gateway, "availability")
+        self.status_topic = topics.gateway_topic(cfg.gateway, "status")
         self.connection: MqttConnection | None = None
         if cfg.mqtt is not None:
             self.connection = connection_for(cfg, will=(self.availability_topic, b"offline", 1, True))
@@ -198,7 +192,8 @@ class Agent:
             r = cfg.rollout
             rollout = SensorRollout(
                 sensor.device, sensor.bundle_path,
-                RolloutPolicy(r.public_keys, r.shadow_windows, r.max_alert_rate_increase, r.probation_windows),
+                RolloutPolicy(r.public_keys, r.shadow_windows, r.max_alert_rate_increase, r.probation_windows,
+                              chunk_timeout_s=r.chunk_timeout_s),
                 serving=sensor.served_model, offer_model=sensor.adopt_model, publish=self._publish_retained,
                 num_threads=scfg.bundle.num_threads)
         if keep is None and drift is None and rollout is None:
@@ -221,7 +216,7 @@ class Agent:
         if self._uploader is not None and self._uploader.receipts:
             for s in self.sensors:
                 if s.cfg.uploads.enabled:
-                    self.connection.subscribe(receipt_topic(s.device), 1,
+                    self.connection.subscribe(topics.receipt_topic(s.device), 1,
                                               lambda msg: self._uploader.on_receipt(msg.payload))
 
     def _publish_retained(self, topic: str, payload: bytes) -> None:
@@ -389,7 +384,7 @@ class Agent:
                               | {"health": d["health"]["state"]} for dev, d in doc["sensors"].items()}
         messages = [(self.status_topic, json.dumps(summary, separators=(",", ":")))]
         for dev, d in doc["sensors"].items():
-            messages.append((wire.status_topic(dev), "offline" if final else
+            messages.append((topics.status_topic(dev), "offline" if final else
                              json.dumps(d | {"gateway": self.cfg.gateway}, separators=(",", ":"))))
         if final:
             messages.append((self.availability_topic, "offline"))

@@ -56,8 +56,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.contract import wire
-from edge_agent.contract.errors import ConfigError
+from edge_agent.contract import topics, wire
+from edge_agent.contract.errors import ConfigError, SignatureError
 
 
 def _rng(lo: float | None = None, hi: float | None = None, choices: tuple | None = None) -> dict:
@@ -98,7 +98,7 @@ class MqttSource:
 
     def samples_topic(self, device: str) -> str:
         """The topic this sensor's samples arrive on."""
-        return self.topic or wire.samples_topic(self.topic_device or device)
+        return self.topic or topics.samples_topic(self.topic_device or device)
 
     def mapping(self) -> wire.JsonMapping | None:
         """The declared JSON mapping (None: the wire payloads). ConfigError naming the key at fault."""
@@ -271,6 +271,7 @@ class Rollout:
     shadow_windows: int = field(default=100, metadata=_rng(1, 100_000))
     max_alert_rate_increase: float = field(default=0.05, metadata=_rng(0.0, 1.0))
     probation_windows: int = field(default=300, metadata=_rng(1, 10_000_000))
+    chunk_timeout_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))  # all chunks of a rollout by then
 
 
 @dataclass(frozen=True)
@@ -406,14 +407,14 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
         if not legacy and "calibration" not in raw and "path" not in defaults.get("calibration", {}):
             merged.setdefault("calibration", {})["path"] = f"calibration/{raw.get('device', i)}.json"
         sensors.append(_build(SensorConfig, merged, where))
-    gateway = data.get("gateway", sensors[0].device if legacy else socket.gethostname().split(".")[0])
+    gateway = data["gateway"] if "gateway" in data else sensors[0].device if legacy else _host_id()
     if isinstance(data.get("mqtt"), dict) and "password" in data["mqtt"]:
         raise ConfigError("mqtt.password: a password is never written in the config (it is copied, pasted and "
                           "read by anyone who can read the file): put it in a file readable only by the agent's "
                           "user and set mqtt.password_file, or set mqtt.password_env to an environment variable")
     mqtt = _value(Mqtt | None, data.get("mqtt"), "mqtt", {}) if "mqtt" in data else None
     cfg = AgentConfig(
-        gateway=_value(str, _device_like(gateway), "gateway", {}),
+        gateway=_value(str, gateway, "gateway", {}),
         sensors=tuple(sensors),
         mqtt=mqtt,
         uploads=_build(Uploads, gateway_uploads, "uploads"),
@@ -428,11 +429,10 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
     return cfg
 
 
-def _device_like(name: object) -> object:
-    """A host name made into a valid id (host names may hold characters topics must not)."""
-    if isinstance(name, str):
-        return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:64] or "gateway"
-    return name
+def _host_id() -> str:
+    """The default gateway id: this host's name up to its first dot, as an id (an explicit ``gateway`` is never
+    rewritten: an invalid one is an error)."""
+    return topics.suggest_id(socket.gethostname().split(".")[0])
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -446,7 +446,7 @@ def _merge(base: dict, over: dict) -> dict:
 def _check_fleet(cfg: AgentConfig) -> None:
     """[rollout] keys parse and need a broker; the upload budget and the bridge topic are sound."""
     if cfg.rollout is not None:
-        from edge_agent.contract.rollout import RolloutError, load_public_key
+        from edge_agent.contract.signing import load_public_key
 
         if cfg.mqtt is None:
             raise ConfigError("rollout: needs a [mqtt] broker section (rollouts arrive over MQTT)")
@@ -455,7 +455,7 @@ def _check_fleet(cfg: AgentConfig) -> None:
         for i, key in enumerate(cfg.rollout.public_keys):
             try:
                 load_public_key(key)
-            except RolloutError as exc:
+            except SignatureError as exc:
                 raise ConfigError(f"rollout.public_keys[{i}]: {exc}") from None
     topic = cfg.uploads.uplink_topic
     if topic is not None and (not topic or any(c in topic for c in "+#")):
@@ -467,8 +467,13 @@ def _check_fleet(cfg: AgentConfig) -> None:
 
 def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
     """Rules across keys and across sensors."""
+    for i, s in enumerate(cfg.sensors):  # ids first: a one-sensor config's gateway id is its device's
+        try:
+            topics.check_id(s.device, "device id")
+        except ConfigError as exc:
+            raise ConfigError(f"{'' if legacy else f'sensors[{i}].'}device: {exc}") from None
     try:
-        wire.check_device_id(cfg.gateway)
+        topics.check_id(cfg.gateway, "gateway id")
     except ConfigError as exc:
         raise ConfigError(f"gateway: {exc}") from None
     _check_web(cfg)
@@ -477,7 +482,7 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
     _check_fleet(cfg)
     devices: dict[str, str] = {}
     ports: dict[str, str] = {}
-    topics: dict[str, str] = {}
+    sample_topics: dict[str, str] = {}
     paths: dict[Path, str] = {}
 
     def claim(table: dict, key, owner: str, what: str) -> None:
@@ -488,12 +493,16 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
     for i, s in enumerate(cfg.sensors):
         where = "" if legacy else f"sensors[{i}]."
         _check_sensor(cfg, s, where)
+        first = next((d for d in cfg.sensors[:i] if d.device.lower() == s.device.lower()), None)
+        if first is not None and first.device != s.device:
+            raise ConfigError(f"{where}device: device id {s.device!r} and {first.device!r} differ only in case: they are "
+                              f"one name to Home Assistant and to case-insensitive file systems (rename one)")
         claim(devices, s.device, f"{where}device", f"device id {s.device!r}")
         if s.source.kind == "serial":
             claim(ports, s.source.serial.port, f"{where}source.serial.port", f"port {s.source.serial.port!r}")
         else:
             topic = (s.source.mqtt or MqttSource()).samples_topic(s.device)
-            claim(topics, topic, f"{where}source.mqtt", f"topic {topic!r}")
+            claim(sample_topics, topic, f"{where}source.mqtt", f"topic {topic!r}")
         claim(paths, cfg.resolve(s.calibration.path).resolve(), f"{where}calibration.path", "this file")
         check_path(f"{where}bundle.path", cfg.resolve(s.bundle.path), directory=True)
         if s.alerts.sinks.jsonl:
@@ -605,10 +614,6 @@ def secret_file_warnings(cfg: AgentConfig) -> list[str]:
 
 
 def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
-    try:
-        wire.check_device_id(s.device)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}device: {exc}") from None
     a = s.alerts
     if a.k > a.n:
         raise ConfigError(f"{where}alerts.k: must be 1..n (n = {a.n}), got {a.k}")
@@ -637,7 +642,7 @@ def _check_mqtt_source(m: MqttSource, where: str) -> None:
     """Topic and payload mapping of an MQTT source (the mapping is built once here, so its errors come at load)."""
     if m.topic_device is not None:
         try:
-            wire.check_device_id(m.topic_device)
+            topics.check_id(m.topic_device)
         except ConfigError as exc:
             raise ConfigError(f"{where}.topic_device: {exc}") from None
     if m.topic is not None:

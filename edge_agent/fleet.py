@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from edge_agent.contract import wire
+from edge_agent.contract import topics
 from edge_agent.contract.errors import AgentError
 from edge_agent.contract.upload_record import encode_record, new_id
 from edge_agent.drift import DriftMonitor, DriftPolicy
@@ -114,7 +114,7 @@ class SensorFleet:
             self.encode_errors += 1
             log.debug("%s: upload record not made: %s", self.device, exc)
             return None
-        return Upload(wire.upload_topic(self.device), payload, k.kind, rid)
+        return Upload(topics.upload_topic(self.device), payload, k.kind, rid)
 
     def status(self) -> dict:
         doc: dict = {}

@@ -3,8 +3,9 @@
 Nothing new is published for the entities' states: they all read the retained JSON the agent already
 publishes on ``vib/<device>/status`` (``value_template`` / ``json_attributes_template``), so Home
 Assistant shows exactly what ``edge-agent status`` shows. Topics (``<prefix>`` = ``discovery_prefix``,
-``<node>`` = the gateway id, ``<object>`` = ``<device>_<entity>``; ids with characters outside
-``[A-Za-z0-9_-]`` are mapped to ``_`` plus a short hash, so distinct ids stay distinct)::
+``<node>`` = the gateway id, ``<object>`` = ``<device>_<entity>``: ids are made of the very characters
+discovery topics allow (``contract.topics``), so they are used verbatim and never collide; unique ids
+and device identifiers are ``vibration_edge:<gateway>[:<device>[:<entity>]]``)::
 
     <prefix>/sensor/<node>/<device>_anomaly_score/config     score of the last window (measurement)
     <prefix>/binary_sensor/<node>/<device>_alert/config      problem: on while an alert is active
@@ -31,22 +32,20 @@ may be shared); ``mosquitto_sub -t '<prefix>/+/<node>/+/config' --remove-retaine
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import re
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
-from edge_agent.contract import wire
+from edge_agent.contract import topics
+from edge_agent.contract.errors import ConfigError
 from edge_agent.mqtt_client import MqttConnection
 
 log = logging.getLogger(__name__)
 
 ORIGIN = "vibration-edge"
 MANUFACTURER = "vibration-edge"
-_TOPIC_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 #: Templates over the sensor's status payload (JSON while running, the string ``offline`` after a stop).
 #: ``None`` is Home Assistant's payload for "unknown"; a guard on ``value_json`` keeps ``offline`` harmless.
@@ -83,15 +82,6 @@ _DRIFT_ATTRS = "{{ (value_json.drift if value_json is defined and value_json.dri
 ALERT_STATES = ["calibrating", "normal", "warning", "critical"]
 
 
-def topic_id(name: str) -> str:
-    """``name`` as a discovery topic level: itself when it is ``[A-Za-z0-9_-]+``, else the invalid characters
-    replaced by ``_`` and a 6-digit hash of the original appended (``hall.3`` and ``hall_3`` stay apart)."""
-    if _TOPIC_ID.fullmatch(name):
-        return name
-    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:6]
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}_{digest}"
-
-
 def expire_after_s(status_every_s: float) -> int:
     """Seconds after which Home Assistant marks score and alert entities unavailable: three status periods,
     at least a minute (whole seconds: Home Assistant wants a positive integer)."""
@@ -101,15 +91,15 @@ def expire_after_s(status_every_s: float) -> int:
 def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
     """Every discovery config this gateway publishes: ``{topic: payload}`` (payloads in full key names)."""
     prefix = cfg.homeassistant.discovery_prefix
-    node = topic_id(cfg.gateway)
-    gateway_ident = f"vibration_edge_{node}"
-    availability_topic = f"vib/gateway/{wire.check_device_id(cfg.gateway)}/availability"
+    node = topics.check_id(cfg.gateway, "gateway id")
+    gateway_ident = f"vibration_edge:{node}"
+    availability_topic = topics.gateway_topic(cfg.gateway, "availability")
     origin = {"name": ORIGIN, "sw_version": __version__}
     expire = expire_after_s(cfg.status.every_s)
     out: dict[str, dict] = {
         f"{prefix}/binary_sensor/{node}/gateway_online/config": {
             "name": "Online",
-            "unique_id": f"{gateway_ident}_online",
+            "unique_id": f"{gateway_ident}:online",
             "state_topic": availability_topic,
             "payload_on": "online",
             "payload_off": "offline",
@@ -122,9 +112,9 @@ def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
         },
     }
     for s in cfg.sensors:
-        obj = topic_id(s.device)
-        ident = f"{gateway_ident}_{obj}"
-        status = wire.status_topic(s.device)
+        obj = s.device
+        ident = f"{gateway_ident}:{obj}"
+        status = topics.status_topic(s.device)
         device = {"identifiers": [ident], "name": s.device, "manufacturer": MANUFACTURER,
                   "model": "vibration anomaly detector", "sw_version": __version__, "via_device": gateway_ident}
         common = {
@@ -168,7 +158,10 @@ def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
         }
         for (component, key), entity in entities.items():
             topic = f"{prefix}/{component}/{node}/{obj}_{key}/config"
-            out[topic] = entity | {"unique_id": f"{ident}_{key}"} | common
+            if topic in out:
+                raise ConfigError(f"homeassistant: sensors {s.device!r} and another make the same discovery topic "
+                                  f"{topic}: rename one")
+            out[topic] = entity | {"unique_id": f"{ident}:{key}"} | common
     return out
 
 
@@ -182,7 +175,7 @@ class Discovery:
         self.connection = connection
         self.configs = {t: json.dumps(p, separators=(",", ":")) for t, p in discovery_configs(cfg).items()}
         prefix = cfg.homeassistant.discovery_prefix
-        self.node = topic_id(cfg.gateway)
+        self.node = cfg.gateway
         self.published = 0  # configs handed to the connection
         self.removed = 0  # stale configs cleared
         connection.add_connect_listener(self.publish)

@@ -7,11 +7,20 @@
                                       step() (the bundle-watch thread) ─► state machine ─► vib/<d>/rollout (retained)
 
     received ─► verified ─► shadow ─► serving (probation) ─► serving
-       │            │          │               └─► rolled_back (alert rate too high: the previous bundle serves)
+       │  │         │          │               └─► rolled_back (alert rate too high: the previous bundle serves)
+       │  └► waiting (disk full, ...: staging cleaned, retried with a growing pause) ─► verified
        └────────────┴──────────┴─► rejected (reason; the current model never stopped scoring)
 
+Only a rollout a trusted key signed can change the state. A message that does not verify (unsigned, another
+key, altered, malformed, a chunk of another rollout) is ignored and counted (``ignored``, ``last_ignored``): it
+cannot start, stop or slow a rollout. Rollouts only move forward: one published no later than the newest this
+sensor has taken is a replay (ignored, counted in ``stale``), and a model older than the one serving is refused
+unless its metadata says ``allow_downgrade`` (``trainer publish --allow-downgrade``; ``edge-agent rollback``
+rolls back by hand).
+
 * **received**: signed metadata for this sensor or the fleet; chunks are collected (only chunks signed by a
-  trusted key are buffered, bounded in bytes).
+  trusted key are buffered, bounded in bytes). A chunk still missing after ``chunk_timeout_s`` rejects the
+  rollout for now (not remembered: the retained rollout is tried again after a reconnect).
 * **verified**: every chunk's signature and sha256 and the whole payload's sha256 match the signed metadata;
   the payload unpacks to a bundle whose input shape and channels are this sensor's; ``Bundle.load`` and a test
   inference pass in a second interpreter.
@@ -23,8 +32,8 @@
   beside it; if the new model's alert rate exceeds the previous one's by more than the limit it is
   **rolled back** (``edge-agent rollback`` does the same by hand).
 
-Decisions survive a restart: ``<bundle>.rollout.json`` remembers the rollouts handled, so a retained rollout
-that was rejected or rolled back is not applied again.
+Decisions survive a restart: ``<bundle>.rollout.json`` remembers the rollouts handled and the newest one taken,
+so a retained rollout that was rejected or rolled back is not applied again, and an older one never is.
 """
 
 from __future__ import annotations
@@ -46,15 +55,19 @@ import numpy as np
 
 from edge_agent.bundle_watch import LoadedModel, load_served_model
 from edge_agent.contract import rollout as contract
+from edge_agent.contract import topics
 from edge_agent.contract.bundle import PREVIOUS_SUFFIX, deploy_bundle
 from edge_agent.contract.errors import BundleError
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.status import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 #: Most bytes of chunks buffered before their metadata arrives (retained messages come in any order).
 ORPHAN_BYTES = 64 * 1024 * 1024
-STATES = ("idle", "received", "verified", "shadow", "serving", "rolled_back", "rejected")
+STATES = ("idle", "received", "waiting", "verified", "shadow", "serving", "rolled_back", "rejected")
+#: Pause before a rollout that failed for a transient reason (disk full) is tried again: doubling up to the max.
+RETRY_MIN_S, RETRY_MAX_S = 5.0, 300.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,7 @@ class RolloutPolicy:
     max_alert_rate_increase: float = 0.05
     probation_windows: int = 300
     min_probation_windows: int = 30  # a rollback may come this early, when the excess is already clear
-    assemble_timeout_s: float = 600.0  # a rollout whose chunks do not all arrive in this time is rejected
+    chunk_timeout_s: float = 600.0  # a rollout whose chunks do not all arrive in this time is rejected (for now)
 
 
 def previous_path(bundle_path: Path) -> Path:
@@ -161,16 +174,21 @@ class SensorRollout:
         self._chunks: dict[int, bytes] = {}
         self._orphans: dict[str, dict[int, bytes]] = {}
         self._orphan_bytes = 0
-        self._bad_chunks: dict[str, int] = {}  # rollout id -> chunks seen that no trusted key signed
         self._received_at = 0.0
+        self._retry_at: float | None = None  # monotonic time of the next try after a transient failure
+        self._retry_s = RETRY_MIN_S
+        self._blob: bytes | None = None  # the assembled payload, kept while waiting to retry
+        self.last_ignored: str | None = None
         self._candidate: LoadedModel | None = None
         self._previous: LoadedModel | None = None
         self._staged: Path | None = None
         self._probed = 0  # windows observed when probation last looked
         self._probation: list[tuple[bool, bool]] = []  # (new above its threshold, previous above its threshold)
         self.figures: dict = {}
-        self.counters = {"messages": 0, "dropped": 0, "rejected": 0, "swaps": 0, "rollbacks": 0}
-        self._memory = _read_state(state_path(self.bundle_path))
+        self.counters = {"messages": 0, "dropped": 0, "ignored": 0, "stale": 0, "rejected": 0, "retries": 0,
+                         "swaps": 0, "rollbacks": 0}
+        self._memory: dict | None = None  # <bundle>.rollout.json, read at the first step
+        self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ inputs (other threads)
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -190,6 +208,9 @@ class SensorRollout:
     # ------------------------------------------------------------------ the state machine (watcher thread)
     def step(self) -> bool:
         """Handle queued messages and advance; returns whether the state changed."""
+        if self._memory is None:
+            self._memory = _read_state(state_path(self.bundle_path))
+            _remove_staging(self.bundle_path)  # left by a stop in the middle of a rollout
         before = (self.state, self.meta.rollout_id if self.meta else None)
         for _ in range(self._inbox.qsize()):
             try:
@@ -199,21 +220,30 @@ class SensorRollout:
             self.counters["messages"] += 1
             try:
                 self._message(topic, payload)
-            except contract.RolloutError as exc:
-                self._reject(str(exc))
+            except contract.RolloutError as exc:  # signed by nobody we trust, or not a rollout message at all
+                self._ignore(str(exc))
         try:
             if self.state == "received" and self.meta is not None:
                 if len(self._chunks) == self.meta.n_chunks:
                     self._verify()
-                elif time.monotonic() - self._received_at > self.policy.assemble_timeout_s:
-                    raise contract.RolloutError(f"only {len(self._chunks)} of {self.meta.n_chunks} chunks arrived in "
-                                                f"{self.policy.assemble_timeout_s:g} s")
+                elif time.monotonic() - self._received_at > self.policy.chunk_timeout_s:
+                    self._reject(f"only {len(self._chunks)} of {self.meta.n_chunks} chunks arrived in "
+                                 f"{self.policy.chunk_timeout_s:g} s (tried again when the rollout is delivered again, "
+                                 f"e.g. after a reconnect)", remember=False)
+            elif self.state == "waiting" and self._retry_at is not None and time.monotonic() >= self._retry_at:
+                self.counters["retries"] += 1
+                self._verify()
             if self.state in ("verified", "shadow"):
                 self._shadow()
             elif self.state == "serving":
                 self._check_serving()
-        except (contract.RolloutError, BundleError, OSError) as exc:
-            self._reject(str(exc))
+        except OSError as exc:  # disk full, read-only file system, ...: not the rollout's fault
+            self._wait(exc)
+        except (contract.RolloutError, BundleError) as exc:
+            if isinstance(exc.__cause__, OSError) and not isinstance(exc, contract.RolloutError):
+                self._wait(exc.__cause__)  # an install that failed for want of space
+            else:
+                self._reject(str(exc))
         return (self.state, self.meta.rollout_id if self.meta else None) != before
 
     def _message(self, topic: str, payload: bytes) -> None:
@@ -225,19 +255,25 @@ class SensorRollout:
             return
         if rollout_id is None:
             self._metadata(target, payload)
-        elif self.meta is not None and rollout_id == self.meta.rollout_id and self.state == "received":
-            i, data = contract.verify_chunk(self.meta, payload, self.keys)
-            self._chunks[i] = data
-        elif self.meta is None or rollout_id != self.meta.rollout_id:
+        elif self.meta is not None and rollout_id == self.meta.rollout_id:
+            if self.state == "received":
+                i, data = contract.verify_chunk(self.meta, payload, self.keys)
+                self._chunks.setdefault(i, data)
+        else:
             self._orphan(rollout_id, index, payload)
+
+    def _ignore(self, reason: str) -> None:
+        """A message no trusted key signed (or not a rollout message): counted, never acted on."""
+        self.counters["ignored"] += 1
+        self.last_ignored = reason[:300]
+        self._ratelog.warning("ignored", "%s: rollout message ignored (%d so far): %s", self.device,
+                              self.counters["ignored"], reason)
 
     def _orphan(self, rollout_id: str, index: int, payload: bytes) -> None:
         """A chunk before its metadata: kept (bounded) only if a trusted key signed it."""
         body, signature = payload[:-64], payload[-64:]
-        if not any(_verifies(k, signature, body) for k in self.keys.values()):
-            if rollout_id in self._bad_chunks or len(self._bad_chunks) < 16:
-                self._bad_chunks[rollout_id] = self._bad_chunks.get(rollout_id, 0) + 1
-            return
+        if not any(contract.verifies(k, signature, body) for k in self.keys.values()):
+            raise contract.RolloutError(f"chunk {index} of rollout {rollout_id[:8]}: no trusted key signed it")
         if self._orphan_bytes + len(payload) > ORPHAN_BYTES:
             self._orphans.clear()
             self._orphan_bytes = 0
@@ -250,47 +286,71 @@ class SensorRollout:
             raise contract.RolloutError(f"rollout metadata for {meta.target} arrived on the topic of {target}")
         if self.meta is not None and meta.rollout_id == self.meta.rollout_id:
             return  # the retained copy again (reconnect)
-        done = {k: set(self._memory.get(k, [])) for k in ("rejected", "rolled_back", "deployed")}
+        done = {k: set(self._memory.get(k, [])) for k in ("rejected", "rolled_back")}
         if meta.rollout_id in done["rejected"] | done["rolled_back"]:
             return  # decided before (and the retained message is still there)
         serving = self._serving()
-        if meta.rollout_id in done["deployed"] or (serving is not None and
-                                                   serving.bundle.version == meta.model_version):
-            self.meta, self.state, self.reason = meta, "serving", ""
+        if serving is not None and serving.bundle.version == meta.model_version:
+            self.meta, self.state, self.reason = meta, "serving", ""  # delivered again (a reconnect, a restart)
+            return
+        newest = contract.parse_time(self._memory.get("newest_published"))
+        if meta.published < newest or (meta.published == newest and meta.rollout_id != self._memory.get(
+                "newest_rollout")):
+            self.counters["stale"] += 1
+            self.last_ignored = (f"rollout {meta.rollout_id[:8]} ({meta.model_version}) was published {meta.created}, "
+                                 f"not after the newest this sensor took ({self._memory.get('newest_published')}): "
+                                 f"a replay, ignored")
+            self._ratelog.warning("stale", "%s: %s", self.device, self.last_ignored)
             return
         self._discard_candidate()
         self.meta, self._chunks, self.reason, self.figures = meta, {}, "", {}
         self.state, self._received_at = "received", time.monotonic()
-        if meta.rollout_id in self._bad_chunks:
-            raise contract.RolloutError(f"{self._bad_chunks[meta.rollout_id]} chunk(s) of this rollout: signature "
-                                        "does not verify")
-        for chunk in self._orphans.pop(meta.rollout_id, {}).values():
-            i, data = contract.verify_chunk(meta, chunk, self.keys)
-            self._chunks[i] = data
+        self._remember("taken", meta.rollout_id, newest=meta)
+        backwards = self._backwards(meta, serving)
+        if backwards:
+            self._reject(backwards)
+            return
+        for index, chunk in self._orphans.pop(meta.rollout_id, {}).items():
             self._orphan_bytes -= len(chunk)
+            try:
+                i, data = contract.verify_chunk(meta, chunk, self.keys)
+            except contract.RolloutError as exc:
+                self._ignore(f"buffered chunk {index}: {exc}")
+                continue
+            self._chunks[i] = data
         log.info("%s: rollout %s of %s %s received (%d chunks)", self.device, meta.rollout_id[:8], meta.model_id,
                  meta.model_version, meta.n_chunks)
         self._announce()
 
+    @staticmethod
+    def _backwards(meta: contract.RolloutMeta, serving: LoadedModel | None) -> str:
+        """Why ``meta``'s model may not replace the serving one (older, and the publisher did not say so), or ""."""
+        if serving is None or meta.allow_downgrade or meta.model_created is None:
+            return ""
+        created = serving.bundle.manifest.get("model", {}).get("created")
+        if contract.parse_time(meta.model_created) >= contract.parse_time(created):
+            return ""
+        return (f"{meta.model_version} (created {meta.model_created}) is older than the serving {serving.bundle.version} "
+                f"(created {created}): a downgrade; publish it with `trainer publish --allow-downgrade` to roll back "
+                f"on purpose")
+
     def _verify(self) -> None:
         meta = self.meta
-        blob = contract.assemble(meta, self._chunks)
+        blob = self._blob if self._blob is not None else contract.assemble(meta, self._chunks)
+        self._blob, self._chunks = blob, {}
         serving = self._serving()
         if serving is not None:
             contract.check_fits(meta, serving.bundle.input_shape, serving.bundle.spec.channels)
-        staged = self.bundle_path.with_name(f".{self.bundle_path.name}.rollout-{meta.rollout_id[:12]}")
+        staged = _staging(self.bundle_path, meta.rollout_id)
+        self._staged = staged
         if staged.exists():
             shutil.rmtree(staged)
         contract.unpack_bundle(blob, staged)
-        try:
-            model = load_served_model(staged, self.num_threads)
-            if model.bundle.version != meta.model_version or tuple(model.bundle.input_shape) != meta.input_shape:
-                raise contract.RolloutError("the bundle inside the rollout is not the one its metadata names")
-        except BundleError:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
-        self._candidate, self._staged = model, staged
-        self._chunks = {}
+        model = load_served_model(staged, self.num_threads)
+        if model.bundle.version != meta.model_version or tuple(model.bundle.input_shape) != meta.input_shape:
+            raise contract.RolloutError("the bundle inside the rollout is not the one its metadata names")
+        self._candidate = model
+        self._retry_at, self._retry_s = None, RETRY_MIN_S
         self.state = "verified"
         log.info("%s: rollout %s verified (signature, sha256, shape, test inference)", self.device, meta.rollout_id[:8])
         self._announce()
@@ -322,7 +382,7 @@ class SensorRollout:
         deploy(self._staged, self.bundle_path)
         self._staged = None
         model = load_served_model(self.bundle_path, self.num_threads)  # from its final place
-        self._candidate = None
+        self._candidate, self._blob = None, None
         # the previous model in an interpreter of this thread's own (the sensor's is busy scoring)
         prev = previous_path(self.bundle_path)
         self._previous = load_served_model(prev, self.num_threads) if prev.exists() else None
@@ -389,11 +449,26 @@ class SensorRollout:
         self._announce()
 
     # ------------------------------------------------------------------ bookkeeping
-    def _reject(self, reason: str) -> None:
+    def _wait(self, exc: OSError) -> None:
+        """A transient failure (disk full, ...): clean the staging folder, try again later with the same payload."""
+        self._discard_candidate()
+        if self.meta is None or self.state not in ("received", "waiting", "verified", "shadow"):
+            log.error("%s: rollout: %s", self.device, exc)
+            return
+        self._retry_at = time.monotonic() + self._retry_s
+        self.state = "waiting"
+        self.reason = (f"{exc.strerror or exc} ({getattr(exc, 'filename', None) or self.bundle_path.parent}): tried "
+                       f"again in {self._retry_s:g} s; the current model keeps scoring")[:500]
+        self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+        log.error("%s: rollout %s waits: %s", self.device, self.meta.rollout_id[:8], self.reason)
+        self._announce()
+
+    def _reject(self, reason: str, remember: bool = True) -> None:
         self.counters["rejected"] += 1
         self._discard_candidate()
+        self._blob, self._retry_at, self._retry_s = None, None, RETRY_MIN_S
         self.state, self.reason = "rejected", reason[:500]
-        if self.meta is not None:
+        if self.meta is not None and remember:
             self._remember("rejected", self.meta.rollout_id)
         log.error("%s: rollout %s rejected, the current model keeps scoring: %s", self.device,
                   self.meta.rollout_id[:8] if self.meta else "?", reason)
@@ -405,14 +480,22 @@ class SensorRollout:
             shutil.rmtree(self._staged, ignore_errors=True)
         self._staged = None
 
-    def _remember(self, kind: str, rollout_id: str) -> None:
+    def _remember(self, kind: str, rollout_id: str, newest: contract.RolloutMeta | None = None) -> None:
         memory = _read_state(state_path(self.bundle_path))  # `edge-agent rollback` may have written it meanwhile
-        for k in ("deployed", "rejected", "rolled_back"):
-            memory[k] = list(dict.fromkeys([*memory.get(k, []), *self._memory.get(k, [])]))
+        for k in ("deployed", "rejected", "rolled_back", "taken"):
+            memory[k] = list(dict.fromkeys([*memory.get(k, []), *(self._memory or {}).get(k, [])]))[-50:]
         memory[kind] = list(dict.fromkeys([*memory.get(kind, []), rollout_id]))[-50:]
+        for m in (self._memory or {}, {"newest_published": newest.created, "newest_rollout": newest.rollout_id}
+                  if newest is not None else {}):
+            if contract.parse_time(m.get("newest_published")) > contract.parse_time(memory.get("newest_published")):
+                memory["newest_published"], memory["newest_rollout"] = m["newest_published"], m.get("newest_rollout")
         memory["last"] = self.status()
         self._memory = memory
-        write_json_atomic(state_path(self.bundle_path), memory)
+        try:
+            write_json_atomic(state_path(self.bundle_path), memory)
+        except OSError as exc:  # a full disk must not undo the decision in memory (kept; written next time)
+            self._ratelog.log(logging.ERROR, "memory", "%s: rollout memory %s not written: %s", self.device,
+                              state_path(self.bundle_path), exc)
 
     def status(self) -> dict:
         serving = self._serving()
@@ -424,6 +507,7 @@ class SensorRollout:
             "serving_version": serving.bundle.version if serving else None,
             "probation": self.state == "serving" and self._previous is not None,
             "reason": self.reason or None,
+            "last_ignored": self.last_ignored,
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             **self.figures,
             **self.counters,
@@ -432,16 +516,25 @@ class SensorRollout:
     def _announce(self) -> None:
         if self._publish is not None:
             try:
-                self._publish(contract.state_topic(self.device), json.dumps(self.status()).encode())
+                self._publish(topics.rollout_state_topic(self.device), json.dumps(self.status()).encode())
             except Exception:  # publishing a state must never break the rollout
                 log.exception("%s: rollout state not published", self.device)
 
 
-def _verifies(key, signature: bytes, body: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
+def _staging(bundle_path: Path, rollout_id: str) -> Path:
+    """Where a rollout's bundle is unpacked and tested before it is deployed (a hidden sibling of the bundle)."""
+    return bundle_path.with_name(f".{bundle_path.name}.rollout-{rollout_id[:12]}")
 
+
+def _remove_staging(bundle_path: Path) -> None:
+    """Remove the staging folders of this bundle's rollouts (only ours: ``.<bundle>.rollout-<12 hex>``)."""
+    import re
+
+    pattern = re.compile(rf"\.{re.escape(bundle_path.name)}\.rollout-[0-9a-f]{{12}}")
     try:
-        key.verify(signature, body)
-    except InvalidSignature:
-        return False
-    return True
+        entries = list(bundle_path.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)

@@ -39,7 +39,7 @@ from typing import Protocol, runtime_checkable
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge_agent.alerts import AlertEvent
-from edge_agent.contract.wire import alert_topic, check_device_id
+from edge_agent.contract.topics import alert_topic, health_topic, notice_topic
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.status import SinkCounters
@@ -55,15 +55,6 @@ STDERR_TAIL = 4096
 class AlertSink(Protocol):
     def emit(self, event: AlertEvent) -> None: ...
 
-
-def health_topic(device: str) -> str:
-    """``vib/<device>/health``: the retained current health of a sensor."""
-    return f"vib/{check_device_id(device)}/health"
-
-
-def notice_topic(device: str) -> str:
-    """``vib/<device>/notice``: the retained latest maintenance notice of a sensor (e.g. "retraining due")."""
-    return f"vib/{check_device_id(device)}/notice"
 
 
 def event_json(event: AlertEvent) -> bytes:

@@ -27,7 +27,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import serial
 
-from edge_agent.contract import wire
+from edge_agent.contract import topics
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class MqttLink:
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
-        self.topic = topic or wire.samples_topic(device)
+        self.topic = topic or topics.samples_topic(device)
         self.qos = qos
         self.connect_timeout = connect_timeout
         self.max_inflight = max_inflight

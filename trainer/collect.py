@@ -42,9 +42,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.contract import wire
+from edge_agent.contract import topics
 from edge_agent.contract.errors import ConfigError, UploadError
-from edge_agent.contract.upload_record import decode_record, encode_receipts, receipt_topic
+from edge_agent.contract.topics import receipt_topic
+from edge_agent.contract.upload_record import decode_record, encode_receipts
 from trainer.dataset import DatasetWriter
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def collect(
         stats.received += 1
         try:
             rec = decode_record(payload)
-            wire.check_device_id(rec.device)
+            topics.check_id(rec.device)
         except (UploadError, ConfigError) as exc:
             stats.invalid += 1
             now = time.monotonic()

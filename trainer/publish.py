@@ -14,50 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.contract import rollout
+from edge_agent.contract.signing import keygen, load_private_key  # noqa: F401 (trainer keygen; tests import them here)
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------ keys
-def keygen(path: Path) -> tuple[Path, str]:
-    """Write a new Ed25519 private key to ``path`` (PEM, mode 0600; refuses to overwrite) and its public key
-    to ``path.pub``; return (public key file, public key text for the gateways' config)."""
-    path = Path(path)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # FileExistsError: never overwrite a key
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    os.chmod(path, 0o600)  # whatever the umask
-    text = rollout.public_key_text(key.public_key())
-    pub = path.with_name(path.name + ".pub")
-    pub.write_text(text + "\n", encoding="ascii")
-    return pub, text
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """The signing key; ValueError when group or others may read it, or it is not an Ed25519 key."""
-    mode = os.stat(path).st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 {path}")
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
-    return key
 
 
 # ------------------------------------------------------------------------------------------------ publish
@@ -72,19 +39,20 @@ class Published:
 
 def publish(bundle: Path, to: str, key_path: Path, host: str, port: int, *, wait_s: float = 0.0,
             expect: int = 0, chunk_size: int = rollout.CHUNK_SIZE, client_id: str = "",
-            username: str | None = None, password: str | None = None) -> Published:
+            username: str | None = None, password: str | None = None, allow_downgrade: bool = False) -> Published:
     """Sign ``bundle`` and publish it for ``to`` (a device id or ``fleet``).
 
     Args:
         wait_s: then listen this long for the gateways' rollout states (0: do not wait).
         expect: stop waiting once this many sensors report a final state (serving, rejected, rolled back).
+        allow_downgrade: gateways take it even if it is older than the model they serve (a rollback on purpose).
 
     Raises:
         BundleError: the bundle does not load. ValueError: the key. OSError / RuntimeError: the broker.
     """
     key = load_private_key(key_path)
     payload = rollout.pack_bundle(bundle)
-    meta_bytes, chunks = rollout.make_metadata(bundle, payload, to, key, chunk_size)
+    meta_bytes, chunks = rollout.make_metadata(bundle, payload, to, key, chunk_size, allow_downgrade)
     meta = rollout.verify_metadata(meta_bytes, rollout.keyring([key.public_key()]))
     target = meta.target
     old: list[rollout.RolloutMeta] = []
@@ -178,13 +146,17 @@ def commands():
                   help="Then report the gateways' rollout states for this long.")
     @click.option("--expect", type=click.IntRange(0), default=0, show_default=True,
                   help="Stop waiting once this many sensors report a final state.")
-    def publish_command(bundle: Path, to: str, key_path: Path, broker: str, wait_s: float, expect: int) -> None:
+    @click.option("--allow-downgrade", is_flag=True,
+                  help="Roll back on purpose: gateways take this bundle even if it is older than the one they serve.")
+    def publish_command(bundle: Path, to: str, key_path: Path, broker: str, wait_s: float, expect: int,
+                        allow_downgrade: bool) -> None:
         """Sign BUNDLE and publish it to a device or the fleet (retained, chunked, Ed25519)."""
         host, _, port = broker.rpartition(":")
         if not host or not port.isdigit():
             raise click.BadParameter(f"expected HOST:PORT, got {broker!r}", param_hint="--broker")
         try:
-            result = publish(bundle, to, key_path, host, int(port), wait_s=wait_s, expect=expect)
+            result = publish(bundle, to, key_path, host, int(port), wait_s=wait_s, expect=expect,
+                             allow_downgrade=allow_downgrade)
         except (BundleError, ValueError, OSError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from exc
         m = result.meta

@@ -6,6 +6,7 @@ Every error the product raises on purpose derives from ``AgentError``::
     ├── FrameError    bytes or a payload that are not a valid frame (wire.py)
     ├── BundleError   a model bundle that is missing, corrupt or inconsistent (bundle.py)
     ├── UploadError   an upload record that cannot be encoded, decoded or delivered
+    ├── SignatureError  a signed message (rollout, receipt) whose signature or key is not trusted (signing.py)
     └── ConfigError   a configuration file or value that fails validation (config.py)
 
 Input errors (``FrameError``, malformed ``UploadError``) are counted and dropped by the
@@ -27,6 +28,10 @@ class BundleError(AgentError):
 
 class UploadError(AgentError):
     """An upload record that is malformed or cannot be delivered."""
+
+
+class SignatureError(AgentError):
+    """A signed message that is unsigned, signed by a key that is not trusted, or altered."""
 
 
 class ConfigError(AgentError):

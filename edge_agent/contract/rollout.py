@@ -13,8 +13,10 @@ workstation's private key (which never leaves it); gateways hold the public key(
 Metadata (UTF-8 JSON; ``signature`` is base64 of the Ed25519 signature over the canonical JSON of every
 other field: keys sorted, no spaces, ASCII)::
 
-    {"schema": 1, "rollout_id": "<32 hex>", "target": "fleet" | "device/<device>", "created": ISO-8601,
-     "model": {"id": str, "version": str},
+    {"schema": 2, "rollout_id": "<32 hex>", "target": "fleet" | "device/<device>",
+     "created": ISO-8601 (microseconds; when it was published),
+     "model": {"id": str, "version": str, "created": ISO-8601 (the bundle's manifest model.created)},
+     "allow_downgrade": bool,     # the operator rolls back on purpose (trainer publish --allow-downgrade)
      "bundle": {"input_shape": [1, T, F], "channels": [str], "sample_rate": float | null, "quantization": str},
      "payload": {"format": "tar", "size": int, "sha256": hex, "chunk_size": int, "chunks": [sha256 hex, ...]},
      "key_id": "<16 hex: sha256 of the raw public key>", "signature": base64}
@@ -24,6 +26,11 @@ Chunk (binary)::
     b"VRC1" | rollout_id (16 bytes) | index u32 LE | count u32 LE | data | Ed25519 signature (64 bytes)
                                                                           over everything before it
 
+Order: a gateway takes a target's rollouts only in the order they were published (a rollout published no later
+than one it has already taken is a replay: ignored and counted), and never a model older than the one it serves
+unless the metadata says ``allow_downgrade`` (``edge_agent.rollout``). Schema 1 (no model.created, created in
+seconds) is still read.
+
 The payload is an uncompressed tar of the bundle's ``manifest.json``, ``model.tflite`` and ``report/*``
 (regular files only, sorted, zero times and owners: the same bundle gives the same bytes). The gateway
 unpacks it with :func:`unpack_bundle`, which writes nothing but those names.
@@ -31,8 +38,6 @@ unpacks it with :func:`unpack_bundle`, which writes nothing but those names.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 import json
@@ -40,20 +45,29 @@ import re
 import struct
 import tarfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_agent.contract import wire
+from edge_agent.contract import topics
 from edge_agent.contract.bundle import MANIFEST_FILE, MODEL_FILE
-from edge_agent.contract.errors import BundleError
+from edge_agent.contract.errors import BundleError, SignatureError
+from edge_agent.contract.signing import (  # noqa: F401 (key helpers, re-exported for the publisher and the tests)
+    canonical,
+    key_id,
+    keyring,
+    load_public_key,
+    public_key_text,
+    sign_fields,
+    verifies,
+    verify_fields,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMAS = (1, 2)  # 2 adds model.created and allow_downgrade; ``created`` in microseconds
 CHUNK_SIZE = 64 * 1024  # fits every broker's default packet limit (AWS IoT: 128 KB)
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
 MAX_META_BYTES = 1024 * 1024
@@ -65,14 +79,14 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 _PAYLOAD_NAME = re.compile(r"(manifest\.json|model\.tflite|report/[A-Za-z0-9][A-Za-z0-9._-]{0,100})")
 
 
-class RolloutError(BundleError):
+class RolloutError(BundleError, SignatureError):
     """A rollout message that is not to be trusted: bad signature, unknown key, corrupt or foreign payload."""
 
 
 # ------------------------------------------------------------------------------------------ topics
 def target_of(to: str) -> str:
     """``fleet`` or a device id -> the topic level ``fleet`` / ``device/<device>``."""
-    return FLEET if to == FLEET else f"device/{wire.check_device_id(to)}"
+    return FLEET if to == FLEET else f"device/{topics.check_id(to)}"
 
 
 def meta_topic(target: str) -> str:
@@ -88,11 +102,6 @@ def subscriptions(device: str) -> list[str]:
     return [f"vib/rollout/{FLEET}/#", f"vib/rollout/{target_of(device)}/#"]
 
 
-def state_topic(device: str) -> str:
-    """Where the gateway publishes its rollout state for ``device`` (retained)."""
-    return f"vib/{wire.check_device_id(device)}/rollout"
-
-
 def parse_topic(topic: str) -> tuple[str, str | None, int | None] | None:
     """``(target, rollout_id, chunk index)`` of a rollout topic (``rollout_id``/index None for meta), else None."""
     m = re.fullmatch(r"vib/rollout/(fleet|device/[^/]+)/(?:meta|([0-9a-f]{32})/chunk/(\d{1,9}))", topic)
@@ -101,45 +110,7 @@ def parse_topic(topic: str) -> tuple[str, str | None, int | None] | None:
     return m.group(1), m.group(2), None if m.group(3) is None else int(m.group(3))
 
 
-# ------------------------------------------------------------------------------------------ keys
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """16 hex digits naming a public key (sha256 of its 32 raw bytes)."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def public_key_text(public_key: Ed25519PublicKey) -> str:
-    """The form a gateway's config holds: base64 of the 32 raw bytes."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode("ascii")
-
-
-def load_public_key(text: str) -> Ed25519PublicKey:
-    """Parse ``public_key_text`` output (or a PEM public key); RolloutError if it is not an Ed25519 key."""
-    text = text.strip()
-    try:
-        if text.startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(text.encode("ascii"))
-            if not isinstance(key, Ed25519PublicKey):
-                raise RolloutError("the PEM public key is not an Ed25519 key")
-            return key
-        raw = base64.b64decode(text, validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
-        raise RolloutError(f"not an Ed25519 public key (base64 of 32 bytes or PEM): {exc}") from exc
-
-
-def keyring(public_keys: Iterable[Ed25519PublicKey | str]) -> dict[str, Ed25519PublicKey]:
-    """``{key_id: key}`` of the trusted keys."""
-    keys = [k if isinstance(k, Ed25519PublicKey) else load_public_key(k) for k in public_keys]
-    return {key_id(k): k for k in keys}
-
-
 # ------------------------------------------------------------------------------------------ metadata
-def canonical(fields: dict) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-
-
 @dataclass(frozen=True)
 class RolloutMeta:
     """Verified metadata of one rollout."""
@@ -159,15 +130,32 @@ class RolloutMeta:
     chunks: tuple[str, ...]
     key_id: str
     raw: dict
+    model_created: str | None = None  # the bundle's manifest model.created (schema 2)
+    allow_downgrade: bool = False  # the publisher rolls back on purpose (``trainer publish --allow-downgrade``)
 
     @property
     def n_chunks(self) -> int:
         return len(self.chunks)
 
+    @property
+    def published(self) -> datetime:
+        """When it was published (aware UTC): rollouts of one target only move forward in this order."""
+        return parse_time(self.created)
+
+
+def parse_time(text: str | None) -> datetime:
+    """An ISO-8601 time as aware UTC (naive means UTC); ``datetime.min`` (UTC) when absent or unreadable."""
+    try:
+        t = datetime.fromisoformat(str(text))
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
 
 def make_metadata(bundle_dir: Path, payload: bytes, to: str, private_key: Ed25519PrivateKey,
-                  chunk_size: int = CHUNK_SIZE) -> tuple[bytes, list[bytes]]:
-    """The signed metadata and the signed chunks of ``payload`` (``pack_bundle(bundle_dir)``) for target ``to``."""
+                  chunk_size: int = CHUNK_SIZE, allow_downgrade: bool = False) -> tuple[bytes, list[bytes]]:
+    """The signed metadata and the signed chunks of ``payload`` (``pack_bundle(bundle_dir)``) for target ``to``.
+    ``allow_downgrade``: gateways may take it although it is older than the model they serve."""
     from edge_agent.contract.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
@@ -177,16 +165,16 @@ def make_metadata(bundle_dir: Path, payload: bytes, to: str, private_key: Ed2551
         "schema": SCHEMA_VERSION,
         "rollout_id": rollout_id,
         "target": target_of(to),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": {"id": bundle.model_id, "version": bundle.version},
+        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "model": {"id": bundle.model_id, "version": bundle.version,
+                  "created": bundle.manifest["model"].get("created")},
+        "allow_downgrade": bool(allow_downgrade),
         "bundle": {"input_shape": list(bundle.input_shape), "channels": list(bundle.spec.channels),
                    "sample_rate": bundle.manifest["signal"].get("sample_rate"), "quantization": bundle.quantization},
         "payload": {"format": "tar", "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
                     "chunk_size": chunk_size, "chunks": [hashlib.sha256(p).hexdigest() for p in pieces]},
-        "key_id": key_id(private_key.public_key()),
     }
-    signature = private_key.sign(canonical(fields))
-    meta = canonical(fields | {"signature": base64.b64encode(signature).decode("ascii")})
+    meta = sign_fields(fields, private_key)
     chunks = [encode_chunk(rollout_id, i, len(pieces), p, private_key) for i, p in enumerate(pieces)]
     return meta, chunks
 
@@ -199,19 +187,14 @@ def verify_metadata(payload: bytes, keys: dict[str, Ed25519PublicKey]) -> Rollou
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RolloutError(f"rollout metadata is not JSON ({exc})") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("signature"), str):
-        raise RolloutError("rollout metadata is unsigned")
-    kid = obj.get("key_id")
-    if kid not in keys:
-        raise RolloutError(f"rollout signed by an unknown key {str(kid)[:16]!r} (trusted: {sorted(keys)})")
-    fields = {k: v for k, v in obj.items() if k != "signature"}
     try:
-        keys[kid].verify(base64.b64decode(obj["signature"], validate=True), canonical(fields))
-    except (InvalidSignature, ValueError, binascii.Error) as exc:
-        raise RolloutError("rollout metadata signature does not verify: altered, or not signed by this key") from exc
+        fields = verify_fields(obj, keys, "rollout metadata")
+    except SignatureError as exc:
+        raise RolloutError(str(exc)) from None
+    kid = fields["key_id"]
     try:
-        if fields["schema"] != SCHEMA_VERSION:
-            raise RolloutError(f"rollout schema {fields['schema']!r} is not supported (expected {SCHEMA_VERSION})")
+        if fields["schema"] not in SCHEMAS:
+            raise RolloutError(f"rollout schema {fields['schema']!r} is not supported (this gateway reads {SCHEMAS})")
         m, b, p = fields["model"], fields["bundle"], fields["payload"]
         meta = RolloutMeta(
             rollout_id=str(fields["rollout_id"]), target=str(fields["target"]), created=str(fields["created"]),
@@ -220,6 +203,8 @@ def verify_metadata(payload: bytes, keys: dict[str, Ed25519PublicKey]) -> Rollou
             sample_rate=None if b["sample_rate"] is None else float(b["sample_rate"]),
             quantization=str(b["quantization"]), size=int(p["size"]), sha256=str(p["sha256"]),
             chunk_size=int(p["chunk_size"]), chunks=tuple(str(c) for c in p["chunks"]), key_id=kid, raw=fields,
+            model_created=None if m.get("created") is None else str(m["created"]),
+            allow_downgrade=fields.get("allow_downgrade", False) is True,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RolloutError(f"rollout metadata is malformed ({type(exc).__name__}: {exc})") from exc
@@ -246,10 +231,9 @@ def verify_chunk(meta: RolloutMeta, payload: bytes, keys: dict[str, Ed25519Publi
     magic, rid, index, count = _HEADER.unpack_from(body)
     if magic != _MAGIC or rid.hex() != meta.rollout_id:
         raise RolloutError("rollout chunk belongs to another rollout or is not a chunk")
-    try:
-        keys[meta.key_id].verify(signature, body)
-    except (InvalidSignature, KeyError) as exc:
-        raise RolloutError(f"rollout chunk {index} signature does not verify") from exc
+    key = keys.get(meta.key_id)
+    if key is None or not verifies(key, signature, body):
+        raise RolloutError(f"rollout chunk {index} signature does not verify")
     if count != meta.n_chunks or index >= count:
         raise RolloutError(f"rollout chunk {index}/{count} does not fit the metadata's {meta.n_chunks} chunks")
     data = body[_HEADER.size:]

@@ -330,13 +330,6 @@ def decode_record(payload: bytes | str) -> UploadRecord:
 RECEIPT_IDS = 500
 
 
-def receipt_topic(device: str) -> str:
-    """``vib/<device>/upload/receipt``: where collectors confirm the records of ``device`` they hold durably."""
-    from .wire import check_device_id
-
-    return f"vib/{check_device_id(device)}/upload/receipt"
-
-
 def encode_receipts(ids: list[str], collector: str = "") -> list[bytes]:
     """Receipt messages (``{"ids": [...], "collector": str}``, at most ``RECEIPT_IDS`` ids each)."""
     return [json.dumps({"ids": ids[i:i + RECEIPT_IDS], "collector": collector}, separators=(",", ":")).encode()

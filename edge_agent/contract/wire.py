@@ -983,27 +983,3 @@ class PayloadDecoder:
             seq = self._next_seq
             self._next_seq = (seq + samples.shape[0]) % SEQ_MOD
         return Frame(seq, t0_us, samples)
-
-
-# --------------------------------------------------------------------------- topics
-def check_device_id(device: str) -> str:
-    """Return ``device`` if usable in a topic (1..64 chars, no ``+ # /``, no NUL); else ConfigError."""
-    if not isinstance(device, str) or not 1 <= len(device) <= 64 or any(ch in device for ch in "+#/\0"):
-        raise ConfigError(f"invalid device id {device!r}: 1..64 characters, none of '+', '#', '/', NUL")
-    return device
-
-
-def samples_topic(device: str) -> str:
-    return f"vib/{check_device_id(device)}/samples"
-
-
-def alert_topic(device: str) -> str:
-    return f"vib/{check_device_id(device)}/alert"
-
-
-def status_topic(device: str) -> str:
-    return f"vib/{check_device_id(device)}/status"
-
-
-def upload_topic(device: str) -> str:
-    return f"vib/{check_device_id(device)}/upload"

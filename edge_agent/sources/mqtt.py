@@ -35,7 +35,7 @@ class MqttSource(QueueSource):
 
     Args:
         connection: the gateway's MQTT connection (started and stopped by its owner).
-        topic: the samples topic (``wire.samples_topic(device)``, or any topic a sensor publishes on).
+        topic: the samples topic (``topics.samples_topic(device)``, or any topic a sensor publishes on).
         qos: subscription QoS (1 recommended: QoS 0 drops silently under load).
         decoder: how payloads become frames (default: the wire payloads, ``wire.PayloadDecoder()``).
         queue_frames: bound of the frame queue.

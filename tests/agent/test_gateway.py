@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import load_config
-from edge_agent.contract import wire
+from edge_agent.contract import topics
 from edge_agent.mqtt_client import MqttConnection
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, _toml, copy_bundle, frames_of, rewrite_bundle
@@ -66,7 +66,7 @@ def test_three_sensors_one_port_vanishes_one_bundle_swaps_the_third_keeps_alerti
             links["pump-1"].send(f)
             if i < len(healthy) // 1024:
                 links["pump-2"].send(frames[i])
-                pub.publish(wire.samples_topic("fan-9"), frames[i], qos=1)
+                pub.publish(topics.samples_topic("fan-9"), frames[i], qos=1)
             if i == half // 2:  # pump-2's adapter is pulled while everything streams
                 links["pump-2"].close()
             if i == half:  # a new model for the fan, deployed atomically while it scores

@@ -10,9 +10,9 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import config_from_dict
-from edge_agent.contract import wire
+from edge_agent.contract import topics
 from edge_agent.contract.errors import ConfigError
-from edge_agent.homeassistant import discovery_configs, expire_after_s, topic_id
+from edge_agent.homeassistant import discovery_configs, expire_after_s
 from edge_agent.mqtt_client import MqttConnection
 from firmware_sim.link import PtyLink
 from tests.agent import ha_schema
@@ -28,10 +28,10 @@ ENTITIES = {("sensor", "anomaly_score"), ("binary_sensor", "alert"), ("sensor", 
 
 
 def _cfg(**over):
-    d = {"gateway": "hall.3", "mqtt": {}, "homeassistant": {"enabled": True},
+    d = {"gateway": "hall_3", "mqtt": {}, "homeassistant": {"enabled": True},
          "sensors": [{"device": "pump-1", "source": {"kind": "serial", "serial": {"port": "/dev/ttyA"}},
                       "bundle": {"path": "b"}},
-                     {"device": 'fan "9".b', "source": {"kind": "mqtt"}, "bundle": {"path": "b"}}]}
+                     {"device": "Fan_9-b", "source": {"kind": "mqtt"}, "bundle": {"path": "b"}}]}
     d.update(over)
     return config_from_dict(d)
 
@@ -75,19 +75,18 @@ def test_every_discovery_payload_passes_the_documented_schema():
     configs = discovery_configs(cfg)
     problems = [e for t, p in configs.items() for e in ha_schema.validate(t, json.dumps(p))]
     assert problems == []
-    node = topic_id("hall.3")
-    assert node.startswith("hall_3_") and topic_id("hall_3") == "hall_3"  # distinct ids stay distinct
+    node = "hall_3"  # ids are used verbatim: they are made of the characters discovery topics allow
     per_sensor = {}
     for topic, p in configs.items():
         m = ha_schema.TOPIC.fullmatch(topic.removeprefix("homeassistant/"))
         assert m["node_id"] == node
-        if p["device"]["identifiers"] != [f"vibration_edge_{node}"]:
-            assert p["device"]["via_device"] == f"vibration_edge_{node}"
-            per_sensor.setdefault(p["device"]["name"], set()).add((m["component"], p["unique_id"].rsplit(
-                p["device"]["identifiers"][0] + "_", 1)[1]))
+        if p["device"]["identifiers"] != [f"vibration_edge:{node}"]:
+            assert p["device"]["via_device"] == f"vibration_edge:{node}"
+            assert p["device"]["identifiers"] == [f"vibration_edge:{node}:{p['device']['name']}"]
+            per_sensor.setdefault(p["device"]["name"], set()).add((m["component"], p["unique_id"].rsplit(":", 1)[1]))
             assert p["availability_mode"] == "all" and [a["topic"] for a in p["availability"]] == [
-                "vib/gateway/hall.3/availability", wire.status_topic(p["device"]["name"])]
-    assert per_sensor == {"pump-1": ENTITIES, 'fan "9".b': ENTITIES}
+                "vib/gateway/hall_3/availability", topics.status_topic(p["device"]["name"])]
+    assert per_sensor == {"pump-1": ENTITIES, "Fan_9-b": ENTITIES}
     assert len({p["unique_id"] for p in configs.values()}) == len(configs) == 1 + 2 * len(ENTITIES)
     score = configs[f"homeassistant/sensor/{node}/pump-1_anomaly_score/config"]
     assert score["state_class"] == "measurement" and score["expire_after"] == expire_after_s(10.0) == 60
@@ -96,7 +95,7 @@ def test_every_discovery_payload_passes_the_documented_schema():
 
 def test_the_schema_check_can_fail():
     """The validator refuses what Home Assistant refuses (else passing it would prove nothing)."""
-    good = json.dumps(discovery_configs(_cfg())[f"homeassistant/sensor/{topic_id('hall.3')}/pump-1_alert_state/config"])
+    good = json.dumps(discovery_configs(_cfg())["homeassistant/sensor/hall_3/pump-1_alert_state/config"])
     topic = "homeassistant/sensor/hall/pump-1_alert_state/config"
     assert ha_schema.validate(topic, good) == []
 
@@ -123,7 +122,7 @@ def test_the_schema_check_can_fail():
 
 def test_templates_read_the_status_the_agent_publishes():
     configs = discovery_configs(_cfg())
-    node = topic_id("hall.3")
+    node = "hall_3"
     ent = {key: configs[f"homeassistant/{comp}/{node}/pump-1_{key}/config"] for comp, key in ENTITIES}
     running_doc = {"device": "pump-1", "state": "online", "model_id": "m", "model_version": "v2",
                    "quantization": "int8", "threshold": 0.19, "threshold_source": "bundle",
@@ -158,6 +157,23 @@ def test_templates_read_the_status_the_agent_publishes():
             "offline" if p == "offline" else "online")
     calibrating = json.dumps(running_doc | {"alert_state": "calibrating"})
     assert r("alert", calibrating) == "OFF" and r("alert_state", calibrating) == "calibrating"
+
+
+def test_ids_that_would_collide_are_refused_never_rewritten():
+    """Gateways "hall.3" and "hall_3_42fd83" used to share a discovery node (one deleted the other's configs), and
+    sensors "pump 1" and "pump_1_3dded7" an object id: ids outside the topic alphabet are now refused at start."""
+    for gateway in ("hall.3", "hall 3", "h\u00e4lle", "x" * 65):
+        with pytest.raises(ConfigError, match=r"^gateway: invalid gateway id"):
+            _cfg(gateway=gateway)
+    for device in ("pump 1", "pump.1", "\U0001f600" * 21, "gateway"):
+        with pytest.raises(ConfigError, match=r"sensors\[0\]\.device: invalid device id"):
+            _cfg(sensors=[{"device": device, "source": {"kind": "mqtt"}, "bundle": {"path": "b"}}])
+    with pytest.raises(ConfigError, match="differ only in case"):
+        _cfg(sensors=[{"device": d, "source": {"kind": "mqtt", "mqtt": {"topic": f"t/{i}"}}, "bundle": {"path": "b"}}
+                      for i, d in enumerate(("Pump-1", "pump-1"))])
+    # what is valid is used verbatim: the two former collisions are now two distinct, valid configs
+    a, b = discovery_configs(_cfg(gateway="hall_3")), discovery_configs(_cfg(gateway="hall_3_42fd83"))
+    assert not set(a) & set(b) and not {p["unique_id"] for p in a.values()} & {p["unique_id"] for p in b.values()}
 
 
 def test_discovery_needs_a_broker_and_the_mqtt_status():
@@ -207,16 +223,16 @@ def test_a_gateway_appears_in_home_assistant_and_cleans_up_after_itself(tmp_path
                     assert wait_for(lambda i=i: agent.sensor("pump-1").pipeline.windower.counters.samples_in
                                     >= (i + 1) * 1024, 20)
             assert wait_for(lambda: agent.sensor("pump-1").pipeline.alert_events > 0, 10)
-            assert wait_for(lambda: json.loads(watch.get(wire.status_topic("pump-1")) or b"{}").get(
+            assert wait_for(lambda: json.loads(watch.get(topics.status_topic("pump-1")) or b"{}").get(
                 "alert_state") in ("warning", "critical"), 10)
-            live = {t: watch.get(t) for t in ("vib/gateway/hall-3/availability", wire.status_topic("pump-1"),
-                                              wire.status_topic("pump-2"))}
+            live = {t: watch.get(t) for t in ("vib/gateway/hall-3/availability", topics.status_topic("pump-1"),
+                                              topics.status_topic("pump-2"))}
             status = agent.status()
     finally:
         for link in links.values():
             link.close()
     assert wait_for(lambda: watch.get("vib/gateway/hall-3/availability") == b"offline", 10)
-    assert wait_for(lambda: watch.get(wire.status_topic("pump-1")) == b"offline", 10)
+    assert wait_for(lambda: watch.get(topics.status_topic("pump-1")) == b"offline", 10)
     watch.stop()
 
     # what a Home Assistant connecting now gets: the retained configs, all valid, and nobody else's removed
@@ -244,7 +260,7 @@ def test_a_gateway_appears_in_home_assistant_and_cleans_up_after_itself(tmp_path
         return all(ha_schema.render(a.get("value_template", "{{ value }}"), payloads[a["topic"]]) ==
                    a.get("payload_available", "online") for a in e["availability"])  # availability_mode: all
 
-    p1, p2 = live[wire.status_topic("pump-1")], live[wire.status_topic("pump-2")]
+    p1, p2 = live[topics.status_topic("pump-1")], live[topics.status_topic("pump-2")]
     s1 = json.loads(p1)
     assert float(shown("pump-1", "sensor", "anomaly_score", p1)) == s1["last_score"]
     assert shown("pump-1", "binary_sensor", "alert", p1) == "ON"

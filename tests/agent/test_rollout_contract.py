@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.contract import rollout
 from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.errors import SignatureError
 from tests.broker import Broker, wait_for
 from trainer.publish import keygen, load_private_key, publish
 
@@ -40,7 +41,7 @@ def test_keygen_keeps_the_private_key_private(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     with pytest.raises(ValueError, match="readable by others"):
         load_private_key(path)
-    with pytest.raises(rollout.RolloutError, match="not an Ed25519 public key"):
+    with pytest.raises(SignatureError, match="not an Ed25519 public key"):
         rollout.load_public_key("c2hvcnQ=")
 
 

@@ -7,7 +7,7 @@ import threading
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.contract import wire
+from edge_agent.contract import topics, wire
 from edge_agent.contract.upload_record import decode_record
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
@@ -47,7 +47,7 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
     thread.start()
     try:
         assert watcher.wait_subscribed(10) and pub.wait_connected(10) and agent.connection.wait_subscribed(10)
-        topic = wire.samples_topic("pump-7")
+        topic = topics.samples_topic("pump-7")
         assert wait_for(lambda: seen["availability"][-1:] == [b"online"], 10)
         bad = [b"junk", b"{}", b"\xa5\x5a\x01\x00"]
         for p in bad:

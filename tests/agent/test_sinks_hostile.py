@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,41 +11,14 @@ import pytest
 
 from edge_agent.sinks import STDERR_TAIL, AlertDispatcher, CommandSink, JsonlSink, LogSink
 from tests.agent.test_sinks import make_event
+from tests.fs import fill, tmpfs
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path):
-    """A real 64 KiB tmpfs mounted under ``tmp_path`` (unmounted at the end). Needs root (CAP_SYS_ADMIN): skipped
-    without it, except under CI (``CI`` set), where that is a failure."""
-    mnt = tmp_path / "small-fs"
-    mnt.mkdir()
-    why = "mounting a tmpfs needs root" if os.geteuid() != 0 else None
-    if why is None:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)],
-                              capture_output=True, text=True)
-        why = None if done.returncode == 0 else f"mount -t tmpfs failed: {done.stderr.strip()}"
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{why}: the full-disk test must run in CI (run the suite as root)")
-        pytest.skip(why)
-    try:
+    """A real 64 KiB tmpfs (tests/fs.py)."""
+    with tmpfs(tmp_path / "small-fs", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "--lazy", str(mnt)], check=True)  # lazy: a test that failed may hold a file open
-
-
-def _fill(fs: Path) -> Path:
-    """Fill ``fs`` to the last byte with one file; return it."""
-    filler = fs / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (4096, 1):
-            while True:
-                try:
-                    if f.write(b"\0" * size) != size:
-                        break
-                except OSError:
-                    break
-    return filler
 
 
 def test_alerts_held_back_by_a_full_disk_are_written_in_order_when_space_returns(small_fs: Path) -> None:
@@ -56,7 +28,7 @@ def test_alerts_held_back_by_a_full_disk_are_written_in_order_when_space_returns
     events = [make_event(seq_end=640 + i) for i in range(40)]
     for e in events[:3]:
         dispatcher.emit(e)
-    filler = _fill(small_fs)  # the file's last page still takes a few lines, then a line is cut short
+    filler = fill(small_fs)  # the file's last page still takes a few lines, then a line is cut short
     for e in events[3:30]:
         dispatcher.emit(e)
     status = dispatcher.status()["1:JsonlSink"]
@@ -82,7 +54,7 @@ def test_alerts_held_back_by_a_full_disk_are_written_in_order_when_space_returns
 def test_a_full_queue_drops_the_oldest_waiting_alerts_and_counts_them(small_fs: Path) -> None:
     path = small_fs / "alerts.jsonl"
     sink = JsonlSink(path, max_pending=5)
-    filler = _fill(small_fs)
+    filler = fill(small_fs)
     events = [make_event(seq_end=i) for i in range(8)]
     for e in events:
         sink.emit(e)

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.contract import wire
+from edge_agent.contract import topics, wire
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sources import SampleSource
 from edge_agent.sources.mqtt import MqttSource
@@ -191,9 +191,9 @@ def _publisher(broker, name="pub"):
 
 def test_mqtt_source_binary_json_and_malformed(mosquitto):
     conn = MqttConnection(mosquitto.host, mosquitto.port, "agent-src")
-    src = MqttSource(conn, wire.samples_topic("pump-1"))
+    src = MqttSource(conn, topics.samples_topic("pump-1"))
     pub = _publisher(mosquitto)
-    topic = wire.samples_topic("pump-1")
+    topic = topics.samples_topic("pump-1")
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     try:
         src.start()
@@ -224,9 +224,9 @@ def test_mqtt_source_binary_json_and_malformed(mosquitto):
 
 def test_mqtt_source_resubscribes_after_broker_restart(mosquitto):
     conn = MqttConnection(mosquitto.host, mosquitto.port, "agent-src2")
-    src = MqttSource(conn, wire.samples_topic("pump-2"))
+    src = MqttSource(conn, topics.samples_topic("pump-2"))
     x = np.ones((4, 1), np.float32)
-    topic = wire.samples_topic("pump-2")
+    topic = topics.samples_topic("pump-2")
     try:
         src.start()
         conn.start()

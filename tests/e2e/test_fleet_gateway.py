@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.contract import rollout, wire
+from edge_agent.contract import rollout, topics, wire
 from edge_agent.contract.upload_record import decode_record
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
@@ -42,7 +42,7 @@ class Stream:
     """A healthy bearing published in real time as binary frames (QoS 1) on its own thread."""
 
     def __init__(self, broker: Broker, samples: np.ndarray, device: str = "pump-7") -> None:
-        self.samples, self.topic = samples, wire.samples_topic(device)
+        self.samples, self.topic = samples, topics.samples_topic(device)
         self.sent = 0
         self.conn = MqttConnection(broker.host, broker.port, "sensor-under-test")
         self.conn.start()

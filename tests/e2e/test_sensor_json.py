@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.contract import wire
+from edge_agent.contract import topics, wire
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.broker import wait_for
@@ -125,7 +125,7 @@ def test_an_80_mb_json_payload_is_refused_unparsed_and_the_agent_stays_small(tmp
     )
     agent = Proc([str(BIN / "edge-agent"), "run", "--config", str(cfg)], tmp_path)
     pub = MqttConnection(mosquitto.host, mosquitto.port, "sensor")
-    topic = wire.samples_topic("pump-7")
+    topic = topics.samples_topic("pump-7")
     x = degrading_samples[: 8 * 8192]
     frames = [wire.encode_frame(a, x[a : a + 1024], scale=wire.int16_scale(10.0)) for a in range(0, len(x), 1024)]
     half = len(frames) // 2

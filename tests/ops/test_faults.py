@@ -15,6 +15,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
+from edge_agent.contract import topics
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.broker import wait_for
@@ -113,7 +114,7 @@ def test_broker_restart_agent_reconnects_resubscribes_and_republishes(tmp_path, 
 
     def send(pub: MqttConnection, seq0: int) -> None:
         for a in range(0, len(x), 1024):
-            pub.publish(wire.samples_topic("pump-7"), wire.encode_frame(seq0 + a, x[a : a + 1024], scale=scale), qos=1)
+            pub.publish(topics.samples_topic("pump-7"), wire.encode_frame(seq0 + a, x[a : a + 1024], scale=scale), qos=1)
 
     thread.start()
     try:

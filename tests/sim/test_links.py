@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import serial
 
-from edge_agent.contract import wire
+from edge_agent.contract import topics, wire
 from edge_agent.contract.errors import FrameError
 from firmware_sim import link, signals
 from firmware_sim.faults import FaultInjector
@@ -224,7 +224,7 @@ class _Subscriber:
         self.payloads: queue.Queue[bytes] = queue.Queue()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{device}")
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(wire.samples_topic(device), qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topics.samples_topic(device), qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = lambda c, u, msg: self.payloads.put_nowait(msg.payload)
         self.client.connect(host, port)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.contract import wire
+from edge_agent.contract import topics, wire
 from edge_agent.contract.errors import ConfigError, FrameError
 
 
@@ -269,13 +269,13 @@ def test_encode_rejects_bad_arguments():
 
 
 def test_topics_and_device_validation():
-    assert wire.samples_topic("pump-7") == "vib/pump-7/samples"
-    assert wire.alert_topic("a") == "vib/a/alert"
-    assert wire.status_topic("a") == "vib/a/status"
-    assert wire.upload_topic("a") == "vib/a/upload"
+    assert topics.samples_topic("pump-7") == "vib/pump-7/samples"
+    assert topics.alert_topic("a") == "vib/a/alert"
+    assert topics.status_topic("a") == "vib/a/status"
+    assert topics.upload_topic("a") == "vib/a/upload"
     for bad in ["", "a/b", "a+", "#", "x" * 65]:
         with pytest.raises(ConfigError):
-            wire.samples_topic(bad)
+            topics.samples_topic(bad)
 
 
 @settings(max_examples=200, deadline=None)
