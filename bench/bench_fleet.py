@@ -53,12 +53,18 @@ def records(n: int, rows: int, channels: int, devices: int = 8) -> list[tuple[st
 def _collector(host: str, port: int, out: str, member: int, stop) -> None:
     import threading
 
-    from trainer.collect import collect
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_agent.mqtt_client import MqttConnection
+    from trainer.collect import CollectOptions, collect
 
     event = threading.Event()
     threading.Thread(target=lambda: (stop.wait(), event.set()), daemon=True).start()
-    collect(host, port, out, stop_event=event, group="bench", member=member, client_id=f"bench-{member}",
-            flush_s=0.5)
+    opts = CollectOptions(out=Path(out), group="bench", member=member, client_id=f"bench-{member}", flush_s=0.5,
+                          key=Ed25519PrivateKey.generate())  # receipts signed, as in the field
+    connection = MqttConnection(host, port, opts.cid, session_expiry_s=opts.session_expiry_s,
+                                receive_maximum=opts.receive_maximum, manual_ack=True)
+    collect(connection, opts, event)
 
 
 def _publisher(host: str, port: int, payloads: list[tuple[str, bytes]], done) -> None:

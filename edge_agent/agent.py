@@ -32,6 +32,7 @@ from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract import rollout as rollout_topics
 from edge_agent.contract import topics
 from edge_agent.contract.errors import AgentError, BundleError, ConfigError, UploadError
+from edge_agent.contract.signing import keyring
 from edge_agent.drift import DriftPolicy
 from edge_agent.fleet import SensorFleet
 from edge_agent.mqtt_client import MqttConnection, connection_for
@@ -113,7 +114,7 @@ class Agent:
                 self.connection.subscribe(u.uplink_topic, 1, lambda msg: self._uplink.on_message(msg.payload))
             self._uploader = Uploader(
                 self._spool, self.connection, u.batch, threading.Event(), uplink=self._uplink, receipts=u.receipts,
-                receipt_timeout_s=u.receipt_timeout_s,
+                receipt_timeout_s=u.receipt_timeout_s, receipt_keys=keyring(u.receipt_keys),
                 budget=ByteBudget(u.max_bytes_per_hour) if u.max_bytes_per_hour else None)
         self.sensors: list[Sensor] = []
         errors: list[str] = []
@@ -217,7 +218,7 @@ class Agent:
             for s in self.sensors:
                 if s.cfg.uploads.enabled:
                     self.connection.subscribe(topics.receipt_topic(s.device), 1,
-                                              lambda msg: self._uploader.on_receipt(msg.payload))
+                                              lambda msg, d=s.device: self._uploader.on_receipt(d, msg.payload))
 
     def _publish_retained(self, topic: str, payload: bytes) -> None:
         self.connection.publish(topic, payload, qos=1, retain=True)
@@ -359,6 +360,9 @@ class Agent:
                 "spool_evicted_by_kind": dict(self._spool.evicted_by_kind), "sent_bytes": self._uploader.sent_bytes,
                 "awaiting_receipt": self._spool.awaiting_receipt() if self._uploader.receipts else None,
                 "confirmed": self._uploader.confirmed, "throttled": self._uploader.throttled,
+                "rejected_by_collector": self._uploader.rejected, "last_rejected": self._uploader.last_rejected,
+                "receipts_refused": self._uploader.receipts_refused,
+                "last_receipt_refused": self._uploader.last_receipt_refused,
                 "uplink": None if self._uplink is None else self._uplink.up, "uplink_waits": self._uploader.uplink_waits,
             },
             "http": None if self.web is None else self.web.status(),

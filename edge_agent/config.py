@@ -193,6 +193,7 @@ class Uploads:
     uplink_topic: str | None = None  # the bridge's notification topic: hold uploads while it reads 0
     receipts: bool = True  # keep a record until a collector's receipt names it (trainer collect sends them)
     receipt_timeout_s: float = field(default=300.0, metadata=_rng(5.0, 7 * 86_400.0))  # then send it again
+    receipt_keys: tuple[str, ...] = ()  # the collectors' public keys (`trainer keygen`; `trainer collect --key`)
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,7 @@ class AgentConfig:
 SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health", "drift")
 GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "logging", "rollout")
 _SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch", "max_bytes_per_hour", "uplink_topic",
-               "receipts", "receipt_timeout_s")
+               "receipts", "receipt_timeout_s", "receipt_keys")
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -445,9 +446,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _check_fleet(cfg: AgentConfig) -> None:
     """[rollout] keys parse and need a broker; the upload budget and the bridge topic are sound."""
-    if cfg.rollout is not None:
-        from edge_agent.contract.signing import load_public_key
+    from edge_agent.contract.signing import load_public_key
 
+    if cfg.rollout is not None:
         if cfg.mqtt is None:
             raise ConfigError("rollout: needs a [mqtt] broker section (rollouts arrive over MQTT)")
         if not cfg.rollout.public_keys:
@@ -457,6 +458,17 @@ def _check_fleet(cfg: AgentConfig) -> None:
                 load_public_key(key)
             except SignatureError as exc:
                 raise ConfigError(f"rollout.public_keys[{i}]: {exc}") from None
+    u = cfg.uploads
+    if cfg.uploads_enabled and u.receipts and not u.receipt_keys:
+        raise ConfigError("uploads.receipt_keys: a receipt deletes records from the spool, so only a collector may "
+                          "send one: give the public key(s) of the collectors' signing key (`trainer keygen --out "
+                          "collector.key` prints it; run `trainer collect --key collector.key`), or set "
+                          "uploads.receipts = false to forget records once the broker has them")
+    for i, key in enumerate(u.receipt_keys):
+        try:
+            load_public_key(key)
+        except SignatureError as exc:
+            raise ConfigError(f"uploads.receipt_keys[{i}]: {exc}") from None
     topic = cfg.uploads.uplink_topic
     if topic is not None and (not topic or any(c in topic for c in "+#")):
         raise ConfigError(f"uploads.uplink_topic: a topic name without wildcards, got {topic!r}")

@@ -23,6 +23,7 @@ from edge_agent.contract.errors import AgentError
 from edge_agent.contract.upload_record import encode_record, new_id
 from edge_agent.drift import DriftMonitor, DriftPolicy
 from edge_agent.health import Notice
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.rollout import SensorRollout
 from edge_agent.uploader import KeepPolicy, Kept, WindowKeeper
 
@@ -52,6 +53,8 @@ class SensorFleet:
         self.drift = DriftMonitor(manifest or {}, drift) if drift is not None else None
         self.rollout = rollout
         self.encode_errors = 0
+        self.last_encode_error: str | None = None
+        self._ratelog = RateLimitedLog(log)
         self.skipped_no_rate = 0  # windows not kept: no sample rate for their upload record
         self.on_notice: Callable[[Notice], None] | None = None  # the sensor sends notices through its sinks
 
@@ -112,7 +115,9 @@ class SensorFleet:
             )
         except AgentError as exc:  # NaN samples and the like: counted, never a crash
             self.encode_errors += 1
-            log.debug("%s: upload record not made: %s", self.device, exc)
+            self.last_encode_error = str(exc)[:300]
+            self._ratelog.warning("encode", "%s: a window kept for upload could not be made a record: %s",
+                                  self.device, exc)
             return None
         return Upload(topics.upload_topic(self.device), payload, k.kind, rid)
 
@@ -121,6 +126,8 @@ class SensorFleet:
         if self.keeper is not None:
             doc["uploads_kept"] = dict(self.keeper.kept)
             doc["uploads_not_kept_no_rate"] = self.skipped_no_rate
+            doc["uploads_not_encoded"] = self.encode_errors
+            doc["uploads_last_encode_error"] = self.last_encode_error
         if self.drift is not None:
             doc["drift"] = self.drift.status()
             doc["notices"] = [RETRAINING_DUE] if self.drift.drifting else []

@@ -18,6 +18,11 @@
 - Security: TLS (``TlsSettings``: the CA that signed the broker's certificate, this gateway's client
   certificate and key; the broker's host name is verified) and username/password (paho's ``tls_set``,
   ``username_pw_set``). The password is never logged nor kept anywhere but in paho's client.
+- MQTT 5 persistent sessions for consumers that must not lose what they were sent (``trainer collect``):
+  ``session_expiry_s`` (the broker keeps the session, its subscriptions and queued messages while the
+  client is away), ``receive_maximum`` (unacknowledged messages in flight) and ``manual_ack`` (``ack(mid,
+  qos)`` once the message is durable). Every client of the product uses this class: the gateway, the
+  collectors, the publisher and the simulator, so all of them get TLS, client certificates and passwords.
 - Errors a technician must see: a connection the broker refused (CONNACK failure, or a TLS handshake
   it or we rejected: unknown CA, expired certificate, host name mismatch) counts in ``refused_connects``;
   a broker that could not be reached (TCP refused, no route, timeout) in ``connect_failures``;
@@ -30,6 +35,7 @@ holds its own locks: they must be quick and must never wait for a lock that a th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -89,6 +95,9 @@ class MqttConnection:
         clean_session: bool = True,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
+        session_expiry_s: int | None = None,
+        receive_maximum: int | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.host = host
         self.port = int(port)
@@ -119,12 +128,29 @@ class MqttConnection:
         self.last_error_at: str | None = None  # ISO time of last_error (wall clock, for people)
         self._transport_error: str | None = None  # paho's last socket error on the current attempt
 
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=clean_session,
-            protocol=mqtt.MQTTv311,
-        )
+        # MQTT 5 with a persistent session when a session expiry is asked for, else 3.1.1
+        self.mqtt5 = session_expiry_s is not None
+        self.session_present: bool | None = None  # the broker still had our session at the last connect (MQTT 5)
+        self._connect_properties = None
+        if self.mqtt5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(session_expiry_s)
+            if receive_maximum is not None:
+                props.ReceiveMaximum = int(receive_maximum)
+            self._connect_properties = props
+            self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                       manual_ack=manual_ack)
+        else:
+            self._client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=clean_session,
+                protocol=mqtt.MQTTv311,
+                manual_ack=manual_ack,
+            )
         if username is not None:
             self._client.username_pw_set(username, password)
         self.tls = tls
@@ -174,7 +200,8 @@ class MqttConnection:
             self.messages_in += 1
             self._dispatch(handler, msg)
 
-        self._client.message_callback_add(topic, route)
+        # a shared subscription ($share/<group>/<filter>) delivers messages under their own topics
+        self._client.message_callback_add(topic.split("/", 2)[2] if topic.startswith("$share/") else topic, route)
         if self._connected.is_set():
             self._subscribed.clear()
             result, mid = self._client.subscribe([(topic, qos)])
@@ -192,7 +219,11 @@ class MqttConnection:
             return self
         self._started = True
         self._stopping = False
-        self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        if self.mqtt5:
+            self._client.connect_async(self.host, self.port, keepalive=self.keepalive, clean_start=False,
+                                       properties=self._connect_properties)
+        else:
+            self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
         self._client.loop_start()
         return self
 
@@ -207,6 +238,15 @@ class MqttConnection:
         except (OSError, ValueError) as exc:  # socket already gone
             logger.debug("mqtt %s: disconnect: %s", self.client_id, exc)
         self._client.loop_stop()
+        self._connected.clear()
+
+    def drop(self) -> None:
+        """Cut the connection as a network failure would (no DISCONNECT packet: the broker publishes the will);
+        it reconnects after its backoff (tests, fault injection)."""
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._connected.clear()
 
     def __enter__(self) -> MqttConnection:
@@ -233,6 +273,11 @@ class MqttConnection:
     def wait_connected(self, timeout: float | None) -> bool:
         """Wait until connected; return whether it is."""
         return self._connected.wait(timeout)
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a message received with ``manual_ack`` (a no-op for QoS 0)."""
+        if qos > 0:
+            self._client.ack(mid, qos)
 
     def add_connect_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the network thread after every successful (re)connect and re-subscribe."""
@@ -282,6 +327,7 @@ class MqttConnection:
             if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
                 # small MQTT packets (PUBACK-paced uploads, status) must not wait ~40 ms for Nagle
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.session_present = bool(getattr(flags, "session_present", False))
             self._subscribed.clear()
             if self._subscriptions:
                 result, mid = client.subscribe(self._subscriptions)
@@ -394,3 +440,72 @@ def _tls_reason(exc: ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"the broker's certificate is not trusted: {exc.verify_message}"
     return exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+
+
+# ------------------------------------------------------------------------------------------------ command lines
+#: The broker options of every command-line client (``trainer collect``, ``trainer publish``, ``firmware-sim``).
+BROKER_OPTIONS = ("broker", "username", "password_file", "password_env", "tls_ca", "tls_cert", "tls_key")
+
+
+def broker_options(default: str = "127.0.0.1:1883"):
+    """Click decorator: ``--broker HOST:PORT``, ``--username``, ``--password-file``/``--password-env`` (never a
+    password on the command line, where ``ps`` shows it) and ``--tls-ca``/``--tls-cert``/``--tls-key``."""
+    import click
+
+    path = click.Path(exists=True, dir_okay=False, path_type=Path)
+    options = [
+        click.option("--broker", default=default, show_default=True, help="MQTT broker HOST:PORT."),
+        click.option("--username", default=None, help="MQTT user name."),
+        click.option("--password-file", type=path, default=None, help="File holding the MQTT password (first line)."),
+        click.option("--password-env", default=None, help="Environment variable holding the MQTT password."),
+        click.option("--tls-ca", type=path, default=None, help="TLS: the CA that signed the broker's certificate."),
+        click.option("--tls-cert", type=path, default=None, help="TLS: this client's certificate (with --tls-key)."),
+        click.option("--tls-key", type=path, default=None, help="TLS: this client's private key."),
+    ]
+
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+def host_port(broker: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ValueError naming the expected form."""
+    host, _, port = broker.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {broker!r}")
+    return host.strip("[]"), int(port)
+
+
+def connection_from_options(client_id: str, *, broker: str, username: str | None = None,
+                            password_file: Path | None = None, password_env: str | None = None,
+                            tls_ca: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
+                            **kwargs: Any) -> MqttConnection:
+    """The connection the ``broker_options`` describe; ValueError for a bad broker, a missing secret or a
+    certificate without its key. ``kwargs`` go to ``MqttConnection``."""
+    import os
+
+    host, port = host_port(broker)
+    if password_file is not None and password_env is not None:
+        raise ValueError("give --password-file or --password-env, not both")
+    password = None
+    if password_file is not None:
+        lines = Path(password_file).read_text(encoding="utf-8").splitlines()
+        password = lines[0].strip() if lines else ""
+        if not password:
+            raise ValueError(f"--password-file {password_file}: empty")
+    elif password_env is not None:
+        password = os.environ.get(password_env) or ""
+        if not password:
+            raise ValueError(f"--password-env: the environment variable {password_env} is not set or empty")
+    if password is not None and username is None:
+        raise ValueError("a password needs --username")
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    tls = TlsSettings(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
+    try:
+        return MqttConnection(host, port, client_id, username=username, password=password, tls=tls, **kwargs)
+    except AgentError as exc:
+        raise ValueError(str(exc)) from None

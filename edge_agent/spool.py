@@ -78,6 +78,8 @@ RANKS = {"normal": 0, "drift": 1, "calibration": 2, "alert": 3}
 #: A record sent without a receipt goes again after the receipt timeout, then after 2x, 4x, ... up to 64x it
 #: (300 s: at most every 5.3 h): bounded resending while no collector answers.
 RESEND_DOUBLINGS = 6
+#: Seconds a record's ``sent`` time may lie ahead of the clock before the clock counts as stepped back.
+CLOCK_SLACK_S = 60.0
 #: ``PRAGMA application_id`` of a spool ("VIBE"): marks the file as ours.
 APPLICATION_ID = 0x56494245
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -331,7 +333,8 @@ class Spool:
         the spool until ``ack`` or ``confirm``). Records marked sent are left out, or, with ``resend_after_s``,
         included once they were sent that long ago without a receipt; the wait doubles with each attempt, up
         to ``2**RESEND_DOUBLINGS`` times (a gateway whose collector is away does not resend its whole spool
-        every few minutes)."""
+        every few minutes). A record marked sent later than now (the wall clock was stepped back since) is due
+        at once: it would otherwise wait for as long as the clock jumped."""
         with self._lock:
             if self._waiting:
                 self._write_waiting()
@@ -340,10 +343,10 @@ class Spool:
             try:
                 rows = self._db.execute(
                     "SELECT id, created, topic, payload, attempts, kind, upload_id FROM records "
-                    "WHERE sent IS NULL OR sent + ? * (1 << MIN(MAX(attempts - 1, 0), ?)) < ? "
+                    "WHERE sent IS NULL OR sent + ? * (1 << MIN(MAX(attempts - 1, 0), ?)) < ? OR sent > ? "
                     f"ORDER BY {_RANK} DESC, id LIMIT ?",
-                    (0.0, 0, -1.0, int(n)) if resend_after_s is None else
-                    (float(resend_after_s), RESEND_DOUBLINGS, time.time(), int(n)),
+                    (0.0, 0, -1.0, float("inf"), int(n)) if resend_after_s is None else
+                    (float(resend_after_s), RESEND_DOUBLINGS, time.time(), time.time() + CLOCK_SLACK_S, int(n)),
                 ).fetchall()
             except sqlite3.Error as exc:
                 if _locked(exc):
@@ -367,8 +370,10 @@ class Spool:
                 raise UploadError(f"spool {self.path}: cannot mark records sent: {exc}") from exc
             return int(cur.rowcount)
 
-    def confirm(self, upload_ids: Iterable[str]) -> int:
-        """Delete the records whose upload ids a collector's receipt names; return how many were there."""
+    def confirm(self, upload_ids: Iterable[str], topic: str | None = None) -> int:
+        """Delete the records whose upload ids a collector's receipt names (only records that were published at
+        least once, on ``topic`` when given: a receipt can only account for what it could have received; a receipt
+        may come before the broker's acknowledgement does); return how many."""
         ids = [str(i) for i in upload_ids]
         if not ids:
             return 0
@@ -381,9 +386,12 @@ class Spool:
                     for i in range(0, len(ids), 500):
                         chunk = ids[i:i + 500]
                         marks = ",".join("?" * len(chunk))
+                        where = (f"WHERE upload_id IN ({marks}) AND (sent IS NOT NULL OR attempts > 0)"
+                                 + (" AND topic = ?" if topic is not None else ""))
+                        args = [*chunk, *([topic] if topic is not None else [])]
                         n, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM records "
-                                             f"WHERE upload_id IN ({marks})", chunk).fetchone()
-                        db.execute(f"DELETE FROM records WHERE upload_id IN ({marks})", chunk)
+                                             + where, args).fetchone()
+                        db.execute("DELETE FROM records " + where, args)
                         self._count -= int(n)
                         self._bytes -= int(size)
                         done += int(n)

@@ -31,8 +31,11 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge_agent.contract.errors import UploadError
-from edge_agent.contract.upload_record import KINDS, decode_receipt
+from edge_agent.contract import receipt as receipts_contract
+from edge_agent.contract import topics
+from edge_agent.contract.errors import SignatureError, UploadError
+from edge_agent.contract.signing import Keyring
+from edge_agent.contract.upload_record import KINDS
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.spool import Spool
@@ -243,6 +246,7 @@ class Uploader:
         uplink=None,
         receipts: bool = False,
         receipt_timeout_s: float = 300.0,
+        receipt_keys: Keyring | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"uploader: batch must be >= 1, got {batch}")
@@ -266,8 +270,13 @@ class Uploader:
         # until a collector's receipt names it, and is sent again after receipt_timeout_s without one
         self.receipts = bool(receipts)
         self.receipt_timeout_s = float(receipt_timeout_s)
-        self._receipts: collections.deque[list[str]] = collections.deque(maxlen=10_000)
+        self.receipt_keys: Keyring = receipt_keys or {}
+        self._receipts: collections.deque[receipts_contract.Receipt] = collections.deque(maxlen=10_000)
         self.confirmed = 0  # records a receipt confirmed
+        self.rejected = 0  # records a collector refused (quarantined centrally): deleted here, never sent again
+        self.last_rejected: str | None = None  # the latest reason a collector gave
+        self.receipts_refused = 0  # receipt messages refused: unsigned, unknown key, another device's, malformed
+        self.last_receipt_refused: str | None = None
         self.sent = 0
         self.sent_bytes = 0
         self.failed_attempts = 0
@@ -329,18 +338,30 @@ class Uploader:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2.0, self.backoff_max_s)
 
-    def on_receipt(self, payload: bytes) -> None:
-        """paho's thread: a collector's receipt (ids it holds durably); applied on the uploader thread."""
+    def on_receipt(self, device: str, payload: bytes) -> None:
+        """paho's thread: a receipt on ``device``'s receipt topic; applied on the uploader thread if a trusted
+        collector signed it for that device, else refused and counted (it deletes nothing)."""
         try:
-            self._receipts.append(decode_receipt(payload))
-        except UploadError as exc:
-            self._ratelog.log(logging.WARNING, "receipt", "uploader: bad receipt dropped: %s", exc)
+            self._receipts.append(receipts_contract.decode(payload, self.receipt_keys, device))
+        except (UploadError, SignatureError) as exc:
+            self.receipts_refused += 1
+            self.last_receipt_refused = str(exc)[:300]
+            self._ratelog.log(logging.WARNING, "receipt", "uploader: receipt refused (%d so far): %s",
+                              self.receipts_refused, exc)
         self._wake.set()
 
     def _apply_receipts(self) -> None:
         while self._receipts:
-            ids = self._receipts.popleft()
-            self.confirmed += self.spool.confirm(ids)
+            r = self._receipts.popleft()
+            topic = topics.upload_topic(r.device)
+            self.confirmed += self.spool.confirm(r.ids, topic)
+            if r.rejected:
+                n = self.spool.confirm([i for i, _ in r.rejected], topic)
+                self.rejected += n
+                self.last_rejected = f"{r.device}: {r.rejected[-1][1]}"[:300]
+                self._ratelog.log(logging.ERROR, "rejected", "uploader: collector %s refused %d record(s) of %s "
+                                  "(kept in its quarantine, not sent again): %s", r.collector, n, r.device,
+                                  r.rejected[-1][1])
 
     def _step(self) -> bool:
         """One round: finish the in-flight batch or publish the next one. False when the round failed."""

@@ -18,13 +18,11 @@ import contextlib
 import logging
 import os
 import select
-import socket
 import threading
 import time
 import tty
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import serial
 
 from edge_agent.contract import topics
@@ -159,14 +157,14 @@ class SerialUrlLink:
 
 
 class MqttLink:
-    """Publishes each frame as one message on ``topic`` (default ``vib/<device>/samples``; paho-mqtt 2.x).
+    """Publishes each frame as one message on ``topic`` (default ``vib/<device>/samples``) over the product's
+    ``MqttConnection`` (TLS, client certificates and passwords as every other client: ``connection`` options).
 
-    The network loop runs in paho's thread (``loop_start``). The constructor waits for a
-    successful CONNACK until ``connect_timeout`` and raises ConnectionError otherwise; paho
-    reconnects by itself after a lost connection. At most ``max_inflight`` messages are
-    awaiting ``on_publish`` at a time: ``send`` waits for room (up to ``publish_timeout``,
-    then drops the message and counts it in ``publish_dropped``), so an unpaced run cannot
-    exhaust the client's queue.
+    The constructor waits for a successful CONNACK until ``connect_timeout`` and raises ConnectionError
+    otherwise; the connection reconnects by itself after a loss. At most ``max_inflight`` messages are
+    awaiting the broker's acknowledgement at a time: ``send`` waits for room (up to ``publish_timeout``, then
+    drops the message and counts it in ``publish_dropped``), so an unpaced run cannot exhaust the queue; a
+    message sent while the link is down is dropped and counted too (a sensor has no disk).
     """
 
     def __init__(
@@ -182,7 +180,10 @@ class MqttLink:
         max_inflight: int = 200,
         publish_timeout: float = 5.0,
         keepalive: int = 30,
+        connection: dict | None = None,
     ) -> None:
+        from edge_agent.mqtt_client import MqttConnection
+
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
         self.topic = topic or topics.samples_topic(device)
@@ -190,22 +191,15 @@ class MqttLink:
         self.connect_timeout = connect_timeout
         self.max_inflight = max_inflight
         self.publish_timeout = publish_timeout
-        self.published = 0  # messages handed to paho
-        self.acked = 0  # on_publish callbacks (QoS 0: written to the socket; QoS 1: PUBACK)
+        self.published = 0  # messages handed over
+        self.acked = 0  # QoS 0: written to the socket; QoS 1: PUBACK
         self.publish_dropped = 0
         self._cond = threading.Condition()
-        self._connected = threading.Event()
-        self._refused: str | None = None
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"firmware-sim-{device}-{os.getpid()}"
-        )
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
-        self._client.reconnect_delay_set(min_delay=0.1, max_delay=5)
-        self._client.max_queued_messages_set(0)
-        self._client.connect_async(host, port, keepalive)
-        self._client.loop_start()
+        self._conn = MqttConnection(host, int(port), client_id or f"firmware-sim-{device}-{os.getpid()}",
+                                    keepalive=keepalive, reconnect_min_s=0.1, reconnect_max_s=5,
+                                    **(connection or {}))
+        self._conn.add_publish_listener(self._on_publish)
+        self._conn.start()
         self._wait_connected()
         log.info("mqtt link to %s:%d topic %s qos %d", host, port, self.topic, qos)
 
@@ -213,27 +207,15 @@ class MqttLink:
     def path(self) -> str:
         return self.topic
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self._refused = str(reason_code)
-            log.warning("broker refused the connection: %s", reason_code)
-            return
-        self._refused = None
-        self._connected.set()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._connected.clear()
-        log.info("mqtt disconnected: %s", reason_code)
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(self, mid: int) -> None:
         with self._cond:
             self.acked += 1
             self._cond.notify_all()
 
     def _wait_connected(self) -> None:
-        if not self._connected.wait(self.connect_timeout):
-            self._client.loop_stop()
-            why = f"refused: {self._refused}" if self._refused else "no CONNACK"
+        if not self._conn.wait_connected(self.connect_timeout):
+            self._conn.stop()
+            why = self._conn.last_error or "no CONNACK"
             raise ConnectionError(f"MQTT broker not reachable within {self.connect_timeout} s ({why})")
 
     def send(self, data: bytes) -> None:
@@ -242,14 +224,14 @@ class MqttLink:
                 lambda: self.published - self.acked < self.max_inflight, timeout=self.publish_timeout
             )
             if room:
-                self.published += 1  # counted before publishing: on_publish may run first
+                self.published += 1  # counted before publishing: the acknowledgement may come first
             else:
                 self.publish_dropped += 1
                 return
-        # never call paho holding our lock: paho holds its own while it calls on_publish
-        info = self._client.publish(self.topic, data, qos=self.qos)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS and not (self.qos > 0 and info.rc == mqtt.MQTT_ERR_NO_CONN):
-            with self._cond:  # QoS > 0 while disconnected is kept and sent after reconnecting
+        # never call the connection holding our lock: paho holds its own while it calls the listener
+        info = self._conn.publish(self.topic, data, qos=self.qos)
+        if info is None or info.rc != 0:
+            with self._cond:
                 self.published -= 1
                 self.publish_dropped += 1
 
@@ -259,23 +241,18 @@ class MqttLink:
             return self._cond.wait_for(lambda: self.acked >= self.published, timeout=timeout)
 
     def disconnect(self) -> None:
-        """Drop the connection as a network failure would (no DISCONNECT packet, so the broker
-        publishes any will); paho's loop notices and reconnects after its backoff."""
-        sock = self._client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._connected.clear()
+        """Drop the connection as a network failure would (no DISCONNECT packet, so the broker publishes any
+        will); the connection notices and reconnects after its backoff."""
+        self._conn.drop()
 
     def reconnect(self) -> None:
-        """Wait until paho has reconnected (ConnectionError after ``connect_timeout``)."""
+        """Wait until the connection is back (ConnectionError after ``connect_timeout``)."""
         self._wait_connected()
 
     def close(self) -> None:
         if not self.flush():
             log.warning("mqtt close: %d messages not acknowledged", self.published - self.acked)
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._conn.stop()
 
     def __enter__(self) -> MqttLink:
         return self

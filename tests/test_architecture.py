@@ -4,7 +4,9 @@
   ``firmware_sim``, TensorFlow/Keras nor matplotlib.
 * ``trainer`` and ``firmware_sim`` use the agent only through ``edge_agent.contract`` (plus the scorer and the
   interpreter wrapper, so that parity is measured with the gateway's own code, replay + alerts, so that
-  ``trainer evaluate`` runs the gateway's own pipeline, and ``shutdown`` for a safe SIGTERM).
+  ``trainer evaluate`` runs the gateway's own pipeline, ``shutdown`` for a safe SIGTERM, and ``mqtt_client``: one
+  MQTT connection class for every client, so the collectors, the publisher and the simulator get TLS, client
+  certificates, password files and MQTT 5 sessions exactly as the gateway does).
 * ``edge_agent.contract`` depends on nothing of the agent but the interpreter wrapper (to check a bundle's tensors).
 """
 
@@ -18,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: ``replay`` and ``alerts``: the evaluation harness (``trainer evaluate``) must run the gateway's exact pipeline.
 ALLOWED_FROM_AGENT = ("edge_agent.contract", "edge_agent.scorer", "edge_agent.interpreter", "edge_agent.replay",
-                      "edge_agent.alerts", "edge_agent.shutdown")
+                      "edge_agent.alerts", "edge_agent.shutdown", "edge_agent.mqtt_client")
 
 
 def imports(package: str) -> dict[str, set[str]]:

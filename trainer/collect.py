@@ -5,52 +5,66 @@ scaled out over N collectors with an MQTT 5 shared subscription.
 
     broker ── $share/<group>/vib/+/upload ──► collector 1 ─┐   (the broker hands each message to ONE member)
                                           └─► collector 2 ─┴─► DATASET/device=…/date=…/part-….parquet
+                                                            └► DATASET/_quarantine/…   (what cannot be stored)
 
-* **At least once, end to end.** The client is MQTT 5 with ``manual_ack``: a message is acknowledged
-  (PUBACK) only after the record is in a Parquet file that was fsynced and renamed into place (or was
-  found invalid, or its id is already in the dataset). A collector killed at any point loses nothing: the
-  broker re-sends what was not acknowledged when the collector's session reconnects.
+* **At least once, end to end.** The connection (``edge_agent.mqtt_client.MqttConnection``, MQTT 5,
+  ``manual_ack``) acknowledges a message only after its record is in a Parquet file that was fsynced and
+  renamed into place, or in the quarantine (fsynced), or already in the dataset. A collector killed at any
+  point loses nothing: the broker re-sends what was not acknowledged when the session reconnects.
 * **Persistent session.** ``clean_start = False`` with a session expiry (default one day) and a stable
   client id (``collect-<group>-<host>-<member>``), so a restarted collector resumes its own session.
-* **Bounded.** The client's Receive Maximum caps the messages the broker sends before it sees an
+* **Bounded.** The session's Receive Maximum caps the messages the broker sends before it sees an
   acknowledgement; records are buffered up to ``flush_records`` / ``flush_bytes`` / ``flush_s`` and then
   written, one file per device and date, and acknowledged together.
-* **Receipts, end to end.** Once records are durable their ids are published (QoS 1) to
-  ``vib/<device>/upload/receipt``; a gateway keeps each record in its spool until a receipt names it and
-  sends it again otherwise. This covers what MQTT acknowledgements cannot: messages a broker drops (a broker
-  restart forgets shared subscriptions, measured on mosquitto 2.0.11; queue limits; an expired session).
-* **Idempotent.** A record whose id is in the dataset (a QoS 1 re-send, a message collected by two members
-  around a session hand-over) is acknowledged and skipped; readers drop any duplicate that slipped through.
+* **Identity from the channel.** The device of a record is the ``<device>`` of the topic it came on (which
+  the broker's ACL lets only that device's gateway write); a record that claims another device is not
+  stored as that device: it is quarantined.
+* **Poison never stops it.** Every record is checked against the contract's bounds
+  (``contract.upload_record``); one that cannot be stored (malformed, another device's, a clock far
+  ahead, an id the dataset holds with other content, a write that fails for good) is quarantined:
+  kept (``trainer.dataset.Quarantine``), counted by reason, acknowledged, and refused in a receipt so that
+  its gateway stops sending it. A transient write failure (disk full) keeps everything buffered and
+  unacknowledged and is retried.
+* **Receipts, end to end.** Once records are durable their ids are sent, signed with the collector's key
+  (``--key``, ``contract.receipt``), to ``vib/<device>/upload/receipt``; a gateway keeps each record in its
+  spool until a receipt names it and sends it again otherwise. This covers what MQTT acknowledgements
+  cannot: messages a broker drops (a broker restart forgets shared subscriptions, measured on mosquitto
+  2.0.11; queue limits; an expired session).
+* **Idempotent.** A record whose (device, id) is in the dataset with the same content (a QoS 1 re-send, a
+  message collected by two members around a session hand-over) is acknowledged and skipped; readers drop
+  any duplicate that slipped through.
 
-paho's ``on_message`` only puts ``(mid, payload)`` on a queue; decoding, writing and acknowledging happen
-on the calling thread, until ``stop_event`` is set (what is buffered then is written and acknowledged).
+The connection's network thread only queues ``(connection, mid, qos, topic, payload)``; decoding, writing and
+acknowledging happen on the thread that calls ``run``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import os
 import queue
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.contract import topics
-from edge_agent.contract.errors import ConfigError, UploadError
-from edge_agent.contract.topics import receipt_topic
-from edge_agent.contract.upload_record import decode_record, encode_receipts
-from trainer.dataset import DatasetWriter
+from edge_agent.contract import receipt, topics
+from edge_agent.contract.errors import UploadError
+from edge_agent.contract.upload_record import UploadRecord, decode_record
+from edge_agent.mqtt_client import MqttConnection
+from edge_agent.ratelog import RateLimitedLog
+from trainer.dataset import DatasetWriter, IdConflict, Quarantine
 
 log = logging.getLogger(__name__)
 
 UPLOAD_FILTER = "vib/+/upload"
+#: A record stamped further ahead of the collector's clock than this is quarantined: its gateway's clock is wrong.
+MAX_CLOCK_AHEAD = timedelta(days=1)
 
 
 def shared_filter(group: str | None, topic: str = UPLOAD_FILTER) -> str:
@@ -64,217 +78,281 @@ def shared_filter(group: str | None, topic: str = UPLOAD_FILTER) -> str:
 
 def default_client_id(group: str | None, member: int = 1) -> str:
     """A client id that is the same at every start on this host (so the session resumes)."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40]
-    return f"collect-{group or 'all'}-{host}-{member}"
+    return f"collect-{group or 'all'}-{topics.suggest_id(socket.gethostname())[:40]}-{member}"
 
 
 @dataclass
 class CollectStats:
-    """Counts of one ``collect`` run (owned by the collecting thread, read after it returns)."""
+    """Counts of one collector (owned by the collecting thread, read after ``run`` returns)."""
 
     received: int = 0
     written: int = 0  # records now in visible dataset files
-    duplicates: int = 0  # ids already in the dataset: acknowledged, not written again
-    invalid: int = 0  # not a valid record: acknowledged and dropped (logged)
+    duplicates: int = 0  # (device, id) already in the dataset, same content: acknowledged, not written again
+    quarantined: int = 0  # kept in DATASET/_quarantine, acknowledged, refused in a receipt (by_reason says why)
+    by_reason: dict[str, int] = field(default_factory=dict)
     acked: int = 0
     files: int = 0
-    flush_errors: int = 0  # writes that failed (disk full, ...): retried, nothing acknowledged meanwhile
+    flush_errors: int = 0  # writes that failed for a transient reason (disk full, ...): retried, nothing acknowledged
     dropped: int = 0  # hand-over queue full: not acknowledged, so the broker re-sends it after a reconnect
     connects: int = 0
     receipts: int = 0  # receipt messages published
     per_device: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def invalid(self) -> int:
+        return self.by_reason.get("invalid", 0)
 
-def collect(
-    broker_host: str,
-    broker_port: int,
-    out_dir: str | os.PathLike[str],
-    *,
-    stop_event: threading.Event,
-    group: str | None = "collectors",
-    topic: str = UPLOAD_FILTER,
-    client_id: str | None = None,
-    member: int = 1,
-    subscribed: threading.Event | None = None,
-    receive_maximum: int = 2000,
-    flush_records: int = 1000,
-    flush_bytes: int = 64 * 1024 * 1024,
-    flush_s: float = 1.0,
-    session_expiry_s: int = 86_400,
-    keepalive: int = 30,
-    username: str | None = None,
-    password: str | None = None,
-    max_records: int | None = None,
-    receipts: bool = True,
-) -> CollectStats:
-    """Collect upload records into the dataset ``out_dir`` until ``stop_event`` is set.
 
-    Args:
-        group: shared-subscription group (members split the messages); None: a plain subscription.
-        topic: the upload topic filter.
-        client_id: MQTT client id (default ``default_client_id(group, member)``); must be unique per
-            running collector and stable across its restarts.
-        subscribed: set once the broker granted the subscription.
-        receive_maximum: most unacknowledged messages the broker may send (MQTT 5 Receive Maximum).
-        flush_records, flush_bytes, flush_s: write and acknowledge once this many records / sample bytes
-            are buffered, or the oldest buffered record is this old.
-        session_expiry_s: how long the broker keeps this collector's session (and queues its share)
-            while it is away.
-        max_records: return after this many records were written.
-        receipts: once records are durable, confirm their ids to the gateways (``vib/<device>/upload/receipt``),
-            which keep each record until a receipt names it.
+@dataclass(frozen=True)
+class CollectOptions:
+    """How one collector runs (see ``collect``)."""
 
-    Returns:
-        CollectStats.
-    """
-    if not 1 <= receive_maximum <= 65535:
-        raise ValueError(f"receive_maximum must be 1..65535, got {receive_maximum}")
-    sub_filter = shared_filter(group, topic)
-    writer = DatasetWriter(out_dir, writer_id=(client_id or default_client_id(group, member)).replace("/", "_"))
-    inbox: queue.Queue[tuple[int, int, int, bytes]] = queue.Queue(maxsize=2 * receive_maximum + 16)
-    stats = CollectStats()
-    cid = client_id or default_client_id(group, member)
-    # Packet ids belong to one connection: after a reconnect the broker re-sends what was not acknowledged
-    # (under the same ids) and may reuse freed ids for new messages, so an acknowledgement still owed from
-    # an older connection is never sent: the re-sent copy is acknowledged instead (as a duplicate).
-    generation = [0]
+    out: Path
+    group: str | None = "collectors"
+    topic: str = UPLOAD_FILTER
+    member: int = 1
+    client_id: str | None = None
+    receive_maximum: int = 2000
+    flush_records: int = 1000
+    flush_bytes: int = 64 * 1024 * 1024
+    flush_s: float = 1.0
+    session_expiry_s: int = 86_400
+    keepalive: int = 30
+    max_records: int | None = None
+    key: Ed25519PrivateKey | None = None  # signs receipts; None: no receipts
+    quarantine_max_bytes: int = 1 << 30
 
-    def on_connect(client: mqtt.Client, userdata: object, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("broker %s:%d refused the connection: %s", broker_host, broker_port, reason_code)
-            return
-        stats.connects += 1
-        generation[0] += 1
-        log.info("connected to %s:%d as %s (session present: %s)", broker_host, broker_port, cid,
-                 getattr(flags, "session_present", None))
-        client.subscribe(sub_filter, options=SubscribeOptions(qos=1))
+    @property
+    def cid(self) -> str:
+        return self.client_id or default_client_id(self.group, self.member)
 
-    def on_subscribe(client: mqtt.Client, userdata: object, mid: int, reason_codes, properties) -> None:
-        if any(rc.is_failure for rc in reason_codes):
-            log.error("subscription to %s refused: %s", sub_filter, reason_codes)
-            return
-        log.info("subscribed to %s on %s:%d", sub_filter, broker_host, broker_port)
-        if subscribed is not None:
-            subscribed.set()
 
-    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+class Collector:
+    """One collector: ``start`` subscribes, ``run(stop)`` collects until ``stop`` is set, ``close`` writes what
+    was received, acknowledges it and disconnects (the session, with anything unacknowledged, stays)."""
+
+    def __init__(self, connection: MqttConnection, opts: CollectOptions) -> None:
+        self.connection = connection
+        self.opts = opts
+        self.writer = DatasetWriter(opts.out, writer_id=opts.cid.replace("/", "_"))
+        self.quarantine = Quarantine(opts.out, writer_id=opts.cid.replace("/", "_"),
+                                     max_bytes=opts.quarantine_max_bytes)
+        self.stats = CollectStats()
+        self.subscription = shared_filter(opts.group, opts.topic)
+        self._inbox: queue.Queue[tuple[int, int, int, str, bytes]] = queue.Queue(maxsize=2 * opts.receive_maximum + 16)
+        self._unacked: list[tuple[int, int, int]] = []  # (connection generation, mid, qos)
+        self._owed: dict[str, list[str]] = {}  # device -> record ids to confirm once durable
+        self._refused: dict[str, list[tuple[str, str]]] = {}  # device -> (record id, reason) to refuse
+        self._oldest: float | None = None  # monotonic time the oldest buffered record arrived
+        self._ratelog = RateLimitedLog(log)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Collector:
+        self.writer.open()
+        self.quarantine.open()
+        self.connection.add_connect_listener(self._on_connect)
+        self.connection.subscribe(self.subscription, 1, self._on_message)
+        self.connection.start()
+        return self
+
+    def close(self) -> None:
+        """Write and acknowledge what was received (three tries), then disconnect."""
         try:
-            inbox.put_nowait((generation[0], msg.mid, msg.qos, bytes(msg.payload)))
-        except queue.Full:  # not acknowledged: the broker re-sends it on the next connection
-            stats.dropped += 1
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5, manual_ack=True)
-    if username is not None:
-        client.username_pw_set(username, password)
-    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = int(session_expiry_s)
-    props.ReceiveMaximum = int(receive_maximum)
-
-    unacked: list[tuple[int, int, int]] = []  # (generation, mid, qos) of records buffered or skipped
-    owed: dict[str, list[str]] = {}  # device -> ids to confirm to the gateways once durable (receipts)
-    oldest = [None]  # monotonic time the oldest buffered record arrived
-    warned = [0.0]
-
-    def ack_all() -> None:
-        for gen, mid, qos in unacked:
-            if qos > 0 and gen == generation[0]:
-                client.ack(mid, qos)
-                stats.acked += 1
-        unacked.clear()
-        for device, ids in owed.items():  # end to end: the gateway may now forget these records
-            for payload in encode_receipts(ids, cid):
-                client.publish(receipt_topic(device), payload, qos=1)
-                stats.receipts += 1
-        owed.clear()
-
-    def flush() -> bool:
-        try:
-            files = writer.flush()
-        except OSError as exc:
-            stats.flush_errors += 1
-            log.error("cannot write the dataset (%d records kept, not acknowledged): %s", writer.pending, exc)
-            return False
-        stats.files += len(files)
-        stats.written = writer.stats.written
-        ack_all()
-        oldest[0] = None
-        return True
-
-    def handle(gen: int, mid: int, qos: int, payload: bytes) -> None:
-        stats.received += 1
-        try:
-            rec = decode_record(payload)
-            topics.check_id(rec.device)
-        except (UploadError, ConfigError) as exc:
-            stats.invalid += 1
-            now = time.monotonic()
-            if now - warned[0] > 5.0:  # rate-limited: a flood of bad payloads logs every 5 s
-                log.warning("dropped invalid upload (%d so far): %s", stats.invalid, exc)
-                warned[0] = now
-        else:
-            if receipts:
-                owed.setdefault(rec.device, []).append(rec.id)
-            if writer.add(rec):
-                stats.per_device[rec.device] = stats.per_device.get(rec.device, 0) + 1
-                if oldest[0] is None:
-                    oldest[0] = time.monotonic()
+            for _ in range(3):
+                if not (self.writer.pending or self.quarantine.pending) or self._flush():
+                    break
+                time.sleep(1.0)
             else:
-                stats.duplicates += 1
-        unacked.append((gen, mid, qos))
-        if writer.pending == 0 and oldest[0] is None:
-            ack_all()  # only invalid or duplicate records: nothing to make durable first
+                log.error("stopping with %d records unwritten (not acknowledged: the broker keeps them)",
+                          self.writer.pending)
+        finally:
+            self.connection.stop()  # a normal DISCONNECT: the session (and anything unacknowledged) stays
+        self.stats.written = self.writer.stats.written
+        log.info("collector stopped: %d received, %d written, %d duplicates, %d quarantined %s, %d files",
+                 self.stats.received, self.stats.written, self.stats.duplicates, self.stats.quarantined,
+                 self.stats.by_reason, self.stats.files)
 
-    client.connect_async(broker_host, broker_port, keepalive=keepalive, clean_start=False, properties=props)
-    client.loop_start()
-    retry_at = 0.0
-    try:
-        while not stop_event.is_set():
-            if max_records is not None and writer.stats.written + writer.pending >= max_records:
+    # ------------------------------------------------------------------ the network thread
+    def _on_connect(self) -> None:
+        self.stats.connects += 1
+        log.info("connected to %s:%d as %s (session present: %s)", self.connection.host, self.connection.port,
+                 self.opts.cid, self.connection.session_present)
+
+    def _on_message(self, msg) -> None:
+        try:
+            self._inbox.put_nowait((self.connection.connects, msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+        except queue.Full:  # not acknowledged: the broker re-sends it on the next connection
+            self.stats.dropped += 1
+
+    # ------------------------------------------------------------------ the collecting thread
+    def run(self, stop: threading.Event) -> CollectStats:
+        """Collect until ``stop`` is set (or ``max_records`` were written)."""
+        retry_at = 0.0
+        opts = self.opts
+        while not stop.is_set():
+            if opts.max_records is not None and self.writer.stats.written + self.writer.pending >= opts.max_records:
                 break
             try:
-                item = inbox.get(timeout=0.05)
+                item = self._inbox.get(timeout=0.05)
             except queue.Empty:
                 item = None
             if item is not None:
-                handle(*item)
-            due = writer.pending and (writer.pending >= flush_records or writer.pending_bytes >= flush_bytes
-                                      or time.monotonic() - (oldest[0] or 0.0) >= flush_s)
-            if due and time.monotonic() >= retry_at and not flush():
+                try:
+                    self._handle(*item)
+                except Exception as exc:  # a bug must cost one upload (kept in the quarantine), never the collector
+                    log.exception("upload on %s could not be handled", item[3][:100])
+                    self._quarantine(item[3], item[4], None, None, "unstorable", f"{type(exc).__name__}: {exc}")
+            w = self.writer
+            due = (w.pending or self.quarantine.pending) and (
+                w.pending >= opts.flush_records or w.pending_bytes >= opts.flush_bytes
+                or time.monotonic() - (self._oldest or 0.0) >= opts.flush_s)
+            if due and time.monotonic() >= retry_at and not self._flush():
                 retry_at = time.monotonic() + 1.0
-        for _ in range(3):  # what was received is written before we go
-            if not writer.pending or flush():
-                break
-            time.sleep(1.0)
+        return self.stats
+
+    def _handle(self, gen: int, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        """One upload: stored, skipped as a duplicate, or quarantined; acknowledged once that is durable."""
+        self.stats.received += 1
+        self._unacked.append((gen, mid, qos))
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        device = topics.device_of(topic, "upload")
+        if device is None:
+            self._quarantine(topic, payload, None, None, "bad_topic", f"{topic[:100]!r} is not vib/<device id>/upload")
+            return
+        try:
+            rec = decode_record(payload)
+        except UploadError as exc:
+            self._quarantine(topic, payload, device, _claimed_id(payload), "invalid", str(exc))
+            return
+        if rec.device != device:
+            self._quarantine(topic, payload, device, rec.id, "foreign_device",
+                             f"the record says device {rec.device!r} but came on {device}'s topic (the broker lets "
+                             f"only {device}'s gateway publish there)")
+            return
+        ahead = rec.time_end_utc() - datetime.now(UTC).replace(tzinfo=None)
+        if ahead > MAX_CLOCK_AHEAD:
+            self._quarantine(topic, payload, device, rec.id, "clock_ahead",
+                             f"time_end {rec.time_end} is {ahead.total_seconds() / 86_400:.1f} days ahead of the "
+                             f"collector's clock: the gateway's clock is wrong")
+            return
+        digest = hashlib.sha256(payload).hexdigest()[:16]
+        try:
+            added = self.writer.add(rec, digest=digest)
+        except IdConflict as exc:
+            self._quarantine(topic, payload, device, rec.id, "id_conflict", str(exc))
+            return
+        self._owe(device, rec.id)
+        if added:
+            self.stats.per_device[device] = self.stats.per_device.get(device, 0) + 1
         else:
-            log.error("stopping with %d records unwritten (not acknowledged: the broker keeps them)", writer.pending)
+            self.stats.duplicates += 1
+
+    def _owe(self, device: str, record_id: str) -> None:
+        if self.opts.key is not None:
+            self._owed.setdefault(device, []).append(record_id)
+
+    def _quarantine(self, topic: str, payload: bytes, device: str | None, record_id: str | None, code: str,
+                    reason: str) -> None:
+        self.quarantine.add(topic, payload, code, reason, record_id)
+        self.stats.quarantined += 1
+        self.stats.by_reason[code] = self.stats.by_reason.get(code, 0) + 1
+        self._ratelog.warning(code, "quarantined an upload on %s (%d %s so far): %s", topic[:100],
+                              self.stats.by_reason[code], code, reason)
+        if device is not None and record_id is not None and self.opts.key is not None:
+            self._refused.setdefault(device, []).append((record_id, f"{code}: {reason}"))
+
+    def _flush(self) -> bool:
+        """Make the buffered records and quarantined uploads durable, then acknowledge and send receipts.
+        False (all kept, nothing acknowledged) when a write failed for a transient reason."""
+        try:
+            files, failed = self.writer.flush()
+            for rec, exc in failed:  # records that no retry can store
+                self._unowe(rec)
+                self._quarantine(topics.upload_topic(rec.device), rec.encode(), rec.device, rec.id, "unstorable",
+                                 f"{type(exc).__name__}: {exc}")
+            self.quarantine.flush()
+        except OSError as exc:
+            self.stats.flush_errors += 1
+            self._ratelog.log(logging.ERROR, "flush", "cannot write the dataset (%d records kept, not acknowledged): "
+                              "%s", self.writer.pending + self.quarantine.pending, exc)
+            return False
+        self.stats.files += len(files)
+        self.stats.written = self.writer.stats.written
+        self._ack_all()
+        self._oldest = None
+        return True
+
+    def _unowe(self, rec: UploadRecord) -> None:
+        ids = self._owed.get(rec.device, [])
+        if rec.id in ids:
+            ids.remove(rec.id)
+
+    def _ack_all(self) -> None:
+        gen_now = self.connection.connects
+        for gen, mid, qos in self._unacked:
+            # Packet ids belong to one connection: after a reconnect the broker re-sends what was not acknowledged
+            # (under the same ids) and may reuse freed ids, so an acknowledgement owed from an older connection is
+            # never sent: the re-sent copy is acknowledged instead (as a duplicate).
+            if gen == gen_now:
+                self.connection.ack(mid, qos)
+                self.stats.acked += qos > 0
+        self._unacked.clear()
+        key = self.opts.key
+        if key is not None:
+            for device in set(self._owed) | set(self._refused):
+                for payload in receipt.encode(device, self._owed.get(device, []), self._refused.get(device, []),
+                                              self.opts.cid, key):
+                    self.connection.publish(topics.receipt_topic(device), payload, qos=1)
+                    self.stats.receipts += 1
+        self._owed.clear()
+        self._refused.clear()
+
+
+def _claimed_id(payload: bytes) -> str | None:
+    """The ``id`` an invalid upload claims, when it has a readable one (so its gateway can be told to drop it)."""
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) and receipt.is_record_id(rid) else None
+
+
+def collect(connection: MqttConnection, opts: CollectOptions, stop: threading.Event,
+            subscribed: threading.Event | None = None) -> CollectStats:
+    """Run one collector on ``connection`` until ``stop`` is set; ``subscribed`` is set once the broker granted the
+    subscription. Returns its counts."""
+    collector = Collector(connection, opts).start()
+
+    def granted() -> None:
+        while not stop.is_set():
+            if connection.wait_subscribed(0.5):
+                log.info("subscribed to %s on %s:%d", collector.subscription, connection.host, connection.port)
+                if subscribed is not None:
+                    subscribed.set()
+                return
+
+    threading.Thread(target=granted, name="collect-subscribed", daemon=True).start()
+    try:
+        return collector.run(stop)
     finally:
-        client.disconnect()  # a normal DISCONNECT: the session (and anything unacknowledged) stays on the broker
-        client.loop_stop()
-    stats.written = writer.stats.written
-    log.info("collector stopped: %d received, %d written, %d duplicates, %d invalid, %d files",
-             stats.received, stats.written, stats.duplicates, stats.invalid, stats.files)
-    return stats
+        collector.close()
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _host_port(broker: str) -> tuple[str, int]:
-    import click
-
-    host, _, port = broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(f"expected HOST:PORT, got {broker!r}", param_hint="--broker")
-    return host, int(port)
-
-
 def command():
     """The ``trainer collect`` click command."""
     import click
 
+    from edge_agent.mqtt_client import broker_options, connection_from_options
+
     @click.command("collect")
-    @click.option("--broker", default="127.0.0.1:1883", show_default=True, help="MQTT broker HOST:PORT.")
+    @broker_options()
     @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder (Parquet).")
+    @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                  help="This collector's signing key (`trainer keygen`): receipts are signed with it; gateways "
+                       "trust its public key ([uploads] receipt_keys). Required unless --no-receipts.")
     @click.option("--group", default="collectors", show_default=True,
                   help="Shared-subscription group: collectors of one group split the uploads.")
     @click.option("--no-share", is_flag=True, help="Plain subscription: this collector gets every upload.")
@@ -288,23 +366,36 @@ def command():
                   help="Write (and acknowledge) buffered records at least this often.")
     @click.option("--session-expiry-s", type=click.IntRange(0, 2**32 - 1), default=86_400, show_default=True,
                   help="How long the broker keeps this collector's session while it is away.")
+    @click.option("--quarantine-max-mb", type=click.IntRange(1), default=1024, show_default=True,
+                  help="Keep the payloads of quarantined uploads while the quarantine holds less than this.")
     @click.option("--max-records", type=click.IntRange(min=1), default=None, help="Stop after this many (default: Ctrl-C).")
     @click.option("--no-receipts", is_flag=True, help="Do not confirm durable records to the gateways.")
-    def collect_command(broker: str, out, group: str, no_share: bool, member: int, client_id: str | None, topic: str,
-                        receive_maximum: int, flush_s: float, session_expiry_s: int, max_records: int | None,
-                        no_receipts: bool) -> None:
+    def collect_command(out, key_path: Path | None, group: str, no_share: bool, member: int, client_id: str | None,
+                        topic: str, receive_maximum: int, flush_s: float, session_expiry_s: int,
+                        quarantine_max_mb: int, max_records: int | None, no_receipts: bool, **broker) -> None:
         """Collect the windows gateways upload into a Parquet dataset (train on it with --data DATASET)."""
+        from edge_agent.contract.signing import load_private_key
         from edge_agent.shutdown import stop_on_signals
 
-        host, port = _host_port(broker)
+        if key_path is None and not no_receipts:
+            raise click.UsageError("--key: receipts are signed (a receipt deletes records on the gateways): give this "
+                                   "collector's key from `trainer keygen`, or --no-receipts")
+        try:
+            key = None if no_receipts else load_private_key(key_path)
+            opts = CollectOptions(out=Path(out), group=None if no_share else group, topic=topic, member=member,
+                                  client_id=client_id, receive_maximum=receive_maximum, flush_s=flush_s,
+                                  session_expiry_s=session_expiry_s, max_records=max_records, key=key,
+                                  quarantine_max_bytes=quarantine_max_mb << 20)
+            connection = connection_from_options(opts.cid, session_expiry_s=session_expiry_s,
+                                                 receive_maximum=receive_maximum, manual_ack=True, **broker)
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
         stop = threading.Event()
         stop_on_signals(stop)
-        sub = shared_filter(None if no_share else group, topic)
-        click.echo(f"collecting {sub} from {broker} into {out} (Ctrl-C to stop)")
-        stats = collect(host, port, out, stop_event=stop, group=None if no_share else group, topic=topic,
-                        client_id=client_id, member=member, receive_maximum=receive_maximum, flush_s=flush_s,
-                        session_expiry_s=session_expiry_s, max_records=max_records, receipts=not no_receipts)
+        click.echo(f"collecting {shared_filter(opts.group, topic)} from {broker['broker']} into {out} (Ctrl-C to stop)")
+        stats = collect(connection, opts, stop)
         click.echo(f"received {stats.received}, written {stats.written}, duplicates {stats.duplicates}, "
-                   f"invalid {stats.invalid}, files {stats.files}; per device {dict(stats.per_device)}")
+                   f"quarantined {stats.quarantined} {stats.by_reason or ''}, files {stats.files}; "
+                   f"per device {dict(stats.per_device)}")
 
     return collect_command

@@ -14,12 +14,16 @@ names only, as Hive, Spark and DuckDB expect)::
     id  gateway  model_id  model_version  kind  state  score  threshold  alert_ref
     time_start  time_end (timestamp µs, UTC)  seq_end  sample_rate  units  channels (list<string>)
     n_rows  samples (list<float32>, n_rows × len(channels), row-major)  received  schema
+    digest (16 hex: sha256 of the upload as received; null in files of earlier releases)
 
 Writes are atomic per file: a part is written to a hidden temp file in its partition folder
 (``.part-….parquet.tmp``, which every reader ignores), fsynced, renamed into place and the folder
-fsynced, so a crash mid-write leaves no partial file visible. Ids are unique per window: a writer skips ids
-it has seen (loaded from the dataset at start), and every read keeps the first row of each id, so a window
-collected twice (QoS 1, two collectors, a crash between write and acknowledgement) is read once.
+fsynced, so a crash mid-write leaves no partial file visible (a writer removes its own temp files left by
+a crash when it opens). Ids are unique per device and window: a writer looks up the ids of a partition when
+a record for it arrives (a bounded cache of partitions), skips a record it already holds (same digest: a
+duplicate) and refuses one whose id it holds with other content (``IdConflict``: a forgery or a bug, never
+a silent drop); every read keeps the first row of each (device, id), so a window collected twice (QoS 1, two
+collectors, a crash between write and acknowledgement) is read once.
 
 Read it elsewhere::
 
@@ -30,10 +34,12 @@ Read it elsewhere::
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import urllib.parse
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +78,7 @@ FILE_SCHEMA = pa.schema([
     ("samples", pa.list_(pa.float32())),
     ("received", TIME),
     ("schema", pa.int8()),
+    ("digest", pa.string()),
 ])
 PARTITION_SCHEMA = pa.schema([("device", pa.string()), ("date", pa.string())])
 #: Every column a reader sees: the file's plus the partition folders'.
@@ -115,34 +122,53 @@ class WriteStats:
     """What a writer did (owned by the writing thread)."""
 
     written: int = 0  # rows in files that are now visible
-    duplicates: int = 0  # ids already in the dataset or in this writer's buffer
+    duplicates: int = 0  # (device, id) already in the dataset or in this writer's buffer, same content
     files: int = 0
     bytes: int = 0  # of the files written
+
+
+class IdConflict(ValueError):
+    """A record whose (device, id) the dataset already holds with other content."""
+
+
+#: Partitions whose ids a writer keeps in memory (looked up when a record for one arrives).
+KNOWN_PARTITIONS = 512
 
 
 class DatasetWriter:
     """Buffers records and writes them as one Parquet file per (device, date) on ``flush``.
 
     Not thread-safe: one writer per thread. Several writers (processes, machines on a shared folder)
-    may write into one dataset at the same time: their file names never collide.
+    may write into one dataset at the same time: their file names never collide. ``open`` before use.
 
     Args:
-        root: the dataset folder (created).
-        writer_id: part of every file name (default: a random 8 hex digits).
-        known_ids: ids to treat as present (default: every id in the dataset, read at start).
+        root: the dataset folder (created by ``open``).
+        writer_id: part of every file name (default: a random 8 hex digits); stable per collector, so that
+            ``open`` can remove the temp files a crash of this writer left.
     """
 
-    def __init__(self, root: str | os.PathLike[str], writer_id: str | None = None,
-                 known_ids: set[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], writer_id: str | None = None) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.writer_id = writer_id or uuid.uuid4().hex[:8]
-        self.known = set(existing_ids(self.root)) if known_ids is None else set(known_ids)
-        self._buffer: list[tuple[UploadRecord, datetime]] = []
-        self._buffered_ids: set[str] = set()
+        self._known: OrderedDict[tuple[str, str], dict[str, str | None]] = OrderedDict()
+        self._buffer: list[tuple[UploadRecord, datetime, str | None]] = []
+        self._buffered: dict[tuple[str, str], str | None] = {}
         self._buffered_bytes = 0
         self._n = 0
         self.stats = WriteStats()
+        self.removed_temp = 0  # temp files of this writer left by a crash, removed by ``open``
+
+    def open(self) -> DatasetWriter:
+        """Create the folder; remove this writer's temp files left by a crash (``.part-<writer_id>-…tmp``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        prefix = f".part-{self.writer_id}-"
+        for tmp in self.root.glob(f"device=*/date=*/{prefix}*.parquet.tmp"):
+            tmp.unlink(missing_ok=True)
+            self.removed_temp += 1
+        if self.removed_temp:
+            log.warning("%s: removed %d temp file(s) of writer %s left by a crash", self.root, self.removed_temp,
+                        self.writer_id)
+        return self
 
     @property
     def pending(self) -> int:
@@ -153,46 +179,78 @@ class DatasetWriter:
     def pending_bytes(self) -> int:
         return self._buffered_bytes
 
-    def add(self, record: UploadRecord, received: datetime | None = None) -> bool:
-        """Buffer ``record``; False (counted in ``duplicates``) when its id is already in the dataset."""
-        if record.id in self.known or record.id in self._buffered_ids:
+    def _ids(self, device: str, date: str) -> dict[str, str | None]:
+        """``{id: digest}`` of a partition (read once, then kept up to date; least recently used evicted)."""
+        key = (device, date)
+        known = self._known.get(key)
+        if known is None:
+            known = partition_ids(self.root, device, date)
+            self._known[key] = known
+            while len(self._known) > KNOWN_PARTITIONS:
+                self._known.popitem(last=False)
+        else:
+            self._known.move_to_end(key)
+        return known
+
+    def add(self, record: UploadRecord, received: datetime | None = None, digest: str | None = None) -> bool:
+        """Buffer ``record``; False (counted in ``duplicates``) when its (device, id) is already there with the same
+        content (or a digest is not known on one side). IdConflict when it is there with other content."""
+        key = (record.device, record.id)
+        date = record.time_end_utc().date().isoformat()
+        seen = self._buffered[key] if key in self._buffered else self._ids(record.device, date).get(record.id, "")
+        if seen != "":  # present: "" means absent (a digest of None is an earlier release's row)
+            if seen is not None and digest is not None and seen != digest:
+                raise IdConflict(f"record {record.id} of {record.device} is already in the dataset with other content "
+                                 f"(digest {seen}, this one {digest})")
             self.stats.duplicates += 1
             return False
-        self._buffer.append((record, received or datetime.now(UTC).replace(tzinfo=None)))
-        self._buffered_ids.add(record.id)
+        self._buffer.append((record, received or datetime.now(UTC).replace(tzinfo=None), digest))
+        self._buffered[key] = digest
         self._buffered_bytes += record.samples.nbytes
         return True
 
-    def flush(self) -> list[Path]:
-        """Write the buffered records (one file per device and date, each atomic); return the new files.
+    def flush(self) -> tuple[list[Path], list[tuple[UploadRecord, Exception]]]:
+        """Write the buffered records (one file per device and date, each atomic).
 
-        Raises OSError (disk full, permissions): the buffer is kept, nothing partial is visible.
+        Returns (new files, records that cannot be stored: with the error, a partition whose write failed in a
+        way retrying cannot fix). Raises OSError for a transient failure (disk full, I/O error, permissions):
+        those records stay buffered, nothing partial is visible.
         """
-        if not self._buffer:
-            return []
-        groups: dict[tuple[str, str], list[tuple[UploadRecord, datetime]]] = {}
-        for rec, received in self._buffer:
-            groups.setdefault((rec.device, rec.time_end_utc().date().isoformat()), []).append((rec, received))
+        groups: dict[tuple[str, str], list[tuple[UploadRecord, datetime, str | None]]] = {}
+        for row in self._buffer:
+            rec = row[0]
+            groups.setdefault((rec.device, rec.time_end_utc().date().isoformat()), []).append(row)
         written: list[Path] = []
+        failed: list[tuple[UploadRecord, Exception]] = []
         for (device, date), rows in sorted(groups.items()):
-            path = self._write_part(partition_dir(self.root, device, date), rows)
-            written.append(path)
-            self.stats.files += 1
-            self.stats.bytes += path.stat().st_size
-            self.stats.written += len(rows)
-            ids = {r.id for r, _ in rows}
-            self.known |= ids
-            self._buffer = [x for x in self._buffer if x[0].id not in ids]  # a later failure keeps the rest
-            self._buffered_ids -= ids
-        self._buffered_bytes = sum(r.samples.nbytes for r, _ in self._buffer)
-        return written
+            try:
+                path = self._write_part(partition_dir(self.root, device, date), rows)
+            except OSError as exc:
+                if exc.errno in TRANSIENT_ERRNOS:
+                    raise
+                failed += [(r, exc) for r, _, _ in rows]
+            except (pa.ArrowException, ValueError, OverflowError, TypeError) as exc:
+                failed += [(r, exc) for r, _, _ in rows]
+            else:
+                written.append(path)
+                self.stats.files += 1
+                self.stats.bytes += path.stat().st_size
+                self.stats.written += len(rows)
+                if (device, date) in self._known:
+                    self._known[(device, date)].update({r.id: d for r, _, d in rows})
+            done = {(r.device, r.id) for r, _, _ in rows}
+            self._buffer = [x for x in self._buffer if (x[0].device, x[0].id) not in done]  # the rest stays
+            for k in done:
+                self._buffered.pop(k, None)
+            self._buffered_bytes = sum(r.samples.nbytes for r, _, _ in self._buffer)
+        return written, failed
 
-    def _write_part(self, folder: Path, rows: list[tuple[UploadRecord, datetime]]) -> Path:
+    def _write_part(self, folder: Path, rows: list[tuple[UploadRecord, datetime, str | None]]) -> Path:
+        table = to_table([r for r, _, _ in rows], [t for _, t, _ in rows], [d for _, _, d in rows])
         folder.mkdir(parents=True, exist_ok=True)
         self._n += 1
         name = f"part-{self.writer_id}-{self._n:06d}-{uuid.uuid4().hex[:6]}.parquet"
         final, tmp = folder / name, folder / f".{name}.tmp"
-        table = to_table([r for r, _ in rows], [t for _, t in rows])
         try:
             with open(tmp, "wb") as f:
                 pq.write_table(table, f, compression="zstd", use_dictionary=list(_DICTIONARY),
@@ -208,10 +266,17 @@ class DatasetWriter:
         return final
 
 
-def to_table(records: Sequence[UploadRecord], received: Sequence[datetime] | None = None) -> pa.Table:
+#: errno values of a write failure that goes away by itself (space, quota, I/O, a lock): retried, not quarantined.
+TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ENOMEM, errno.EINTR,
+                    errno.EROFS, errno.EACCES, errno.EPERM, errno.ETIMEDOUT, errno.ENFILE, errno.EMFILE}
+
+
+def to_table(records: Sequence[UploadRecord], received: Sequence[datetime] | None = None,
+             digests: Sequence[str | None] | None = None) -> pa.Table:
     """Records as a table of ``FILE_SCHEMA`` (no partition columns)."""
     now = datetime.now(UTC).replace(tzinfo=None)
     received = received or [now] * len(records)
+    digests = digests or [None] * len(records)
     samples = [np.ascontiguousarray(r.samples, np.float32).reshape(-1) for r in records]
     offsets = np.zeros(len(samples) + 1, np.int32)
     np.cumsum([s.size for s in samples], out=offsets[1:])
@@ -236,6 +301,7 @@ def to_table(records: Sequence[UploadRecord], received: Sequence[datetime] | Non
         "samples": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.float32())),
         "received": [_utc(t) for t in received],
         "schema": [r.schema for r in records],
+        "digest": list(digests),
     }
     arrays = [c if isinstance(c, pa.Array) else pa.array(c, FILE_SCHEMA.field(name).type)
               for name, c in cols.items()]
@@ -247,6 +313,24 @@ def existing_ids(root: str | os.PathLike[str]) -> set[str]:
     out: set[str] = set()
     for table in _fragments(Path(root), None, ["id"]):
         out.update(table.column("id").to_pylist())
+    return out
+
+
+def partition_ids(root: Path, device: str, date: str) -> dict[str, str | None]:
+    """``{id: digest}`` of one partition (its files only; unreadable files are skipped and logged)."""
+    folder = partition_dir(root, device, date)
+    out: dict[str, str | None] = {}
+    if not folder.is_dir():
+        return out
+    for f in sorted(folder.glob("part-*.parquet")):
+        try:
+            t = pq.read_table(f, columns=[c for c in ("id", "digest") if c in pq.read_schema(f).names])
+        except (pa.ArrowException, OSError) as exc:
+            log.error("%s: unreadable part skipped: %s", f, exc)
+            continue
+        digests = t.column("digest").to_pylist() if "digest" in t.column_names else [None] * t.num_rows
+        for i, d in zip(t.column("id").to_pylist(), digests, strict=True):
+            out.setdefault(i, d)
     return out
 
 
@@ -329,19 +413,19 @@ def _fragments(root: Path, expr: ds.Expression | None, columns: list[str] | None
 
 def read_table(root: str | os.PathLike[str], flt: DataFilter | None = None,
                columns: Sequence[str] | None = None) -> pa.Table:
-    """The matching windows, one row per id (the first one read), in time order (``time_end``, ``id``).
+    """The matching windows, one row per (device, id) (the first one read), in time order (``time_end``, ``id``).
 
-    ``columns``: a subset of ``SCHEMA`` (``id`` and ``time_end`` are always read).
+    ``columns``: a subset of ``SCHEMA`` (``device``, ``id`` and ``time_end`` are always read).
     """
     flt = flt or DataFilter()
-    cols = None if columns is None else list(dict.fromkeys(["id", "time_end", *columns]))
+    cols = None if columns is None else list(dict.fromkeys(["device", "id", "time_end", *columns]))
     tables = list(_fragments(Path(root), flt.expression(), cols))
     schema = SCHEMA if cols is None else pa.schema([SCHEMA.field(c) for c in cols])
     if not tables:
         return schema.empty_table()
     table = pa.concat_tables(tables)
     table = table.append_column("_row", pa.array(np.arange(table.num_rows)))
-    first = table.group_by("id", use_threads=False).aggregate([("_row", "min")]).column("_row_min")
+    first = table.group_by(["device", "id"], use_threads=False).aggregate([("_row", "min")]).column("_row_min")
     table = table.take(first).drop_columns(["_row"])
     order = pc.sort_indices(table, [("time_end", "ascending"), ("id", "ascending")])
     return table.take(order)
@@ -424,3 +508,72 @@ def parse_select(items: Sequence[str], *, start: str | None = None, end: str | N
     return DataFilter(devices=tuple(multi["device"]), gateways=tuple(multi["gateway"]), kinds=tuple(multi["kind"]),
                       model_version=single["model_version"], start=single["start"], end=single["end"],
                       healthy_only=healthy == "true")
+
+
+# ------------------------------------------------------------------------------------------- quarantine
+QUARANTINE_DIR = "_quarantine"  # readers skip folders that start with "_" (pyarrow, DuckDB globs of *.parquet)
+
+
+class Quarantine:
+    """Uploads a collector could not store, kept for the operator instead of being redelivered forever.
+
+    ``DATASET/_quarantine/date=<UTC date>/<writer_id>.jsonl``, one JSON object per upload::
+
+        {"received": ISO-8601, "topic": str, "code": str, "reason": str, "id": str | null, "bytes": int,
+         "sha256": hex, "payload_b64": str | null}
+
+    ``code`` says why (``invalid``, ``foreign_device``, ``bad_topic``, ``clock_ahead``, ``id_conflict``,
+    ``unstorable``); the payload is kept while the quarantine holds less than ``max_bytes`` (all writers
+    together), else only its size and digest. Appended and fsynced on ``flush``, before the uploads are
+    acknowledged. Not thread-safe: one per collecting thread.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], writer_id: str, max_bytes: int = 1 << 30) -> None:
+        self.root = Path(root)
+        self.writer_id = writer_id
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.by_code: dict[str, int] = {}
+        self._lines: list[tuple[str, bytes]] = []  # (date, line)
+
+    def open(self) -> Quarantine:
+        """Measure what the quarantine holds already (the payload budget is shared by every writer)."""
+        folder = self.root / QUARANTINE_DIR
+        self.bytes = sum(f.stat().st_size for f in folder.glob("date=*/*.jsonl")) if folder.is_dir() else 0
+        return self
+
+    @property
+    def pending(self) -> int:
+        return len(self._lines)
+
+    def add(self, topic: str, payload: bytes, code: str, reason: str, record_id: str | None = None) -> None:
+        """Keep one upload (buffered until ``flush``)."""
+        import base64
+        import hashlib
+        import json
+
+        now = datetime.now(UTC)
+        keep = self.bytes + len(payload) * 4 // 3 < self.max_bytes
+        line = json.dumps({
+            "received": now.isoformat(timespec="milliseconds"), "topic": topic[:256], "code": code,
+            "reason": reason[:500], "id": record_id, "bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "payload_b64": base64.b64encode(payload).decode("ascii") if keep else None,
+        }, separators=(",", ":")).encode() + b"\n"
+        self.bytes += len(line)
+        self.by_code[code] = self.by_code.get(code, 0) + 1
+        self._lines.append((now.date().isoformat(), line))
+
+    def flush(self) -> None:
+        """Append the buffered uploads to today's file, fsynced. OSError (kept buffered) when that fails."""
+        by_date: dict[str, list[bytes]] = {}
+        for date, line in self._lines:
+            by_date.setdefault(date, []).append(line)
+        for date, lines in by_date.items():
+            folder = self.root / QUARANTINE_DIR / f"date={date}"
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / f"{self.writer_id}.jsonl", "ab") as f:
+                f.write(b"".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+        self._lines.clear()

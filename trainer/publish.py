@@ -15,14 +15,12 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from edge_agent.contract import rollout
 from edge_agent.contract.signing import keygen, load_private_key  # noqa: F401 (trainer keygen; tests import them here)
+from edge_agent.mqtt_client import MqttConnection
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +35,11 @@ class Published:
     states: dict[str, dict] = field(default_factory=dict)  # device -> last rollout state seen for this rollout
 
 
-def publish(bundle: Path, to: str, key_path: Path, host: str, port: int, *, wait_s: float = 0.0,
-            expect: int = 0, chunk_size: int = rollout.CHUNK_SIZE, client_id: str = "",
-            username: str | None = None, password: str | None = None, allow_downgrade: bool = False) -> Published:
-    """Sign ``bundle`` and publish it for ``to`` (a device id or ``fleet``).
+def publish(bundle: Path, to: str, key_path: Path, connection: MqttConnection, *, wait_s: float = 0.0,
+            expect: int = 0, chunk_size: int = rollout.CHUNK_SIZE, allow_downgrade: bool = False,
+            ack_timeout_s: float = 30.0) -> Published:
+    """Sign ``bundle`` and publish it for ``to`` (a device id or ``fleet``) on ``connection`` (not started: this
+    function starts and stops it).
 
     Args:
         wait_s: then listen this long for the gateways' rollout states (0: do not wait).
@@ -48,73 +47,68 @@ def publish(bundle: Path, to: str, key_path: Path, host: str, port: int, *, wait
         allow_downgrade: gateways take it even if it is older than the model they serve (a rollback on purpose).
 
     Raises:
-        BundleError: the bundle does not load. ValueError: the key. OSError / RuntimeError: the broker.
+        BundleError: the bundle does not load. ValueError: the key. RuntimeError: the broker did not take it.
     """
     key = load_private_key(key_path)
     payload = rollout.pack_bundle(bundle)
     meta_bytes, chunks = rollout.make_metadata(bundle, payload, to, key, chunk_size, allow_downgrade)
     meta = rollout.verify_metadata(meta_bytes, rollout.keyring([key.public_key()]))
     target = meta.target
+    where = f"{connection.host}:{connection.port}"
     old: list[rollout.RolloutMeta] = []
     states: dict[str, dict] = {}
     got_old = threading.Event()
     final = threading.Event()
 
-    def on_message(client, userdata, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == rollout.meta_topic(target):
-            with contextlib.suppress(rollout.RolloutError):  # another key's or a broken rollout: nothing to clear
-                old.append(rollout.verify_metadata(msg.payload, rollout.keyring([key.public_key()])))
-            got_old.set()
-            return
+    def on_meta(msg) -> None:
+        with contextlib.suppress(rollout.RolloutError):  # another key's or a broken rollout: nothing to clear
+            old.append(rollout.verify_metadata(msg.payload, rollout.keyring([key.public_key()])))
+        got_old.set()
+
+    def on_state(msg) -> None:
         try:
             state = json.loads(msg.payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
             return
         if isinstance(state, dict) and state.get("rollout_id") == meta.rollout_id:
-            device = msg.topic.split("/")[1]
-            states[device] = state
+            states[msg.topic.split("/")[1]] = state
             if expect and sum(s.get("state") in ("serving", "rejected", "rolled_back") for s in states.values()) \
                     >= expect:
                 final.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    if username is not None:
-        client.username_pw_set(username, password)
-    client.on_message = on_message
-    client.connect(host, port, keepalive=30)
-    client.loop_start()
+    def confirmed(info, what: str) -> None:
+        """Wait for the broker's PUBACK of ``what`` (RuntimeError when it does not come)."""
+        try:
+            if info is not None:
+                info.wait_for_publish(ack_timeout_s)
+            ok = info is not None and info.is_published()
+        except (RuntimeError, ValueError):  # paho did not queue it (the link went down)
+            ok = False
+        if not ok:
+            raise RuntimeError(f"broker {where} did not acknowledge {what} within {ack_timeout_s:g} s")
+
+    connection.subscribe(rollout.meta_topic(target), 1, on_meta)
+    connection.subscribe("vib/+/rollout", 1, on_state)
+    connection.start()
     try:
-        sub = client.subscribe([(rollout.meta_topic(target), 1), ("vib/+/rollout", 1)])
-        if sub[0] != mqtt.MQTT_ERR_SUCCESS:
-            raise RuntimeError(f"cannot subscribe on {host}:{port}")
+        if not connection.wait_subscribed(ack_timeout_s):
+            raise RuntimeError(f"cannot subscribe on {where}: {connection.last_error or 'no answer'}")
         got_old.wait(1.0)  # a retained metadata message arrives right after the SUBACK, if there is one
-        sent = 0
         for i, chunk in enumerate(chunks):
-            info = client.publish(rollout.chunk_topic(target, meta.rollout_id, i), chunk, qos=1, retain=True)
-            info.wait_for_publish(30)
-            if not info.is_published():
-                raise RuntimeError(f"broker {host}:{port} did not acknowledge chunk {i}")
-            sent += len(chunk)
-        info = client.publish(rollout.meta_topic(target), meta_bytes, qos=1, retain=True)
-        info.wait_for_publish(30)
-        if not info.is_published():
-            raise RuntimeError(f"broker {host}:{port} did not acknowledge the rollout metadata")
-        cleared = 0
-        for prev in old:
-            if prev.rollout_id == meta.rollout_id:
-                continue
-            for i in range(prev.n_chunks):
-                client.publish(rollout.chunk_topic(target, prev.rollout_id, i), b"", qos=1, retain=True)
-                cleared += 1
+            confirmed(connection.publish(rollout.chunk_topic(target, meta.rollout_id, i), chunk, qos=1, retain=True),
+                      f"chunk {i}")
+        confirmed(connection.publish(rollout.meta_topic(target), meta_bytes, qos=1, retain=True), "the metadata")
+        cleared = [connection.publish(rollout.chunk_topic(target, prev.rollout_id, i), b"", qos=1, retain=True)
+                   for prev in old if prev.rollout_id != meta.rollout_id for i in range(prev.n_chunks)]
+        for info in cleared:  # the retained chunks of the replaced rollout are gone before we leave
+            confirmed(info, "a cleared chunk")
         log.info("published rollout %s of %s %s to %s: %d chunks, %d bytes", meta.rollout_id[:8], meta.model_id,
                  meta.model_version, target, len(chunks), len(payload))
         if wait_s > 0:
             final.wait(wait_s)
-        time.sleep(0.05)  # let the last clearing publishes go out
     finally:
-        client.disconnect()
-        client.loop_stop()
-    return Published(meta, len(chunks), len(payload), cleared, dict(states))
+        connection.stop()
+    return Published(meta, len(chunks), len(payload), len(cleared), dict(states))
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -123,6 +117,7 @@ def commands():
     import click
 
     from edge_agent.contract.errors import BundleError
+    from edge_agent.mqtt_client import broker_options, connection_from_options
 
     @click.command("keygen")
     @click.option("--out", required=True, type=click.Path(path_type=Path),
@@ -141,21 +136,20 @@ def commands():
     @click.option("--to", "to", required=True, help="A device id, or 'fleet' for every gateway.")
     @click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Private key from `trainer keygen`.")
-    @click.option("--broker", default="127.0.0.1:1883", show_default=True, help="MQTT broker HOST:PORT.")
+    @broker_options()
+    @click.option("--client-id", default="trainer-publish", show_default=True, help="MQTT client id.")
     @click.option("--wait-s", type=click.FloatRange(0, 86_400), default=0.0, show_default=True,
                   help="Then report the gateways' rollout states for this long.")
     @click.option("--expect", type=click.IntRange(0), default=0, show_default=True,
                   help="Stop waiting once this many sensors report a final state.")
     @click.option("--allow-downgrade", is_flag=True,
                   help="Roll back on purpose: gateways take this bundle even if it is older than the one they serve.")
-    def publish_command(bundle: Path, to: str, key_path: Path, broker: str, wait_s: float, expect: int,
-                        allow_downgrade: bool) -> None:
+    def publish_command(bundle: Path, to: str, key_path: Path, client_id: str, wait_s: float, expect: int,
+                        allow_downgrade: bool, **broker) -> None:
         """Sign BUNDLE and publish it to a device or the fleet (retained, chunked, Ed25519)."""
-        host, _, port = broker.rpartition(":")
-        if not host or not port.isdigit():
-            raise click.BadParameter(f"expected HOST:PORT, got {broker!r}", param_hint="--broker")
         try:
-            result = publish(bundle, to, key_path, host, int(port), wait_s=wait_s, expect=expect,
+            connection = connection_from_options(client_id, **broker)
+            result = publish(bundle, to, key_path, connection, wait_s=wait_s, expect=expect,
                              allow_downgrade=allow_downgrade)
         except (BundleError, ValueError, OSError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from exc

@@ -24,6 +24,11 @@ The agent writes these (``encode_record``), the central collector stores them in
 Schema 1 records (no ``id``, ``kind``, ``gateway``, ``alert_ref``; numbers required) still decode: their
 id is derived from (device, model_version, seq_end), their kind from the state.
 
+Every field is checked, in both directions, against its type and bounds (``SAMPLE_RATE_HZ``, ``TIME_RANGE``,
+``MAX_WINDOW_S``, ``MAX_CHANNELS``, ``MAX_TEXT``; ids as ``contract.topics``): a record with absurd values is an
+``UploadError`` naming the field, never something a consumer chokes on later. The collector takes the device
+from the topic, not from here (``contract.topics.device_of``); receipts are ``contract.receipt``.
+
 numpy and the standard library only.
 """
 
@@ -233,7 +238,26 @@ def encode_record(
     return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+#: Bounds every record is checked against (both directions): a record outside them is refused, never stored.
+SAMPLE_RATE_HZ = (1e-3, 1e7)
+TIME_RANGE = (datetime(2000, 1, 1), datetime(2100, 1, 1))  # time_end, naive UTC
+MAX_WINDOW_S = 7 * 86_400.0  # (n - 1) / sample_rate
+MAX_CHANNELS = 256
+MAX_TEXT = {"model_id": 128, "model_version": 128, "units": 32, "channel": 64}
+MAX_SEQ = 2**63 - 1
+
+
+def _text(key: str, value: str, limit: int, empty: bool = False) -> None:
+    if (not empty and not value.strip()) or len(value) > limit or not value.isprintable():
+        raise UploadError(f"upload record: {key!r} must be {0 if empty else 1}..{limit} printable characters, got "
+                          f"{value[:40]!r}")
+
+
 def _check_fields(obj: dict[str, Any]) -> None:
+    """Every field present, of its type and within its bounds (module constants); UploadError naming the field."""
+    from .errors import ConfigError
+    from .topics import check_id
+
     schema = obj.get("schema")
     if isinstance(schema, bool) or schema not in SCHEMAS:
         raise UploadError(f"upload record: schema {schema!r} is not supported (this version reads {list(SCHEMAS)})")
@@ -243,42 +267,60 @@ def _check_fields(obj: dict[str, Any]) -> None:
         raise UploadError(f"upload record: missing keys {missing}")
     unknown = sorted(set(obj) - set(spec))
     if unknown:
-        raise UploadError(f"upload record: unknown keys {unknown}")
+        raise UploadError(f"upload record: unknown keys {unknown[:10]}")
     for key, typ in spec.items():
         v = obj[key]
         if isinstance(v, bool) or not isinstance(v, typ):
             raise UploadError(f"upload record: {key!r} has type {type(v).__name__}")
-    for key in ("device", "model_id"):
-        if not obj[key].strip():
-            raise UploadError(f"upload record: {key!r} is empty")
+    try:
+        check_id(obj["device"], "device id")
+        if schema >= 2 and obj["gateway"] is not None:
+            check_id(obj["gateway"], "gateway id")
+    except ConfigError as exc:
+        raise UploadError(f"upload record: {exc}") from None
+    for key in ("model_id", "model_version", "units"):
+        _text(key, obj[key], MAX_TEXT[key], empty=key == "units")  # units "": not known
     if obj["state"] not in STATES:
         raise UploadError(f"upload record: state {obj['state']!r} is not one of {list(STATES)}")
     if schema >= 2:
-        if not _ID.fullmatch(obj["id"]):
-            raise UploadError(f"upload record: id {obj['id'][:40]!r} is not 1..128 characters of [A-Za-z0-9._:-]")
+        for key in ("id", "alert_ref"):
+            if (key == "id" or obj[key] is not None) and not _ID.fullmatch(obj[key]):
+                raise UploadError(f"upload record: {key} {obj[key][:40]!r} is not 1..128 characters of "
+                                  f"[A-Za-z0-9._:-]")
         if obj["kind"] not in KINDS:
             raise UploadError(f"upload record: kind {obj['kind']!r} is not one of {list(KINDS)}")
-        for key in ("gateway", "alert_ref"):
-            if obj[key] is not None and not obj[key].strip():
-                raise UploadError(f"upload record: {key!r} is empty (use null)")
     if obj["dtype"] != "float32":
         raise UploadError(f"upload record: dtype {obj['dtype']!r} is not 'float32'")
+    if not 0 <= obj["seq_end"] <= MAX_SEQ:
+        raise UploadError(f"upload record: seq_end {obj['seq_end']} is outside 0..2^63-1")
     for key in ("sample_rate", "score", "threshold"):
         if obj[key] is not None:
             _finite(key, obj[key])
-    if obj["sample_rate"] <= 0:
-        raise UploadError(f"upload record: sample_rate must be > 0, got {obj['sample_rate']}")
+    lo, hi = SAMPLE_RATE_HZ
+    if not lo <= obj["sample_rate"] <= hi:
+        raise UploadError(f"upload record: sample_rate {obj['sample_rate']:g} Hz is outside {lo:g}..{hi:g} Hz")
     chans = obj["channels"]
-    if not chans or not all(isinstance(c, str) and c for c in chans):
-        raise UploadError("upload record: 'channels' must be a non-empty list of names")
+    if not 1 <= len(chans) <= MAX_CHANNELS or not all(isinstance(c, str) for c in chans):
+        raise UploadError(f"upload record: 'channels' must be a list of 1..{MAX_CHANNELS} names")
+    for c in chans:
+        _text("channels", c, MAX_TEXT["channel"])
     shape = obj["shape"]
     if len(shape) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape) \
-            or shape[0] <= 0 or shape[1] != len(chans):
-        raise UploadError(f"upload record: shape {shape} does not fit {len(chans)} channels")
+            or shape[0] <= 0 or shape[1] != len(chans) or shape[0] * shape[1] * 4 > MAX_RECORD_BYTES:
+        raise UploadError(f"upload record: shape {shape[:3]} does not fit {len(chans)} channels in "
+                          f"{MAX_RECORD_BYTES} bytes")
+    if (shape[0] - 1) / obj["sample_rate"] > MAX_WINDOW_S:
+        raise UploadError(f"upload record: {shape[0]} rows at {obj['sample_rate']:g} Hz span more than "
+                          f"{MAX_WINDOW_S / 86_400:g} days")
     try:
-        _parse_time(obj["time_end"])
-    except ValueError as exc:
-        raise UploadError(f"upload record: time_end {obj['time_end']!r} is not ISO-8601") from exc
+        if len(obj["time_end"]) > 64:
+            raise ValueError("too long")
+        t = _parse_time(obj["time_end"])
+    except (ValueError, OverflowError) as exc:
+        raise UploadError(f"upload record: time_end {obj['time_end'][:40]!r} is not ISO-8601") from exc
+    if not TIME_RANGE[0] <= t < TIME_RANGE[1]:
+        raise UploadError(f"upload record: time_end {obj['time_end'][:40]!r} is outside {TIME_RANGE[0]:%Y}.."
+                          f"{TIME_RANGE[1]:%Y} (the sender's clock is wrong)")
 
 
 def decode_record(payload: bytes | str) -> UploadRecord:
@@ -323,28 +365,3 @@ def decode_record(payload: bytes | str) -> UploadRecord:
         threshold=None if obj["threshold"] is None else float(obj["threshold"]), state=obj["state"],
         samples=samples, schema=obj["schema"], **extra,
     )
-
-
-# ------------------------------------------------------------------------------------------- receipts
-#: Ids per receipt message (a receipt of 500 uuid4 ids is ~18 KB).
-RECEIPT_IDS = 500
-
-
-def encode_receipts(ids: list[str], collector: str = "") -> list[bytes]:
-    """Receipt messages (``{"ids": [...], "collector": str}``, at most ``RECEIPT_IDS`` ids each)."""
-    return [json.dumps({"ids": ids[i:i + RECEIPT_IDS], "collector": collector}, separators=(",", ":")).encode()
-            for i in range(0, len(ids), RECEIPT_IDS)]
-
-
-def decode_receipt(payload: bytes) -> list[str]:
-    """The record ids a receipt confirms; UploadError for anything else."""
-    if len(payload) > 1024 * 1024:
-        raise UploadError("upload receipt: too large")
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise UploadError(f"upload receipt: not valid UTF-8 JSON ({exc})") from exc
-    ids = obj.get("ids") if isinstance(obj, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(i, str) and _ID.fullmatch(i) for i in ids):
-        raise UploadError("upload receipt: 'ids' must be a list of record ids")
-    return ids

@@ -24,6 +24,11 @@ def gateway_config(tmp_path: Path, bundle: Path, links: dict[str, PtyLink], **se
     }
     for key, value in sections.items():
         doc[key] = {**doc[key], **value} if isinstance(doc.get(key), dict) else value
+    uploads = doc.get("uploads") or {}
+    if uploads.get("receipts", True) and "receipt_keys" not in uploads and "uploads" in doc:
+        from tests.e2e.fleet_helpers import COLLECTOR_PUBLIC
+
+        doc["uploads"] = uploads | {"receipt_keys": [COLLECTOR_PUBLIC]}  # the test collectors' key
     text = _toml(doc)
     for device, link in links.items():
         text += (f'\n[[sensors]]\ndevice = {_quote(device)}\n[sensors.source]\nkind = "serial"\n'

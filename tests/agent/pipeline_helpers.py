@@ -58,6 +58,11 @@ def agent_config(tmp_path: Path, bundle: Path, **sections) -> Path:
             base[key] = {**base[key], **value}
         else:
             base[key] = value
+    uploads = base.get("uploads") or {}
+    if uploads.get("enabled") and uploads.get("receipts", True) and "receipt_keys" not in uploads:
+        from tests.e2e.fleet_helpers import COLLECTOR_PUBLIC
+
+        base["uploads"] = uploads | {"receipt_keys": [COLLECTOR_PUBLIC]}  # the test collectors' key
     path = tmp_path / "agent.toml"
     path.write_text(_toml(base))
     return path

@@ -96,7 +96,7 @@ def test_many_sensors_share_top_level_defaults_and_override_them():
         _serial("pump-2", "/dev/ttyACM1", alerts={"k": 2, "sinks": {"jsonl": "p2.jsonl"}}),
         {"device": "fan-1", "source": {"kind": "mqtt"}, "bundle": {"path": "fan"}},
         alerts={"k": 4, "n": 6, "sinks": {"jsonl": "alerts.jsonl", "mqtt": True}},
-        uploads={"enabled": True, "spool_path": "spool.sqlite", "batch": 10},
+        uploads={"enabled": True, "spool_path": "spool.sqlite", "batch": 10, "receipts": False},
     ))
     one, two, fan = cfg.sensors
     assert (one.alerts.k, one.alerts.n, one.alerts.sinks.jsonl) == (4, 6, "alerts.jsonl")
@@ -131,7 +131,7 @@ def test_sensors_that_clash_are_refused(data, message):
 @pytest.mark.parametrize("target", ["bundle", "alerts.jsonl", "status.json", "calibration.json", "bundle/inside"])
 def test_a_spool_path_that_names_a_file_the_agent_uses_is_a_config_error(tmp_path, target):
     (tmp_path / "bundle").mkdir()
-    data = _base(uploads={"enabled": True, "spool_path": str(tmp_path / target)},
+    data = _base(uploads={"enabled": True, "spool_path": str(tmp_path / target), "receipts": False},
                  mqtt={"port": 1883}, bundle={"path": str(tmp_path / "bundle")},
                  alerts={"sinks": {"jsonl": str(tmp_path / "alerts.jsonl")}},
                  status={"file": str(tmp_path / "status.json")},
@@ -146,3 +146,16 @@ def test_config_paths_that_are_folders_or_under_files_are_errors_naming_the_path
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a directory"):
         load_config(tmp_path / "file" / "agent.toml")
+
+
+def test_uploads_with_receipts_need_the_collectors_key():
+    """A receipt deletes spooled records: only a collector's signed one may (issue 14, break 6)."""
+    from tests.e2e.fleet_helpers import COLLECTOR_PUBLIC
+
+    with pytest.raises(ConfigError, match=r"^uploads\.receipt_keys: a receipt deletes records"):
+        config_from_dict(_base(uploads={"enabled": True}, mqtt={"port": 1883}))
+    with pytest.raises(ConfigError, match=r"^uploads\.receipt_keys\[0\]: not an Ed25519 public key"):
+        config_from_dict(_base(uploads={"enabled": True, "receipt_keys": ["c2hvcnQ="]}, mqtt={"port": 1883}))
+    cfg = config_from_dict(_base(uploads={"enabled": True, "receipt_keys": [COLLECTOR_PUBLIC]}, mqtt={"port": 1883}))
+    assert cfg.uploads.receipt_keys == (COLLECTOR_PUBLIC,)
+    assert not config_from_dict(_base(uploads={"enabled": True, "receipts": False}, mqtt={"port": 1883})).uploads.receipts

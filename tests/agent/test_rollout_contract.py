@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.contract import rollout
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.errors import SignatureError
+from edge_agent.mqtt_client import MqttConnection
 from tests.broker import Broker, wait_for
 from trainer.publish import keygen, load_private_key, publish
 
@@ -122,8 +123,9 @@ def test_unpack_writes_only_bundle_files(tmp_path: Path) -> None:
 def test_publish_leaves_one_retained_rollout_a_gateway_can_fetch(agent_bundle: Path, signing_key,
                                                                    mosquitto: Broker) -> None:
     key_path, key = signing_key
-    first = publish(agent_bundle, "fleet", key_path, *mosquitto.address, chunk_size=16_384)
-    second = publish(agent_bundle, "fleet", key_path, *mosquitto.address, chunk_size=16_384)
+    first = publish(agent_bundle, "fleet", key_path, MqttConnection(*mosquitto.address, "publish-1"), chunk_size=16_384)
+    second = publish(agent_bundle, "fleet", key_path, MqttConnection(*mosquitto.address, "publish-2"),
+                     chunk_size=16_384)
     assert second.cleared == first.chunks and second.meta.rollout_id != first.meta.rollout_id
 
     got: dict[str, bytes] = {}

@@ -43,7 +43,7 @@ class Retained:
 def _file_status(tmp_path) -> dict:
     result = CliRunner().invoke(main, ["status", "--file", str(tmp_path / "status.json"), "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)  # stdout only: the agent thread may log to stderr meanwhile
 
 
 def _run(agent):

@@ -1,8 +1,9 @@
 """The status page in a real browser: it loads, its chart follows the windows as they are scored, and an alert
-shows up on the sensor that raised it (and only there); a device id full of markup stays text."""
+shows up on the sensor that raised it (and only there); a model version full of markup stays text."""
 
 from __future__ import annotations
 
+import shutil
 import time
 
 from selenium.common.exceptions import StaleElementReferenceException
@@ -12,13 +13,16 @@ from selenium.webdriver.support.ui import WebDriverWait
 from edge_agent.agent import Agent
 from firmware_sim.link import PtyLink
 from tests.agent.gateway_helpers import gateway_config, running
-from tests.agent.pipeline_helpers import frames_of
+from tests.agent.pipeline_helpers import frames_of, rewrite_bundle
 from tests.broker import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 
 
-HOSTILE = "<img src=x onerror=alert(1)>"  # a valid device id: the page must show it as text, never as markup
+#: a model version (the bundle's, free text): the page must show it as text, never as markup. Device ids cannot
+#: carry markup (contract.topics).
+HOSTILE = "<img src=x onerror=alert(1)>"
+OTHER = "fan-2"
 
 
 def _card(browser, device: str):
@@ -56,15 +60,18 @@ def _points(browser, device: str) -> int:
 
 def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agent_bundle, degrading_samples):
     links = {"pump-1": PtyLink(tmp_path / "tty1", write_timeout=10),
-             HOSTILE: PtyLink(tmp_path / "tty2", write_timeout=10)}
-    agent = Agent(gateway_config(tmp_path, agent_bundle, links))
+             OTHER: PtyLink(tmp_path / "tty2", write_timeout=10)}
+    bundle = tmp_path / "bundle"
+    shutil.copytree(agent_bundle, bundle)
+    rewrite_bundle(bundle, version=HOSTILE)
+    agent = Agent(gateway_config(tmp_path, bundle, links))
     frames = frames_of(degrading_samples, 1024)
     first, healthy = len(frames) // 8, len(frames) // 2  # the defect starts at 60 % of the recording
     # the page re-renders every poll: an element found in one call may be gone by the next (retried, not failed)
     wait = WebDriverWait(browser, 20, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     p1 = agent.sensor("pump-1")
 
-    def send(a: int, b: int, devices=("pump-1", HOSTILE)) -> float:
+    def send(a: int, b: int, devices=("pump-1", OTHER)) -> float:
         for f in frames[a:b]:
             for d in devices:
                 links[d].send(f)
@@ -93,7 +100,7 @@ def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agen
             wait.until(lambda b: _card(b, "pump-1").find_elements(By.CSS_SELECTOR, 'table.alerts tr[data-kind="raised"]'))
             wait.until(lambda b: _card(b, "pump-1").get_attribute("data-state") in ("warning", "critical"))
             # one synchronous read of the page (the page re-renders every poll: elements held across calls go stale)
-            page = browser.execute_script(_SNAPSHOT, "pump-1", HOSTILE)
+            page = browser.execute_script(_SNAPSHOT, "pump-1", OTHER)
             assert page["badge1"] in ("warning", "critical")
             assert page["bands1"] and page["hits1"], "the alert period is shaded, windows above the threshold marked"
             assert page["state2"] == "normal" and page["alert_rows2"] == 0
@@ -101,7 +108,7 @@ def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agen
             assert {"frames_dropped", "crc_errors", "gaps", "samples_invalid"} <= set(page["counters1"])
             assert "1 alerting" in page["summary"]
             assert not page["banner_shown"]
-            assert page["title2"] == HOSTILE and page["images"] == 0
+            assert page["title2"] == OTHER and HOSTILE in page["stats1"] and page["images"] == 0
             png = browser.get_screenshot_as_png()
     finally:
         for link in links.values():

@@ -120,16 +120,22 @@ def test_rollouts_to_a_gateway_streaming_at_full_rate(tmp_path, agent_bundle) ->
         stream = Stream(broker, samples)
         stream.thread.start()
         for case, kwargs, reason in (
-            ("unsigned", {"unsigned": True}, "unsigned"),
+            ("unsigned", {"unsigned": True}, "unsigned"),  # ignored and counted: no trusted key signed it
             ("foreign key", {}, "unknown key"),
-            ("corrupt chunk", {"corrupt": True}, "signature does not verify"),
-            ("wrong shape", {"shape": [1, 16, 16]}, "this sensor's model takes"),
+            ("corrupt chunk", {"corrupt": True}, "signed it"),  # "no trusted key signed it" (before its metadata)
+            ("wrong shape", {"shape": [1, 16, 16]}, "this sensor's model takes"),  # signed: refused for a reason
         ):
             scored = sensor.pipeline.windows_scored
+            ignored = state()["ignored"]
             signer = Ed25519PrivateKey.generate() if case == "foreign key" else key
             raw_publish(broker, rollout_messages(new, signer, **kwargs))
-            assert wait_for(lambda r=reason: state()["state"] == "rejected" and r in (state()["reason"] or ""),
-                            timeout=15), (case, state())
+            if case == "wrong shape":
+                assert wait_for(lambda r=reason: state()["state"] == "rejected" and r in (state()["reason"] or ""),
+                                timeout=15), (case, state())
+            else:
+                assert wait_for(lambda r=reason, n=ignored: state()["ignored"] > n and r in (
+                    state()["last_ignored"] or ""), timeout=15), (case, state())
+                assert state()["state"] in ("idle", "received"), (case, state())
             assert wait_for(lambda s=scored: sensor.pipeline.windows_scored > s + 5, timeout=10), \
                 f"{case}: the old model keeps scoring"
             assert sensor.pipeline.bundle.version == old and json.loads(

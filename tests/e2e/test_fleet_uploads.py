@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.contract.upload_record import decode_record, encode_record, receipt_topic
+from edge_agent.contract.signing import keyring
+from edge_agent.contract.topics import receipt_topic
+from edge_agent.contract.upload_record import decode_record, encode_record
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
 from edge_agent.uploader import Uploader
 from tests.broker import Broker, wait_for
-from tests.e2e.fleet_helpers import CollectorThread
+from tests.e2e.fleet_helpers import COLLECTOR_KEY, CollectorThread
 
 
 def test_broker_stopped_mid_upload_every_window_arrives_once(tmp_path: Path) -> None:
@@ -26,8 +28,8 @@ def test_broker_stopped_mid_upload_every_window_arrives_once(tmp_path: Path) -> 
     spool = Spool(tmp_path / "spool.sqlite")
     connection = MqttConnection(*broker.address, "edge-agent-gw", reconnect_min_s=0.2, reconnect_max_s=1)
     uploader = Uploader(spool, connection, batch=20, backoff_min_s=0.1, backoff_max_s=1, ack_timeout_s=2,
-                        receipts=True, receipt_timeout_s=5)
-    connection.subscribe(receipt_topic("pump-1"), 1, lambda msg: uploader.on_receipt(msg.payload))
+                        receipts=True, receipt_timeout_s=5, receipt_keys=keyring([COLLECTOR_KEY.public_key()]))
+    connection.subscribe(receipt_topic("pump-1"), 1, lambda msg: uploader.on_receipt("pump-1", msg.payload))
     rng = np.random.default_rng(0)
     payloads = [encode_record(device="pump-1", model_id="m", model_version="v1", seq_end=i * 2048,
                               time_end=f"2026-11-22T11:{i // 60:02d}:{i % 60:02d}", sample_rate=20_000.0,

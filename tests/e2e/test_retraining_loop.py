@@ -41,7 +41,8 @@ def test_uploads_are_collected_and_retrained_on(mosquitto: Broker, tmp_path: Pat
     host, port = mosquitto.address
     collected = tmp_path / "collected"
     collector = subprocess.Popen(
-        [BIN / "trainer", "collect", "--broker", f"{host}:{port}", "--out", collected, "--max-records", str(N_RECORDS)],
+        [BIN / "trainer", "collect", "--broker", f"{host}:{port}", "--out", collected, "--max-records", str(N_RECORDS),
+         "--no-receipts"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     records = _records()

@@ -17,10 +17,11 @@ import pyarrow.dataset as ds
 import pytest
 
 from edge_agent.contract.recordings import DataFormatError
+from edge_agent.contract.signing import keygen
 from edge_agent.contract.upload_record import decode_record, encode_record
 from tests.broker import Broker, wait_for
+from tests.e2e.fleet_helpers import CollectorThread
 from trainer import dataset
-from trainer.collect import collect
 
 BIN = Path(sys.executable).parent
 #: mosquitto drops what it queues for a session beyond max_queued_messages (default 1000): a collector's
@@ -51,53 +52,40 @@ def publish_all(broker: Broker, payloads: list[bytes], client_id: str = "gateway
         pub.loop_stop()
 
 
-class Collector:
-    """``collect`` on a thread."""
-
-    def __init__(self, broker: Broker, out: Path, **kwargs) -> None:
-        self.stop, self.subscribed = threading.Event(), threading.Event()
-        self.stats = None
-        self.thread = threading.Thread(target=self._run, args=(broker, out), kwargs=kwargs, daemon=True)
-        self.thread.start()
-        assert self.subscribed.wait(10), "collector did not subscribe"
-
-    def _run(self, broker: Broker, out: Path, **kwargs) -> None:
-        self.stats = collect(*broker.address, out, stop_event=self.stop, subscribed=self.subscribed, **kwargs)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(15)
-        assert not self.thread.is_alive()
+def Collector(broker: Broker, out: Path, **kwargs) -> CollectorThread:  # noqa: N802 (reads as a class)
+    """``trainer collect`` on a thread (tests/e2e/fleet_helpers.py)."""
+    return CollectorThread(broker.address, out, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- dataset
 def test_dataset_round_trip_filters_and_other_readers(tmp_path: Path, caplog) -> None:
     root = tmp_path / "ds"
-    recs = [decode_record(record(i, "pump-1" if i % 2 else "fan 7", day=21 + (i // 2) % 2,
+    recs = [decode_record(record(i, "pump-1" if i % 2 else "fan_7", day=21 + (i // 2) % 2,
                                  kind="alert" if i % 5 == 0 else None)) for i in range(40)]
-    writer = dataset.DatasetWriter(root, writer_id="w1")
+    writer = dataset.DatasetWriter(root, writer_id="w1").open()
     assert all(writer.add(r) for r in recs) and not writer.add(recs[3])
-    files = writer.flush()
-    assert len(files) == 4 and writer.pending == 0 and writer.stats.duplicates == 1
+    files, failed = writer.flush()
+    assert len(files) == 4 and not failed and writer.pending == 0 and writer.stats.duplicates == 1
     assert {f.parent.relative_to(root).as_posix() for f in files} == {
         "device=pump-1/date=2026-11-21", "device=pump-1/date=2026-11-22",
-        "device=fan%207/date=2026-11-21", "device=fan%207/date=2026-11-22"}
+        "device=fan_7/date=2026-11-21", "device=fan_7/date=2026-11-22"}
 
-    # a second writer (another collector) knows the ids already there; a copy it writes anyway is read once
-    again = dataset.DatasetWriter(root, writer_id="w2")
+    # a second writer (another collector) knows the ids already there; a copy written anyway is read once
+    again = dataset.DatasetWriter(root, writer_id="w2").open()
     assert not again.add(recs[0])
-    forced = dataset.DatasetWriter(root, writer_id="w3", known_ids=set())
-    assert forced.add(recs[0]) and len(forced.flush()) == 1
+    import pyarrow.parquet as pq
+
+    pq.write_table(dataset.to_table([recs[0]]), files[0].parent / "part-w3-000001-abcdef.parquet")
     table = dataset.read_table(root)
     assert table.num_rows == 40 and sorted(table.column("id").to_pylist()) == sorted(r.id for r in recs)
 
     # samples and metadata survive exactly
-    w = dataset.read_windows(root, dataset.DataFilter(devices=("fan 7",)))
+    w = dataset.read_windows(root, dataset.DataFilter(devices=("fan_7",)))
     by_id = {r.id: r for r in recs}
     assert len(w) == 20
     for rid, samples in zip(w.table.column("id").to_pylist(), w.samples, strict=True):
         np.testing.assert_array_equal(samples, by_id[rid].samples)
-    assert set(w.table.column("device").to_pylist()) == {"fan 7"}
+    assert set(w.table.column("device").to_pylist()) == {"fan_7"}
 
     healthy = dataset.read_table(root, dataset.parse_select(["device=pump-1"]))
     assert healthy.num_rows == 16 and set(healthy.column("kind").to_pylist()) == {"normal"}
@@ -123,11 +111,11 @@ def test_dataset_round_trip_filters_and_other_readers(tmp_path: Path, caplog) ->
 
     # any data tool reads it: pyarrow's own dataset API, DuckDB with Hive partitioning
     pa_table = ds.dataset(root, format="parquet", partitioning="hive").to_table(columns=["id", "device", "kind"])
-    assert pa_table.num_rows == 41 and set(pa_table.column("device").to_pylist()) == {"pump-1", "fan 7"}
+    assert pa_table.num_rows == 41 and set(pa_table.column("device").to_pylist()) == {"pump-1", "fan_7"}
     duckdb = pytest.importorskip("duckdb")
     rows = duckdb.sql(f"SELECT device, kind, count(DISTINCT id) FROM read_parquet('{root}/**/*.parquet', "
                       "hive_partitioning = true) GROUP BY ALL ORDER BY ALL").fetchall()
-    assert rows == [("fan 7", "alert", 4), ("fan 7", "normal", 16), ("pump-1", "alert", 4), ("pump-1", "normal", 16)]
+    assert rows == [("fan_7", "alert", 4), ("fan_7", "normal", 16), ("pump-1", "alert", 4), ("pump-1", "normal", 16)]
 
 
 # ------------------------------------------------------------------------------------------- brokers
@@ -158,8 +146,10 @@ def test_collector_killed_mid_stream_loses_nothing(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "central", extra_conf=COLLECTOR_BROKER)
     broker.start()
     out = tmp_path / "ds"
+    keygen(tmp_path / "collector.key")
     cmd = [str(BIN / "trainer"), "collect", "--broker", f"{broker.host}:{broker.port}", "--out", str(out),
-           "--group", "g", "--client-id", "collector-under-test", "--flush-s", "0.5"]
+           "--group", "g", "--client-id", "collector-under-test", "--flush-s", "0.5", "--key",
+           str(tmp_path / "collector.key")]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
 
     def start() -> subprocess.Popen:
@@ -191,6 +181,7 @@ def test_collector_killed_mid_stream_loses_nothing(tmp_path: Path) -> None:
         broker.stop()
     ids = dataset.read_table(out, columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == sorted(decode_record(p).id for p in payloads), "every window, exactly once after dedupe"
+    assert not list(out.rglob("*.tmp")), "the restarted collector removed the temp file the kill left (if any)"
 
 
 def test_invalid_and_duplicate_uploads_are_acknowledged_not_written(mosquitto: Broker, tmp_path: Path) -> None:
@@ -214,3 +205,4 @@ def test_invalid_and_duplicate_uploads_are_acknowledged_not_written(mosquitto: B
     s = collector.stats
     assert (s.received, s.written, s.duplicates, s.invalid) == (9, 5, 1, 3)
     assert s.acked == 9, "everything was acknowledged once handled"
+    assert s.quarantined == 3 and sum(1 for _ in (out / "_quarantine").rglob("*.jsonl")) == 1

@@ -66,11 +66,11 @@ def test_round_trip() -> None:
     ({"kind": "spare"}, "kind 'spare'"),
     ({"id": "a b"}, "id 'a b'"),
     ({"id": KeyError}, "missing keys ['id']"),
-    ({"gateway": ""}, "'gateway' is empty"),
+    ({"gateway": ""}, "invalid gateway id ''"),
     ({"dtype": "float64"}, "dtype 'float64'"),
     ({"seq_end": "10"}, "'seq_end' has type str"),
     ({"time_end": "yesterday"}, "not ISO-8601"),
-    ({"sample_rate": 0}, "sample_rate must be > 0"),
+    ({"sample_rate": 0}, "sample_rate 0 Hz is outside"),
 ])
 def test_decode_rejects(bad: object, msg: str) -> None:
     payload, _ = make()
