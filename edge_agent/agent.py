@@ -178,7 +178,7 @@ class Agent:
         if s.mqtt and self.connection is not None:
             sinks.append(MqttAlertSink(self.connection, scfg.device))
         if s.command:
-            sinks.append(CommandSink(list(s.command), s.command_timeout_s))
+            sinks.append(CommandSink(list(s.command), s.command_timeout_s, keep_env=s.command_env))
         return sinks
 
     def _fleet_of(self, sensor: Sensor) -> SensorFleet | None:

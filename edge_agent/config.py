@@ -32,7 +32,7 @@ Per sensor::
                     max_payload_bytes (see ``wire.JsonMapping``)
     [bundle]      path, watch_s (0 = no hot swap), num_threads
     [alerts]      k, n, clear_ratio, clear_windows, cooldown_s, critical_ratio
-    [alerts.sinks] log, jsonl, mqtt, command, command_timeout_s
+    [alerts.sinks] log, jsonl, mqtt, command, command_timeout_s, command_env
     [uploads]     enabled, every_s, only_normal, drift_every_s, context_before, context_after, calibration
     [drift]       enabled, windows, psi_limit
     [calibration] path, windows
@@ -168,6 +168,7 @@ class Sinks:
     mqtt: bool = False
     command: tuple[str, ...] | None = None
     command_timeout_s: float = field(default=5.0, metadata=_rng(0.1, 600.0))
+    command_env: tuple[str, ...] = ()  # more of the agent's environment variables the command may see (never secrets)
 
 
 @dataclass(frozen=True)
@@ -511,7 +512,9 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
                               f"one name to Home Assistant and to case-insensitive file systems (rename one)")
         claim(devices, s.device, f"{where}device", f"device id {s.device!r}")
         if s.source.kind == "serial":
-            claim(ports, s.source.serial.port, f"{where}source.serial.port", f"port {s.source.serial.port!r}")
+            port = serial_identity(s.source.serial.port)
+            shown = s.source.serial.port + (f" (which is {port})" if port != s.source.serial.port else "")
+            claim(ports, port, f"{where}source.serial.port", f"port {shown!r}")
         else:
             topic = (s.source.mqtt or MqttSource()).samples_topic(s.device)
             claim(sample_topics, topic, f"{where}source.mqtt", f"topic {topic!r}")
@@ -535,6 +538,15 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
             if p in spool.parents:
                 raise ConfigError(f"uploads.spool_path: {spool} is inside {what} ({p})")
         check_path("uploads.spool_path", spool)
+
+
+def serial_identity(port: str) -> str:
+    """What a serial port really is: the resolved device path (symlinks such as /dev/serial/by-id/..., ``.`` and
+    ``..`` followed), or a pyserial URL (``loop://``, ``socket://host:port``) as written. Two sensors on one
+    device would each get half of its samples."""
+    if "://" in port:
+        return port
+    return os.path.realpath(os.path.expanduser(port))
 
 
 def check_path(key: str, path: Path, directory: bool = False) -> None:
@@ -648,6 +660,10 @@ def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
             raise ConfigError(f"{key}: needs a [mqtt] broker section")
     if a.sinks.command is not None and not a.sinks.command:
         raise ConfigError(f"{where}alerts.sinks.command: must be a non-empty list of strings (program and arguments)")
+    secret = cfg.mqtt.password_env if cfg.mqtt is not None else None
+    if secret is not None and secret in a.sinks.command_env:
+        raise ConfigError(f"{where}alerts.sinks.command_env: {secret} holds the broker password (mqtt.password_env): "
+                          f"it never goes to a child program")
 
 
 def _check_mqtt_source(m: MqttSource, where: str) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from edge_agent.config import AgentConfig, SensorConfig, mqtt_password, secret_file_warnings
 from edge_agent.contract.errors import AgentError
+from edge_agent.sinks import child_env
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 EXIT = {OK: 0, WARN: 1, FAIL: 2}
@@ -155,7 +156,7 @@ def _ntp_synchronized() -> bool | None:
         return None
     try:
         out = subprocess.run([exe, "show", "-p", "NTPSynchronized", "--value"], capture_output=True, text=True,
-                             timeout=5)
+                             env=child_env(), timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     value = out.stdout.strip()

@@ -342,9 +342,23 @@ class MqttAlertSink:
                     self._acked(version)
 
 
+#: The agent's environment variables a child program inherits (``child_env``): what a program needs to run, and
+#: nothing that may hold a secret (the broker password of ``mqtt.password_env``, tokens, keys).
+CHILD_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
+             "TZ", "TMPDIR", "TERM")
+
+
+def child_env(extra: dict[str, str] | None = None, keep: Sequence[str] = ()) -> dict[str, str]:
+    """The environment for a child program: ``CHILD_ENV`` and ``keep`` (names the config lists:
+    ``alerts.sinks.command_env``) from the agent's own, plus ``extra``."""
+    names = set(CHILD_ENV) | set(keep)
+    return {k: v for k, v in os.environ.items() if k in names} | (extra or {})
+
+
 class CommandSink:
     """Run ``argv`` once per event in a worker thread: event JSON on stdin, and the environment variables
-    ``EDGE_ALERT_KIND``, ``EDGE_ALERT_SEVERITY``, ``EDGE_ALERT_SCORE``, ``EDGE_ALERT_DEVICE``.
+    ``EDGE_ALERT_KIND``, ``EDGE_ALERT_SEVERITY``, ``EDGE_ALERT_SCORE``, ``EDGE_ALERT_DEVICE``. The program
+    inherits only ``CHILD_ENV`` and the variables named in ``keep_env`` from the agent: never a secret.
 
     For a health event ``EDGE_ALERT_KIND`` is ``health``, ``EDGE_ALERT_SEVERITY`` ``fault`` or ``recovered``,
     ``EDGE_ALERT_SCORE`` empty and ``EDGE_HEALTH_CONDITION`` names the condition.
@@ -355,10 +369,12 @@ class CommandSink:
     kept (``last_stderr``, and in the log when it fails): a program writing gigabytes costs no memory.
     """
 
-    def __init__(self, argv: Sequence[str], timeout_s: float = 10.0, *, queue_size: int = 16) -> None:
+    def __init__(self, argv: Sequence[str], timeout_s: float = 10.0, *, queue_size: int = 16,
+                 keep_env: Sequence[str] = ()) -> None:
         if not argv:
             raise ValueError("command sink: argv must not be empty")
         self.argv = [str(a) for a in argv]
+        self.keep_env = tuple(keep_env)
         self.timeout_s = float(timeout_s)
         self._queue: queue.Queue[AlertEvent] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
@@ -411,8 +427,8 @@ class CommandSink:
                     self._idle.notify_all()
 
     def _execute(self, event: AlertEvent) -> None:
-        env = dict(os.environ, EDGE_ALERT_KIND=event.kind, EDGE_ALERT_SEVERITY=event.severity,
-                   EDGE_ALERT_DEVICE=event.device)
+        env = child_env({"EDGE_ALERT_KIND": event.kind, "EDGE_ALERT_SEVERITY": event.severity,
+                         "EDGE_ALERT_DEVICE": event.device}, self.keep_env)
         if event.kind == "health":
             env |= {"EDGE_ALERT_SCORE": "", "EDGE_HEALTH_CONDITION": event.condition}
         elif event.kind == "notice":

@@ -172,15 +172,7 @@ class Spool:
             (check,) = db.execute("PRAGMA quick_check").fetchone()
             if check != "ok":
                 raise _Corrupt(f"quick_check: {check}")
-            (app,) = db.execute("PRAGMA application_id").fetchone()
-            if app != APPLICATION_ID:  # an empty file, or a spool of an earlier release: no other table, our columns
-                tables = {name for (name,) in db.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
-                columns = tuple(row[1] for row in db.execute("PRAGMA table_info(records)"))
-                if app != 0 or tables - {"records"} or columns not in ((), _COLUMNS, _COLUMNS + _ADDED_NAMES):
-                    raise UploadError(f"spool {self.path}: an SQLite database of another program (application id "
-                                      f"{app}, tables {', '.join(sorted(tables)) or '-'}): not touched;"
-                                      " uploads.spool_path must name the agent's own spool file")
+            app = _check_ours(db, self.path)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             if app != APPLICATION_ID:
@@ -517,9 +509,25 @@ def _corrupt(exc: sqlite3.Error) -> bool:
     return isinstance(exc, _Corrupt) or getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
 
+def _check_ours(db: sqlite3.Connection, path: Path) -> int:
+    """The database's application id if it is a spool (ours, an earlier release's, or empty); UploadError when it
+    is another program's. Reads only."""
+    (app,) = db.execute("PRAGMA application_id").fetchone()
+    if app != APPLICATION_ID:  # an empty file, or a spool of an earlier release: no other table, our columns
+        tables = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        columns = tuple(row[1] for row in db.execute("PRAGMA table_info(records)"))
+        if app != 0 or tables - {"records"} or columns not in ((), _COLUMNS, _COLUMNS + _ADDED_NAMES):
+            raise UploadError(f"spool {path}: an SQLite database of another program (application id {app}, tables "
+                              f"{', '.join(sorted(tables)) or '-'}): not touched; uploads.spool_path must name the "
+                              "agent's own spool file")
+    return app
+
+
 def check_spool_path(path: Path) -> None:
-    """UploadError unless ``path`` is absent, empty, or an SQLite database that is not another program's
-    (by its header: nothing is opened). Used by the spool before it touches anything, and by validate-config."""
+    """UploadError unless ``path`` is absent, empty, or an SQLite database that is ours (or an earlier release's):
+    the header first (nothing is opened for a file that is not SQLite), then the schema, read-only. The one check
+    of the spool before it touches anything, and of validate-config and doctor."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -541,6 +549,19 @@ def check_spool_path(path: Path) -> None:
     app = int.from_bytes(header[68:72], "big") if len(header) >= 72 else 0
     if app not in (0, APPLICATION_ID):
         raise UploadError(f"spool {path}: an SQLite database of another program (application id {app}): not touched")
+    if app == APPLICATION_ID:
+        return
+    try:
+        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=0.5)
+    except sqlite3.Error as exc:
+        raise UploadError(f"spool {path}: cannot be read: {exc}") from exc
+    try:
+        _check_ours(db, path)
+    except sqlite3.Error as exc:
+        if not (_locked(exc) or _corrupt(exc)):  # locked: the spool waits; corrupt: it is set aside as its own
+            raise UploadError(f"spool {path}: cannot be read: {exc}") from exc
+    finally:
+        db.close()
 
 
 def _take_lock(path: Path) -> int:
