@@ -4,6 +4,7 @@
     firmware-sim run --signal lorenz --link mqtt --broker 127.0.0.1:1883 --device pump-1 --rate 100
     firmware-sim run --signal lorenz --link mqtt --payload json-per-sample --fields x,y,z --topic iot-2/evt/status/fmt/json
     firmware-sim generate --signal lorenz --state healthy --samples 30000 --out healthy.npy
+    firmware-sim generate --signal bearing --preset ims --override noise_g=0.074 --samples 600000 --out bench.npy
     firmware-sim generate --signal replay --data tests/fixtures/data/femto_Bearing1_2 --samples 5000 --out f.csv
     firmware-sim run --signal replay --data data/nab/art_daily_small_noise.csv --rate 10 --link mqtt
 
@@ -49,6 +50,7 @@ class SourceSpec:
     rate: float | None = None
     seed: int = 0
     data_format: str = "auto"
+    overrides: dict = field(default_factory=dict)  # bearing: BearingPreset fields (signals.parse_overrides)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ def build_source(spec: SourceSpec, default_life_s: float) -> signals.Source:
         data=spec.data,
         loop=spec.loop,
         data_format=spec.data_format,
+        overrides=spec.overrides,
     )
 
 
@@ -135,6 +138,14 @@ def generate_file(source: signals.Source, n_samples: int, out: Path) -> np.ndarr
     return data
 
 
+def _overrides(ctx, param, items: tuple[str, ...]) -> dict:
+    """``--override NAME=VALUE ...`` -> BearingPreset overrides (another signal refuses them when built)."""
+    try:
+        return signals.parse_overrides(items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--override") from None
+
+
 def _source_options(*format_flags: str):
     """The source options; ``format_flags`` name the replay data-format option."""
     options = [
@@ -155,6 +166,10 @@ def _source_options(*format_flags: str):
             help="replay: data format, as the trainer's --format",
         ),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--override", "overrides", multiple=True, metavar="NAME=VALUE", callback=_overrides,
+            help="bearing: a preset parameter, e.g. noise_g=0.08 or rpm=1500 (repeatable; see signals.BearingPreset)",
+        ),
     ]
 
     def decorate(f):
@@ -203,7 +218,7 @@ def main(verbose: int) -> None:
 )
 @click.option("--json-summary", is_flag=True, help="print the final summary as JSON")
 def run(
-    signal, preset, state, life_s, data, loop, data_format, seed, link, port, link_path, broker, device, qos, fmt,
+    signal, preset, state, life_s, data, loop, data_format, seed, overrides, link, port, link_path, broker, device, qos, fmt,
     topic, fields, values_path, seq_field, time_field, time_unit, sample_type, rate, frame_samples, duration, speed,
     faults, json_summary,
 ) -> None:  # fmt: skip
@@ -230,7 +245,7 @@ def run(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
     spec = RunSpec(
-        source=SourceSpec(signal, preset, state, life_s, data, loop, rate, seed, data_format),
+        source=SourceSpec(signal, preset, state, life_s, data, loop, rate, seed, data_format, overrides),
         link=link,
         port=port,
         link_path=link_path,
@@ -270,11 +285,11 @@ def run(
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Hz (default: the signal's own)")
 @click.option("--samples", "n_samples", type=click.IntRange(min=1), required=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help=".npy or .csv")
-def generate(signal, preset, state, life_s, data, loop, data_format, seed, rate, n_samples, out) -> None:
+def generate(signal, preset, state, life_s, data, loop, data_format, seed, overrides, rate, n_samples, out) -> None:
     """Write a data set (samples x channels) for training or inspection."""
     if signal == "replay" and not data:
         raise click.BadParameter("replay needs --data", param_hint="--data")
-    spec = SourceSpec(signal, preset, state, life_s, data, loop, rate, seed, data_format)
+    spec = SourceSpec(signal, preset, state, life_s, data, loop, rate, seed, data_format, overrides)
     try:
         # degrading without --life: over the whole file (a replay has no life)
         life = 0.0 if signal == "replay" else n_samples / (rate or signals.default_rate(signal, preset))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -256,6 +256,29 @@ FEMTO = BearingPreset(
 )
 
 PRESETS = {"ims": IMS, "femto": FEMTO}
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["noise_g=0.074", "harmonics_g=0.03,0.02"]`` -> BearingPreset field overrides (``--override``).
+
+    Numbers, comma-separated tuples and the fault name; the preset's name and geometry are fixed.
+    Raises ValueError naming the item.
+    """
+    known = {f.name: getattr(IMS, f.name) for f in fields(BearingPreset) if f.name not in ("name", "geometry")}
+    out: dict = {}
+    for item in items:
+        key, sep, value = (s.strip() for s in item.partition("="))
+        if key not in known or not sep or not value:
+            raise ValueError(f"{item!r} is not NAME=VALUE with NAME one of {', '.join(sorted(known))}")
+        like = known[key]
+        try:
+            if isinstance(like, tuple):
+                out[key] = tuple(type(like[0])(v) for v in value.split(","))
+            else:
+                out[key] = value if isinstance(like, str) else type(like)(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: {value!r} is not a {type(like).__name__} value") from None
+    return out
 _DEFECT_KEY = {"outer": "bpfo", "inner": "bpfi", "ball": "bsf"}
 
 
@@ -509,13 +532,17 @@ def make_source(
     data: str | Path | None = None,
     loop: bool = False,
     data_format: str = "auto",
+    overrides: dict | None = None,
 ) -> Source:
     """Build a source by name: "lorenz", "bearing" or "replay" (which needs ``data``; its rate
-    comes from the recording unless ``sample_rate`` is given, see ``ReplaySource``)."""
+    comes from the recording unless ``sample_rate`` is given, see ``ReplaySource``). ``overrides``:
+    BearingPreset fields (``parse_overrides``), bearing only."""
+    if overrides and signal != "bearing":
+        raise ValueError(f"preset overrides are for the bearing signal, not {signal!r}")
     if signal == "lorenz":
         return LorenzSource(state, sample_rate=sample_rate or LORENZ_RATE, life_s=life_s)
     if signal == "bearing":
-        return BearingSource(preset, state, life_s=life_s, seed=seed, sample_rate=sample_rate)
+        return BearingSource(preset, state, life_s=life_s, seed=seed, sample_rate=sample_rate, **(overrides or {}))
     if signal == "replay":
         if data is None:
             raise ValueError("replay needs a data path")

@@ -2,7 +2,8 @@
 
 ::
 
-    DATASET ─► healthy windows of the current bundle's channels ─► by time: earlier 80 % train, latest 20 % held out
+    DATASET ─► healthy windows of the current bundle's channels, less those near their device's alerts
+                 ─► by time: earlier 80 % train, latest 20 % held out
             └► alert windows (uploaded around alerts) ───────────────────────────────────────► held out
     (+ --data ORIGINAL: the original training data, before the collected windows)
        ─► trainer.pipeline.run with the current bundle's preprocessing, model and threshold settings
@@ -10,9 +11,21 @@
        ─► comparison: false alerts on normal windows, detections and score/threshold on alert windows,
           threshold, parity ─► report/comparison.{png,md} + manifest "retrain" ─► the new bundle (atomic)
 
-The new bundle is refused (nothing written, exit 1) when it detects fewer of the alert windows than the
-current model, unless ``force``: a retrained model that no longer sees the faults the fleet reported is
-worse whatever its false-alert rate.
+Healthy windows near an alert: a device's healthy windows (normal, drift, calibration) from ``alert_margin_s``
+before the first window of each of its alerts to ``alert_margin_s`` after its last are neither trained on nor
+held out as healthy. A gateway uploads a window as "normal" while its score is below the threshold, and a fault
+develops below the threshold before it raises an alert: those windows hold the incipient fault, so training on
+them teaches the model the fault as normal, and holding them out counts an early detection as a false alert.
+After an alert the machine is not known to be repaired either. Past the margin the device's windows count
+again: a false alert, or a repaired machine, must not silence a device's healthy data for ever (a false alert
+from a new operating condition is what retraining should learn), and a fault that keeps developing raises
+another alert whose margin covers the windows before it. The default, a day, is about how long a bearing's
+incipient fault sits close below a threshold (days to weeks from first sign to failure); 0 keeps every window.
+
+The gate: the new bundle is refused (nothing written, exit 1) when it catches fewer of the alerts the fleet
+reported than the current model (``CATCH_WINDOWS`` windows above its threshold during the alert), unless
+``force``: a retrained model that no longer sees the faults the fleet reported is worse whatever its false-alert
+rate. The verdict names the gate and every compared figure that got worse (``FIGURES``), gate passed or not.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from edge_agent.contract import preprocess
 from edge_agent.contract.bundle import Bundle, write_bundle
@@ -36,7 +50,16 @@ log = logging.getLogger(__name__)
 
 
 class RetrainRefused(ValueError):
-    """The retrained model is worse on the alert windows (and ``force`` was not given)."""
+    """The retrained model fails the gate (and ``force`` was not given): ``reason`` (one line), ``comparison``."""
+
+    def __init__(self, reason: str, comparison: dict) -> None:
+        super().__init__(f"{reason}\n{table(comparison)}")
+        self.reason = reason
+        self.comparison = comparison
+
+
+#: Default of ``RetrainOptions.alert_margin_s``: a day (see the module docstring).
+ALERT_MARGIN_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,7 @@ class RetrainOptions:
     original: Path | None = None  # the original training data, trained on as well
     original_format: str = "auto"
     holdout: float = 0.2  # latest fraction of the healthy windows kept out of training, for the comparison
+    alert_margin_s: float = ALERT_MARGIN_S  # a device's healthy windows this close to its alerts are left out
     epochs: int | None = None  # None: the current bundle's
     seed: int = 0
     force: bool = False
@@ -58,6 +82,7 @@ class RetrainResult:
     bundle: Path | None
     comparison: dict
     refused: bool
+    near_alerts: dict[str, int] = field(default_factory=dict)  # healthy windows left out, by device
 
 
 def _scores(bundle: Bundle, windows: list[np.ndarray]) -> np.ndarray:
@@ -86,6 +111,16 @@ def _caught(above: np.ndarray, during: np.ndarray, refs: list[str | None]) -> tu
             groups.setdefault(r or f"window-{i}", []).append(bool(a))
     caught = sum(sum(g) >= min(CATCH_WINDOWS, len(g)) for g in groups.values())
     return caught, len(groups)
+
+
+#: The figures the verdict compares besides the gate (label, key, whether higher is better): every one that got
+#: worse is named, gate passed or not. Parity is not among them: the export checks it.
+FIGURES = (
+    ("detection rate on alert windows", "alert_detection_rate", True),
+    ("alert windows above threshold during the alerts", "during_alerts_detected", True),
+    ("alert score / threshold (median)", "alert_score_ratio_p50", True),
+    ("false alerts on held-out normal windows", "false_alerts", False),
+)
 
 
 def _figures(bundle: Bundle, normal: np.ndarray, alert: np.ndarray, during: np.ndarray,
@@ -128,22 +163,53 @@ def compare(current: Bundle, new: Bundle, normal: list[np.ndarray], alert: list[
     fc = _figures(current, cur["normal"], cur["alert"], during, refs)
     fn = _figures(new, nxt["normal"], nxt["alert"], during, refs)
     key = "alerts_caught"
-    return {
+    comparison = {
         "current": fc,
         "new": fn,
         "gate": key,
         "worse_on_alerts": fn["alert_windows"] > 0 and fn[key] < fc[key],
         "scores": {"current": {k: v.tolist() for k, v in cur.items()}, "new": {k: v.tolist() for k, v in nxt.items()}},
     }
+    return comparison | {"verdict": verdict(comparison)}
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def verdict(comparison: dict) -> str:
+    """Two lines: the gate (its rule, both figures, passes or fails), then the verdict, which names every figure of
+    ``FIGURES`` that got worse (as shown in the table, 4 significant digits) and those that got better."""
+    c, n = comparison["current"], comparison["new"]
+    worse, better = [], []
+    for label, key, higher_is_better in FIGURES:
+        if c[key] is None or n[key] is None:
+            continue
+        a, b = (float(f"{v:.4g}") for v in (c[key], n[key]))
+        if a != b:
+            change = f"{label} {'rose' if b > a else 'fell'} {_fmt(c[key])} → {_fmt(n[key])}"
+            (better if (b > a) == higher_is_better else worse).append(change)
+    rule = f"alerts caught ({CATCH_WINDOWS} windows above threshold during each reported alert)"
+    caught = f"alerts caught {c['alerts_caught']} → {n['alerts_caught']} of {n['alerts']}"
+    if not n["alerts"]:
+        gate = f"Gate: {rule}: no alerts reported, nothing to check → passes."
+    else:
+        gate = (f"Gate: {rule}: current {c['alerts_caught']}, new {n['alerts_caught']} of {n['alerts']} → "
+                f"{'fails' if comparison['worse_on_alerts'] else 'passes'}.")
+    if comparison["worse_on_alerts"]:
+        text = f"the new model **fails the gate** ({caught})" + (f"; also {'; '.join(worse)}" if worse else "")
+    elif worse:
+        text = f"the new model passes the gate ({caught}), but {'; '.join(worse)}"
+    else:
+        text = f"the new model passes the gate ({caught}) and no compared figure is worse"
+    if better:
+        text += f" (better: {'; '.join(better)})"
+    return f"{gate}\nVerdict: {text}."
 
 
 def table(comparison: dict) -> str:
-    """The comparison as a Markdown table."""
+    """The comparison as a Markdown table, then the gate and the verdict."""
     c, n = comparison["current"], comparison["new"]
-
-    def fmt(v) -> str:
-        return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-
     rows = [("model version", "version"), ("threshold", "threshold"), ("held-out normal windows", "normal_windows"),
             ("false alerts on them", "false_alerts"), ("false-alert rate", "false_alert_rate"),
             ("normal score p50 / p99", None), ("alert windows", "alert_windows"),
@@ -157,12 +223,11 @@ def table(comparison: dict) -> str:
     lines = ["| | current | new |", "|---|---|---|"]
     for label, key in rows:
         if key is None:
-            lines.append(f"| {label} | {fmt(c['normal_score_p50'])} / {fmt(c['normal_score_p99'])} | "
-                         f"{fmt(n['normal_score_p50'])} / {fmt(n['normal_score_p99'])} |")
+            lines.append(f"| {label} | {_fmt(c['normal_score_p50'])} / {_fmt(c['normal_score_p99'])} | "
+                         f"{_fmt(n['normal_score_p50'])} / {_fmt(n['normal_score_p99'])} |")
         else:
-            lines.append(f"| {label} | {fmt(c[key])} | {fmt(n[key])} |")
-    verdict = "**worse on the alert windows**" if comparison["worse_on_alerts"] else "not worse on the alert windows"
-    return "\n".join(lines) + f"\n\nVerdict: the new model is {verdict}.\n"
+            lines.append(f"| {label} | {_fmt(c[key])} | {_fmt(n[key])} |")
+    return "\n".join(lines) + f"\n\n{verdict(comparison)}\n"
 
 
 def plot(comparison: dict, path: Path) -> None:
@@ -191,7 +256,7 @@ def plot(comparison: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_title(f"held-out {group} windows (n={comparison['new'][group + '_windows']})")
     axes[0].set_ylabel("score / threshold")
-    fig.suptitle("Retrained vs current model" + ("  (NEW IS WORSE ON ALERTS)" if comparison["worse_on_alerts"] else ""))
+    fig.suptitle("Retrained vs current model" + ("  (NEW FAILS THE GATE)" if comparison["worse_on_alerts"] else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -233,7 +298,29 @@ def _select_channels(w: dataset.Windows, channels: tuple[str, ...]) -> dataset.W
     if len(keep) < len(w):
         log.warning("%d windows with other channels than the current model's %s left out", len(w) - len(keep),
                     list(channels))
-    return dataset.Windows(w.table.take(keep), [w.samples[i] for i in keep])
+    return dataset.Windows(w.table.take(pa.array(keep, pa.int64())), [w.samples[i] for i in keep])
+
+
+def near_alerts(healthy: pa.Table, alerts: pa.Table, margin_s: float) -> np.ndarray:
+    """Which rows of ``healthy`` (columns device, time_end) lie within ``margin_s`` of one of their device's alerts
+    (rows of ``alerts``: device, alert_ref, time_end): from ``margin_s`` before the first window of an alert (its
+    windows share an ``alert_ref``; a window without one is an alert of its own) to ``margin_s`` after its last."""
+    near = np.zeros(healthy.num_rows, bool)
+    if not margin_s > 0 or not healthy.num_rows or not alerts.num_rows:
+        return near
+    spans: dict[tuple[str, str], tuple[np.datetime64, np.datetime64]] = {}
+    times = alerts.column("time_end").to_numpy().astype("datetime64[us]")
+    for i, (device, ref) in enumerate(zip(alerts.column("device").to_pylist(), alerts.column("alert_ref").to_pylist(),
+                                          strict=True)):
+        key = (device, ref or f"window-{i}")
+        lo, hi = spans.get(key, (times[i], times[i]))
+        spans[key] = (min(lo, times[i]), max(hi, times[i]))
+    margin = np.timedelta64(int(round(margin_s * 1e6)), "us")
+    devices = np.asarray(healthy.column("device").to_pylist(), object)
+    t = healthy.column("time_end").to_numpy().astype("datetime64[us]")
+    for (device, _), (lo, hi) in spans.items():
+        near |= (devices == device) & (t >= lo - margin) & (t <= hi + margin)
+    return near
 
 
 def retrain(opts: RetrainOptions) -> RetrainResult:
@@ -244,6 +331,8 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
 
     if not 0 < opts.holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {opts.holdout}")
+    if not opts.alert_margin_s >= 0:
+        raise ValueError(f"alert margin must be >= 0 s, got {opts.alert_margin_s}")
     current = Bundle.load(opts.current)
     m, spec = current.manifest, current.spec
     base = opts.select
@@ -253,6 +342,17 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
     alerts = _select_channels(dataset.read_windows(opts.dataset, dataset.DataFilter(
         devices=base.devices, gateways=base.gateways, start=base.start, end=base.end, kinds=("alert",))),
         spec.channels)
+    # the selected devices' alerts at any time and whichever model raised them: a fault is the machine's
+    near = near_alerts(healthy.table, dataset.read_table(opts.dataset, dataset.DataFilter(
+        devices=base.devices, kinds=("alert",)), columns=["device", "alert_ref"]), opts.alert_margin_s)
+    left_out: dict[str, int] = {}
+    for device in np.asarray(healthy.table.column("device").to_pylist(), object)[near]:
+        left_out[device] = left_out.get(device, 0) + 1
+    if left_out:
+        log.info("left out as not known healthy (within %g s of their device's alerts): %s", opts.alert_margin_s,
+                 ", ".join(f"{n} windows of {d}" for d, n in sorted(left_out.items())))
+        keep = np.flatnonzero(~near)
+        healthy = dataset.Windows(healthy.table.take(keep), [healthy.samples[i] for i in keep])
     n_hold = int(round(len(healthy) * opts.holdout))
     if len(healthy) - n_hold < 1 and opts.original is None:
         raise ValueError(f"{opts.dataset}: {len(healthy)} healthy windows are too few to train on")
@@ -287,10 +387,11 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
         report_md = table(comparison)
         log.info("comparison with %s:\n%s", current.version, report_md)
         if comparison["worse_on_alerts"] and not opts.force:
-            raise RetrainRefused(
-                f"the new model catches {comparison['new']['alerts_caught']} of the {comparison['new']['alerts']} "
-                f"alerts the fleet reported, the current one {comparison['current']['alerts_caught']}: not written "
-                f"(--force writes it anyway)\n{report_md}")
+            reason = (f"the new model catches {comparison['new']['alerts_caught']} of the "
+                      f"{comparison['new']['alerts']} alerts the fleet reported, the current one "
+                      f"{comparison['current']['alerts_caught']}: not written (--force writes it anyway)")
+            log.warning("refused: %s", reason)
+            raise RetrainRefused(reason, comparison)
         report_dir = work / "report"
         shutil.copytree(new.path / "report", report_dir)
         plot(comparison, report_dir / "comparison.png")
@@ -301,12 +402,13 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
         manifest = json.loads(json.dumps(new.manifest))
         manifest["retrain"] = {"replaces": current.version, "dataset": str(opts.dataset),
                                "select": str(opts.select), "original": None if opts.original is None else
-                               str(opts.original), "trained_windows": len(train), "forced": bool(
+                               str(opts.original), "trained_windows": len(train), "alert_margin_s":
+                               opts.alert_margin_s, "left_out_near_alerts": left_out, "forced": bool(
                                    comparison["worse_on_alerts"] and opts.force)} | summary
         variants = {p.name.split(".")[1]: p.read_bytes() for p in (new.path / "variants").glob("model.*.tflite")}
         bundle = write_bundle(opts.out, manifest, new.model_path.read_bytes(), variants=variants,
                               report_dir=report_dir)
-        return RetrainResult(bundle, comparison, False)
+        return RetrainResult(bundle, comparison, False, left_out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -330,11 +432,15 @@ def command():
                   "start=, end= (repeatable).")
     @click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
                   show_default=True, help="Latest fraction of the healthy windows kept for the comparison.")
+    @click.option("--alert-margin-s", type=click.FloatRange(min=0), default=ALERT_MARGIN_S, show_default=True,
+                  help="A device's healthy windows from this long before each of its alerts to this long after it "
+                  "are neither trained on nor held out (0: keep them).")
     @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the current bundle's.")
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--force", is_flag=True, help="Write the new bundle even if it is worse on the alert windows.")
+    @click.option("--force", is_flag=True, help="Write the new bundle even if it fails the gate.")
     def retrain_command(dataset_path: Path, current: Path, out: Path, original: Path | None, original_format: str,
-                        select: tuple[str, ...], holdout: float, epochs: int | None, seed: int, force: bool) -> None:
+                        select: tuple[str, ...], holdout: float, alert_margin_s: float, epochs: int | None, seed: int,
+                        force: bool) -> None:
         """Retrain on the collected windows and compare with the current bundle; refuse a worse one."""
         import os
 
@@ -347,13 +453,19 @@ def command():
             flt = dataset.parse_select(select)
             result = retrain(RetrainOptions(dataset=dataset_path, current=current, out=out, select=flt,
                                             original=original, original_format=original_format, holdout=holdout,
-                                            epochs=epochs, seed=seed, force=force))
-        except RetrainRefused as exc:
-            click.echo(str(exc), err=True)
+                                            alert_margin_s=alert_margin_s, epochs=epochs, seed=seed, force=force))
+        except RetrainRefused as exc:  # exit 1; the table, then the reason as the last line (errors: "Error: ...")
+            click.echo(table(exc.comparison))
+            click.echo(f"refused: {exc.reason}")
             raise SystemExit(1) from exc
         except (ValueError, BundleError, DataFormatError, ExportError) as exc:
             raise click.ClickException(f"retraining failed, {out} left unchanged: {exc}") from exc
+        if result.near_alerts:
+            click.echo(f"left out as not known healthy (within {alert_margin_s:g} s of their device's alerts): "
+                       + ", ".join(f"{n} windows of {d}" for d, n in sorted(result.near_alerts.items())))
         click.echo(table(result.comparison))
+        if result.comparison["worse_on_alerts"]:
+            click.echo("written with --force although it fails the gate")
         click.echo(f"bundle: {result.bundle} (report/comparison.png, report/comparison.md)")
 
     return retrain_command

@@ -42,6 +42,27 @@ def test_generate_degrading_bearing_spans_the_whole_file(tmp_path):
     assert np.all(last > 3 * first)
 
 
+def test_generate_bearing_with_preset_overrides(tmp_path):
+    out = tmp_path / "bench.npy"
+    args = ["generate", "--signal", "bearing", "--override", "roughness_g=0.15", "--override", "harmonics_g=0.03,0.02"]
+    res = CliRunner().invoke(main, [*args, "--samples", "20000", "--seed", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    x = np.load(out)
+    assert np.array_equal(x, signals.generate(signals.BearingSource("ims", seed=2, roughness_g=0.15,
+                                                                    harmonics_g=(0.03, 0.02)), 20000))
+    assert not np.array_equal(x, signals.generate(signals.BearingSource("ims", seed=2), 20000))
+    assert signals.parse_overrides(["fault=inner", "fault_channels=0,1", "n_channels=2"]) == {
+        "fault": "inner", "fault_channels": (0, 1), "n_channels": 2}
+    runner = CliRunner()
+    for bad, message in (("geometry=1", "not NAME=VALUE"), ("noise_g", "not NAME=VALUE"),
+                         ("noise_g=loud", "'loud' is not a float value")):
+        res = runner.invoke(main, ["generate", "--override", bad, "--samples", "5", "--out", str(out)])
+        assert res.exit_code == 2 and message in res.output, res.output
+    res = runner.invoke(main, ["generate", "--signal", "lorenz", "--override", "noise_g=0.1", "--samples", "5",
+                               "--out", str(out)])
+    assert res.exit_code == 1 and "for the bearing signal" in res.output
+
+
 def test_generate_rejects_bad_input_clearly(tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["generate", "--signal", "replay", "--samples", "5", "--out", str(tmp_path / "a.npy")])
