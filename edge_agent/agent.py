@@ -406,19 +406,14 @@ def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeo
     Nothing is saved here."""
     scfg = cfg.sensor(device)
     model = load_served_model(cfg.resolve(scfg.bundle.path), scfg.bundle.num_threads)
-    connection = None
-    if scfg.source.kind == "mqtt":
-        connection = connection_for(cfg, f"{cfg.client_id}-calibrate")
     records: list[calibration.DeviceThreshold] = []
     pipeline = Pipeline(
         model.bundle, device=scfg.device, threshold=model.bundle.threshold.value, policy=policy_of(scfg),
         scorer=model.scorer, sample_rate=scfg.source.sample_rate, calibrate=n_windows, on_calibrated=records.append,
         bridge_fraction=scfg.health.bridge_fraction,
     )
-    source = make_source(scfg, connection)
+    source = make_source(scfg, cfg, client_id=f"{cfg.client_id}-calibrate-{scfg.device}")
     source.start()
-    if connection is not None:
-        connection.start()
     deadline = time.monotonic() + timeout_s
     try:
         while pipeline.calibrating and time.monotonic() < deadline:
@@ -428,8 +423,6 @@ def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeo
                     break
     finally:
         source.stop()
-        if connection is not None:
-            connection.stop()
     if pipeline.calibrating and not records:
         return None, len(pipeline.calibration_scores)
     if not records:

@@ -25,7 +25,8 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
 
 Per sensor::
 
-    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none), burst
+    [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none), burst,
+                  intake_cpu (share of a core reading it may use: a sensor that floods is paused, not the others)
     [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only), read_timeout_s, reopen_max_s
     [source.mqtt]   topic_device (defaults to device) or topic (any topic), qos, payload = "wire" | "json";
                     json: fields (or values, channels), records, seq_field, time_field, time_unit, scale,
@@ -36,7 +37,7 @@ Per sensor::
     [uploads]     enabled, every_s, only_normal, drift_every_s, context_before, context_after, calibration
     [drift]       enabled, windows, psi_limit
     [calibration] path, windows
-    [health]      no_window_s, no_data_s, bridge_fraction
+    [health]      no_window_s, no_data_s, bridge_fraction, coverage_s, min_coverage
 
 Gateway only::
 
@@ -120,6 +121,7 @@ class Source:
     queue_frames: int = field(default=1024, metadata=_rng(8, 1_000_000))
     sample_rate: float | None = field(default=None, metadata=_rng(0.001, 10_000_000.0))  # Hz, if the bundle has none
     burst: bool | None = None  # sends snapshots (sequence may restart per burst); unset: recognised when it happens
+    intake_cpu: float = field(default=0.25, metadata=_rng(0.01, 1.0))  # share of a core its reading may use
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,9 @@ class Health:
     # share of a window's samples that may be missing or NaN, left out instead of restarting assembly
     # (features bundles without FFT bands; scripts/study_gaps.py measured 10 %: no false alarm, detection kept)
     bridge_fraction: float = field(default=0.1, metadata=_rng(0.0, 0.5))
+    # health is "partial" when less than min_coverage of the samples of the last coverage_s reached a scored window
+    coverage_s: float = field(default=60.0, metadata=_rng(5.0, 86_400.0))
+    min_coverage: float = field(default=0.9, metadata=_rng(0.0, 1.0))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,16 @@ a window needs ``window_samples`` valid contiguous samples), or there is no mode
     ok ──(no frame for no_data limit)──────────────────────────────► no_data      "fault"
     ok ──(data, >= a window of it, none scored for no_window_s)────► no_windows   "fault"
     ok ──(no model to serve)───────────────────────────────────────► no_model     "fault"
-    any fault ──(a window scored again)────────────────────────────► ok           "recovered"
+    ok ──(the reader paused > FLOOD_SHARE of coverage_s)───────────► flooding     "fault"
+    ok ──(< min_coverage of the samples reached a scored window)──► partial      "fault"
+    any fault ──(windows scored, coverage back)────────────────────► ok           "recovered"
+
+Coverage: windows are scored but samples are lost on the way (dropped frames, NaN that break windows, a
+queue that overflowed): over the last ``coverage_s`` seconds, the share of the samples that should have
+arrived (``samples_in`` + lost ones) that reached a window, i.e. were not missing, dropped, invalid (other than
+over range: that is judged) or discarded with a broken window. Below ``min_coverage`` the sensor is only
+partly monitored, and says so: a sensor that scores two windows a minute is not healthy. A sensor whose reader
+had to pause (it sends more than its intake budget decodes: ``sources.IntakeBudget``) floods, and says that.
 
 A fault that turns into another (data comes back, still nothing scores) is a new "fault" event. A burst
 sensor (snapshots with silences between them) must not look dead between bursts: once the pipeline knows
@@ -26,7 +35,10 @@ from typing import Literal
 
 from edge_agent.status import HealthState
 
-Condition = Literal["ok", "no_data", "no_windows", "no_model"]
+Condition = Literal["ok", "no_data", "no_windows", "no_model", "flooding", "partial"]
+CONDITIONS = ("ok", "no_data", "no_windows", "no_model", "flooding", "partial")
+#: A reader paused more than this share of the coverage period floods.
+FLOOD_SHARE = 0.05
 
 #: A burst sensor may stay silent this many times its longest recent silence before it counts as dead.
 BURST_MARGIN = 2.0
@@ -96,6 +108,19 @@ class Input:
     gaps: int = 0
     samples_missing: int = 0
     frames_rejected: int = 0
+    samples_discarded: int = 0  # valid samples of windows that broke
+    samples_dropped: int = 0  # queue overflow (counted as loss only where gaps cannot show it)
+    throttled_s: float = 0.0  # the reader paused (intake budget)
+    gaps_detectable: bool = True
+    burst: bool = False  # a burst sensor: the tail of each burst is discarded by design
+
+    def lost(self) -> int:
+        """Samples that should have been scored and were not (see the module docstring)."""
+        return (self.samples_missing + self.samples_invalid - self.samples_over_range
+                + (0 if self.burst else self.samples_discarded) + (0 if self.gaps_detectable else self.samples_dropped))
+
+    def expected(self) -> int:
+        return self.samples_in + self.samples_missing + (0 if self.gaps_detectable else self.samples_dropped)
 
 
 class HealthMonitor:
@@ -109,11 +134,16 @@ class HealthMonitor:
         clock, wall: monotonic and wall-clock time sources.
     """
 
-    def __init__(self, device: str, no_data_s: float, no_window_s: float, *,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, device: str, no_data_s: float, no_window_s: float, *, coverage_s: float = 60.0,
+                 min_coverage: float = 0.9, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.device = device
         self.no_data_s = float(no_data_s)
         self.no_window_s = float(no_window_s)
+        self.coverage_s = float(coverage_s)
+        self.min_coverage = float(min_coverage)
+        self.coverage: float | None = None  # over the last coverage_s (None: not enough data yet)
+        self._history: deque[tuple[float, Input, int]] = deque()  # (monotonic time, counters, judged) every ~1 s
         self._clock, self._wall = clock, wall
         self.state = HealthState()
         now = clock()
@@ -156,6 +186,7 @@ class HealthMonitor:
             self._last_data, self._last_data_wall = now, self._wall()
             if self._unscored_since is None:
                 self._unscored_since, self._unscored_since_wall = now, self._last_data_wall
+        scored = False
         if judged is not None and judged != self._judged:
             fresh = self._judged is None  # the first look, or a model just put in service
             self._judged = judged
@@ -167,10 +198,14 @@ class HealthMonitor:
             else:
                 self._last_window, self._last_window_wall = now, self._wall()
                 self._unscored_since = self._unscored_since_wall = None
-                return self._set("ok", "", None, model_version)
-        if now < self._next:
+                scored = True
+        if now < self._next and not (scored and self.state.state in ("no_data", "no_windows", "no_model")):
             return None
         self._next = now + EVERY_S
+        if scored:
+            if self.state.state in ("no_data", "no_windows", "no_model"):
+                self._history.clear()  # coverage is measured from the recovery on: the outage was its own fault
+            return self._set(*self._coverage(now, counts(), judged, window_samples), model_version)
         if judged is None:
             return self._set("no_model", f"no model to score with: {no_model}" if no_model else "no model to score with",
                              self._started_wall, model_version)
@@ -180,12 +215,54 @@ class HealthMonitor:
             note = hint() if hint is not None else ""
             return self._set("no_data", f"no data for {silent_for:.0f} s" + (f" ({note})" if note else ""), since,
                              model_version)
-        if self._unscored_since is not None and now - self._unscored_since >= self.no_window_s:
-            c = counts()
-            if c.samples_in - self._base.samples_in >= window_samples:
-                since = self._last_window_wall if self._last_window_wall is not None else self._unscored_since_wall
-                return self._set("no_windows", self._why_no_windows(now, c, window_samples), since, model_version)
-        return None
+        c = counts()
+        if (self._unscored_since is not None and now - self._unscored_since >= self.no_window_s
+                and c.samples_in - self._base.samples_in >= window_samples):
+            since = self._last_window_wall if self._last_window_wall is not None else self._unscored_since_wall
+            return self._set("no_windows", self._why_no_windows(now, c, window_samples), since, model_version)
+        if self.state.state in ("no_data", "no_windows", "no_model"):
+            return None  # cleared by the next scored window
+        return self._set(*self._coverage(now, c, judged, window_samples), model_version)
+
+    def _coverage(self, now: float, c: Input, judged: int, window_samples: int) -> tuple[Condition, str, float | None]:
+        """ok, flooding or partial over the last ``coverage_s`` (see the module docstring); partial only while some
+        windows are scored (none at all is ``no_windows``, after ``no_window_s``)."""
+        h = self._history
+        if not h or now - h[-1][0] >= 1.0:
+            h.append((now, c, judged))
+        while len(h) > 2 and now - h[1][0] >= self.coverage_s:
+            h.popleft()
+        t0, a, judged0 = h[0]
+        span = now - t0
+        expected, lost = c.expected() - a.expected(), c.lost() - a.lost()
+        if span < min(self.coverage_s, 5.0) or expected < window_samples:
+            self.coverage = None
+            s = self.state
+            return (s.state, s.reason, s.since) if s.state in ("partial", "flooding") else ("ok", "", None)
+        self.coverage = max(0.0, 1.0 - lost / expected)
+        paused = c.throttled_s - a.throttled_s
+        if paused > FLOOD_SHARE * span:
+            return ("flooding", f"the sensor sends more than its intake budget decodes: reading paused "
+                    f"{_percent(paused / span)} of the last {span:.0f} s, {_percent(1 - self.coverage)} of its samples "
+                    f"lost (check the node's rate and payload size; source.intake_cpu)", self._wall() - span)
+        if self.coverage < self.min_coverage and judged > judged0:
+            return ("partial", f"only {_percent(self.coverage)} of the samples of the last {span:.0f} s reached a scored "
+                    f"window: {self._why_lost(a, c)}", self._wall() - span)
+        return "ok", "", None
+
+    @staticmethod
+    def _why_lost(a: Input, c: Input) -> str:
+        parts = []
+        for what, n in (("missing (dropped frames, gaps)", c.samples_missing - a.samples_missing),
+                        ("invalid (NaN or inf)", (c.samples_invalid - c.samples_over_range)
+                         - (a.samples_invalid - a.samples_over_range)),
+                        ("discarded with windows the invalid or missing ones broke",
+                         0 if c.burst else c.samples_discarded - a.samples_discarded),
+                        ("dropped: the scorer fell behind", 0 if c.gaps_detectable else
+                         c.samples_dropped - a.samples_dropped)):
+            if n > 0:
+                parts.append(f"{n} {what}")
+        return ", ".join(parts) or "samples lost"
 
     def _why_no_windows(self, now: float, c: Input, window_samples: int) -> str:
         b = self._base
@@ -212,15 +289,16 @@ class HealthMonitor:
         s.reason = reason
         if not changed:
             return None
-        was_fault = s.state != "ok"
+        was_fault, was = s.state != "ok", s.state
         s.state, s.since = condition, None if since is None else round(since, 3)
         if condition == "ok" and not was_fault:
             return None
         if not was_fault:
             s.events += 1  # times the sensor stopped being monitored
         if condition == "ok":
-            return HealthEvent("recovered", "ok", self.device, "windows are scored again", None, self._wall(),
-                               model_version)
+            why = ("the samples reach scored windows again" if was in ("partial", "flooding") else
+                   "windows are scored again")
+            return HealthEvent("recovered", "ok", self.device, why, None, self._wall(), model_version)
         return HealthEvent("fault", condition, self.device, reason, s.since, self._wall(), model_version)
 
 

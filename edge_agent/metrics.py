@@ -23,12 +23,13 @@ import math
 from collections.abc import Iterable, Mapping
 
 from edge_agent import __version__
+from edge_agent.health import CONDITIONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "edge_agent_"
 
 ALERT_STATES = ("calibrating", "normal", "warning", "critical")
-HEALTH_STATES = ("ok", "no_data", "no_windows", "no_model")
+HEALTH_STATES = CONDITIONS  # one definition: edge_agent.health
 
 #: Per-sensor counters: status key -> (metric without prefix, help). Summed keys share a family, by reason.
 SENSOR_COUNTERS = {

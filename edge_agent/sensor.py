@@ -45,24 +45,28 @@ def policy_of(cfg: SensorConfig) -> AlertPolicy:
     return AlertPolicy(a.k, a.n, a.clear_ratio, a.clear_windows, a.cooldown_s, a.critical_ratio)
 
 
-def make_source(cfg: SensorConfig, connection: MqttConnection | None, wake: threading.Event | None = None
-                ) -> SampleSource:
-    """The sensor's configured source (not started)."""
+def make_source(cfg: SensorConfig, gateway: AgentConfig, wake: threading.Event | None = None,
+                client_id: str | None = None) -> SampleSource:
+    """The sensor's configured source (not started). An MQTT source gets a connection of its own to the gateway's
+    broker (client id ``<gateway client id>-<device>``): the broker then keeps a queue per sensor, and a sensor that
+    floods cannot make it drop another sensor's messages."""
     src = cfg.source
     if src.kind == "serial":
         from edge_agent.sources.serial import SerialSource
 
         s = src.serial
         return SerialSource(s.port, s.format, s.baudrate, s.channels, s.read_timeout_s, s.reopen_max_s,
-                            src.queue_frames, wake)
+                            src.queue_frames, wake, src.intake_cpu)
     from edge_agent.config import MqttSource as MqttSourceConfig
+    from edge_agent.mqtt_client import connection_for
     from edge_agent.sources.mqtt import MqttSource
 
-    if connection is None:
-        raise AgentError(f"sensor {cfg.device}: an MQTT source needs the gateway's [mqtt] connection")
+    if gateway.mqtt is None:
+        raise AgentError(f"sensor {cfg.device}: an MQTT source needs the gateway's [mqtt] broker")
     m = src.mqtt or MqttSourceConfig()
+    connection = connection_for(gateway, client_id or f"{gateway.client_id}-{cfg.device}")
     return MqttSource(connection, m.samples_topic(cfg.device), qos=m.qos, decoder=m.decoder(),
-                      queue_frames=src.queue_frames, wake=wake)
+                      queue_frames=src.queue_frames, wake=wake, intake_cpu=src.intake_cpu, own_connection=True)
 
 
 class Sensor:
@@ -105,7 +109,7 @@ class Sensor:
             fleet.on_notice = self.dispatcher.emit  # "retraining due" goes where the alerts go
         self.on_event = on_event
         self.on_window_cb = on_window
-        self.source = make_source(cfg, connection, wake)
+        self.source = make_source(cfg, gateway, wake)
         self.counters = Counters()
         self.history = SensorHistory()  # what the status page draws (read by the web server's threads)
         self.pipeline: Pipeline | None = None
@@ -117,7 +121,8 @@ class Sensor:
         self._pending_lock = threading.Lock()
         self._ratelog = RateLimitedLog(log)
         self._next_watch = 0.0
-        self.health = HealthMonitor(cfg.device, cfg.health.no_data_s, cfg.health.no_window_s)
+        self.health = HealthMonitor(cfg.device, cfg.health.no_data_s, cfg.health.no_window_s,
+                                    coverage_s=cfg.health.coverage_s, min_coverage=cfg.health.min_coverage)
 
     # ------------------------------------------------------------------ model
     def load_model(self) -> None:
@@ -258,9 +263,10 @@ class Sensor:
     def _health_input(self) -> HealthInput:
         if self.pipeline is None:
             return HealthInput()
-        c = self.pipeline.windower.counters
+        c, src = self.pipeline.windower.counters, self.source.counters
         return HealthInput(c.samples_in, c.samples_invalid, c.samples_over_range, c.gaps, c.samples_missing,
-                           c.frames_rejected)
+                           c.frames_rejected, c.samples_discarded, src.samples_dropped, src.intake_throttled_s,
+                           src.gaps_detectable, self.pipeline.burst)
 
     def _source_hint(self) -> str:
         src = self.source
@@ -347,7 +353,8 @@ class Sensor:
             "model_rejects": self.counters.model.rejects,
             "model_last_reject": self.counters.model.last_reject,
             "sinks": self.dispatcher.status(),
-            "health": self.health.state.as_dict(),
+            "health": self.health.state.as_dict() | {
+                "coverage": None if self.health.coverage is None else round(self.health.coverage, 4)},
             "uploads_offered": self.uploads_offered,
         }
         if self.fleet is not None:

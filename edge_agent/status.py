@@ -39,6 +39,9 @@ class SourceCounters:
     reconnects: int = 0
     open_failures: int = 0
     read_errors: int = 0
+    samples_dropped: int = 0  # in the frames dropped for a full queue
+    intake_throttled_s: float = 0.0  # the reader paused: the sensor sent more than its intake budget decodes
+    intake_throttles: int = 0
     gaps_detectable: bool = True  # false: the payloads carry no sequence number (samples numbered as they arrive)
 
     def as_dict(self) -> dict[str, int]:

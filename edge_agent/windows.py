@@ -19,15 +19,24 @@ What makes a span unusable (the window assembly restarts after it, so no scored 
   or out-of-range ones also in ``samples_over_range``: the pipeline treats a span of them as an
   anomaly in itself, see ``pipeline.Pipeline``).
 
-Bridging (``bridge`` > 0, features mode with order-free block features only: no FFT bands): a forward gap
-or a run of NaN rows of at most ``bridge`` samples does not restart assembly; the missing samples are
-left out and the block goes on with the next valid ones (rms, peak, kurtosis, crest of a block are
-statistics of its samples, whatever their order, so a block of 1024 valid samples from 1280 samples of
-time measures the same vibration). A window in which more than ``bridge`` samples were left out is
-withheld (``windows_withheld``), never scored; a scored window says how many it bridged
-(``Window.bridged``; counters ``windows_bridged``, ``samples_bridged``). Saturated and out-of-range rows
-are never bridged: they are what the pipeline alerts on. Raw-mode windows (the model sees the samples
-themselves) are never bridged.
+Bridging (``bridge`` > 0: the most samples a window may lack and still be scored), for every representation:
+
+* where the model sees the order of the samples (FFT bands, raw mode), a short run of NaN rows inside a frame
+  (at most ``INTERP_FRACTION`` of a block, or of a raw window, and at least one row) is filled by linear
+  interpolation between its valid neighbours in the frame (the nearest one at a frame's edge): a value lost now
+  and then (1 in 10,000) no longer breaks every window;
+* a forward gap, or a longer NaN run, in features mode with order-free block features only (no FFT bands):
+  the missing samples are left out and the block goes on with the next valid ones (rms, peak, kurtosis,
+  crest of a block are statistics of its samples, whatever their order, so a block of 1024 valid samples
+  from 1280 samples of time measures the same vibration);
+* the same with FFT bands (a spectrum depends on the order of its samples): the block the gap falls into is
+  dropped (its samples are counted as left out) and a new block starts after the gap, so no spectrum ever
+  spans a discontinuity;
+* raw mode (the model sees the samples themselves): a gap restarts assembly.
+
+A window in which more than ``bridge`` samples were left out or filled in is withheld (``windows_withheld``),
+never scored; a scored window says how many it bridged (``Window.bridged``; counters ``windows_bridged``,
+``samples_bridged``). Saturated and out-of-range rows are never bridged: they are what the pipeline alerts on.
 
 For contiguous valid input the windows are exactly ``preprocess.windows(preprocess.steps(x), T, hop)``
 whatever the framing, because each block's features depend only on that block.
@@ -55,6 +64,8 @@ RECENT_FRAMES = 64
 #: Default share of a window's samples that may be missing and bridged (scripts/study_gaps.py measured it:
 #: no false alert, detection as on clean data, >= 80 % of the windows kept at 6 % frame loss).
 BRIDGE_FRACTION = 0.1
+#: Longest NaN run filled by interpolation, as a fraction of a block (features) or of a window (raw); at least 1.
+INTERP_FRACTION = 0.005
 #: Saturated int16 codes decode to the frame's largest magnitudes; rows within this fraction of
 #: the frame's peak magnitude (codes >= 32766 of 32767) are marked unusable.
 _SATURATION_FRACTION = 1.0 - 2.0 / 32768.0
@@ -113,8 +124,8 @@ class Windower:
         sample_rate: Hz, for window end times (defaults to ``spec.sample_rate``; without one
             the end time is the end frame's ``t0_us``).
         with_stats: compute per-channel rms/peak of each window's raw samples.
-        bridge: most missing or NaN samples left out per window without restarting assembly (features
-            mode without FFT bands only; 0 = every gap restarts).
+        bridge: most missing or NaN samples a window may lack (left out or filled in) and still be scored
+            (0 = every gap and NaN restarts; see the module docstring for how each representation bridges).
     """
 
     def __init__(
@@ -142,7 +153,12 @@ class Windower:
         self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_FRAMES)  # (seq, n, Frame.checksum)
         self._run = 0  # contiguous valid steps since the last restart
         self._pfill = 0  # samples in the pending partial block
-        self.bridge = int(bridge) if self._features and not spec.fft_bands else 0
+        self.bridge = int(bridge)
+        #: how a gap is bridged: "skip" (order-free block features), "block" (FFT bands), "none" (raw)
+        self.gap_mode = "none" if not self._features else "block" if spec.fft_bands else "skip"
+        unit = spec.block if self._features else spec.window_samples
+        # order-free features skip a NaN exactly as a gap (their windows are those of the valid samples)
+        self.interp_max = max(1, int(INTERP_FRACTION * unit)) if self.bridge and self.gap_mode != "skip" else 0
         self._skips: deque[int] = deque(maxlen=spec.window)  # samples left out while each step was assembled
         self._skip_pending = 0  # left out in the step being assembled
         self._ratelog = RateLimitedLog(log)
@@ -167,15 +183,39 @@ class Windower:
             self._raw.clear()
 
     def _bridge_over(self, n: int) -> bool:
-        """Leave ``n`` missing or invalid samples out without a restart, if the budget allows (else restart)."""
+        """Leave ``n`` missing or invalid samples out without a restart, if the representation and the budget allow
+        (else restart). With FFT bands the partial block is dropped too: a spectrum never spans the gap."""
         if self._run == 0 and self._pfill == 0:
             return True  # nothing assembled yet: nothing to bridge, nothing to restart
-        if 0 < n <= self.bridge:
-            self._skip_pending += n
-            self.counters.samples_bridged += n
+        lost = n + (self._pfill if self.gap_mode == "block" else 0)
+        if self.gap_mode != "none" and 0 < lost <= self.bridge:
+            if self.gap_mode == "block":
+                self._pfill = 0
+            self._skip_pending += lost
+            self.counters.samples_bridged += lost
             return True
         self.restart()
         return False
+
+    def _interpolate(self, x: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fill the runs of NaN rows of at most ``interp_max`` rows linearly from their valid neighbours in the frame;
+        returns (a copy of ``x`` with them filled, ``bad`` without them). Counted as bridged samples."""
+        rows = np.flatnonzero(bad)
+        starts = rows[np.r_[0, np.flatnonzero(np.diff(rows) > 1) + 1]]
+        ends = rows[np.r_[np.flatnonzero(np.diff(rows) > 1), len(rows) - 1]] + 1
+        short = [(a, b) for a, b in zip(starts, ends, strict=True) if b - a <= self.interp_max]
+        good = np.flatnonzero(~bad)
+        if not short or not len(good):
+            return x, bad
+        x, bad = x.copy(), bad.copy()
+        idx = np.arange(len(x))
+        fill = np.concatenate([idx[a:b] for a, b in short])
+        for c in range(x.shape[1]):
+            x[fill, c] = np.interp(fill, good, x[good, c])
+        bad[fill] = False
+        self._skip_pending += len(fill)
+        self.counters.samples_bridged += len(fill)
+        return x, bad
 
     def reset_sequence(self) -> None:
         """Restart and forget the expected sequence number (the next frame starts a new stream)."""
@@ -231,6 +271,13 @@ class Windower:
         breaks = np.flatnonzero(np.diff(rows) > 1)
         nan_only = self.bridge and not frame.saturated and (self.value_range is None or not bool(
             (np.abs(np.nan_to_num(x[rows], nan=0.0)) > self.value_range).any()))
+        if nan_only and self.interp_max:
+            x, bad = self._interpolate(x, bad)
+            if not bad.any():
+                self._feed(x, 0, n, frame, emit)
+                return c.windows - before
+            rows = np.flatnonzero(bad)
+            breaks = np.flatnonzero(np.diff(rows) > 1)
         for a, b in zip(rows[np.r_[0, breaks + 1]], rows[np.r_[breaks, len(rows) - 1]] + 1, strict=True):
             if a > start:  # rows a..b-1 are one run of invalid rows
                 self._feed(x, start, int(a), frame, emit)

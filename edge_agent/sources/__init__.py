@@ -6,6 +6,13 @@ puts them into a bounded queue; ``read(timeout)`` hands them to the one consumin
 ``stop()`` ends the reader; ``counters`` says what came in and what was dropped. A source never
 raises on bad input: bad bytes, lines and payloads are counted, logged at a rate limit and skipped,
 and a port or broker that goes away is reopened with a capped backoff.
+
+Fairness: every source's reader has its own thread (a serial reader, or the network thread of the sensor's own
+MQTT connection) and an :class:`IntakeBudget`, a share of one core it may spend reading and decoding. A sensor
+that floods (too many messages, huge payloads, garbage at full USB speed) exhausts its budget and its reader
+pauses: the pause backs up into its own port or into the broker's queue for its own connection, where the
+excess is lost — its own samples, never another sensor's. The time paused is counted (``throttled_s``) and
+the sensor's health says it floods.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Protocol, Self, runtime_checkable
 
 from edge_agent.contract import wire
@@ -38,6 +46,40 @@ class SampleSource(Protocol):
     def counters(self) -> SourceCounters: ...
 
 
+class IntakeBudget:
+    """A token bucket of CPU seconds for one reader thread: ``share`` of a core on average, bursts of ``burst_s``
+    seconds' worth. ``spend()`` is called by the reader thread once per message or read: it charges the thread's
+    CPU time since the last call and, while the bucket is in debt, sleeps (the reader stops reading: back
+    pressure on this source alone). ``stop`` ends a sleep at once."""
+
+    def __init__(self, share: float = 0.25, burst_s: float = 2.0, stop: threading.Event | None = None) -> None:
+        self.share = float(share)
+        self.capacity = self.share * float(burst_s)
+        self.tokens = self.capacity
+        self.stop = stop or threading.Event()
+        self.throttled_s = 0.0  # seconds the reader paused
+        self.throttles = 0  # pauses
+        self._cpu: float | None = None
+        self._wall: float | None = None
+
+    def spend(self) -> None:
+        cpu, wall = time.thread_time(), time.monotonic()
+        if self._cpu is None:
+            self._cpu, self._wall = cpu, wall
+            return
+        self.tokens = min(self.capacity, self.tokens + (wall - self._wall) * self.share) - (cpu - self._cpu)
+        self._cpu, self._wall = cpu, wall
+        if self.tokens >= 0 or self.share <= 0:
+            return
+        pause = min(-self.tokens / self.share, 1.0)
+        self.throttles += 1
+        self.stop.wait(pause)
+        self.throttled_s += pause
+        self._wall = time.monotonic()
+        self.tokens += pause * self.share
+        self._cpu = time.thread_time()
+
+
 class QueueSource:
     """Base of the sources: a bounded frame queue filled by a producer thread, drained by ``read``.
 
@@ -45,15 +87,24 @@ class QueueSource:
     (queue full: the consumer fell behind), ``reconnects``.
     """
 
-    def __init__(self, queue_frames: int = 1024, wake: threading.Event | None = None) -> None:
+    def __init__(self, queue_frames: int = 1024, wake: threading.Event | None = None,
+                 intake_cpu: float = 0.25) -> None:
         self._queue: queue.Queue[wire.Frame] = queue.Queue(maxsize=queue_frames)
         self._wake = wake  # set whenever a frame is queued (the gateway's scoring loop waits on it)
         self._stop = threading.Event()
+        self.budget = IntakeBudget(intake_cpu, stop=self._stop)
+        self.samples_dropped = 0  # samples of the frames dropped for a full queue
         self.bytes = 0
         self.frames = 0
         self.frames_dropped = 0
         self.reconnects = 0
         self._ratelog = RateLimitedLog(log)
+
+    def _intake(self) -> dict:
+        """The counters every source has (for its ``counters``)."""
+        return {"bytes": self.bytes, "frames": self.frames, "frames_dropped": self.frames_dropped,
+                "samples_dropped": self.samples_dropped, "intake_throttled_s": round(self.budget.throttled_s, 3),
+                "intake_throttles": self.budget.throttles, "reconnects": self.reconnects}
 
     def start(self) -> None:
         raise NotImplementedError
@@ -79,6 +130,7 @@ class QueueSource:
                 self._wake.set()
         except queue.Full:
             self.frames_dropped += 1
+            self.samples_dropped += frame.n_samples
             self._warn("queue", "frame queue full: the scorer is behind, frames dropped (%d so far)", self.frames_dropped)
 
     def read(self, timeout: float) -> list[wire.Frame]:

@@ -1,8 +1,10 @@
 """MQTT source: frames published on a sensor's samples topic (binary frames, wire JSON, or the sensor's own JSON).
 
-The source does not own a connection: it subscribes its topic on the gateway's one
-:class:`edge_agent.mqtt_client.MqttConnection` (paho-mqtt 2.x), which re-subscribes on every reconnect
-and routes each topic's messages to its own source. The message handler is thin: a size check, then
+In the gateway every MQTT sensor has a connection of its own (``own_connection``: started and stopped with the
+source; client id ``<gateway client id>-<device>``), so the broker keeps one queue per sensor and a sensor that
+floods fills only its own: with one shared connection a flooding sensor made the broker drop the others'
+messages. The handler runs on that connection's network thread under the source's ``IntakeBudget`` (its pauses
+back up into the broker's queue for this sensor alone), and is thin: a size check, then
 ``wire.PayloadDecoder.decode`` and ``put_nowait``. A payload longer than the largest valid one is refused
 unparsed (``oversized_payloads``), a malformed one is counted in ``bad_payloads``; both are skipped, and a
 full queue counts ``frames_dropped``.
@@ -40,6 +42,8 @@ class MqttSource(QueueSource):
         decoder: how payloads become frames (default: the wire payloads, ``wire.PayloadDecoder()``).
         queue_frames: bound of the frame queue.
         wake: set whenever a frame is queued.
+        intake_cpu: share of a core this source's decoding may use (``IntakeBudget``).
+        own_connection: start and stop ``connection`` with the source (the gateway gives each sensor its own).
     """
 
     def __init__(
@@ -51,11 +55,14 @@ class MqttSource(QueueSource):
         decoder: wire.PayloadDecoder | None = None,
         queue_frames: int = 1024,
         wake: threading.Event | None = None,
+        intake_cpu: float = 0.25,
+        own_connection: bool = False,
     ) -> None:
-        super().__init__(queue_frames, wake)
+        super().__init__(queue_frames, wake, intake_cpu)
         self.topic = topic
         self.qos = qos
         self.connection = connection
+        self.own_connection = own_connection
         self.decoder = decoder or wire.PayloadDecoder()
         self.bad_payloads = 0
         self.oversized_payloads = 0
@@ -69,20 +76,28 @@ class MqttSource(QueueSource):
                             "(count-based windows), so a lost message cannot be detected as a gap", self.topic)
             self.connection.subscribe(self.topic, self.qos, self._on_message)
             self._subscribed = True
+        self._stop.clear()
+        if self.own_connection:
+            self.connection.start()
 
     def stop(self) -> None:
-        """Nothing to stop: the connection belongs to the gateway."""
+        """Stop taking messages (and disconnect, when the connection is the source's own)."""
+        self._stop.set()
+        if self.own_connection:
+            self.connection.stop()
 
     @property
     def counters(self) -> SourceCounters:
-        return SourceCounters(
-            bytes=self.bytes, messages=self.messages, frames=self.frames, frames_dropped=self.frames_dropped,
-            bad_payloads=self.bad_payloads, oversized_payloads=self.oversized_payloads,
-            reconnects=max(0, self.connection.connects - 1), gaps_detectable=not self.decoder.counted,
-        )
+        return SourceCounters(**self._intake() | {
+            "messages": self.messages, "bad_payloads": self.bad_payloads,
+            "oversized_payloads": self.oversized_payloads, "reconnects": max(0, self.connection.connects - 1),
+            "gaps_detectable": not self.decoder.counted})
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         """Runs on paho's network thread: size check, decode, queue, count; nothing slow, never raises."""
+        if self._stop.is_set():
+            return  # stopping: what is still in the socket is not decoded
+        self.budget.spend()
         self.messages += 1
         self.bytes += len(msg.payload)
         try:

@@ -33,6 +33,8 @@ class SerialSource(QueueSource):
         read_timeout_s: longest a read blocks (bounds how fast ``stop`` is noticed).
         reopen_max_s: cap of the reopen backoff (starting at 0.1 s, doubling).
         queue_frames: bound of the frame queue.
+        intake_cpu: share of a core the reader may spend decoding (``IntakeBudget``): a node that floods the port
+            is paused, its excess lost in its own port buffer.
 
     Counters (``counters``): bytes, frames, frames_dropped, crc_errors, bad_headers,
     bytes_discarded, bad_lines, reconnects (successful reopens after the first open),
@@ -49,8 +51,9 @@ class SerialSource(QueueSource):
         reopen_max_s: float = 5.0,
         queue_frames: int = 1024,
         wake: threading.Event | None = None,
+        intake_cpu: float = 0.25,
     ) -> None:
-        super().__init__(queue_frames, wake)
+        super().__init__(queue_frames, wake, intake_cpu)
         if format not in ("binary", "csv"):
             raise ValueError(f"serial format must be 'binary' or 'csv', got {format!r}")
         self.port = port
@@ -85,12 +88,10 @@ class SerialSource(QueueSource):
     @property
     def counters(self) -> SourceCounters:
         d = self._decoder
-        return SourceCounters(
-            bytes=self.bytes, frames=self.frames, frames_dropped=self.frames_dropped,
-            crc_errors=getattr(d, "crc_errors", 0), bad_headers=getattr(d, "bad_headers", 0),
-            bytes_discarded=d.bytes_discarded, bad_lines=getattr(d, "bad_lines", 0), reconnects=self.reconnects,
-            open_failures=self.open_failures, read_errors=self.read_errors + self.decoder_errors,
-        )
+        return SourceCounters(**self._intake() | {
+            "crc_errors": getattr(d, "crc_errors", 0), "bad_headers": getattr(d, "bad_headers", 0),
+            "bytes_discarded": d.bytes_discarded, "bad_lines": getattr(d, "bad_lines", 0),
+            "open_failures": self.open_failures, "read_errors": self.read_errors + self.decoder_errors})
 
     # ------------------------------------------------------------------ reader thread
     def _run(self) -> None:
@@ -126,6 +127,7 @@ class SerialSource(QueueSource):
                 return
             if data:
                 self.consume(data)
+                self.budget.spend()
 
     def consume(self, data: bytes) -> None:
         """Decode bytes read from the port and queue the frames; never raises (the reader thread's hot path)."""

@@ -57,3 +57,29 @@ def degrading_samples(tmp_path_factory) -> np.ndarray:
         src = signals.make_source("bearing", state="degrading", preset="ims", seed=2, life_s=LIFE_S)
         np.save(path, signals.generate(src, int(RATE * LIFE_S)))
     return np.load(path)
+
+
+@pytest.fixture(scope="session")
+def bands_bundle(tmp_path_factory) -> Path:
+    """A bundle with the representation the trainer picks by default for raw vibration (``trainer.recipe``):
+    rms, kurtosis, peak, crest and octave-band energies (FFT) per block of a tenth of a snapshot; short training."""
+    root = tmp_path_factory.getbasetemp() / "bands-bundle"
+    bundle = root / "bundle"
+    if (bundle / MANIFEST_FILE).exists():
+        return bundle
+    from firmware_sim import signals
+    from trainer.model import ModelConfig
+    from trainer.pipeline import TrainOptions, run
+    from trainer.recipe import FEATURES, octave_bands
+    from trainer.train import FitConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    healthy = signals.generate(signals.make_source("bearing", state="healthy", preset="ims", seed=1), RATE * 20)
+    np.save(root / "healthy.npy", healthy)
+    opts = TrainOptions(
+        data=root / "healthy.npy", out=bundle, format="npy", mode="features", window=10, hop=10, block=819,
+        features=FEATURES, fft_bands=octave_bands(RATE), load_options={"sample_rate": RATE},
+        model=ModelConfig(architecture="conv1d", units=(16, 8), latent=4),
+        fit=FitConfig(epochs=20, batch_size=16, patience=5), quantize="int8", latency_windows=50, model_id="test-bands",
+    )
+    return run(opts).bundle

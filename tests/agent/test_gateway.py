@@ -138,17 +138,18 @@ def test_a_sensor_with_a_broken_bundle_waits_for_a_good_one_while_the_others_run
     assert agent.status()["sensors"]["fan-9"]["state"] == "online"
 
 
-def test_one_process_uses_one_mqtt_connection(tmp_path, mosquitto, agent_bundle):
+def test_each_mqtt_sensor_has_its_own_connection_and_the_rest_share_the_gateways(tmp_path, mosquitto, agent_bundle):
+    """A broker keeps one queue per client: an MQTT sensor that floods must fill only its own (issue 14, break 2).
+    Alerts, status, uploads and rollouts share the gateway's one connection (its last will marks it offline)."""
     links = {"pump-1": PtyLink(tmp_path / "tty1"), "pump-2": PtyLink(tmp_path / "tty2")}
     cfg_path = _gateway_config(tmp_path, mosquitto, links, {"default": str(agent_bundle), "fan-9": str(agent_bundle)})
     agent = Agent(load_config(cfg_path))
     try:
-        conns = {id(agent.connection)} | {id(getattr(s.source, "connection", agent.connection)) for s in agent.sensors}
-        for s in agent.sensors:
-            for sink in s.dispatcher.sinks:
-                if hasattr(sink, "connection"):
-                    conns.add(id(sink.connection))
-        assert len(conns) == 1
+        sinks = {id(sink.connection) for s in agent.sensors for sink in s.dispatcher.sinks if hasattr(sink, "connection")}
+        assert sinks == {id(agent.connection)}
+        (fan,) = [s for s in agent.sensors if s.cfg.source.kind == "mqtt"]
+        assert fan.source.connection is not agent.connection and fan.source.own_connection
+        assert fan.source.connection.client_id == f"{agent.cfg.client_id}-fan-9"
     finally:
         agent.close()
         for link in links.values():

@@ -9,7 +9,6 @@ import os
 import sqlite3
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
