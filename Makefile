@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/bench_web.py
 	$(PY) bench/bench_payloads.py
 	$(PY) bench/bench_sensors.py
+	$(PY) bench/bench_flood.py
 	$(PY) bench/bench_fleet.py
 
 # Detection benchmark (not CI): default options on the shared data, the gateway's pipeline, baselines.

@@ -121,7 +121,7 @@ class Source:
     queue_frames: int = field(default=1024, metadata=_rng(8, 1_000_000))
     sample_rate: float | None = field(default=None, metadata=_rng(0.001, 10_000_000.0))  # Hz, if the bundle has none
     burst: bool | None = None  # sends snapshots (sequence may restart per burst); unset: recognised when it happens
-    intake_cpu: float = field(default=0.25, metadata=_rng(0.01, 1.0))  # share of a core its reading may use
+    intake_cpu: float = field(default=0.1, metadata=_rng(0.01, 1.0))  # share of a core its reading may use
 
 
 @dataclass(frozen=True)

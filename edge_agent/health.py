@@ -235,16 +235,16 @@ class HealthMonitor:
         t0, a, judged0 = h[0]
         span = now - t0
         expected, lost = c.expected() - a.expected(), c.lost() - a.lost()
-        if span < min(self.coverage_s, 5.0) or expected < window_samples:
-            self.coverage = None
+        self.coverage = max(0.0, 1.0 - lost / expected) if expected >= window_samples else None
+        paused = c.throttled_s - a.throttled_s
+        if span >= min(self.coverage_s, 5.0) and paused > FLOOD_SHARE * span:
+            lost_part = "" if self.coverage is None else f", {_percent(1 - self.coverage)} of its samples lost"
+            return ("flooding", f"the sensor sends more than its intake budget decodes: reading paused "
+                    f"{_percent(paused / span)} of the last {span:.0f} s{lost_part} (check the node's rate and "
+                    f"payload size; source.intake_cpu)", self._wall() - span)
+        if span < min(self.coverage_s, 5.0) or self.coverage is None:
             s = self.state
             return (s.state, s.reason, s.since) if s.state in ("partial", "flooding") else ("ok", "", None)
-        self.coverage = max(0.0, 1.0 - lost / expected)
-        paused = c.throttled_s - a.throttled_s
-        if paused > FLOOD_SHARE * span:
-            return ("flooding", f"the sensor sends more than its intake budget decodes: reading paused "
-                    f"{_percent(paused / span)} of the last {span:.0f} s, {_percent(1 - self.coverage)} of its samples "
-                    f"lost (check the node's rate and payload size; source.intake_cpu)", self._wall() - span)
         if self.coverage < self.min_coverage and judged > judged0:
             return ("partial", f"only {_percent(self.coverage)} of the samples of the last {span:.0f} s reached a scored "
                     f"window: {self._why_lost(a, c)}", self._wall() - span)

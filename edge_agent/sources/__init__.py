@@ -52,7 +52,7 @@ class IntakeBudget:
     CPU time since the last call and, while the bucket is in debt, sleeps (the reader stops reading: back
     pressure on this source alone). ``stop`` ends a sleep at once."""
 
-    def __init__(self, share: float = 0.25, burst_s: float = 2.0, stop: threading.Event | None = None) -> None:
+    def __init__(self, share: float = 0.1, burst_s: float = 2.0, stop: threading.Event | None = None) -> None:
         self.share = float(share)
         self.capacity = self.share * float(burst_s)
         self.tokens = self.capacity
@@ -88,7 +88,7 @@ class QueueSource:
     """
 
     def __init__(self, queue_frames: int = 1024, wake: threading.Event | None = None,
-                 intake_cpu: float = 0.25) -> None:
+                 intake_cpu: float = 0.1) -> None:
         self._queue: queue.Queue[wire.Frame] = queue.Queue(maxsize=queue_frames)
         self._wake = wake  # set whenever a frame is queued (the gateway's scoring loop waits on it)
         self._stop = threading.Event()

@@ -55,7 +55,7 @@ class MqttSource(QueueSource):
         decoder: wire.PayloadDecoder | None = None,
         queue_frames: int = 1024,
         wake: threading.Event | None = None,
-        intake_cpu: float = 0.25,
+        intake_cpu: float = 0.1,
         own_connection: bool = False,
     ) -> None:
         super().__init__(queue_frames, wake, intake_cpu)

@@ -51,7 +51,7 @@ class SerialSource(QueueSource):
         reopen_max_s: float = 5.0,
         queue_frames: int = 1024,
         wake: threading.Event | None = None,
-        intake_cpu: float = 0.25,
+        intake_cpu: float = 0.1,
     ) -> None:
         super().__init__(queue_frames, wake, intake_cpu)
         if format not in ("binary", "csv"):
