@@ -1,17 +1,28 @@
 """The gateway's read-only web endpoint: a status page, its JSON, and Prometheus metrics.
 
-Standard library only (``http.server.ThreadingHTTPServer`` in a daemon thread); nothing is fetched at run
-time: the page, its script and its style are package resources (``edge_agent/static``) and the chart is
-drawn in the browser as inline SVG from ``/api/status``, polled every two seconds::
+Standard library only; nothing is fetched at run time: the page, its script and its style are package resources
+(``edge_agent/static``) and the chart is drawn in the browser as inline SVG from ``/api/status``, polled every
+two seconds::
 
     GET /                  the status page (static/status.html, status.js, status.css)
     GET /api/status        {"gateway": {...}, "sensors": {device: status + "history"}, "time": unix s}
     GET /metrics           Prometheus text format 0.0.4 (edge_agent.metrics)
 
-Read-only: any other method is answered 405. Bounded: at most ``MAX_CLIENTS`` requests are served at
-once (others are closed at once), a client has ``REQUEST_TIMEOUT_S`` to send its request. When listening on
-a loopback address, requests must name a loopback host (``Host: localhost:9847``, ``127.0.0.1``, ``[::1]``):
-a web page elsewhere cannot read the gateway through DNS rebinding.
+Read-only: any other method is answered 405. When listening on a loopback address, requests must name a
+loopback host (``Host: localhost:9847``, ``127.0.0.1``, ``[::1]``): a web page elsewhere cannot read the gateway
+through DNS rebinding.
+
+Bounded, and no client can lock the others out::
+
+    accept ─► one selector thread reads every request head, non-blocking, each within HEAD_TIMEOUT_S of its
+              connection (a client that sends a byte every few seconds is cut off, counted in slow_clients);
+              at most MAX_PENDING connections wait for their head (beyond, the oldest is closed);
+              a head larger than MAX_HEAD is refused (431)
+           ─► complete requests ─► MAX_CLIENTS worker threads answer them (503 when all are busy and
+              MAX_QUEUED wait), then close the connection
+
+A slow or idle client holds a few bytes of the selector, never a worker, so ``/metrics`` is answered under
+slowloris. A client that resets before reading is one counted (``client_resets``), rate-limited log line.
 
 The numbers come from ``source``: an object with ``snapshot() -> (status document, its age in seconds)``,
 ``histories() -> {device: SensorHistory}`` and ``queue_capacity() -> {device: frames}`` (the agent).
@@ -19,25 +30,36 @@ The numbers come from ``source``: an object with ``snapshot() -> (status documen
 
 from __future__ import annotations
 
+import contextlib
+import io
 import ipaddress
 import json
 import logging
 import math
+import queue
+import selectors
 import socket
+import socketserver
 import threading
 import time
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from edge_agent import metrics
+from edge_agent.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-MAX_CLIENTS = 8
-REQUEST_TIMEOUT_S = 10.0
+MAX_CLIENTS = 4  # requests answered at once (worker threads)
+MAX_QUEUED = 32  # complete requests waiting for a worker (beyond: 503)
+MAX_PENDING = 256  # connections still sending their request head
+HEAD_TIMEOUT_S = 5.0  # from accept to the end of the head
+MAX_HEAD = 16 * 1024
+WRITE_TIMEOUT_S = 10.0
 STATIC = {
     "/": ("status.html", "text/html; charset=utf-8"),
     "/static/status.js": ("status.js", "text/javascript; charset=utf-8"),
@@ -88,10 +110,22 @@ def _static(name: str) -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """Answers one request whose head the selector already read (``rfile`` is that head)."""
+
     server: _Server
-    timeout = REQUEST_TIMEOUT_S
     server_version = "edge-agent"
     sys_version = ""
+    protocol_version = "HTTP/1.0"  # one request per connection
+
+    def __init__(self, sock: socket.socket, client: Any, server: _Server, head: bytes) -> None:
+        self._head = head
+        super().__init__(sock, client, server)
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        self.rfile = io.BytesIO(self._head)
+        self.wfile = socketserver._SocketWriter(self.connection)  # type: ignore[attr-defined]
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._respond(head=False)
@@ -142,6 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
         for k, v in (SECURITY_HEADERS | (extra or {})).items():
             self.send_header(k, v)
         self.end_headers()
@@ -152,17 +187,54 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("web %s: " + format, self.address_string(), *args)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+@dataclass
+class _Pending:
+    """A connection whose request head is still arriving."""
+
+    sock: socket.socket
+    address: Any
+    since: float
+    data: bytearray = field(default_factory=bytearray)
+
+
+class _Server:
+    """The listening socket, the head-reading selector thread and the worker threads (see the module docstring)."""
 
     def __init__(self, address: tuple[str, int], source: StatusSource) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address = address
         self.source = source
         self.loopback = ipaddress.ip_address(address[0]).is_loopback
-        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self.requests = self.refused = self.errors = self.overloaded = 0
-        super().__init__(address, _Handler)
+        self.slow_clients = self.client_resets = self.oversized = 0
+        self._ratelog = RateLimitedLog(log)
+        self._stop = threading.Event()
+        self._listener: socket.socket | None = None
+        self._work: queue.Queue[tuple[socket.socket, Any, bytes] | None] = queue.Queue(MAX_QUEUED)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def server_address(self) -> tuple:
+        return self._listener.getsockname() if self._listener is not None else self.address
+
+    def start(self) -> None:
+        """Bind and listen (OSError when the address cannot be had), then start the threads."""
+        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+        self._listener = socket.create_server(self.address, family=family, backlog=128, reuse_port=False)
+        self._listener.setblocking(False)
+        self._threads = [threading.Thread(target=self._select, name="web", daemon=True)] + [
+            threading.Thread(target=self._serve, name=f"web-{i}", daemon=True) for i in range(MAX_CLIENTS)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for _ in range(MAX_CLIENTS):
+            with contextlib.suppress(queue.Full):
+                self._work.put_nowait(None)
+        for t in self._threads:
+            t.join(5)
+        if self._listener is not None:
+            self._listener.close()
 
     def host_allowed(self, host: str | None) -> bool:
         """Any host when listening on the network; a loopback name or address when listening on loopback."""
@@ -179,22 +251,114 @@ class _Server(ThreadingHTTPServer):
         except ValueError:
             return False
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.overloaded += 1
-            self.shutdown_request(request)
+    # ------------------------------------------------------------------ the selector thread
+    def _select(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ)
+        pending: dict[socket.socket, _Pending] = {}
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.2):
+                    if key.fileobj is self._listener:
+                        self._accept(sel, pending)
+                    else:
+                        self._read(sel, pending, pending.get(key.fileobj))
+                now = time.monotonic()
+                for p in [p for p in pending.values() if now - p.since > HEAD_TIMEOUT_S]:
+                    self.slow_clients += 1
+                    self._drop(sel, pending, p)
+        except Exception:  # never lose the page over one client
+            self.errors += 1
+            log.exception("web: the request reader failed; the page is down until the agent restarts")
+        finally:
+            for p in list(pending.values()):
+                self._drop(sel, pending, p)
+            sel.close()
+
+    def _accept(self, sel: selectors.BaseSelector, pending: dict) -> None:
+        for _ in range(64):
+            try:
+                sock, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, ...: counted, the listener stays
+                self.errors += 1
+                self._ratelog.log(logging.ERROR, "accept", "web: accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            if len(pending) >= MAX_PENDING:  # the oldest waiting head goes: a flood cannot keep newcomers out
+                self.overloaded += 1
+                self._drop(sel, pending, min(pending.values(), key=lambda p: p.since))
+            pending[sock] = _Pending(sock, address, time.monotonic())
+            sel.register(sock, selectors.EVENT_READ)
+
+    def _read(self, sel: selectors.BaseSelector, pending: dict, p: _Pending | None) -> None:
+        if p is None:
             return
         try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+            chunk = p.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.client_resets += 1
+            self._drop(sel, pending, p)
+            return
+        if not chunk:
+            self._drop(sel, pending, p)
+            return
+        p.data += chunk
+        if b"\r\n\r\n" not in p.data and b"\n\n" not in p.data:
+            if len(p.data) > MAX_HEAD:
+                self.oversized += 1
+                sel.unregister(p.sock)
+                del pending[p.sock]
+                self._reply_and_close(p.sock, b"HTTP/1.0 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n")
+            return
+        sel.unregister(p.sock)
+        del pending[p.sock]
         try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+            self._work.put_nowait((p.sock, p.address, bytes(p.data)))
+        except queue.Full:
+            self.overloaded += 1
+            self._reply_and_close(p.sock, b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+
+    def _drop(self, sel: selectors.BaseSelector, pending: dict, p: _Pending) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(p.sock)
+        pending.pop(p.sock, None)
+        with contextlib.suppress(OSError):
+            p.sock.close()
+
+    @staticmethod
+    def _reply_and_close(sock: socket.socket, response: bytes) -> None:
+        with contextlib.suppress(OSError):
+            sock.send(response)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    # ------------------------------------------------------------------ the workers
+    def _serve(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None or self._stop.is_set():
+                return
+            sock, address, head = item
+            try:
+                sock.setblocking(True)
+                _Handler(sock, address, self, head)
+            except (ConnectionError, TimeoutError, OSError) as exc:  # the client went away or stopped reading
+                self.client_resets += 1
+                self._ratelog.log(logging.INFO, "reset", "web: client %s went away before reading its answer "
+                                  "(%s); %d so far", address[0] if address else "?", type(exc).__name__,
+                                  self.client_resets)
+            except Exception:
+                self.errors += 1
+                self._ratelog.log(logging.ERROR, "handler", "web: a request failed", exc_info=True)
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
 
 
 class StatusServer:
@@ -207,7 +371,6 @@ class StatusServer:
         self.requested_port = port
         self.error: str | None = None
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int | None:
@@ -223,28 +386,25 @@ class StatusServer:
 
     def start(self) -> bool:
         """Bind and serve; False (logged, ``error`` set) when the address cannot be had."""
+        server = _Server((self.listen, self.requested_port), self.source)
         try:
-            self._server = _Server((self.listen, self.requested_port), self.source)
+            server.start()
         except OSError as exc:
             self.error = f"cannot listen on {self.listen}:{self.requested_port}: {exc.strerror or exc}"
             log.error("status page and /metrics disabled: %s (set [http] port, or enabled = false)", self.error)
             return False
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="web", daemon=True)
-        self._thread.start()
+        self._server = server
         log.info("status page at %s, Prometheus metrics at %smetrics", self.url, self.url)
         return True
 
     def stop(self) -> None:
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._server.stop()
         self._server = None
 
     def status(self) -> dict:
         s = self._server
         return {"url": self.url, "error": self.error} | ({} if s is None else {
-            "requests": s.requests, "refused": s.refused, "errors": s.errors, "overloaded": s.overloaded})
+            "requests": s.requests, "refused": s.refused, "errors": s.errors, "overloaded": s.overloaded,
+            "slow_clients": s.slow_clients, "client_resets": s.client_resets, "oversized": s.oversized})

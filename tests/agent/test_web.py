@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
 import socket
+import struct
 import time
 
 import pytest
 
+from edge_agent import web
 from edge_agent.agent import Agent
 from edge_agent.alerts import AlertEvent, WindowResult
 from edge_agent.config import config_from_dict
 from edge_agent.contract.errors import ConfigError
 from edge_agent.history import SensorHistory
-from edge_agent.web import MAX_CLIENTS, StatusServer, json_safe
+from edge_agent.web import StatusServer, json_safe
 from firmware_sim.link import PtyLink
 from tests.agent.gateway_helpers import gateway_config, running
 from tests.agent.pipeline_helpers import frames_of
@@ -88,16 +91,42 @@ def test_read_only_and_loopback_only(agent):
     assert counters["refused"] >= 7 and counters["errors"] == 0
 
 
-def test_clients_are_bounded_and_cannot_starve_it(agent):
+def test_slow_idle_and_resetting_clients_cannot_lock_the_page_out(agent, monkeypatch, capfd):
+    """Issue 14, break 10: 8 clients sending one header byte every 4 s left 0 of 20 /metrics requests answered in
+    40 s; 200 idle connections locked the page out for 10 s; clients that reset before reading printed 5,400 lines
+    of traceback. Now heads are read by one selector within HEAD_TIMEOUT_S, workers only see complete requests."""
+    monkeypatch.setattr(web, "HEAD_TIMEOUT_S", 1.5)
     port = agent.web.port
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(MAX_CLIENTS)]
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
     try:
-        # every slot is held by a client that sends nothing: the next one is closed at once, not queued
-        assert wait_for(lambda: _refused(port) and agent.web.status()["overloaded"] > 0, 10)
+        t0 = time.monotonic()
+        answered = 0
+        for i in range(20):
+            for s in slow:  # slowloris: one byte of a header at a time, forever
+                with contextlib.suppress(OSError):
+                    s.send(b"GET /metrics HTTP/1.1\r\nX-a: "[i % 20:i % 20 + 1])
+            answered += _get(port, "/metrics")[0] == 200
+        assert answered == 20 and time.monotonic() - t0 < 10, f"{answered} of 20 answered"
+        assert wait_for(lambda: agent.web.status()["slow_clients"] >= 208, 10), agent.web.status()
     finally:
-        for s in idle:
+        for s in slow + idle:
             s.close()
+    for _ in range(200):  # clients that reset before reading their answer
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        s.close()  # RST
     assert wait_for(lambda: _ok(port), 10)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("\n") < 20, err[-2000:]
+
+
+def test_a_head_too_large_is_refused(agent):
+    with socket.create_connection(("127.0.0.1", agent.web.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n" + b"X-long: " + b"a" * (web.MAX_HEAD + 100))
+        assert s.recv(100).startswith(b"HTTP/1.0 431")
+    assert agent.web.status()["oversized"] == 1 and _ok(agent.web.port)
 
 
 def _refused(port: int) -> bool:
