@@ -257,6 +257,20 @@ STATUS_COLUMNS = ("state", "health", "alert_state", "threshold", "last_score", "
                   "frames_dropped", "gaps", "crc_errors", "bad_payloads", "inference_ms_p99", "model_version")
 
 
+@main.command("broker-acl")
+@click.option("--config", "config", required=True, type=click.Path(path_type=Path), help="The agent's config.")
+@click.option("--side", type=click.Choice(["local", "central"]), default="local", show_default=True,
+              help="local: the ACL of the broker on this gateway; central: this gateway's lines of the central "
+                   "broker's ACL.")
+@click.option("--services", is_flag=True, help="central: add the collectors' and the publisher's lines.")
+def broker_acl(config: Path, side: str, services: bool) -> None:
+    """Print the mosquitto ACL (acl_file) that lets every client act only for the devices it owns."""
+    from edge_agent import acl
+
+    cfg = _load(config)
+    click.echo(acl.local(cfg) if side == "local" else acl.central(cfg, services), nl=False)
+
+
 @main.command()
 @click.option("--config", "config", type=click.Path(path_type=Path), help="Read the status file named in the config.")
 @click.option("--file", "file", type=click.Path(path_type=Path), help="Status file to print.")

@@ -80,7 +80,9 @@ def run(cmd: list, log: Path | None = None, *, may_refuse: bool = False, **kwarg
 def bridge_conf(gateway: str, central: Broker) -> str:
     text = (REPO / "examples" / "mosquitto-bridge.conf").read_text()
     keep = [ln for ln in text.splitlines()
-            if not re.match(r"\s*(listener|persistence|persistence_location|autosave_interval|allow_anonymous)\b", ln)]
+            if not re.match(r"\s*(listener|persistence|persistence_location|autosave_interval|allow_anonymous|"
+                            r"password_file|acl_file|local_username|local_password|remote_username|remote_password)\b",
+                            ln)]  # the demo's brokers are anonymous on loopback; the tests run the example's ACLs
     conf = re.sub(r"(?m)^address .*$", f"address {central.host}:{central.port}", "\n".join(keep))
     conf = re.sub(r"(?m)^restart_timeout .*$", "restart_timeout 1 5", conf)
     return "allow_anonymous true\n" + conf.replace("GATEWAY-ID", gateway) + "\n"

@@ -24,12 +24,14 @@ class CollectorThread:
     """``collect`` into ``out`` on a thread until :meth:`stop`; waits until the broker granted its subscription.
     ``options`` go to ``CollectOptions`` (``key`` defaults to ``COLLECTOR_KEY``: receipts on)."""
 
-    def __init__(self, address: tuple[str, int], out: Path, flush_s: float = 0.2, **options) -> None:
+    def __init__(self, address: tuple[str, int], out: Path, flush_s: float = 0.2, username: str | None = None,
+                 password: str | None = None, **options) -> None:
         self.out = out
         options = {"key": COLLECTOR_KEY, "flush_s": flush_s} | options
         self.opts = CollectOptions(out=out, **options)
         self.connection = MqttConnection(*address, self.opts.cid, session_expiry_s=self.opts.session_expiry_s,
-                                         receive_maximum=self.opts.receive_maximum, manual_ack=True)
+                                         receive_maximum=self.opts.receive_maximum, manual_ack=True,
+                                         username=username, password=password)
         self.stop_event, self.subscribed = threading.Event(), threading.Event()
         self.stats: CollectStats | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -1,0 +1,86 @@
+"""The brokers' access control for one gateway, generated from its config (``edge-agent broker-acl``).
+
+Who may publish and subscribe where is the first trust boundary (docs: the threat model); mosquitto enforces it
+with ``password_file`` (no anonymous clients) and ``acl_file``. The ACLs name every topic of every sensor, so a
+client can only act for the devices it owns:
+
+* ``local``, the broker on the gateway: the agent (``[mqtt] username``, default ``edge-agent``) reads its sensors'
+  samples, receipts, rollouts and the bridge's state, and writes its sensors' alert, health, notice, status,
+  upload and rollout-state topics and the gateway's status; sensor nodes (``sensor``) may only write their
+  samples; the bridge's local side (``bridge``: ``local_username`` in the bridge config) reads what crosses to
+  the centre and writes what comes back (rollouts, receipts); dashboards (``dashboard``) only read.
+* ``central``, this gateway's lines of the central broker's ACL: its bridge logs in as the gateway id
+  (``remote_username``) and may write only its own devices' topics, and read only its own devices' receipts and
+  rollouts. ``CENTRAL_SERVICES`` holds the lines of the collectors and the publisher, once per central broker.
+
+mosquitto 2.0 grants a wildcard subscription and filters each delivery by the reader's ACL: a bridge subscribed
+to ``vib/+/upload/receipt`` receives only its own devices' receipts.
+"""
+
+from __future__ import annotations
+
+from edge_agent.config import AgentConfig, MqttSource
+from edge_agent.contract import rollout, topics
+
+#: Users of the local broker besides the agent.
+SENSOR_USER, BRIDGE_USER, DASHBOARD_USER = "sensor", "bridge", "dashboard"
+#: The device topics the agent writes, and the bridge forwards to the centre.
+OUT_LEAVES = ("alert", "health", "notice", "status", "upload", "rollout")
+#: The lines of the central broker's ACL that are not per gateway.
+CENTRAL_SERVICES = """\
+# trainer collect (every collector logs in as "collector"): reads the uploads, writes the signed receipts
+user collector
+topic read vib/+/upload
+topic write vib/+/upload/receipt
+# trainer publish (the workstation): writes the signed rollouts, reads the gateways' rollout states
+user publisher
+topic readwrite vib/rollout/#
+topic read vib/+/rollout
+"""
+
+
+def _samples_topics(cfg: AgentConfig) -> list[str]:
+    return [(s.source.mqtt or MqttSource()).samples_topic(s.device) for s in cfg.sensors if s.source.kind == "mqtt"]
+
+
+def local(cfg: AgentConfig) -> str:
+    """The gateway broker's ACL (mosquitto ``acl_file`` syntax)."""
+    devices = [s.device for s in cfg.sensors]
+    gw = cfg.gateway
+    agent = (cfg.mqtt.username if cfg.mqtt and cfg.mqtt.username else None) or "edge-agent"
+    lines = [f"# the broker on gateway {gw} (`edge-agent broker-acl --side local`); mosquitto.conf: allow_anonymous "
+             f"false, password_file, acl_file", "", f"# the agent ([mqtt] username)", f"user {agent}"]
+    lines += [f"topic read {t}" for t in _samples_topics(cfg)]
+    for d in devices:
+        lines += [f"topic write {topics.device_topic(d, leaf)}" for leaf in OUT_LEAVES]
+        lines += [f"topic read {topics.receipt_topic(d)}", f"topic read vib/rollout/{rollout.target_of(d)}/#"]
+    lines += [f"topic read vib/rollout/{rollout.FLEET}/#", f"topic write {topics.gateway_topic(gw, 'status')}",
+              f"topic write {topics.gateway_topic(gw, 'availability')}",
+              f"topic read {cfg.uploads.uplink_topic or topics.bridge_topic(gw)}"]
+    if cfg.homeassistant.enabled:
+        lines.append(f"topic readwrite {cfg.homeassistant.discovery_prefix}/+/{gw}/+/config")
+    lines += ["", "# sensor nodes: their samples, nothing else", f"user {SENSOR_USER}"]
+    lines += [f"topic write {t}" for t in _samples_topics(cfg)]
+    lines += ["", "# the bridge's local side (local_username): out to the centre, and back", f"user {BRIDGE_USER}"]
+    for d in devices:
+        lines += [f"topic read {topics.device_topic(d, leaf)}" for leaf in OUT_LEAVES]
+        lines.append(f"topic write {topics.receipt_topic(d)}")
+    lines += [f"topic read vib/gateway/{gw}/#", "topic write vib/rollout/#", "",
+              "# dashboards (Home Assistant, Node-RED): read only", f"user {DASHBOARD_USER}", "topic read vib/#"]
+    if cfg.homeassistant.enabled:
+        lines.append(f"topic read {cfg.homeassistant.discovery_prefix}/#")
+    return "\n".join(lines) + "\n"
+
+
+def central(cfg: AgentConfig, services: bool = False) -> str:
+    """This gateway's lines of the central broker's ACL (its bridge's ``remote_username`` is the gateway id);
+    with ``services``, the collectors' and the publisher's lines too."""
+    gw = cfg.gateway
+    lines = [f"# gateway {gw}: its bridge logs in as {gw!r} (`edge-agent broker-acl --side central`)", f"user {gw}"]
+    for s in cfg.sensors:
+        d = s.device
+        lines += [f"topic write {topics.device_topic(d, leaf)}" for leaf in OUT_LEAVES]
+        lines += [f"topic read {topics.receipt_topic(d)}", f"topic read vib/rollout/{rollout.target_of(d)}/#"]
+    lines += [f"topic read vib/rollout/{rollout.FLEET}/#", f"topic write vib/gateway/{gw}/#",
+              f"topic write {topics.bridge_topic(gw)}"]
+    return ("\n".join(lines) + "\n") + (("\n" + CENTRAL_SERVICES) if services else "")
