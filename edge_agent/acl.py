@@ -49,7 +49,7 @@ def local(cfg: AgentConfig) -> str:
     gw = cfg.gateway
     agent = (cfg.mqtt.username if cfg.mqtt and cfg.mqtt.username else None) or "edge-agent"
     lines = [f"# the broker on gateway {gw} (`edge-agent broker-acl --side local`); mosquitto.conf: allow_anonymous "
-             f"false, password_file, acl_file", "", f"# the agent ([mqtt] username)", f"user {agent}"]
+             f"false, password_file, acl_file", "", "# the agent ([mqtt] username)", f"user {agent}"]
     lines += [f"topic read {t}" for t in _samples_topics(cfg)]
     for d in devices:
         lines += [f"topic write {topics.device_topic(d, leaf)}" for leaf in OUT_LEAVES]

@@ -479,15 +479,12 @@ def host_port(broker: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def connection_from_options(client_id: str, *, broker: str, username: str | None = None,
-                            password_file: Path | None = None, password_env: str | None = None,
-                            tls_ca: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
-                            **kwargs: Any) -> MqttConnection:
-    """The connection the ``broker_options`` describe; ValueError for a bad broker, a missing secret or a
-    certificate without its key. ``kwargs`` go to ``MqttConnection``."""
+def credentials(*, username: str | None = None, password_file: Path | None = None, password_env: str | None = None,
+                tls_ca: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None) -> dict:
+    """``MqttConnection`` keyword arguments (username, password, tls) from the ``broker_options``; ValueError for a
+    missing secret or a certificate without its key."""
     import os
 
-    host, port = host_port(broker)
     if password_file is not None and password_env is not None:
         raise ValueError("give --password-file or --password-env, not both")
     password = None
@@ -505,7 +502,19 @@ def connection_from_options(client_id: str, *, broker: str, username: str | None
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
     tls = TlsSettings(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
+    return {"username": username, "password": password, "tls": tls}
+
+
+def connection_from_options(client_id: str, *, broker: str, username: str | None = None,
+                            password_file: Path | None = None, password_env: str | None = None,
+                            tls_ca: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
+                            **kwargs: Any) -> MqttConnection:
+    """The connection the ``broker_options`` describe; ValueError for a bad broker, a missing secret or a
+    certificate without its key. ``kwargs`` go to ``MqttConnection``."""
+    host, port = host_port(broker)
+    auth = credentials(username=username, password_file=password_file, password_env=password_env, tls_ca=tls_ca,
+                       tls_cert=tls_cert, tls_key=tls_key)
     try:
-        return MqttConnection(host, port, client_id, username=username, password=password, tls=tls, **kwargs)
+        return MqttConnection(host, port, client_id, **auth, **kwargs)
     except AgentError as exc:
         raise ValueError(str(exc)) from None

@@ -31,6 +31,7 @@ import numpy as np
 
 from edge_agent.contract import wire
 from edge_agent.contract.errors import ConfigError
+from edge_agent.mqtt_client import broker_options, credentials, host_port
 from firmware_sim import signals
 from firmware_sim.faults import FAULTS, FaultInjector, parse_faults
 from firmware_sim.link import MqttLink, PtyLink, SerialUrlLink
@@ -68,6 +69,7 @@ class RunSpec:
     auto_frame: bool = False  # frame = 50 ms of samples, 1..256
     topic: str | None = None  # mqtt: instead of vib/<device>/samples
     mapping: dict = field(default_factory=dict)  # json-* formats: wire.JsonMapping arguments (fields default by channel)
+    connection: dict = field(default_factory=dict)  # mqtt: MqttConnection username, password, tls
 
 
 
@@ -89,8 +91,8 @@ def build_source(spec: SourceSpec, default_life_s: float) -> signals.Source:
 
 def _open_link(spec: RunSpec):
     if spec.link == "mqtt":
-        host, _, port = spec.broker.rpartition(":")
-        return MqttLink(host or "127.0.0.1", int(port), spec.device, qos=spec.qos, topic=spec.topic)
+        host, port = host_port(spec.broker)
+        return MqttLink(host, port, spec.device, qos=spec.qos, topic=spec.topic, connection=spec.connection)
     if spec.port:
         return SerialUrlLink(spec.port)
     return PtyLink(spec.link_path)
@@ -180,7 +182,7 @@ def _source_options(*format_flags: str):
     return decorate
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug")
 def main(verbose: int) -> None:
     """Sensor-firmware simulator: streams realistic vibration data over serial or MQTT."""
@@ -194,7 +196,7 @@ def main(verbose: int) -> None:
 @click.option("--link", type=click.Choice(["serial", "mqtt"]), default="serial", show_default=True)
 @click.option("--port", help="serial: a port or pyserial URL; default: a new pseudo-terminal")
 @click.option("--link-path", type=click.Path(), help="serial pty: keep a symlink to the pty here")
-@click.option("--broker", default="127.0.0.1:1883", show_default=True, help="mqtt: HOST:PORT")
+@broker_options()
 @click.option("--device", default="sim-1", show_default=True, help="device id in the topic")
 @click.option("--qos", type=click.IntRange(0, 2), default=1, show_default=True)
 @click.option(
@@ -220,7 +222,7 @@ def main(verbose: int) -> None:
 def run(
     signal, preset, state, life_s, data, loop, data_format, seed, overrides, link, port, link_path, broker, device, qos, fmt,
     topic, fields, values_path, seq_field, time_field, time_unit, sample_type, rate, frame_samples, duration, speed,
-    faults, json_summary,
+    faults, json_summary, **auth,
 ) -> None:  # fmt: skip
     """Stream samples in real time over a serial link or MQTT."""
     if signal == "replay" and not data:
@@ -244,6 +246,10 @@ def run(
         fault_rates = parse_faults(faults)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
+    try:
+        connection = credentials(**auth) if link == "mqtt" else {}
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--password-file") from None
     spec = RunSpec(
         source=SourceSpec(signal, preset, state, life_s, data, loop, rate, seed, data_format, overrides),
         link=link,
@@ -258,6 +264,7 @@ def run(
         faults=fault_rates,
         topic=topic,
         mapping={k: v for k, v in mapping.items() if v},
+        connection=connection,
     )
     try:
         report = run_stream(spec)
