@@ -75,3 +75,29 @@ def test_a_spool_of_the_first_release_is_migrated(tmp_path: Path) -> None:
         assert (rec.kind, rec.upload_id, rec.payload) == ("normal", None, b"\x01")
         spool.put("vib/d/upload", b"\x02", "alert", "a1")
         assert [r.kind for r in spool.peek(5)] == ["alert", "normal"]
+
+
+def test_records_sent_before_the_clock_stepped_back_are_due_at_once(tmp_path):
+    """Issue 14 caveat: after the wall clock jumped back two days, records stamped "sent in the future" were not
+    resent for about two days. A real spool marked sent now, read by a process whose clock is two days behind
+    (libfaketime)."""
+    import glob
+    import os
+    import subprocess
+    import sys
+
+    lib = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    assert lib, "libfaketime is missing: `make setup` installs the Debian package faketime"
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path)
+    for i in range(3):
+        spool.put("vib/pump-1/upload", b"x" * 100, "normal", f"id-{i}")
+    spool.mark_sent([r.id for r in spool.peek(10)])
+    assert spool.peek(10, resend_after_s=300) == [], "sent just now: not due before the receipt timeout"
+    spool.close()
+    code = ("import sys; from edge_agent.spool import Spool; s = Spool(sys.argv[1]); "
+            "print(len(s.peek(10, resend_after_s=300))); s.close()")
+    env = os.environ | {"LD_PRELOAD": lib[0], "FAKETIME": "-2d", "FAKETIME_DONT_RESET": "1"}
+    out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3", "the clock stepped back: every record sent 'in the future' is due at once"
