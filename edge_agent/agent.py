@@ -153,6 +153,17 @@ class Agent:
                 return s
         raise KeyError(device)
 
+    def connections(self) -> list[MqttConnection]:
+        """Every broker connection of the gateway: its own, and each MQTT sensor's."""
+        own = [self.connection] if self.connection is not None else []
+        return own + [c for s in self.sensors if (c := getattr(s.source, "connection", None)) is not None
+                      and c is not self.connection]
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every connection is up with its subscriptions acknowledged; return whether they are."""
+        deadline = time.monotonic() + timeout
+        return all(c.wait_subscribed(max(0.0, deadline - time.monotonic())) for c in self.connections())
+
     @property
     def pipeline(self) -> Pipeline:
         """The pipeline of a single-sensor gateway."""

@@ -341,6 +341,7 @@ class Sensor:
             }
         doc |= {
             "source": self.cfg.source.kind,
+            "link_up": bool(getattr(self.source, "link_up", False)),
             "frames_in": src.frames,
             "bytes_in": src.bytes,
         } | {k: v for k, v in src.as_dict().items() if k not in ("frames", "bytes")} | {

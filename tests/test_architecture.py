@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: ``replay`` and ``alerts``: the evaluation harness (``trainer evaluate``) must run the gateway's exact pipeline.
 ALLOWED_FROM_AGENT = ("edge_agent.contract", "edge_agent.scorer", "edge_agent.interpreter", "edge_agent.replay",
-                      "edge_agent.alerts", "edge_agent.shutdown", "edge_agent.mqtt_client")
+                      "edge_agent.alerts", "edge_agent.shutdown", "edge_agent.mqtt_client", "edge_agent.ratelog")
 
 
 def imports(package: str) -> dict[str, set[str]]:

@@ -87,6 +87,11 @@ class MqttSource(QueueSource):
             self.connection.stop()
 
     @property
+    def link_up(self) -> bool:
+        """Connected, with the samples topic subscribed."""
+        return self.connection.wait_subscribed(0)
+
+    @property
     def counters(self) -> SourceCounters:
         return SourceCounters(**self._intake() | {
             "messages": self.messages, "bad_payloads": self.bad_payloads,

@@ -86,6 +86,11 @@ class SerialSource(QueueSource):
             self._thread = None
 
     @property
+    def link_up(self) -> bool:
+        """The port is open."""
+        return self.connected.is_set()
+
+    @property
     def counters(self) -> SourceCounters:
         d = self._decoder
         return SourceCounters(**self._intake() | {

@@ -57,7 +57,7 @@ def test_three_sensors_one_port_vanishes_one_bundle_swaps_the_third_keeps_alerti
     pub.start()
     pump1, pump2, fan = (agent.sensor(d) for d in ("pump-1", "pump-2", "fan-9"))
     try:
-        assert agent.connection.wait_subscribed(10) and pub.wait_connected(10)
+        assert agent.wait_ready(10) and pub.wait_connected(10)
         assert wait_for(lambda: pump1.source.connected.is_set() and pump2.source.connected.is_set(), 10)
         healthy = degrading_samples[: int(RATE * (ONSET_S - 1))]
         frames = frames_of(degrading_samples, 1024)

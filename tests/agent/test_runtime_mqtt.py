@@ -46,7 +46,7 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
     pub.start()
     thread.start()
     try:
-        assert watcher.wait_subscribed(10) and pub.wait_connected(10) and agent.connection.wait_subscribed(10)
+        assert watcher.wait_subscribed(10) and pub.wait_connected(10) and agent.wait_ready(10)
         topic = topics.samples_topic("pump-7")
         assert wait_for(lambda: seen["availability"][-1:] == [b"online"], 10)
         bad = [b"junk", b"{}", b"\xa5\x5a\x01\x00"]

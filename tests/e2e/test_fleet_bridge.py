@@ -28,7 +28,9 @@ def bridge_conf(central: Broker) -> str:
     broker's own, and the reconnect backoff is shortened so the test does not wait 30 s."""
     text = (REPO / "examples" / "mosquitto-bridge.conf").read_text()
     keep = [ln for ln in text.splitlines()
-            if not re.match(r"\s*(listener|persistence|persistence_location|autosave_interval|allow_anonymous)\b", ln)]
+            if not re.match(r"\s*(listener|persistence|persistence_location|autosave_interval|allow_anonymous|"
+                            r"password_file|acl_file|local_username|local_password|remote_username|remote_password)\b",
+                            ln)]  # logins and ACLs: tests/e2e/test_broker_acl.py runs them
     conf = "\n".join(keep)
     conf = re.sub(r"(?m)^address .*$", f"address {central.host}:{central.port}", conf)
     conf = re.sub(r"(?m)^restart_timeout .*$", "restart_timeout 1", conf)

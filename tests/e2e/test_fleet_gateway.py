@@ -116,7 +116,7 @@ def test_rollouts_to_a_gateway_streaming_at_full_rate(tmp_path, agent_bundle) ->
     state = lambda: sensor.fleet.rollout.status()  # noqa: E731
     old = sensor.pipeline.bundle.version
     try:
-        assert agent.connection.wait_subscribed(10)
+        assert agent.wait_ready(10)
         stream = Stream(broker, samples)
         stream.thread.start()
         for case, kwargs, reason in (

@@ -81,7 +81,7 @@ def test_ibm_watson_json_per_sample_alerts_on_broken_lorenz_and_not_on_healthy(t
     windows = (3000 - SETTLE) // 10
     try:
         assert agent.wait_line(r"^edge-agent: device pump-7", 60), agent.drain()
-        assert wait_for(lambda: _status(status_file).get("mqtt_connected"), 20)
+        assert wait_for(lambda: _status(status_file).get("sensors", {}).get("pump-7", {}).get("link_up"), 20)
         sim = _stream(tmp_path, "healthy", mosquitto)
         assert sim.p.wait(60) == 0, sim.drain()
         assert wait_for(lambda: _status(status_file).get("windows_scored") == windows, 20), _status(status_file)
@@ -136,7 +136,7 @@ def test_an_80_mb_json_payload_is_refused_unparsed_and_the_agent_stays_small(tmp
     try:
         assert agent.wait_line(r"^edge-agent: device pump-7", 60), agent.drain()
         pub.start()
-        assert pub.wait_connected(10) and wait_for(lambda: _status(status_file).get("mqtt_connected"), 20)
+        assert pub.wait_connected(10) and wait_for(lambda: sensor().get("link_up"), 20)
         for f in frames[:half]:
             pub.publish(topic, f, qos=1)
         assert wait_for(lambda: sensor().get("windows_scored", 0) >= 1, 20), sensor()

@@ -118,13 +118,13 @@ def test_broker_restart_agent_reconnects_resubscribes_and_republishes(tmp_path, 
 
     thread.start()
     try:
-        assert wait_for(lambda: agent.connection.wait_subscribed(0.1), 10)
+        assert agent.wait_ready(10)
         with MqttConnection(mosquitto.host, mosquitto.port, "pub") as pub:
             assert pub.wait_connected(10)
             send(pub, 0)
             assert wait_for(lambda: agent.pipeline.windower.counters.samples_in >= len(x), 20)
         mosquitto.restart()
-        assert wait_for(lambda: agent.connection.connects >= 2 and agent.connection.wait_subscribed(0.1), 30), \
+        assert wait_for(lambda: agent.connection.connects >= 2 and agent.wait_ready(0.1), 30), \
             agent.status()["mqtt"]
         watcher = MqttConnection(mosquitto.host, mosquitto.port, "watcher",
                                  subscriptions=[("vib/gateway/pump-7/availability", 1)],
