@@ -17,7 +17,7 @@ CURRENT ?= bundles/current
 NEW     ?= bundles/retrained
 RETRAIN_ARGS ?=
 
-.PHONY: setup system-packages test lint export-tflite train bench evaluate demo demo-mqtt soak check-aarch64 retrain demo-fleet clean
+.PHONY: setup system-packages test docs lint export-tflite train bench evaluate demo demo-mqtt soak check-aarch64 retrain demo-fleet clean
 
 # The Debian packages (mosquitto, sqlite3, python3-venv, faketime, systemd, chromium), installed when missing, then .venv.
 setup: system-packages $(STAMP)
@@ -28,11 +28,16 @@ system-packages:
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[agent,sim,trainer,dev]'
+	$(BIN)/pip install --quiet -e '.[agent,sim,trainer,dev,docs]'
 	touch $(STAMP)
 
 test: setup
 	$(BIN)/pytest -q
+
+# The documentation site (docs/, mkdocs.yml): a strict build, so a broken link, a missing page or a page left out
+# of the nav fails; the reference pages are generated from the code at build time (docs/hooks.py).
+docs: setup
+	$(BIN)/mkdocs build --strict --quiet -d runs/site
 
 lint: setup
 	$(BIN)/ruff check trainer edge_agent firmware_sim tests bench scripts
