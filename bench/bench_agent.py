@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.alerts import AlertPolicy  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
-from edge_agent.contract import wire  # noqa: E402
+from edge_agent.contract.binary import FrameDecoder, encode_frame, int16_scale  # noqa: E402
 from edge_agent.contract.bundle import Bundle  # noqa: E402
 from edge_agent.pipeline import Pipeline  # noqa: E402
 from edge_agent.replay import replay  # noqa: E402
@@ -78,9 +78,9 @@ def keep_up(bundle: Bundle, preset: str, seconds: float) -> dict:
     """CPU seconds per signal second for decode + window + features + int8 scoring (+ alerts)."""
     rate, _ = CASES[preset]
     x = signals.generate(signals.make_source("bearing", state="healthy", preset=preset, seed=3), int(rate * seconds))
-    scale = wire.int16_scale(signals.PRESETS[preset].full_scale)
-    stream = b"".join(wire.encode_frame(a, x[a : a + 256], scale=scale) for a in range(0, len(x) - 255, 256))
-    decoder = wire.FrameDecoder()
+    scale = int16_scale(signals.PRESETS[preset].full_scale)
+    stream = b"".join(encode_frame(a, x[a : a + 256], scale=scale) for a in range(0, len(x) - 255, 256))
+    decoder = FrameDecoder()
     pipe = Pipeline(bundle, device="bench", threshold=bundle.threshold.value, policy=AlertPolicy(),
                     sample_rate=rate)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -198,7 +198,7 @@ def alert_latency(bundle_dir: Path, preset: str, healthy_s: float = 5.0, broken_
     b = signals.generate(signals.make_source("bearing", state="broken", preset=preset, seed=6), int(rate * broken_s))
     x = np.concatenate([h, b])
     onset = len(h) // 256 * 256
-    scale = wire.int16_scale(signals.PRESETS[preset].full_scale)
+    scale = int16_scale(signals.PRESETS[preset].full_scale)
     with tempfile.TemporaryDirectory() as tmp:
         link = PtyLink(Path(tmp) / "tty", write_timeout=5)
         cfg = load_config(_config(Path(tmp), bundle_dir, link.path, rate))
@@ -218,7 +218,7 @@ def alert_latency(bundle_dir: Path, preset: str, healthy_s: float = 5.0, broken_
                 time.sleep(delay)  # pacing the sensor in real time
             if a >= onset and onset_wall is None:
                 onset_wall = time.monotonic()
-            link.send(wire.encode_frame(a, x[a : a + 256], scale=scale))
+            link.send(encode_frame(a, x[a : a + 256], scale=scale))
             if raised:
                 break
         deadline = time.monotonic() + 5

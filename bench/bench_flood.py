@@ -95,7 +95,8 @@ def status(work: Path) -> dict:
 
 
 def run_mode(mode: str, work: Path, bundle: Path, healthy: np.ndarray, broken: np.ndarray) -> dict:
-    from edge_agent.contract import topics, wire
+    from edge_agent.contract import topics
+    from edge_agent.contract.binary import encode_frame, int16_scale
     from edge_agent.mqtt_client import MqttConnection
 
     work.mkdir(parents=True, exist_ok=True)
@@ -128,8 +129,8 @@ def run_mode(mode: str, work: Path, bundle: Path, healthy: np.ndarray, broken: n
         for a in range(0, len(x) - FRAME + 1, FRAME):
             if a >= onset and t_onset is None:
                 t_onset = time.monotonic()
-            pub.publish(topics.samples_topic(HEALTHY), wire.encode_frame(a, x[a:a + FRAME],
-                                                                         scale=wire.int16_scale(10.0)), qos=1)
+            pub.publish(topics.samples_topic(HEALTHY), encode_frame(a, x[a:a + FRAME],
+                                                                         scale=int16_scale(10.0)), qos=1)
             ahead = t0 + (a + FRAME) / RATE - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)

@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_agent.contract import wire  # noqa: E402
+from edge_agent.contract.binary import encode_frame, int16_scale  # noqa: E402
 from edge_agent.contract.bundle import Bundle  # noqa: E402
 
 CASES = {"femto": (25600.0, 2), "ims": (20000.0, 4)}
@@ -68,7 +68,7 @@ def feed(args: argparse.Namespace) -> None:
     rate, _ = CASES[args.case]
     frame = args.frame
     x = signals.generate(signals.make_source("bearing", state="healthy", preset=args.case, seed=11), int(rate * LOOP_S))
-    scale = wire.int16_scale(signals.PRESETS[args.case].full_scale)
+    scale = int16_scale(signals.PRESETS[args.case].full_scale)
     tmp = Path(args.dir)
     links = [PtyLink(tmp / f"tty{i}", write_timeout=0.5) for i in range(args.n)]  # a 20 KB pty: ride out stalls
     print(json.dumps({"ports": [lk.path for lk in links]}), flush=True)
@@ -90,11 +90,11 @@ def feed(args: argparse.Namespace) -> None:
             else:
                 late = max(late, -wait)
             a = (offsets[i] + k * frame) % (len(x) - frame)
-            lk.send(wire.encode_frame(k * frame, x[a : a + frame], t0_us=round(k * period * 1e6), scale=scale))
+            lk.send(encode_frame(k * frame, x[a : a + frame], t0_us=round(k * period * 1e6), scale=scale))
             sent[i] += 1
     elapsed = time.monotonic() - start
     print(json.dumps({"frames_sent": sent, "samples_sent": [s * frame for s in sent],
-                      "overflow_bytes": [lk.overflow_bytes for lk in links], "frame_bytes": len(wire.encode_frame(
+                      "overflow_bytes": [lk.overflow_bytes for lk in links], "frame_bytes": len(encode_frame(
                           0, x[:frame], scale=scale)), "elapsed_s": elapsed, "achieved_rate_hz": frames * frame / elapsed,
                       "max_late_ms": late * 1e3, "feeder_cpu_pct": 100 * (time.process_time() - c0) / elapsed}),
           flush=True)

@@ -23,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_agent.contract import topics, wire  # noqa: E402
+from edge_agent.contract import topics  # noqa: E402
+from edge_agent.contract.binary import FrameDecoder  # noqa: E402
+from edge_agent.contract.mqtt_payload import decode_payload  # noqa: E402
 from firmware_sim import link, signals  # noqa: E402
 from firmware_sim.stream import StreamConfig, Streamer  # noqa: E402
 
@@ -34,7 +36,7 @@ CASES = [("femto", 25600.0, 2), ("ims", 20000.0, 4)]
 def _pty_reader(path: str, ready, stop, counts) -> None:
     import serial
 
-    dec = wire.FrameDecoder()
+    dec = FrameDecoder()
     with serial.Serial(path, timeout=0.1) as port:
         ready.set()
         while not stop.is_set():
@@ -54,7 +56,7 @@ def _mqtt_reader(host: str, port: int, device: str, ready, stop, counts) -> None
 
     def on_message(client, userdata, msg):
         try:
-            f = wire.decode_payload(msg.payload)
+            f = decode_payload(msg.payload)
             ok, n = 1, f.n_samples
         except FrameError:
             ok, n = 0, 0

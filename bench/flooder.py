@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge_agent.contract import wire
+from edge_agent.contract.binary import encode_frame, int16_scale
+from edge_agent.contract.mqtt_payload import encode_json_payload
 
 
 def main() -> None:
@@ -27,9 +28,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     if mode == "messages":
         x = (0.1 * rng.standard_normal((256, 4))).astype(np.float32)
-        payloads = [wire.encode_frame(i * 256, x, scale=wire.int16_scale(10.0)) for i in range(4096)]
+        payloads = [encode_frame(i * 256, x, scale=int16_scale(10.0)) for i in range(4096)]
     else:
-        payloads = [wire.encode_json_payload(0, rng.standard_normal((4096, 16)).astype(np.float32))]
+        payloads = [encode_json_payload(0, rng.standard_normal((4096, 16)).astype(np.float32))]
     i = 0
     while True:
         client.publish(topic, payloads[i % len(payloads)], qos=1)

@@ -30,7 +30,7 @@ Per sensor::
     [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only), read_timeout_s, reopen_max_s
     [source.mqtt]   topic_device (defaults to device) or topic (any topic), qos, payload = "wire" | "json";
                     json: fields (or values, channels), records, seq_field, time_field, time_unit, scale,
-                    max_payload_bytes (see ``wire.JsonMapping``)
+                    max_payload_bytes (see ``JsonMapping``)
     [bundle]      path, watch_s (0 = no hot swap), num_threads
     [alerts]      k, n, clear_ratio, clear_windows, cooldown_s, critical_ratio
     [alerts.sinks] log, jsonl, mqtt, command, command_timeout_s, command_env
@@ -57,8 +57,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.contract import topics, wire
+from edge_agent.contract import topics
 from edge_agent.contract.errors import ConfigError, SignatureError
+from edge_agent.contract.frames import MAX_CHANNELS
+from edge_agent.contract.json_mapping import TIME_UNITS, JsonMapping, PayloadDecoder
 
 
 def _rng(lo: float | None = None, hi: float | None = None, choices: tuple | None = None) -> dict:
@@ -70,18 +72,18 @@ class SerialSource:
     port: str = field(metadata=_rng())  # "/dev/ttyUSB0", "/dev/pts/3", "loop://", any pyserial URL
     format: str = field(default="binary", metadata=_rng(choices=("binary", "csv")))
     baudrate: int = field(default=921_600, metadata=_rng(50, 20_000_000))
-    channels: int | None = field(default=None, metadata=_rng(1, wire.MAX_CHANNELS))
+    channels: int | None = field(default=None, metadata=_rng(1, MAX_CHANNELS))
     read_timeout_s: float = field(default=0.05, metadata=_rng(0.001, 5.0))
     reopen_max_s: float = field(default=5.0, metadata=_rng(0.1, 300.0))
 
 
-#: ``[source.mqtt]`` keys of a JSON payload mapping (``payload = "json"``), as ``wire.JsonMapping`` names them.
+#: ``[source.mqtt]`` keys of a JSON payload mapping (``payload = "json"``), as ``JsonMapping`` names them.
 MAPPING_KEYS = ("fields", "values", "records", "channels", "seq_field", "time_field", "time_unit", "scale")
 
 
 @dataclass(frozen=True)
 class MqttSource:
-    """Where an MQTT sensor publishes and what its payloads look like (``payload = "json"``: ``wire.JsonMapping``)."""
+    """Where an MQTT sensor publishes and what its payloads look like (``payload = "json"``: ``JsonMapping``)."""
 
     topic_device: str | None = field(default=None, metadata=_rng())  # whose vib/<device>/samples; default: device
     topic: str | None = field(default=None, metadata=_rng())  # any topic instead (no wildcards)
@@ -90,10 +92,10 @@ class MqttSource:
     fields: tuple[str, ...] | None = None
     values: str | None = None
     records: str | None = None
-    channels: int | None = field(default=None, metadata=_rng(1, wire.MAX_CHANNELS))
+    channels: int | None = field(default=None, metadata=_rng(1, MAX_CHANNELS))
     seq_field: str | None = None
     time_field: str | None = None
-    time_unit: str | None = field(default=None, metadata=_rng(choices=wire.TIME_UNITS))
+    time_unit: str | None = field(default=None, metadata=_rng(choices=TIME_UNITS))
     scale: float | None = None
     max_payload_bytes: int | None = field(default=None, metadata=_rng(1024, 256 * 1024 * 1024))
 
@@ -101,16 +103,16 @@ class MqttSource:
         """The topic this sensor's samples arrive on."""
         return self.topic or topics.samples_topic(self.topic_device or device)
 
-    def mapping(self) -> wire.JsonMapping | None:
+    def mapping(self) -> JsonMapping | None:
         """The declared JSON mapping (None: the wire payloads). ConfigError naming the key at fault."""
         if self.payload != "json":
             return None
         kwargs = {k: getattr(self, k) for k in MAPPING_KEYS if getattr(self, k) is not None}
-        return wire.JsonMapping(**kwargs)
+        return JsonMapping(**kwargs)
 
-    def decoder(self) -> wire.PayloadDecoder:
+    def decoder(self) -> PayloadDecoder:
         """A new payload decoder for this source (it numbers samples itself when the mapping has no seq_field)."""
-        return wire.PayloadDecoder(self.mapping(), self.max_payload_bytes)
+        return PayloadDecoder(self.mapping(), self.max_payload_bytes)
 
 
 @dataclass(frozen=True)

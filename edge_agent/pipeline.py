@@ -34,8 +34,8 @@ import numpy as np
 
 from edge_agent import calibration
 from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, WindowResult
-from edge_agent.contract import wire
 from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.frames import Frame, seq_gap
 from edge_agent.scorer import Scorer
 from edge_agent.windows import BRIDGE_FRACTION, Window, Windower
 
@@ -99,9 +99,9 @@ class SampleClock:
             return 0.0
         if self.rate is None and self._given:
             return self._t
-        return self._t + wire.seq_gap(self._seq, seq) / (self.rate or 1.0)
+        return self._t + seq_gap(self._seq, seq) / (self.rate or 1.0)
 
-    def observe(self, frame: wire.Frame, t: float | None, gap: int | None, now: float) -> None:
+    def observe(self, frame: Frame, t: float | None, gap: int | None, now: float) -> None:
         """Account for ``frame`` (first sample taken at ``t`` when known; ``gap`` from the expected sequence
         number, None for the first frame; ``now`` the time so far)."""
         if t is not None:
@@ -198,7 +198,7 @@ class Pipeline:
         return self._now
 
     # ------------------------------------------------------------------ input
-    def push(self, frame: wire.Frame, t: float | None = None) -> int:
+    def push(self, frame: Frame, t: float | None = None) -> int:
         """Feed one frame whose first sample was taken at ``t`` (unix or recording seconds; None: derive it
         from the sample index). Returns the number of windows it completed (each scored and judged).
 
@@ -210,7 +210,7 @@ class Pipeline:
         wc = self.windower.counters
         expected = self.windower.expected_seq
         resyncs, gaps, samples_in, over_range = wc.resyncs, wc.gaps, wc.samples_in, wc.samples_over_range
-        gap = None if expected is None else wire.seq_gap(expected, frame.seq)
+        gap = None if expected is None else seq_gap(expected, frame.seq)
         restarted = gap is not None and gap < 0
         if not (restarted and self.windower.is_duplicate(frame)):
             self.clock.observe(frame, t, 1 if self._break and gap == 0 else gap, self._now)
@@ -263,7 +263,7 @@ class Pipeline:
         self.alerts.reset()  # a restarted sender: its history says nothing now
 
     # ------------------------------------------------------------------ windows
-    def _over_range_span(self, frame: wire.Frame, fraction: float) -> None:
+    def _over_range_span(self, frame: Frame, fraction: float) -> None:
         result = WindowResult(
             device=self.device,
             model_version=self.bundle.version,
@@ -340,7 +340,7 @@ class Pipeline:
         self._unscored = self._unscored_over_range = 0
 
 
-def wall_time_of(frame: wire.Frame, rate: float | None, received: float | None = None) -> float:
+def wall_time_of(frame: Frame, rate: float | None, received: float | None = None) -> float:
     """Wall-clock time of a live frame's first sample: its arrival time minus its duration."""
     now = time.time() if received is None else received
     return now - (frame.n_samples / rate if rate else 0.0)

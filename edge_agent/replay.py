@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.alerts import AlertPolicy
-from edge_agent.contract import wire
 from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.frames import SEQ_MOD, Frame
 from edge_agent.contract.recordings import Recording
 from edge_agent.pipeline import Pipeline
 from edge_agent.scorer import Scorer
@@ -113,7 +113,7 @@ def replay(
     for seg in rec.segments:
         pipeline.break_stream()  # a new snapshot: a sampling gap, not a restarted sender
         for a, b, t in _frames(seg, rate):
-            pipeline.push(wire.Frame(seq % wire.SEQ_MOD, 0, seg.data[a:b]), t=t)
+            pipeline.push(Frame(seq % SEQ_MOD, 0, seg.data[a:b]), t=t)
             seq += b - a
     if pipeline.calibrating:
         raise ValueError(f"--calibrate {calibrate}: the recording gave only {len(pipeline.calibration_scores)} windows")

@@ -8,7 +8,7 @@ Data flow::
 
 What makes a span unusable (the window assembly restarts after it, so no scored window spans it):
 
-* a sequence gap or a backwards jump (``wire.seq_gap`` != 0): counted in ``gaps`` (and
+* a sequence gap or a backwards jump (``seq_gap`` != 0): counted in ``gaps`` (and
   ``samples_missing`` for a forward gap, ``resyncs`` for a backwards one);
 * except a *duplicate*: a frame identical (seq, length, CRC-32 ``Frame.checksum``) to one of the last
   ``RECENT_FRAMES`` consumed (QoS 1 redelivers after a reconnect) is dropped and counted in
@@ -51,7 +51,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_agent.contract import preprocess, wire
+from edge_agent.contract import preprocess
+from edge_agent.contract.frames import SEQ_MOD, Frame, seq_gap
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.ring import Ring
 
@@ -224,12 +225,12 @@ class Windower:
         self._recent.clear()
 
     # ------------------------------------------------------------------ input
-    def is_duplicate(self, frame: wire.Frame) -> bool:
+    def is_duplicate(self, frame: Frame) -> bool:
         """Whether ``frame`` is one of the last ``RECENT_FRAMES`` consumed (a QoS 1 redelivery): same seq, length
         and CRC-32 (the wire CRC of a binary frame, else computed over the samples in place, without a copy)."""
         return (frame.seq, frame.samples.shape[0], frame.checksum) in self._recent
 
-    def push(self, frame: wire.Frame, emit: Callable[[Window], None]) -> int:
+    def push(self, frame: Frame, emit: Callable[[Window], None]) -> int:
         """Consume one frame; call ``emit(window)`` for every window it completes. Returns that count."""
         c = self.counters
         c.frames += 1
@@ -240,7 +241,7 @@ class Windower:
             return 0
         n = x.shape[0]
         if self.expected_seq is not None:
-            gap = wire.seq_gap(self.expected_seq, frame.seq)
+            gap = seq_gap(self.expected_seq, frame.seq)
             if gap < 0 and self.is_duplicate(frame):
                 c.duplicates += 1
                 self._ratelog.warning("duplicate", "duplicate frame seq %d (already consumed up to %d): dropped", frame.seq, self.expected_seq)
@@ -306,7 +307,7 @@ class Windower:
         return bad
 
     # ------------------------------------------------------------------ assembly
-    def _feed(self, x: np.ndarray, a: int, b: int, frame: wire.Frame, emit: Callable[[Window], None]) -> None:
+    def _feed(self, x: np.ndarray, a: int, b: int, frame: Frame, emit: Callable[[Window], None]) -> None:
         """Rows ``x[a:b]`` are valid and contiguous with what the windower holds."""
         if not self._features:
             self._push_steps(x[a:b], x[a:b], frame, a, emit)
@@ -331,7 +332,7 @@ class Windower:
             self._pfill = b - pos
 
     def _push_steps(
-        self, steps: np.ndarray, raw: np.ndarray, frame: wire.Frame, offset: int, emit: Callable[[Window], None]
+        self, steps: np.ndarray, raw: np.ndarray, frame: Frame, offset: int, emit: Callable[[Window], None]
     ) -> None:
         """Append steps (k, F) made from ``raw`` (k * block, C), whose first sample is ``frame`` row ``offset``
         (negative when it started in an earlier frame); emit windows at their boundaries."""
@@ -355,7 +356,7 @@ class Windower:
             if take == need:
                 self._emit(frame, offset + i * block, emit)
 
-    def _emit(self, frame: wire.Frame, end_row: int, emit: Callable[[Window], None]) -> None:
+    def _emit(self, frame: Frame, end_row: int, emit: Callable[[Window], None]) -> None:
         """``end_row``: row of ``frame`` just past the window's last sample."""
         w = self._window
         c = self.counters
@@ -368,7 +369,7 @@ class Windower:
             return
         c.windows_bridged += w.bridged > 0
         self._steps.latest(self.spec.window, w.steps)
-        w.seq_end = (frame.seq + end_row) % wire.SEQ_MOD
+        w.seq_end = (frame.seq + end_row) % SEQ_MOD
         if self.sample_rate:
             w.t_end_us = frame.t0_us + int(round(end_row * 1e6 / self.sample_rate))
         else:

@@ -2,5 +2,6 @@
 
 signals.py (Lorenz, bearing, replay) -> faults.py (injection + ledger) -> stream.py (framing,
 pacing) -> link.py (pty, pyserial URL, MQTT) ; cli.py is ``firmware-sim``.
-The wire format is ``edge_agent.contract.wire``.
+The wire formats are in ``edge_agent.contract`` (``frames``, ``binary``, ``csv_lines``, ``mqtt_payload``,
+``json_mapping``).
 """

@@ -29,8 +29,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge_agent.contract import wire
 from edge_agent.contract.errors import ConfigError
+from edge_agent.contract.json_mapping import TIME_UNITS, JsonMapping
 from edge_agent.mqtt_client import broker_options, credentials, host_port
 from firmware_sim import signals
 from firmware_sim.faults import FAULTS, FaultInjector, parse_faults
@@ -68,7 +68,7 @@ class RunSpec:
     faults: dict[str, float] = field(default_factory=dict)
     auto_frame: bool = False  # frame = 50 ms of samples, 1..256
     topic: str | None = None  # mqtt: instead of vib/<device>/samples
-    mapping: dict = field(default_factory=dict)  # json-* formats: wire.JsonMapping arguments (fields default by channel)
+    mapping: dict = field(default_factory=dict)  # json-* formats: JsonMapping arguments (fields default by channel)
     connection: dict = field(default_factory=dict)  # mqtt: MqttConnection username, password, tls
 
 
@@ -110,7 +110,7 @@ def run_stream(spec: RunSpec, stop: threading.Event | None = None) -> StreamRepo
         kwargs = dict(spec.mapping)
         if not kwargs.get("values"):
             kwargs["fields"] = kwargs.get("fields") or default_fields(source.n_channels)
-        cfg = replace(cfg, mapping=wire.JsonMapping(**kwargs))
+        cfg = replace(cfg, mapping=JsonMapping(**kwargs))
     with _open_link(spec) as link:
         click.echo(f"firmware-sim: {spec.link} link on {link.path}", err=False)
         sys.stdout.flush()
@@ -209,7 +209,7 @@ def main(verbose: int) -> None:
 @click.option("--values", "values_path", help="json-per-sample|json-rows: one list of values at this path instead")
 @click.option("--seq-field", help="json-*: write the sample index in this field (default: none, as the IBM tutorial)")
 @click.option("--time-field", help="json-*: write the sample time in this field")
-@click.option("--time-unit", type=click.Choice(wire.TIME_UNITS), default="s", show_default=True)
+@click.option("--time-unit", type=click.Choice(TIME_UNITS), default="s", show_default=True)
 @click.option("--sample-type", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Hz (default: the signal's own)")
 @click.option("--frame-samples", type=click.IntRange(1, 4096), help="default: 50 ms of samples, at most 256")
@@ -235,7 +235,7 @@ def run(
                "seq_field": seq_field, "time_field": time_field, "time_unit": time_unit}
     if fmt in JSON_SHAPES:
         try:  # checked now (any channel names), so that a bad option is an error before anything streams
-            wire.JsonMapping(**{**mapping, "fields": mapping["fields"] or (() if values_path else ("x",))})
+            JsonMapping(**{**mapping, "fields": mapping["fields"] or (() if values_path else ("x",))})
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint=f"--{str(exc).split(':')[0].replace('_', '-')}") from None
     elif fields or values_path or seq_field or time_field:

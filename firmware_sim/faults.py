@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.contract import wire
+from edge_agent.contract.binary import HEADER_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class FaultInjector:
         rng = self._rng["flip"]
         buf = bytearray(data)
         if fmt == "binary":
-            i = int(rng.integers(wire.HEADER_SIZE, len(buf)))
+            i = int(rng.integers(HEADER_SIZE, len(buf)))
             buf[i] ^= int(rng.integers(1, 256))
             self.ledger.flipped_bytes += len(buf)
         elif fmt == "csv":

@@ -17,13 +17,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.contract import wire
+from edge_agent.contract.binary import SAMPLE_TYPES, encode_frame, int16_scale
+from edge_agent.contract.csv_lines import encode_csv_lines
+from edge_agent.contract.frames import MAX_SAMPLES, SEQ_MOD
+from edge_agent.contract.json_mapping import JsonMapping
+from edge_agent.contract.mqtt_payload import encode_json_payload
 from firmware_sim.faults import FaultInjector, Ledger
 from firmware_sim.signals import Source
 
 log = logging.getLogger(__name__)
 
-#: A sensor's own JSON shapes (MQTT), with ``StreamConfig.mapping``: format -> ``wire.JsonMapping.encode`` layout.
+#: A sensor's own JSON shapes (MQTT), with ``StreamConfig.mapping``: format -> ``JsonMapping.encode`` layout.
 JSON_SHAPES = {"json-per-sample": "sample", "json-columns": "columns", "json-records": "records", "json-rows": "rows"}
 FORMATS = ("binary", "csv", "json", *JSON_SHAPES)
 
@@ -41,7 +45,7 @@ class StreamConfig:
         shape (MQTT, see ``JSON_SHAPES``) written through ``mapping``: json-per-sample (one message per sample,
         ``{"x": .., "y": .., "z": ..}`` as in the IBM Watson IoT tutorial), json-columns (one array per
         channel), json-records (an array of sample objects), json-rows (``mapping.values``: a list of rows).
-    mapping: the ``wire.JsonMapping`` of the JSON shapes (field names, sequence and time fields); default:
+    mapping: the ``JsonMapping`` of the JSON shapes (field names, sequence and time fields); default:
         fields x, y, z for three channels (else ch0, ch1, ...), no sequence or time field.
     sample_type: int16 (scaled by the source's full scale) or float32, for binary frames.
     frame_samples: samples per frame / message (1..4096).
@@ -50,7 +54,7 @@ class StreamConfig:
     """
 
     fmt: str = "binary"
-    mapping: wire.JsonMapping | None = None
+    mapping: JsonMapping | None = None
     sample_type: str = "int16"
     frame_samples: int = 256
     speed: float = 1.0
@@ -63,10 +67,10 @@ class StreamConfig:
             raise ValueError(f"format must be one of {FORMATS}, got {self.fmt!r}")
         if self.mapping is not None and self.fmt not in JSON_SHAPES:
             raise ValueError(f"a payload mapping goes with the formats {', '.join(JSON_SHAPES)} only")
-        if self.sample_type not in wire.SAMPLE_TYPES:
+        if self.sample_type not in SAMPLE_TYPES:
             raise ValueError(f"sample type must be int16 or float32, got {self.sample_type!r}")
-        if not 1 <= self.frame_samples <= wire.MAX_SAMPLES:
-            raise ValueError(f"frame samples must be 1..{wire.MAX_SAMPLES}, got {self.frame_samples}")
+        if not 1 <= self.frame_samples <= MAX_SAMPLES:
+            raise ValueError(f"frame samples must be 1..{MAX_SAMPLES}, got {self.frame_samples}")
         if not self.speed >= 0:
             raise ValueError(f"speed must be >= 0, got {self.speed}")
 
@@ -99,20 +103,20 @@ class Streamer:
         self.link = link
         self.cfg = config
         self.faults = faults or FaultInjector(full_scale=source.full_scale)
-        self.scale = wire.int16_scale(source.full_scale)
+        self.scale = int16_scale(source.full_scale)
         self.mapping = config.mapping
         if config.fmt in JSON_SHAPES and self.mapping is None:
-            self.mapping = wire.JsonMapping(fields=default_fields(source.n_channels))
+            self.mapping = JsonMapping(fields=default_fields(source.n_channels))
 
     def _encode(self, seq: int, x: np.ndarray, t0_us: int) -> list[bytes]:
         """The messages (serial: chunks) carrying one frame's samples."""
         fmt = self.cfg.fmt
         if fmt == "binary":
-            return [wire.encode_frame(seq, x, t0_us=t0_us, sample_type=self.cfg.sample_type, scale=self.scale)]
+            return [encode_frame(seq, x, t0_us=t0_us, sample_type=self.cfg.sample_type, scale=self.scale)]
         if fmt == "csv":
-            return [wire.encode_csv_lines(seq, x, t0_us, self.source.sample_rate)]
+            return [encode_csv_lines(seq, x, t0_us, self.source.sample_rate)]
         if fmt == "json":
-            return [wire.encode_json_payload(seq, x, t0_us=t0_us)]
+            return [encode_json_payload(seq, x, t0_us=t0_us)]
         return self.mapping.encode(seq, x, t0_us=t0_us, sample_rate=self.source.sample_rate, layout=JSON_SHAPES[fmt])
 
     def run(
@@ -140,7 +144,7 @@ class Streamer:
                 wait = start + (done + n) / pace - time.monotonic()
                 if wait > 0 and stop.wait(wait):
                     break
-            seq = done % wire.SEQ_MOD
+            seq = done % SEQ_MOD
             done += n
             if down_until >= 0:
                 if done - n < down_until:

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.alerts import AlertPolicy
-from edge_agent.contract import wire
 from edge_agent.contract.bundle import MANIFEST_FILE, Bundle
+from edge_agent.contract.frames import Frame
 from edge_agent.pipeline import Pipeline
 from edge_agent.scorer import Scorer
 
@@ -76,10 +76,10 @@ def train(case: Case, root: Path) -> Path:
     return bundle
 
 
-def frames(x: np.ndarray, damage: dict, seed: int) -> list[wire.Frame | None]:
+def frames(x: np.ndarray, damage: dict, seed: int) -> list[Frame | None]:
     """256-sample frames of ``x`` (None where one was lost), NaN injected per value."""
     rng = np.random.default_rng(seed)
-    out: list[wire.Frame | None] = []
+    out: list[Frame | None] = []
     for a in range(0, len(x) - FRAME + 1, FRAME):
         if rng.random() < damage.get("drop", 0.0):
             out.append(None)
@@ -87,11 +87,11 @@ def frames(x: np.ndarray, damage: dict, seed: int) -> list[wire.Frame | None]:
         chunk = x[a:a + FRAME].copy()
         if damage.get("nan"):
             chunk[rng.random(chunk.shape) < damage["nan"]] = np.nan
-        out.append(wire.Frame(seq=a, t0_us=0, samples=chunk))
+        out.append(Frame(seq=a, t0_us=0, samples=chunk))
     return out
 
 
-def hold(stream: list[wire.Frame | None], channels: int) -> list[wire.Frame]:
+def hold(stream: list[Frame | None], channels: int) -> list[Frame]:
     """Lost frames and NaN values replaced by the last valid value of each channel."""
     last = np.zeros(channels, np.float32)
     out = []
@@ -105,7 +105,7 @@ def hold(stream: list[wire.Frame | None], channels: int) -> list[wire.Frame]:
                 np.maximum.accumulate(idx, out=idx)
                 col[:] = np.where(idx >= 0, col[np.maximum(idx, 0)], last[c])
             last[c] = col[-1]
-        out.append(wire.Frame(seq=i * FRAME, t0_us=0, samples=x))
+        out.append(Frame(seq=i * FRAME, t0_us=0, samples=x))
     return out
 
 

@@ -3,7 +3,7 @@
 Every error the product raises on purpose derives from ``AgentError``::
 
     AgentError
-    ├── FrameError    bytes or a payload that are not a valid frame (wire.py)
+    ├── FrameError    bytes or a payload that are not a valid frame (binary.py, csv_lines.py, mqtt_payload.py, json_mapping.py)
     ├── BundleError   a model bundle that is missing, corrupt or inconsistent (bundle.py)
     ├── UploadError   an upload record that cannot be encoded, decoded or delivered
     ├── SignatureError  a signed message (rollout, receipt) whose signature or key is not trusted (signing.py)

@@ -1,7 +1,7 @@
 """Sample sources: where frames come from (a serial port, an MQTT topic).
 
 Every source has the same interface (:class:`SampleSource`): ``start()`` starts a reader
-thread (or a network loop) that decodes bytes into :class:`edge_agent.contract.wire.Frame` objects and
+thread (or a network loop) that decodes bytes into :class:`edge_agent.contract.frames.Frame` objects and
 puts them into a bounded queue; ``read(timeout)`` hands them to the one consuming thread;
 ``stop()`` ends the reader; ``counters`` says what came in and what was dropped. A source never
 raises on bad input: bad bytes, lines and payloads are counted, logged at a rate limit and skipped,
@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Protocol, Self, runtime_checkable
 
-from edge_agent.contract import wire
+from edge_agent.contract.frames import Frame
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.status import SourceCounters
 
@@ -38,9 +38,9 @@ class SampleSource(Protocol):
 
     def stop(self) -> None: ...
 
-    def read(self, timeout: float) -> list[wire.Frame]: ...
+    def read(self, timeout: float) -> list[Frame]: ...
 
-    def drain(self, most: int) -> list[wire.Frame]: ...
+    def drain(self, most: int) -> list[Frame]: ...
 
     @property
     def counters(self) -> SourceCounters: ...
@@ -89,7 +89,7 @@ class QueueSource:
 
     def __init__(self, queue_frames: int = 1024, wake: threading.Event | None = None,
                  intake_cpu: float = 0.1) -> None:
-        self._queue: queue.Queue[wire.Frame] = queue.Queue(maxsize=queue_frames)
+        self._queue: queue.Queue[Frame] = queue.Queue(maxsize=queue_frames)
         self._wake = wake  # set whenever a frame is queued (the gateway's scoring loop waits on it)
         self._stop = threading.Event()
         self.budget = IntakeBudget(intake_cpu, stop=self._stop)
@@ -119,7 +119,7 @@ class QueueSource:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _put(self, frame: wire.Frame) -> None:
+    def _put(self, frame: Frame) -> None:
         """Thin producer side: never blocks; a full queue drops the frame and counts it."""
         try:
             self._queue.put_nowait(frame)
@@ -133,7 +133,7 @@ class QueueSource:
             self.samples_dropped += frame.n_samples
             self._warn("queue", "frame queue full: the scorer is behind, frames dropped (%d so far)", self.frames_dropped)
 
-    def read(self, timeout: float) -> list[wire.Frame]:
+    def read(self, timeout: float) -> list[Frame]:
         """Frames received since the last call; waits up to ``timeout`` s for the first one ([] if none)."""
         try:
             first = self._queue.get(timeout=timeout)
@@ -147,7 +147,7 @@ class QueueSource:
                 break
         return out
 
-    def drain(self, most: int) -> list[wire.Frame]:
+    def drain(self, most: int) -> list[Frame]:
         """Up to ``most`` queued frames, without waiting. The scoring loop polls every sensor after every wake, so
         an empty queue must cost nothing: its length is read without the queue's lock (only this thread takes
         frames out, so at least that many are there)."""

@@ -5,12 +5,12 @@ source; client id ``<gateway client id>-<device>``), so the broker keeps one que
 floods fills only its own: with one shared connection a flooding sensor made the broker drop the others'
 messages. The handler runs on that connection's network thread under the source's ``IntakeBudget`` (its pauses
 back up into the broker's queue for this sensor alone), and is thin: a size check, then
-``wire.PayloadDecoder.decode`` and ``put_nowait``. A payload longer than the largest valid one is refused
+``PayloadDecoder.decode`` and ``put_nowait``. A payload longer than the largest valid one is refused
 unparsed (``oversized_payloads``), a malformed one is counted in ``bad_payloads``; both are skipped, and a
 full queue counts ``frames_dropped``.
 
 Payloads are either the gateway's wire payloads (``payload = "wire"``: a binary frame or the wire JSON
-object) or a sensor's own JSON read through a declared ``wire.JsonMapping`` (``payload = "json"``). A
+object) or a sensor's own JSON read through a declared ``JsonMapping`` (``payload = "json"``). A
 mapping without a sequence field gives count-based windows: the source numbers the samples as they
 arrive, and a lost message cannot be seen as a gap (``gaps_detectable`` is false in the status, and the
 source says so in the log when it starts).
@@ -23,8 +23,9 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.contract import wire
 from edge_agent.contract.errors import FrameError
+from edge_agent.contract.json_mapping import PayloadDecoder
+from edge_agent.contract.mqtt_payload import PayloadTooLarge
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sources import QueueSource
 from edge_agent.status import SourceCounters
@@ -39,7 +40,7 @@ class MqttSource(QueueSource):
         connection: the gateway's MQTT connection (started and stopped by its owner).
         topic: the samples topic (``topics.samples_topic(device)``, or any topic a sensor publishes on).
         qos: subscription QoS (1 recommended: QoS 0 drops silently under load).
-        decoder: how payloads become frames (default: the wire payloads, ``wire.PayloadDecoder()``).
+        decoder: how payloads become frames (default: the wire payloads, ``PayloadDecoder()``).
         queue_frames: bound of the frame queue.
         wake: set whenever a frame is queued.
         intake_cpu: share of a core this source's decoding may use (``IntakeBudget``).
@@ -52,7 +53,7 @@ class MqttSource(QueueSource):
         topic: str,
         *,
         qos: int = 1,
-        decoder: wire.PayloadDecoder | None = None,
+        decoder: PayloadDecoder | None = None,
         queue_frames: int = 1024,
         wake: threading.Event | None = None,
         intake_cpu: float = 0.1,
@@ -63,7 +64,7 @@ class MqttSource(QueueSource):
         self.qos = qos
         self.connection = connection
         self.own_connection = own_connection
-        self.decoder = decoder or wire.PayloadDecoder()
+        self.decoder = decoder or PayloadDecoder()
         self.bad_payloads = 0
         self.oversized_payloads = 0
         self.messages = 0
@@ -107,7 +108,7 @@ class MqttSource(QueueSource):
         self.bytes += len(msg.payload)
         try:
             frame = self.decoder.decode(msg.payload)
-        except wire.PayloadTooLarge as exc:
+        except PayloadTooLarge as exc:
             self.oversized_payloads += 1
             self._warn("oversized", "mqtt %s: %s; %d so far", msg.topic, exc, self.oversized_payloads)
             return

@@ -2,8 +2,8 @@
 
 The reader thread opens the port with ``serial.serial_for_url`` (so ``/dev/ttyACM0``, ``/dev/pts/3``
 and ``loop://`` all work), reads in bulk (``read(max(1, in_waiting))`` with a timeout: never a byte
-per system call), feeds the bytes to ``wire.FrameDecoder`` (resynchronises on the sync marker after
-garbage, checks the CRC) or ``wire.CsvLineDecoder``, and queues the frames. When the port goes away
+per system call), feeds the bytes to ``FrameDecoder`` (resynchronises on the sync marker after
+garbage, checks the CRC) or ``CsvLineDecoder``, and queues the frames. When the port goes away
 (USB unplugged, the pty's other end closed) it is reopened with a capped exponential backoff whose
 sleeps notice the stop event. Nothing read from the port can stop the thread.
 """
@@ -15,7 +15,8 @@ import threading
 
 import serial
 
-from edge_agent.contract import wire
+from edge_agent.contract.binary import FrameDecoder
+from edge_agent.contract.csv_lines import CsvLineDecoder
 from edge_agent.sources import QueueSource
 from edge_agent.status import SourceCounters
 
@@ -61,8 +62,8 @@ class SerialSource(QueueSource):
         self.baudrate = baudrate
         self.read_timeout_s = read_timeout_s
         self.reopen_max_s = reopen_max_s
-        self._decoder: wire.FrameDecoder | wire.CsvLineDecoder = (
-            wire.FrameDecoder() if format == "binary" else wire.CsvLineDecoder(channels)
+        self._decoder: FrameDecoder | CsvLineDecoder = (
+            FrameDecoder() if format == "binary" else CsvLineDecoder(channels)
         )
         self.opens = 0
         self.open_failures = 0

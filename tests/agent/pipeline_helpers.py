@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.contract import wire
+from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.contract.bundle import MANIFEST_FILE, MODEL_FILE, write_bundle
 
 RATE = 20_000
@@ -36,9 +36,9 @@ def rewrite_bundle(
 
 def frames_of(x: np.ndarray, n: int = 256, seq0: int = 0, sample_type: str = "int16") -> list[bytes]:
     """Binary wire frames of ``n`` samples (int16 with the IMS full scale of 10 g)."""
-    scale = wire.int16_scale(10.0) if sample_type == "int16" else None
+    scale = int16_scale(10.0) if sample_type == "int16" else None
     return [
-        wire.encode_frame(seq0 + a, x[a : a + n], t0_us=(seq0 + a) * 50, sample_type=sample_type, scale=scale)
+        encode_frame(seq0 + a, x[a : a + n], t0_us=(seq0 + a) * 50, sample_type=sample_type, scale=scale)
         for a in range(0, len(x) - n + 1, n)
     ]
 

@@ -10,8 +10,8 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.alerts import AlertPolicy
 from edge_agent.config import load_config
-from edge_agent.contract import wire
 from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.frames import Frame
 from edge_agent.pipeline import Pipeline
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config, frames_of
@@ -32,7 +32,7 @@ def _push_bursts(pipeline: Pipeline, snaps: list[np.ndarray], period_s: float = 
     pipeline.on_window = lambda w, r, e: e is not None and events.append(e)
     for i, snap in enumerate(snaps):  # every burst restarts at sequence 0, as most wireless nodes do
         for a in range(0, len(snap), 1024):
-            pipeline.push(wire.Frame(a, 0, np.ascontiguousarray(snap[a : a + 1024])), t=1e9 + i * period_s + a / RATE)
+            pipeline.push(Frame(a, 0, np.ascontiguousarray(snap[a : a + 1024])), t=1e9 + i * period_s + a / RATE)
     return events
 
 
@@ -68,12 +68,12 @@ def test_window_times_follow_the_sample_clock_and_re_anchor_at_breaks(agent_bund
     x = degrading_samples[: RATE * 2]
     t0 = 1_700_000_000.0
     for a in range(0, len(x), 1024):  # frames stamped with a jittery arrival time: the sample clock wins
-        pipeline.push(wire.Frame(a, 0, x[a : a + 1024]), t=t0 + a / RATE + 0.3 * np.sin(a))
+        pipeline.push(Frame(a, 0, x[a : a + 1024]), t=t0 + a / RATE + 0.3 * np.sin(a))
     assert times and all(abs(t - (t0 + seq / RATE)) < 1e-6 for seq, t in times)
     n = len(times)
     gap_seq = len(x) + 10 * RATE  # 10 s of samples lost, then the stream goes on at its real time
     for a in range(0, spec.window_samples, 1024):
-        pipeline.push(wire.Frame(gap_seq + a, 0, x[a : a + 1024]), t=t0 + (gap_seq + a) / RATE + 5.0)
+        pipeline.push(Frame(gap_seq + a, 0, x[a : a + 1024]), t=t0 + (gap_seq + a) / RATE + 5.0)
     assert len(times) == n + 1
     seq, t = times[-1]
     assert abs(t - (t0 + seq / RATE + 5.0)) < 1e-6  # re-anchored on the given time after the gap

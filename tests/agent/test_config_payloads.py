@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import config_from_dict, load_config
-from edge_agent.contract import wire
+from edge_agent.contract.binary import MAX_FRAME_SIZE
 from edge_agent.contract.errors import ConfigError
+from edge_agent.contract.json_mapping import JsonMapping
+from edge_agent.contract.mqtt_payload import WIRE_JSON_LIMIT
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -22,7 +24,7 @@ def test_shipped_json_sensor_example_is_valid():
     cfg = load_config(EXAMPLES / "agent-json-sensor.toml")
     ibm, press = (s.source.mqtt for s in cfg.sensors)
     assert ibm.samples_topic("lorenz-1") == "iot-2/type/lorenz/id/lorenz-1/evt/status/fmt/json"
-    assert ibm.mapping() == wire.JsonMapping(fields=("x", "y", "z")) and ibm.decoder().counted
+    assert ibm.mapping() == JsonMapping(fields=("x", "y", "z")) and ibm.decoder().counted
     m = press.mapping()
     assert m.fields == ("acc.x", "acc.y") and (m.seq_field, m.time_field, m.time_unit, m.scale) == ("n", "ts", "ms", 0.001)
     assert not press.decoder().counted and press.decoder().max_bytes == m.max_payload_bytes
@@ -32,7 +34,7 @@ def test_wire_payloads_stay_the_default():
     cfg = config_from_dict(_mqtt())
     m = cfg.sensor().source.mqtt
     assert m.payload == "wire" and m.mapping() is None and m.samples_topic("s1") == "vib/s1/samples"
-    assert m.decoder().max_bytes == max(wire.MAX_FRAME_SIZE, wire.WIRE_JSON_LIMIT)
+    assert m.decoder().max_bytes == max(MAX_FRAME_SIZE, WIRE_JSON_LIMIT)
     assert config_from_dict(_mqtt(topic_device="other")).sensor().source.mqtt.samples_topic("s1") == "vib/other/samples"
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import load_config
-from edge_agent.contract import wire
+from edge_agent.contract.binary import encode_frame
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.broker import wait_for
@@ -22,7 +22,7 @@ HEALTH = {"no_data_s": 2.0, "no_window_s": 1.0}
 
 
 def _frames(x: np.ndarray, seq0: int, n: int = 1024) -> list[bytes]:
-    return [wire.encode_frame(seq0 + a, x[a:a + n], sample_type="float32") for a in range(0, len(x) - n + 1, n)]
+    return [encode_frame(seq0 + a, x[a:a + n], sample_type="float32") for a in range(0, len(x) - n + 1, n)]
 
 
 class Stream:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from edge_agent.alerts import AlertPolicy
-from edge_agent.contract import wire
+from edge_agent.contract.binary import FrameDecoder, encode_frame, int16_scale
 from edge_agent.contract.bundle import Bundle
+from edge_agent.contract.frames import Frame
 from edge_agent.pipeline import Pipeline
 from tests.agent.pipeline_helpers import ONSET_S, RATE
 
@@ -26,7 +27,7 @@ def test_alert_is_raised_when_gaps_leave_fewer_than_k_windows_between_them(agent
     pos, windows = 0, 0
     while pos + stretch <= len(failing):
         before = pipeline.alert_events
-        windows += pipeline.push(wire.Frame(pos, 0, np.ascontiguousarray(failing[pos : pos + stretch])))
+        windows += pipeline.push(Frame(pos, 0, np.ascontiguousarray(failing[pos : pos + stretch])))
         if pipeline.alert_events > before:
             events.append(pipeline.alerts.state)
         pos += stretch + 100
@@ -38,10 +39,10 @@ def test_alert_is_raised_when_gaps_leave_fewer_than_k_windows_between_them(agent
 
 def _stream(pipeline: Pipeline, x: np.ndarray, seq0: int, frame: int = 256, sample_type: str = "float32") -> int:
     """Push ``x`` through the real wire codec (int16 frames saturate at the IMS full scale of 10 g)."""
-    decoder = wire.FrameDecoder()
-    scale = wire.int16_scale(10.0) if sample_type == "int16" else None
+    decoder = FrameDecoder()
+    scale = int16_scale(10.0) if sample_type == "int16" else None
     for pos in range(0, len(x) - frame + 1, frame):
-        payload = wire.encode_frame(seq0 + pos, x[pos : pos + frame], sample_type=sample_type, scale=scale)
+        payload = encode_frame(seq0 + pos, x[pos : pos + frame], sample_type=sample_type, scale=scale)
         for f in decoder.feed(payload):
             pipeline.push(f)
     return seq0 + len(x) // frame * frame

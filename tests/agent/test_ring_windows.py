@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.contract import preprocess, wire
+from edge_agent.contract import preprocess
+from edge_agent.contract.binary import FrameDecoder, encode_frame, int16_scale
+from edge_agent.contract.frames import SEQ_MOD, Frame
 from edge_agent.ring import Ring
 from edge_agent.windows import Windower
 
@@ -30,19 +32,19 @@ def _signal(n: int, c: int = 2, seed: int = 0) -> np.ndarray:
     return (np.sin(t * 0.07 * np.arange(1, c + 1)) + 0.3 * rng.standard_normal((n, c))).astype(np.float32)
 
 
-def _frames(x: np.ndarray, sizes: list[int], seq0: int = 0) -> list[wire.Frame]:
+def _frames(x: np.ndarray, sizes: list[int], seq0: int = 0) -> list[Frame]:
     out, pos = [], 0
     for i in range(len(x)):
         size = sizes[i % len(sizes)]
         if pos >= len(x):
             break
         chunk = x[pos : pos + size]
-        out.append(wire.Frame((seq0 + pos) % wire.SEQ_MOD, pos * 100, chunk.copy()))
+        out.append(Frame((seq0 + pos) % SEQ_MOD, pos * 100, chunk.copy()))
         pos += len(chunk)
     return out
 
 
-def _collect(windower: Windower, frames: list[wire.Frame]) -> tuple[np.ndarray, list[int]]:
+def _collect(windower: Windower, frames: list[Frame]) -> tuple[np.ndarray, list[int]]:
     got, ends = [], []
 
     def emit(w):
@@ -98,7 +100,7 @@ def test_gap_restarts_window_assembly(spec):
     cut = spec.window_samples + 5
     missing = 3
     frames = _frames(x[:cut], [50]) + [
-        wire.Frame(cut + missing + i, 0, x[cut + missing + i : cut + missing + i + 50].copy())
+        Frame(cut + missing + i, 0, x[cut + missing + i : cut + missing + i + 50].copy())
         for i in range(0, len(x) - cut - missing, 50)
     ]
     got, _ = _collect(Windower(spec), frames)
@@ -146,7 +148,7 @@ def test_invalid_samples_are_never_inside_a_scored_window(spec, kind):
         x[bad_at, 0] = 40.0
     frames = _frames(x, [64])
     if kind == "saturated":  # through the real int16 codec: 40.0 clips to a saturated code
-        frames = [wire.FrameDecoder().feed(wire.encode_frame(f.seq, f.samples, scale=wire.int16_scale(10.0)))[0]
+        frames = [FrameDecoder().feed(encode_frame(f.seq, f.samples, scale=int16_scale(10.0)))[0]
                   for f in frames]
     w = Windower(spec, value_range=20.0 if kind == "range" else None)
     got, ends = _collect(w, frames)
@@ -163,7 +165,7 @@ def test_invalid_samples_are_never_inside_a_scored_window(spec, kind):
 
 def test_wrong_channel_count_is_rejected_and_counted():
     w = Windower(RAW)
-    assert w.push(wire.Frame(0, 0, np.zeros((10, 3), np.float32)), lambda _w: None) == 0
+    assert w.push(Frame(0, 0, np.zeros((10, 3), np.float32)), lambda _w: None) == 0
     assert w.counters.frames_rejected == 1
 
 
@@ -172,7 +174,7 @@ def test_window_stats_are_per_channel():
     x[:, 0] = 2.0
     x[5, 1] = -3.0
     seen = []
-    Windower(FEAT).push(wire.Frame(0, 0, x), lambda win: seen.append(dict(win.stats)))
+    Windower(FEAT).push(Frame(0, 0, x), lambda win: seen.append(dict(win.stats)))
     assert len(seen) == 1
     assert seen[0]["rms"][0] == pytest.approx(2.0) and seen[0]["peak"] == [2.0, 3.0]
 
@@ -182,7 +184,7 @@ ORDER_FREE = preprocess.PreprocessSpec(mode="features", channels=("x", "y"), win
                                        features=("rms", "peak", "kurtosis", "crest"))
 
 
-def _bridged(windower: Windower, frames: list[wire.Frame]) -> tuple[np.ndarray, list[int]]:
+def _bridged(windower: Windower, frames: list[Frame]) -> tuple[np.ndarray, list[int]]:
     got, bridged = [], []
 
     def emit(w):
@@ -202,7 +204,7 @@ def test_bridged_windows_are_the_windows_of_the_valid_samples_and_say_how_many_w
     for a in range(0, len(x), 50):
         chunk = x[a:a + 50].copy()
         chunk[lost[a:a + 50]] = np.nan
-        frames.append(wire.Frame(a, 0, chunk))
+        frames.append(Frame(a, 0, chunk))
     del frames[30]  # and one lost frame (rows 1500..1549)
     lost[1500:1550] = True
     w = Windower(ORDER_FREE, bridge=60)
@@ -215,7 +217,7 @@ def test_bridged_windows_are_the_windows_of_the_valid_samples_and_say_how_many_w
 
 def test_a_gap_beyond_the_budget_restarts_and_a_window_over_budget_is_withheld():
     x = _signal(32 * 40)
-    frames = [wire.Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)]
+    frames = [Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)]
     del frames[12]  # 32 samples: more than a budget of 20 -> restart, as without bridging
     w = Windower(ORDER_FREE, bridge=20)
     _, ends = _collect(w, frames)
@@ -223,7 +225,7 @@ def test_a_gap_beyond_the_budget_restarts_and_a_window_over_budget_is_withheld()
     y = x.copy()
     y[[40, 50, 60, 70]] = np.nan  # 4 NaN rows in one stretch, each bridged, together over a budget of 3
     w = Windower(ORDER_FREE, bridge=3)
-    _collect(w, [wire.Frame(a, 0, y[a:a + 32].copy()) for a in range(0, len(y), 32)])
+    _collect(w, [Frame(a, 0, y[a:a + 32].copy()) for a in range(0, len(y), 32)])
     assert w.counters.windows_withheld > 0 and w.counters.samples_bridged == 4
 
 
@@ -238,7 +240,7 @@ def test_where_order_matters_a_rare_nan_is_interpolated_not_a_broken_window(spec
         x[row] = np.nan
         filled[row] = (filled[row - 1] + filled[row + 1]) / 2  # its neighbours sit in the same frame of 32
     w = Windower(spec, bridge=100)
-    got, bridged = _bridged(w, [wire.Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)])
+    got, bridged = _bridged(w, [Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)])
     expected = preprocess.windows(preprocess.steps(filled, spec), spec.window, spec.hop)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert w.counters.samples_bridged == 2 and w.counters.samples_discarded == 0 and sum(bridged) >= 2
@@ -246,7 +248,7 @@ def test_where_order_matters_a_rare_nan_is_interpolated_not_a_broken_window(spec
 
 def test_with_fft_bands_a_lost_frame_drops_its_block_so_no_spectrum_spans_the_gap():
     x = _signal(32 * 40)
-    frames = [wire.Frame(a, 0, x[a:a + 16].copy()) for a in range(0, len(x), 16)]
+    frames = [Frame(a, 0, x[a:a + 16].copy()) for a in range(0, len(x), 16)]
     del frames[21]  # rows 336..351 lost: the block of rows 320..351 can only be half assembled
     w = Windower(FEAT, bridge=100)
     got, bridged = _bridged(w, frames)
@@ -263,5 +265,5 @@ def test_over_range_samples_are_never_bridged():
     x = _signal(32 * 40)
     x[100] = 50.0
     w = Windower(ORDER_FREE, value_range=10.0, bridge=100)
-    _collect(w, [wire.Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)])
+    _collect(w, [Frame(a, 0, x[a:a + 32].copy()) for a in range(0, len(x), 32)])
     assert w.counters.samples_over_range == 1 and w.counters.samples_bridged == 0

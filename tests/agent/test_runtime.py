@@ -13,7 +13,8 @@ from edge_agent import calibration
 from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import load_config
-from edge_agent.contract import preprocess, wire
+from edge_agent.contract import preprocess
+from edge_agent.contract.binary import encode_frame
 from edge_agent.contract.bundle import MANIFEST_FILE, Bundle
 from edge_agent.contract.errors import BundleError
 from firmware_sim.link import PtyLink
@@ -193,7 +194,7 @@ def test_frames_with_another_channel_count_are_counted_not_fatal(tmp_path, agent
     try:
         with Running(cfg) as run:
             assert wait_for(lambda: run.agent.sensor().source.connected.is_set(), 10)
-            link.send(wire.encode_frame(0, np.zeros((64, 2), np.float32)))
+            link.send(encode_frame(0, np.zeros((64, 2), np.float32)))
             assert wait_for(lambda: run.agent.status()["sensors"]["pump-7"]["frames_rejected"] == 1, 10)
     finally:
         link.close()

@@ -7,7 +7,8 @@ import threading
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.contract import topics, wire
+from edge_agent.contract import topics
+from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.contract.upload_record import decode_record
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
@@ -55,7 +56,7 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
         x = degrading_samples
         n = 1024
         for a in range(0, len(x) - n + 1, n):
-            info = pub.publish(topic, wire.encode_frame(a, x[a : a + n], scale=wire.int16_scale(10.0)), qos=1)
+            info = pub.publish(topic, encode_frame(a, x[a : a + n], scale=int16_scale(10.0)), qos=1)
             assert info is not None
             if a // n % 50 == 49:  # stay within paho's in-flight window; let the agent keep up
                 info.wait_for_publish(10)

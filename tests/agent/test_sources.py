@@ -10,7 +10,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.contract import topics, wire
+from edge_agent.contract import topics
+from edge_agent.contract.binary import SYNC, encode_frame
+from edge_agent.contract.csv_lines import encode_csv_lines
+from edge_agent.contract.frames import Frame
+from edge_agent.contract.mqtt_payload import encode_json_payload
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sources import SampleSource
 from edge_agent.sources.mqtt import MqttSource
@@ -47,12 +51,12 @@ class Pty:
 def _stream(n_frames: int, n: int = 64, c: int = 2, seq0: int = 0) -> tuple[list[bytes], np.ndarray]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n_frames * n, c)).astype(np.float32)
-    frames = [wire.encode_frame(seq0 + i * n, x[i * n : (i + 1) * n], sample_type="float32") for i in range(n_frames)]
+    frames = [encode_frame(seq0 + i * n, x[i * n : (i + 1) * n], sample_type="float32") for i in range(n_frames)]
     return frames, x
 
 
-def _drain(source, want: int, timeout: float = 10.0) -> list[wire.Frame]:
-    got: list[wire.Frame] = []
+def _drain(source, want: int, timeout: float = 10.0) -> list[Frame]:
+    got: list[Frame] = []
 
     def more() -> bool:
         got.extend(source.read(0.05))
@@ -77,7 +81,7 @@ def test_serial_pty_with_ten_percent_garbage_keeps_every_good_frame():
     blob = bytearray()
     for i, f in enumerate(frames):
         junk = rng.integers(0, 256, size=int(rng.integers(0, 2 * 0.1 * len(f)))).astype(np.uint8).tobytes()
-        junk = junk.replace(wire.SYNC, b"\x00\x00")  # keep the count of garbage bytes exact
+        junk = junk.replace(SYNC, b"\x00\x00")  # keep the count of garbage bytes exact
         garbage += len(junk)
         blob += junk
         if i in corrupted:  # a bit flip inside the payload: must fail the CRC, and not take the next frame with it
@@ -105,7 +109,7 @@ def test_serial_pty_with_ten_percent_garbage_keeps_every_good_frame():
 def test_serial_csv_lines_over_pty():
     pty = Pty()
     x = np.arange(40, dtype=np.float32).reshape(20, 2) / 3
-    text = wire.encode_csv_lines(100, x, 0, 1000.0) + b"garbage line\n" + wire.encode_csv_lines(120, x, 0, 1000.0)
+    text = encode_csv_lines(100, x, 0, 1000.0) + b"garbage line\n" + encode_csv_lines(120, x, 0, 1000.0)
     src = SerialSource(pty.name, format="csv", channels=2)
     try:
         src.start()
@@ -199,15 +203,15 @@ def test_mqtt_source_binary_json_and_malformed(mosquitto):
         src.start()
         conn.start()
         assert conn.wait_subscribed(10)
-        probe = wire.encode_json_payload(1000, x)  # valid, so it does not count as malformed
+        probe = encode_json_payload(1000, x)  # valid, so it does not count as malformed
         assert wait_for(lambda: pub.publish(topic, probe, qos=1) is not None and src.counters.messages > 0, 10)
         bad = [b"", b"\xa5\x5a" + b"\x00" * 10, b"{not json", json.dumps({"seq": -1, "samples": [[1]]}).encode(),
-               b"hello", wire.encode_frame(0, x)[:-1] + b"\x00"]
+               b"hello", encode_frame(0, x)[:-1] + b"\x00"]
         for p in bad:
             pub.publish(topic, p, qos=1)
-        pub.publish(topic, wire.encode_frame(6, x, sample_type="float32"), qos=1)
-        pub.publish(topic, wire.encode_json_payload(12, x), qos=1)
-        got: list[wire.Frame] = []
+        pub.publish(topic, encode_frame(6, x, sample_type="float32"), qos=1)
+        pub.publish(topic, encode_json_payload(12, x), qos=1)
+        got: list[Frame] = []
 
         def both() -> bool:
             got.extend(f for f in src.read(0.05) if f.seq != 1000)
@@ -232,16 +236,16 @@ def test_mqtt_source_resubscribes_after_broker_restart(mosquitto):
         conn.start()
         assert conn.wait_subscribed(10)
         pub = _publisher(mosquitto)
-        pub.publish(topic, wire.encode_json_payload(0, x), qos=1)
+        pub.publish(topic, encode_json_payload(0, x), qos=1)
         assert [f.seq for f in _drain(src, 1)] == [0]
         pub.stop()
         mosquitto.restart()
         assert wait_for(lambda: src.counters.reconnects >= 1 and src.connection.connected, 20)
         pub = _publisher(mosquitto, "pub2")
-        got: list[wire.Frame] = []
+        got: list[Frame] = []
 
         def arrived() -> bool:  # the subscription may land just after CONNACK: publish until one arrives
-            pub.publish(topic, wire.encode_json_payload(4, x), qos=1)
+            pub.publish(topic, encode_json_payload(4, x), qos=1)
             got.extend(src.read(0.2))
             return bool(got)
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from edge_agent.config import MqttSource as MqttSourceConfig
-from edge_agent.contract import preprocess, wire
+from edge_agent.contract import preprocess
+from edge_agent.contract.binary import encode_frame
+from edge_agent.contract.frames import Frame
+from edge_agent.contract.json_mapping import JsonMapping, PayloadDecoder
+from edge_agent.contract.mqtt_payload import decode_payload
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.windows import Windower
@@ -48,9 +52,9 @@ def test_redelivered_binary_frames_are_duplicates_by_their_wire_crc_and_new_data
     x = np.random.default_rng(3).standard_normal((256, 2)).astype(np.float32)
     y = x.copy()
     y[70, 0] += 1.0  # same seq and length as a frame already consumed, other data: a restarted sender
-    frames = [wire.decode_payload(wire.encode_frame(a, x[a : a + 32], sample_type="float32")) for a in range(0, 256, 32)]
-    again = wire.decode_payload(wire.encode_frame(64, x[64:96], sample_type="float32"))
-    other = wire.decode_payload(wire.encode_frame(64, y[64:96], sample_type="float32"))
+    frames = [decode_payload(encode_frame(a, x[a : a + 32], sample_type="float32")) for a in range(0, 256, 32)]
+    again = decode_payload(encode_frame(64, x[64:96], sample_type="float32"))
+    other = decode_payload(encode_frame(64, y[64:96], sample_type="float32"))
     assert again.crc == frames[2].crc and again.samples is not frames[2].samples
     w = Windower(spec)
     for f in [*frames[:4], again, frames[1], *frames[4:]]:
@@ -58,9 +62,9 @@ def test_redelivered_binary_frames_are_duplicates_by_their_wire_crc_and_new_data
     assert w.counters.duplicates == 2 and w.counters.gaps == 0 and w.counters.samples_in == 256
     w.push(other, lambda _w: None)
     assert w.counters.duplicates == 2 and w.counters.resyncs == 1
-    decoded = wire.PayloadDecoder(wire.JsonMapping(values="v", seq_field="s"))  # no wire CRC: one over the samples
+    decoded = PayloadDecoder(JsonMapping(values="v", seq_field="s"))  # no wire CRC: one over the samples
     payload = b'{"s": 96, "v": %s}' % str(y[96:128].tolist()).encode()
     w.push(decoded.decode(payload), lambda _w: None)
     assert w.is_duplicate(decoded.decode(payload))
     assert not w.is_duplicate(decoded.decode(payload.replace(b'"s": 96', b'"s": 64')))
-    assert not w.is_duplicate(wire.Frame(96, 0, y[96:128] * 2))
+    assert not w.is_duplicate(Frame(96, 0, y[96:128] * 2))

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.contract import rollout, topics, wire
+from edge_agent.contract import rollout, topics
+from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.contract.upload_record import decode_record
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
@@ -52,7 +53,7 @@ class Stream:
     def _run(self) -> None:
         t0 = time.monotonic()
         for a in range(0, len(self.samples) - FRAME + 1, FRAME):
-            frame = wire.encode_frame(a, self.samples[a:a + FRAME], scale=wire.int16_scale(10.0))
+            frame = encode_frame(a, self.samples[a:a + FRAME], scale=int16_scale(10.0))
             info = self.conn.publish(self.topic, frame, qos=1)
             assert info is not None
             self.sent = a + FRAME

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.contract import topics, wire
+from edge_agent.contract import topics
+from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import RATE
 from tests.broker import Broker, wait_for
@@ -42,8 +43,8 @@ def _latency(pub: MqttConnection, device: str, x: np.ndarray, onset: int, alerts
     for a in range(0, len(x) - FRAME + 1, FRAME):
         if a >= onset and t_onset is None:
             t_onset = time.monotonic()
-        assert pub.publish(topics.samples_topic(device), wire.encode_frame(
-            a, x[a:a + FRAME], scale=wire.int16_scale(10.0)), qos=1) is not None
+        assert pub.publish(topics.samples_topic(device), encode_frame(
+            a, x[a:a + FRAME], scale=int16_scale(10.0)), qos=1) is not None
         ahead = t0 + (a + FRAME) / RATE - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.contract import topics, wire
+from edge_agent.contract import topics
+from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.broker import wait_for
@@ -127,7 +128,7 @@ def test_an_80_mb_json_payload_is_refused_unparsed_and_the_agent_stays_small(tmp
     pub = MqttConnection(mosquitto.host, mosquitto.port, "sensor")
     topic = topics.samples_topic("pump-7")
     x = degrading_samples[: 8 * 8192]
-    frames = [wire.encode_frame(a, x[a : a + 1024], scale=wire.int16_scale(10.0)) for a in range(0, len(x), 1024)]
+    frames = [encode_frame(a, x[a : a + 1024], scale=int16_scale(10.0)) for a in range(0, len(x), 1024)]
     half = len(frames) // 2
     # well-formed JSON of the wire shape (seq, samples), 80 MB: ~20x that in memory had it been parsed
     row = b"[0.123456789,-1.23456789,2.3456789,-3.456789],"

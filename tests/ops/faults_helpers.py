@@ -9,7 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from edge_agent.contract import wire
+from edge_agent.contract.binary import encode_frame, int16_scale
+from edge_agent.contract.frames import SEQ_MOD
 from firmware_sim import signals
 from firmware_sim.link import PtyLink
 from tests.agent.agent_process import Proc
@@ -29,7 +30,7 @@ class Sensor(threading.Thread):
         n = int(RATE * seconds) // FRAME * FRAME
         self._x = {s: signals.generate(signals.make_source("bearing", state=s, preset="ims", seed=3), n)
                    for s in ("healthy", "broken")}
-        self._scale = wire.int16_scale(10.0)
+        self._scale = int16_scale(10.0)
         self._halt = threading.Event()
         self.seq = 0
         self.paused = threading.Event()
@@ -41,7 +42,7 @@ class Sensor(threading.Thread):
             x = self._x[self.state]
             a = self.seq % len(x)
             if not self.paused.is_set():
-                self.link.send(wire.encode_frame(self.seq % wire.SEQ_MOD, x[a : a + FRAME], scale=self._scale))
+                self.link.send(encode_frame(self.seq % SEQ_MOD, x[a : a + FRAME], scale=self._scale))
             self.seq += FRAME
             sent += FRAME
             self._halt.wait(max(0.0, t0 + sent / RATE - time.monotonic()))  # real-time pacing

@@ -7,7 +7,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.contract import preprocess, wire
+from edge_agent.contract import preprocess
+from edge_agent.contract.frames import SEQ_MOD, Frame
 from edge_agent.windows import Windower
 
 RAW = preprocess.PreprocessSpec(mode="raw", channels=("x", "y"), window=16, hop=4)
@@ -37,7 +38,7 @@ def test_every_accepted_sample_is_scored_invalid_discarded_or_pending(spec, fram
             seq = max(0, seq - 500)
         elif kind == "nan":
             x[n // 2, 1] = np.nan
-        w.push(wire.Frame(seq % wire.SEQ_MOD, 0, x), emit)
+        w.push(Frame(seq % SEQ_MOD, 0, x), emit)
         seq += n
         c = w.counters
         assert c.samples_in == c.samples_scored + c.samples_invalid + c.samples_discarded + w.samples_pending

@@ -106,15 +106,15 @@ def test_broker_restart_agent_reconnects_resubscribes_and_republishes(tmp_path, 
     stop = threading.Event()
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     availability: list[bytes] = []
-    from edge_agent.contract import wire
+    from edge_agent.contract.binary import encode_frame, int16_scale
     from firmware_sim import signals
 
     x = signals.generate(signals.make_source("bearing", state="healthy", preset="ims", seed=4), 40 * 1024)
-    scale = wire.int16_scale(10.0)
+    scale = int16_scale(10.0)
 
     def send(pub: MqttConnection, seq0: int) -> None:
         for a in range(0, len(x), 1024):
-            pub.publish(topics.samples_topic("pump-7"), wire.encode_frame(seq0 + a, x[a : a + 1024], scale=scale), qos=1)
+            pub.publish(topics.samples_topic("pump-7"), encode_frame(seq0 + a, x[a : a + 1024], scale=scale), qos=1)
 
     thread.start()
     try:

@@ -7,7 +7,7 @@ import logging
 from io import StringIO
 
 from edge_agent import logs
-from edge_agent.contract import wire
+from edge_agent.contract.binary import encode_frame, int16_scale
 from firmware_sim import signals
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import RATE, agent_config
@@ -49,7 +49,7 @@ def test_agent_logs_json_and_rate_limits_a_flood_of_bad_input(tmp_path, agent_bu
     try:
         assert agent.wait_line(r"^edge-agent: device pump-7", 60), agent.output()
         assert agent.wait_line(r"open \(binary\)", 10), agent.output()
-        frames = [wire.encode_frame(a, x[a : a + 256], scale=wire.int16_scale(10.0)) for a in range(0, len(x), 512)]
+        frames = [encode_frame(a, x[a : a + 256], scale=int16_scale(10.0)) for a in range(0, len(x), 512)]
         for i in range(0, len(frames), 10):
             link.send(b"".join(frames[i : i + 10]))
         assert link.overflow_bytes == 0

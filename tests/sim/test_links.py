@@ -13,8 +13,12 @@ import paho.mqtt.client as mqtt
 import pytest
 import serial
 
-from edge_agent.contract import topics, wire
+from edge_agent.contract import topics
+from edge_agent.contract.binary import FrameDecoder, int16_scale
+from edge_agent.contract.csv_lines import CsvLineDecoder
 from edge_agent.contract.errors import FrameError
+from edge_agent.contract.frames import SEQ_MOD, Frame, seq_gap
+from edge_agent.contract.mqtt_payload import decode_payload
 from firmware_sim import link, signals
 from firmware_sim.faults import FaultInjector
 from firmware_sim.stream import StreamConfig, Streamer
@@ -55,8 +59,8 @@ class _Run:
 def _stream_over_pty(cfg: StreamConfig, source, n: int, faults=None, decoder=None):
     """Stream ``n`` samples over a new pty while a pyserial reader decodes every byte sent;
     returns (frames, report, decoder)."""
-    decoder = decoder or (wire.CsvLineDecoder() if cfg.fmt == "csv" else wire.FrameDecoder())
-    frames: list[wire.Frame] = []
+    decoder = decoder or (CsvLineDecoder() if cfg.fmt == "csv" else FrameDecoder())
+    frames: list[Frame] = []
     received = 0
     with link.PtyLink() as lk, serial.Serial(lk.path, timeout=0.2) as port:
         streamer = Streamer(source, lk, cfg, faults)
@@ -73,16 +77,16 @@ def _stream_over_pty(cfg: StreamConfig, source, n: int, faults=None, decoder=Non
     return frames, report, decoder
 
 
-def _gaps(frames: list[wire.Frame], first_seq: int = 0, total: int | None = None) -> int:
+def _gaps(frames: list[Frame], first_seq: int = 0, total: int | None = None) -> int:
     """Samples missing between consecutive frames (and before the first / after the last)."""
     missing, expected = 0, first_seq
     for f in frames:
-        gap = wire.seq_gap(expected, f.seq)
+        gap = seq_gap(expected, f.seq)
         assert gap >= 0, f"stream went backwards at {f.seq}"
         missing += gap
         expected = f.next_seq
     if total is not None:
-        missing += wire.seq_gap(expected, total % wire.SEQ_MOD)
+        missing += seq_gap(expected, total % SEQ_MOD)
     return missing
 
 
@@ -103,7 +107,7 @@ def test_pty_int16_frames_round_trip_within_one_lsb_and_real_time_pacing_runs():
     src = signals.BearingSource("femto", "healthy", seed=5)
     n = 25600 // 2  # half a second, paced in real time
     frames, report, dec = _stream_over_pty(StreamConfig(frame_samples=256, speed=1.0), src, n)
-    scale = wire.int16_scale(src.full_scale)
+    scale = int16_scale(src.full_scale)
     ref = signals.generate(signals.BearingSource("femto", "healthy", seed=5), n)
     got = np.concatenate([f.samples for f in frames])
     assert got.shape == ref.shape == (n, 2)
@@ -143,7 +147,7 @@ def test_pty_saturation_nan_noise_and_jitter_are_as_injected():
     frames, report, _ = _stream_over_pty(cfg, _lorenz(), n, faults)
     assert len(report.ledger.noise_bursts) > 3
     clean = signals.generate(_lorenz(), n)
-    scale = wire.int16_scale(256.0)
+    scale = int16_scale(256.0)
     noisy = [f.seq for f in frames if np.max(np.abs(f.samples - clean[f.seq : f.seq + 200])) > 2 * scale]
     assert noisy == report.ledger.noise_bursts
 
@@ -184,7 +188,7 @@ def test_pty_link_drop_and_reconnect_through_the_symlink(tmp_path):
             except serial.SerialException:
                 run.done.wait(0.05)  # the symlink is being replaced; bounded by the streamer's end
                 continue
-            dec = wire.FrameDecoder()  # a new connection starts a new stream
+            dec = FrameDecoder()  # a new connection starts a new stream
             try:
                 while not run.done.is_set():
                     frames += dec.feed(port.read(max(1, port.in_waiting)))
@@ -203,8 +207,8 @@ def test_pty_link_drop_and_reconnect_through_the_symlink(tmp_path):
 def test_serial_url_link_writes_to_a_port():
     master, slave = os.openpty()
     try:
-        dec = wire.FrameDecoder()
-        frames: list[wire.Frame] = []
+        dec = FrameDecoder()
+        frames: list[Frame] = []
         with link.SerialUrlLink(os.ttyname(slave)) as lk:
             cfg = StreamConfig(sample_type="float32", frame_samples=100, speed=0)
             run = _Run(Streamer(_lorenz(), lk, cfg), 1000)
@@ -252,11 +256,11 @@ def subscriber(mosquitto):
     sub.close()
 
 
-def _decode_all(payloads: list[bytes]) -> tuple[list[wire.Frame], int]:
+def _decode_all(payloads: list[bytes]) -> tuple[list[Frame], int]:
     frames, errors = [], 0
     for p in payloads:
         try:
-            frames.append(wire.decode_payload(p))
+            frames.append(decode_payload(p))
         except FrameError:
             errors += 1
     return frames, errors
@@ -299,7 +303,7 @@ def test_mqtt_link_drop_and_reconnect(mosquitto, subscriber):
     with link.MqttLink(*mosquitto.address, "dev1", qos=1) as lk:
         report = Streamer(_lorenz(), lk, cfg, faults).run(n)
     led = report.ledger
-    unique: dict[int, wire.Frame] = {}
+    unique: dict[int, Frame] = {}
     deadline = time.monotonic() + 15
     while len(unique) < led.frames_sent and time.monotonic() < deadline:
         for f in _decode_all(subscriber.take(1, timeout=1.0))[0]:

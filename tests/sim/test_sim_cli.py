@@ -8,7 +8,8 @@ import os
 import numpy as np
 from click.testing import CliRunner
 
-from edge_agent.contract import wire
+from edge_agent.contract.binary import FrameDecoder
+from edge_agent.contract.frames import Frame
 from firmware_sim import signals
 from firmware_sim.cli import main
 
@@ -84,8 +85,8 @@ def test_run_streams_to_a_serial_port_and_reports_the_ledger():
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, res.output
         summary = json.loads(res.output.strip().splitlines()[-1])
-        dec = wire.FrameDecoder()
-        frames: list[wire.Frame] = []
+        dec = FrameDecoder()
+        frames: list[Frame] = []
         expected = summary["frames_sent"] - summary["flipped_frames"]
         assert drain_fd(
             master, lambda b: frames.extend(dec.feed(b)), lambda: dec.frames + dec.crc_errors >= summary["frames_sent"]

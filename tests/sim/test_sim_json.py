@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_agent.contract import wire
 from edge_agent.contract.errors import FrameError
+from edge_agent.contract.json_mapping import JsonMapping, PayloadDecoder
 from edge_agent.mqtt_client import MqttConnection
 from firmware_sim import link, signals
 from firmware_sim.cli import main
@@ -23,9 +23,9 @@ TOPIC = "iot-2/evt/status/fmt/json"
 
 @pytest.mark.parametrize(("fmt", "mapping"), [
     ("json-per-sample", None),  # the default mapping: x, y, z, no seq, no time
-    ("json-columns", wire.JsonMapping(fields=("d.x", "d.y", "d.z"), seq_field="seq", time_field="ts", time_unit="ms")),
-    ("json-records", wire.JsonMapping(fields=("x", "y", "z"), records="data", seq_field="i", time_field="t")),
-    ("json-rows", wire.JsonMapping(values="acc", seq_field="i", time_field="t", time_unit="iso")),
+    ("json-columns", JsonMapping(fields=("d.x", "d.y", "d.z"), seq_field="seq", time_field="ts", time_unit="ms")),
+    ("json-records", JsonMapping(fields=("x", "y", "z"), records="data", seq_field="i", time_field="t")),
+    ("json-rows", JsonMapping(values="acc", seq_field="i", time_field="t", time_unit="iso")),
 ])
 def test_json_shapes_over_mqtt_decode_to_the_signal_and_flips_are_the_ledgers(mosquitto, fmt, mapping):
     n = 600
@@ -49,7 +49,7 @@ def test_json_shapes_over_mqtt_decode_to_the_signal_and_flips_are_the_ledgers(mo
         assert wait_for(lambda: len(got) == report.ledger.frames_sent * per_frame, 15)
     finally:
         sub.stop()
-    dec = wire.PayloadDecoder(streamer.mapping)
+    dec = PayloadDecoder(streamer.mapping)
     frames, bad = [], 0
     for p in got:
         try:

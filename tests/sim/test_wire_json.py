@@ -1,5 +1,5 @@
 """A sensor's own JSON through a declared mapping, payload size limits, and fuzzing of every JSON path
-(edge_agent.contract.wire: JsonMapping, PayloadDecoder, decode_payload)."""
+(edge_agent.contract.json_mapping: JsonMapping, PayloadDecoder; mqtt_payload.decode_payload)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.contract import wire
+from edge_agent.contract.binary import MAX_FRAME_SIZE, encode_frame
 from edge_agent.contract.errors import ConfigError, FrameError
+from edge_agent.contract.frames import MAX_CHANNELS, MAX_SAMPLES, SEQ_MOD, Frame
+from edge_agent.contract.json_mapping import TIME_UNITS, JsonMapping, PayloadDecoder
+from edge_agent.contract.mqtt_payload import WIRE_JSON_LIMIT, PayloadTooLarge, decode_payload, encode_json_payload
 
 
 def _samples(n: int = 40, c: int = 3, seed: int = 0) -> np.ndarray:
@@ -22,14 +25,14 @@ def _samples(n: int = 40, c: int = 3, seed: int = 0) -> np.ndarray:
 
 
 MAPPINGS = {
-    "ibm": (wire.JsonMapping(fields=("x", "y", "z")), ("sample", "columns", "records")),
-    "nested": (wire.JsonMapping(fields=("d.acc.x", "d.acc.y", "d.acc.z"), seq_field="seq", time_field="ts",
+    "ibm": (JsonMapping(fields=("x", "y", "z")), ("sample", "columns", "records")),
+    "nested": (JsonMapping(fields=("d.acc.x", "d.acc.y", "d.acc.z"), seq_field="seq", time_field="ts",
                                 time_unit="ms"), ("sample", "columns", "records")),
-    "records": (wire.JsonMapping(fields=("x", "y", "z"), records="data", seq_field="n", time_field="t",
+    "records": (JsonMapping(fields=("x", "y", "z"), records="data", seq_field="n", time_field="t",
                                  time_unit="iso"), ("sample", "columns", "records")),
-    "rows": (wire.JsonMapping(values="v", channels=3, seq_field="s", time_field="t", time_unit="ns", scale=0.5),
+    "rows": (JsonMapping(values="v", channels=3, seq_field="s", time_field="t", time_unit="ns", scale=0.5),
              ("sample", "rows")),
-    "us": (wire.JsonMapping(fields=("a", "b", "c"), seq_field="i", time_field="t", time_unit="us"),
+    "us": (JsonMapping(fields=("a", "b", "c"), seq_field="i", time_field="t", time_unit="us"),
            ("sample", "columns", "records")),
 }
 
@@ -41,7 +44,7 @@ def test_every_layout_round_trips_exactly(mapping, layout):
     t0 = 1_700_000_000_123_000
     payloads = mapping.encode(2**32 + 100, x, t0_us=t0, sample_rate=1000.0, layout=layout)
     assert len(payloads) == (len(x) if layout == "sample" else 1)
-    dec = wire.PayloadDecoder(mapping)
+    dec = PayloadDecoder(mapping)
     frames = [dec.decode(p) for p in payloads]
     got = np.concatenate([f.samples for f in frames])
     assert got.dtype == np.float32 and got.flags.c_contiguous
@@ -55,7 +58,7 @@ def test_every_layout_round_trips_exactly(mapping, layout):
 
 
 def test_ibm_watson_per_sample_messages_are_numbered_by_count():
-    dec = wire.PayloadDecoder(wire.JsonMapping(fields=("x", "y", "z")))
+    dec = PayloadDecoder(JsonMapping(fields=("x", "y", "z")))
     msgs = [b'{"x": 1.5, "y": -2, "z": 9.81}', b'{"z": 3, "y": 2, "x": 1, "extra": "ignored"}',
             b'{"x": null, "y": NaN, "z": 0}']
     frames = [dec.decode(m) for m in msgs]
@@ -68,17 +71,17 @@ def test_ibm_watson_per_sample_messages_are_numbered_by_count():
 
 
 def test_seq_and_time_fields_in_the_message_or_the_first_record():
-    m = wire.JsonMapping(fields=("x",), records="r", seq_field="seq", time_field="ts", time_unit="s")
-    f = wire.PayloadDecoder(m).decode(b'{"seq": 7, "ts": 1.5, "r": [{"x": 1}, {"x": 2}]}')
+    m = JsonMapping(fields=("x",), records="r", seq_field="seq", time_field="ts", time_unit="s")
+    f = PayloadDecoder(m).decode(b'{"seq": 7, "ts": 1.5, "r": [{"x": 1}, {"x": 2}]}')
     assert (f.seq, f.t0_us, f.samples.tolist()) == (7, 1_500_000, [[1.0], [2.0]])
-    f = wire.PayloadDecoder(m).decode(b'{"r": [{"x": 1, "seq": 9, "ts": 2}, {"x": 2, "seq": 10, "ts": 2.001}]}')
+    f = PayloadDecoder(m).decode(b'{"r": [{"x": 1, "seq": 9, "ts": 2}, {"x": 2, "seq": 10, "ts": 2.001}]}')
     assert (f.seq, f.t0_us) == (9, 2_000_000)
-    f = wire.PayloadDecoder(m).decode(b'{"seq": [2, 3], "ts": [1, 1.1], "x": [5, 6]}')  # columns with seq/time columns
+    f = PayloadDecoder(m).decode(b'{"seq": [2, 3], "ts": [1, 1.1], "x": [5, 6]}')  # columns with seq/time columns
     assert (f.seq, f.t0_us, f.samples.ravel().tolist()) == (2, 1_000_000, [5.0, 6.0])
-    m = wire.JsonMapping(fields=("x",), seq_field="seq", time_field="ts", time_unit="iso")
-    f = wire.PayloadDecoder(m).decode(b'{"seq": 4294967297, "ts": "1970-01-01T01:00:01.5+01:00", "x": 1}')
+    m = JsonMapping(fields=("x",), seq_field="seq", time_field="ts", time_unit="iso")
+    f = PayloadDecoder(m).decode(b'{"seq": 4294967297, "ts": "1970-01-01T01:00:01.5+01:00", "x": 1}')
     assert (f.seq, f.t0_us) == (1, 1_500_000)  # a 64-bit sample counter, taken modulo 2**32
-    f = wire.PayloadDecoder(m).decode(b'{"seq": 0, "ts": "1970-01-01T00:00:02.25", "x": 1}')
+    f = PayloadDecoder(m).decode(b'{"seq": 0, "ts": "1970-01-01T00:00:02.25", "x": 1}')
     assert f.t0_us == 2_250_000  # naive: UTC
 
 
@@ -115,19 +118,19 @@ def test_seq_and_time_fields_in_the_message_or_the_first_record():
 )
 def test_malformed_payloads_are_frame_errors_that_say_why(mapping, payload, message):
     with pytest.raises(FrameError, match=message):
-        wire.PayloadDecoder(wire.JsonMapping(**mapping)).decode(payload)
+        PayloadDecoder(JsonMapping(**mapping)).decode(payload)
 
 
 def test_wire_json_integers_beyond_float_range_are_bad_payloads_not_overflow_errors():
     for p in (b'{"seq": 1, "samples": [[1' + b"0" * 400 + b', 2]]}', b'{"seq": 1, "samples": [[1e400, null]]}'):
         try:
-            f = wire.decode_payload(p)
+            f = decode_payload(p)
         except FrameError as exc:
             assert "beyond float range" in str(exc)
         else:  # 1e400 is a float literal: inf, an invalid sample the windower counts, as a float32 inf on the wire
             assert np.isinf(f.samples[0, 0]) and np.isnan(f.samples[0, 1])
     with pytest.raises(FrameError, match="'seq'"):
-        wire.decode_payload(b'{"seq": 1' + b"0" * 400 + b', "samples": [[1]]}')
+        decode_payload(b'{"seq": 1' + b"0" * 400 + b', "samples": [[1]]}')
 
 
 @pytest.mark.parametrize(
@@ -152,7 +155,7 @@ def test_wire_json_integers_beyond_float_range_are_bad_payloads_not_overflow_err
 )
 def test_bad_mappings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=rf"^{key}: "):
-        wire.JsonMapping(**kwargs)
+        JsonMapping(**kwargs)
 
 
 def _longest_values(n: int, c: int) -> np.ndarray:
@@ -162,44 +165,44 @@ def _longest_values(n: int, c: int) -> np.ndarray:
 
 @pytest.mark.parametrize("layout", ["sample", "columns", "records"])
 def test_the_size_limit_admits_every_valid_payload_and_refuses_one_byte_more(layout):
-    m = wire.JsonMapping(fields=("data.accelerometer.x", "data.accelerometer.y", "data.accelerometer.z"),
+    m = JsonMapping(fields=("data.accelerometer.x", "data.accelerometer.y", "data.accelerometer.z"),
                          seq_field="seq", time_field="time", time_unit="iso")
-    x = _longest_values(1 if layout == "sample" else wire.MAX_SAMPLES, 3)
+    x = _longest_values(1 if layout == "sample" else MAX_SAMPLES, 3)
     (payload,) = m.encode(2**32 - 1, x, t0_us=2**53, sample_rate=1.0, layout=layout)[:1]
     pretty = json.dumps(json.loads(payload), indent=1).encode()  # a sensor may indent its JSON
-    dec = wire.PayloadDecoder(m)
+    dec = PayloadDecoder(m)
     for p in (payload, pretty):
         assert len(p) <= dec.max_bytes
         assert dec.decode(p).n_samples == len(x)
-    with pytest.raises(wire.PayloadTooLarge):
+    with pytest.raises(PayloadTooLarge):
         dec.decode(b" " * (dec.max_bytes + 1))
 
 
 def test_wire_limits_are_checked_before_parsing():
-    biggest = wire.encode_json_payload(2**32 - 1, _longest_values(wire.MAX_SAMPLES, wire.MAX_CHANNELS),
+    biggest = encode_json_payload(2**32 - 1, _longest_values(MAX_SAMPLES, MAX_CHANNELS),
                                        t0_us=2**64 - 1, channels=[f"channel-{i}" for i in range(16)])
-    assert len(biggest) <= wire.WIRE_JSON_LIMIT and wire.decode_payload(biggest).n_samples == wire.MAX_SAMPLES
-    with pytest.raises(wire.PayloadTooLarge, match="refused unparsed"):
-        wire.decode_payload(b"{" * (wire.WIRE_JSON_LIMIT + 1))  # never parsed: it would be a RecursionError
-    frame = wire.encode_frame(0, np.zeros((wire.MAX_SAMPLES, wire.MAX_CHANNELS)), sample_type="float32")
-    assert len(frame) == wire.MAX_FRAME_SIZE and wire.decode_payload(frame).n_samples == wire.MAX_SAMPLES
-    with pytest.raises(wire.PayloadTooLarge):
-        wire.decode_payload(frame + b"\x00")
-    assert issubclass(wire.PayloadTooLarge, FrameError)  # a caller that counts only FrameError still counts it
+    assert len(biggest) <= WIRE_JSON_LIMIT and decode_payload(biggest).n_samples == MAX_SAMPLES
+    with pytest.raises(PayloadTooLarge, match="refused unparsed"):
+        decode_payload(b"{" * (WIRE_JSON_LIMIT + 1))  # never parsed: it would be a RecursionError
+    frame = encode_frame(0, np.zeros((MAX_SAMPLES, MAX_CHANNELS)), sample_type="float32")
+    assert len(frame) == MAX_FRAME_SIZE and decode_payload(frame).n_samples == MAX_SAMPLES
+    with pytest.raises(PayloadTooLarge):
+        decode_payload(frame + b"\x00")
+    assert issubclass(PayloadTooLarge, FrameError)  # a caller that counts only FrameError still counts it
 
 
 def test_frame_checksum_is_the_wire_crc_or_a_crc_of_the_samples_in_place():
     x = _samples(64, 2)
-    b = wire.encode_frame(5, x, sample_type="float32")
-    f = wire.decode_payload(b)
+    b = encode_frame(5, x, sample_type="float32")
+    f = decode_payload(b)
     assert f.checksum == f.crc == int.from_bytes(b[-4:], "little")
-    g = wire.Frame(5, 0, x)
-    assert g.crc is None and g.checksum == wire.Frame(5, 0, x.copy()).checksum
+    g = Frame(5, 0, x)
+    assert g.crc is None and g.checksum == Frame(5, 0, x.copy()).checksum
     y = x.copy()
     y[10, 1] += 1
-    assert wire.Frame(5, 0, y).checksum != g.checksum
+    assert Frame(5, 0, y).checksum != g.checksum
     strided = np.asfortranarray(x)  # not C-contiguous: still the same identity
-    assert wire.Frame(5, 0, strided).checksum == g.checksum
+    assert Frame(5, 0, strided).checksum == g.checksum
 
 
 # ---------------------------------------------------------------------------------------------- fuzzing
@@ -216,11 +219,11 @@ _json = st.recursive(
 )
 _paths = st.sampled_from(["x", "y", "z", "d.x", "d.0", "r.0.x", "v", "samples"])
 _mappings = st.one_of(
-    st.builds(lambda f, s, t, u: wire.JsonMapping(fields=tuple(dict.fromkeys(f)), seq_field=s, time_field=t,
+    st.builds(lambda f, s, t, u: JsonMapping(fields=tuple(dict.fromkeys(f)), seq_field=s, time_field=t,
                                                   time_unit=u),
               st.lists(st.sampled_from(["x", "y", "z", "d.x", "d.0"]), min_size=1, max_size=3),
-              st.sampled_from([None, "seq", "r.0.seq"]), st.sampled_from([None, "t"]), st.sampled_from(wire.TIME_UNITS)),
-    st.builds(lambda v, r: wire.JsonMapping(fields=("x", "y"), records=r) if r else wire.JsonMapping(values=v),
+              st.sampled_from([None, "seq", "r.0.seq"]), st.sampled_from([None, "t"]), st.sampled_from(TIME_UNITS)),
+    st.builds(lambda v, r: JsonMapping(fields=("x", "y"), records=r) if r else JsonMapping(values=v),
               _paths, st.sampled_from([None, "r", "samples"])),
 )
 
@@ -232,21 +235,21 @@ def _dumps(obj: object) -> bytes:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_mappings, _json)
 def test_fuzz_mapped_json_never_raises_anything_but_frame_error(mapping, doc):
-    dec = wire.PayloadDecoder(mapping)
+    dec = PayloadDecoder(mapping)
     try:
         f = dec.decode(_dumps(doc))
     except FrameError:
         return
     assert f.samples.dtype == np.float32 and f.samples.ndim == 2 and f.samples.flags.c_contiguous
-    assert 1 <= f.n_samples <= wire.MAX_SAMPLES and 1 <= f.n_channels <= wire.MAX_CHANNELS
-    assert 0 <= f.seq < wire.SEQ_MOD and 0 <= f.t0_us < 2**64
+    assert 1 <= f.n_samples <= MAX_SAMPLES and 1 <= f.n_channels <= MAX_CHANNELS
+    assert 0 <= f.seq < SEQ_MOD and 0 <= f.t0_us < 2**64
 
 
 @st.composite
-def _shaped(draw) -> tuple[wire.JsonMapping, bytes]:
+def _shaped(draw) -> tuple[JsonMapping, bytes]:
     """A payload of the mapping's own shape whose leaves are partly replaced by hostile JSON values."""
-    mapping = wire.JsonMapping(fields=("x", "y", "d.z"), seq_field=draw(st.sampled_from([None, "seq"])),
-                               time_field="t", time_unit=draw(st.sampled_from(wire.TIME_UNITS)))
+    mapping = JsonMapping(fields=("x", "y", "d.z"), seq_field=draw(st.sampled_from([None, "seq"])),
+                               time_field="t", time_unit=draw(st.sampled_from(TIME_UNITS)))
     layout = draw(st.sampled_from(["sample", "columns", "records"]))
     x = np.asarray(draw(st.lists(st.floats(width=32), min_size=3, max_size=12)), np.float32)
     (payload,) = mapping.encode(0, x[: len(x) // 3 * 3].reshape(-1, 3), t0_us=10**12, layout=layout)[:1]
@@ -266,10 +269,10 @@ def _shaped(draw) -> tuple[wire.JsonMapping, bytes]:
 def test_fuzz_json_of_the_right_shape_with_hostile_values_never_raises_anything_but_frame_error(shaped):
     mapping, payload = shaped
     try:
-        f = wire.PayloadDecoder(mapping).decode(payload)
+        f = PayloadDecoder(mapping).decode(payload)
     except FrameError:
         return
-    assert f.samples.dtype == np.float32 and f.n_channels == 3 and 1 <= f.n_samples <= wire.MAX_SAMPLES
+    assert f.samples.dtype == np.float32 and f.n_channels == 3 and 1 <= f.n_samples <= MAX_SAMPLES
     assert 0 <= f.t0_us < 2**64
 
 
@@ -280,15 +283,15 @@ def test_fuzz_json_of_the_right_shape_with_hostile_values_never_raises_anything_
                            st.one_of(st.none(), st.integers(-1, 20), st.lists(st.text(max_size=2), max_size=4)))))
 def test_fuzz_wire_json_never_raises_anything_but_frame_error(doc):
     try:
-        f = wire.decode_payload(_dumps(doc))
+        f = decode_payload(_dumps(doc))
     except FrameError:
         return
-    assert f.samples.dtype == np.float32 and 1 <= f.n_samples <= wire.MAX_SAMPLES
+    assert f.samples.dtype == np.float32 and 1 <= f.n_samples <= MAX_SAMPLES
 
 
 @settings(max_examples=300, deadline=None)
 @given(_mappings, st.binary(max_size=200))
 def test_fuzz_arbitrary_bytes_are_frame_errors(mapping, data):
-    for decode in (wire.PayloadDecoder(mapping).decode, wire.PayloadDecoder().decode):
+    for decode in (PayloadDecoder(mapping).decode, PayloadDecoder().decode):
         with contextlib.suppress(FrameError):  # anything else fails the test
             decode(data)
