@@ -48,7 +48,15 @@ from trainer.parity_sets import synthetic_anomalies
 from trainer.report import PERSISTENCE, write_report
 from trainer.split import parse_time, split_recording, trim_recording
 from trainer.tflite_eval import parity
-from trainer.train import FitConfig, fit, fit_scaler, keras_scores, make_windows, split_validation_rows
+from trainer.train import (
+    FitConfig,
+    WindowSet,
+    fit,
+    fit_scaler,
+    keras_scores,
+    make_windows,
+    split_validation_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,21 +168,70 @@ def run(opts: TrainOptions) -> TrainResult:
     """Train, export, verify and write the bundle to ``opts.out``. Raises ExportError/ValueError on failure."""
     quiet_tensorflow()
     t_start = time.monotonic()
+    check_options(opts)
+    rec = load_recording(opts)
+    train_rec, n_train_rows = split_recording(rec, opts.train_until)
+    recipe, spec = choose_representation(opts, rec, train_rec)
+    win = build_windows(rec, train_rec, n_train_rows, spec, recipe.train_hop, opts.fit.validation_fraction)
+    trained = train_model(opts, recipe, win)
+    trained = dataclasses.replace(trained, threshold=calibrate_threshold(opts, win, trained))
+    checks = parity_windows(trained.model, win, opts.fit.seed)
+    exported = export_variants(opts, trained, win, checks)
+    served = served_scores(exported, win)
+    manifest = build_manifest(opts, rec, recipe, win, trained, checks, exported, served)
+    bundle, report = write_outputs(opts, manifest, win, trained, exported, served)
+    log.info("bundle %s written in %.1f s (serves %s)", bundle, time.monotonic() - t_start, exported.served)
+    return TrainResult(bundle, manifest, report, trained.model)
+
+
+def check_options(opts: TrainOptions) -> None:
+    """Refuse option values no data can make right (ValueError), before anything is loaded."""
     if opts.quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"--quantize must be one of {list(QUANTIZE_CHOICES)}, got {opts.quantize!r}")
     if not 0 < opts.min_agreement <= 1:
         raise ValueError(f"--min-agreement must be in (0, 1], got {opts.min_agreement}")
-    rec = load_recording(opts)
-    train_rec, n_train_rows = split_recording(rec, opts.train_until)
+
+
+def choose_representation(opts: TrainOptions, rec: Recording,
+                          train_rec: Recording) -> tuple[recipes.Recipe, PreprocessSpec]:
+    """The recipe (from the data unless given: :mod:`trainer.recipe`) and the preprocessing it implies."""
     recipe = recipes.resolve(
         rec, train_rec, mode=opts.mode, window=opts.window, hop=opts.hop, block=opts.block, features=opts.features,
         fft_bands=opts.fft_bands, architecture=None if opts.model.architecture == "auto" else opts.model.architecture)
     log.info("representation: %s", recipe.describe())
-    model_config = dataclasses.replace(opts.model, architecture=recipe.architecture)
     spec = PreprocessSpec(mode=recipe.mode, channels=rec.channels, window=recipe.window, hop=recipe.hop,
                           block=recipe.block, features=recipe.features, fft_bands=recipe.fft_bands,
                           sample_rate=rec.sample_rate)
+    return recipe, spec
 
+
+@dataclass(frozen=True)
+class RunWindows:
+    """The windows of one run (T steps x F features each, scaled by ``scaler``, fitted on training rows only).
+
+    everything: the served-hop windows of the whole recording, (W, ...), the first ``n_train_windows`` of them
+    within the ``n_train_rows`` training rows; later: those after them, (L, ...), at ``later_idx`` (L,) of
+    ``everything``. fit / validation: the dense training windows (hop ``train_hop``, labelled anomalies left out),
+    split by time, (Nf, T, F) / (Nv, T, F); ``left_out`` of them contained a label.
+    """
+
+    spec: PreprocessSpec
+    scaler: object
+    everything: WindowSet
+    n_train_rows: int
+    n_train_windows: int
+    later_idx: np.ndarray
+    later: WindowSet
+    fit: WindowSet
+    validation: WindowSet
+    train_hop: int
+    left_out: int
+
+
+def build_windows(rec: Recording, train_rec: Recording, n_train_rows: int, spec: PreprocessSpec, train_hop: int,
+                  validation_fraction: float) -> RunWindows:
+    """Scale, window and split (see :class:`RunWindows`). ValueError: no windows, segments out of time order,
+    or too few validation windows to calibrate a threshold on."""
     scaler = fit_scaler(train_rec, spec)
     everything = make_windows(rec, spec, scaler)  # the windows the gateway scores (served hop)
     if len(everything) == 0:
@@ -185,23 +242,47 @@ def run(opts: TrainOptions) -> TrainResult:
     if not is_train[:n_train_windows].all():
         raise ValueError("segments are not in time order; cannot split training windows from later ones")
     later_idx = np.arange(n_train_windows, len(everything))
-    later_set = everything.subset(later_idx)
 
-    dense = make_windows(train_rec, dataclasses.replace(spec, hop=recipe.train_hop), scaler)
+    dense = make_windows(train_rec, dataclasses.replace(spec, hop=train_hop), scaler)
     marked = labelled_windows(train_rec, dense.ends, spec.window_samples)
     if marked.any():
         log.info("leaving %d training windows that contain labelled anomalies out of training", int(marked.sum()))
         dense = dense.subset(np.flatnonzero(~marked))
-    fit_idx, val_idx = split_validation_rows(dense.ends, spec.window_samples, opts.fit.validation_fraction,
+    fit_idx, val_idx = split_validation_rows(dense.ends, spec.window_samples, validation_fraction,
                                              min_validation=2 * thresholds.MIN_SCORES)
     if len(val_idx) < thresholds.MIN_SCORES:
         raise ValueError(f"only {len(val_idx)} validation windows; threshold calibration needs at least "
                          f"{thresholds.MIN_SCORES} (more training data or a larger validation fraction)")
-    fit_set, val_set = dense.subset(fit_idx), dense.subset(val_idx)
+    return RunWindows(spec, scaler, everything, int(n_train_rows), n_train_windows, later_idx,
+                      everything.subset(later_idx), dense.subset(fit_idx), dense.subset(val_idx), train_hop,
+                      int(marked.sum()))
 
-    model, history = fit(model_config, fit_set.windows, val_set.windows, opts.fit)
-    val_scores = keras_scores(model, val_set.windows)
-    fit_scores = keras_scores(model, fit_set.windows)
+
+@dataclass(frozen=True)
+class Trained:
+    """The fitted Keras model, its history, its scores of the fit (Nf,) and validation (Nv,) windows, and the
+    threshold (None until :func:`calibrate_threshold`)."""
+
+    model: object
+    config: ModelConfig
+    history: dict
+    fit_scores: np.ndarray
+    val_scores: np.ndarray
+    threshold: thresholds.ThresholdResult | None = None
+
+
+def train_model(opts: TrainOptions, recipe: recipes.Recipe, win: RunWindows) -> Trained:
+    """Fit the recipe's architecture on ``win.fit`` (early stopping on ``win.validation``) and score both."""
+    config = dataclasses.replace(opts.model, architecture=recipe.architecture)
+    model, history = fit(config, win.fit.windows, win.validation.windows, opts.fit)
+    return Trained(model, config, history, keras_scores(model, win.fit.windows),
+                   keras_scores(model, win.validation.windows))
+
+
+def calibrate_threshold(opts: TrainOptions, win: RunWindows, trained: Trained) -> thresholds.ThresholdResult:
+    """The threshold method on the validation scores, raised to the training floor
+    (:func:`training_floor_quantile`) so the healthy period the model learned raises no alerts itself."""
+    val_scores, fit_scores = trained.val_scores, trained.fit_scores
     threshold = thresholds.calibrate(val_scores, opts.threshold_method, **opts.threshold_params)
     log.info("threshold (%s on %d validation windows): %.5g", threshold.method, len(val_scores), threshold.value)
     if np.median(val_scores) > np.quantile(fit_scores, 0.99):
@@ -211,145 +292,199 @@ def run(opts: TrainOptions) -> TrainResult:
                     "healthy part only (--train-until)", round(100 * opts.fit.validation_fraction),
                     float(np.median(val_scores)), float(np.quantile(fit_scores, 0.99)))
     train_scores = np.concatenate([fit_scores, val_scores])
-    q = training_floor_quantile(len(train_scores), spec.window, recipe.train_hop)
+    q = training_floor_quantile(len(train_scores), win.spec.window, win.train_hop)
     floor = float(np.quantile(train_scores, q))
-    if floor > threshold.value:  # the healthy period the model learned must not raise alerts itself
+    if floor > threshold.value:
         log.info("threshold raised to %.5g, the %.3g quantile of the training windows' own scores", floor, q)
         threshold = thresholds.with_floor(threshold, floor, f"training windows' q{q:.3g}")
+    return threshold
 
-    # ---- parity windows on both sides of the threshold
-    held_out = np.concatenate([val_set.windows, later_set.windows])
+
+@dataclass(frozen=True)
+class ParityWindows:
+    """Windows on both sides of the threshold, (P, T, F): ``n_held`` held-out ones (validation and later, at most
+    ``PARITY_MAX_WINDOWS``), then ``n_synthetic`` synthetic anomalies (``kinds``); ``reference``: Keras's (P,)
+    scores; ``groups``: group name -> (n,) indices into ``windows``."""
+
+    windows: np.ndarray
+    reference: np.ndarray
+    groups: dict[str, np.ndarray]
+    kinds: list[str]
+    n_held: int
+    n_synthetic: int
+
+
+def parity_windows(model, win: RunWindows, seed: int) -> ParityWindows:
+    """The windows every exported variant is compared with Keras on (:mod:`trainer.parity_sets`)."""
+    held_out = np.concatenate([win.validation.windows, win.later.windows])
     held = held_out[_evenly(len(held_out), PARITY_MAX_WINDOWS)]
-    synthetic, synthetic_kinds = synthetic_anomalies(val_set.windows, spec, scaler, seed=opts.fit.seed)
-    parity_windows = np.concatenate([held, synthetic])
+    synthetic, kinds = synthetic_anomalies(win.validation.windows, win.spec, win.scaler, seed=seed)
+    windows = np.concatenate([held, synthetic])
     groups = {"held_out": np.arange(len(held)), "synthetic": len(held) + np.arange(len(synthetic))}
-    reference = keras_scores(model, parity_windows)
+    return ParityWindows(windows, keras_scores(model, windows), groups, list(kinds), len(held), len(synthetic))
 
-    # ---- export every variant, check it, choose the served one
-    clone = export_clone(model, model_config)
-    blobs, variants, variant_scores = {}, {}, {}
+
+@dataclass(frozen=True)
+class Exported:
+    """Every exported variant (name -> .tflite bytes, name -> facts: ops, size, latency, parity), the one served
+    and why (``choice``: requested, served, reason, checks)."""
+
+    blobs: dict[str, bytes]
+    variants: dict[str, dict]
+    served: str
+    choice: dict
+
+
+def export_variants(opts: TrainOptions, trained: Trained, win: RunWindows, checks: ParityWindows) -> Exported:
+    """float32 and int8 always; 16x8 when asked for, or when ``--quantize auto`` does not serve int8. The served
+    variant (auto: :func:`trainer.export.choose_variant`; explicit: as given) must pass the parity gate
+    (ExportError)."""
+    clone = export_clone(trained.model, trained.config)
+    threshold = trained.threshold.value
+    blobs, variants = {}, {}
 
     def export(name: str) -> None:
-        blobs[name] = convert(clone, name, representative=fit_set.windows)
-        variants[name], variant_scores[name] = evaluate(name, blobs[name], parity_windows, reference, threshold.value,
-                                                        latency_windows=opts.latency_windows)
+        blobs[name] = convert(clone, name, representative=win.fit.windows)
+        variants[name], scores = evaluate(name, blobs[name], checks.windows, checks.reference, threshold,
+                                          latency_windows=opts.latency_windows)
         variants[name]["parity_groups"] = {
-            g: parity(reference[idx], variant_scores[name][idx], threshold.value) for g, idx in groups.items() if len(idx)}
+            g: parity(checks.reference[idx], scores[idx], threshold) for g, idx in checks.groups.items() if len(idx)}
 
-    # float32 and int8 always; 16x8 when asked for, or when auto does not serve int8
     for name in ("float32", "int8", *(["16x8"] if opts.quantize == "16x8" else [])):
         export(name)
     if opts.quantize == "auto":
-        choice = choose_variant(variants, threshold.value, opts.min_agreement)
+        choice = choose_variant(variants, threshold, opts.min_agreement)
         if choice["served"] != "int8":
             export("16x8")
-            choice = choose_variant(variants, threshold.value, opts.min_agreement)
+            choice = choose_variant(variants, threshold, opts.min_agreement)
         served = choice["served"]
         check_parity(served, variants[served], opts.min_agreement)  # float32 too must agree
     else:
         check_parity(opts.quantize, variants[opts.quantize], opts.min_agreement)
         served = opts.quantize
         choice = {"served": served, "reason": f"--quantize {served} (passes parity)", "checks": {}}
-    choice = {"requested": opts.quantize} | choice
     log.info("serving %s: %s", served, choice["reason"])
+    return Exported(blobs, variants, served, {"requested": opts.quantize} | choice)
 
-    # ---- scores of the served model over the whole recording, for the report and the manifest
-    scorer = TFLiteModel(blobs[served], stateful=variants[served]["stateful"])
-    all_scores = scorer.score(everything.windows)
-    served_val_scores = scorer.score(val_set.windows)
-    served_fit_scores = scorer.score(fit_set.windows[_evenly(len(fit_set), 5000)])  # drift's reference (drift.py)
 
-    model_id = _model_id(opts, recipe.architecture)
+@dataclass(frozen=True)
+class ServedScores:
+    """The served variant's scores: every served-hop window (W,), the validation windows (Nv,), and at most 5000
+    fit windows evenly spaced (drift's reference, edge_agent/drift.py)."""
+
+    all: np.ndarray
+    validation: np.ndarray
+    fit_sample: np.ndarray
+
+
+def served_scores(exported: Exported, win: RunWindows) -> ServedScores:
+    """Score the recording with the served variant, for the report and the manifest."""
+    scorer = TFLiteModel(exported.blobs[exported.served], stateful=exported.variants[exported.served]["stateful"])
+    return ServedScores(scorer.score(win.everything.windows), scorer.score(win.validation.windows),
+                        scorer.score(win.fit.windows[_evenly(len(win.fit), 5000)]))
+
+
+def _model_version(opts: TrainOptions, architecture: str) -> tuple[str, str, datetime]:
+    """(model id, version: id + UTC time, that time)."""
+    model_id = _model_id(opts, architecture)
     now = datetime.now(UTC)
-    version = f"{model_id}-{now.strftime('%Y%m%dT%H%M%SZ')}"
-    variant_summary = {
-        name: {k: v for k, v in facts.items() if k not in ("input", "output")} | {"file": f"variants/model.{name}.tflite"}
-        for name, facts in variants.items()
-    }
-    served_facts = variants[served]
-    split = {
+    return model_id, f"{model_id}-{now.strftime('%Y%m%dT%H%M%SZ')}", now
+
+
+def _split_facts(opts: TrainOptions, win: RunWindows, checks: ParityWindows) -> dict:
+    """The manifest's ``data.split``: the time limits given and how many windows each part had."""
+    return {
         "start": None if opts.start is None else str(parse_time(opts.start)),
         "end": None if opts.end is None else str(parse_time(opts.end)),
         "train_until": None if opts.train_until is None else str(parse_time(opts.train_until)),
-        "training_rows": int(n_train_rows),
-        "train_hop": recipe.train_hop,
-        "fit_windows": len(fit_idx),
-        "validation_windows": len(val_idx),
-        "labelled_windows_left_out": int(marked.sum()),
-        "training_windows_served_hop": n_train_windows,
-        "later_windows": len(later_idx),
-        "parity_windows": {"held_out": len(held), "synthetic": len(synthetic)},
+        "training_rows": win.n_train_rows,
+        "train_hop": win.train_hop,
+        "fit_windows": len(win.fit),
+        "validation_windows": len(win.validation),
+        "labelled_windows_left_out": win.left_out,
+        "training_windows_served_hop": win.n_train_windows,
+        "later_windows": len(win.later_idx),
+        "parity_windows": {"held_out": checks.n_held, "synthetic": checks.n_synthetic},
     }
-    manifest = {
+
+
+def _variant_summary(exported: Exported) -> dict:
+    """Each variant's facts for the manifest (tensor details only for the served one) and its file."""
+    return {name: {k: v for k, v in facts.items() if k not in ("input", "output")}
+            | {"file": f"variants/model.{name}.tflite"} for name, facts in exported.variants.items()}
+
+
+def build_manifest(opts: TrainOptions, rec: Recording, recipe: recipes.Recipe, win: RunWindows, trained: Trained,
+                   checks: ParityWindows, exported: Exported, served: ServedScores) -> dict:
+    """The bundle's manifest (``edge_agent.contract.bundle``; ``tflite.file``/``sha256`` filled in by
+    ``write_bundle``, ``report`` by :func:`write_outputs`)."""
+    model_id, version, now = _model_version(opts, recipe.architecture)
+    history, facts, served_name = trained.history, exported.variants[exported.served], exported.served
+    return {
         "schema_version": SCHEMA_VERSION,
         "model": {
             "id": model_id,
             "version": version,
             "created": now.isoformat(timespec="seconds"),
-            "architecture": model_config.architecture,
-            "config": model_config.to_dict(),
+            "architecture": trained.config.architecture,
+            "config": trained.config.to_dict(),
             "training": opts.fit.to_dict() | {"epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
                                               "best_val_loss": float(min(history.get("val_loss", [np.nan])))},
         },
         "data": {
-            "digest": rec.digest(),
-            "source": str(opts.data),
-            "format": rec.format,
-            "rows": rec.n_rows,
-            "segments": len(rec.segments),
-            "labels": list(rec.label_names),
-            "start": _time_str(everything.times, 0),
-            "end": _time_str(everything.times, -1),
-            "split": split,
+            "digest": rec.digest(), "source": str(opts.data), "format": rec.format, "rows": rec.n_rows,
+            "segments": len(rec.segments), "labels": list(rec.label_names),
+            "start": _time_str(win.everything.times, 0), "end": _time_str(win.everything.times, -1),
+            "split": _split_facts(opts, win, checks),
         },
         "signal": {"channels": list(rec.channels), "units": rec.units, "sample_rate": rec.sample_rate},
         "recipe": recipe.to_dict(),
-        "preprocess": spec.to_dict(),
-        "window": {"steps": spec.window, "hop": spec.hop, "samples": spec.window_samples,
-                   "hop_samples": spec.hop_samples},
-        "scaler": scaler.to_dict(),
+        "preprocess": win.spec.to_dict(),
+        "window": {"steps": win.spec.window, "hop": win.spec.hop, "samples": win.spec.window_samples,
+                   "hop_samples": win.spec.hop_samples},
+        "scaler": win.scaler.to_dict(),
         "score": {"kind": "mae", "description": "mean |reconstruction - input| over the window's T x F scaled values"},
-        "threshold": threshold.to_dict() | {"calibrated_on": "keras validation scores"},
+        "threshold": trained.threshold.to_dict() | {"calibrated_on": "keras validation scores"},
         "score_quantiles": {
-            "training_keras": thresholds.score_quantiles(fit_scores),
-            "training_served": thresholds.score_quantiles(served_fit_scores),
-            "validation_keras": thresholds.score_quantiles(val_scores),
-            "validation_served": thresholds.score_quantiles(served_val_scores),
+            "training_keras": thresholds.score_quantiles(trained.fit_scores),
+            "training_served": thresholds.score_quantiles(served.fit_sample),
+            "validation_keras": thresholds.score_quantiles(trained.val_scores),
+            "validation_served": thresholds.score_quantiles(served.validation),
         },
-        "tflite": {
-            "file": "",
-            "sha256": "",
-            "quantization": served,
-            "stateful": bool(served_facts["stateful"]),
-            "input": served_facts["input"],
-            "output": served_facts["output"],
-            "ops": served_facts["ops"],
-            "size_bytes": served_facts["size_bytes"],
-        },
-        "quantization": choice,
-        "variants": variant_summary,
-        "parity": served_facts["parity"] | {"variant": served, "min_agreement": opts.min_agreement,
-                                            "reference": "keras", "groups": served_facts["parity_groups"],
-                                            "synthetic_kinds": sorted({k.split(":")[0] for k in synthetic_kinds})},
+        "tflite": {"file": "", "sha256": "", "quantization": served_name, "stateful": bool(facts["stateful"]),
+                   "input": facts["input"], "output": facts["output"], "ops": facts["ops"],
+                   "size_bytes": facts["size_bytes"]},
+        "quantization": exported.choice,
+        "variants": _variant_summary(exported),
+        "parity": facts["parity"] | {"variant": served_name, "min_agreement": opts.min_agreement,
+                                     "reference": "keras", "groups": facts["parity_groups"],
+                                     "synthetic_kinds": sorted({k.split(":")[0] for k in checks.kinds})},
         "libraries": library_versions(),
     }
 
+
+def write_outputs(opts: TrainOptions, manifest: dict, win: RunWindows, trained: Trained, exported: Exported,
+                  served: ServedScores) -> tuple[Path, dict]:
+    """Write the report (trainer.report), add its summary to ``manifest``, then the bundle (atomically): (bundle
+    path, report)."""
+    n_train = win.n_train_windows
     with tempfile.TemporaryDirectory(prefix="trainer-report-") as tmp:
         report_dir = Path(tmp) / "report"
-        groups_report = {"training": all_scores[:n_train_windows], "validation": served_val_scores,
-                         "later": all_scores[later_idx]}
         report = write_report(
-            report_dir, history=history, scores=all_scores, times=everything.times, ends=everything.ends,
-            n_train=n_train_windows, groups=groups_report, threshold=threshold.value,
-            title=f"{model_id}: {served} model score over {Path(opts.data).name}",
-            facts={"model_version": version, "variants": variant_summary, "split": split,
-                   "threshold": threshold.to_dict(), "recipe": recipe.to_dict(), "quantization": choice},
+            report_dir, history=trained.history, scores=served.all, times=win.everything.times,
+            ends=win.everything.ends, n_train=n_train, threshold=trained.threshold.value,
+            groups={"training": served.all[:n_train], "validation": served.validation,
+                    "later": served.all[win.later_idx]},
+            title=f"{manifest['model']['id']}: {exported.served} model score over {Path(opts.data).name}",
+            facts={"model_version": manifest["model"]["version"], "variants": manifest["variants"],
+                   "split": manifest["data"]["split"], "threshold": trained.threshold.to_dict(),
+                   "recipe": manifest["recipe"], "quantization": exported.choice},
             persistence=opts.persistence,
         )
         manifest["report"] = {"dir": "report", "summary": report["summary"]}
-        bundle = write_bundle(opts.out, manifest, blobs[served], variants=blobs, report_dir=report_dir)
-    log.info("bundle %s written in %.1f s (serves %s)", bundle, time.monotonic() - t_start, served)
-    return TrainResult(bundle, manifest, report, model)
+        bundle = write_bundle(opts.out, manifest, exported.blobs[exported.served], variants=exported.blobs,
+                              report_dir=report_dir)
+    return bundle, report
 
 
 def _time_str(times: np.ndarray | None, i: int) -> str | None:
