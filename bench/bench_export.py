@@ -47,7 +47,7 @@ def runtimes() -> dict:
 
 def measure(runtime: str, interpreter_cls, model_path: Path, windows: np.ndarray, n: int) -> dict:
     """Invoke latency in this runtime; full score latency through edge_agent.scorer when it is the agent's runtime."""
-    from edge_agent.interpreter import interpreter_class
+    from edge_agent.contract.interpreter import interpreter_class
     from edge_agent.scorer import TFLiteModel
     from trainer.tflite_eval import latency
 

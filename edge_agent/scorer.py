@@ -23,7 +23,7 @@ import numpy as np
 from edge_agent.contract import preprocess
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.errors import BundleError
-from edge_agent.interpreter import load_interpreter
+from edge_agent.contract.interpreter import load_interpreter
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,11 @@
 
 * ``edge_agent`` (what a gateway installs with ``pip install '.[agent]'``) imports neither ``trainer``,
   ``firmware_sim``, TensorFlow/Keras nor matplotlib.
-* ``trainer`` and ``firmware_sim`` use the agent only through ``edge_agent.contract`` (plus the scorer and the
-  interpreter wrapper, so that parity is measured with the gateway's own code, replay + alerts, so that
+* ``trainer`` and ``firmware_sim`` use the agent only through ``edge_agent.contract`` (plus the scorer, so that parity is measured with the gateway's own code, replay + alerts, so that
   ``trainer evaluate`` runs the gateway's own pipeline, ``shutdown`` for a safe SIGTERM, and ``mqtt_client``: one
   MQTT connection class for every client, so the collectors, the publisher and the simulator get TLS, client
   certificates, password files and MQTT 5 sessions exactly as the gateway does).
-* ``edge_agent.contract`` depends on nothing of the agent but the interpreter wrapper (to check a bundle's tensors).
+* ``edge_agent.contract`` depends on nothing of the agent (the interpreter wrapper is part of the contract).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: ``replay`` and ``alerts``: the evaluation harness (``trainer evaluate``) must run the gateway's exact pipeline.
-ALLOWED_FROM_AGENT = ("edge_agent.contract", "edge_agent.scorer", "edge_agent.interpreter", "edge_agent.replay",
+ALLOWED_FROM_AGENT = ("edge_agent.contract", "edge_agent.scorer", "edge_agent.replay",
                       "edge_agent.alerts", "edge_agent.shutdown", "edge_agent.mqtt_client", "edge_agent.ratelog")
 
 
@@ -61,7 +60,7 @@ def test_trainer_and_simulator_use_only_the_contract(package):
 def test_the_contract_depends_on_nothing_of_the_agent():
     bad = {
         f: sorted(n for n in names if n.startswith("edge_agent.") and not n.startswith(
-            ("edge_agent.contract", "edge_agent.interpreter")))
+            "edge_agent.contract"))
         for f, names in imports("edge_agent/contract").items()
     }
     assert not {f: n for f, n in bad.items() if n}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.contract.errors import BundleError
-from edge_agent.interpreter import interpreter_class
+from edge_agent.contract.interpreter import interpreter_class
 from edge_agent.scorer import TFLiteModel
 
 log = logging.getLogger(__name__)

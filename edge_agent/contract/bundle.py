@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.contract.errors import BundleError
+from edge_agent.contract.interpreter import load_interpreter
 from edge_agent.contract.preprocess import MinMaxScaler, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def _read_capped(path: Path, limit: int, what: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except FileNotFoundError as exc:
-        raise BundleError(f"{path.parent}: no {path.name}") from exc
+        raise BundleError(f"{path.parent}: no {path.name}, so not a complete bundle: give the folder `trainer train "
+                          "--out` wrote or `edge-agent deploy` installed") from exc
     except IsADirectoryError as exc:
         raise BundleError(f"{path}: is a directory, not the {what}") from exc
     except OSError as exc:
@@ -175,8 +177,11 @@ class Bundle:
     @classmethod
     def _load(cls, path: Path, check_model: bool) -> Bundle:
         manifest_path = path / MANIFEST_FILE
+        if not path.exists():
+            raise BundleError(f"{path} does not exist: give the bundle's folder, the one holding {MANIFEST_FILE} and the "
+                              "model (`trainer train --out` writes it, `edge-agent deploy` installs it)")
         if not path.is_dir():
-            raise BundleError(f"{path}: not a bundle directory")
+            raise BundleError(f"{path} is a file, not a bundle: give the folder that holds {MANIFEST_FILE} and the model")
         raw = _read_capped(manifest_path, MAX_MANIFEST_BYTES, "manifest")
         try:
             manifest = json.loads(raw.decode("utf-8"))
@@ -222,8 +227,6 @@ class Bundle:
 
     def check_tensors(self) -> None:
         """Load the model (from the verified bytes) and check its input/output tensors against the manifest."""
-        from edge_agent.interpreter import load_interpreter
-
         interpreter = load_interpreter(self.model_bytes)
         for kind, details in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
             if len(details) != 1:

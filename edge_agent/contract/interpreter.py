@@ -1,7 +1,9 @@
-"""The TFLite interpreter, from the light runtime only.
+"""The TFLite interpreter, from the light runtime only: how the bundle check, the gateway's scorer and the
+trainer's parity evaluation load a model, so all three run the same kernels.
 
-``ai_edge_litert`` first, ``tflite_runtime`` where it is the only one installed. Never TensorFlow:
-the gateway does not have it, and a test checks that it is never imported.
+``ai_edge_litert`` first, ``tflite_runtime`` where it is the only one installed, imported when a model is
+loaded (importing this module needs neither). Never TensorFlow: the gateway does not have it, and
+tests/test_architecture.py checks that it is never imported.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def test_validate_config_exit_codes(tmp_path, agent_bundle):
     nowhere = tmp_path / "nowhere.toml"
     nowhere.write_text(good.read_text().replace(str(agent_bundle), str(tmp_path / "no-bundle-here")))
     missing = CliRunner().invoke(main, ["validate-config", str(nowhere)])
-    assert missing.exit_code == 1 and "bundle.path" in missing.output and "not a bundle directory" in missing.output
+    assert missing.exit_code == 1 and "bundle.path" in missing.output and "no-bundle-here does not exist" in missing.output
 
 
 def test_replay_cli_writes_rows_and_the_trainer_plots_them(tmp_path, agent_bundle, degrading_samples):

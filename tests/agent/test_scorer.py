@@ -6,7 +6,7 @@ import numpy as np
 
 from edge_agent.contract import preprocess
 from edge_agent.contract.bundle import Bundle
-from edge_agent.interpreter import load_interpreter
+from edge_agent.contract.interpreter import load_interpreter
 from edge_agent.scorer import Scorer, TFLiteModel
 from tests.agent.pipeline_helpers import RATE
 

@@ -337,7 +337,7 @@ def test_inspect_refuses_a_corrupt_bundle(bundle_copy):
     assert proc.returncode == 1
     assert "INVALID" in proc.stderr and "sha256" in proc.stderr
     proc = _trainer("inspect", str(bundle_copy / "nowhere"))
-    assert proc.returncode == 1 and "not a bundle directory" in proc.stderr
+    assert proc.returncode == 1 and "nowhere does not exist" in proc.stderr
 
 
 def test_train_cli_reports_bad_options_without_writing(tmp_path):
