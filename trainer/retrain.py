@@ -325,23 +325,57 @@ def near_alerts(healthy: pa.Table, alerts: pa.Table, margin_s: float) -> np.ndar
 
 def retrain(opts: RetrainOptions) -> RetrainResult:
     """Train, compare, and write ``opts.out`` unless refused. Raises RetrainRefused, ValueError."""
-    from trainer.model import ModelConfig
-    from trainer.pipeline import TrainOptions, run
-    from trainer.train import FitConfig
+    from trainer.pipeline import run
 
     if not 0 < opts.holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), got {opts.holdout}")
     if not opts.alert_margin_s >= 0:
         raise ValueError(f"alert margin must be >= 0 s, got {opts.alert_margin_s}")
     current = Bundle.load(opts.current)
-    m, spec = current.manifest, current.spec
+    split = split_collected(opts, current.spec.channels)
+    recording = _training_recording(opts, current, split.train)
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{opts.out.name}.retrain-", dir=opts.out.parent))
+    try:
+        result = run(_train_options(opts, current, recording, work / "bundle"))
+        new = Bundle.load(result.bundle)
+        comparison = compare(current, new, split.held, split.alerts.samples,
+                             split.alerts.table.column("state").to_pylist(),
+                             split.alerts.table.column("alert_ref").to_pylist())
+        log.info("comparison with %s:\n%s", current.version, table(comparison))
+        if comparison["worse_on_alerts"] and not opts.force:
+            reason = (f"the new model catches {comparison['new']['alerts_caught']} of the "
+                      f"{comparison['new']['alerts']} alerts the fleet reported, the current one "
+                      f"{comparison['current']['alerts_caught']}: not written (--force writes it anyway)")
+            log.warning("refused: %s", reason)
+            raise RetrainRefused(reason, comparison)
+        bundle = _write_retrained(opts, current, new, comparison, work / "report", len(split.train), split.left_out)
+        return RetrainResult(bundle, comparison, False, split.left_out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class CollectedSplit:
+    """The collected windows of the current model's channels: ``train`` (the earlier healthy ones), ``held``
+    (the latest ``holdout`` fraction of them: one (L, C) sample array each), ``alerts`` (every alert window, held
+    out), and the healthy windows left out near their device's alerts (device -> count)."""
+
+    train: dataset.Windows
+    held: list[np.ndarray]
+    alerts: dataset.Windows
+    left_out: dict[str, int]
+
+
+def split_collected(opts: RetrainOptions, channels: tuple[str, ...]) -> CollectedSplit:
+    """Read the selected windows and split them (module docstring). ValueError: too few to train on."""
     base = opts.select
     healthy = _select_channels(dataset.read_windows(opts.dataset, dataset.DataFilter(
         devices=base.devices, gateways=base.gateways, start=base.start, end=base.end,
-        model_version=base.model_version, healthy_only=True)), spec.channels)
+        model_version=base.model_version, healthy_only=True)), channels)
     alerts = _select_channels(dataset.read_windows(opts.dataset, dataset.DataFilter(
         devices=base.devices, gateways=base.gateways, start=base.start, end=base.end, kinds=("alert",))),
-        spec.channels)
+        channels)
     # the selected devices' alerts at any time and whichever model raised them: a fault is the machine's
     near = near_alerts(healthy.table, dataset.read_table(opts.dataset, dataset.DataFilter(
         devices=base.devices, kinds=("alert",)), columns=["device", "alert_ref"]), opts.alert_margin_s)
@@ -353,17 +387,25 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
                  ", ".join(f"{n} windows of {d}" for d, n in sorted(left_out.items())))
         keep = np.flatnonzero(~near)
         healthy = dataset.Windows(healthy.table.take(keep), [healthy.samples[i] for i in keep])
-    n_hold = int(round(len(healthy) * opts.holdout))
-    if len(healthy) - n_hold < 1 and opts.original is None:
+    n_train = len(healthy) - int(round(len(healthy) * opts.holdout))
+    if n_train < 1 and opts.original is None:
         raise ValueError(f"{opts.dataset}: {len(healthy)} healthy windows are too few to train on")
-    train = dataset.Windows(healthy.table.slice(0, len(healthy) - n_hold), healthy.samples[:len(healthy) - n_hold])
-    held = healthy.samples[len(healthy) - n_hold:]
+    train = dataset.Windows(healthy.table.slice(0, n_train), healthy.samples[:n_train])
+    held = healthy.samples[n_train:]
     log.info("retraining on %d collected healthy windows%s; held out: %d healthy, %d alert windows", len(train),
              f" + {opts.original}" if opts.original else "", len(held), len(alerts))
-    recording = _training_recording(opts, current, train)
+    return CollectedSplit(train, held, alerts, left_out)
 
-    training = m["model"].get("training", {})
-    cfg = m["model"].get("config", {})
+
+def _train_options(opts: RetrainOptions, current: Bundle, recording: Recording, out: Path):
+    """``trainer.pipeline.TrainOptions`` that repeat the current bundle's preprocessing, model, training and
+    threshold settings on ``recording``."""
+    from trainer.model import ModelConfig
+    from trainer.pipeline import TrainOptions
+    from trainer.train import FitConfig
+
+    m, spec = current.manifest, current.spec
+    training, cfg = m["model"].get("training", {}), m["model"].get("config", {})
     fit = FitConfig(epochs=opts.epochs or int(training.get("epochs", 150)),
                     batch_size=int(training.get("batch_size", 32)),
                     learning_rate=float(training.get("learning_rate", 2e-3)),
@@ -371,46 +413,33 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
                     patience=int(training.get("patience", 15)), seed=opts.seed)
     model = ModelConfig(architecture=m["model"]["architecture"], units=tuple(cfg.get("units", (32, 16))),
                         latent=int(cfg.get("latent", 8)), kernel=int(cfg.get("kernel", 3)))
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{opts.out.name}.retrain-", dir=opts.out.parent))
-    try:
-        result = run(TrainOptions(
-            data=opts.dataset, out=work / "bundle", recording=recording, mode=spec.mode, window=spec.window,
-            hop=spec.hop, block=spec.block, features=spec.features, fft_bands=spec.fft_bands, model=model, fit=fit,
-            quantize=current.quantization, threshold_method=current.threshold.method,
-            threshold_params=_method_params(current), model_id=current.model_id,
-            latency_windows=200,
-        ))
-        new = Bundle.load(result.bundle)
-        comparison = compare(current, new, held, alerts.samples, alerts.table.column("state").to_pylist(),
-                             alerts.table.column("alert_ref").to_pylist())
-        report_md = table(comparison)
-        log.info("comparison with %s:\n%s", current.version, report_md)
-        if comparison["worse_on_alerts"] and not opts.force:
-            reason = (f"the new model catches {comparison['new']['alerts_caught']} of the "
-                      f"{comparison['new']['alerts']} alerts the fleet reported, the current one "
-                      f"{comparison['current']['alerts_caught']}: not written (--force writes it anyway)")
-            log.warning("refused: %s", reason)
-            raise RetrainRefused(reason, comparison)
-        report_dir = work / "report"
-        shutil.copytree(new.path / "report", report_dir)
-        plot(comparison, report_dir / "comparison.png")
-        (report_dir / "comparison.md").write_text(f"# {new.version} vs {current.version}\n\n{report_md}")
-        summary = {k: v for k, v in comparison.items() if k != "scores"}
-        report_json = json.loads((report_dir / "report.json").read_text())
-        (report_dir / "report.json").write_text(json.dumps(report_json | {"comparison": comparison}, indent=2))
-        manifest = json.loads(json.dumps(new.manifest))
-        manifest["retrain"] = {"replaces": current.version, "dataset": str(opts.dataset),
-                               "select": str(opts.select), "original": None if opts.original is None else
-                               str(opts.original), "trained_windows": len(train), "alert_margin_s":
-                               opts.alert_margin_s, "left_out_near_alerts": left_out, "forced": bool(
-                                   comparison["worse_on_alerts"] and opts.force)} | summary
-        variants = {p.name.split(".")[1]: p.read_bytes() for p in (new.path / "variants").glob("model.*.tflite")}
-        bundle = write_bundle(opts.out, manifest, new.model_path.read_bytes(), variants=variants,
-                              report_dir=report_dir)
-        return RetrainResult(bundle, comparison, False, left_out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return TrainOptions(
+        data=opts.dataset, out=out, recording=recording, mode=spec.mode, window=spec.window,
+        hop=spec.hop, block=spec.block, features=spec.features, fft_bands=spec.fft_bands, model=model, fit=fit,
+        quantize=current.quantization, threshold_method=current.threshold.method,
+        threshold_params=_method_params(current), model_id=current.model_id,
+        latency_windows=200,
+    )
+
+
+def _write_retrained(opts: RetrainOptions, current: Bundle, new: Bundle, comparison: dict, report_dir: Path,
+                     trained_windows: int, left_out: dict[str, int]) -> Path:
+    """The new bundle with the comparison in its report (comparison.png, comparison.md, report.json) and
+    manifest (``retrain``), written atomically to ``opts.out``."""
+    shutil.copytree(new.path / "report", report_dir)
+    plot(comparison, report_dir / "comparison.png")
+    (report_dir / "comparison.md").write_text(f"# {new.version} vs {current.version}\n\n{table(comparison)}")
+    summary = {k: v for k, v in comparison.items() if k != "scores"}
+    report_json = json.loads((report_dir / "report.json").read_text())
+    (report_dir / "report.json").write_text(json.dumps(report_json | {"comparison": comparison}, indent=2))
+    manifest = json.loads(json.dumps(new.manifest))
+    manifest["retrain"] = {"replaces": current.version, "dataset": str(opts.dataset),
+                           "select": str(opts.select), "original": None if opts.original is None else
+                           str(opts.original), "trained_windows": trained_windows, "alert_margin_s":
+                           opts.alert_margin_s, "left_out_near_alerts": left_out, "forced": bool(
+                               comparison["worse_on_alerts"] and opts.force)} | summary
+    variants = {p.name.split(".")[1]: p.read_bytes() for p in (new.path / "variants").glob("model.*.tflite")}
+    return write_bundle(opts.out, manifest, new.model_path.read_bytes(), variants=variants, report_dir=report_dir)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
