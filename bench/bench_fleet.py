@@ -30,7 +30,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from edge_agent.contract.upload_record import encode_record  # noqa: E402
 from edge_agent.spool import Spool  # noqa: E402
-from tests.broker import Broker  # noqa: E402
+from firmware_sim.broker import Broker  # noqa: E402
 
 #: (label, rows, channels): an IMS-table window (10 x 4), a features-mode window of raw samples (8 blocks of
 #: 1024 x 4 at 20 kHz), and 1 s of 2 channels at 25.6 kHz.

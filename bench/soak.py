@@ -88,7 +88,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.broker import Broker  # noqa: E402  (the project's real-broker helper)
+from firmware_sim.broker import Broker  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RATE, CHANNELS, BLOCK, FRAME = 20_000, 4, 1024, 256

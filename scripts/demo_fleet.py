@@ -42,7 +42,7 @@ BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.broker import Broker  # noqa: E402
+from firmware_sim.broker import Broker  # noqa: E402
 
 RATE = 20_000
 GATEWAYS = {"gw-a": ("pump-a", "healthy"), "gw-b": ("pump-b", "degrading")}

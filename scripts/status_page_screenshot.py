@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.browser, when run as a script
+sys.path.insert(0, str(REPO))  # firmware_sim.browser, when run as a script
 
 
 def train(root: Path) -> Path:
@@ -54,10 +54,10 @@ def main() -> int:
     from edge_agent.agent import Agent
     from edge_agent.config import load_config
     from firmware_sim import signals
+    from firmware_sim.browser import chromium
     from firmware_sim.faults import FaultInjector
     from firmware_sim.link import PtyLink
     from firmware_sim.stream import StreamConfig, Streamer
-    from tests.browser import chromium
 
     work = Path(tempfile.mkdtemp(prefix="status-page-"))
     bundle = args.bundle or train(work)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import Broker, require_mosquitto
+from firmware_sim.broker import Broker, require_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def browser():
 
     Skipped where they are not installed, except under CI (``CI`` set), where that is a failure.
     """
-    from tests import browser as b
+    from firmware_sim import browser as b
 
     if not b.available():
         if os.environ.get("CI"):

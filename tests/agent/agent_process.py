@@ -17,7 +17,7 @@ import numpy as np
 
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import frames_of
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 BIN = Path(sys.executable).parent
 

@@ -19,7 +19,7 @@ from edge_agent.contract.errors import BundleError
 from firmware_sim.link import PtyLink
 from tests.agent.agent_process import BIN, AgentProcess, Feeder
 from tests.agent.pipeline_helpers import RATE, agent_config, copy_bundle, rewrite_bundle
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

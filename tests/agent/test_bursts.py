@@ -15,7 +15,7 @@ from edge_agent.contract.frames import Frame
 from edge_agent.pipeline import Pipeline
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config, frames_of
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

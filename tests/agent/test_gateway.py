@@ -14,7 +14,7 @@ from edge_agent.contract import topics
 from edge_agent.mqtt_client import MqttConnection
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, _toml, copy_bundle, frames_of, rewrite_bundle
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

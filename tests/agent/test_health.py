@@ -14,7 +14,7 @@ from edge_agent.config import load_config
 from edge_agent.contract.binary import encode_frame
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import RATE, agent_config
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

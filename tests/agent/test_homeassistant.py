@@ -18,7 +18,7 @@ from firmware_sim.link import PtyLink
 from tests.agent import ha_schema
 from tests.agent.gateway_helpers import gateway_config, running
 from tests.agent.pipeline_helpers import frames_of
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

@@ -16,7 +16,7 @@ from edge_agent.config import load_config
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.errors import ConfigError
 from tests.agent.pipeline_helpers import agent_config, copy_bundle, rewrite_bundle
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
 

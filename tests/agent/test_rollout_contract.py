@@ -19,7 +19,8 @@ from edge_agent.contract import rollout
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.errors import SignatureError
 from edge_agent.mqtt_client import MqttConnection
-from tests.broker import Broker, wait_for
+from firmware_sim.broker import Broker
+from tests.waiting import wait_for
 from trainer.publish import keygen, load_private_key, publish
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]

@@ -19,7 +19,7 @@ from edge_agent.contract.bundle import MANIFEST_FILE, Bundle
 from edge_agent.contract.errors import BundleError
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config, copy_bundle, frames_of, rewrite_bundle
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

@@ -12,7 +12,7 @@ from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.contract.upload_record import decode_record
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 

@@ -15,9 +15,10 @@ from edge_agent.agent import Agent
 from edge_agent.config import config_from_dict, load_config, mqtt_password, secret_file_warnings
 from edge_agent.contract.errors import ConfigError
 from edge_agent.mqtt_client import MqttConnection, TlsSettings
+from firmware_sim.broker import Broker, add_password, require_mosquitto, tls_conf
 from tests.agent.pipeline_helpers import agent_config
-from tests.broker import Broker, add_password, require_mosquitto, tls_conf, wait_for
 from tests.pki import CertificateAuthority
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 SECRET = "s3cr3t-Pa55-x7"

@@ -14,7 +14,8 @@ import pytest
 from edge_agent.alerts import AlertEvent
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
-from tests.broker import Broker, wait_for
+from firmware_sim.broker import Broker
+from tests.waiting import wait_for
 
 
 def make_event(kind: str = "raised", severity: str = "warning", score: float = 1.5, seq_end: int = 640) -> AlertEvent:

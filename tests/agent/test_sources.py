@@ -19,7 +19,7 @@ from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sources import SampleSource
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.sources.serial import SerialSource
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 
 class Pty:

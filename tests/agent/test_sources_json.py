@@ -15,7 +15,7 @@ from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.windows import Windower
 from tests.agent.test_sources import _drain, _publisher
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 
 def test_mqtt_source_reads_a_declared_json_mapping_and_refuses_oversized_payloads(mosquitto):

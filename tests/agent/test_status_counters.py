@@ -15,7 +15,7 @@ from edge_agent.mqtt_client import MqttConnection
 from firmware_sim.link import PtyLink
 from tests.agent.agent_process import Feeder
 from tests.agent.pipeline_helpers import RATE, agent_config, frames_of
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

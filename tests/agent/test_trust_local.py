@@ -18,7 +18,7 @@ from edge_agent.cli import main
 from edge_agent.config import config_from_dict, load_config
 from edge_agent.contract.errors import ConfigError, UploadError
 from tests.agent.pipeline_helpers import agent_config
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
 

@@ -12,7 +12,8 @@ import pytest
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
 from edge_agent.uploader import Uploader, UploadPolicy
-from tests.broker import Broker, wait_for
+from firmware_sim.broker import Broker
+from tests.waiting import wait_for
 
 TOPIC = "vib/pump-7/upload"
 

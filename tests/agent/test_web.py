@@ -22,7 +22,7 @@ from edge_agent.web import StatusServer, json_safe
 from firmware_sim.link import PtyLink
 from tests.agent.gateway_helpers import gateway_config, running
 from tests.agent.pipeline_helpers import frames_of
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.mqtt_client import MqttConnection
+from firmware_sim.broker import Broker
 from tests.agent.agent_process import Proc
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
-from tests.broker import Broker, wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent

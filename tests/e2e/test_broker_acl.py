@@ -19,8 +19,9 @@ from edge_agent.config import config_from_dict
 from edge_agent.contract import topics
 from edge_agent.contract.upload_record import decode_record, encode_record
 from edge_agent.mqtt_client import MqttConnection
-from tests.broker import Broker, add_password, wait_for
+from firmware_sim.broker import Broker, add_password
 from tests.e2e.fleet_helpers import CollectorThread
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 

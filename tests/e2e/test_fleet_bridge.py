@@ -16,8 +16,9 @@ from edge_agent.contract.upload_record import decode_record, encode_record
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
 from edge_agent.uploader import Uploader
-from tests.broker import Broker, wait_for
+from firmware_sim.broker import Broker
 from tests.e2e.fleet_helpers import CollectorThread
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CENTRAL = "allow_anonymous true\nmax_queued_messages 0\n"

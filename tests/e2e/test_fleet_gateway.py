@@ -30,9 +30,10 @@ from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.contract.upload_record import decode_record
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
+from firmware_sim.broker import Broker
 from tests.agent.pipeline_helpers import RATE, agent_config, rewrite_bundle
-from tests.broker import Broker, wait_for
 from tests.e2e.fleet_helpers import CollectorThread
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent

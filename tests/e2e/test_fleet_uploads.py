@@ -17,8 +17,9 @@ from edge_agent.contract.upload_record import decode_record, encode_record
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.spool import Spool
 from edge_agent.uploader import Uploader
-from tests.broker import Broker, wait_for
+from firmware_sim.broker import Broker
 from tests.e2e.fleet_helpers import COLLECTOR_KEY, CollectorThread
+from tests.waiting import wait_for
 
 
 def test_broker_stopped_mid_upload_every_window_arrives_once(tmp_path: Path) -> None:

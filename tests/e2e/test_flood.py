@@ -18,8 +18,9 @@ import numpy as np
 from edge_agent.contract import topics
 from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.mqtt_client import MqttConnection
+from firmware_sim.broker import Broker
 from tests.agent.pipeline_helpers import RATE
-from tests.broker import Broker, wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
 BIN = Path(sys.executable).parent

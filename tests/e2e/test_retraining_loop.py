@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.upload_record import encode_record
 from firmware_sim import signals
-from tests.broker import Broker
+from firmware_sim.broker import Broker
 from trainer.dataset import DataFilter
 from trainer.dataset import load as load_dataset
 

@@ -19,8 +19,8 @@ from edge_agent.contract import topics
 from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import RATE, agent_config
-from tests.broker import wait_for
 from tests.e2e.test_agent_e2e import Proc
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent

@@ -16,8 +16,9 @@ from click.testing import CliRunner
 from edge_agent import calibration
 from edge_agent.cli import main
 from edge_agent.contract.bundle import Bundle
+from firmware_sim.broker import free_port
 from tests.agent.pipeline_helpers import RATE, agent_config
-from tests.broker import free_port, wait_for
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent

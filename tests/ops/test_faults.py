@@ -18,8 +18,8 @@ from edge_agent.config import load_config
 from edge_agent.contract import topics
 from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import RATE, agent_config
-from tests.broker import wait_for
 from tests.ops.faults_helpers import AgentProcess, Sensor, read_json
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 

@@ -11,8 +11,8 @@ from edge_agent.contract.binary import encode_frame, int16_scale
 from firmware_sim import signals
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import RATE, agent_config
-from tests.broker import wait_for
 from tests.ops.faults_helpers import AgentProcess, read_json
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.agent.conftest_pipeline"]
 

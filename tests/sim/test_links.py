@@ -315,7 +315,7 @@ def test_mqtt_link_drop_and_reconnect(mosquitto, subscriber):
 
 
 def test_mqtt_link_fails_clearly_without_a_broker():
-    from tests.broker import free_port
+    from firmware_sim.broker import free_port
 
     with pytest.raises(ConnectionError, match="not reachable"):
         link.MqttLink("127.0.0.1", free_port(), "dev1", connect_timeout=1.0)

@@ -16,7 +16,7 @@ from firmware_sim import link, signals
 from firmware_sim.cli import main
 from firmware_sim.faults import FaultInjector
 from firmware_sim.stream import StreamConfig, Streamer
-from tests.broker import wait_for
+from tests.waiting import wait_for
 
 TOPIC = "iot-2/evt/status/fmt/json"
 

@@ -19,8 +19,9 @@ import pytest
 from edge_agent.contract.recordings import DataFormatError
 from edge_agent.contract.signing import keygen
 from edge_agent.contract.upload_record import decode_record, encode_record
-from tests.broker import Broker, wait_for
+from firmware_sim.broker import Broker
 from tests.e2e.fleet_helpers import CollectorThread
+from tests.waiting import wait_for
 from trainer import dataset
 
 BIN = Path(sys.executable).parent

@@ -1,13 +1,14 @@
-"""A real mosquitto on a free loopback port, for every test that needs MQTT.
+"""A loopback mosquitto for demos, benches and tests: a real broker on a free port of 127.0.0.1.
 
-The ``mosquitto`` fixture (tests/conftest.py) yields a ``Broker`` (``host``, ``port``); ``broker.stop()`` / ``broker.start()`` /
-``broker.restart()`` take the broker away and bring it back on the same port, to simulate the network
-going away. The broker persists sessions and queued QoS 1 messages across a restart (``persistence
-true``), as a production broker would. ``tls_conf`` makes the listener TLS-only (client certificates,
-an ACL file, a password file).
+``Broker(workdir)`` writes its config, log and persistence under ``workdir``; ``start()`` waits until it accepts
+TCP connections, ``stop()`` / ``start()`` / ``restart()`` take the broker away and bring it back on the same port
+(the network going away). The broker persists sessions and queued QoS 1 messages across a restart
+(``persistence true``), as a production broker would. ``tls_conf`` makes the listener TLS-only (client
+certificates, an ACL file, a password file); ``add_password`` adds a user to a password file.
 
-mosquitto is found on PATH or in /usr/sbin (``$MOSQUITTO`` overrides); where it is missing a test that
-needs it fails, naming the fix (``make setup`` installs it): it never skips.
+mosquitto is found on PATH or in /usr/sbin (``$MOSQUITTO`` overrides); where it is missing ``start()`` raises a
+RuntimeError naming the fix (``make setup`` installs it). The tests' ``mosquitto`` fixture (tests/conftest.py)
+yields a started ``Broker``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def add_password(password_file: Path, user: str, password: str) -> None:
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -130,12 +132,3 @@ class Broker:
         """(host, port) for clients."""
         return self.host, self.port
 
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # noqa: ANN001
-    """Poll ``predicate()`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return bool(value)
-        time.sleep(interval)

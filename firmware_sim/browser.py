@@ -1,4 +1,5 @@
-"""Headless Chromium from Debian's packages (``chromium``, ``chromium-driver``), driven with Selenium.
+"""Headless Chromium from Debian's packages (``chromium``, ``chromium-driver``), driven with Selenium: for the
+status-page screenshot (scripts/status_page_screenshot.py) and the tests' ``browser`` fixture (tests/conftest.py).
 
 Nothing is downloaded: Selenium is pointed at ``/usr/bin/chromedriver`` and ``/usr/bin/chromium`` (or
 ``$CHROMEDRIVER`` / ``$CHROMIUM``), so its driver manager never runs. A fresh profile per browser.
@@ -20,6 +21,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 def available() -> bool:
+    """Whether Chromium and its driver are installed (executable at ``CHROMIUM`` and ``CHROMEDRIVER``)."""
     return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
 
 
