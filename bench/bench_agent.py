@@ -88,7 +88,7 @@ def keep_up(bundle: Bundle, preset: str, seconds: float) -> dict:
         for frame in decoder.feed(stream[i : i + 65536]):
             pipe.push(frame)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    return {"cpu_pct": 100 * cpu / seconds, "wall_x_realtime": seconds / wall, "windows": pipe.windows_scored,
+    return {"cpu_pct": 100 * cpu / seconds, "wall_x_realtime": seconds / wall, "windows": pipe.counters.windows_scored,
             "frames": decoder.frames}
 
 
@@ -205,6 +205,7 @@ def alert_latency(bundle_dir: Path, preset: str, healthy_s: float = 5.0, broken_
         raised: list[tuple[float, int]] = []
         agent = Agent(cfg, on_event=lambda e: raised.append((time.monotonic(), e.seq_end)) if e.kind == "raised" else None)
         stop = threading.Event()
+        agent.start()  # the parts are up before the test acts
         th = threading.Thread(target=agent.run, args=(stop,), daemon=True)
         th.start()
         while not agent.sensor().source.connected.is_set():

@@ -80,7 +80,7 @@ def main() -> None:
             s.history.record(result, "warning" if i % 50 == 0 else "normal")
     snapshot_us = per_call_us(lambda: agent._refresh_snapshot(time.monotonic()), 500)
     doc = agent.status()
-    render_us = per_call_us(lambda: metrics.render(doc, queue_capacity=agent.queue_capacity()), 500)
+    render_us = per_call_us(lambda: metrics.render(doc), 500)
     assert agent.web.start()
     try:
         api = http_ms(agent.web.port, "/api/status", args.n)

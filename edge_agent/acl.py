@@ -19,7 +19,7 @@ to ``vib/+/upload/receipt`` receives only its own devices' receipts.
 
 from __future__ import annotations
 
-from edge_agent.config import AgentConfig, MqttSource
+from edge_agent.config import AgentConfig, MqttSection
 from edge_agent.contract import rollout, topics
 
 #: Users of the local broker besides the agent.
@@ -40,7 +40,7 @@ topic read vib/+/rollout
 
 
 def _samples_topics(cfg: AgentConfig) -> list[str]:
-    return [(s.source.mqtt or MqttSource()).samples_topic(s.device) for s in cfg.sensors if s.source.kind == "mqtt"]
+    return [(s.source.mqtt or MqttSection()).samples_topic(s.device) for s in cfg.sensors if s.source.kind == "mqtt"]
 
 
 def local(cfg: AgentConfig) -> str:

@@ -1,22 +1,27 @@
-"""The gateway agent: many sensors, one MQTT connection, one scoring thread, nothing that can kill it.
+"""The gateway agent: many sensors, one scoring thread, nothing that can kill it.
 
-Threads (one stop event ends them all)::
+Threads::
 
-    serial reader per serial sensor ─┐
-    paho network thread (all MQTT) ──┴─► bounded queue per sensor ─► scoring loop (the caller's thread):
-                                                                      round robin Sensor.poll over the sensors,
-                                                                      every status.every_s: status file + MQTT
-    bundle watcher ─ loads and tests changed bundles, hands them to their sensor (swapped between frames)
-    alert sinks (MQTT publisher, command runner) and the uploader have their own small threads.
-    web server ([http]) ─ status page and /metrics, reading the status snapshot the scoring loop refreshes
-    every second and each sensor's bounded history.
+    serial reader per serial sensor ─────────┐
+    paho network thread per MQTT sensor ─────┴─► bounded queue per sensor ─► scoring loop (the caller's thread):
+                                                  round robin Sensor.poll over the sensors,
+                                                  every status.every_s: status file + MQTT
+    bundle watcher ─ loads and tests changed bundles and rollouts, hands them to their sensor (swapped between
+                     frames)
+    the gateway's paho thread, the alert sinks (MQTT publisher, command runner), the uploader, the web server
+    ([http]: status page and /metrics, reading the snapshot the scoring loop refreshes every second).
 
-The agent owns the one :class:`MqttConnection` (its last will marks the gateway offline) and hands it to
-the MQTT sources, the alert sinks, the status publisher and the uploader.
+Lifecycle: the constructor makes the parts, ``start`` acquires them in order and ``close`` releases them in
+reverse (one ``ExitStack``); ``run(stop)`` scores until the caller's ``stop`` is set. ``closing`` is the one
+event the agent's own threads (watcher, uploader) stop on; each source, sink and connection is stopped by its
+``close``/``stop``. The agent owns the gateway's :class:`MqttConnection` (its last will marks the gateway
+offline) and hands it to the alert sinks, the status publisher, the rollouts and the uploader; each MQTT sensor
+has a connection of its own (a sensor that floods cannot starve another).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -33,15 +38,14 @@ from edge_agent.contract import rollout as rollout_topics
 from edge_agent.contract import topics
 from edge_agent.contract.errors import AgentError, BundleError, ConfigError, UploadError
 from edge_agent.contract.signing import keyring
-from edge_agent.drift import DriftPolicy
 from edge_agent.fleet import SensorFleet
 from edge_agent.mqtt_client import MqttConnection, connection_for
 from edge_agent.pipeline import Pipeline, WindowCallback
-from edge_agent.rollout import RolloutPolicy, SensorRollout
-from edge_agent.sensor import Sensor, make_source, policy_of
+from edge_agent.rollout import SensorRollout
+from edge_agent.sensor import Sensor, make_source
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
-from edge_agent.status import write_json_atomic
-from edge_agent.uploader import ByteBudget, KeepPolicy
+from edge_agent.status import GatewaySummary, fields_of, write_json_atomic
+from edge_agent.uploader import ByteBudget
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +57,18 @@ WAKE_COALESCE_S = 0.002
 
 
 class Agent:
-    """The running gateway for one config. ``run(stop)`` blocks until ``stop`` is set.
+    """The running gateway for one config: ``start()``, then ``run(stop)`` until ``stop`` is set (``run`` starts
+    it when needed and always closes it).
 
     Args:
         cfg: validated config.
         on_event: called with every alert event (the CLI prints them), on the scoring thread.
         on_window: called for every scored window (tests), on the scoring thread.
 
-    Raises BundleError when no sensor has a model it can serve; a sensor whose bundle fails at start
+    The constructor only makes the parts; ``start`` acquires them in order (the spool, the models, the sinks,
+    the broker connection, the uploader, the sources, the bundle watcher, the web server) and ``close``
+    releases them in the reverse order, once; a start that fails half-way releases what it had acquired.
+    ``start`` raises BundleError when no sensor has a model it can serve; a sensor whose bundle fails at start
     waits for a valid one (watched like any bundle) while the others run.
     """
 
@@ -75,13 +83,13 @@ class Agent:
         self.started = time.time()
         self._t0 = time.monotonic()
         self.wake = threading.Event()
+        self.closing = threading.Event()  # the one stop signal of the agent's own threads (set by close)
         self._status_path = cfg.resolve(cfg.status.file) if cfg.status.file else None
         self.availability_topic = topics.gateway_topic(cfg.gateway, "availability")
         self.status_topic = topics.gateway_topic(cfg.gateway, "status")
         self.connection: MqttConnection | None = None
         if cfg.mqtt is not None:
             self.connection = connection_for(cfg, will=(self.availability_topic, b"offline", 1, True))
-            self.connection.add_connect_listener(self._on_connect)
         self.discovery = None
         if cfg.homeassistant.enabled and self.connection is not None:
             from edge_agent.homeassistant import Discovery
@@ -99,49 +107,113 @@ class Agent:
         self._uplink = None
         if cfg.uploads_enabled:
             from edge_agent.spool import Spool
-            from edge_agent.uploader import Uploader
+            from edge_agent.uploader import UplinkState, Uploader
 
             u = cfg.uploads
-            try:
-                self._spool = Spool(cfg.resolve(u.spool_path), u.spool_max_bytes, u.spool_max_records)
-            except UploadError as exc:
-                raise UploadError(f"uploads.spool_path: {exc}") from None
-            self._uplink = None
-            if u.uplink_topic:
-                from edge_agent.uploader import UplinkState
-
-                self._uplink = UplinkState()
-                self.connection.subscribe(u.uplink_topic, 1, lambda msg: self._uplink.on_message(msg.payload))
+            self._spool = Spool(cfg.resolve(u.spool_path), u.spool_max_bytes, u.spool_max_records)
+            self._uplink = UplinkState() if u.uplink_topic else None
             self._uploader = Uploader(
-                self._spool, self.connection, u.batch, threading.Event(), uplink=self._uplink, receipts=u.receipts,
+                self._spool, self.connection, u.batch, self.closing, uplink=self._uplink, receipts=u.receipts,
                 receipt_timeout_s=u.receipt_timeout_s, receipt_keys=keyring(u.receipt_keys),
                 budget=ByteBudget(u.max_bytes_per_hour) if u.max_bytes_per_hour else None)
-        self.sensors: list[Sensor] = []
-        errors: list[str] = []
-        for scfg in cfg.sensors:
-            sensor = Sensor(
-                scfg, cfg, connection=self.connection, dispatcher=AlertDispatcher(self._make_sinks(scfg)),
-                offer_upload=self._offer_upload if scfg.uploads.enabled else None, wake=self.wake,
-                on_event=on_event, on_window=on_window,
-            )
-            try:
-                sensor.load_model()
-            except BundleError as exc:
-                errors.append(f"{scfg.device}: {exc}")
-                sensor.counters.model.rejects += 1
-                sensor.counters.model.last_reject = str(exc)[:500]
-                log.error("sensor %s has no model to serve (waiting for a valid bundle in %s): %s", scfg.device,
-                          sensor.bundle_path, exc)
-            sensor.fleet = self._fleet_of(sensor)
-            self.sensors.append(sensor)
-        if len(errors) == len(self.sensors):
-            raise BundleError("no sensor has a model it can serve: " + "; ".join(errors))
-        self._subscribe_fleet()
+        self.sensors = [Sensor(
+            scfg, cfg, connection=self.connection, dispatcher=AlertDispatcher(self._make_sinks(scfg)),
+            offer_upload=self._offer_upload if scfg.uploads.enabled else None, wake=self.wake,
+            on_event=on_event, on_window=on_window) for scfg in cfg.sensors]
         self._next_status = 0.0
         self._snapshot: tuple[dict, float] | None = None
         self._next_snapshot = 0.0
-        self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._parts: contextlib.ExitStack | None = None  # what start acquired, released by close
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Agent:
+        """Acquire every part in order; on failure release what was acquired and raise. Idempotent."""
+        if self._parts is not None:
+            return self
+        with contextlib.ExitStack() as parts:
+            if self._spool is not None:
+                try:
+                    self._spool.open()
+                except UploadError as exc:
+                    raise UploadError(f"uploads.spool_path: {exc}") from None
+                parts.callback(self._spool.close)
+            self._load_models()
+            for sink in self._sinks():
+                self._start_sink(sink)
+                parts.callback(_quietly, sink.close, f"alert sink {type(sink).__name__}")
+            if self.connection is not None:
+                self._subscribe()
+                self.connection.start()
+                parts.callback(self.connection.stop)
+            parts.callback(self._final_status)
+            if self._uploader is not None:
+                self._uploader.start()
+                parts.callback(self._uploader.stop)
+            for sensor in self.sensors:
+                sensor.source.start()
+                parts.callback(sensor.source.stop)
+            self._watcher = threading.Thread(target=self._watch_bundles, name="bundle-watch", daemon=True)
+            self._watcher.start()
+            parts.callback(self._stop_watcher)
+            if self.web is not None:
+                self.web.start()
+                parts.callback(self.web.stop)
+            self._refresh_snapshot(time.monotonic())
+            self._parts = parts.pop_all()
+        return self
+
+    def close(self) -> None:
+        """Release what ``start`` acquired, in reverse order: stop serving the page, watching and reading; stop the
+        uploader; leave "stopped"/"offline" as the retained state; disconnect; close the sinks; close the spool."""
+        self.closing.set()
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            parts.close()
+
+    def _load_models(self) -> None:
+        """Each sensor's bundle (BundleError when none can serve), then its part in the fleet loop."""
+        errors: list[str] = []
+        for sensor in self.sensors:
+            try:
+                sensor.load_model()
+            except BundleError as exc:
+                errors.append(f"{sensor.device}: {exc}")
+                sensor.counters.model_rejects += 1
+                sensor.counters.model_last_reject = str(exc)[:500]
+                log.error("sensor %s has no model to serve (waiting for a valid bundle in %s): %s", sensor.device,
+                          sensor.bundle_path, exc)
+            sensor.attach_fleet(self._fleet_of(sensor))
+        if len(errors) == len(self.sensors):
+            raise BundleError("no sensor has a model it can serve: " + "; ".join(errors))
+
+    def _sinks(self) -> list:
+        """Every alert sink once (the log sink and a JSONL file may serve several sensors)."""
+        unique: dict[int, object] = {}
+        for sensor in self.sensors:
+            for sink in sensor.dispatcher.sinks:
+                unique.setdefault(id(sink), sink)
+        return list(unique.values())
+
+    def _start_sink(self, sink) -> None:
+        try:
+            sink.start()
+        except OSError as exc:  # the JSONL file: name the key
+            raise ConfigError(f"alerts.sinks.jsonl: cannot open {getattr(sink, 'path', '?')}: "
+                              f"{exc.strerror or exc}") from exc
+
+    def _stop_watcher(self) -> None:
+        self.closing.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
+
+    def _final_status(self) -> None:
+        """The last status: "stopped" in the file, "offline" retained on the broker (waited for, briefly)."""
+        for info in self.publish_status(final=True):
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError) as exc:
+                log.debug("final status not confirmed: %s", exc)
 
     # ------------------------------------------------------------------ access
     def sensor(self, device: str | None = None) -> Sensor:
@@ -180,12 +252,7 @@ class Agent:
             sinks.append(self._log_sink)
         if s.jsonl:
             path = self.cfg.resolve(s.jsonl).resolve()
-            if path not in self._jsonl:
-                try:
-                    self._jsonl[path] = JsonlSink(path)
-                except OSError as exc:
-                    raise ConfigError(f"alerts.sinks.jsonl: cannot open {path}: {exc.strerror or exc}") from exc
-            sinks.append(self._jsonl[path])
+            sinks.append(self._jsonl.setdefault(path, JsonlSink(path)))
         if s.mqtt and self.connection is not None:
             sinks.append(MqttAlertSink(self.connection, scfg.device))
         if s.command:
@@ -196,16 +263,14 @@ class Agent:
         """The sensor's part in the fleet loop: what it keeps for upload, its drift monitor, its rollouts."""
         scfg, cfg = sensor.cfg, self.cfg
         u = scfg.uploads
-        keep = KeepPolicy(u.every_s, u.drift_every_s, u.context_before, u.context_after, u.calibration,
-                          u.only_normal) if u.enabled else None
-        drift = DriftPolicy(scfg.drift.windows, scfg.drift.psi_limit) if scfg.drift.enabled else None
+        keep = u if u.enabled else None
+        drift = scfg.drift if scfg.drift.enabled else None
         rollout = None
         if cfg.rollout is not None and self.connection is not None:
             r = cfg.rollout
             rollout = SensorRollout(
                 sensor.device, sensor.bundle_path,
-                RolloutPolicy(r.public_keys, r.shadow_windows, r.max_alert_rate_increase, r.probation_windows,
-                              chunk_timeout_s=r.chunk_timeout_s),
+                r,
                 serving=sensor.served_model, offer_model=sensor.adopt_model, publish=self._publish_retained,
                 num_threads=scfg.bundle.num_threads)
         if keep is None and drift is None and rollout is None:
@@ -213,10 +278,15 @@ class Agent:
         manifest = sensor.pipeline.bundle.manifest if sensor.pipeline is not None else None
         return SensorFleet(sensor.device, cfg.gateway, keep=keep, drift=drift, rollout=rollout, manifest=manifest)
 
-    def _subscribe_fleet(self) -> None:
-        """Rollout topics (the fleet's, fanned out to every sensor, and each sensor's own) and upload receipts."""
-        if self.connection is None:
-            return
+    def _subscribe(self) -> None:
+        """Before the connection starts: availability on connect, Home Assistant discovery, the uplink flag, rollout
+        topics (the fleet's, fanned out to every sensor, and each sensor's own) and upload receipts."""
+        self.connection.add_connect_listener(self._on_connect)
+        if self.discovery is not None:
+            self.discovery.start()
+        if self._uplink is not None:
+            self.connection.subscribe(self.cfg.uploads.uplink_topic, 1,
+                                      lambda msg: self._uplink.on_message(msg.payload))
         rollouts = [s.fleet.rollout for s in self.sensors if s.fleet is not None and s.fleet.rollout is not None]
         if rollouts:
             fleet_filter = rollout_topics.subscriptions(self.sensors[0].device)[0]
@@ -246,20 +316,10 @@ class Agent:
 
     # ------------------------------------------------------------------ main loop
     def run(self, stop: threading.Event) -> None:
-        """Start everything, score until ``stop`` is set, then shut down cleanly."""
-        for sensor in self.sensors:
-            sensor.source.start()  # MQTT sources subscribe before the connection starts
-        if self.connection is not None:
-            self.connection.start()
-        if self._uploader is not None:
-            self._uploader.start()
-        self._watcher = threading.Thread(target=self._watch_bundles, name="bundle-watch", daemon=True)
-        self._watcher.start()
-        self._refresh_snapshot(time.monotonic())
-        if self.web is not None:
-            self.web.start()
-        log.info("edge-agent %s running %d sensor(s)", self.cfg.gateway, len(self.sensors))
+        """Start (unless started), score until ``stop`` is set, then close."""
         try:
+            self.start()
+            log.info("edge-agent %s running %d sensor(s)", self.cfg.gateway, len(self.sensors))
             while not stop.is_set():
                 self.wake.clear()
                 busy = sum(sensor.poll() for sensor in self.sensors)
@@ -278,7 +338,7 @@ class Agent:
 
     def _watch_bundles(self) -> None:
         """The watcher thread: each sensor's bundle, every ``bundle.watch_s`` of that sensor."""
-        while not self._stop_watch.wait(0.1):
+        while not self.closing.wait(0.1):
             now = time.monotonic()
             for sensor in self.sensors:
                 if sensor.watch_due(now) and sensor.check_bundle():
@@ -293,36 +353,6 @@ class Agent:
                     except Exception:  # the watcher thread lives on whatever a rollout does
                         sensor.counters.internal_errors += 1
                         log.exception("%s: rollout step failed", sensor.device)
-
-    def close(self) -> None:
-        """Stop reading, leave "offline" as the retained state, flush the sinks, disconnect."""
-        if self.web is not None:
-            self.web.stop()
-        self._stop_watch.set()
-        if self._watcher is not None:
-            self._watcher.join(10)
-        for sensor in self.sensors:
-            sensor.source.stop()
-        if self._uploader is not None:
-            self._uploader.stop()
-            self._spool.close()
-        infos = self.publish_status(final=True)
-        for info in infos:
-            try:
-                info.wait_for_publish(2.0)
-            except (RuntimeError, ValueError) as exc:
-                log.debug("final status not confirmed: %s", exc)
-        closed: set[int] = set()
-        for sensor in self.sensors:
-            for sink in sensor.dispatcher.sinks:
-                if id(sink) not in closed and hasattr(sink, "close"):
-                    closed.add(id(sink))
-                    try:
-                        sink.close()
-                    except Exception:
-                        log.exception("alert sink %r: close failed", sink)
-        if self.connection is not None:
-            self.connection.stop()
 
     # ------------------------------------------------------------------ web (read by the web server's threads)
     def _refresh_snapshot(self, now: float) -> None:
@@ -340,47 +370,27 @@ class Agent:
     def histories(self) -> dict:
         return {s.device: s.history for s in self.sensors}
 
-    def queue_capacity(self) -> dict[str, int]:
-        return {s.device: s.cfg.source.queue_frames for s in self.sensors}
-
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
-        """The gateway's status document: a summary and one entry per sensor."""
+        """The gateway's status document: a summary and one entry per sensor (``edge_agent.telemetry``)."""
         sensors = {s.device: s.status() for s in self.sensors}
         total = lambda key: sum(d.get(key) or 0 for d in sensors.values())  # noqa: E731
-        doc = {
-            "gateway": self.cfg.gateway,
-            "state": "online",
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "uptime_s": round(time.monotonic() - self._t0, 1),
-            "sensors_total": len(sensors),
-            "sensors_alerting": sum(d.get("alert_state") in ("warning", "critical") for d in sensors.values()),
-            "sensors_without_model": sum(d["state"] == "no_model" for d in sensors.values()),
-            "sensors_unmonitored": sum(d["health"]["state"] != "ok" for d in sensors.values()),
-            "sensors_retraining_due": sum(bool(d.get("notices")) for d in sensors.values()),
-            "samples_in": total("samples_in"),
-            "windows_scored": total("windows_scored"),
-            "alerts": total("alerts"),
-            "mqtt_connected": bool(self.connection is not None and self.connection.connected),
+        summary = GatewaySummary(
+            gateway=self.cfg.gateway, state="online", time=datetime.now(UTC).isoformat(timespec="seconds"),
+            uptime_s=round(time.monotonic() - self._t0, 1), sensors_total=len(sensors),
+            sensors_alerting=sum(d.get("alert_state") in ("warning", "critical") for d in sensors.values()),
+            sensors_without_model=sum(d["state"] == "no_model" for d in sensors.values()),
+            sensors_unmonitored=sum(d["health"]["state"] != "ok" for d in sensors.values()),
+            sensors_retraining_due=sum(bool(d.get("notices")) for d in sensors.values()),
+            samples_in=total("samples_in"), windows_scored=total("windows_scored"), alerts=total("alerts"),
+            mqtt_connected=bool(self.connection is not None and self.connection.connected))
+        return fields_of(summary) | {
             "mqtt": None if self.connection is None else self.connection.status(),
-            "uploads": None if self._uploader is None else {
-                "sent": self._uploader.sent, "pending": self._uploader.pending, "dropped": self._uploader.dropped,
-                "failed_attempts": self._uploader.failed_attempts, "spool_evicted": self._spool.evicted,
-                "spool_bytes": self._spool.bytes, "spool_quarantined": self._spool.quarantined,
-                "spool_lock_waits": self._spool.lock_waits, "spool_waiting_in_memory": self._spool.waiting,
-                "spool_evicted_by_kind": dict(self._spool.evicted_by_kind), "sent_bytes": self._uploader.sent_bytes,
-                "awaiting_receipt": self._spool.awaiting_receipt() if self._uploader.receipts else None,
-                "confirmed": self._uploader.confirmed, "throttled": self._uploader.throttled,
-                "rejected_by_collector": self._uploader.rejected, "last_rejected": self._uploader.last_rejected,
-                "receipts_refused": self._uploader.receipts_refused,
-                "last_receipt_refused": self._uploader.last_receipt_refused,
-                "uplink": None if self._uplink is None else self._uplink.up, "uplink_waits": self._uploader.uplink_waits,
-            },
+            "uploads": None if self._uploader is None else self._uploader.status(),
             "http": None if self.web is None else self.web.status(),
             "homeassistant": None if self.discovery is None else self.discovery.status(),
             "sensors": sensors,
         }
-        return doc
 
     def publish_status(self, final: bool = False) -> list:
         """Write the status file and publish the retained statuses; returns paho's message infos."""
@@ -410,6 +420,14 @@ class Agent:
         return infos
 
 
+def _quietly(close: Callable[[], None], what: str) -> None:
+    """Run a release step; log and go on when it fails (the other parts must still be released)."""
+    try:
+        close()
+    except Exception:
+        log.exception("%s: close failed", what)
+
+
 def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeout_s: float
                      ) -> tuple[calibration.DeviceThreshold | None, int]:
     """Score ``n_windows`` windows of one sensor's live source (assumed healthy) and compute its threshold with
@@ -419,7 +437,7 @@ def calibrate_sensor(cfg: AgentConfig, device: str | None, n_windows: int, timeo
     model = load_served_model(cfg.resolve(scfg.bundle.path), scfg.bundle.num_threads)
     records: list[calibration.DeviceThreshold] = []
     pipeline = Pipeline(
-        model.bundle, device=scfg.device, threshold=model.bundle.threshold.value, policy=policy_of(scfg),
+        model.bundle, device=scfg.device, threshold=model.bundle.threshold.value, policy=scfg.alerts,
         scorer=model.scorer, sample_rate=scfg.source.sample_rate, calibrate=n_windows, on_calibrated=records.append,
         bridge_fraction=scfg.health.bridge_fraction,
     )

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from edge_agent.settings import setting
+
 logger = logging.getLogger(__name__)
 
 AlertState = Literal["normal", "warning", "critical"]
@@ -46,26 +48,26 @@ EventKind = Literal["raised", "escalated", "cleared"]
 
 @dataclass(frozen=True)
 class AlertPolicy:
-    """Debounce, hysteresis, cooldown and severity settings of the alert state machine."""
+    """Debounce, hysteresis, cooldown and severity of the alert state machine (``[alerts]`` of the config)."""
 
-    k: int = 3
-    n: int = 5
-    clear_ratio: float = 0.8
-    clear_windows: int = 5
-    cooldown_s: float = 60.0
-    critical_ratio: float = 2.0
+    k: int = setting(3, lo=1, hi=1000, doc="windows above the threshold, out of the last n, that raise an alert")
+    n: int = setting(5, lo=1, hi=1000, doc="the debounce window: k of the last n windows above the threshold")
+    clear_ratio: float = setting(0.8, lo=0.01, hi=1.0, doc="clears below clear_ratio x threshold (hysteresis)")
+    clear_windows: int = setting(5, lo=1, hi=100_000, doc="consecutive windows below it that clear the alert")
+    cooldown_s: float = setting(60.0, lo=0.0, hi=86_400.0, doc="seconds after a clear before the next raise")
+    critical_ratio: float = setting(2.0, lo=1.0, hi=1000.0, doc="critical above critical_ratio x threshold")
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.n:
-            raise ValueError(f"alert policy: need 1 <= k <= n, got k={self.k} n={self.n}")
+            raise ValueError(f"k: must be 1..n (n = {self.n}), got {self.k}")
         if not 0.0 < self.clear_ratio <= 1.0:
-            raise ValueError(f"alert policy: clear_ratio must be in (0, 1], got {self.clear_ratio}")
+            raise ValueError(f"clear_ratio: must be in (0, 1], got {self.clear_ratio}")
         if self.clear_windows < 1:
-            raise ValueError(f"alert policy: clear_windows must be >= 1, got {self.clear_windows}")
+            raise ValueError(f"clear_windows: must be >= 1, got {self.clear_windows}")
         if not (self.cooldown_s >= 0.0 and math.isfinite(self.cooldown_s)):
-            raise ValueError(f"alert policy: cooldown_s must be finite and >= 0, got {self.cooldown_s}")
+            raise ValueError(f"cooldown_s: must be finite and >= 0, got {self.cooldown_s}")
         if not (self.critical_ratio >= 1.0 and math.isfinite(self.critical_ratio)):
-            raise ValueError(f"alert policy: critical_ratio must be finite and >= 1, got {self.critical_ratio}")
+            raise ValueError(f"critical_ratio: must be finite and >= 1, got {self.critical_ratio}")
 
 
 @dataclass(frozen=True)

@@ -140,11 +140,11 @@ def run(config: Path) -> None:
         )
         sys.stdout.flush()
 
+    stop_on_signals(stop)  # before start: a SIGTERM from now on closes what start acquired
     try:
-        agent = Agent(cfg, on_event=on_event)
+        agent = Agent(cfg, on_event=on_event).start()
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
-    stop_on_signals(stop)
     for sensor in agent.sensors:
         p = sensor.pipeline
         click.echo(f"edge-agent: device {sensor.device}, " + (
@@ -351,11 +351,7 @@ def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: 
         bundle = Bundle.load(bundle_dir)
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
-    policy = AlertPolicy()
-    if config is not None:
-        from edge_agent.sensor import policy_of
-
-        policy = policy_of(_load(config).sensor(None))
+    policy = AlertPolicy() if config is None else _load(config).sensor(None).alerts
     opts: dict = {}
     if channels:
         opts["channels"] = [int(c) if c.strip().lstrip("-").isdigit() else c.strip() for c in channels.split(",")]

@@ -57,10 +57,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.alerts import AlertPolicy
 from edge_agent.contract import topics
 from edge_agent.contract.errors import ConfigError, SignatureError
 from edge_agent.contract.frames import MAX_CHANNELS
 from edge_agent.contract.json_mapping import TIME_UNITS, JsonMapping, PayloadDecoder
+from edge_agent.drift import DriftPolicy
+from edge_agent.rollout import RolloutPolicy
+from edge_agent.uploader import KeepPolicy
 
 
 def _rng(lo: float | None = None, hi: float | None = None, choices: tuple | None = None) -> dict:
@@ -68,7 +72,7 @@ def _rng(lo: float | None = None, hi: float | None = None, choices: tuple | None
 
 
 @dataclass(frozen=True)
-class SerialSource:
+class SerialSection:
     port: str = field(metadata=_rng())  # "/dev/ttyUSB0", "/dev/pts/3", "loop://", any pyserial URL
     format: str = field(default="binary", metadata=_rng(choices=("binary", "csv")))
     baudrate: int = field(default=921_600, metadata=_rng(50, 20_000_000))
@@ -82,7 +86,7 @@ MAPPING_KEYS = ("fields", "values", "records", "channels", "seq_field", "time_fi
 
 
 @dataclass(frozen=True)
-class MqttSource:
+class MqttSection:
     """Where an MQTT sensor publishes and what its payloads look like (``payload = "json"``: ``JsonMapping``)."""
 
     topic_device: str | None = field(default=None, metadata=_rng())  # whose vib/<device>/samples; default: device
@@ -118,8 +122,8 @@ class MqttSource:
 @dataclass(frozen=True)
 class Source:
     kind: str = field(metadata=_rng(choices=("serial", "mqtt")))
-    serial: SerialSource | None = None
-    mqtt: MqttSource | None = None
+    serial: SerialSection | None = None
+    mqtt: MqttSection | None = None
     queue_frames: int = field(default=1024, metadata=_rng(8, 1_000_000))
     sample_rate: float | None = field(default=None, metadata=_rng(0.001, 10_000_000.0))  # Hz, if the bundle has none
     burst: bool | None = None  # sends snapshots (sequence may restart per burst); unset: recognised when it happens
@@ -176,13 +180,9 @@ class Sinks:
 
 
 @dataclass(frozen=True)
-class Alerts:
-    k: int = field(default=3, metadata=_rng(1, 1000))
-    n: int = field(default=5, metadata=_rng(1, 1000))
-    clear_ratio: float = field(default=0.8, metadata=_rng(0.01, 1.0))
-    clear_windows: int = field(default=5, metadata=_rng(1, 100_000))
-    cooldown_s: float = field(default=60.0, metadata=_rng(0.0, 86_400.0))
-    critical_ratio: float = field(default=2.0, metadata=_rng(1.0, 1000.0))
+class Alerts(AlertPolicy):
+    """``[alerts]``: the alert policy (``alerts.AlertPolicy``, its settings declared there once) and its sinks."""
+
     sinks: Sinks = field(default_factory=Sinks)
 
 
@@ -253,34 +253,23 @@ class Health:
 
 
 @dataclass(frozen=True)
-class SensorUploads:
+class SensorUploads(KeepPolicy):
+    """A sensor's ``[uploads]``: whether it keeps windows for retraining, and which (``uploader.KeepPolicy``)."""
+
     enabled: bool = False
-    every_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))  # one reservoir-sampled normal window
-    only_normal: bool = True
-    drift_every_s: float = field(default=60.0, metadata=_rng(1.0, 7 * 86_400.0))  # while the scores drift
-    context_before: int = field(default=5, metadata=_rng(0, 1000))  # windows kept before each alert
-    context_after: int = field(default=5, metadata=_rng(0, 1000))  # and after it
-    calibration: bool = True  # keep the windows a calibration is computed on
 
 
 @dataclass(frozen=True)
-class Drift:
-    """Score drift against the bundle's training score quantiles (``edge_agent.drift``)."""
+class Drift(DriftPolicy):
+    """Score drift against the bundle's training score quantiles (``drift.DriftPolicy``)."""
 
     enabled: bool = True
-    windows: int = field(default=500, metadata=_rng(50, 1_000_000))
-    psi_limit: float = field(default=0.25, metadata=_rng(0.01, 10.0))
 
 
 @dataclass(frozen=True)
-class Rollout:
-    """Signed model rollouts (``trainer publish``): the trusted public keys and the limits of a swap."""
-
-    public_keys: tuple[str, ...]
-    shadow_windows: int = field(default=100, metadata=_rng(1, 100_000))
-    max_alert_rate_increase: float = field(default=0.05, metadata=_rng(0.0, 1.0))
-    probation_windows: int = field(default=300, metadata=_rng(1, 10_000_000))
-    chunk_timeout_s: float = field(default=600.0, metadata=_rng(1.0, 7 * 86_400.0))  # all chunks of a rollout by then
+class Rollout(RolloutPolicy):
+    """Signed model rollouts (``trainer publish``): the trusted public keys and the limits of a swap
+    (``rollout.RolloutPolicy``)."""
 
 
 @dataclass(frozen=True)
@@ -523,7 +512,7 @@ def _check_semantics(cfg: AgentConfig, legacy: bool) -> None:
             shown = s.source.serial.port + (f" (which is {port})" if port != s.source.serial.port else "")
             claim(ports, port, f"{where}source.serial.port", f"port {shown!r}")
         else:
-            topic = (s.source.mqtt or MqttSource()).samples_topic(s.device)
+            topic = (s.source.mqtt or MqttSection()).samples_topic(s.device)
             claim(sample_topics, topic, f"{where}source.mqtt", f"topic {topic!r}")
         claim(paths, cfg.resolve(s.calibration.path).resolve(), f"{where}calibration.path", "this file")
         check_path(f"{where}bundle.path", cfg.resolve(s.bundle.path), directory=True)
@@ -646,8 +635,6 @@ def secret_file_warnings(cfg: AgentConfig) -> list[str]:
 
 def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
     a = s.alerts
-    if a.k > a.n:
-        raise ConfigError(f"{where}alerts.k: must be 1..n (n = {a.n}), got {a.k}")
     src = s.source
     if src.kind == "serial" and src.serial is None:
         raise ConfigError(f"{where}source.serial: required when source.kind = 'serial'")
@@ -673,7 +660,7 @@ def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
                           f"it never goes to a child program")
 
 
-def _check_mqtt_source(m: MqttSource, where: str) -> None:
+def _check_mqtt_source(m: MqttSection, where: str) -> None:
     """Topic and payload mapping of an MQTT source (the mapping is built once here, so its errors come at load)."""
     if m.topic_device is not None:
         try:
@@ -717,13 +704,18 @@ def _build(cls: type, data: object, where: str):
                 raise ConfigError(f"{key}: required")
             continue
         kwargs[name] = _value(hints[name], data[name], key, f.metadata)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a rule between keys (alerts.k <= alerts.n), raised by the policy itself
+        raise ConfigError(f"{where}.{exc}" if where else str(exc)) from None
 
 
 def _value(tp, value: object, key: str, meta) -> object:
     optional = False
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:  # a value valid for one member would be checked against another
+            raise TypeError(f"{key}: a config field has one type (or None), not {tp}")
         optional = len(args) < len(typing.get_args(tp))
         tp = args[0]
     if value is None and optional:

@@ -105,13 +105,13 @@ def _broker(cfg: AgentConfig, timeout_s: float):
         return Check("gateway", "broker", FAIL, f"{where}: {exc}"), None
     connection.start()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not connection.connected and connection.refused_connects == 0:
+    while time.monotonic() < deadline and not connection.connected and connection.counters.refused_connects == 0:
         connection.wait_connected(0.2)
     if connection.connected:
         user = f" as {m.username}" if m.username else ""
         return Check("gateway", "broker", OK, f"{where}: connected and authenticated{user}"), connection
     connection.stop()
-    reason = connection.last_error or f"no answer in {timeout_s:g} s"
+    reason = connection.counters.last_error or f"no answer in {timeout_s:g} s"
     return Check("gateway", "broker", FAIL, f"{where}: {reason}"), None
 
 

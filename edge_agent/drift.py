@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_agent.settings import setting
+from edge_agent.status import DriftStatus, fields_of
+
 #: Share of training scores above the highest training score: not zero (a new window may be the highest),
 #: small enough that scores beyond it weigh in the PSI.
 TAIL = 0.0005
@@ -29,9 +32,11 @@ EPS = 1e-4
 
 @dataclass(frozen=True)
 class DriftPolicy:
-    windows: int = 500  # scores compared with the training distribution
-    psi_limit: float = 0.25
-    every: int = 50  # recompute every this many windows
+    """``[drift]`` of the config: when the recent scores count as drifting from the training scores."""
+
+    windows: int = setting(500, lo=50, hi=1_000_000, doc="recent scores compared with the training distribution")
+    psi_limit: float = setting(0.25, lo=0.01, hi=10.0, doc="drifting above this population stability index")
+    every: int = setting(50, internal=True, doc="recompute every this many windows")
 
 
 def reference(manifest: dict) -> tuple[np.ndarray, np.ndarray] | None:
@@ -95,7 +100,8 @@ class DriftMonitor:
         return False
 
     def status(self) -> dict:
-        return {"state": "unknown" if self.ref is None else "drifting" if self.drifting else
-                "collecting" if self.value is None else "stable",
-                "psi": None if self.value is None else round(self.value, 4), "windows": len(self._scores),
-                "limit": self.policy.psi_limit, "events": self.events}
+        return fields_of(DriftStatus(
+            state="unknown" if self.ref is None else "drifting" if self.drifting else
+            "collecting" if self.value is None else "stable",
+            psi=None if self.value is None else round(self.value, 4), windows=len(self._scores),
+            limit=self.policy.psi_limit, events=self.events))

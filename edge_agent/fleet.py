@@ -25,6 +25,7 @@ from edge_agent.drift import DriftMonitor, DriftPolicy
 from edge_agent.health import Notice
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.rollout import SensorRollout
+from edge_agent.status import FleetCounters, fields_of
 from edge_agent.uploader import KeepPolicy, Kept, WindowKeeper
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,8 @@ class SensorFleet:
         self.keeper = WindowKeeper(keep) if keep is not None else None
         self.drift = DriftMonitor(manifest or {}, drift) if drift is not None else None
         self.rollout = rollout
-        self.encode_errors = 0
-        self.last_encode_error: str | None = None
+        self.counters = FleetCounters()
         self._ratelog = RateLimitedLog(log)
-        self.skipped_no_rate = 0  # windows not kept: no sample rate for their upload record
         self.on_notice: Callable[[Notice], None] | None = None  # the sensor sends notices through its sinks
 
     def model_changed(self, manifest: dict) -> None:
@@ -81,10 +80,10 @@ class SensorFleet:
             return []
         rate = pipeline.windower.sample_rate
         if not rate:  # an upload record needs the sample rate: neither the bundle nor source.sample_rate has one
-            if not self.skipped_no_rate:
+            if not self.counters.uploads_not_kept_no_rate:
                 log.warning("%s: windows are not kept for retraining: the sample rate is unknown "
                             "(set source.sample_rate)", self.device)
-            self.skipped_no_rate += 1
+            self.counters.uploads_not_kept_no_rate += 1
             return []
         kept = Kept("normal", pipeline.windower.window_samples(), score if math.isfinite(score) else None,
                     None if calibrating else result.threshold, state, result.time, w.seq_end,
@@ -114,8 +113,8 @@ class SensorFleet:
                 samples=k.samples, id=rid, kind=k.kind, gateway=self.gateway, alert_ref=k.alert_ref,
             )
         except AgentError as exc:  # NaN samples and the like: counted, never a crash
-            self.encode_errors += 1
-            self.last_encode_error = str(exc)[:300]
+            self.counters.uploads_not_encoded += 1
+            self.counters.uploads_last_encode_error = str(exc)[:300]
             self._ratelog.warning("encode", "%s: a window kept for upload could not be made a record: %s",
                                   self.device, exc)
             return None
@@ -124,10 +123,8 @@ class SensorFleet:
     def status(self) -> dict:
         doc: dict = {}
         if self.keeper is not None:
-            doc["uploads_kept"] = dict(self.keeper.kept)
-            doc["uploads_not_kept_no_rate"] = self.skipped_no_rate
-            doc["uploads_not_encoded"] = self.encode_errors
-            doc["uploads_last_encode_error"] = self.last_encode_error
+            self.counters.uploads_kept = self.keeper.kept
+            doc |= fields_of(self.counters)
         if self.drift is not None:
             doc["drift"] = self.drift.status()
             doc["notices"] = [RETRAINING_DUE] if self.drift.drifting else []

@@ -41,6 +41,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.contract import topics
 from edge_agent.contract.errors import ConfigError
 from edge_agent.mqtt_client import MqttConnection
+from edge_agent.status import DiscoveryCounters, fields_of
 
 log = logging.getLogger(__name__)
 
@@ -169,27 +170,29 @@ class Discovery:
     """Publishes the discovery configs on every connect and clears this gateway's configs that are gone.
 
     Both run on paho's network thread (a connect listener, a subscription handler): quick, no waiting.
+    ``start`` registers them (before the connection starts).
     """
 
     def __init__(self, cfg: AgentConfig, connection: MqttConnection) -> None:
         self.connection = connection
-        self.configs = {t: json.dumps(p, separators=(",", ":")) for t, p in discovery_configs(cfg).items()}
-        prefix = cfg.homeassistant.discovery_prefix
+        self.cfg = cfg
         self.node = cfg.gateway
-        self.published = 0  # configs handed to the connection
-        self.removed = 0  # stale configs cleared
-        connection.add_connect_listener(self.publish)
-        connection.subscribe(f"{prefix}/+/{self.node}/+/config", 1, self._on_config)
+        self.configs: dict[str, str] = {}
+        self.counters = DiscoveryCounters()
 
-    @property
-    def entities(self) -> int:
-        return len(self.configs)
+    def start(self) -> None:
+        """Make the configs (ConfigError when two sensors collide) and register on the connection."""
+        self.configs = {t: json.dumps(p, separators=(",", ":")) for t, p in discovery_configs(self.cfg).items()}
+        self.counters.entities = len(self.configs)
+        self.connection.add_connect_listener(self.publish)
+        self.connection.subscribe(f"{self.cfg.homeassistant.discovery_prefix}/+/{self.node}/+/config", 1,
+                                  self._on_config)
 
     def publish(self) -> None:
         """Publish every config, retained, QoS 1 (on connect)."""
         for topic, payload in self.configs.items():
             if self.connection.publish(topic, payload, qos=1, retain=True) is not None:
-                self.published += 1
+                self.counters.published += 1
 
     def _on_config(self, msg) -> None:
         """A retained config under this gateway's node: clear it if this program made it and no longer does."""
@@ -204,7 +207,7 @@ class Discovery:
             return
         log.info("home assistant: removing %s (no such sensor in the config any more)", msg.topic)
         if self.connection.publish(msg.topic, b"", qos=1, retain=True) is not None:
-            self.removed += 1
+            self.counters.removed += 1
 
     def status(self) -> dict:
-        return {"entities": self.entities, "published": self.published, "removed": self.removed}
+        return fields_of(self.counters)

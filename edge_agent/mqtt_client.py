@@ -52,6 +52,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_agent.contract.errors import AgentError
 from edge_agent.ratelog import RateLimitedLog
+from edge_agent.status import MqttCounters, fields_of
 
 logger = logging.getLogger(__name__)
 
@@ -114,18 +115,7 @@ class MqttConnection:
         self._started = False
         self._stopping = False
         self._ratelog = RateLimitedLog(logger)
-        # counters (written by one thread each; read for status)
-        self.connects = 0
-        self.disconnects = 0
-        self.refused_connects = 0
-        self.published = 0
-        self.publish_refused = 0
-        self.publish_errors = 0
-        self.messages_in = 0
-        self.callback_errors = 0
-        self.connect_failures = 0
-        self.last_error: str | None = None
-        self.last_error_at: str | None = None  # ISO time of last_error (wall clock, for people)
+        self.counters = MqttCounters(tls=tls is not None)  # written by one thread each; read for status
         self._transport_error: str | None = None  # paho's last socket error on the current attempt
 
         # MQTT 5 with a persistent session when a session expiry is asked for, else 3.1.1
@@ -197,7 +187,7 @@ class MqttConnection:
         self._subscriptions.append((topic, qos))
 
         def route(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage, handler=handler) -> None:
-            self.messages_in += 1
+            self.counters.messages_in += 1
             self._dispatch(handler, msg)
 
         # a shared subscription ($share/<group>/<filter>) delivers messages under their own topics
@@ -257,13 +247,8 @@ class MqttConnection:
 
     def status(self) -> dict:
         """Counters and the latest error, for the gateway's status (never the credentials)."""
-        return {
-            "connected": self.connected, "tls": self.tls is not None, "connects": self.connects,
-            "disconnects": self.disconnects, "refused_connects": self.refused_connects,
-            "connect_failures": self.connect_failures, "last_error": self.last_error,
-            "last_error_at": self.last_error_at, "publish_refused": self.publish_refused,
-            "publish_errors": self.publish_errors, "callback_errors": self.callback_errors,
-        }
+        self.counters.connected = self.connected
+        return fields_of(self.counters)
 
     @property
     def connected(self) -> bool:
@@ -297,18 +282,18 @@ class MqttConnection:
         link is down (``publish_refused``) or paho rejected the message (``publish_errors``).
         """
         if not self._connected.is_set():
-            self.publish_refused += 1
+            self.counters.publish_refused += 1
             return None
         try:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
         except (ValueError, TypeError, OSError) as exc:
-            self.publish_errors += 1
+            self.counters.publish_errors += 1
             self._ratelog.log(logging.ERROR, "publish", "mqtt %s: publish to %s failed: %s", self.client_id, topic, exc)
             return None
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.published += 1
+            self.counters.published += 1
         else:
-            self.publish_errors += 1
+            self.counters.publish_errors += 1
             self._ratelog.log(
                 logging.WARNING, "publish-rc", "mqtt %s: publish to %s: %s", self.client_id, topic,
                 mqtt.error_string(info.rc),
@@ -335,13 +320,13 @@ class MqttConnection:
                     self._pending_subacks = {mid}
             else:
                 self._subscribed.set()
-            self.connects += 1
+            self.counters.connects += 1
             self._connected.set()
             logger.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)
             for listener in self._connect_listeners:
                 self._call(listener)
         except Exception:  # a callback must never raise into paho's loop
-            self.callback_errors += 1
+            self.counters.callback_errors += 1
             self._ratelog.log(logging.ERROR, "on_connect", "mqtt %s: on_connect failed", self.client_id, exc_info=True)
 
     def _handle_disconnect(
@@ -354,7 +339,7 @@ class MqttConnection:
         if was_up and self._stopping:
             logger.debug("mqtt %s: disconnected (stop)", self.client_id)
         elif was_up:
-            self.disconnects += 1
+            self.counters.disconnects += 1
             self._ratelog.log(
                 logging.WARNING, "disconnect", "mqtt %s: disconnected from %s:%d: %s",
                 self.client_id, self.host, self.port, error or reason_code,
@@ -368,7 +353,7 @@ class MqttConnection:
         if isinstance(exc, ssl.SSLError):  # our side rejected the broker's certificate, or the broker ours
             self._refused(f"TLS handshake failed: {_tls_reason(exc)}")
             return
-        self.connect_failures += 1
+        self.counters.connect_failures += 1
         self._error(logging.WARNING, "unreachable", f"cannot reach the broker: {exc or 'connection failed'}")
 
     def _handle_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
@@ -376,12 +361,12 @@ class MqttConnection:
             self._transport_error = buf.split(": ", 1)[-1]
 
     def _refused(self, reason: str) -> None:
-        self.refused_connects += 1
+        self.counters.refused_connects += 1
         self._error(logging.ERROR, "refused", reason)
 
     def _error(self, level: int, key: str, reason: str) -> None:
-        self.last_error = reason
-        self.last_error_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.counters.last_error = reason
+        self.counters.last_error_at = datetime.now(UTC).isoformat(timespec="seconds")
         self._ratelog.log(level, key, "mqtt %s: %s:%d: %s", self.client_id, self.host, self.port, reason)
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
@@ -394,7 +379,7 @@ class MqttConnection:
             self._subscribed.set()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.messages_in += 1
+        self.counters.messages_in += 1
         if self._on_message is not None:
             self._dispatch(self._on_message, msg)
 
@@ -402,7 +387,7 @@ class MqttConnection:
         try:
             handler(msg)
         except Exception:
-            self.callback_errors += 1
+            self.counters.callback_errors += 1
             self._ratelog.log(
                 logging.ERROR, "on_message", "mqtt %s: on_message failed for %s", self.client_id, msg.topic,
                 exc_info=True,
@@ -416,7 +401,7 @@ class MqttConnection:
         try:
             fn(*args)
         except Exception:
-            self.callback_errors += 1
+            self.counters.callback_errors += 1
             self._ratelog.log(logging.ERROR, "listener", "mqtt %s: listener %r failed", self.client_id, fn,
                               exc_info=True)
 

@@ -28,6 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -37,6 +38,7 @@ from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, Window
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.frames import Frame, seq_gap
 from edge_agent.scorer import Scorer
+from edge_agent.status import counter
 from edge_agent.windows import BRIDGE_FRACTION, Window, Windower
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,19 @@ class SampleClock:
             self.anchor(frame.seq, now, given=self._given)
 
 
+@dataclass
+class ScoringCounters:
+    """What the pipeline did with the windows it was given (scoring thread)."""
+
+    windows_scored: int = counter("Windows scored by the model.")
+    alert_events: int = counter("Alert events (raised, escalated, cleared).", "alert_events_total", key="alerts")
+    restarts: int = counter("Sender restarts that reset the debounce (the sequence jumped back with new data).",
+                            "sender_restarts_total")
+    bursts: int = counter("Restarts taken as a new burst of a snapshot sensor (the debounce kept).")
+    over_range_spans: int = counter("Window-sized spans of saturated input (or beyond signal.range) judged as "
+                                    "anomalous without scoring.")
+
+
 class Pipeline:
     """Windower → scorer → (calibration) → alert state machine for one sensor. Not thread-safe: one thread pushes.
 
@@ -171,11 +186,7 @@ class Pipeline:
         self.bursts_recognised = False
         self._restart_seqs: list[int] = []
         self.last_score: float | None = None
-        self.windows_scored = 0
-        self.alert_events = 0
-        self.restarts = 0  # sender restarts that reset the debounce
-        self.bursts = 0  # restarts taken for a new burst (debounce kept)
-        self.over_range_spans = 0  # input spans scored as infinite: saturated / beyond signal.range
+        self.counters = ScoringCounters()
         self._unscored = self._unscored_over_range = 0  # input since the last window, and how much was over range
         self._now = 0.0
         self._break = False
@@ -257,9 +268,9 @@ class Pipeline:
         del seen[:-8]
         self._unscored = self._unscored_over_range = 0
         if self.burst:
-            self.bursts += 1
+            self.counters.bursts += 1
             return
-        self.restarts += 1
+        self.counters.restarts += 1
         self.alerts.reset()  # a restarted sender: its history says nothing now
 
     # ------------------------------------------------------------------ windows
@@ -273,13 +284,13 @@ class Pipeline:
             seq_end=frame.next_seq,
             stats={"over_range_fraction": fraction},
         )
-        self.over_range_spans += 1
+        self.counters.over_range_spans += 1
         self._judge(None, result)
 
     def _on_window(self, w: Window) -> None:
         score = self.scorer.score(w.steps)
         self.last_score = score
-        self.windows_scored += 1
+        self.counters.windows_scored += 1
         self._now = self.clock.at(w.seq_end)
         result = WindowResult(
             device=self.device,
@@ -317,7 +328,7 @@ class Pipeline:
         """Hand a result to the alert state machine and to the ``on_window`` callback."""
         event = self.alerts.update(result)
         if event is not None:
-            self.alert_events += 1
+            self.counters.alert_events += 1
         if self.on_window is not None:
             self.on_window(w, result, event)
 

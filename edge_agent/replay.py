@@ -119,7 +119,7 @@ def replay(
         raise ValueError(f"--calibrate {calibrate}: the recording gave only {len(pipeline.calibration_scores)} windows")
     seconds = time.perf_counter() - t0
     counters = pipeline.windower.counters.as_dict()
-    counters["alerts"] = pipeline.alert_events
+    counters["alerts"] = pipeline.counters.alert_events
     source = "bundle" if threshold is None else "given"
     return ReplayResult(
         rows=rows, threshold=pipeline.threshold, threshold_source="replay-calibration" if calibrate > 0 else source,

@@ -39,6 +39,7 @@ so a retained rollout that was rejected or rolled back is not applied again, and
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -59,7 +60,8 @@ from edge_agent.contract import topics
 from edge_agent.contract.bundle import PREVIOUS_SUFFIX, deploy_bundle
 from edge_agent.contract.errors import BundleError
 from edge_agent.ratelog import RateLimitedLog
-from edge_agent.status import write_json_atomic
+from edge_agent.settings import setting
+from edge_agent.status import RolloutCounters, RolloutFigures, RolloutState, fields_of, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +76,15 @@ RETRY_MIN_S, RETRY_MAX_S = 5.0, 300.0
 class RolloutPolicy:
     """``[rollout]`` of the gateway config."""
 
-    public_keys: tuple[str, ...]
-    shadow_windows: int = 100
-    max_alert_rate_increase: float = 0.05
-    probation_windows: int = 300
-    min_probation_windows: int = 30  # a rollback may come this early, when the excess is already clear
-    chunk_timeout_s: float = 600.0  # a rollout whose chunks do not all arrive in this time is rejected (for now)
+    public_keys: tuple[str, ...] = setting(doc="the publishers' Ed25519 public keys (trainer keygen)")
+    shadow_windows: int = setting(100, lo=1, hi=100_000, doc="windows a candidate is shadow-scored on before it serves")
+    max_alert_rate_increase: float = setting(0.05, lo=0.0, hi=1.0, doc="refused (or rolled back) when its alert "
+                                             "rate exceeds the serving model's by more than this share")
+    probation_windows: int = setting(300, lo=1, hi=10_000_000, doc="windows the previous model is kept to roll back to")
+    min_probation_windows: int = setting(30, internal=True, doc="a rollback may come this early, when the excess "
+                                         "is already clear")
+    chunk_timeout_s: float = setting(600.0, lo=1.0, hi=7 * 86_400.0, doc="a rollout whose chunks do not all arrive "
+                                     "in this time is rejected")
 
 
 def previous_path(bundle_path: Path) -> Path:
@@ -184,9 +189,8 @@ class SensorRollout:
         self._staged: Path | None = None
         self._probed = 0  # windows observed when probation last looked
         self._probation: list[tuple[bool, bool]] = []  # (new above its threshold, previous above its threshold)
-        self.figures: dict = {}
-        self.counters = {"messages": 0, "dropped": 0, "ignored": 0, "stale": 0, "rejected": 0, "retries": 0,
-                         "swaps": 0, "rollbacks": 0}
+        self.figures = RolloutFigures()
+        self.counters = RolloutCounters()
         self._memory: dict | None = None  # <bundle>.rollout.json, read at the first step
         self._ratelog = RateLimitedLog(log)
 
@@ -196,7 +200,7 @@ class SensorRollout:
         try:
             self._inbox.put_nowait((topic, bytes(payload)))
         except queue.Full:
-            self.counters["dropped"] += 1
+            self.counters.dropped += 1
 
     def observe(self, steps: np.ndarray, score: float, threshold: float, version: str) -> None:
         """The scoring thread, once per scored window: (T, F) steps (copied), the serving model's score, threshold
@@ -217,7 +221,7 @@ class SensorRollout:
                 topic, payload = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            self.counters["messages"] += 1
+            self.counters.messages += 1
             try:
                 self._message(topic, payload)
             except contract.RolloutError as exc:  # signed by nobody we trust, or not a rollout message at all
@@ -231,7 +235,7 @@ class SensorRollout:
                                  f"{self.policy.chunk_timeout_s:g} s (tried again when the rollout is delivered again, "
                                  f"e.g. after a reconnect)", remember=False)
             elif self.state == "waiting" and self._retry_at is not None and time.monotonic() >= self._retry_at:
-                self.counters["retries"] += 1
+                self.counters.retries += 1
                 self._verify()
             if self.state in ("verified", "shadow"):
                 self._shadow()
@@ -264,10 +268,10 @@ class SensorRollout:
 
     def _ignore(self, reason: str) -> None:
         """A message no trusted key signed (or not a rollout message): counted, never acted on."""
-        self.counters["ignored"] += 1
+        self.counters.ignored += 1
         self.last_ignored = reason[:300]
         self._ratelog.warning("ignored", "%s: rollout message ignored (%d so far): %s", self.device,
-                              self.counters["ignored"], reason)
+                              self.counters.ignored, reason)
 
     def _orphan(self, rollout_id: str, index: int, payload: bytes) -> None:
         """A chunk before its metadata: kept (bounded) only if a trusted key signed it."""
@@ -296,14 +300,14 @@ class SensorRollout:
         newest = contract.parse_time(self._memory.get("newest_published"))
         if meta.published < newest or (meta.published == newest and meta.rollout_id != self._memory.get(
                 "newest_rollout")):
-            self.counters["stale"] += 1
+            self.counters.stale += 1
             self.last_ignored = (f"rollout {meta.rollout_id[:8]} ({meta.model_version}) was published {meta.created}, "
                                  f"not after the newest this sensor took ({self._memory.get('newest_published')}): "
                                  f"a replay, ignored")
             self._ratelog.warning("stale", "%s: %s", self.device, self.last_ignored)
             return
         self._discard_candidate()
-        self.meta, self._chunks, self.reason, self.figures = meta, {}, "", {}
+        self.meta, self._chunks, self.reason, self.figures = meta, {}, "", RolloutFigures()
         self.state, self._received_at = "received", time.monotonic()
         self._remember("taken", meta.rollout_id, newest=meta)
         backwards = self._backwards(meta, serving)
@@ -370,8 +374,8 @@ class SensorRollout:
         cur_above = np.array([sc > th for _, sc, th, _ in recent])
         new_above = new_scores > cand.bundle.threshold.value
         cur_rate, new_rate = float(cur_above.mean()), float(new_above.mean())
-        self.figures = {"shadow_windows": len(recent), "shadow_alert_rate": new_rate,
-                        "serving_alert_rate": cur_rate}
+        self.figures = RolloutFigures(shadow_windows=len(recent), shadow_alert_rate=new_rate,
+                                      serving_alert_rate=cur_rate)
         if new_rate - cur_rate > self.policy.max_alert_rate_increase:
             raise contract.RolloutError(
                 f"shadow: the new model is above its threshold on {new_rate:.1%} of {len(recent)} recent windows, the "
@@ -387,7 +391,7 @@ class SensorRollout:
         prev = previous_path(self.bundle_path)
         self._previous = load_served_model(prev, self.num_threads) if prev.exists() else None
         self._offer(model)
-        self.counters["swaps"] += 1
+        self.counters.swaps += 1
         with self._ring_lock:
             self._probed, self._probation = self._seen, []
         self.state, self.reason = "serving", ""
@@ -424,7 +428,8 @@ class SensorRollout:
             return
         new_rate = sum(a for a, _ in self._probation) / n
         old_rate = sum(b for _, b in self._probation) / n
-        self.figures |= {"probation_windows": n, "probation_alert_rate": new_rate, "previous_alert_rate": old_rate}
+        self.figures = dataclasses.replace(self.figures, probation_windows=n, probation_alert_rate=new_rate,
+                                           previous_alert_rate=old_rate)
         excess = new_rate - old_rate
         if n >= self.policy.min_probation_windows and excess > self.policy.max_alert_rate_increase:
             self.rollback(f"probation: {version} above its threshold on {new_rate:.1%} of {n} windows, the previous "
@@ -441,7 +446,7 @@ class SensorRollout:
         model = load_served_model(self.bundle_path, self.num_threads)
         self._offer(model)
         self._previous = None
-        self.counters["rollbacks"] += 1
+        self.counters.rollbacks += 1
         self.state, self.reason = "rolled_back", reason
         if self.meta is not None:
             self._remember("rolled_back", self.meta.rollout_id)
@@ -464,7 +469,7 @@ class SensorRollout:
         self._announce()
 
     def _reject(self, reason: str, remember: bool = True) -> None:
-        self.counters["rejected"] += 1
+        self.counters.rejected += 1
         self._discard_candidate()
         self._blob, self._retry_at, self._retry_s = None, None, RETRY_MIN_S
         self.state, self.reason = "rejected", reason[:500]
@@ -500,18 +505,12 @@ class SensorRollout:
     def status(self) -> dict:
         serving = self._serving()
         m = self.meta
-        return {
-            "state": self.state,
-            "rollout_id": m.rollout_id if m else None,
-            "model_version": m.model_version if m else None,
-            "serving_version": serving.bundle.version if serving else None,
-            "probation": self.state == "serving" and self._previous is not None,
-            "reason": self.reason or None,
-            "last_ignored": self.last_ignored,
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            **self.figures,
-            **self.counters,
-        }
+        state = RolloutState(
+            state=self.state, rollout_id=m.rollout_id if m else None, model_version=m.model_version if m else None,
+            serving_version=serving.bundle.version if serving else None,
+            probation=self.state == "serving" and self._previous is not None, reason=self.reason or None,
+            last_ignored=self.last_ignored, time=datetime.now(UTC).isoformat(timespec="seconds"))
+        return fields_of(state) | fields_of(self.figures) | fields_of(self.counters)
 
     def _announce(self) -> None:
         if self._publish is not None:

@@ -12,13 +12,14 @@ in its pipeline is counted (``internal_errors``), logged at a rate limit, and wi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
 
 from edge_agent import calibration
-from edge_agent.alerts import AlertEvent, AlertPolicy
+from edge_agent.alerts import AlertEvent
 from edge_agent.bundle_watch import BundleWatch, LoadedModel
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract.errors import AgentError, BundleError
@@ -31,18 +32,13 @@ from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.sinks import AlertDispatcher
 from edge_agent.sources import SampleSource
-from edge_agent.status import Counters
+from edge_agent.status import Counters, SensorState, fields_of
 from edge_agent.windows import Window
 
 log = logging.getLogger(__name__)
 
 #: Frames one sensor may consume per round of the scoring loop (fairness between sensors).
 FRAMES_PER_ROUND = 64
-
-
-def policy_of(cfg: SensorConfig) -> AlertPolicy:
-    a = cfg.alerts
-    return AlertPolicy(a.k, a.n, a.clear_ratio, a.clear_windows, a.cooldown_s, a.critical_ratio)
 
 
 def make_source(cfg: SensorConfig, gateway: AgentConfig, wake: threading.Event | None = None,
@@ -57,13 +53,13 @@ def make_source(cfg: SensorConfig, gateway: AgentConfig, wake: threading.Event |
         s = src.serial
         return SerialSource(s.port, s.format, s.baudrate, s.channels, s.read_timeout_s, s.reopen_max_s,
                             src.queue_frames, wake, src.intake_cpu)
-    from edge_agent.config import MqttSource as MqttSourceConfig
+    from edge_agent.config import MqttSection
     from edge_agent.mqtt_client import connection_for
     from edge_agent.sources.mqtt import MqttSource
 
     if gateway.mqtt is None:
         raise AgentError(f"sensor {cfg.device}: an MQTT source needs the gateway's [mqtt] broker")
-    m = src.mqtt or MqttSourceConfig()
+    m = src.mqtt or MqttSection()
     connection = connection_for(gateway, client_id or f"{gateway.client_id}-{cfg.device}")
     return MqttSource(connection, m.samples_topic(cfg.device), qos=m.qos, decoder=m.decoder(),
                       queue_frames=src.queue_frames, wake=wake, intake_cpu=src.intake_cpu, own_connection=True)
@@ -104,9 +100,8 @@ class Sensor:
         self.watch = BundleWatch(self.bundle_path, cfg.bundle.num_threads)
         self.dispatcher = dispatcher
         self.offer_upload = offer_upload
-        self.fleet = fleet
-        if fleet is not None:
-            fleet.on_notice = self.dispatcher.emit  # "retraining due" goes where the alerts go
+        self.fleet: SensorFleet | None = None
+        self.attach_fleet(fleet)
         self.on_event = on_event
         self.on_window_cb = on_window
         self.source = make_source(cfg, gateway, wake)
@@ -115,7 +110,6 @@ class Sensor:
         self.pipeline: Pipeline | None = None
         self.threshold_source = "bundle"
         self.first_inference_s: float | None = None
-        self.uploads_offered = 0
         self.last_frame: float | None = None  # monotonic time of the last frame consumed
         self._pending: LoadedModel | None = None
         self._pending_lock = threading.Lock()
@@ -123,6 +117,12 @@ class Sensor:
         self._next_watch = 0.0
         self.health = HealthMonitor(cfg.device, cfg.health.no_data_s, cfg.health.no_window_s,
                                     coverage_s=cfg.health.coverage_s, min_coverage=cfg.health.min_coverage)
+
+    def attach_fleet(self, fleet: SensorFleet | None) -> None:
+        """This sensor's part in the fleet loop; its notices ("retraining due") go where the alerts go."""
+        self.fleet = fleet
+        if fleet is not None:
+            fleet.on_notice = self.dispatcher.emit
 
     # ------------------------------------------------------------------ model
     def load_model(self) -> None:
@@ -153,8 +153,8 @@ class Sensor:
         try:
             model = self.watch.check()
         except Exception as exc:  # BundleError, or anything a hostile bundle provokes: the watcher thread lives on
-            self.counters.model.rejects += 1
-            self.counters.model.last_reject = str(exc)[:500]
+            self.counters.model_rejects += 1
+            self.counters.model_last_reject = str(exc)[:500]
             served = self.pipeline.bundle.version if self.pipeline else "none"
             log.error("%s: new bundle in %s rejected, keeping model %s: %s", self.device, self.bundle_path, served, exc,
                       exc_info=not isinstance(exc, BundleError))
@@ -182,7 +182,7 @@ class Sensor:
         calibrate = self.cfg.calibration.windows if self.threshold_source == "bundle" else 0
         if self.pipeline is None:
             self.pipeline = Pipeline(
-                bundle, device=self.device, threshold=threshold, policy=policy_of(self.cfg), scorer=model.scorer,
+                bundle, device=self.device, threshold=threshold, policy=self.cfg.alerts, scorer=model.scorer,
                 sample_rate=self.cfg.source.sample_rate, calibrate=calibrate, burst=self.cfg.source.burst,
                 on_window=self._on_window,
                 on_calibrated=self._calibrated, cooldown_clock=time.monotonic,
@@ -191,7 +191,7 @@ class Sensor:
         else:
             old = self.pipeline.bundle.version
             self.pipeline.swap(bundle, model.scorer, threshold)
-            self.counters.model.swaps += 1
+            self.counters.model_swaps += 1
             if self.fleet is not None:
                 self.fleet.model_changed(bundle.manifest)
             log.info("%s: model swapped: %s -> %s (threshold %.6g from the %s)", self.device, old, bundle.version,
@@ -217,7 +217,7 @@ class Sensor:
                     self._serve(model)
                 except Exception:  # never lose the scoring thread over a swap: keep serving the old model
                     self.counters.internal_errors += 1
-                    self.counters.model.rejects += 1
+                    self.counters.model_rejects += 1
                     log.exception("%s: model %s could not be put in service; keeping the old one", self.device,
                                   model.bundle.version)
         frames = self.source.drain(most)
@@ -243,11 +243,11 @@ class Sensor:
         p = self.pipeline
         try:
             event = self.health.update(
-                data=data, judged=None if p is None else p.windows_scored + p.over_range_spans,
+                data=data, judged=None if p is None else p.counters.windows_scored + p.counters.over_range_spans,
                 counts=self._health_input, burst=p is not None and p.burst,
                 window_samples=p.bundle.spec.window_samples if p is not None else 1,
                 model_version=p.bundle.version if p is not None else None,
-                no_model=self.counters.model.last_reject or "", hint=self._source_hint,
+                no_model=self.counters.model_last_reject or "", hint=self._source_hint,
             )
             if event is None:
                 return
@@ -295,69 +295,33 @@ class Sensor:
                 uploads = []
             if uploads and self.offer_upload is not None:
                 self.offer_upload(self, uploads)
-                self.uploads_offered += len(uploads)
+                self.counters.uploads_offered += len(uploads)
         if self.on_window_cb is not None:
             self.on_window_cb(w, result, event)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
-        """This sensor's status document (see README, "Status fields")."""
+        """This sensor's status document: its state and every counter of its parts (``edge_agent.telemetry``)."""
         p = self.pipeline
-        src = self.source.counters
-        doc: dict = {"device": self.device, "state": "online" if p is not None else "no_model"}
+        state = SensorState(
+            device=self.device, state="online" if p is not None else "no_model", source=self.cfg.source.kind,
+            link_up=bool(getattr(self.source, "link_up", False)), queued_frames=getattr(self.source, "queued", 0),
+            queue_capacity=self.cfg.source.queue_frames,
+            first_inference_s=None if self.first_inference_s is None else round(self.first_inference_s, 3))
+        doc: dict = {}
         if p is not None:
-            wc = p.windower.counters
             lat = p.scorer.latency.percentiles()
-            doc |= {
-                "model_id": p.bundle.model_id,
-                "model_version": p.bundle.version,
-                "quantization": p.bundle.quantization,
-                "threshold": p.threshold,
-                "threshold_source": self.threshold_source,
-                "alert_state": p.state,
-                "alerts": p.alert_events,
-                "last_score": p.last_score,
-                "samples_in": wc.samples_in,
-                "frames_rejected": wc.frames_rejected,
-                "gaps": wc.gaps,
-                "samples_missing": wc.samples_missing,
-                "resyncs": wc.resyncs,
-                "restarts": p.restarts,
-                "bursts": p.bursts,
-                "burst_mode": "declared" if p.burst_declared else "recognised" if p.bursts_recognised else "off",
-                "duplicates": wc.duplicates,
-                "samples_invalid": wc.samples_invalid,
-                "samples_over_range": wc.samples_over_range,
-                "samples_scored": wc.samples_scored,
-                "samples_discarded": wc.samples_discarded,
-                "samples_pending": p.windower.samples_pending,
-                "samples_bridged": wc.samples_bridged,
-                "windows_bridged": wc.windows_bridged,
-                "windows_withheld": wc.windows_withheld,
-                "over_range_spans": p.over_range_spans,
-                "windows_scored": p.windows_scored,
-                "inference_ms_p50": lat["p50"],
-                "inference_ms_p99": lat["p99"],
-            }
-        doc |= {
-            "source": self.cfg.source.kind,
-            "link_up": bool(getattr(self.source, "link_up", False)),
-            "frames_in": src.frames,
-            "bytes_in": src.bytes,
-        } | {k: v for k, v in src.as_dict().items() if k not in ("frames", "bytes")} | {
-            "queued_frames": getattr(self.source, "queued", 0),
-            "internal_errors": self.counters.internal_errors,
-            "calibration_ignored": self.counters.calibration_ignored,
-            "calibration_note": self.counters.calibration_note,
-            "first_inference_s": None if self.first_inference_s is None else round(self.first_inference_s, 3),
-            "model_swaps": self.counters.model.swaps,
-            "model_rejects": self.counters.model.rejects,
-            "model_last_reject": self.counters.model.last_reject,
-            "sinks": self.dispatcher.status(),
-            "health": self.health.state.as_dict() | {
-                "coverage": None if self.health.coverage is None else round(self.health.coverage, 4)},
-            "uploads_offered": self.uploads_offered,
-        }
+            state = dataclasses.replace(
+                state, model_id=p.bundle.model_id, model_version=p.bundle.version, quantization=p.bundle.quantization,
+                threshold=p.threshold, threshold_source=self.threshold_source, alert_state=p.state,
+                last_score=p.last_score, samples_pending=p.windower.samples_pending,
+                burst_mode="declared" if p.burst_declared else "recognised" if p.bursts_recognised else "off",
+                inference_ms_p50=lat["p50"], inference_ms_p99=lat["p99"])
+            doc = fields_of(p.windower.counters) | fields_of(p.counters)
+        health = self.health.state
+        health.coverage = None if self.health.coverage is None else round(self.health.coverage, 4)
+        doc = fields_of(state) | doc | self.source.counters.as_dict() | fields_of(self.counters) | {
+            "sinks": self.dispatcher.status(), "health": fields_of(health)}
         if self.fleet is not None:
             doc |= self.fleet.status()
         return doc

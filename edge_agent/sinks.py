@@ -53,7 +53,17 @@ STDERR_TAIL = 4096
 
 @runtime_checkable
 class AlertSink(Protocol):
+    """What the agent needs of a sink: ``start`` acquires (a file, a thread), ``emit`` never blocks or raises into
+    the scoring loop, ``counters`` say what happened to the events, ``close`` releases."""
+
+    def start(self) -> None: ...
+
     def emit(self, event: AlertEvent) -> None: ...
+
+    @property
+    def counters(self) -> SinkCounters: ...
+
+    def close(self) -> None: ...
 
 
 
@@ -68,6 +78,12 @@ class LogSink:
     def __init__(self, log: logging.Logger | None = None) -> None:
         self._log = log or logger
         self.emitted = 0
+
+    def start(self) -> None:
+        """Nothing to acquire."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def emit(self, event: AlertEvent) -> None:
         if event.kind == "health":
@@ -105,7 +121,8 @@ class JsonlSink:
 
     Counters: ``delivered`` lines written (late ones included), ``failed`` events not written when emitted,
     ``pending`` waiting, ``dropped`` discarded from a full queue: emitted = delivered + pending + dropped.
-    Opening the file at start raises OSError (the agent reports the config key); nothing raises afterwards.
+    ``start`` (or ``with``) opens the file and raises OSError (the agent reports the config key); nothing raises
+    afterwards.
     """
 
     def __init__(self, path: str | os.PathLike[str], max_pending: int = 1000) -> None:
@@ -119,6 +136,9 @@ class JsonlSink:
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+
+    def start(self) -> None:
+        """Open the file for appending (its folder made): OSError when it cannot be."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
 
@@ -157,6 +177,7 @@ class JsonlSink:
                 self._fd = -1
 
     def __enter__(self) -> JsonlSink:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -209,8 +230,9 @@ class MqttAlertSink:
     republishes the latest state (a) on every connect and (b) whenever the broker acknowledges an older
     state after the latest one was acknowledged. The broker therefore always ends with the latest state.
 
-    Health events (kind ``health``) go the same way to ``vib/<device>/health``, through a second instance
-    made at the first one: the retained alert state is never overwritten by a health state.
+    Health events (kind ``health``) go the same way to ``vib/<device>/health``, and notices to
+    ``vib/<device>/notice``, through two more instances the first one owns: the retained alert state is never
+    overwritten by a health state. ``start`` registers on the connection and starts the publisher threads.
 
     Counters: ``published`` (acknowledged publishes), ``failures`` (publishes refused or rejected while the
     link was down; the state is kept and retried).
@@ -221,7 +243,10 @@ class MqttAlertSink:
         self.connection = connection
         self.device = device
         self.topic = topic or alert_topic(device)
-        self._side: dict[str, MqttAlertSink] = {}  # health and notice states, each on its own retained topic
+        # health and notice states, each on its own retained topic (owned by the alert topic's sink)
+        self._side: dict[str, MqttAlertSink] = {} if topic is not None else {
+            kind: MqttAlertSink(connection, device, qos=qos, retry_s=retry_s, topic=make(device))
+            for kind, make in (("health", health_topic), ("notice", notice_topic))}
         self.qos = qos
         self._retry_s = retry_s
         self._cond = threading.Condition()
@@ -234,21 +259,24 @@ class MqttAlertSink:
         self.published = 0
         self.failures = 0
         self.emitted = 0
-        connection.add_connect_listener(self._on_connect)
-        connection.add_publish_listener(self._on_ack)
-        self._thread = threading.Thread(target=self._run, name=f"alert-mqtt-{device}", daemon=True)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Listen for connects and acknowledgements, and start the publisher thread (and the side topics')."""
+        self.connection.add_connect_listener(self._on_connect)
+        self.connection.add_publish_listener(self._on_ack)
+        self._thread = threading.Thread(target=self._run, name=f"alert-mqtt-{self.device}", daemon=True)
         self._thread.start()
+        for side in self._side.values():
+            side.start()
 
     def emit(self, event: AlertEvent) -> None:
-        side_topic = {"health": health_topic, "notice": notice_topic}.get(event.kind)
-        if side_topic is not None and self.topic != side_topic(self.device):
-            sink = self._side.get(event.kind)
-            if sink is None:
-                sink = self._side[event.kind] = MqttAlertSink(self.connection, self.device, qos=self.qos,
-                                                              retry_s=self._retry_s, topic=side_topic(self.device))
-            sink.emit(event)
+        side = self._side.get(event.kind)
+        if side is not None:
+            side.emit(event)
             return
-        payload = event.to_dict() if side_topic is not None else dict(event.to_dict(), state=event.severity)
+        payload = event.to_dict() if event.kind in ("health", "notice") else dict(event.to_dict(),
+                                                                                   state=event.severity)
         data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
         with self._cond:
             self._version += 1
@@ -286,7 +314,8 @@ class MqttAlertSink:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     # network thread: only touches our own state under the condition's lock, never calls paho
     def _on_connect(self) -> None:
@@ -386,6 +415,10 @@ class CommandSink:
         self.timed_out = 0
         self.dropped = 0
         self.last_stderr = b""
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the worker thread that runs the program."""
         self._thread = threading.Thread(target=self._run, name="alert-command", daemon=True)
         self._thread.start()
 
@@ -409,7 +442,8 @@ class CommandSink:
     def close(self, timeout: float | None = None) -> None:
         """Stop after the command now running (at most ``timeout_s``); queued events are discarded."""
         self._stop.set()
-        self._thread.join(self.timeout_s + 5.0 if timeout is None else timeout)
+        if self._thread is not None:
+            self._thread.join(self.timeout_s + 5.0 if timeout is None else timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -487,7 +521,8 @@ def _read_tail(stream, deadline: float, keep: int = STDERR_TAIL) -> bytes:
 
 
 class AlertDispatcher:
-    """Emit each event to every sink; a sink that raises is logged and counted, the others still run.
+    """Emit each event to every sink; a sink that raises is logged and counted, the others still run. The
+    dispatcher does not own its sinks (several sensors may share one): whoever made them starts and closes them.
 
     ``delivered`` and ``failures`` are per-sink counters keyed ``"<index>:<ClassName>"``.
     """
@@ -509,17 +544,6 @@ class AlertDispatcher:
             else:
                 self.delivered[name] += 1
 
-    def retry(self) -> None:
-        """Let the sinks that keep undelivered events (the JSONL file) try them again."""
-        for name, sink in zip(self.names, self.sinks, strict=True):
-            retry = getattr(sink, "retry", None)
-            if retry is None:
-                continue
-            try:
-                retry()
-            except Exception:
-                self._ratelog.log(logging.ERROR, f"{name}-retry", "alert sink %s: retry failed", name, exc_info=True)
-
     def status(self) -> dict[str, dict[str, int]]:
         """Per sink: delivered, failed, pending, dropped. A sink's own counters where it keeps them (what it
         really wrote or ran, not what it accepted); emits that raised count as failed on top."""
@@ -529,13 +553,3 @@ class AlertDispatcher:
             c = own if isinstance(own, SinkCounters) else SinkCounters(delivered=self.delivered[name])
             out[name] = dict(c.as_dict(), failed=c.failed + self.failures[name])
         return out
-
-    def close(self) -> None:
-        for name, sink in zip(self.names, self.sinks, strict=True):
-            close = getattr(sink, "close", None)
-            if close is None:
-                continue
-            try:
-                close()
-            except Exception:
-                logger.exception("alert sink %s: close failed", name)

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from edge_agent.contract.errors import UploadError
 from edge_agent.ratelog import RateLimitedLog
+from edge_agent.status import SpoolCounters, fields_of
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ class Record:
 class Spool:
     """Persistent FIFO of ``(topic, payload)`` records bounded by ``max_records`` and ``max_bytes``.
 
-    Raises UploadError at construction for a path that is not a spool of ours, or a spool another live
-    process holds (see the module docstring); never for a locked or corrupt database.
+    ``open`` (or ``with``) takes the spool: UploadError for a path that is not a spool of ours, or a spool another
+    live process holds (see the module docstring); never for a locked or corrupt database. ``close`` releases it.
     """
 
     def __init__(self, path: str | os.PathLike[str], max_bytes: int = 64 * 1024 * 1024, max_records: int = 10_000,
@@ -118,16 +119,16 @@ class Spool:
         self.memory_bytes = int(memory_bytes)
         self._lock = threading.Lock()
         self._ratelog = RateLimitedLog(logger)
-        self.evicted = 0
-        self.evicted_bytes = 0
-        self.evicted_by_kind: dict[str, int] = dict.fromkeys(RANKS, 0)
-        self.quarantined = 0
-        self.lock_waits = 0  # operations that found the database locked by another program
+        self.counters = SpoolCounters(evicted_by_kind=dict.fromkeys(RANKS, 0))
         self.recovered_from: Path | None = None  # where a corrupt file was moved, if one was
         self._db: sqlite3.Connection | None = None
         # (created, topic, payload, kind, upload_id) held in memory while another program locks the database
         self._waiting: deque[tuple[float, str, bytes, str, str | None]] = deque()
         self._count = self._bytes = 0
+        self._lockfd = -1
+
+    def open(self) -> Spool:
+        """Take the spool (its lock file, then the database); UploadError when it is not ours to take."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         check_spool_path(self.path)
         self._lockfd = _take_lock(self.path)
@@ -138,10 +139,12 @@ class Spool:
             with contextlib.suppress(OSError):
                 self.path.with_name(self.path.name + ".lock").unlink()
             os.close(self._lockfd)
+            self._lockfd = -1
             raise
         if self._count:
             logger.info("spool %s: %d records (%d bytes) pending from a previous run", self.path, self._count,
                         self._bytes)
+        return self
 
     # ------------------------------------------------------------------ opening
     def _connect(self) -> bool:
@@ -193,13 +196,13 @@ class Spool:
             src = Path(str(self.path) + suffix)
             if src.exists():
                 os.replace(src, Path(str(aside) + suffix))
-        self.quarantined += 1
+        self.counters.quarantined += 1
         self.recovered_from = aside
         logger.error("spool %s is corrupt (%s): moved to %s with its pending records, starting an empty spool",
                      self.path, exc, aside)
 
     def _waited(self, exc: Exception) -> None:
-        self.lock_waits += 1
+        self.counters.lock_waits += 1
         self._ratelog.log(logging.WARNING, "locked", "spool %s is locked by another program (%s; an sqlite3 shell in"
                           " a transaction?): %d records wait in memory, retrying", self.path, exc, len(self._waiting))
 
@@ -223,11 +226,11 @@ class Spool:
             while len(self._waiting) > self.memory_records or (
                     len(self._waiting) > 1 and sum(len(w[2]) for w in self._waiting) > self.memory_bytes):
                 _, _, old, old_kind, _ = self._waiting.popleft()
-                self.evicted += 1
-                self.evicted_bytes += len(old)
-                self.evicted_by_kind[old_kind] += 1
+                self.counters.evicted += 1
+                self.counters.evicted_bytes += len(old)
+                self.counters.evicted_by_kind[old_kind] += 1
                 self._ratelog.log(logging.WARNING, "memory", "spool %s: locked for long; the oldest waiting record"
-                                  " was evicted (%d in total)", self.path, self.evicted)
+                                  " was evicted (%d in total)", self.path, self.counters.evicted)
             try:
                 return self._write_waiting()
             except UploadError:  # not a lock (a full disk...): this record is refused, the caller counts it
@@ -301,23 +304,23 @@ class Spool:
             victims.append((rid, victim_kind))
         cur.close()
         if n < over_n or b < over_b:
-            self.evicted += 1
-            self.evicted_bytes += size
-            self.evicted_by_kind[kind] += 1
+            self.counters.evicted += 1
+            self.counters.evicted_bytes += size
+            self.counters.evicted_by_kind[kind] += 1
             self._ratelog.log(logging.WARNING, "full", "spool %s full of more important records: a new %s record "
-                              "was dropped (%d in total)", self.path, kind, self.evicted)
+                              "was dropped (%d in total)", self.path, kind, self.counters.evicted)
             return False
         for i in range(0, len(victims), 500):
             chunk = [rid for rid, _ in victims[i:i + 500]]
             self._db.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         for _, victim_kind in victims:
-            self.evicted_by_kind[victim_kind if victim_kind in RANKS else "normal"] += 1
+            self.counters.evicted_by_kind[victim_kind if victim_kind in RANKS else "normal"] += 1
         self._count -= n
         self._bytes -= b
-        self.evicted += n
-        self.evicted_bytes += b
+        self.counters.evicted += n
+        self.counters.evicted_bytes += b
         self._ratelog.log(logging.WARNING, "evict", "spool %s full: evicted %d records (%d bytes; %s in total)",
-                          self.path, n, b, self.evicted_by_kind)
+                          self.path, n, b, self.counters.evicted_by_kind)
         return True
 
     def peek(self, n: int, resend_after_s: float | None = None) -> list[Record]:
@@ -454,6 +457,11 @@ class Spool:
         """Records held in memory while another program locks the database."""
         return len(self._waiting)
 
+    def status(self) -> dict:
+        """The spool's part of ``uploads`` in the gateway status."""
+        self.counters.bytes, self.counters.waiting = self.bytes, self.waiting
+        return fields_of(self.counters)
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Write what waits (for up to ``timeout_s`` while locked), close the database, release the spool."""
         with self._lock:
@@ -478,7 +486,7 @@ class Spool:
                 self._lockfd = -1
 
     def __enter__(self) -> Spool:
-        return self
+        return self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

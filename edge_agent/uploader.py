@@ -38,7 +38,9 @@ from edge_agent.contract.signing import Keyring
 from edge_agent.contract.upload_record import KINDS
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.ratelog import RateLimitedLog
+from edge_agent.settings import setting
 from edge_agent.spool import Spool
+from edge_agent.status import UploadCounters, fields_of
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +87,12 @@ class KeepPolicy:
     * ``calibration``: keep every window scored while the device calibrates its threshold.
     """
 
-    every_s: float = 600.0
-    drift_every_s: float = 60.0
-    context_before: int = 5
-    context_after: int = 5
-    calibration: bool = True
-    only_normal: bool = True  # the reservoir draws from windows in alert state normal only
+    every_s: float = setting(600.0, lo=1.0, hi=7 * 86_400.0, doc="one reservoir-sampled normal window per period")
+    drift_every_s: float = setting(60.0, lo=1.0, hi=7 * 86_400.0, doc="the period while the scores drift")
+    context_before: int = setting(5, lo=0, hi=1000, doc="windows kept before each alert")
+    context_after: int = setting(5, lo=0, hi=1000, doc="windows kept after each alert")
+    calibration: bool = setting(True, doc="keep the windows a calibration is computed on")
+    only_normal: bool = setting(True, doc="the reservoir draws from windows in alert state normal only")
 
 
 @dataclass
@@ -260,7 +262,7 @@ class Uploader:
         self.qos = int(qos)
         self._wake = threading.Event()
         self._inflight: dict[int, mqtt.MQTTMessageInfo] = {}  # record id -> paho message, in publish order
-        self._inflight_gen = 0  # connection.connects when the in-flight batch was published
+        self._inflight_gen = 0  # connection.counters.connects when the in-flight batch was published
         self._sizes: dict[int, int] = {}  # record id -> payload bytes, of the in-flight records
         self._thread: threading.Thread | None = None
         self._ratelog = RateLimitedLog(logger)
@@ -272,21 +274,19 @@ class Uploader:
         self.receipt_timeout_s = float(receipt_timeout_s)
         self.receipt_keys: Keyring = receipt_keys or {}
         self._receipts: collections.deque[receipts_contract.Receipt] = collections.deque(maxlen=10_000)
-        self.confirmed = 0  # records a receipt confirmed
-        self.rejected = 0  # records a collector refused (quarantined centrally): deleted here, never sent again
-        self.last_rejected: str | None = None  # the latest reason a collector gave
-        self.receipts_refused = 0  # receipt messages refused: unsigned, unknown key, another device's, malformed
-        self.last_receipt_refused: str | None = None
-        self.sent = 0
-        self.sent_bytes = 0
-        self.failed_attempts = 0
-        self.dropped = 0
-        self.throttled = 0  # rounds deferred by the byte budget
-        self.uplink_waits = 0  # rounds deferred because the bridge reported the uplink down
+        self.counters = UploadCounters()
 
     @property
     def pending(self) -> int:
         return len(self.spool)
+
+    def status(self) -> dict:
+        """``uploads`` in the gateway status: the uploader's counters and the spool's."""
+        c = self.counters
+        c.pending = self.pending
+        c.awaiting_receipt = self.spool.awaiting_receipt() if self.receipts else None
+        c.uplink = getattr(self.uplink, "up", None)
+        return fields_of(c) | self.spool.status()
 
     def offer(self, topic: str, payload: bytes, kind: str = "normal", upload_id: str | None = None) -> int | None:
         """Spool a record for upload (``kind`` and ``upload_id`` of the upload record); return its spool id, or
@@ -294,7 +294,7 @@ class Uploader:
         try:
             rid = self.spool.put(topic, payload, kind, upload_id)
         except UploadError as exc:
-            self.dropped += 1
+            self.counters.dropped += 1
             self._ratelog.log(logging.ERROR, "offer", "upload dropped: %s", exc)
             return None
         self._wake.set()
@@ -334,7 +334,7 @@ class Uploader:
             if ok:
                 backoff = self.backoff_min_s
             else:
-                self.failed_attempts += 1
+                self.counters.failed_attempts += 1
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2.0, self.backoff_max_s)
 
@@ -344,21 +344,21 @@ class Uploader:
         try:
             self._receipts.append(receipts_contract.decode(payload, self.receipt_keys, device))
         except (UploadError, SignatureError) as exc:
-            self.receipts_refused += 1
-            self.last_receipt_refused = str(exc)[:300]
+            self.counters.receipts_refused += 1
+            self.counters.last_receipt_refused = str(exc)[:300]
             self._ratelog.log(logging.WARNING, "receipt", "uploader: receipt refused (%d so far): %s",
-                              self.receipts_refused, exc)
+                              self.counters.receipts_refused, exc)
         self._wake.set()
 
     def _apply_receipts(self) -> None:
         while self._receipts:
             r = self._receipts.popleft()
             topic = topics.upload_topic(r.device)
-            self.confirmed += self.spool.confirm(r.ids, topic)
+            self.counters.confirmed += self.spool.confirm(r.ids, topic)
             if r.rejected:
                 n = self.spool.confirm([i for i, _ in r.rejected], topic)
-                self.rejected += n
-                self.last_rejected = f"{r.device}: {r.rejected[-1][1]}"[:300]
+                self.counters.rejected += n
+                self.counters.last_rejected = f"{r.device}: {r.rejected[-1][1]}"[:300]
                 self._ratelog.log(logging.ERROR, "rejected", "uploader: collector %s refused %d record(s) of %s "
                                   "(kept in its quarantine, not sent again): %s", r.collector, n, r.device,
                                   r.rejected[-1][1])
@@ -374,7 +374,7 @@ class Uploader:
         if not self.connection.wait_connected(0.5):
             return True  # not a failed attempt: nothing was tried; paho is reconnecting
         if self.uplink is not None and not self.uplink():
-            self.uplink_waits += 1
+            self.counters.uplink_waits += 1
             self.stop_event.wait(0.5)  # uploads stay in the spool (bounded, evicts by kind), not in the broker's RAM
             return True
         records = (self.spool.peek(self.batch, resend_after_s=self.receipt_timeout_s) if self.receipts
@@ -388,12 +388,12 @@ class Uploader:
             while allowed < len(records) and self.budget.take(len(records[allowed].payload)):
                 allowed += 1
             if not allowed:
-                self.throttled += 1
+                self.counters.throttled += 1
                 self.stop_event.wait(min(self.budget.wait_s(len(records[0].payload)), 5.0))
                 return True
             records = records[:allowed]
         self.spool.mark_attempt(r.id for r in records)
-        self._inflight_gen = self.connection.connects
+        self._inflight_gen = self.connection.counters.connects
         for rec in records:
             info = self.connection.publish(rec.topic, rec.payload, qos=self.qos)
             if info is None or info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
@@ -409,7 +409,7 @@ class Uploader:
     def _collect(self) -> bool:
         """Wait (up to ``ack_timeout_s``) for the in-flight batch; ack what was delivered, oldest first."""
         up_throughout = self.connection.connected
-        gen = self.connection.connects
+        gen = self.connection.counters.connects
         deadline = time.monotonic() + self.ack_timeout_s
         done: list[int] = []
         for rid, info in self._inflight.items():
@@ -419,13 +419,13 @@ class Uploader:
         for rid in done:
             del self._inflight[rid]
         if done:
-            self.sent_bytes += sum(info_size for rid, info_size in self._sizes.items() if rid in done)
-            self.sent += self.spool.mark_sent(done) if self.receipts else self.spool.ack(done)
+            self.counters.sent_bytes += sum(info_size for rid, info_size in self._sizes.items() if rid in done)
+            self.counters.sent += self.spool.mark_sent(done) if self.receipts else self.spool.ack(done)
             for rid in done:
                 self._sizes.pop(rid, None)
         if not self._inflight:
             return True
-        up_throughout = up_throughout and self.connection.connected and self.connection.connects == gen
+        up_throughout = up_throughout and self.connection.connected and self.connection.counters.connects == gen
         if up_throughout and gen != self._inflight_gen:
             # paho re-sent them after a reconnect and the broker, up all along, did not acknowledge them
             # within ack_timeout_s: forget them and publish again (QoS 1 allows the duplicates)

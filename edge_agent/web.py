@@ -25,7 +25,7 @@ A slow or idle client holds a few bytes of the selector, never a worker, so ``/m
 slowloris. A client that resets before reading is one counted (``client_resets``), rate-limited log line.
 
 The numbers come from ``source``: an object with ``snapshot() -> (status document, its age in seconds)``,
-``histories() -> {device: SensorHistory}`` and ``queue_capacity() -> {device: frames}`` (the agent).
+``histories() -> {device: SensorHistory}`` (the agent).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 
 from edge_agent import metrics
 from edge_agent.ratelog import RateLimitedLog
+from edge_agent.status import HttpCounters, fields_of
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ class StatusSource(Protocol):
     def snapshot(self) -> tuple[dict, float]: ...
 
     def histories(self) -> dict[str, Any]: ...
-
-    def queue_capacity(self) -> dict[str, int]: ...
 
 
 def status_json(source: StatusSource) -> dict:
@@ -134,16 +133,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(head=True)
 
     def _refuse_method(self) -> None:
-        self.server.refused += 1
+        self.server.counters.refused += 1
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only: GET or HEAD\n", "text/plain; charset=utf-8",
                    extra={"Allow": "GET, HEAD"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
 
     def _respond(self, head: bool) -> None:
-        self.server.requests += 1
+        self.server.counters.requests += 1
         if not self.server.host_allowed(self.headers.get("Host")):
-            self.server.refused += 1
+            self.server.counters.refused += 1
             self._send(HTTPStatus.MISDIRECTED_REQUEST, b"unknown host\n", "text/plain; charset=utf-8", head=head)
             return
         path = urlsplit(self.path).path
@@ -158,13 +157,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/metrics":
                 doc, age = self.server.source.snapshot()
                 ctype = metrics.CONTENT_TYPE
-                body = metrics.render(doc, queue_capacity=self.server.source.queue_capacity(),
-                                      status_age_s=age).encode()
+                body = metrics.render(doc, status_age_s=age).encode()
             else:
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8", head=head)
                 return
         except Exception:  # a bug here must cost one response, never the agent
-            self.server.errors += 1
+            self.server.counters.errors += 1
             log.exception("web: %s failed", path)
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n", "text/plain; charset=utf-8", head=head)
             return
@@ -200,12 +198,11 @@ class _Pending:
 class _Server:
     """The listening socket, the head-reading selector thread and the worker threads (see the module docstring)."""
 
-    def __init__(self, address: tuple[str, int], source: StatusSource) -> None:
+    def __init__(self, address: tuple[str, int], source: StatusSource, counters: HttpCounters) -> None:
         self.address = address
         self.source = source
         self.loopback = ipaddress.ip_address(address[0]).is_loopback
-        self.requests = self.refused = self.errors = self.overloaded = 0
-        self.slow_clients = self.client_resets = self.oversized = 0
+        self.counters = counters
         self._ratelog = RateLimitedLog(log)
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
@@ -265,10 +262,10 @@ class _Server:
                         self._read(sel, pending, pending.get(key.fileobj))
                 now = time.monotonic()
                 for p in [p for p in pending.values() if now - p.since > HEAD_TIMEOUT_S]:
-                    self.slow_clients += 1
+                    self.counters.slow_clients += 1
                     self._drop(sel, pending, p)
         except Exception:  # never lose the page over one client
-            self.errors += 1
+            self.counters.errors += 1
             log.exception("web: the request reader failed; the page is down until the agent restarts")
         finally:
             for p in list(pending.values()):
@@ -282,12 +279,12 @@ class _Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of file descriptors, ...: counted, the listener stays
-                self.errors += 1
+                self.counters.errors += 1
                 self._ratelog.log(logging.ERROR, "accept", "web: accept failed: %s", exc)
                 return
             sock.setblocking(False)
             if len(pending) >= MAX_PENDING:  # the oldest waiting head goes: a flood cannot keep newcomers out
-                self.overloaded += 1
+                self.counters.overloaded += 1
                 self._drop(sel, pending, min(pending.values(), key=lambda p: p.since))
             pending[sock] = _Pending(sock, address, time.monotonic())
             sel.register(sock, selectors.EVENT_READ)
@@ -300,7 +297,7 @@ class _Server:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.client_resets += 1
+            self.counters.client_resets += 1
             self._drop(sel, pending, p)
             return
         if not chunk:
@@ -309,7 +306,7 @@ class _Server:
         p.data += chunk
         if b"\r\n\r\n" not in p.data and b"\n\n" not in p.data:
             if len(p.data) > MAX_HEAD:
-                self.oversized += 1
+                self.counters.oversized += 1
                 sel.unregister(p.sock)
                 del pending[p.sock]
                 self._reply_and_close(p.sock, b"HTTP/1.0 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n")
@@ -319,7 +316,7 @@ class _Server:
         try:
             self._work.put_nowait((p.sock, p.address, bytes(p.data)))
         except queue.Full:
-            self.overloaded += 1
+            self.counters.overloaded += 1
             self._reply_and_close(p.sock, b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
 
     def _drop(self, sel: selectors.BaseSelector, pending: dict, p: _Pending) -> None:
@@ -347,12 +344,12 @@ class _Server:
                 sock.setblocking(True)
                 _Handler(sock, address, self, head)
             except (ConnectionError, TimeoutError, OSError) as exc:  # the client went away or stopped reading
-                self.client_resets += 1
+                self.counters.client_resets += 1
                 self._ratelog.log(logging.INFO, "reset", "web: client %s went away before reading its answer "
                                   "(%s); %d so far", address[0] if address else "?", type(exc).__name__,
-                                  self.client_resets)
+                                  self.counters.client_resets)
             except Exception:
-                self.errors += 1
+                self.counters.errors += 1
                 self._ratelog.log(logging.ERROR, "handler", "web: a request failed", exc_info=True)
             finally:
                 with contextlib.suppress(OSError):
@@ -369,7 +366,7 @@ class StatusServer:
         self.source = source
         self.listen = listen
         self.requested_port = port
-        self.error: str | None = None
+        self.counters = HttpCounters()
         self._server: _Server | None = None
 
     @property
@@ -386,12 +383,13 @@ class StatusServer:
 
     def start(self) -> bool:
         """Bind and serve; False (logged, ``error`` set) when the address cannot be had."""
-        server = _Server((self.listen, self.requested_port), self.source)
+        server = _Server((self.listen, self.requested_port), self.source, self.counters)
         try:
             server.start()
         except OSError as exc:
-            self.error = f"cannot listen on {self.listen}:{self.requested_port}: {exc.strerror or exc}"
-            log.error("status page and /metrics disabled: %s (set [http] port, or enabled = false)", self.error)
+            self.counters.error = f"cannot listen on {self.listen}:{self.requested_port}: {exc.strerror or exc}"
+            log.error("status page and /metrics disabled: %s (set [http] port, or enabled = false)",
+                      self.counters.error)
             return False
         self._server = server
         log.info("status page at %s, Prometheus metrics at %smetrics", self.url, self.url)
@@ -403,8 +401,11 @@ class StatusServer:
         self._server.stop()
         self._server = None
 
+    @property
+    def error(self) -> str | None:
+        """Why the server is not serving (a port taken), or None."""
+        return self.counters.error
+
     def status(self) -> dict:
-        s = self._server
-        return {"url": self.url, "error": self.error} | ({} if s is None else {
-            "requests": s.requests, "refused": s.refused, "errors": s.errors, "overloaded": s.overloaded,
-            "slow_clients": s.slow_clients, "client_resets": s.client_resets, "oversized": s.oversized})
+        self.counters.url = self.url
+        return fields_of(self.counters)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,6 +55,7 @@ from edge_agent.contract import preprocess
 from edge_agent.contract.frames import SEQ_MOD, Frame, seq_gap
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.ring import Ring
+from edge_agent.status import counter, fields_of, value
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +75,34 @@ _SATURATION_FRACTION = 1.0 - 2.0 / 32768.0
 
 @dataclass
 class WindowerCounters:
-    """What the windower saw and what it refused (plain ints)."""
+    """What the windower saw and what it refused (plain ints). Where every accepted sample went:
+    samples_in = samples_scored + samples_invalid + samples_discarded + the samples still pending."""
 
-    frames: int = 0
-    samples_in: int = 0
-    frames_rejected: int = 0  # wrong channel count
-    gaps: int = 0
-    samples_missing: int = 0
-    resyncs: int = 0
-    duplicates: int = 0
-    samples_invalid: int = 0
-    samples_over_range: int = 0  # the part of samples_invalid that is saturated or beyond signal.range
-    windows: int = 0
-    # where every accepted sample went: samples_in = samples_scored + samples_invalid + samples_discarded
-    # + the samples still pending (Windower.samples_pending)
-    samples_scored: int = 0  # in at least one scored window
-    samples_discarded: int = 0  # valid, but in a partial window dropped at a break (gap, invalid sample, resync)
-    samples_bridged: int = 0  # missing or NaN samples left out without restarting assembly
-    windows_bridged: int = 0  # windows emitted with bridged samples in them
-    windows_withheld: int = 0  # windows not emitted: more than ``bridge`` samples missing in them
+    frames: int = value("Frames the windower was given.", default=0, why="the same as the source's frames_total")
+    samples_in: int = counter("Samples received from the sensor.", "samples_total")
+    frames_rejected: int = counter("Frames with the wrong channel count for the model.", "inputs_dropped_total",
+                                   reason="wrong_channels")
+    gaps: int = counter("Sequence gaps in the sample stream.")
+    samples_missing: int = counter("Samples that never arrived (the gaps' size).", "samples_lost_total", reason="gap")
+    resyncs: int = counter("Window assembly restarts after a break in the stream.")
+    duplicates: int = counter("Frames received twice (same sequence numbers).", "inputs_dropped_total",
+                              reason="duplicate")
+    samples_invalid: int = counter("Samples that are NaN, infinite, saturated or beyond signal.range.",
+                                   "samples_lost_total", reason="invalid")
+    samples_over_range: int = counter("The part of samples_invalid that is saturated or beyond signal.range.",
+                                      "samples_lost_total", reason="over_range")
+    windows: int = value("Windows assembled.", default=0, why="windows_scored_total and over_range_spans_total "
+                                                              "count what became of them")
+    samples_scored: int = counter("Samples in at least one scored window.")
+    samples_discarded: int = counter("Valid samples in a partial window dropped at a break (gap, invalid sample, "
+                                     "resync).")
+    samples_bridged: int = counter("Missing or NaN samples left out without restarting assembly "
+                                   "(health.bridge_fraction).")
+    windows_bridged: int = counter("Windows scored with bridged samples in them.")
+    windows_withheld: int = counter("Windows not scored: more of their samples were missing than may be bridged.")
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return fields_of(self)
 
 
 @dataclass

@@ -215,7 +215,7 @@ class MqttLink:
     def _wait_connected(self) -> None:
         if not self._conn.wait_connected(self.connect_timeout):
             self._conn.stop()
-            why = self._conn.last_error or "no CONNACK"
+            why = self._conn.counters.last_error or "no CONNACK"
             raise ConnectionError(f"MQTT broker not reachable within {self.connect_timeout} s ({why})")
 
     def send(self, data: bytes) -> None:

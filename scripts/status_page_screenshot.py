@@ -77,6 +77,7 @@ def main() -> int:
     (work / "gateway.toml").write_text(text)
     agent = Agent(load_config(work / "gateway.toml"))
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     runner.start()
     streams = []

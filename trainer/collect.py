@@ -180,7 +180,7 @@ class Collector:
 
     def _on_message(self, msg) -> None:
         try:
-            self._inbox.put_nowait((self.connection.connects, msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+            self._inbox.put_nowait((self.connection.counters.connects, msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
         except queue.Full:  # not acknowledged: the broker re-sends it on the next connection
             self.stats.dropped += 1
 
@@ -289,7 +289,7 @@ class Collector:
             ids.remove(rec.id)
 
     def _ack_all(self) -> None:
-        gen_now = self.connection.connects
+        gen_now = self.connection.counters.connects
         for gen, mid, qos in self._unacked:
             # Packet ids belong to one connection: after a reconnect the broker re-sends what was not acknowledged
             # (under the same ids) and may reuse freed ids, so an acknowledgement owed from an older connection is

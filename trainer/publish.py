@@ -92,7 +92,7 @@ def publish(bundle: Path, to: str, key_path: Path, connection: MqttConnection, *
     connection.start()
     try:
         if not connection.wait_subscribed(ack_timeout_s):
-            raise RuntimeError(f"cannot subscribe on {where}: {connection.last_error or 'no answer'}")
+            raise RuntimeError(f"cannot subscribe on {where}: {connection.counters.last_error or 'no answer'}")
         got_old.wait(1.0)  # a retained metadata message arrives right after the SUBACK, if there is one
         for i, chunk in enumerate(chunks):
             confirmed(connection.publish(rollout.chunk_topic(target, meta.rollout_id, i), chunk, qos=1, retain=True),

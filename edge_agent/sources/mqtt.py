@@ -96,7 +96,7 @@ class MqttSource(QueueSource):
     def counters(self) -> SourceCounters:
         return SourceCounters(**self._intake() | {
             "messages": self.messages, "bad_payloads": self.bad_payloads,
-            "oversized_payloads": self.oversized_payloads, "reconnects": max(0, self.connection.connects - 1),
+            "oversized_payloads": self.oversized_payloads, "reconnects": max(0, self.connection.counters.connects - 1),
             "gaps_detectable": not self.decoder.counted})
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:

@@ -46,6 +46,7 @@ def _quote(s: str) -> str:
 def running(agent: Agent) -> Iterator[Agent]:
     """``agent.run`` in a thread for the duration of the block; stopped (and checked stopped) after it."""
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), name="agent", daemon=True)
     thread.start()
     try:

@@ -89,6 +89,7 @@ def test_deploy_refuses_a_bad_bundle_and_never_replaces_what_is_not_a_bundle(tmp
 def _running(cfg_path):
     agent = Agent(load_config(cfg_path))
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     return agent, stop, thread
@@ -103,11 +104,11 @@ def test_a_deeply_nested_manifest_is_a_refused_bundle_at_run_time_at_start_and_i
     try:
         served = sensor.pipeline.bundle.version
         (bundle / MANIFEST_FILE).write_text(NESTED)  # written in place while the agent runs
-        assert wait_for(lambda: sensor.counters.model.rejects == 1, 10)
-        assert "nested too deeply" in sensor.counters.model.last_reject
+        assert wait_for(lambda: sensor.counters.model_rejects == 1, 10)
+        assert "nested too deeply" in sensor.counters.model_last_reject
         assert thread.is_alive() and sensor.pipeline.bundle.version == served
         rewrite_bundle(bundle, version="v2", base=agent_bundle)  # the watcher lived on: the next bundle swaps
-        assert wait_for(lambda: sensor.counters.model.swaps == 1, 10)
+        assert wait_for(lambda: sensor.counters.model_swaps == 1, 10)
     finally:
         stop.set()
         thread.join(20)
@@ -115,7 +116,7 @@ def test_a_deeply_nested_manifest_is_a_refused_bundle_at_run_time_at_start_and_i
     with pytest.raises(BundleError, match="nested too deeply"):
         Bundle.load(bundle)
     with pytest.raises(BundleError, match="no sensor has a model"):
-        Agent(load_config(cfg))
+        Agent(load_config(cfg)).start()
     check = subprocess.run([str(BIN / "edge-agent"), "validate-config", str(cfg)], capture_output=True, text=True,
                            timeout=60)
     assert check.returncode == 1 and "bundle.path" in check.stderr and "nested too deeply" in check.stderr
@@ -148,29 +149,29 @@ def test_a_deploy_copied_file_by_file_is_picked_up_once_complete(tmp_path, agent
     model = (new / MODEL_FILE).read_bytes()
     agent, stop, thread = _running(cfg)
     sensor = agent.sensor()
-    counters = sensor.counters.model
+    counters = sensor.counters
     try:
         # the manifest first, the model still being copied: rejected, the old model serves on
         (bundle / MANIFEST_FILE).write_bytes((new / MANIFEST_FILE).read_bytes())
         with open(bundle / MODEL_FILE, "wb") as f:
             f.write(model[: len(model) // 2])
             f.flush()
-            assert wait_for(lambda: counters.rejects >= 1, 10)
+            assert wait_for(lambda: counters.model_rejects >= 1, 10)
             f.write(model[len(model) // 2:])
-        assert wait_for(lambda: counters.swaps == 1, 10), counters
+        assert wait_for(lambda: counters.model_swaps == 1, 10), counters
         assert sensor.pipeline.bundle.version == "v2"
         # a manifest whose digest was mistyped: rejected; `touch` makes the watcher look again; fixed: served
         manifest = json.loads((new / MANIFEST_FILE).read_text())
         manifest["model"]["version"] = "v3"
         good_sha, manifest["tflite"]["sha256"] = manifest["tflite"]["sha256"], "f" * 64
         (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-        assert wait_for(lambda: counters.rejects >= 2, 10)
-        rejects = counters.rejects
+        assert wait_for(lambda: counters.model_rejects >= 2, 10)
+        rejects = counters.model_rejects
         os.utime(bundle / MANIFEST_FILE)  # touch
-        assert wait_for(lambda: counters.rejects == rejects + 1, 10)
+        assert wait_for(lambda: counters.model_rejects == rejects + 1, 10)
         manifest["tflite"]["sha256"] = good_sha
         (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-        assert wait_for(lambda: counters.swaps == 2, 10)
+        assert wait_for(lambda: counters.model_swaps == 2, 10)
         assert sensor.pipeline.bundle.version == "v3" and thread.is_alive()
     finally:
         stop.set()

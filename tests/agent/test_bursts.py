@@ -43,8 +43,8 @@ def test_a_burst_sensor_with_one_window_per_snapshot_raises_an_alert(agent_bundl
     pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=AlertPolicy(k=3, n=5),
                         burst=declared)
     events = _push_bursts(pipeline, _snapshots(degrading_samples, length, healthy=6, failing=5))
-    assert pipeline.windows_scored == 11 and pipeline.burst
-    assert pipeline.bursts == 10 and pipeline.restarts == 0
+    assert pipeline.counters.windows_scored == 11 and pipeline.burst
+    assert pipeline.counters.bursts == 10 and pipeline.counters.restarts == 0
     assert [e.kind for e in events][:1] == ["raised"], "k of n accumulated across snapshots"
     assert events[0].time >= 1e9 + 6 * 600.0  # raised during a failing snapshot, on the recording's clock
 
@@ -55,7 +55,7 @@ def test_a_sender_declared_continuous_resets_the_debounce_at_each_restart(agent_
     pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=AlertPolicy(k=3, n=5),
                         burst=False)
     events = _push_bursts(pipeline, _snapshots(degrading_samples, length, healthy=6, failing=5))
-    assert pipeline.restarts == 10 and pipeline.bursts == 0 and not pipeline.burst
+    assert pipeline.counters.restarts == 10 and pipeline.counters.bursts == 0 and not pipeline.burst
     assert events == [], "each restart is a new sender: fewer than k windows never raise"
 
 
@@ -86,6 +86,7 @@ def test_a_live_burst_sensor_over_a_pty_alerts(tmp_path, agent_bundle, degrading
     events = []
     agent = Agent(load_config(cfg), on_event=events.append)
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     try:
@@ -94,7 +95,7 @@ def test_a_live_burst_sensor_over_a_pty_alerts(tmp_path, agent_bundle, degrading
         for i, snap in enumerate(snaps):
             for f in frames_of(snap, 1024):  # seq restarts at 0 with every snapshot
                 link.send(f)
-            assert wait_for(lambda i=i: agent.pipeline.windows_scored >= i + 1, 10)
+            assert wait_for(lambda i=i: agent.pipeline.counters.windows_scored >= i + 1, 10)
         assert wait_for(lambda: any(e.kind == "raised" for e in events), 10)
         status = agent.status()["sensors"]["pump-7"]
     finally:

@@ -159,3 +159,33 @@ def test_uploads_with_receipts_need_the_collectors_key():
     cfg = config_from_dict(_base(uploads={"enabled": True, "receipt_keys": [COLLECTOR_PUBLIC]}, mqtt={"port": 1883}))
     assert cfg.uploads.receipt_keys == (COLLECTOR_PUBLIC,)
     assert not config_from_dict(_base(uploads={"enabled": True, "receipts": False}, mqtt={"port": 1883})).uploads.receipts
+
+
+def test_a_setting_is_declared_once_and_the_config_refuses_what_the_policy_refuses(tmp_path):
+    """The config sections extend the runtime policies: one default, one range, one rule between keys."""
+    import dataclasses
+
+    from edge_agent import config as c
+    from edge_agent.alerts import AlertPolicy
+    from edge_agent.drift import DriftPolicy
+    from edge_agent.rollout import RolloutPolicy
+    from edge_agent.uploader import KeepPolicy
+
+    for section, policy in ((c.Alerts, AlertPolicy), (c.Drift, DriftPolicy), (c.SensorUploads, KeepPolicy),
+                            (c.Rollout, RolloutPolicy)):
+        assert issubclass(section, policy)
+        own = {f.name for f in dataclasses.fields(section)} - {f.name for f in dataclasses.fields(policy)}
+        assert own <= {"sinks", "enabled"}, own
+    with pytest.raises(ConfigError, match=r"sensors\[0\]\.alerts\.k: must be 1\.\.n \(n = 5\), got 7"):
+        config_from_dict({"gateway": "g", "sensors": [{"device": "a", "source": {"kind": "serial", "serial": {
+            "port": "loop://"}}, "bundle": {"path": str(tmp_path)}, "alerts": {"k": 7}}]})
+    with pytest.raises(ConfigError, match=r"drift\.every: unknown key"):  # the policy's own, not a config key
+        config_from_dict({"device": "a", "source": {"kind": "serial", "serial": {"port": "loop://"}},
+                          "bundle": {"path": str(tmp_path)}, "drift": {"every": 3}})
+
+
+def test_a_config_field_of_two_types_is_refused_by_the_reader():
+    from edge_agent.config import _value
+
+    with pytest.raises(TypeError, match="one type"):
+        _value(int | str, 3, "x.y", {})

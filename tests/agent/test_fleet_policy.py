@@ -113,6 +113,7 @@ def test_drift_raises_and_clears_a_retraining_notice_through_the_sinks(tmp_path,
     fleet = SensorFleet("pump-7", "gw", keep=None, drift=DriftPolicy(windows=200, every=20), rollout=None,
                         manifest=bundle.manifest)
     sink = JsonlSink(tmp_path / "alerts.jsonl")
+    sink.start()
     fleet.on_notice = AlertDispatcher([sink]).emit
     train = bundle.manifest["score_quantiles"]["training_served"]
     rng = np.random.default_rng(1)

@@ -51,6 +51,7 @@ def test_three_sensors_one_port_vanishes_one_bundle_swaps_the_third_keeps_alerti
     agent = Agent(cfg, on_event=events.append)
     assert agent.connection is not None and [s.device for s in agent.sensors] == ["pump-1", "pump-2", "fan-9"]
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     pub = MqttConnection(mosquitto.host, mosquitto.port, "fan-sensor")
     thread.start()
@@ -70,12 +71,12 @@ def test_three_sensors_one_port_vanishes_one_bundle_swaps_the_third_keeps_alerti
             if i == half // 2:  # pump-2's adapter is pulled while everything streams
                 links["pump-2"].close()
             if i == half:  # a new model for the fan, deployed atomically while it scores
-                scored_before_swap = fan.pipeline.windows_scored
+                scored_before_swap = fan.pipeline.counters.windows_scored
                 rewrite_bundle(fan_bundle, version="fan-v2")
             if i % 50 == 49:
                 assert wait_for(lambda i=i: pump1.pipeline.windower.counters.samples_in >= (i + 1) * 1024, 20)
         assert wait_for(lambda: pump1.pipeline.windower.counters.samples_in >= len(frames) * 1024, 20)
-        assert wait_for(lambda: fan.counters.model.swaps == 1, 10)
+        assert wait_for(lambda: fan.counters.model_swaps == 1, 10)
         assert wait_for(lambda: any(e.device == "pump-1" and e.kind == "raised" for e in events), 10)
         assert wait_for(lambda: pump2.source.counters.read_errors + pump2.source.counters.open_failures > 0, 10)
         status = agent.status()
@@ -123,12 +124,13 @@ def test_a_sensor_with_a_broken_bundle_waits_for_a_good_one_while_the_others_run
     fan = agent.sensor("fan-9")
     assert fan.pipeline is None and agent.status()["sensors"]["fan-9"]["state"] == "no_model"
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     try:
         for f in frames_of(degrading_samples[: RATE * 2], 1024):
             links["pump-1"].send(f)
-        assert wait_for(lambda: agent.sensor("pump-1").pipeline.windows_scored > 0, 10)
+        assert wait_for(lambda: agent.sensor("pump-1").pipeline.counters.windows_scored > 0, 10)
         rewrite_bundle(broken, model=(agent_bundle / "model.tflite").read_bytes(), base=agent_bundle)
         assert wait_for(lambda: fan.pipeline is not None, 10)
     finally:

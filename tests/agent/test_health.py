@@ -62,6 +62,7 @@ def test_no_windows_no_data_and_recovery_are_health_events_through_the_sinks(tmp
     agent = Agent(load_config(cfg), on_event=events.append)
     sensor = agent.sensor()
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     healthy = degrading_samples[: RATE * 4]
     broken = healthy.copy()
@@ -70,7 +71,7 @@ def test_no_windows_no_data_and_recovery_are_health_events_through_the_sinks(tmp
     thread.start()
     stream = Stream(link, healthy)
     try:
-        assert wait_for(lambda: sensor.pipeline.windows_scored > 10, 20)
+        assert wait_for(lambda: sensor.pipeline.counters.windows_scored > 10, 20)
         assert agent.status()["sensors"]["pump-7"]["health"].items() >= {"state": "ok", "reason": "", "since": None,
                                                                           "events": 0}.items()
         stream.x = broken
@@ -108,16 +109,17 @@ def test_a_burst_sensor_is_not_reported_dead_between_bursts(tmp_path, agent_bund
     agent = Agent(load_config(cfg))
     sensor = agent.sensor()
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     faults = []
     try:
         assert wait_for(sensor.source.connected.is_set, 10)  # the first snapshot arrives whole
         for k in range(3):  # a one-second snapshot, its sequence numbers restarting at 0, then silence
-            scored = sensor.pipeline.windows_scored
+            scored = sensor.pipeline.counters.windows_scored
             for f in _frames(degrading_samples[k * RATE:(k + 1) * RATE], 0):
                 link.send(f)
-            assert wait_for(lambda s=scored: sensor.pipeline.windows_scored > s + 5, 20)
+            assert wait_for(lambda s=scored: sensor.pipeline.counters.windows_scored > s + 5, 20)
             assert wait_for(lambda: sensor.health.state.state == "ok", 5)
             silence = threading.Event()
             while not silence.wait(0.1):  # 3 s of silence, twice no_data_s
@@ -146,6 +148,7 @@ def test_a_rare_nan_on_the_default_representation_costs_no_window_and_lost_windo
     agent = Agent(load_config(cfg))
     sensor = agent.sensor()
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     healthy = degrading_samples[: RATE * 6].copy()
     rare = healthy.copy()
@@ -158,7 +161,7 @@ def test_a_rare_nan_on_the_default_representation_costs_no_window_and_lost_windo
         spec = sensor.pipeline.bundle.spec
         assert wc.samples_invalid > 0 and wc.samples_bridged >= wc.samples_invalid // 4
         assert wc.samples_discarded < spec.window_samples, "no window lost to a rare NaN"
-        assert sensor.pipeline.windows_scored >= 0.9 * wc.samples_in / (spec.hop * spec.block) - 2
+        assert sensor.pipeline.counters.windows_scored >= 0.9 * wc.samples_in / (spec.hop * spec.block) - 2
         assert wait_for(lambda: sensor.health.coverage is not None and sensor.health.coverage > 0.99, 10)
         assert sensor.status()["health"]["state"] == "ok"
         lossy = healthy.copy()
@@ -168,7 +171,7 @@ def test_a_rare_nan_on_the_default_representation_costs_no_window_and_lost_windo
         assert wait_for(lambda: sensor.status()["health"]["state"] == "partial", 20), sensor.status()["health"]
         health = sensor.status()["health"]
         assert "reached a scored window" in health["reason"] and health["coverage"] < 0.9
-        assert sensor.pipeline.windows_scored > 0
+        assert sensor.pipeline.counters.windows_scored > 0
     finally:
         stream.close()
         stop.set()

@@ -222,7 +222,7 @@ def test_a_gateway_appears_in_home_assistant_and_cleans_up_after_itself(tmp_path
                 if i % 50 == 49:
                     assert wait_for(lambda i=i: agent.sensor("pump-1").pipeline.windower.counters.samples_in
                                     >= (i + 1) * 1024, 20)
-            assert wait_for(lambda: agent.sensor("pump-1").pipeline.alert_events > 0, 10)
+            assert wait_for(lambda: agent.sensor("pump-1").pipeline.counters.alert_events > 0, 10)
             assert wait_for(lambda: json.loads(watch.get(topics.status_topic("pump-1")) or b"{}").get(
                 "alert_state") in ("warning", "critical"), 10)
             live = {t: watch.get(t) for t in ("vib/gateway/hall-3/availability", topics.status_topic("pump-1"),

@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent import __version__, metrics
+from edge_agent import __version__, metrics, telemetry
 from edge_agent.agent import Agent
 from firmware_sim.link import PtyLink
 from tests.agent.gateway_helpers import gateway_config, running
@@ -70,9 +70,9 @@ def test_render_escapes_labels_and_formats_values():
                                 "health": {"state": "no_windows", "reason": "x", "since": 1.7e9, "events": 1},
                                 "drift": {"state": "drifting", "psi": 0.31, "windows": 500},
                                 "uploads_kept": {"alert": 6, "normal": 2},
-                                "rollout": {"state": "shadow", "model_version": "v2"}},
-                       "fan": {"state": "no_model", "frames_in": 5}}}
-    text = metrics.render(doc, queue_capacity={device: 1024}, status_age_s=0.4)
+                                "rollout": {"state": "shadow", "model_version": "v2"}, "queue_capacity": 1024},
+                       "fan": {"state": "no_model", "frames_in": 5, "health": {"state": "no_model"}}}}
+    text = metrics.render(doc, status_age_s=0.4)
     check_exposition(text)
     f = families(text)
     lab = (("sensor", device),)
@@ -130,9 +130,9 @@ def test_metrics_scraped_from_a_running_gateway(tmp_path, agent_bundle, degradin
                 links["pump-2"].send(bytes(bad) if f is frames[5] else f)
             p1, p2 = agent.sensor("pump-1").pipeline, agent.sensor("pump-2")
             assert wait_for(lambda: p1.windower.counters.samples_in == len(frames) * 1024, 20)
-            assert wait_for(lambda: p2.source.counters.crc_errors >= 1 and p2.pipeline.windows_scored > 0, 20)
+            assert wait_for(lambda: p2.source.counters.crc_errors >= 1 and p2.pipeline.counters.windows_scored > 0, 20)
             # the snapshot the endpoint serves catches up within a second once the input stops
-            assert wait_for(lambda: agent.snapshot()[0]["sensors"]["pump-1"]["windows_scored"] == p1.windows_scored
+            assert wait_for(lambda: agent.snapshot()[0]["sensors"]["pump-1"]["windows_scored"] == p1.counters.windows_scored
                             and agent.snapshot()[0]["sensors"]["pump-2"]["crc_errors"] >= 1, 5)
             with urllib.request.urlopen(f"http://127.0.0.1:{agent.web.port}/metrics", timeout=10) as r:
                 ctype = r.headers["Content-Type"]
@@ -151,7 +151,7 @@ def test_metrics_scraped_from_a_running_gateway(tmp_path, agent_bundle, degradin
         assert f["edge_agent_inference_p99_seconds"][lab] == s["inference_ms_p99"] / 1000
         assert f["edge_agent_queue_frames"][lab] == s["queued_frames"]
         assert f["edge_agent_queue_capacity_frames"][lab] == 1024
-        assert sum(f["edge_agent_alert_state"][lab + (("state", st),)] for st in metrics.ALERT_STATES) == 1
+        assert sum(f["edge_agent_alert_state"][lab + (("state", st),)] for st in telemetry.ALERT_STATES) == 1
         assert f["edge_agent_alert_state"][lab + (("state", s["alert_state"]),)] == 1
         assert f["edge_agent_model_info"][(("model_id", "test-conv"), ("model_version", s["model_version"]),
                                            ("quantization", "int8"), ("sensor", dev), ("threshold_source", "bundle"))] == 1

@@ -36,18 +36,19 @@ def test_an_unusable_calibration_falls_back_to_the_bundle_threshold_at_start_and
     check = CliRunner().invoke(main, ["validate-config", str(cfg)])
     assert check.exit_code == 1 and "calibration.path" in check.output and "value is None" in check.output
     assert not isinstance(check.exception, ConfigError | TypeError)
-    agent = Agent(load_config(cfg))
+    agent = Agent(load_config(cfg)).start()
     sensor = agent.sensor()
     assert sensor.threshold_source == "bundle" and sensor.pipeline.threshold == Bundle.load(bundle).threshold.value
     assert agent.status()["sensors"]["pump-7"]["calibration_ignored"] == 1
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     try:
         cal.unlink()
         cal.mkdir()  # and at the next swap the calibration path is a directory
         rewrite_bundle(bundle, version="v2")
-        assert wait_for(lambda: sensor.counters.model.swaps == 1, 10)
+        assert wait_for(lambda: sensor.counters.model_swaps == 1, 10)
         assert thread.is_alive() and sensor.pipeline.bundle.version == "v2"
         doc = agent.status()["sensors"]["pump-7"]
         assert doc["calibration_ignored"] == 2 and "is a directory" in doc["calibration_note"]

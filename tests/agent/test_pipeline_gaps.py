@@ -26,9 +26,9 @@ def test_alert_is_raised_when_gaps_leave_fewer_than_k_windows_between_them(agent
     stretch = spec.window_samples
     pos, windows = 0, 0
     while pos + stretch <= len(failing):
-        before = pipeline.alert_events
+        before = pipeline.counters.alert_events
         windows += pipeline.push(Frame(pos, 0, np.ascontiguousarray(failing[pos : pos + stretch])))
-        if pipeline.alert_events > before:
+        if pipeline.counters.alert_events > before:
             events.append(pipeline.alerts.state)
         pos += stretch + 100
     assert pipeline.windower.counters.gaps >= 5
@@ -56,14 +56,14 @@ def test_a_sensor_saturating_continuously_raises_a_critical_alert(agent_bundle, 
     pipeline.on_window = lambda _w, _r, event: event and events.append(event)
     healthy = np.ascontiguousarray(degrading_samples[: RATE * 2])
     seq = _stream(pipeline, healthy, 0, sample_type="int16")
-    assert pipeline.windows_scored > 0 and pipeline.alerts.state == "normal"
-    scored = pipeline.windows_scored
+    assert pipeline.counters.windows_scored > 0 and pipeline.alerts.state == "normal"
+    scored = pipeline.counters.windows_scored
     shaking = np.clip(healthy * 50.0, -40.0, 40.0)  # far beyond the 10 g full scale: int16 codes saturate
     _stream(pipeline, shaking, seq, sample_type="int16")
     counters = pipeline.windower.counters
     assert counters.samples_over_range > 0 and counters.samples_over_range <= counters.samples_invalid
-    assert pipeline.windows_scored == scored, "no window containing saturated samples is scored"
-    assert pipeline.over_range_spans >= 3
+    assert pipeline.counters.windows_scored == scored, "no window containing saturated samples is scored"
+    assert pipeline.counters.over_range_spans >= 3
     assert [e.kind for e in events] == ["raised"] and events[0].severity == "critical"
     assert events[0].stats["over_range_fraction"] > 0
 
@@ -78,8 +78,8 @@ def test_sporadic_clipping_and_missing_readings_are_counted_but_page_no_one(agen
     _stream(pipeline, healthy, 0, sample_type="int16")
     counters = pipeline.windower.counters
     assert counters.samples_over_range > 10 and counters.samples_invalid > counters.samples_over_range
-    assert pipeline.over_range_spans == 0
-    assert pipeline.alerts.state == "normal" and pipeline.alert_events == 0
+    assert pipeline.counters.over_range_spans == 0
+    assert pipeline.alerts.state == "normal" and pipeline.counters.alert_events == 0
 
 
 def test_a_sensor_sending_nan_is_counted_but_does_not_page_anyone(agent_bundle, degrading_samples):
@@ -89,5 +89,5 @@ def test_a_sensor_sending_nan_is_counted_but_does_not_page_anyone(agent_bundle, 
     _stream(pipeline, nans, 0)
     assert pipeline.windower.counters.samples_invalid == len(nans) // 256 * 256
     assert pipeline.windower.counters.samples_over_range == 0
-    assert pipeline.windows_scored == 0 and pipeline.over_range_spans == 0
+    assert pipeline.counters.windows_scored == 0 and pipeline.counters.over_range_spans == 0
     assert pipeline.alerts.state == "normal"

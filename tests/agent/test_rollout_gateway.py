@@ -151,7 +151,7 @@ def test_what_no_trusted_key_signed_is_ignored_and_cannot_stop_a_rollout(site, w
     g.rollout.step()
     assert g.rollout.state == "idle" and g.offered == [] and g.model.bundle.version == old
     if case != "other sensor":
-        assert g.rollout.counters["ignored"] >= 1 and g.rollout.last_ignored, g.rollout.counters
+        assert g.rollout.counters.ignored >= 1 and g.rollout.last_ignored, g.rollout.counters
         assert ("unknown key" if case == "foreign key" else "no trusted key signed it") in g.rollout.last_ignored
     for i, c in enumerate(chunks[:1]):
         g.rollout.on_message(contract.chunk_topic("device/pump-1", rid, i), c)

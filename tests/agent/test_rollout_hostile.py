@@ -72,11 +72,11 @@ def test_a_replayed_older_rollout_never_downgrades(agent_bundle, tmp_path, windo
     assert g.model.bundle.version == "v3" and g.rollout.state == "serving"
     _deliver(g, old_rollout)  # the replay
     g.stream(windows[60:80])
-    assert g.model.bundle.version == "v3" and g.rollout.counters["stale"] == 1 and "a replay" in g.rollout.last_ignored
+    assert g.model.bundle.version == "v3" and g.rollout.counters.stale == 1 and "a replay" in g.rollout.last_ignored
     # and after a restart (the decision is on disk)
     again = Gateway(site, g.key)
     _deliver(again, old_rollout)
-    assert again.rollout.state == "idle" and again.rollout.counters["stale"] == 1 and again.offered == []
+    assert again.rollout.state == "idle" and again.rollout.counters.stale == 1 and again.offered == []
 
 
 def test_an_older_model_needs_the_operators_word(agent_bundle, tmp_path, windows) -> None:
@@ -108,14 +108,14 @@ def test_a_rollout_that_hits_a_full_disk_waits_cleans_up_and_is_retried(agent_bu
         assert not [p for p in disk.iterdir() if ".rollout-" in p.name], "the staging folder is cleaned"
         time.sleep(0.3)
         g.stream(windows[:5])  # tried again: still full
-        assert g.rollout.state == "waiting" and g.rollout.counters["retries"] >= 1
+        assert g.rollout.state == "waiting" and g.rollout.counters.retries >= 1
         filler.unlink()  # space comes back
         deadline = time.monotonic() + 10
         while g.rollout.state != "serving" and time.monotonic() < deadline:
             g.stream(windows[:25])
             time.sleep(0.1)
         assert g.rollout.state == "serving" and g.model.bundle.version == "v2", g.rollout.reason
-        assert g.rollout.counters["rejected"] == 0
+        assert g.rollout.counters.rejected == 0
 
 
 def test_a_missing_chunk_times_out_as_configured_and_the_rollout_is_tried_again(agent_bundle, tmp_path,

@@ -33,6 +33,7 @@ class Running:
         self.agent = Agent(self.cfg, on_event=self.events.append,
                            on_window=lambda w, r, e: self.results.append(r), **kwargs)
         self.stop = threading.Event()
+        self.agent.start()  # the parts are up before the test acts
         self.thread = threading.Thread(target=self.agent.run, args=(self.stop,), daemon=True)
 
     def __enter__(self):
@@ -96,23 +97,23 @@ def test_hot_swap_accepts_good_bundles_and_rejects_bad_ones(tmp_path, agent_bund
         agent = run.agent
         first = agent.pipeline.bundle.version
         rewrite_bundle(bundle, version="v2")
-        assert wait_for(lambda: agent.sensor().counters.model.swaps == 1, 10)
+        assert wait_for(lambda: agent.sensor().counters.model_swaps == 1, 10)
         assert agent.pipeline.bundle.version == "v2"
 
         def bad_shape(m):
             m["tflite"]["input"]["shape"] = [1, 9, 16]
 
         rewrite_bundle(bundle, version="v3", manifest_edit=bad_shape)
-        assert wait_for(lambda: agent.sensor().counters.model.rejects == 1, 10)
+        assert wait_for(lambda: agent.sensor().counters.model_rejects == 1, 10)
         rewrite_bundle(bundle, version="v4", model=b"TFL3 not a model", base=agent_bundle)
-        assert wait_for(lambda: agent.sensor().counters.model.rejects == 2, 10)
+        assert wait_for(lambda: agent.sensor().counters.model_rejects == 2, 10)
         rewrite_bundle(bundle, version="v5", model=(agent_bundle / "model.tflite").read_bytes(), base=agent_bundle)
-        assert wait_for(lambda: agent.sensor().counters.model.swaps == 2, 10)
+        assert wait_for(lambda: agent.sensor().counters.model_swaps == 2, 10)
         manifest = json.loads((bundle / MANIFEST_FILE).read_text())
         manifest["model"]["version"] = "v6"
         manifest["tflite"]["sha256"] = "0" * 64  # a digest that does not match the model
         (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
-        assert wait_for(lambda: agent.sensor().counters.model.rejects == 3, 10)
+        assert wait_for(lambda: agent.sensor().counters.model_rejects == 3, 10)
         assert agent.pipeline.bundle.version == "v5" and first != "v5"
         assert agent.status()["sensors"]["pump-7"]["model_version"] == "v5"
 
@@ -124,7 +125,7 @@ def test_agent_refuses_a_corrupt_bundle_at_start(tmp_path, agent_bundle):
     (bundle / "model.tflite").write_bytes(bytes(blob))
     cfg = agent_config(tmp_path, bundle)
     with pytest.raises(BundleError, match="sha256"):
-        Agent(load_config(cfg))
+        Agent(load_config(cfg)).start()
     result = CliRunner().invoke(main, ["run", "--config", str(cfg)])
     assert result.exit_code == 1 and "sha256" in result.output
 
@@ -162,7 +163,7 @@ def test_calibrate_sets_the_device_threshold_until_cleared(tmp_path, agent_bundl
     assert record.n == 40 and record.method == b.threshold.method and record.bundle_version == b.version
     assert record.value > 0 and record.value != b.threshold.value
     assert calibration.threshold_in_force(tmp_path / "calibration.json", b, "pump-7") == (record.value, "calibration")
-    agent = Agent(load_config(cfg))
+    agent = Agent(load_config(cfg)).start()
     assert agent.pipeline.threshold == record.value and agent.status()["sensors"]["pump-7"]["threshold_source"] == "calibration"
     agent.close()
     rewrite_bundle(bundle, version="retrained")  # another model: the stored threshold no longer applies

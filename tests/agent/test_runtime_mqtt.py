@@ -42,6 +42,7 @@ def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle,
     pub = MqttConnection(mosquitto.host, mosquitto.port, "sensor")
     agent = Agent(cfg)
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     watcher.start()
     pub.start()

@@ -75,6 +75,7 @@ def _status(folder: Path) -> dict:
 
 def _run(agent: Agent):
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     return stop, thread

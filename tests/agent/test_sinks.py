@@ -78,6 +78,7 @@ def test_mqtt_sink_retained_state_reaches_a_late_subscriber(mosquitto: Broker) -
     with MqttConnection(mosquitto.host, mosquitto.port, "agent-a") as conn:
         assert conn.wait_connected(10)
         sink = MqttAlertSink(conn, "pump-7")
+        sink.start()
         try:
             sink.emit(make_event())
             sink.emit(make_event("escalated", "critical", 2.5, 704))
@@ -99,6 +100,7 @@ def test_mqtt_sink_keeps_the_latest_state_while_the_broker_is_away(mosquitto: Br
     conn = MqttConnection(mosquitto.host, mosquitto.port, "agent-b", reconnect_min_s=0.2, reconnect_max_s=1.0)
     conn.start()
     sink = MqttAlertSink(conn, "pump-7")
+    sink.start()
     try:
         assert conn.wait_connected(10)
         sink.emit(make_event())
@@ -139,6 +141,7 @@ def test_command_sink_runs_the_program_with_event_on_stdin_and_env(tmp_path: Pat
     script.write_text(RECORDER)
     out = tmp_path / "calls.jsonl"
     sink = CommandSink([sys.executable, str(script), str(out)], timeout_s=20)
+    sink.start()
     try:
         sink.emit(make_event())
         sink.emit(make_event("cleared", "normal", 0.125, 1024))
@@ -157,7 +160,9 @@ def test_command_sink_runs_the_program_with_event_on_stdin_and_env(tmp_path: Pat
 
 def test_command_sink_counts_failing_and_missing_programs(tmp_path: Path) -> None:
     failing = CommandSink([sys.executable, "-c", "import sys; sys.exit(3)"], timeout_s=20)
+    failing.start()
     missing = CommandSink([str(tmp_path / "no-such-program")], timeout_s=20)
+    missing.start()
     try:
         for sink in (failing, missing):
             sink.emit(make_event())
@@ -172,6 +177,7 @@ def test_command_sink_kills_a_hanging_program_and_never_blocks_emit(tmp_path: Pa
     started = tmp_path / "started"
     hang = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)"
     sink = CommandSink([sys.executable, "-c", hang], timeout_s=1.0, queue_size=1)
+    sink.start()
     try:
         sink.emit(make_event())
         assert wait_for(started.exists)  # the worker is now stuck in the program
@@ -193,10 +199,11 @@ class ExplodingSink:
 def test_dispatcher_isolates_a_failing_sink(tmp_path: Path) -> None:
     path = tmp_path / "alerts.jsonl"
     jsonl = JsonlSink(path)
+    jsonl.start()
     dispatcher = AlertDispatcher([ExplodingSink(), jsonl, LogSink()])
     dispatcher.emit(make_event())
     dispatcher.emit(make_event("cleared", "normal", 0.1))
-    dispatcher.close()
+    jsonl.close()
     assert dispatcher.failures == {"0:ExplodingSink": 2, "1:JsonlSink": 0, "2:LogSink": 0}
     assert dispatcher.delivered == {"0:ExplodingSink": 0, "1:JsonlSink": 2, "2:LogSink": 2}
     assert len(path.read_text().splitlines()) == 2
@@ -209,9 +216,9 @@ def test_connection_refused_by_the_broker_is_never_reported_up(tmp_path: Path) -
     conn = MqttConnection(broker.host, broker.port, "intruder", reconnect_min_s=0.2, reconnect_max_s=0.5)
     try:
         conn.start()
-        assert wait_for(lambda: conn.refused_connects >= 2)  # refused, retried, refused again
-        assert not conn.connected and conn.connects == 0
-        assert conn.publish("vib/x/alert", b"{}", qos=1) is None and conn.publish_refused == 1
+        assert wait_for(lambda: conn.counters.refused_connects >= 2)  # refused, retried, refused again
+        assert not conn.connected and conn.counters.connects == 0
+        assert conn.publish("vib/x/alert", b"{}", qos=1) is None and conn.counters.publish_refused == 1
     finally:
         conn.stop()
         broker.stop()
@@ -232,4 +239,4 @@ def test_a_failing_message_handler_is_contained(mosquitto: Broker) -> None:
         for p in (b"bad", b"good"):
             pub.publish("t/x", p, qos=1)
         assert wait_for(lambda: b"good" in seen)
-        assert sub.callback_errors == 1 and sub.connected
+        assert sub.counters.callback_errors == 1 and sub.connected

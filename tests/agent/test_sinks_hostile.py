@@ -24,6 +24,7 @@ def small_fs(tmp_path: Path):
 def test_alerts_held_back_by_a_full_disk_are_written_in_order_when_space_returns(small_fs: Path) -> None:
     path = small_fs / "alerts.jsonl"
     sink = JsonlSink(path, max_pending=100)
+    sink.start()
     dispatcher = AlertDispatcher([LogSink(), sink])
     events = [make_event(seq_end=640 + i) for i in range(40)]
     for e in events[:3]:
@@ -54,6 +55,7 @@ def test_alerts_held_back_by_a_full_disk_are_written_in_order_when_space_returns
 def test_a_full_queue_drops_the_oldest_waiting_alerts_and_counts_them(small_fs: Path) -> None:
     path = small_fs / "alerts.jsonl"
     sink = JsonlSink(path, max_pending=5)
+    sink.start()
     filler = fill(small_fs)
     events = [make_event(seq_end=i) for i in range(8)]
     for e in events:
@@ -88,7 +90,7 @@ RUN_SINK = (
     "import json, re, sys\n"
     "from edge_agent.sinks import CommandSink\n"
     "from tests.agent.test_sinks import make_event\n"
-    "sink = CommandSink([sys.executable, sys.argv[1]], timeout_s=120)\n"
+    "sink = CommandSink([sys.executable, sys.argv[1]], timeout_s=120)\nsink.start()\n"
     "sink.emit(make_event())\n"
     "assert sink.wait_idle(120)\n"
     "sink.close()\n"
@@ -117,6 +119,7 @@ def test_health_events_reach_the_command_with_their_own_environment(tmp_path: Pa
     code = ("import json, os, sys; json.dump({'stdin': json.load(sys.stdin), 'env': {k: v for k, v in os.environ.items()"
             f" if k.startswith(('EDGE_ALERT', 'EDGE_HEALTH'))}}}}, open({str(out)!r}, 'w'))")
     sink = CommandSink([sys.executable, "-c", code], timeout_s=30)
+    sink.start()
     try:
         sink.emit(HealthEvent("fault", "no_data", "pump-7", "no data for 61 s", 1.7e9, 1.7e9 + 61))
         assert sink.wait_idle(30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.config import MqttSource as MqttSourceConfig
+from edge_agent.config import MqttSection
 from edge_agent.contract import preprocess
 from edge_agent.contract.binary import encode_frame
 from edge_agent.contract.frames import Frame
@@ -20,7 +20,7 @@ from tests.waiting import wait_for
 
 def test_mqtt_source_reads_a_declared_json_mapping_and_refuses_oversized_payloads(mosquitto):
     topic = "iot-2/evt/status/fmt/json"
-    section = MqttSourceConfig(topic=topic, payload="json", fields=("x", "y", "z"))
+    section = MqttSection(topic=topic, payload="json", fields=("x", "y", "z"))
     conn = MqttConnection(mosquitto.host, mosquitto.port, "agent-json")
     src = MqttSource(conn, section.samples_topic("s1"), decoder=section.decoder())
     pub = _publisher(mosquitto)

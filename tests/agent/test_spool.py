@@ -44,7 +44,7 @@ def test_pending_records_survive_a_restart(tmp_path: Path) -> None:
 def test_full_by_count_evicts_the_oldest(tmp_path: Path) -> None:
     with Spool(tmp_path / "spool.db", max_bytes=10_000, max_records=5) as spool:
         ids = [spool.put("t", b"%d" % i) for i in range(8)]
-        assert len(spool) == 5 and spool.evicted == 3
+        assert len(spool) == 5 and spool.counters.evicted == 3
         assert [r.id for r in spool.peek(10)] == ids[3:]
 
 
@@ -52,10 +52,10 @@ def test_full_by_bytes_evicts_the_oldest(tmp_path: Path) -> None:
     with Spool(tmp_path / "spool.db", max_bytes=100, max_records=1000) as spool:
         ids = [spool.put("t", bytes(30)) for _ in range(5)]
         assert spool.bytes == 90 and len(spool) == 3
-        assert spool.evicted == 2 and spool.evicted_bytes == 60
+        assert spool.counters.evicted == 2 and spool.counters.evicted_bytes == 60
         assert [r.id for r in spool.peek(10)] == ids[2:]
         spool.put("t", bytes(100))  # exactly the limit: everything older goes
-        assert len(spool) == 1 and spool.bytes == 100 and spool.evicted == 5
+        assert len(spool) == 1 and spool.bytes == 100 and spool.counters.evicted == 5
 
 
 def test_bad_records_are_refused_and_lose_nothing(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_bad_records_are_refused_and_lose_nothing(tmp_path: Path) -> None:
             spool.put("t", bytes(101))
         with pytest.raises(UploadError, match="topic"):
             spool.put("", b"x")
-        assert [r.payload for r in spool.peek(10)] == [b"keep"] and spool.evicted == 0
+        assert [r.payload for r in spool.peek(10)] == [b"keep"] and spool.counters.evicted == 0
 
 
 def test_concurrent_puts_from_several_threads(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def _files(d: Path) -> list[str]:
 
 def test_a_write_transaction_in_the_sqlite3_shell_is_waited_for_never_taken_for_corruption(tmp_path):
     path = tmp_path / "spool.sqlite"
-    spool = Spool(path, 100_000, 100)
+    spool = Spool(path, 100_000, 100).open()
     ids = [spool.put("t", b"rec-%d" % i) for i in range(3)]
     shell = Shell(path)
     try:
@@ -71,7 +71,7 @@ def test_a_write_transaction_in_the_sqlite3_shell_is_waited_for_never_taken_for_
         t0 = time.monotonic()
         assert spool.put("t", b"rec-3") == 0  # waits in memory, in order
         assert time.monotonic() - t0 < 2.0  # the scoring thread is not held up
-        assert spool.waiting == 1 and len(spool) == 4 and spool.lock_waits >= 1
+        assert spool.waiting == 1 and len(spool) == 4 and spool.counters.lock_waits >= 1
         assert [r.payload for r in spool.peek(10)] == [b"rec-0", b"rec-1", b"rec-2"]  # readers are not blocked
         assert spool.flush() == 1
         assert shell.run("SELECT COUNT(*) FROM records;") == ["3"]
@@ -81,7 +81,7 @@ def test_a_write_transaction_in_the_sqlite3_shell_is_waited_for_never_taken_for_
     assert spool.flush() == 0 and spool.waiting == 0
     recs = spool.peek(10)
     assert [r.payload for r in recs] == [b"rec-0", b"rec-1", b"rec-2", b"rec-3"] and recs[3].id > ids[-1]
-    assert spool.quarantined == 0 and _files(tmp_path) == ["spool.sqlite", "spool.sqlite.lock"]
+    assert spool.counters.quarantined == 0 and _files(tmp_path) == ["spool.sqlite", "spool.sqlite.lock"]
     spool.close()
 
 
@@ -95,8 +95,8 @@ def test_a_spool_locked_at_start_is_opened_later_and_keeps_its_records(tmp_path,
         assert shell.run("PRAGMA journal_mode=DELETE;") == ["delete"]
         shell.run("BEGIN EXCLUSIVE;")
         with caplog.at_level(logging.WARNING, logger="edge_agent.spool"):
-            spool = Spool(path, 100_000, 100)
-        assert spool.quarantined == 0 and spool.recovered_from is None and spool.lock_waits >= 1
+            spool = Spool(path, 100_000, 100).open()
+        assert spool.counters.quarantined == 0 and spool.recovered_from is None and spool.counters.lock_waits >= 1
         assert any("locked by another program" in r.getMessage() for r in caplog.records)
         assert spool.put("t", b"rec-3") == 0
         with pytest.raises(UploadError, match="locked"):
@@ -126,7 +126,7 @@ def test_a_path_that_is_not_a_spool_is_refused_and_left_alone(tmp_path, what):
         db.close()
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
     with pytest.raises(UploadError, match="not an SQLite database|another program|is a directory"):
-        Spool(path, 1000, 10)
+        Spool(path, 1000, 10).open()
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
     assert after == before
 
@@ -140,16 +140,16 @@ def test_real_corruption_is_quarantined_counted_and_a_fresh_spool_started(tmp_pa
         f.seek(3 * 4096)
         f.write(os.urandom(2 * 4096))
     with caplog.at_level(logging.ERROR, logger="edge_agent.spool"), Spool(path, 1000, 10) as spool:
-        assert spool.quarantined == 1 and spool.recovered_from is not None and spool.recovered_from.exists()
+        assert spool.counters.quarantined == 1 and spool.recovered_from is not None and spool.recovered_from.exists()
         assert len(spool) == 0
         spool.put("t", b"fresh")
         assert [r.payload for r in spool.peek(1)] == [b"fresh"]
     assert any("is corrupt" in r.getMessage() for r in caplog.records)
     with Spool(path, 1000, 10) as spool:
-        assert spool.recovered_from is None and spool.quarantined == 0 and len(spool) == 1
+        assert spool.recovered_from is None and spool.counters.quarantined == 0 and len(spool) == 1
 
 
-HOLD = ("import sys\nfrom edge_agent.spool import Spool\nspool = Spool(sys.argv[1])\nprint('held', flush=True)\n"
+HOLD = ("import sys\nfrom edge_agent.spool import Spool\nspool = Spool(sys.argv[1]).open()\nprint('held', flush=True)\n"
         "sys.stdin.read()\n")
 
 
@@ -160,7 +160,7 @@ def test_two_agents_on_one_spool_are_refused_and_a_dead_holder_is_taken_over(tmp
     try:
         assert other.stdout.readline().strip() == "held"
         with pytest.raises(UploadError, match=f"in use by another edge-agent \\(pid {other.pid}"):
-            Spool(path)
+            Spool(path).open()
         other.send_signal(signal.SIGKILL)  # it dies without cleaning up: its lock file stays, its flock does not
         other.wait(10)
     finally:
@@ -179,15 +179,15 @@ def test_the_agent_names_uploads_spool_path_when_it_is_refused(tmp_path, agent_b
     check = CliRunner().invoke(main, ["validate-config", str(cfg)])
     assert check.exit_code == 1 and "uploads.spool_path" in check.output and "not an SQLite database" in check.output
     with pytest.raises(UploadError, match="uploads.spool_path: .*not an SQLite database"):
-        Agent(load_config(cfg))
+        Agent(load_config(cfg)).start()
     assert notes.read_text() == "the operator's notes\n" and sorted(p.name for p in tmp_path.iterdir()) == [
         "agent.toml", "notes.txt"]
     cfg = agent_config(tmp_path, agent_bundle, mqtt={"host": "127.0.0.1", "port": 1},
                        uploads={"enabled": True, "spool_path": str(tmp_path / "spool.sqlite")})
-    first = Agent(load_config(cfg))
+    first = Agent(load_config(cfg)).start()
     try:
         with pytest.raises(UploadError, match=f"uploads.spool_path: .*in use by another edge-agent \\(pid {os.getpid()}"):
-            Agent(load_config(cfg))
+            Agent(load_config(cfg)).start()
     finally:
         first.close()
-    Agent(load_config(cfg)).close()  # released at close
+    Agent(load_config(cfg)).start().close()  # released at close

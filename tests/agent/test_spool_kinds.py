@@ -17,18 +17,18 @@ def test_alerts_go_first_and_are_evicted_last(tmp_path: Path) -> None:
         assert [r.upload_id for r in spool.peek(3)] == ["id1", "id5", "id3"], "oldest first within a kind"
         for i in range(3):  # full: each new alert evicts the oldest normal window
             spool.put("vib/d/upload", b"a" * 100, "alert", f"new{i}")
-        assert spool.evicted_by_kind == {"normal": 3, "drift": 0, "calibration": 0, "alert": 0}
+        assert spool.counters.evicted_by_kind == {"normal": 3, "drift": 0, "calibration": 0, "alert": 0}
         assert [r.upload_id for r in spool.peek(8) if r.kind == "normal"] == ["id7"]
         for i in range(3):
             spool.put("vib/d/upload", b"a" * 100, "alert", f"more{i}")
         assert [r.kind for r in spool.peek(8)] == ["alert"] * 8, "the last normal, then drift, then calibration"
-        assert spool.evicted_by_kind == {"normal": 4, "drift": 1, "calibration": 1, "alert": 0}
+        assert spool.counters.evicted_by_kind == {"normal": 4, "drift": 1, "calibration": 1, "alert": 0}
         spool.put("vib/d/upload", b"n" * 100, "normal", "late")  # a normal window never evicts a more important one
-        assert "late" not in [r.upload_id for r in spool.peek(8)] and spool.evicted_by_kind["normal"] == 5
+        assert "late" not in [r.upload_id for r in spool.peek(8)] and spool.counters.evicted_by_kind["normal"] == 5
         big = b"x" * 9_000  # bytes bound: one big alert evicts what it takes, least important first
         spool.put("vib/d/upload", big, "alert", "big")
         assert spool.bytes <= 10_000 and "big" in [r.upload_id for r in spool.peek(8)]
-        assert spool.evicted_by_kind["alert"] == 1 and "id1" not in [r.upload_id for r in spool.peek(8)], \
+        assert spool.counters.evicted_by_kind["alert"] == 1 and "id1" not in [r.upload_id for r in spool.peek(8)], \
             "alerts go last, and then the oldest first"
 
 
@@ -89,13 +89,13 @@ def test_records_sent_before_the_clock_stepped_back_are_due_at_once(tmp_path):
     lib = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
     assert lib, "libfaketime is missing: `make setup` installs the Debian package faketime"
     path = tmp_path / "spool.sqlite"
-    spool = Spool(path)
+    spool = Spool(path).open()
     for i in range(3):
         spool.put("vib/pump-1/upload", b"x" * 100, "normal", f"id-{i}")
     spool.mark_sent([r.id for r in spool.peek(10)])
     assert spool.peek(10, resend_after_s=300) == [], "sent just now: not due before the receipt timeout"
     spool.close()
-    code = ("import sys; from edge_agent.spool import Spool; s = Spool(sys.argv[1]); "
+    code = ("import sys; from edge_agent.spool import Spool; s = Spool(sys.argv[1]).open(); "
             "print(len(s.peek(10, resend_after_s=300))); s.close()")
     env = os.environ | {"LD_PRELOAD": lib[0], "FAKETIME": "-2d", "FAKETIME_DONT_RESET": "1"}
     out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=60)

@@ -48,6 +48,7 @@ def _file_status(tmp_path) -> dict:
 
 def _run(agent):
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     return stop, thread

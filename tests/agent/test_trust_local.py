@@ -42,6 +42,7 @@ def test_the_broker_password_never_reaches_an_alert_command(tmp_path, mosquitto,
     ))
     agent = Agent(cfg)
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     try:
@@ -103,5 +104,5 @@ def test_validate_config_refuses_the_spool_that_run_refuses(tmp_path, agent_bund
     check = CliRunner().invoke(main, ["validate-config", str(cfg_path)])
     assert check.exit_code == 1 and "uploads.spool_path" in check.output and "another program" in check.output
     with pytest.raises(UploadError, match="another program"):
-        Agent(load_config(cfg_path))
+        Agent(load_config(cfg_path)).start()
     assert other.read_bytes() == before, "never touched"

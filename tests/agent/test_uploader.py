@@ -66,7 +66,7 @@ def test_records_offered_while_the_broker_is_down_are_all_delivered_in_order(
 ) -> None:
     sub = Subscriber(mosquitto)
     conn = agent_connection(mosquitto).start()
-    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000, max_records=10_000)
+    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000, max_records=10_000).open()
     uploader = Uploader(spool, conn, batch=7, ack_timeout_s=5.0, backoff_min_s=0.1, backoff_max_s=1.0).start()
     try:
         assert conn.wait_connected(10)
@@ -78,14 +78,14 @@ def test_records_offered_while_the_broker_is_down_are_all_delivered_in_order(
         offered = list(range(60))
         rids = [uploader.offer(TOPIC, payload(i)) for i in offered]
         assert None not in rids
-        assert uploader.pending == 60 and uploader.sent == 1
+        assert uploader.pending == 60 and uploader.counters.sent == 1
 
         mosquitto.start()
         ids = sub.collect(set(offered))
         assert set(ids) - {-1} == set(offered), "lost or unknown records"
         assert first_occurrences(ids) == [-1, *offered], "out of order"
         assert wait_for(lambda: uploader.pending == 0)
-        assert uploader.sent == 61 and uploader.dropped == 0
+        assert uploader.counters.sent == 61 and uploader.counters.dropped == 0
     finally:
         uploader.stop()
         conn.stop()
@@ -96,21 +96,21 @@ def test_records_offered_while_the_broker_is_down_are_all_delivered_in_order(
 def test_broker_lost_in_the_middle_of_draining_loses_nothing(mosquitto: Broker, tmp_path: Path) -> None:
     sub = Subscriber(mosquitto)
     conn = agent_connection(mosquitto).start()
-    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000, max_records=10_000)
+    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000, max_records=10_000).open()
     uploader = Uploader(spool, conn, batch=20, ack_timeout_s=2.0, backoff_min_s=0.1, backoff_max_s=1.0)
     offered = list(range(400))
     try:
         for i in offered:
             uploader.offer(TOPIC, payload(i))
         uploader.start()
-        assert wait_for(lambda: uploader.sent >= 40)
+        assert wait_for(lambda: uploader.counters.sent >= 40)
         mosquitto.stop()  # usually with a batch in flight
         assert wait_for(lambda: not conn.connected)
         mosquitto.start()
         ids = sub.collect(set(offered))
         assert set(ids) == set(offered), "lost or unknown records"
         assert first_occurrences(ids) == offered, "out of order"
-        assert wait_for(lambda: uploader.pending == 0) and uploader.sent == 400
+        assert wait_for(lambda: uploader.pending == 0) and uploader.counters.sent == 400
     finally:
         uploader.stop()
         conn.stop()
@@ -124,7 +124,7 @@ def test_records_pending_from_a_previous_run_are_delivered_by_the_next(mosquitto
         for i in range(25):
             spool.put(TOPIC, payload(i))
     sub = Subscriber(mosquitto)
-    spool = Spool(path, max_bytes=10_000_000, max_records=100)
+    spool = Spool(path, max_bytes=10_000_000, max_records=100).open()
     assert len(spool) == 25
     conn = agent_connection(mosquitto).start()
     try:
@@ -142,16 +142,16 @@ def test_a_full_spool_keeps_the_newest_records_and_counts_the_evicted(mosquitto:
     sub = Subscriber(mosquitto)
     mosquitto.stop()
     conn = agent_connection(mosquitto).start()
-    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000, max_records=10)
+    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000, max_records=10).open()
     uploader = Uploader(spool, conn, batch=4, backoff_min_s=0.1, backoff_max_s=1.0).start()
     try:
         for i in range(25):
             assert uploader.offer(TOPIC, payload(i)) is not None
-        assert uploader.pending == 10 and spool.evicted == 15
+        assert uploader.pending == 10 and spool.counters.evicted == 15
         mosquitto.start()
         ids = sub.collect(set(range(15, 25)))
         assert first_occurrences(ids) == list(range(15, 25))
-        assert wait_for(lambda: uploader.pending == 0) and uploader.sent == 10
+        assert wait_for(lambda: uploader.pending == 0) and uploader.counters.sent == 10
     finally:
         uploader.stop()
         conn.stop()
@@ -165,7 +165,7 @@ def test_offer_refused_by_the_spool_is_counted_not_raised(tmp_path: Path) -> Non
         uploader = Uploader(spool, conn)
         assert uploader.offer(TOPIC, bytes(11)) is None
         assert uploader.offer(TOPIC, b"ok") is not None
-        assert uploader.dropped == 1 and uploader.pending == 1
+        assert uploader.counters.dropped == 1 and uploader.pending == 1
 
 
 def test_upload_policy_picks_one_window_per_period_only_when_normal() -> None:

@@ -42,14 +42,13 @@ def _get(port: int, path: str, method: str = "GET", host: str | None = None) -> 
 
 @pytest.fixture
 def agent(tmp_path, agent_bundle):
-    """An agent (not running) with two sensors, and its web server on a free port."""
+    """An agent started but not scoring (no ``run`` loop) with two sensors, and its web server on a free port."""
     links = {"pump-1": PtyLink(tmp_path / "tty1"), "fan-2": PtyLink(tmp_path / "tty2")}
-    agent = Agent(gateway_config(tmp_path, agent_bundle, links))
-    assert agent.web.start()
+    agent = Agent(gateway_config(tmp_path, agent_bundle, links)).start()
+    assert agent.web.port is not None
     try:
         yield agent
     finally:
-        agent.web.stop()
         agent.close()
         for link in links.values():
             link.close()
@@ -154,7 +153,7 @@ def test_a_taken_port_costs_the_page_not_the_agent(tmp_path, agent_bundle, degra
         with running(agent):
             for f in frames_of(degrading_samples[: 20_000 * 2], 1024):
                 links["pump-1"].send(f)
-            assert wait_for(lambda: agent.sensor("pump-1").pipeline.windows_scored > 0, 10)
+            assert wait_for(lambda: agent.sensor("pump-1").pipeline.counters.windows_scored > 0, 10)
             http_status = agent.status()["http"]
     finally:
         blocker.close()
@@ -224,7 +223,7 @@ def test_json_safe():
 
 def test_stale_snapshot_is_reported(agent):
     doc, age = agent.snapshot()
-    assert age == 0.0 and doc["sensors_total"] == 2
+    assert age < 5 and doc["sensors_total"] == 2
     agent._refresh_snapshot(time.monotonic() - 30)  # a scoring loop that stopped 30 s ago
     body = json.loads(_get(agent.web.port, "/api/status")[2])
     assert body["gateway"]["status_age_s"] >= 30

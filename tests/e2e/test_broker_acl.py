@@ -101,7 +101,7 @@ def test_example_brokers_with_generated_acls(tmp_path: Path) -> None:
         clients += [agent, sensor, dashboard, hall4_bridge, *anonymous]
         assert agent.conn.wait_subscribed(10) and dashboard.conn.wait_subscribed(10)
         assert sensor.conn.wait_connected(10) and hall4_bridge.conn.wait_connected(10)
-        assert wait_for(lambda: all(a.conn.refused_connects > 0 for a in anonymous), 10), "no anonymous client"
+        assert wait_for(lambda: all(a.conn.counters.refused_connects > 0 for a in anonymous), 10), "no anonymous client"
         assert not any(a.conn.connected for a in anonymous)
         assert wait_for(lambda: any(t == topics.bridge_topic("hall-3") and p == b"1" for t, p in dashboard.got), 15), \
             "the bridge logged in on both sides (its notification reached the gateway)"

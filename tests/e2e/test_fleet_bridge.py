@@ -52,7 +52,7 @@ def test_uplink_cut_and_restored_loses_nothing(tmp_path: Path) -> None:
     gateway = Broker(tmp_path / "gateway", extra_conf=bridge_conf(central))
     gateway.start()
     collector = CollectorThread(central.address, tmp_path / "dataset")
-    spool = Spool(tmp_path / "spool.sqlite")
+    spool = Spool(tmp_path / "spool.sqlite").open()
     connection = MqttConnection(*gateway.address, "edge-agent-gw-test", reconnect_min_s=0.2, reconnect_max_s=1)
     uploader = Uploader(spool, connection, batch=20, backoff_min_s=0.1, backoff_max_s=1)
     sent: list[bytes] = []

@@ -112,6 +112,7 @@ def test_rollouts_to_a_gateway_streaming_at_full_rate(tmp_path, agent_bundle) ->
     samples = signals.generate(signals.make_source("bearing", state="healthy", preset="ims", seed=4), RATE * 25)
     agent = Agent(cfg)
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     runner.start()
     sensor = agent.sensor()
@@ -127,7 +128,7 @@ def test_rollouts_to_a_gateway_streaming_at_full_rate(tmp_path, agent_bundle) ->
             ("corrupt chunk", {"corrupt": True}, "signed it"),  # "no trusted key signed it" (before its metadata)
             ("wrong shape", {"shape": [1, 16, 16]}, "this sensor's model takes"),  # signed: refused for a reason
         ):
-            scored = sensor.pipeline.windows_scored
+            scored = sensor.pipeline.counters.windows_scored
             ignored = state()["ignored"]
             signer = Ed25519PrivateKey.generate() if case == "foreign key" else key
             raw_publish(broker, rollout_messages(new, signer, **kwargs))
@@ -138,14 +139,14 @@ def test_rollouts_to_a_gateway_streaming_at_full_rate(tmp_path, agent_bundle) ->
                 assert wait_for(lambda r=reason, n=ignored: state()["ignored"] > n and r in (
                     state()["last_ignored"] or ""), timeout=15), (case, state())
                 assert state()["state"] in ("idle", "received"), (case, state())
-            assert wait_for(lambda s=scored: sensor.pipeline.windows_scored > s + 5, timeout=10), \
+            assert wait_for(lambda s=scored: sensor.pipeline.counters.windows_scored > s + 5, timeout=10), \
                 f"{case}: the old model keeps scoring"
             assert sensor.pipeline.bundle.version == old and json.loads(
                 (bundle / "manifest.json").read_text())["model"]["version"] == old
         raw_publish(broker, rollout_messages(new, key))
         assert wait_for(lambda: state()["state"] == "serving" and sensor.pipeline.bundle.version == new_version(new),
                         timeout=30), state()
-        assert state()["shadow_windows"] == 30 and sensor.counters.model.swaps == 1
+        assert state()["shadow_windows"] == 30 and sensor.counters.model_swaps == 1
         stream.close()
         assert stream.sent > RATE * 20
         assert wait_for(lambda: sensor.pipeline.windower.counters.samples_in == stream.sent, timeout=20), \
@@ -207,7 +208,7 @@ def test_agent_killed_while_spooling_reopens_intact_and_resumes(tmp_path, agent_
         stream.close()
         with Spool(spool_path) as spool:  # the lock of a dead process is taken over; quick_check passes
             records = spool.peek(100_000, resend_after_s=0)
-            assert len(records) == len(spool) > 40 and spool.quarantined == 0
+            assert len(records) == len(spool) > 40 and spool.counters.quarantined == 0
             ids = {decode_record(r.payload).id for r in records}
             assert {r.kind for r in records} == {"calibration"} and len(ids) == len(records)
 

@@ -26,7 +26,7 @@ def test_broker_stopped_mid_upload_every_window_arrives_once(tmp_path: Path) -> 
     broker = Broker(tmp_path / "central", extra_conf="allow_anonymous true\nmax_queued_messages 0\n")
     broker.start()
     collector = CollectorThread(broker.address, tmp_path / "dataset")
-    spool = Spool(tmp_path / "spool.sqlite")
+    spool = Spool(tmp_path / "spool.sqlite").open()
     connection = MqttConnection(*broker.address, "edge-agent-gw", reconnect_min_s=0.2, reconnect_max_s=1)
     uploader = Uploader(spool, connection, batch=20, backoff_min_s=0.1, backoff_max_s=1, ack_timeout_s=2,
                         receipts=True, receipt_timeout_s=5, receipt_keys=keyring([COLLECTOR_KEY.public_key()]))
@@ -43,13 +43,13 @@ def test_broker_stopped_mid_upload_every_window_arrives_once(tmp_path: Path) -> 
         uploader.start()
         for p in payloads:
             uploader.offer("vib/pump-1/upload", p, "normal", decode_record(p).id)
-        assert wait_for(lambda: uploader.confirmed > 50, timeout=20)
+        assert wait_for(lambda: uploader.counters.confirmed > 50, timeout=20)
         broker.stop()  # mid-upload: records in flight, PUBACKs lost, the collector cut off too
-        assert uploader.confirmed < len(payloads), "the stop came too late to test anything"
+        assert uploader.counters.confirmed < len(payloads), "the stop came too late to test anything"
         broker.start()
         assert wait_for(lambda: len(spool) == 0 and len(collector.ids()) == len(payloads), timeout=60), \
             f"{len(collector.ids())} of {len(payloads)} collected, {len(spool)} still spooled"
-        assert wait_for(lambda: uploader.confirmed == len(payloads), timeout=5), \
+        assert wait_for(lambda: uploader.counters.confirmed == len(payloads), timeout=5), \
             "each record left the spool when a receipt named it"
     finally:
         uploader.stop()

@@ -104,6 +104,7 @@ def test_broker_restart_agent_reconnects_resubscribes_and_republishes(tmp_path, 
         status={"every_s": 0.2, "file": str(tmp_path / "status.json"), "mqtt": True}))
     agent = Agent(cfg)
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     availability: list[bytes] = []
     from edge_agent.contract.binary import encode_frame, int16_scale
@@ -124,7 +125,7 @@ def test_broker_restart_agent_reconnects_resubscribes_and_republishes(tmp_path, 
             send(pub, 0)
             assert wait_for(lambda: agent.pipeline.windower.counters.samples_in >= len(x), 20)
         mosquitto.restart()
-        assert wait_for(lambda: agent.connection.connects >= 2 and agent.wait_ready(0.1), 30), \
+        assert wait_for(lambda: agent.connection.counters.connects >= 2 and agent.wait_ready(0.1), 30), \
             agent.status()["mqtt"]
         watcher = MqttConnection(mosquitto.host, mosquitto.port, "watcher",
                                  subscriptions=[("vib/gateway/pump-7/availability", 1)],
@@ -235,17 +236,18 @@ def test_serial_unplug_and_replug_agent_keeps_scoring(tmp_path, agent_bundle):
     sensor = Sensor(tmp_path / "ttyS")
     agent = Agent(cfg)
     stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
     thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     thread.start()
     sensor.start()
     try:
-        assert wait_for(lambda: agent.pipeline.windows_scored > 10, 20)
+        assert wait_for(lambda: agent.pipeline.counters.windows_scored > 10, 20)
         sensor.link.disconnect()
         assert wait_for(lambda: agent.status()["sensors"]["pump-7"]["read_errors"]
                         + agent.status()["sensors"]["pump-7"]["open_failures"] >= 1, 10)
         sensor.link.reconnect()
-        scored = agent.pipeline.windows_scored
-        assert wait_for(lambda: agent.pipeline.windows_scored > scored + 10, 20), agent.status()
+        scored = agent.pipeline.counters.windows_scored
+        assert wait_for(lambda: agent.pipeline.counters.windows_scored > scored + 10, 20), agent.status()
         s = agent.status()["sensors"]["pump-7"]
     finally:
         stop.set()

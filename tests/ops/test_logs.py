@@ -47,8 +47,8 @@ def test_agent_logs_json_and_rate_limits_a_flood_of_bad_input(tmp_path, agent_bu
     agent = AgentProcess(cfg, options=("--log-format", "json"))
     x = signals.generate(signals.make_source("bearing", state="healthy", preset="ims", seed=5), 256 * 400)
     try:
-        assert agent.wait_line(r"^edge-agent: device pump-7", 60), agent.output()
-        assert agent.wait_line(r"open \(binary\)", 10), agent.output()
+        assert agent.wait_line(r"open \(binary\)", 60), agent.output()  # the port opens at start
+        assert agent.wait_line(r"^edge-agent: device pump-7", 10), agent.output()
         frames = [encode_frame(a, x[a : a + 256], scale=int16_scale(10.0)) for a in range(0, len(x), 512)]
         for i in range(0, len(frames), 10):
             link.send(b"".join(frames[i : i + 10]))

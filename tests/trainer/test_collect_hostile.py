@@ -182,7 +182,7 @@ def test_only_a_collectors_signed_receipt_deletes_spooled_records(central, tmp_p
     """Break 6: a client on the gateway's broker sent receipts for records never collected; they were dropped.
     Now a receipt must be signed by a trusted collector key, for the device of its topic, and name records that
     were sent; anything else deletes nothing and is counted."""
-    spool = Spool(tmp_path / "spool.sqlite")
+    spool = Spool(tmp_path / "spool.sqlite").open()
     connection = MqttConnection(*central.address, "edge-agent-gw-a", reconnect_min_s=0.2, reconnect_max_s=1)
     uploader = Uploader(spool, connection, batch=10, receipts=True, receipt_timeout_s=300,
                         receipt_keys=keyring([COLLECTOR_KEY.public_key()]))
@@ -205,21 +205,21 @@ def test_only_a_collectors_signed_receipt_deletes_spooled_records(central, tmp_p
         ]
         for f in forged:
             forger.send(receipt_topic("pump-a"), f)
-        assert wait_for(lambda: uploader.receipts_refused == len(forged), 10), uploader.receipts_refused
-        assert len(spool) == 36 and uploader.confirmed == 0, "nothing was deleted"
-        assert "for device 'pump-b' arrived on pump-a's topic" in uploader.last_receipt_refused
+        assert wait_for(lambda: uploader.counters.receipts_refused == len(forged), 10), uploader.counters.receipts_refused
+        assert len(spool) == 36 and uploader.counters.confirmed == 0, "nothing was deleted"
+        assert "for device 'pump-b' arrived on pump-a's topic" in uploader.counters.last_receipt_refused
         # the real collector's receipts: what it stored is confirmed, what it refused is rejected
         collector = CollectorThread(central.address, tmp_path / "ds", flush_s=0.1)
         spool.close()
         uploader.stop()
-        spool = Spool(tmp_path / "spool.sqlite")
+        spool = Spool(tmp_path / "spool.sqlite").open()
         uploader = Uploader(spool, connection, batch=10, receipts=True, receipt_timeout_s=5,
                             receipt_keys=keyring([COLLECTOR_KEY.public_key()])).start()
         connection.subscribe(receipt_topic("pump-a"), 1, lambda msg: uploader.on_receipt("pump-a", msg.payload))
         good = _record(99)
         uploader.offer(upload_topic("pump-a"), _forge(good, sample_rate=1e-300), "normal", decode_record(good).id)
         assert wait_for(lambda: len(spool) == 0, 30), f"{len(spool)} still spooled"
-        assert uploader.confirmed == 36 and uploader.rejected == 1 and "sample_rate" in uploader.last_rejected
+        assert uploader.counters.confirmed == 36 and uploader.counters.rejected == 1 and "sample_rate" in uploader.counters.last_rejected
         collector.stop()
     finally:
         forger.close()
