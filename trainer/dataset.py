@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from edge_agent.contract.errors import AgentError
 from edge_agent.contract.recordings import DataFormatError, Recording, Segment
 from edge_agent.contract.recordings.recording import as_time
 from edge_agent.contract.upload_record import KINDS, UploadRecord
@@ -127,7 +128,7 @@ class WriteStats:
     bytes: int = 0  # of the files written
 
 
-class IdConflict(ValueError):
+class IdConflict(AgentError, ValueError):
     """A record whose (device, id) the dataset already holds with other content."""
 
 

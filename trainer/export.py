@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edge_agent.contract.errors import AgentError
 from edge_agent.scorer import TFLiteModel
 from trainer.tflite_eval import CLEAR_MARGIN, latency, model_ops, non_builtin_ops, parity, tensor_info
 
@@ -50,7 +51,7 @@ MAX_16X8_P50_US = 1000.0
 REPRESENTATIVE_MAX = 500
 
 
-class ExportError(RuntimeError):
+class ExportError(AgentError, RuntimeError):
     """An exported model that must not be served (non-builtin ops, failed parity)."""
 
 

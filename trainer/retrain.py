@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from edge_agent.contract import preprocess
 from edge_agent.contract.bundle import Bundle, write_bundle
+from edge_agent.contract.errors import AgentError
 from edge_agent.contract.recordings import Recording, Segment, load
 from edge_agent.scorer import Scorer
 from trainer import dataset
@@ -49,7 +50,7 @@ from trainer import dataset
 log = logging.getLogger(__name__)
 
 
-class RetrainRefused(ValueError):
+class RetrainRefused(AgentError, ValueError):
     """The retrained model fails the gate (and ``force`` was not given): ``reason`` (one line), ``comparison``."""
 
     def __init__(self, reason: str, comparison: dict) -> None:

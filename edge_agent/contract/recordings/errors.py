@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 
+from edge_agent.contract.errors import AgentError
 
-class DataFormatError(ValueError):
+
+class DataFormatError(AgentError, ValueError):
     """Malformed input data.
 
     Attributes:
