@@ -1,7 +1,7 @@
 """``edge-agent``: run the gateway agent, check its config, calibrate, show status, replay recordings.
 
     edge-agent run --config agent.toml
-    edge-agent validate-config agent.toml
+    edge-agent validate-config --config agent.toml                        (or validate-config agent.toml)
     edge-agent calibrate --config agent.toml [--sensor DEVICE] --windows 200      (or --clear)
     edge-agent status [--config agent.toml | --file status.json] [--sensor DEVICE] [--json]
     edge-agent deploy NEW_BUNDLE (--to DIR | --config agent.toml [--sensor DEVICE])
@@ -62,13 +62,23 @@ def main(ctx: click.Context, verbose: int, log_format: str | None) -> None:
 
 
 @main.command("validate-config")
-@click.argument("config", type=click.Path(path_type=Path))
-def validate_config(config: Path) -> None:
-    """Check a config file and every bundle it names: exit 0 if the agent can run on them, else 1 with the reasons."""
+@click.argument("config_arg", metavar="[FILE]", required=False, type=click.Path(path_type=Path))
+@click.option("--config", "config", type=click.Path(path_type=Path),
+              help="Agent config (TOML); the same as giving FILE, as the other commands take it.")
+def validate_config(config_arg: Path | None, config: Path | None) -> None:
+    """Check a config file and every bundle it names: exit 0 if the agent can run on them, else 1 with the reasons.
+
+    The file: --config FILE (as run, doctor and status take it) or FILE; the two are equivalent.
+    """
     from edge_agent import calibration
     from edge_agent.config import check_path
     from edge_agent.contract.bundle import Bundle
 
+    if config is not None and config_arg is not None and config != config_arg:
+        raise click.UsageError(f"two configs given ({config_arg} and --config {config}): give one")
+    config = config or config_arg
+    if config is None:
+        raise click.UsageError("give the config: edge-agent validate-config --config FILE (or FILE)")
     cfg = _load(config)
     problems, lines = [], []
     for i, s in enumerate(cfg.sensors):
