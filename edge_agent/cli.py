@@ -281,19 +281,39 @@ def broker_acl(config: Path, side: str, services: bool) -> None:
     click.echo(acl.local(cfg) if side == "local" else acl.central(cfg, services), nl=False)
 
 
+def _status_config() -> Path:
+    """The config ``status`` reads without --config/--file: ./agent.toml, else the one ``edge-agent install`` set up
+    (the unit's --config, default /etc/edge-agent/agent.toml); which one is said on stderr."""
+    from edge_agent.install import installed_config
+
+    here, installed = Path("agent.toml"), installed_config()
+    for path, what in ((here, "in this directory"), (installed, "the installed service's config")):
+        try:
+            path.stat()
+        except PermissionError:
+            raise click.ClickException(f"{path} ({what}): this user may not read it (the installed config is for root "
+                                       "and the edge-agent group): sudo edge-agent status") from None
+        except OSError:
+            continue
+        click.echo(f"status: reading {path.absolute()} ({what})", err=True)
+        return path
+    raise click.ClickException(f"no config found: looked for {here.absolute()} and {installed} (the installed "
+                               "service's); give --config FILE or --file STATUS.json")
+
+
 @main.command()
-@click.option("--config", "config", type=click.Path(path_type=Path), help="Read the status file named in the config.")
+@click.option("--config", "config", type=click.Path(path_type=Path),
+              help="Read the status file named in this config (default: ./agent.toml, else the installed config, "
+                   "/etc/edge-agent/agent.toml).")
 @click.option("--file", "file", type=click.Path(path_type=Path), help="Status file to print.")
 @click.option("--sensor", "device", default=None, help="Print every field of this sensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole status document as JSON.")
 def status(config: Path | None, file: Path | None, device: str | None, as_json: bool) -> None:
     """Print the running agent's status: the gateway, then one row per sensor (or every field of one)."""
     if file is None:
-        if config is None:
-            config = Path("agent.toml")
-        cfg = _load(config)
+        cfg = _load(config or _status_config())
         if not cfg.status.file:
-            raise click.ClickException(f"{config}: status.file is not set")
+            raise click.ClickException(f"{cfg.path}: status.file is not set")
         file = cfg.resolve(cfg.status.file)
     try:
         doc = json.loads(file.read_text(encoding="utf-8"))

@@ -74,6 +74,18 @@ def systemd_version() -> int | None:
     return int(m[1]) if m else None
 
 
+def installed_config(root: Path = Path("/")) -> Path:
+    """The config the installed service runs with: the ``--config`` of the unit's ``ExecStart`` (an install with
+    ``--config FILE`` put it there), else the default, ``/etc/edge-agent/agent.toml``. Under ``root``."""
+    unit = _under(root, Layout.unit)
+    try:
+        text = unit.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    m = re.search(r"^ExecStart=\S+ run --config (\S+)\s*$", text, re.MULTILINE)
+    return _under(root, Path(m[1]) if m and m[1].startswith("/") else Layout.config)
+
+
 def default_executable() -> Path:
     """This ``edge-agent`` (the venv's script next to the running Python)."""
     exe = Path(sys.executable).parent / "edge-agent"
