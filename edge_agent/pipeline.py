@@ -56,7 +56,8 @@ WindowCallback = Callable[[Window | None, WindowResult, "AlertEvent | None"], No
 PipelineState = Literal["calibrating", "normal", "warning", "critical"]
 
 
-def make_windower(bundle: Bundle, sample_rate: float | None = None, bridge_fraction: float = 0.0) -> Windower:
+def make_windower(bundle: Bundle, sample_rate: float | None = None, bridge_fraction: float = 0.0,
+                  device: str = "") -> Windower:
     """The windower for a bundle: range check from ``signal.range``; sample rate from ``signal.sample_rate``,
     the preprocessing spec, or else ``sample_rate`` (the config's ``source.sample_rate``); up to
     ``bridge_fraction`` of a window's samples may be missing (``windows.Windower``'s ``bridge``)."""
@@ -67,6 +68,7 @@ def make_windower(bundle: Bundle, sample_rate: float | None = None, bridge_fract
         value_range=float(value_range) if isinstance(value_range, int | float) and value_range > 0 else None,
         sample_rate=signal.get("sample_rate") or bundle.spec.sample_rate or sample_rate,
         bridge=int(bridge_fraction * bundle.spec.window_samples),
+        device=device,
     )
 
 
@@ -174,7 +176,7 @@ class Pipeline:
         self.sample_rate = sample_rate
         self.bridge_fraction = float(bridge_fraction)
         self.scorer = scorer or Scorer(bundle, num_threads=num_threads)
-        self.windower = make_windower(bundle, sample_rate, self.bridge_fraction)
+        self.windower = make_windower(bundle, sample_rate, self.bridge_fraction, device)
         self.clock = SampleClock(self.windower.sample_rate)
         self.alerts = AlertStateMachine(policy, clock=cooldown_clock or self.now)
         self.threshold = float(threshold)
@@ -338,7 +340,7 @@ class Pipeline:
         two models are not comparable)."""
         if bundle.spec != self.bundle.spec or bundle.manifest.get("signal") != self.bundle.manifest.get("signal"):
             counters, expected = self.windower.counters, self.windower.expected_seq
-            self.windower = make_windower(bundle, self.sample_rate, self.bridge_fraction)
+            self.windower = make_windower(bundle, self.sample_rate, self.bridge_fraction, self.device)
             self.windower.counters = counters
             self.windower.expected_seq = expected
             if self.windower.sample_rate != self.clock.rate:

@@ -20,8 +20,10 @@ class RateLimitedLog:
     Thread-safe.
     """
 
-    def __init__(self, log: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, log: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 prefix: str = ""):
         self._log = log
+        self._prefix = prefix.replace("%", "%%")  # every message starts with it (e.g. "sensor pump-7: ")
         self._interval = interval_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -40,7 +42,7 @@ class RateLimitedLog:
         if suppressed:
             msg = msg + " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self._log.log(level, msg, *args, exc_info=exc_info)
+        self._log.log(level, self._prefix + msg, *args, exc_info=exc_info)
 
     def warning(self, key: str, msg: str, *args: Any) -> None:
         self.log(logging.WARNING, key, msg, *args)

@@ -143,7 +143,9 @@ class Windower:
         sample_rate: float | None = None,
         with_stats: bool = True,
         bridge: int = 0,
+        device: str = "",
     ) -> None:
+        self.device = device  # named in every warning: a gateway has many sensors
         self.spec = spec
         self.value_range = value_range
         self.sample_rate = sample_rate or spec.sample_rate
@@ -169,7 +171,7 @@ class Windower:
         self.interp_max = max(1, int(INTERP_FRACTION * unit)) if self.bridge and self.gap_mode != "skip" else 0
         self._skips: deque[int] = deque(maxlen=spec.window)  # samples left out while each step was assembled
         self._skip_pending = 0  # left out in the step being assembled
-        self._ratelog = RateLimitedLog(log)
+        self._ratelog = RateLimitedLog(log, prefix=f"sensor {device}: " if device else "")
 
     # ------------------------------------------------------------------ control
     @property

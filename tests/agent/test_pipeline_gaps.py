@@ -11,8 +11,6 @@ from edge_agent.contract.frames import Frame
 from edge_agent.pipeline import Pipeline
 from tests.agent.pipeline_helpers import ONSET_S, RATE
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 
 def test_alert_is_raised_when_gaps_leave_fewer_than_k_windows_between_them(agent_bundle, degrading_samples):
     bundle = Bundle.load(agent_bundle)
@@ -91,3 +89,21 @@ def test_a_sensor_sending_nan_is_counted_but_does_not_page_anyone(agent_bundle, 
     assert pipeline.windower.counters.samples_over_range == 0
     assert pipeline.counters.windows_scored == 0 and pipeline.counters.over_range_spans == 0
     assert pipeline.alerts.state == "normal"
+
+
+def test_stream_warnings_name_the_sensor(agent_bundle, degrading_samples, caplog):
+    """On a gateway with many sensors a warning that does not say whose stream it is cannot be acted on."""
+    import logging
+
+    bundle = Bundle.load(agent_bundle)
+    pipeline = Pipeline(bundle, device="pump-9", threshold=bundle.threshold.value, policy=AlertPolicy())
+    x = np.ascontiguousarray(degrading_samples[:4096])
+    bad = x.copy()
+    bad[10] = np.nan
+    with caplog.at_level(logging.WARNING, logger="edge_agent.windows"):
+        pipeline.push(Frame(0, 0, x[:1024]))
+        pipeline.push(Frame(5000, 0, x[1024:2048]))  # 3976 samples never arrived
+        pipeline.push(Frame(6024, 0, np.ascontiguousarray(bad[:1024])))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("sensor pump-9: sequence gap") for m in lines), lines
+    assert any(m.startswith("sensor pump-9: 1 invalid samples") for m in lines), lines
