@@ -1,15 +1,15 @@
 """``trainer``: train and export a model bundle, or inspect one.
 
 ``main()`` configures logging once and dispatches to click commands; each command turns its
-options into typed objects and calls :func:`trainer.pipeline.run` (TensorFlow is imported only
-there, so ``trainer inspect`` stays light).
+options into typed objects and calls :func:`trainer.pipeline.run`. TensorFlow is imported (through
+:mod:`trainer.tfenv`) only once the inputs are checked, so a wrong file is refused at once and
+``trainer inspect`` stays light.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -114,7 +114,6 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
           validation_fraction: float, quantize: str, threshold_method: str, threshold_param: tuple[str, ...],
           seed: int, min_agreement: float, model_id: str | None, persistence: int, select: tuple[str, ...]) -> None:
     """Train on --data and write a verified bundle to --out."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     from trainer.dataset import is_dataset, parse_select
     from trainer.dataset import load as load_dataset
     from trainer.export import ExportError
@@ -237,7 +236,6 @@ for _command in _publish.commands():
 def evaluate(data_dir: Path, suite: Path | None, out: Path, only: str | None, epochs: int | None,
              no_baselines: bool) -> None:
     """Train with default options, replay through the gateway's pipeline, and score labelled recordings."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import fnmatch
 
     from trainer.evaluate.harness import discover, load_suite, run_suite

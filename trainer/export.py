@@ -21,17 +21,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import time
 import warnings
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from edge_agent.contract.errors import AgentError
 from edge_agent.scorer import TFLiteModel
+from trainer import tfenv
 from trainer.tflite_eval import CLEAR_MARGIN, latency, model_ops, non_builtin_ops, parity, tensor_info
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ def convert(model: keras.Model, quantization: str, representative: np.ndarray | 
     """
     if quantization not in VARIANTS:
         raise ValueError(f"unknown quantization {quantization!r}; choose one of {list(VARIANTS)}")
+    tf = tfenv.tensorflow()
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization == "float32":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -210,10 +213,3 @@ def choose_variant(variants: dict[str, dict], threshold: float, min_agreement: f
         served = "float32"
         reason = "; ".join(f"{n} not served ({c['why']})" for n, c in checks.items()) or "float32 only"
     return {"served": served, "reason": reason, "checks": checks}
-
-
-def quiet_tensorflow() -> None:
-    """Turn TensorFlow's C++ and Python logging down to errors (call before heavy TF work)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)

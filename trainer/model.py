@@ -20,8 +20,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import keras
+from trainer import tfenv
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ def build(config: ModelConfig, steps: int, n_features: int, batch_size: int | No
 
 
 def _lstm(config: ModelConfig, steps: int, n_features: int, batch_size: int | None, unroll: bool) -> keras.Model:
+    keras = tfenv.keras()
     layers = keras.layers
     inp = keras.Input((steps, n_features), batch_size=batch_size, name="window")
     x = inp
@@ -83,6 +88,7 @@ def _lstm(config: ModelConfig, steps: int, n_features: int, batch_size: int | No
 
 
 def _conv1d(config: ModelConfig, steps: int, n_features: int, batch_size: int | None) -> keras.Model:
+    keras = tfenv.keras()
     layers = keras.layers
     inp = keras.Input((steps, n_features), batch_size=batch_size, name="window")
     x = inp

@@ -41,7 +41,6 @@ from trainer.export import (
     choose_variant,
     convert,
     evaluate,
-    quiet_tensorflow,
 )
 from trainer.model import ModelConfig, export_clone
 from trainer.parity_sets import synthetic_anomalies
@@ -165,8 +164,10 @@ def labelled_windows(rec: Recording, ends: np.ndarray, window_rows: int) -> np.n
 
 
 def run(opts: TrainOptions) -> TrainResult:
-    """Train, export, verify and write the bundle to ``opts.out``. Raises ExportError/ValueError on failure."""
-    quiet_tensorflow()
+    """Train, export, verify and write the bundle to ``opts.out``. Raises ExportError/ValueError on failure.
+
+    The options and the data are checked (loaded, split, windowed) before TensorFlow is imported: a wrong input
+    is refused in about a second, not after TensorFlow's import."""
     t_start = time.monotonic()
     check_options(opts)
     rec = load_recording(opts)
@@ -236,7 +237,8 @@ def build_windows(rec: Recording, train_rec: Recording, n_train_rows: int, spec:
     everything = make_windows(rec, spec, scaler)  # the windows the gateway scores (served hop)
     if len(everything) == 0:
         longest = max(seg.n_rows for seg in rec.segments) // spec.block
-        raise ValueError(f"no windows: the longest segment has {longest} steps but a window needs {spec.window}")
+        raise ValueError(f"{rec.source}: no windows: the longest segment has {longest} steps ({spec.block} rows each) "
+                         f"but a window needs {spec.window}; give more rows or a smaller --window")
     is_train = everything.ends <= n_train_rows
     n_train_windows = int(is_train.sum())
     if not is_train[:n_train_windows].all():

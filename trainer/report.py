@@ -14,13 +14,19 @@ import json
 import logging
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 log = logging.getLogger(__name__)
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (imported on first use: loading data never needs it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 #: Default: a crossing counts as persistent when this many consecutive windows are above threshold.
 PERSISTENCE = 6
@@ -48,6 +54,7 @@ def _x(times: np.ndarray | None, ends: np.ndarray):
 
 
 def plot_loss(history: dict, path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     ax.plot(epochs, history.get("loss", []), label="training")
@@ -66,6 +73,7 @@ def plot_loss(history: dict, path: Path) -> None:
 
 def plot_histogram(groups: dict[str, np.ndarray], threshold: float, path: Path) -> None:
     """groups: label -> (n,) scores (empty groups are skipped)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     present = {k: np.asarray(v, np.float64) for k, v in groups.items() if len(v)}
     everything = np.concatenate(list(present.values())) if present else np.array([threshold])
@@ -90,6 +98,7 @@ def plot_timeline(scores: np.ndarray, times: np.ndarray | None, ends: np.ndarray
                   n_train: int, crossing: int | None, path: Path, title: str) -> None:
     """scores (W,) of the served model; the first ``n_train`` windows are the training period."""
     x, kind = _x(times, ends)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(x, scores, lw=0.9, label="score (served model)")
     ax.axhline(threshold, color="red", lw=1.2, label=f"threshold {threshold:.4g}")
@@ -163,6 +172,7 @@ def plot_replay(path: Path, rows: list, title: str = "") -> None:
     x = np.array([r.index_end for r in rows], dtype=np.float64)
     score = np.array([r.score for r in rows])
     thr = np.array([np.nan if r.threshold is None else r.threshold for r in rows])
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 4), dpi=100)
     ax.plot(x, score, lw=0.8, color="tab:blue", label="score")
     ax.step(x, thr, where="post", color="tab:red", lw=1.2, label="threshold")

@@ -472,13 +472,10 @@ def command():
                         select: tuple[str, ...], holdout: float, alert_margin_s: float, epochs: int | None, seed: int,
                         force: bool) -> None:
         """Retrain on the collected windows and compare with the current bundle; refuse a worse one."""
-        import os
-
         from edge_agent.contract.errors import BundleError
         from edge_agent.contract.recordings import DataFormatError
         from trainer.export import ExportError
 
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             flt = dataset.parse_select(select)
             result = retrain(RetrainOptions(dataset=dataset_path, current=current, out=out, select=flt,

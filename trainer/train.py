@@ -12,10 +12,9 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from edge_agent.contract.preprocess import (
     MinMaxScaler,
@@ -26,7 +25,11 @@ from edge_agent.contract.preprocess import (
     windows,
 )
 from edge_agent.contract.recordings import Recording
+from trainer import tfenv
 from trainer.model import ModelConfig, build
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -150,27 +153,30 @@ def split_validation_rows(ends: np.ndarray, window_rows: int, fraction: float,
     return np.asarray(train, np.int64), np.arange(first_val, n)
 
 
-class _EpochLog(keras.callbacks.Callback):
-    """One log line per epoch."""
+def _epoch_log(epochs: int) -> keras.callbacks.Callback:
+    """A Keras callback that logs one line per epoch."""
+    keras = tfenv.keras()
 
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs = epochs
-        self._t0 = 0.0
+    class EpochLog(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self._t0 = 0.0
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = time.monotonic()
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.monotonic()
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        log.info("epoch %d/%d  loss %.5f  val_loss %.5f  (%.1f s)", epoch + 1, self.epochs,
-                 logs.get("loss", float("nan")), logs.get("val_loss", float("nan")), time.monotonic() - self._t0)
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            log.info("epoch %d/%d  loss %.5f  val_loss %.5f  (%.1f s)", epoch + 1, epochs,
+                     logs.get("loss", float("nan")), logs.get("val_loss", float("nan")), time.monotonic() - self._t0)
+
+    return EpochLog()
 
 
 def set_seed(seed: int) -> None:
     """Seed Python, numpy and TensorFlow, and make TensorFlow ops deterministic."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    tfenv.keras().utils.set_random_seed(seed)
+    tfenv.tensorflow().config.experimental.enable_op_determinism()
 
 
 def fit(model_config: ModelConfig, train: np.ndarray, val: np.ndarray, config: FitConfig) -> tuple[keras.Model, dict]:
@@ -180,6 +186,7 @@ def fit(model_config: ModelConfig, train: np.ndarray, val: np.ndarray, config: F
     weights. Returns the trained model and its history ({"loss": [...], "val_loss": [...],
     "best_epoch": int, "epochs_run": int}).
     """
+    keras = tfenv.keras()
     set_seed(config.seed)
     _, steps_, n_features = train.shape
     model = build(model_config, steps_, n_features)
@@ -190,7 +197,7 @@ def fit(model_config: ModelConfig, train: np.ndarray, val: np.ndarray, config: F
     log.info("training %s %s on %d windows (%d validation), %d parameters", model_config.architecture,
              list(model_config.units), len(train), len(val), model.count_params())
     result = model.fit(train, train, validation_data=(val, val), epochs=config.epochs, batch_size=config.batch_size,
-                       shuffle=True, callbacks=[stop, slow_down, _EpochLog(config.epochs)], verbose=0)
+                       shuffle=True, callbacks=[stop, slow_down, _epoch_log(config.epochs)], verbose=0)
     hist = {k: [float(v) for v in vals] for k, vals in result.history.items()}
     val_loss = hist.get("val_loss", [])
     hist["best_epoch"] = int(np.argmin(val_loss)) + 1 if val_loss else len(hist.get("loss", []))
