@@ -13,11 +13,9 @@ from edge_agent import install
 from edge_agent.cli import main
 from tests.agent.pipeline_helpers import agent_config
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "ims-test2"
 
-
-def test_validate_config_takes_config_as_the_other_commands_do_and_file_as_before(tmp_path):
-    cfg = agent_config(tmp_path, BUNDLE)
+def test_validate_config_takes_config_as_the_other_commands_do_and_file_as_before(tmp_path, agent_bundle):
+    cfg = agent_config(tmp_path, agent_bundle)
     for argv in (["--config", str(cfg)], [str(cfg)], [str(cfg), "--config", str(cfg)]):
         result = CliRunner().invoke(main, ["validate-config", *argv])
         assert result.exit_code == 0, result.output
@@ -74,7 +72,7 @@ def test_status_reads_the_installed_config_when_there_is_no_agent_toml_here(tmp_
     assert f"status: reading {where} (the installed service's config)" in found.stderr
     assert "pump-1" in found.stdout and "uptime_s" in found.stdout
 
-    agent_config(here, BUNDLE, status={"file": str(tmp_path / "here-status.json")})
+    agent_config(here, here / "bundle", status={"file": str(tmp_path / "here-status.json")})
     (tmp_path / "here-status.json").write_text(json.dumps({"state": "running", "sensors": {"pump-7": {}}}))
     local = CliRunner().invoke(main, ["status", "--json"])
     assert local.exit_code == 0, local.output
