@@ -156,7 +156,7 @@ def config_skeleton(lay: Layout) -> str:
     state = lay.state_dir
     gateway = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0])[:64] or "gateway"
     return f"""\
-# edge-agent configuration (README: "Configuration"). Check it with
+# edge-agent configuration (docs/technician/sensors.md; every key: docs/reference/config.md). Check it with
 #   edge-agent validate-config {lay.config}
 #   edge-agent doctor --config {lay.config}
 # The service may write only under {state}; everything it writes goes there.

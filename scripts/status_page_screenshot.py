@@ -1,4 +1,5 @@
-"""The README's picture of the status page: three sensors streaming in real time, one of them failing.
+"""The status page's picture (README.md, docs/maintenance/status-page.md): three sensors streaming in real
+time, one of them failing.
 
     python scripts/status_page_screenshot.py [--bundle DIR] [--seconds 150] [--out docs/figures/status-page.png]
 

@@ -41,12 +41,12 @@ VARIANTS = ("float32", "int8", "16x8")
 #: What ``--quantize`` accepts: a variant, or ``auto`` (:func:`choose_variant`).
 QUANTIZE_CHOICES = ("auto", *VARIANTS)
 #: ``auto`` serves int8 only when the threshold spans at least this many int8 output steps. Measured
-#: (research notes, README "Quantization"): the int8 LSTM's score differs from Keras by 0.5-2.3 output
+#: (research notes; docs/central/train.md, "Served variant"): the int8 LSTM's score differs from Keras by 0.5-2.3 output
 #: steps on average and up to ~6-10 in the worst window, so below ~32 steps the int8 score cannot resolve
 #: the decisions near the threshold even when the parity windows happen to agree.
 MIN_INT8_THRESHOLD_STEPS = 32.0
 #: ``auto`` serves 16x8 only when its median per-window latency (quantize + invoke + dequantize + error,
-#: 1 thread) stays within the gateway's budget per window (README benchmark: <= 1 ms). The median, not the
+#: 1 thread) stays within the gateway's budget per window (docs/design/benchmarks.md: <= 1 ms). The median, not the
 #: p99: on a shared workstation the p99 measures the neighbours, and the choice must not flip with them.
 MAX_16X8_P50_US = 1000.0
 #: Most windows fed to the int8 calibrator.

@@ -12,7 +12,7 @@ Two builds of the same weights exist. :func:`build` with ``batch_size=None`` is 
 :func:`export_clone` rebuilds it with batch 1 and ``unroll=True`` LSTMs and copies the weights.
 Why: Keras 3 never emits TFLite's fused LSTM op; a rolled LSTM at batch 1 becomes WHILE loops
 (float only: full-int8 conversion segfaults the TF 2.21 calibrator), while an unrolled one becomes
-plain builtin ops in every variant, int8 included (see trainer/README_SECTION.md).
+plain builtin ops in every variant, int8 included (docs/central/train.md, "Model form", has the measurements).
 """
 
 from __future__ import annotations

@@ -61,11 +61,13 @@ log = logging.getLogger(__name__)
 
 #: Most held-out windows scored for parity (evenly spaced when there are more); synthetic ones come on top.
 PARITY_MAX_WINDOWS = 3000
-#: The bundle's threshold is at least this quantile of the training windows' own scores (README, "Threshold") ...
+#: The bundle's threshold is at least this quantile of the training windows' own scores
+#: (docs/central/train.md, "Threshold") ...
 TRAINING_QUANTILE = 0.99
 #: ... lowered so that this many isolated events (a spike, a glitch: each in every training window that covers
-#: it) stay above the floor: they do not make the healthy period's own level (README, "Threshold": 1 lets one
-#: 3-row burst in NAB-like training data blind the model; 3 lets IMS test 1 bearing 4's erratic days alert).
+#: it) stay above the floor: they do not make the healthy period's own level (docs/central/train.md,
+#: "Threshold": 1 lets one 3-row burst in NAB-like training data blind the model; 3 lets IMS test 1 bearing 4's
+#: erratic days alert).
 ISOLATED_EVENTS = 2
 
 

@@ -2,7 +2,7 @@
 
 Every method takes the reconstruction errors of healthy *validation* windows, ``(n,)`` float,
 and returns a :class:`ThresholdResult` whose ``method``, ``value`` and ``params`` go into the
-bundle manifest unchanged. The default is ``mean_std`` (see the README, "Threshold", for why)::
+bundle manifest unchanged. The default is ``mean_std`` (docs/central/train.md, "Threshold", says why)::
 
     quantile    value = empirical q-quantile (default q = 0.995)
     max_margin  value = max(scores) * margin (default margin = 1.1)

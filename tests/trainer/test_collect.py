@@ -26,7 +26,7 @@ from trainer import dataset
 
 BIN = Path(sys.executable).parent
 #: mosquitto drops what it queues for a session beyond max_queued_messages (default 1000): a collector's
-#: broker must lift it (README, "The fleet loop")
+#: broker must lift it (docs/central/fleet.md, "Broker settings that matter for collectors")
 COLLECTOR_BROKER = "allow_anonymous true\nmax_queued_messages 0\n"
 
 

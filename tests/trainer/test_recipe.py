@@ -87,7 +87,8 @@ def test_explicit_options_win_and_a_window_alone_keeps_hop_equal_to_window():
     assert recipe.resolve(rec, window=100).architecture == "conv1d"
 
 
-RECIPES = {  # format -> (path under the repository, mode, window, hop): the README's recipe per format
+#: format -> (path under the repository, mode, window, hop): the recipe per format documented in docs/central/train.md
+RECIPES = {
     "ims": ("data/ims_bearing/raw_1st_test", "features", 10, 10),
     "ims-avg": ("data/ims_bearing/averaged/2nd_test_resmaple_10minutes.csv", "raw", 10, 10),
     "femto": ("tests/fixtures/data/femto_Bearing1_2", "features", 10, 10),

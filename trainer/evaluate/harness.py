@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 KINDS = ("run-to-failure", "windows", "points")
 #: Windows a bundle trained on other machines scores on a new one before its threshold is set
-#: (``edge-agent calibrate --windows``); the README's "Per-device calibration" gives the why.
+#: (``edge-agent calibrate --windows``); docs/central/evaluate.md, "Defaults that keep a
+#: healthy machine quiet", gives the why.
 CALIBRATION_WINDOWS = 30
 #: Points cases found by discovery train on the rows before the first labelled anomaly, at most this fraction.
 POINTS_TRAIN_FRACTION = 0.4
