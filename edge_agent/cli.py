@@ -459,7 +459,8 @@ def install(apply_: bool, root: Path, config: Path, state_dir: Path, executable:
     if not apply_:
         click.echo("run again with --apply to make these changes")
         return
-    click.echo(f"next: edit {config}, copy a bundle to {state_dir}/bundles/, then\n"
+    click.echo(f"next: edit {config}, install each sensor's bundle with\n"
+               f"  edge-agent deploy BUNDLE --config {config} --sensor DEVICE\n"
                f"  edge-agent doctor --config {config}\n  systemctl start {lay.unit.name}")
 
 

@@ -19,11 +19,11 @@ Checks (each ``ok``, ``warn`` or ``FAIL``, with what was seen)::
                             1 % ok, 5 % warn, beyond a failure
     <sensor>  values        no NaN, no saturated value, none beyond the bundle's signal.range (> 0.1 %: warn,
                             > 50 %: a failure)
+    <sensor>  bundle        loads and scores a test window in the runtime (digest, tensors, test inference)
+    <sensor>  calibration   a device threshold for the served model version (else the bundle's default: warn)
 
 The stream rows need something decoded (payload: something arrived) and the bundle loaded (channels, rate,
 values); a failure names the sensor, what the stream has, what the bundle expects, and what to do.
-    <sensor>  bundle        loads and scores a test window in the runtime (digest, tensors, test inference)
-    <sensor>  calibration   a device threshold for the served model version (else the bundle's default: warn)
 
 Exit code: 0 every check ok, 1 warnings only, 2 at least one failure (scripts: ``doctor || alarm``).
 """

@@ -85,6 +85,8 @@ def test_apply_into_a_root_creates_user_state_dir_config_and_a_valid_unit(tmp_pa
     (tmp_path / UNIT).write_text("stale")
     out = _install(tmp_path, "--apply")
     assert "keep      /etc/edge-agent/agent.toml" in out
+    assert "edge-agent deploy BUNDLE --config /etc/edge-agent/agent.toml --sensor DEVICE" in out  # never cp
+    assert "copy" not in out
     assert load_config(tmp_path / "etc/edge-agent/agent.toml").sensors[0].device == "fan-9"
     assert "ProtectSystem=strict" in (tmp_path / UNIT).read_text()
 
