@@ -1,4 +1,12 @@
-"""Fixtures shared by every test folder: a real mosquitto, and the shared real recordings."""
+"""Fixtures shared by every test folder: a real mosquitto, the shared real recordings, headless Chromium, and
+real bundles trained by the trainer with the sensor data to feed them.
+
+The bundles are trained once per test session, and only when a test asks for one (cached under pytest's base
+temp dir): firmware_sim's healthy IMS-like bearing signal (4 channels, 20 kHz) -> features mode (blocks of 1024
+samples, rms/peak/kurtosis/crest) -> a small Conv1D autoencoder -> full-int8 TFLite, through
+``trainer.pipeline.run`` (this is the only place the tests touch TensorFlow; the agent never does). Helpers for
+them are in ``tests/agent/pipeline_helpers.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from edge_agent.contract.bundle import MANIFEST_FILE
 from firmware_sim.broker import Broker, require_mosquitto
+from tests.agent.pipeline_helpers import LIFE_S, RATE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,3 +65,69 @@ def browser():
         pytest.skip("chromium is not installed (apt-get install chromium chromium-driver)")
     with b.chromium() as driver:
         yield driver
+
+
+
+def _train(root: Path) -> Path:
+    from firmware_sim import signals
+    from trainer.model import ModelConfig
+    from trainer.pipeline import TrainOptions, run
+    from trainer.train import FitConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    healthy = signals.generate(signals.make_source("bearing", state="healthy", preset="ims", seed=1), RATE * 30)
+    np.save(root / "healthy.npy", healthy)
+    opts = TrainOptions(
+        data=root / "healthy.npy", out=root / "bundle", format="npy", mode="features", window=8, hop=2, block=1024,
+        features=("rms", "peak", "kurtosis", "crest"), model=ModelConfig(architecture="conv1d", units=(16, 8), latent=4),
+        fit=FitConfig(epochs=30, batch_size=16, patience=5), quantize="int8", latency_windows=50, model_id="test-conv",
+    )
+    return run(opts).bundle
+
+
+@pytest.fixture(scope="session")
+def agent_bundle(tmp_path_factory) -> Path:
+    """Path of a real int8 features-mode bundle (read-only: copy it before changing anything)."""
+    root = tmp_path_factory.getbasetemp() / "agent-bundle"
+    bundle = root / "bundle"
+    if not (bundle / MANIFEST_FILE).exists():
+        _train(root)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def degrading_samples(tmp_path_factory) -> np.ndarray:
+    """(20 s * 20 kHz, 4) float32: healthy, then a bearing defect from ``ONSET_S`` on (cached)."""
+    path = tmp_path_factory.getbasetemp() / "degrading.npy"
+    if not path.exists():
+        from firmware_sim import signals
+
+        src = signals.make_source("bearing", state="degrading", preset="ims", seed=2, life_s=LIFE_S)
+        np.save(path, signals.generate(src, int(RATE * LIFE_S)))
+    return np.load(path)
+
+
+@pytest.fixture(scope="session")
+def bands_bundle(tmp_path_factory) -> Path:
+    """A bundle with the representation the trainer picks by default for raw vibration (``trainer.recipe``):
+    rms, kurtosis, peak, crest and octave-band energies (FFT) per block of a tenth of a snapshot; short training."""
+    root = tmp_path_factory.getbasetemp() / "bands-bundle"
+    bundle = root / "bundle"
+    if (bundle / MANIFEST_FILE).exists():
+        return bundle
+    from firmware_sim import signals
+    from trainer.model import ModelConfig
+    from trainer.pipeline import TrainOptions, run
+    from trainer.recipe import FEATURES, octave_bands
+    from trainer.train import FitConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    healthy = signals.generate(signals.make_source("bearing", state="healthy", preset="ims", seed=1), RATE * 20)
+    np.save(root / "healthy.npy", healthy)
+    opts = TrainOptions(
+        data=root / "healthy.npy", out=bundle, format="npy", mode="features", window=10, hop=10, block=819,
+        features=FEATURES, fft_bands=octave_bands(RATE), load_options={"sample_rate": RATE},
+        model=ModelConfig(architecture="conv1d", units=(16, 8), latent=4),
+        fit=FitConfig(epochs=20, batch_size=16, patience=5), quantize="int8", latency_windows=50, model_id="test-bands",
+    )
+    return run(opts).bundle

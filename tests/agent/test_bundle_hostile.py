@@ -21,8 +21,6 @@ from tests.agent.agent_process import BIN, AgentProcess, Feeder
 from tests.agent.pipeline_helpers import RATE, agent_config, copy_bundle, rewrite_bundle
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 NESTED = "[" * 200_000 + "]" * 200_000
 
 

@@ -17,8 +17,6 @@ from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config, frames_of
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 
 def _snapshots(samples: np.ndarray, length: int, healthy: int, failing: int) -> list[np.ndarray]:
     """``healthy`` snapshots from the healthy start, then ``failing`` ones from well after the fault onset."""

@@ -18,7 +18,6 @@ from edge_agent.contract.bundle import Bundle
 from edge_agent.replay import replay
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -8,8 +8,6 @@ import pytest
 from edge_agent.drift import DriftMonitor, DriftPolicy, psi, reference
 from edge_agent.uploader import ByteBudget, KeepPolicy, Kept, WindowKeeper
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
-
 
 def window(i: int, state: str = "normal", score: float = 0.1) -> Kept:
     return Kept("normal", np.full((4, 1), i, np.float32), score, 0.5, state, 1000.0 + i, i, "v1")

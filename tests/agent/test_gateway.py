@@ -16,8 +16,6 @@ from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, _toml, copy_bundle, frames_of, rewrite_bundle
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 
 def _gateway_config(tmp_path, mosquitto, links: dict[str, PtyLink], bundles: dict[str, str]) -> str:
     doc = {

@@ -16,8 +16,6 @@ from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 HEALTH = {"no_data_s": 2.0, "no_window_s": 1.0}
 
 

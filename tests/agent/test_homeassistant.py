@@ -20,8 +20,6 @@ from tests.agent.gateway_helpers import gateway_config, running
 from tests.agent.pipeline_helpers import frames_of
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 ENTITIES = {("sensor", "anomaly_score"), ("binary_sensor", "alert"), ("sensor", "alert_state"),
             ("binary_sensor", "health"), ("sensor", "model_version"), ("sensor", "threshold"),
             ("sensor", "windows_scored"), ("sensor", "inference_p99"), ("binary_sensor", "retraining_due")}

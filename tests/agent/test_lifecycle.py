@@ -19,8 +19,6 @@ from edge_agent.spool import Spool
 from tests.agent.pipeline_helpers import agent_config
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
-
 
 def _threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.is_alive()}

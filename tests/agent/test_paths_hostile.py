@@ -18,8 +18,6 @@ from edge_agent.contract.errors import ConfigError
 from tests.agent.pipeline_helpers import agent_config, copy_bundle, rewrite_bundle
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
-
 
 def _record(bundle, **changes) -> str:
     b = Bundle.load(bundle, check_model=False)

@@ -23,8 +23,6 @@ from firmware_sim.broker import Broker
 from tests.waiting import wait_for
 from trainer.publish import keygen, load_private_key, publish
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
-
 
 @pytest.fixture
 def signing_key(tmp_path: Path) -> tuple[Path, Ed25519PrivateKey]:

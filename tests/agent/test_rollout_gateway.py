@@ -19,8 +19,6 @@ from edge_agent.contract import rollout as contract
 from firmware_sim import signals
 from tests.agent.pipeline_helpers import RATE, rewrite_bundle
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
-
 
 class Gateway:
     """What the sensor gives a SensorRollout: its served model, a swap, and a retained-state publisher."""

@@ -21,8 +21,6 @@ from tests.agent.pipeline_helpers import RATE, rewrite_bundle
 from tests.agent.test_rollout_gateway import Gateway
 from tests.fs import fill, tmpfs
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
-
 
 @pytest.fixture(scope="module")
 def windows(agent_bundle: Path) -> np.ndarray:

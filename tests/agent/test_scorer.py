@@ -10,8 +10,6 @@ from edge_agent.contract.interpreter import load_interpreter
 from edge_agent.scorer import Scorer, TFLiteModel
 from tests.agent.pipeline_helpers import RATE
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
-
 
 def _windows(bundle: Bundle, x: np.ndarray) -> np.ndarray:
     return preprocess.windows(preprocess.steps(x, bundle.spec), bundle.spec.window, bundle.spec.hop)

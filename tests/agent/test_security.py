@@ -20,7 +20,6 @@ from tests.agent.pipeline_helpers import agent_config
 from tests.pki import CertificateAuthority
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
 SECRET = "s3cr3t-Pa55-x7"
 
 

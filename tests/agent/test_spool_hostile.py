@@ -24,7 +24,6 @@ from edge_agent.contract.errors import UploadError
 from edge_agent.spool import Spool
 from tests.agent.pipeline_helpers import agent_config
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
 SQLITE3 = shutil.which("sqlite3")
 
 

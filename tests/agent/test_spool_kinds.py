@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from edge_agent import spool as spool_module
 from edge_agent.spool import Spool
 
 
@@ -45,21 +46,34 @@ def test_receipts_keep_sent_records_until_confirmed(tmp_path: Path) -> None:
             "a sent record without a receipt goes again after the timeout"
 
 
-def test_resending_without_a_receipt_backs_off(tmp_path: Path) -> None:
+class _Clock:
+    """The spool's ``time`` module with a wall clock the test sets (every other function is the real one)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def test_resending_without_a_receipt_backs_off(tmp_path: Path, monkeypatch) -> None:
+    clock = _Clock(1_800_000_000.0)
+    monkeypatch.setattr(spool_module, "time", clock)
+    timeout = 60.0
     with Spool(tmp_path / "s.sqlite") as spool:
         spool.put("vib/d/upload", b"p", "normal", "u0")
-        timeout = 0.2
-        waits = []
-        for _attempt in range(3):
+        for attempt in range(3):
             (rec,) = spool.peek(10, resend_after_s=timeout)
             spool.mark_attempt([rec.id])
             spool.mark_sent([rec.id])
-            sent = time.monotonic()
-            while not spool.peek(10, resend_after_s=timeout):
-                time.sleep(0.01)
-            waits.append(time.monotonic() - sent)
-        assert timeout <= waits[0] < 2 * timeout <= waits[1] < 4 * timeout <= waits[2], \
-            f"each resend waits twice as long as the one before: {waits}"
+            sent, wait = clock.now, timeout * 2 ** attempt  # each resend waits twice as long as the one before
+            clock.now = sent + wait - 1.0
+            assert spool.peek(10, resend_after_s=timeout) == [], f"attempt {attempt + 1}: resent before {wait:g} s"
+            clock.now = sent + wait + 1.0
+            assert len(spool.peek(10, resend_after_s=timeout)) == 1, f"attempt {attempt + 1}: not due after {wait:g} s"
 
 
 def test_a_spool_of_the_first_release_is_migrated(tmp_path: Path) -> None:

@@ -17,8 +17,6 @@ from tests.agent.agent_process import Feeder
 from tests.agent.pipeline_helpers import RATE, agent_config, frames_of
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 
 class Retained:
     """The latest status document per topic, as a dashboard sees them."""

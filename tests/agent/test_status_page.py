@@ -16,9 +16,6 @@ from tests.agent.gateway_helpers import gateway_config, running
 from tests.agent.pipeline_helpers import frames_of, rewrite_bundle
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
-
 #: a model version (the bundle's, free text): the page must show it as text, never as markup. Device ids cannot
 #: carry markup (contract.topics).
 HOSTILE = "<img src=x onerror=alert(1)>"

@@ -18,8 +18,6 @@ from tests.agent.gateway_helpers import gateway_config, running
 from tests.agent.pipeline_helpers import frames_of
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 
 def test_a_field_without_a_declaration_is_refused() -> None:
     @dataclasses.dataclass

@@ -20,8 +20,6 @@ from edge_agent.contract.errors import ConfigError, UploadError
 from tests.agent.pipeline_helpers import agent_config
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
-
 SECRET = "s3cret-broker-password"
 DUMP_ENV = "import json, os, sys; open(sys.argv[1], 'a').write(json.dumps(dict(os.environ)) + '\\n')"
 

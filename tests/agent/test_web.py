@@ -24,8 +24,6 @@ from tests.agent.gateway_helpers import gateway_config, running
 from tests.agent.pipeline_helpers import frames_of
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
-
 
 def _get(port: int, path: str, method: str = "GET", host: str | None = None) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

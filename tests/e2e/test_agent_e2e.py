@@ -21,7 +21,6 @@ from tests.agent.agent_process import Proc
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent
 LIFE = 20
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -35,7 +35,6 @@ from tests.agent.pipeline_helpers import RATE, agent_config, rewrite_bundle
 from tests.e2e.fleet_helpers import CollectorThread
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent
 FRAME = 256
 

@@ -22,7 +22,6 @@ from firmware_sim.broker import Broker
 from tests.agent.pipeline_helpers import RATE
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle
 BIN = Path(sys.executable).parent
 FRAME = 256
 FLOODER = Path(__file__).resolve().parents[2] / "bench" / "flooder.py"

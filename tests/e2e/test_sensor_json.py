@@ -22,7 +22,6 @@ from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.e2e.test_agent_e2e import Proc
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent
 LORENZ = Path(__file__).resolve().parents[2] / "data" / "lorenz"
 TOPIC = "iot-2/evt/status/fmt/json"

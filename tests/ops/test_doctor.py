@@ -20,7 +20,6 @@ from firmware_sim.broker import free_port
 from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
 BIN = Path(sys.executable).parent
 
 

@@ -21,8 +21,6 @@ from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.ops.faults_helpers import AgentProcess, Sensor, read_json
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
-
 
 def _libfaketime() -> str:
     found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))

@@ -14,8 +14,6 @@ from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.ops.faults_helpers import AgentProcess, read_json
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
-
 
 def test_formatters_keep_one_event_on_one_line():
     out = StringIO()

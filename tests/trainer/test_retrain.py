@@ -19,7 +19,6 @@ from tests.agent.pipeline_helpers import RATE
 from trainer import dataset
 from trainer.retrain import RetrainOptions, RetrainRefused, near_alerts, retrain, verdict
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
 WINDOW = 8 * 1024  # the agent bundle's window: 8 blocks of 1024 samples
 
 

@@ -1,4 +1,5 @@
-"""The running agent: real pty, real int8 bundle, garbage on the line, hot swap, status, calibration."""
+"""The agent on a serial pty: a real int8 bundle, garbage on the line, hot swap, a corrupt bundle at start,
+calibration, the status command, frames with another channel count."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from edge_agent.contract.errors import BundleError
 from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config, copy_bundle, frames_of, rewrite_bundle
 from tests.waiting import wait_for
-
-pytest_plugins = ["tests.agent.conftest_pipeline"]  # fixtures: agent_bundle, degrading_samples
 
 
 class Running:

@@ -14,8 +14,6 @@ from edge_agent.mqtt_client import MqttConnection
 from tests.agent.pipeline_helpers import ONSET_S, RATE, agent_config
 from tests.waiting import wait_for
 
-pytest_plugins = ["tests.agent.conftest_pipeline"]
-
 
 def test_mqtt_agent_scores_alerts_and_reports(tmp_path, mosquitto, agent_bundle, degrading_samples):
     cfg_path = agent_config(
