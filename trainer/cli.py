@@ -17,6 +17,7 @@ import click
 
 from edge_agent.contract.errors import BundleError
 from edge_agent.contract.recordings import FORMATS, DataFormatError
+from trainer import tfenv
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,16 @@ def _params(values: tuple[str, ...]) -> dict:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More logging (-v: debug).")
-def cli(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True, help="More logging (-v: debug, and TensorFlow's own notices).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """Train anomaly-detection autoencoders on vibration data and export TFLite bundles."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("matplotlib", "PIL", "absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # TensorFlow's native start-up and conversion notices (trainer.tfenv); -v shows them
+        ctx.call_on_close(tfenv.notice_filter().start().close)
 
 
 @cli.command()

@@ -10,6 +10,7 @@
 ``preprocess``     samples → steps → windows → scaling (run by trainer *and* gateway)
 ``bundle``         the model bundle: manifest schema, atomic write, validated load
 ``interpreter``    the TFLite interpreter from the light runtime (bundle check, scorer, trainer parity)
+``native_notices`` drops known native notices (the runtime's XNNPACK line) from file descriptor 2
 ``threshold``      threshold methods (trainer calibration and ``edge-agent calibrate``)
 ``upload_record``  the window a gateway uploads for retraining
 ``errors``         the exception tree every boundary raises

@@ -3,17 +3,23 @@ trainer's parity evaluation load a model, so all three run the same kernels.
 
 ``ai_edge_litert`` first, ``tflite_runtime`` where it is the only one installed, imported when a model is
 loaded (importing this module needs neither). Never TensorFlow: the gateway does not have it, and
-tests/test_architecture.py checks that it is never imported.
+tests/test_architecture.py checks that it is never imported. The runtime's announcement of its XNNPACK delegate,
+printed from C++ on a process's first load, is filtered out (``contract.native_notices``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from edge_agent.contract.errors import BundleError
+from edge_agent.contract.native_notices import RUNTIME_NOTICES, NativeNoticeFilter
 
 log = logging.getLogger(__name__)
+
+#: One model load at a time, so that two threads' notice filters never interleave on descriptor 2.
+_LOADING = threading.Lock()
 
 
 def interpreter_class() -> tuple[type, str]:
@@ -46,8 +52,9 @@ def load_interpreter(model: Path | bytes, num_threads: int = 1):
         except OSError as exc:
             raise BundleError(f"{model}: cannot read the model: {exc.strerror or exc}") from exc
     try:
-        interpreter = cls(model_content=bytes(model), num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with _LOADING, NativeNoticeFilter(RUNTIME_NOTICES):
+            interpreter = cls(model_content=bytes(model), num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise BundleError(f"{runtime} cannot load the model: {exc}") from exc
     return interpreter
