@@ -4,6 +4,12 @@
 options into typed objects and calls :func:`trainer.pipeline.run`. TensorFlow is imported (through
 :mod:`trainer.tfenv`) only once the inputs are checked, so a wrong file is refused at once and
 ``trainer inspect`` stays light.
+
+The gateway's install (``pip install '.[agent]'``) puts ``trainer`` on PATH too, without TensorFlow, Keras,
+matplotlib or pyarrow (``WORKSTATION_ONLY``). There ``trainer --help`` and ``trainer inspect`` work, and a command
+that needs one of them says in one line that the trainer needs the workstation install and that a gateway runs
+``edge-agent``: the fleet commands' modules (``LAZY_COMMANDS``) are imported only when their command is asked for,
+and a missing workstation package is an error line (exit code 1), not a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +26,78 @@ from edge_agent.contract.recordings import FORMATS, DataFormatError
 from trainer import tfenv
 
 log = logging.getLogger(__name__)
+
+#: The packages only the workstation install brings (pyproject.toml's ``trainer`` extra), by import name.
+WORKSTATION_ONLY = {"tensorflow": "TensorFlow", "keras": "Keras", "matplotlib": "matplotlib", "pyarrow": "pyarrow"}
+#: Commands defined in other modules (trainer/collect.py, retrain.py, publish.py), imported when asked for.
+LAZY_COMMANDS = ("collect", "retrain", "keygen", "publish")
+
+
+def _lazy_commands(name: str) -> list[click.Command]:
+    """The commands of the module that defines ``name`` (one of ``LAZY_COMMANDS``), imported now."""
+    if name == "collect":
+        from trainer import collect
+
+        return [collect.command()]
+    if name == "retrain":
+        from trainer import retrain
+
+        return [retrain.command()]
+    from trainer import publish
+
+    return list(publish.commands())
+
+
+def workstation_only(exc: ModuleNotFoundError, command: str | None) -> click.ClickException | None:
+    """The error to show when ``exc`` is a missing workstation-only package (None when it is something else)."""
+    package = WORKSTATION_ONLY.get((exc.name or "").partition(".")[0])
+    if package is None:
+        return None
+    what = f"trainer {command}" if command else "trainer"
+    return click.ClickException(
+        f"{what} needs {package}, which this install does not have: the trainer runs on a workstation installed "
+        f"with pip install '.[trainer]'; a gateway (pip install '.[agent]') runs edge-agent, not trainer")
+
+
+class TrainerGroup(click.Group):
+    """The ``trainer`` group: imports ``LAZY_COMMANDS`` when asked for, and turns a missing workstation package
+    (``WORKSTATION_ONLY``) into one line on stderr and exit code 1 instead of a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            try:
+                made = _lazy_commands(cmd_name)
+            except ModuleNotFoundError as exc:
+                error = workstation_only(exc, cmd_name)
+                if error is None:
+                    raise
+                return _unavailable(cmd_name, error)
+            for command in made:
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            error = workstation_only(exc, ctx.invoked_subcommand)
+            if error is None:
+                raise
+            raise error from exc
+
+
+def _unavailable(name: str, error: click.ClickException) -> click.Command:
+    """A stand-in for a command whose module needs a package this install lacks: listed by ``--help`` with a
+    note, it fails with ``error`` whatever its arguments."""
+
+    def refuse() -> None:
+        raise error
+
+    return click.Command(name, callback=refuse, add_help_option=False, short_help="(workstation install only)",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -52,7 +130,7 @@ def _params(values: tuple[str, ...]) -> dict:
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TrainerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug, and TensorFlow's own notices).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
@@ -83,7 +161,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
               help="Per-block features, e.g. rms,kurtosis (features mode) [default: rms,kurtosis,peak,crest].")
 @click.option("--fft-bands", default=None,
               help="FFT band energies LOW-HIGH Hz, comma separated (features mode) [default: 5 octaves up to Nyquist].")
-@click.option("--channels", default="", help="Channels to keep, by name or 0-based index, comma separated.")
+@click.option("--channels", default="", help="Channels to keep, by name or 0-based index, comma separated (of a CSV, "
+              "only these columns are read: others may hold text).")
+@click.option("--skip-rows", type=click.IntRange(min=0), default=0,
+              help="Lines to skip at the top of a CSV file: a data logger's preamble above the header.")
 @click.option("--sample-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Hz of a CSV / .npy / .npz recording that does not state it (a time column or a "
                    "'sample_rate' entry does).")
@@ -113,13 +194,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
               "model_version, start, end, healthy; default healthy=true), repeatable.")
 def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: str | None, window: int | None,
           hop: int | None, block: int | None, features: str | None, fft_bands: str | None, channels: str,
-          sample_rate: float | None, start: str | None, end: str | None, train_until: str | None, epochs: int,
-          batch_size: int, learning_rate: float, patience: int,
+          skip_rows: int, sample_rate: float | None, start: str | None, end: str | None, train_until: str | None,
+          epochs: int, batch_size: int, learning_rate: float, patience: int,
           validation_fraction: float, quantize: str, threshold_method: str, threshold_param: tuple[str, ...],
           seed: int, min_agreement: float, model_id: str | None, persistence: int, select: tuple[str, ...]) -> None:
     """Train on --data and write a verified bundle to --out."""
-    from trainer.dataset import is_dataset, parse_select
-    from trainer.dataset import load as load_dataset
     from trainer.export import ExportError
     from trainer.model import ModelConfig
     from trainer.pipeline import TrainOptions, run
@@ -130,10 +209,15 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
     except ValueError as exc:
         raise click.BadParameter(f"--units {units!r} must be integers, e.g. 32,16") from exc
     chans = tuple(int(c) if c.lstrip("-").isdigit() else c for c in _csv(channels)) or None
+    if skip_rows and fmt == "auto":  # a preamble would mislead the detection; only CSV tables skip rows
+        fmt = "csv"
     try:
         recording = None
-        if select or is_dataset(data):  # the fleet's collected windows (trainer.dataset), filtered
-            recording = load_dataset(data, parse_select(select, start=start, end=end), chans)
+        if select or data.is_dir():  # perhaps the fleet's collected windows (trainer.dataset: pyarrow), filtered
+            from trainer import dataset
+
+            if select or dataset.is_dataset(data):
+                recording = dataset.load(data, dataset.parse_select(select, start=start, end=end), chans)
         opts = TrainOptions(
             data=data, out=out, format=fmt, channels=chans, train_until=train_until, start=start, end=end,
             mode=mode, window=window, hop=hop, block=block,
@@ -143,7 +227,7 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
                           validation_fraction=validation_fraction, patience=patience, seed=seed),
             quantize=quantize, threshold_method=threshold_method, threshold_params=_params(threshold_param),
             min_agreement=min_agreement, model_id=model_id, persistence=persistence, recording=recording,
-            load_options={} if sample_rate is None else {"sample_rate": sample_rate},
+            load_options={k: v for k, v in (("sample_rate", sample_rate), ("skip_rows", skip_rows)) if v},
         )
         result = run(opts)
     except (ExportError, ValueError, KeyError, TypeError, BundleError, DataFormatError) as exc:
@@ -215,16 +299,6 @@ def inspect(bundle: Path, as_json: bool) -> None:
         click.echo(f"{bundle}: INVALID: {exc}", err=True)
         raise SystemExit(1) from exc
     click.echo(json.dumps(loaded.manifest, indent=2) if as_json else describe(loaded.manifest))
-
-
-from trainer import collect as _collect  # noqa: E402 (fleet commands: trainer/collect.py, publish.py, retrain.py)
-from trainer import publish as _publish  # noqa: E402
-from trainer import retrain as _retrain  # noqa: E402
-
-cli.add_command(_collect.command())
-cli.add_command(_retrain.command())
-for _command in _publish.commands():
-    cli.add_command(_command)
 
 
 @cli.command()
