@@ -73,6 +73,8 @@ LOADERS: dict[str, Callable[..., Recording]] = {
     "uploads": load_uploads,
 }
 FORMATS: tuple[str, ...] = ("auto", *LOADERS)
+#: The formats ``auto`` may find for a text table (``_detect_table``).
+TEXT_TABLES = ("nab", "ims-avg", "csv")
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -141,8 +143,10 @@ def load(path: str | os.PathLike[str], format: str = "auto", **opts: Any) -> Rec
         path: file or folder.
         format: one of ``FORMATS``; ``auto`` detects it (see ``detect_format``).
         **opts: passed to the loader (``limit``, ``start``, ``sample_rate``, ``healthy_only``,
-            ``date``, ``names``, ...); ``channels`` (names or indices) is accepted by every
-            format and selects those channels after loading.
+            ``date``, ``names``, ``skip_rows``, ...); ``channels`` (names or indices) is accepted by every
+            format and selects those channels: the CSV loader reads only those columns (the others may hold
+            text), the other loaders select them after loading. ``skip_rows`` (lines above a CSV table) makes
+            ``auto`` read any text table as ``csv``.
 
     Raises:
         DataFormatError: malformed input or undetectable format.
@@ -154,11 +158,20 @@ def load(path: str | os.PathLike[str], format: str = "auto", **opts: Any) -> Rec
         raise ValueError(f"unknown data format {format!r}; choose one of {', '.join(FORMATS)}")
     if not Path(path).exists():
         raise DataFormatError(path, message="no such file or folder")
+    if not opts.get("skip_rows"):
+        opts.pop("skip_rows", None)
+    elif format == "auto" and fmt in TEXT_TABLES:  # detection read the preamble as the table
+        fmt = "csv"
+    takes = inspect.signature(LOADERS[fmt]).parameters
+    if "skip_rows" in opts and "skip_rows" not in takes:
+        raise ValueError(f"rows can be skipped in CSV tables only (--format csv), not in {fmt} recordings")
     channels = opts.pop("channels", None)
     if opts.get("sample_rate") is None:
         opts.pop("sample_rate", None)
-    elif "sample_rate" not in inspect.signature(LOADERS[fmt]).parameters:
+    elif "sample_rate" not in takes:
         raise ValueError(f"a sample rate cannot be given for {fmt} recordings: they state their own")
+    if channels is not None and "channels" in takes:
+        opts["channels"], channels = channels, None
     rec = LOADERS[fmt](path, **opts)
     if channels is not None:
         rec = rec.select_channels(channels)
