@@ -8,7 +8,8 @@ discovers (NAB layout, tables with label columns)::
            per-device calibration when the case asks for it, alert state machine)
         ─► alert states per window ─► metrics by kind (trainer.evaluate.metrics, trainer.evaluate.nab)
         ─► baselines on the same windows (trainer.evaluate.baselines)
-        ─► <out>/<case>.png, <out>/<case>.npz (the replayed windows: ends, times, scores, thresholds, states),
+        ─► <out>/<case>.png, <out>/<case>.npz (the replayed windows: ends, times, scores, thresholds, states;
+           points cases also row_truth and row_flags per row),
            <out>/results.json, <out>/report.md (one markdown table per kind + totals)
 
 Case kinds:
@@ -18,15 +19,21 @@ Case kinds:
   stayed raised.
 * ``windows`` (NAB layout): labelled windows hit by an alert raise, raises outside every window, NAB
   scores (standard, reward_low_FP_rate, reward_low_FN_rate).
-* ``points`` (a label column): precision, recall, F1, false-alarm and missed-alarm rate, row by row.
+* ``points`` (a label column, 0/1 per row; see ``trainer.evaluate.points``): train on the first ``train_rows``
+  rows (the SKAB protocol: 400), judge every later row by the served alert state in force at it; precision,
+  recall, F1, false-alarm and missed-alarm rate per file and over the files of a group joined, with the
+  group's published ``reference`` rows.
 
 Suite keys per case: ``name``, ``kind``, ``data`` (relative to ``--data``; a glob expands to one case per
 file), ``train_data`` (another recording to train on: leave-one-out; default ``data``), ``train_fraction``
-(train on this first fraction of the training recording's rows) or ``train_until`` (a time),
+(train on this first fraction of the training recording's rows), ``train_until`` (a time) or ``train_rows``
+(train on the first N rows; at most one of the three),
 ``calibrate`` (per-device calibration windows on the evaluated recording; 0: the bundle's threshold),
 ``channels``, ``format``, ``load`` (loader options, e.g. ``{date = "2012-01-01"}``), ``end`` (time: the end
 of life), ``healthy_until`` / ``healthy_fraction``, ``labels`` (NAB windows json), ``label`` (points
-column), ``group`` (for the totals). Nothing in this module knows a data set by name.
+column), ``group`` (for the totals), ``reference`` (points: published figures of other detectors, a list of
+``{detector, f1, far_pct, mar_pct, source}``, shown, never recomputed). Nothing in this module knows a data set
+by name.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.recordings import Recording, load
 from edge_agent.contract.recordings._text import LABEL_COLUMN_NAMES
 from edge_agent.replay import replay
-from trainer.evaluate import baselines, metrics, nab
+from trainer.evaluate import baselines, metrics, nab, points
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,7 @@ class Case:
     train_data: Path | None = None
     train_fraction: float | None = None
     train_until: str | None = None
+    train_rows: int | None = None
     calibrate: int = 0
     channels: list | None = None
     format: str = "auto"
@@ -88,10 +96,20 @@ class Case:
     label_key: str | None = None
     label: str | None = None
     group: str = ""
+    reference: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"case {self.name}: kind must be one of {KINDS}, not {self.kind!r}")
+        given = [k for k in ("train_fraction", "train_until", "train_rows") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"case {self.name}: give one of train_fraction, train_until, train_rows, not {given}")
+        if self.train_rows is not None and (isinstance(self.train_rows, bool) or not isinstance(self.train_rows, int)
+                                            or self.train_rows < 1):
+            raise ValueError(f"case {self.name}: train_rows must be a whole number of rows >= 1, got {self.train_rows!r}")
+        if self.reference and self.kind != "points":
+            raise ValueError(f"case {self.name}: reference rows are shown for points cases only, not {self.kind}")
+        self.reference = points.check_reference(self.reference, f"case {self.name}")
 
 
 # ---------------------------------------------------------------------------------------------- suites
@@ -216,6 +234,8 @@ def train_bundle(case: Case, out: Path, train_options: dict) -> dict:
 
     source = case.train_data or case.data
     until = case.train_until
+    if case.train_rows is not None:
+        until = points.train_cut(_load(case, source), case.train_rows)
     if until is None:
         fraction = case.train_fraction
         if fraction is None and case.kind == "points":
@@ -228,20 +248,11 @@ def train_bundle(case: Case, out: Path, train_options: dict) -> dict:
 
 
 def _healthy_fraction(rec: Recording, label: str | None) -> float:
-    labels = rec.labels()
-    if labels is None:
+    if rec.labels() is None:
         return POINTS_TRAIN_FRACTION
-    col = _label_index(rec, label)
-    marked = np.flatnonzero(labels[:, col] > 0)
-    first = marked[0] / len(labels) if marked.size else 1.0
+    marked = np.flatnonzero(points.truth_of(rec, label))
+    first = marked[0] / rec.n_rows if marked.size else 1.0
     return float(min(POINTS_TRAIN_FRACTION, max(0.1, first)))
-
-
-def _label_index(rec: Recording, label: str | None) -> int:
-    names = [n.lower() for n in rec.label_names]
-    if label:
-        return names.index(label.lower())
-    return names.index("anomaly") if "anomaly" in names else 0
 
 
 def evaluate_case(case: Case, work: Path, train_options: dict | None = None, policy: AlertPolicy | None = None,
@@ -252,7 +263,8 @@ def evaluate_case(case: Case, work: Path, train_options: dict | None = None, pol
     manifest = train_bundle(case, bundle_dir, train_options or {})
     bundle = Bundle.load(bundle_dir)
     rec = _load(case, case.data)
-    result = replay(bundle, rec, policy=policy or AlertPolicy(), calibrate=case.calibrate)
+    policy = policy or AlertPolicy()
+    result = replay(bundle, rec, policy=policy, calibrate=case.calibrate)
     ends = np.array([r.index_end for r in result.rows], np.int64)
     rows = {
         "ends": ends,
@@ -266,6 +278,12 @@ def evaluate_case(case: Case, work: Path, train_options: dict | None = None, pol
     if with_baselines:
         states |= _baselines(case, bundle, rec, rows, manifest)
     skip = manifest["data"]["split"]["training_rows"] if case.train_data is None else 0
+    if case.kind == "points":
+        if case.train_rows is not None and case.train_data is None:
+            points.check_training_rows(rec, case.train_rows, skip)
+        rows["row_truth"] = points.truth_of(rec, case.label)
+        rows["row_flags"] = metrics.point_flags(ends, rows["states"], rec.n_rows)
+        rows["clear_level"] = rows["thresholds"] * policy.clear_ratio  # an alert clears below it (hysteresis)
     figures = {name: _figures(case, rec, rows, s, skip) for name, s in states.items()}
     figures["ae"]["threshold"] = float(result.threshold)
     figures["ae"]["served"] = manifest["tflite"]["quantization"]
@@ -327,12 +345,9 @@ def _figures(case: Case, rec: Recording, rows: dict, states: np.ndarray, trainin
             out[f"nab_{profile}"] = s.raw
             out[f"nab_{profile}_null"], out[f"nab_{profile}_perfect"] = s.null, s.perfect
         return out
-    labels = rec.labels()
-    truth = labels[:, _label_index(rec, case.label)] > 0
     flags = metrics.point_flags(rows["ends"], states, rec.n_rows)
     first_scored = int(rows["ends"][np.flatnonzero(scored)[0]]) if scored.any() else rec.n_rows
-    start = max(first_scored - 1, training_rows)
-    return metrics.point_metrics(flags[start:], truth[start:]) | {"rows": rec.n_rows - start}
+    return points.figures(flags, rows["row_truth"], max(first_scored - 1, training_rows))
 
 
 def _raised(states: np.ndarray, i: int) -> bool:
@@ -342,13 +357,17 @@ def _raised(states: np.ndarray, i: int) -> bool:
 
 # ---------------------------------------------------------------------------------------------- report
 def plot_case(outcome: Outcome, path: Path) -> None:
-    """Score timeline of one case: score, threshold, alert states, truth, baseline first alerts (PNG)."""
+    """Score timeline of one case: score, threshold, alert states, truth, baseline first alerts (PNG); points
+    cases: :func:`trainer.evaluate.points.plot`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     case, rows = outcome.case, outcome.rows
+    if case.kind == "points":
+        points.plot(case.name, rows, outcome.figures["ae"], path)
+        return
     x = rows["times"].astype("datetime64[s]").astype(object) if rows["times"][0] > 1e8 else rows["times"]
     fig, ax = plt.subplots(figsize=(12, 4), dpi=90)
     score = rows["scores"]
@@ -373,8 +392,6 @@ def plot_case(outcome: Outcome, path: Path) -> None:
         for k, (a, b) in enumerate(limits):
             ax.axvspan(_x(np.datetime64(a.replace(" ", "T")[:19], "s"), rows), _x(np.datetime64(b.replace(" ", "T")[:19], "s"), rows),
                        color="tab:green", alpha=0.2, label="labelled window" if k == 0 else None)
-    else:
-        title += f": F1 {ae['f1']:.2f}, false alarms {ae['far']:.1%} of normal rows"
     for k, (name, figs) in enumerate((n, f) for n, f in outcome.figures.items() if n != "ae"):
         first = figs.get("first_alert_life")
         if first is not None:
@@ -451,27 +468,7 @@ def markdown(outcomes: list[Outcome]) -> str:
         out.append("")
     pts = [o for o in outcomes if o.case.kind == "points"]
     if pts:
-        out += ["### Point labels", "", "| recording | representation | served | precision | recall | F1 | false-alarm rate | missed-alarm rate | RMS baseline F1 / FAR |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for o in pts:
-            ae, rms = o.figures["ae"], o.figures.get("rms")
-            out.append(f"| {o.case.name} | {ae['representation']} | {ae['served']} | {ae['precision']:.2f} | {ae['recall']:.2f} | "
-                       f"{ae['f1']:.2f} | {ae['far']:.1%} | {ae['mar']:.1%} | "
-                       + (f"{rms['f1']:.2f} / {rms['far']:.1%}" if rms else "-") + " |")
-        out += ["", "| group | detector | precision | recall | F1 | false-alarm rate | missed-alarm rate |", "|---|---|---|---|---|---|---|"]
-        for group in sorted({o.case.group for o in pts}):
-            for det in ("ae", *BASELINES):
-                figs = [o.figures[det] for o in pts if o.case.group == group and det in o.figures]
-                if figs:
-                    tot = metrics.point_metrics(np.zeros(0, bool), np.zeros(0, bool))
-                    tp, fp, fn, tn = (sum(f[k] for f in figs) for k in ("tp", "fp", "fn", "tn"))
-                    p = tp / (tp + fp) if tp + fp else 0.0
-                    r = tp / (tp + fn) if tp + fn else 0.0
-                    tot.update(precision=p, recall=r, f1=2 * p * r / (p + r) if p + r else 0.0,
-                               far=fp / (fp + tn) if fp + tn else 0.0, mar=fn / (fn + tp) if fn + tp else 0.0)
-                    out.append(f"| {group} | {det} | {tot['precision']:.2f} | {tot['recall']:.2f} | {tot['f1']:.2f} | "
-                               f"{tot['far']:.1%} | {tot['mar']:.1%} |")
-        out.append("")
+        out += points.markdown(pts, ("ae", *BASELINES))
     return "\n".join(out)
 
 
