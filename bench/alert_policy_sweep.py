@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--suite", type=Path, default=REPO / "bench" / "evaluate_shared.toml")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     args = ap.parse_args()
-    cases = {c.name.replace("/", "-"): c for c in load_suite(args.suite, args.data)}
+    cases = {c.name.replace("/", "-"): c for c in load_suite(args.suite, args.data) if c.kind != "points"}  # its table has no point-label columns
     runs = {name: dict(np.load(args.run / f"{name}.npz")) for name in cases if (args.run / f"{name}.npz").is_file()}
     cache: dict = {}
     print("| k of n | calibration windows | threshold x | FEMTO alarmed | FEMTO with an alert before half life | "

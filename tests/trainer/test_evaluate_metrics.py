@@ -93,5 +93,7 @@ def test_the_shared_suite_parses(shared_data):
     suite = Path(__file__).resolve().parents[2] / "bench" / "evaluate_shared.toml"
     cases = load_suite(suite, shared_data)
     kinds = {c.kind for c in cases}
-    assert kinds == {"run-to-failure", "windows"} and sum(c.kind == "windows" for c in cases) == 11
+    assert kinds == {"run-to-failure", "windows", "points"} and sum(c.kind == "windows" for c in cases) == 11
+    skab = [c for c in cases if c.kind == "points"]
+    assert len(skab) == 16 and all(c.train_rows == 400 and len(c.reference) == 4 for c in skab)
     assert all(c.data.exists() for c in cases)
