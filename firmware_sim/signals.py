@@ -179,6 +179,10 @@ class BearingPreset:
     rotation, ball by the cage), of peak ``defect_g * s``. Noise, harmonics and roughness grow
     by ``(1 + gain * s)``. Channels in ``fault_channels`` carry the defect; the others get
     ``coupling`` times it (sympathetic vibration).
+
+    Two machine faults that are not the bearing's (``fault``): ``looseness`` (a loose foot or bearing
+    seat: one knock of peak ``defect_g * s`` per shaft turn, ringing the same resonance) and
+    ``imbalance`` (no knocks: the once-per-turn vibration grows by ``imbalance_g * s``).
     """
 
     name: str
@@ -202,6 +206,7 @@ class BearingPreset:
     coupling: float = 0.05
     slip: float = 0.01
     channel_gain: tuple[float, ...] = field(default=())
+    imbalance_g: float = 1.0
 
     @property
     def frequencies(self) -> dict[str, float]:
@@ -279,7 +284,8 @@ def parse_overrides(items: Sequence[str]) -> dict:
         except ValueError:
             raise ValueError(f"{item!r}: {value!r} is not a {type(like).__name__} value") from None
     return out
-_DEFECT_KEY = {"outer": "bpfo", "inner": "bpfi", "ball": "bsf"}
+#: fault -> the rate of its impact train (a key of ``BearingGeometry.defect_hz``)
+_DEFECT_KEY = {"outer": "bpfo", "inner": "bpfi", "ball": "bsf", "looseness": "shaft", "imbalance": "shaft"}
 
 
 class _ImpactTrain:
@@ -344,7 +350,7 @@ class BearingSource:
         freqs = p.frequencies
         self._fd = freqs[_DEFECT_KEY[p.fault]]
         self._fr = freqs["shaft"]
-        self._fmod = {"outer": 0.0, "inner": freqs["shaft"], "ball": freqs["ftf"]}[p.fault]
+        self._fmod = {"inner": freqs["shaft"], "ball": freqs["ftf"]}.get(p.fault, 0.0)
         self._rough = [_ImpactTrain(np.random.default_rng(s), 0.0) for s in streams[p.n_channels : 2 * p.n_channels]]
         self._defect = [
             _ImpactTrain(np.random.default_rng(s), 0.0) for s in streams[2 * p.n_channels : 3 * p.n_channels]
@@ -369,11 +375,13 @@ class BearingSource:
             for j, a in enumerate(p.harmonics_g):
                 harm += a * np.sin(2 * np.pi * (j + 1) * self._fr * t + self._phases[c, j])
             x = harm * (1 + p.harmonic_gain * s)
+            if p.fault == "imbalance":
+                x += p.imbalance_g * s * np.sin(2 * np.pi * self._fr * t + self._phases[c, 0])
             x += self._noise[c].standard_normal(n) * (p.noise_g * (1 + p.noise_gain * s))
             excite = np.zeros(n)
             rough_times = self._rough[c].until(i_end, fs, lambda r: r.exponential(1.0 / p.roughness_rate))
             self._add_impacts(excite, rough_times, p.roughness_g, self._rough_amp[c], rough=True)
-            coupling = 1.0 if c in p.fault_channels else p.coupling
+            coupling = 0.0 if p.fault == "imbalance" else 1.0 if c in p.fault_channels else p.coupling
             fd = self._fd
             defect_times = self._defect[c].until(i_end, fs, lambda r, fd=fd: (1.0 + p.slip * r.standard_normal()) / fd)
             self._add_impacts(excite, defect_times, p.defect_g * coupling, self._defect_amp[c], rough=False)
