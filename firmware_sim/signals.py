@@ -181,7 +181,8 @@ class BearingPreset:
     ``coupling`` times it (sympathetic vibration).
 
     Two machine faults that are not the bearing's (``fault``): ``looseness`` (a loose foot or bearing
-    seat: one knock of peak ``defect_g * s`` per shaft turn, ringing the same resonance) and
+    seat: one knock of peak ``defect_g * s`` per shaft turn, at a fixed shaft angle (no slip), ringing the
+    same resonance) and
     ``imbalance`` (no knocks: the once-per-turn vibration grows by ``imbalance_g * s``).
     """
 
@@ -383,7 +384,8 @@ class BearingSource:
             self._add_impacts(excite, rough_times, p.roughness_g, self._rough_amp[c], rough=True)
             coupling = 0.0 if p.fault == "imbalance" else 1.0 if c in p.fault_channels else p.coupling
             fd = self._fd
-            defect_times = self._defect[c].until(i_end, fs, lambda r, fd=fd: (1.0 + p.slip * r.standard_normal()) / fd)
+            slip = 0.0 if p.fault == "looseness" else p.slip  # a knock at a fixed shaft angle does not slip
+            defect_times = self._defect[c].until(i_end, fs, lambda r, fd=fd: (1.0 + slip * r.standard_normal()) / fd)
             self._add_impacts(excite, defect_times, p.defect_g * coupling, self._defect_amp[c], rough=False)
             ring = np.convolve(excite, self._kernel)
             ring[: k - 1] += self._tail[:, c]
