@@ -785,11 +785,14 @@ def _summary(verdict, defect, channel, cname, evidence, shaft, names) -> str:
         return NO_PATTERN + (f"; shaft-rate lines stand out on {', '.join(loud)} (looseness, rub, a loose mount?)"
                              if loud else "")
     e = next(x for x in evidence if x.defect == defect and x.channel == channel)
-    also = [f"{x.part} on {names[x.channel]}" for x in evidence if x.present and x is not e
-            and not (x.defect == "ftf" and any(y.present and y.defect == "bsf" and y.channel == x.channel
-                                               for y in evidence))]
+    others = [x for x in evidence if x.present and x is not e
+              and not (x.defect == "ftf" and any(y.present and y.defect == "bsf" and y.channel == x.channel
+                                                 for y in evidence))]
+    same = [names[x.channel] for x in others if x.defect == defect]
+    also = ([f"the same on {', '.join(same)}"] if same else []) + [
+        f"also {x.part} on {names[x.channel]}" for x in others if x.defect != defect]
     lines = ", ".join(f"{x.name} +{x.prominence_db:.0f} dB" for x in e.lines if x.stands_out)
     base = f", {e.baseline_db:+.0f} dB over healthy" if e.baseline_db is not None else ""
     return (f"{verdict}: {e.defect.upper()} {e.frequency_hz:.1f} Hz pattern on {cname} "
             f"(evidence {e.evidence:.1f}{base}; lines over the floor: {lines or 'none alone'})"
-            + (f"; also: {', '.join(also)}" if also else ""))
+            + (f"; {'; '.join(also)}" if also else ""))
