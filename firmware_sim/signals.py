@@ -385,7 +385,7 @@ class BearingSource:
             coupling = 0.0 if p.fault == "imbalance" else 1.0 if c in p.fault_channels else p.coupling
             fd = self._fd
             slip = 0.0 if p.fault == "looseness" else p.slip  # a knock at a fixed shaft angle does not slip
-            defect_times = self._defect[c].until(i_end, fs, lambda r, fd=fd: (1.0 + slip * r.standard_normal()) / fd)
+            defect_times = self._defect[c].until(i_end, fs, lambda r, fd=fd, slip=slip: (1.0 + slip * r.standard_normal()) / fd)
             self._add_impacts(excite, defect_times, p.defect_g * coupling, self._defect_amp[c], rough=False)
             ring = np.convolve(excite, self._kernel)
             ring[: k - 1] += self._tail[:, c]
