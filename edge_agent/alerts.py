@@ -3,15 +3,23 @@
 One ``AlertStateMachine`` per device. The scorer hands over one ``WindowResult`` per scored window;
 ``update`` returns an ``AlertEvent`` when the alert state changes, else ``None``.
 
-Rules (all levels relative to the threshold in force for that window)::
+Rules (all levels relative to the threshold in force for that window: the bundle's or device's threshold
+times the *baseline*, 1 unless the process settled at a new level, below)::
 
     above      score >  threshold                     (a "hit" in the k-of-n history)
     critical   score >= critical_ratio * threshold
     clear      score <  clear_ratio * threshold       (hysteresis: a lower level to recover)
 
     normal   --(>= k hits in the last n windows, not in cooldown)--> warning | critical   "raised"
-    warning  --(>= k critical windows in the last n)---------------> critical            "escalated"
+    warning  --(>= k critical windows in the last n, or rising)----> critical            "escalated"
     warning | critical --(clear_windows consecutive clear windows)--> normal             "cleared"
+    warning | critical --(settled at a new, lower level)------------> normal             "cleared" (settled)
+
+The two alert levels mean, for maintenance staff: ``warning`` = **changed** (a persistent shift worth
+watching), ``critical`` = **degrading** (act): the scores reach ``critical_ratio`` x the threshold in k of
+the last n windows, or they keep rising during the alert (the median of the latest ``trend_windows``
+windows is at least ``trend_growth`` x that of the alert's first ``trend_windows``, and their Theil-Sen
+slope over the latest ``2 * trend_windows`` windows is positive). ``AlertEvent.reason`` says which.
 
 - Debounce: fewer than ``k`` hits among the last ``n`` windows never raise; hits further apart than ``n``
   windows never add up.
@@ -20,6 +28,15 @@ Rules (all levels relative to the threshold in force for that window)::
   An alert does not de-escalate: it stays critical until it clears.
 - Hysteresis: while an alert is active, windows between the clear level and the threshold keep it active
   and restart the count of consecutive clear windows.
+- Recovery at a new level (``settle_windows`` > 0): a process that comes back from an event rarely
+  returns exactly to the state the model was trained on (a valve reopened, a pump restarted: temperatures
+  and pressures settle slowly elsewhere). An alert clears as *settled* when its latest ``settle_windows``
+  windows all score at most ``settle_ratio`` x the alert's own level (its k-th highest score, so one spike
+  does not set it), below ``critical_ratio`` x the threshold, and not rising (Theil-Sen slope <= 0). The
+  settled level times ``settle_margin`` becomes the baseline: until ``clear_windows`` consecutive windows
+  are back below the clear level of the original threshold, alerts are judged against it (a new event
+  above the settled level still raises). Degradation that keeps rising (bearings) never settles: its
+  scores stay near or above the alert's level.
 - Cooldown: after a recovery no alert is raised for ``cooldown_s`` seconds of the injected monotonic clock;
   windows are still scored and recorded, so an alert that persists through the cooldown is raised on the
   first window after it.
@@ -30,6 +47,7 @@ Rules (all levels relative to the threshold in force for that window)::
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -38,12 +56,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from edge_agent.settings import setting
 
 logger = logging.getLogger(__name__)
 
 AlertState = Literal["normal", "warning", "critical"]
 EventKind = Literal["raised", "escalated", "cleared"]
+#: The alert levels in maintenance terms.
+STAGES = {"warning": "changed", "critical": "degrading"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,15 @@ class AlertPolicy:
     clear_windows: int = setting(5, lo=1, hi=100_000, doc="consecutive windows below it that clear the alert")
     cooldown_s: float = setting(60.0, lo=0.0, hi=86_400.0, doc="seconds after a clear before the next raise")
     critical_ratio: float = setting(2.0, lo=1.0, hi=1000.0, doc="critical above critical_ratio x threshold")
+    settle_windows: int = setting(5, lo=0, hi=100_000, doc="windows at a steady, lower level that clear an alert "
+                                  "as settled at a new level (0: never)")
+    settle_ratio: float = setting(0.6, lo=0.01, hi=1.0, doc="settled: at most settle_ratio x the alert's own level")
+    settle_margin: float = setting(1.2, lo=1.0, hi=100.0, doc="after settling, judge against the settled level "
+                                   "x settle_margin until the scores return below the clear level")
+    trend_windows: int = setting(10, lo=0, hi=100_000, doc="windows compared for 'degrading' by a rising trend "
+                                 "(0: by level only)")
+    trend_growth: float = setting(1.5, lo=1.0, hi=1000.0, doc="rising: the latest trend_windows score at least "
+                                  "trend_growth x the alert's first ones")
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.n:
@@ -68,6 +99,15 @@ class AlertPolicy:
             raise ValueError(f"cooldown_s: must be finite and >= 0, got {self.cooldown_s}")
         if not (self.critical_ratio >= 1.0 and math.isfinite(self.critical_ratio)):
             raise ValueError(f"critical_ratio: must be finite and >= 1, got {self.critical_ratio}")
+        if self.settle_windows < 0 or self.trend_windows < 0:
+            raise ValueError(f"settle_windows and trend_windows: must be >= 0, got {self.settle_windows} and "
+                             f"{self.trend_windows}")
+        if not 0.0 < self.settle_ratio <= 1.0:
+            raise ValueError(f"settle_ratio: must be in (0, 1], got {self.settle_ratio}")
+        if not (self.settle_margin >= 1.0 and math.isfinite(self.settle_margin)):
+            raise ValueError(f"settle_margin: must be finite and >= 1, got {self.settle_margin}")
+        if not (self.trend_growth >= 1.0 and math.isfinite(self.trend_growth)):
+            raise ValueError(f"trend_growth: must be finite and >= 1, got {self.trend_growth}")
 
 
 @dataclass(frozen=True)
@@ -92,7 +132,8 @@ class AlertEvent:
     """A change of alert state. ``severity`` is the state after the event (``normal`` for "cleared").
 
     ``window_count`` is the number of windows above the threshold among the last ``n``;
-    ``started_at`` the ``time`` of the window that raised the alert.
+    ``started_at`` the ``time`` of the window that raised the alert; ``reason`` the evidence, in words;
+    ``baseline`` the factor on ``threshold`` in force (1, or the settled level's after a settle).
     """
 
     kind: EventKind
@@ -106,10 +147,18 @@ class AlertEvent:
     stats: dict[str, float]
     window_count: int
     started_at: float
+    reason: str = ""
+    baseline: float = 1.0
+
+    @property
+    def stage(self) -> str:
+        """What the severity means to maintenance staff: ``changed`` (watch), ``degrading`` (act), or ``""``."""
+        return STAGES.get(self.severity, "")
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict (non-finite floats become ``None``)."""
+        """A JSON-serialisable dict (non-finite floats become ``None``), with ``stage``."""
         d = asdict(self)
+        d["stage"] = self.stage
         d["stats"] = {str(k): _json_float(v) for k, v in self.stats.items()}
         for key in ("score", "threshold", "time", "started_at"):
             d[key] = _json_float(d[key])
@@ -122,7 +171,9 @@ def _json_float(x: float) -> float | None:
 
 
 class AlertStateMachine:
-    """k-of-n debounce, hysteresis, cooldown and severity for one device (see the module docstring).
+    """k-of-n debounce, hysteresis, recovery at a new level, trend, cooldown and severity for one device (see
+    the module docstring). Memory is bounded by the policy (n, settle_windows, trend_windows), not by the
+    length of an alert.
 
     Not thread-safe: call ``update`` from one thread (the scoring loop).
     """
@@ -136,8 +187,15 @@ class AlertStateMachine:
         self._clear_run = 0
         self._started_at: float | None = None
         self._cooldown_until = -math.inf
+        self._baseline = 1.0  # factor on the threshold while the process is judged against a settled level
+        self._home_run = 0  # consecutive windows back below the clear level of the original threshold
+        self._top: list[float] = []  # the alert's k highest ratios (a min-heap): its level
+        self._first: list[float] = []  # the alert's first trend_windows ratios
+        self._recent: deque[float] = deque(maxlen=max(policy.settle_windows, 2 * policy.trend_windows, 1))
+        self._window: deque[float] = deque(maxlen=policy.n)  # the last n ratios, whatever the state
         self.invalid = 0
         self.events = 0
+        self.settled = 0
 
     @property
     def state(self) -> AlertState:
@@ -147,6 +205,11 @@ class AlertStateMachine:
     def in_cooldown(self) -> bool:
         return self._state == "normal" and self._clock() < self._cooldown_until
 
+    @property
+    def baseline(self) -> float:
+        """Factor on the threshold in force: 1, or the settled level x margin after a settle."""
+        return self._baseline
+
     def update(self, result: WindowResult) -> AlertEvent | None:
         """Record one window; return the event if the alert state changed, else ``None``."""
         score, threshold = float(result.score), float(result.threshold)
@@ -155,8 +218,12 @@ class AlertStateMachine:
             logger.debug("alert: ignoring window seq_end=%d score=%r threshold=%r", result.seq_end, score, threshold)
             return None
         p = self.policy
-        self._hits.append(score > threshold)
-        self._crit.append(score >= p.critical_ratio * threshold)
+        self._track_home(score / threshold)
+        threshold *= self._baseline
+        ratio = score / threshold
+        self._window.append(ratio)
+        self._hits.append(ratio > 1.0)
+        self._crit.append(ratio >= p.critical_ratio)
         hits, crits = sum(self._hits), sum(self._crit)
 
         if self._state == "normal":
@@ -164,34 +231,111 @@ class AlertStateMachine:
                 self._state = "critical" if crits >= p.k else "warning"
                 self._started_at = result.time
                 self._clear_run = 0
-                return self._event("raised", result, hits)
+                self._top, self._first = [], []
+                self._recent.clear()
+                for r in self._window:  # the windows that raised it belong to the alert
+                    if r > 1.0:
+                        self._remember(r)
+                why = f"{hits} of the last {p.n} windows above the threshold"
+                if self._state == "critical":
+                    why += f", {crits} at {p.critical_ratio:g} x or more"
+                return self._event("raised", result, hits, why)
             return None
 
-        if score < p.clear_ratio * threshold:
-            self._clear_run += 1
-        else:
-            self._clear_run = 0
+        self._remember(ratio)
+        self._clear_run = self._clear_run + 1 if ratio < p.clear_ratio else 0
         if self._clear_run >= p.clear_windows:
-            event = self._event("cleared", result, hits, severity="normal")
-            self._state = "normal"
-            self._started_at = None
-            self._clear_run = 0
-            self._hits.clear()
-            self._crit.clear()
-            self._cooldown_until = self._clock() + p.cooldown_s
-            return event
-        if self._state == "warning" and crits >= p.k:
-            self._state = "critical"
-            return self._event("escalated", result, hits)
+            return self._clear(result, hits, f"{p.clear_windows} windows in a row below {p.clear_ratio:g} x the "
+                                             "threshold")
+        settled = self._settled_level()
+        if settled is not None:
+            level = sorted(self._top)[0]
+            self._baseline *= settled * p.settle_margin
+            self._home_run = 0
+            self.settled += 1
+            return self._clear(result, hits, f"settled at a new level: the last {p.settle_windows} windows score "
+                                             f"at most {settled:.2f} x the threshold, steady, against "
+                                             f"{level:.2f} x during the alert; judged against "
+                                             f"{self._baseline:.2f} x the threshold until the scores come back")
+        if self._state == "warning":
+            if crits >= p.k:
+                self._state = "critical"
+                return self._event("escalated", result, hits, f"{crits} of the last {p.n} windows at "
+                                                              f"{p.critical_ratio:g} x the threshold or more")
+            rising = self._rising()
+            if rising:
+                self._state = "critical"
+                return self._event("escalated", result, hits, rising)
         return None
 
     def reset(self) -> None:
-        """Forget the k-of-n history and the clear run (after a model swap or a restarted sender); keep the active alert."""
+        """Forget the k-of-n history, the clear run and the trend (after a model swap or a restarted sender);
+        keep the active alert. A new model's scores are not comparable: the baseline returns to 1."""
         self._hits.clear()
         self._crit.clear()
         self._clear_run = 0
+        self._recent.clear()
+        self._window.clear()
+        self._top, self._first = [], []
+        self._baseline, self._home_run = 1.0, 0
 
-    def _event(self, kind: EventKind, r: WindowResult, hits: int, severity: AlertState | None = None) -> AlertEvent:
+    # ------------------------------------------------------------------ evidence
+    def _remember(self, ratio: float) -> None:
+        p = self.policy
+        if len(self._top) < p.k:
+            heapq.heappush(self._top, ratio)
+        elif ratio > self._top[0]:
+            heapq.heapreplace(self._top, ratio)
+        if len(self._first) < p.trend_windows:
+            self._first.append(ratio)
+        self._recent.append(ratio)
+
+    def _settled_level(self) -> float | None:
+        """The settled level (x threshold in force) when the alert's latest windows sit steady well below its
+        own level, else None."""
+        p, m = self.policy, self.policy.settle_windows
+        if m == 0 or len(self._top) < p.k or len(self._recent) < m:
+            return None
+        last = list(self._recent)[-m:]
+        level, high = self._top[0], max(last)
+        if not math.isfinite(level) or high > p.settle_ratio * level or high >= p.critical_ratio:
+            return None
+        return high if _theil_sen(last) <= 0.0 else None
+
+    def _rising(self) -> str:
+        """Evidence of a rising trend during the alert, in words, or ``""``."""
+        t = self.policy.trend_windows
+        if t == 0 or len(self._first) < t or len(self._recent) < 2 * t:
+            return ""
+        recent = list(self._recent)[-2 * t:]
+        early, late = _median(self._first), _median(recent[-t:])
+        if not (math.isfinite(late) and late >= self.policy.trend_growth * early and _theil_sen(recent) > 0.0):
+            return ""
+        return (f"rising: the last {t} windows score {late:.2f} x the threshold (median), against {early:.2f} x "
+                f"in the alert's first {t}")
+
+    def _track_home(self, ratio: float) -> None:
+        """Back below the clear level of the original threshold for clear_windows windows: the baseline ends."""
+        if self._baseline == 1.0:
+            return
+        self._home_run = self._home_run + 1 if ratio < self.policy.clear_ratio else 0
+        if self._home_run >= self.policy.clear_windows:
+            logger.info("alert: scores back below %.2f x the threshold for %d windows; the settled baseline "
+                        "(%.2f x) ends", self.policy.clear_ratio, self._home_run, self._baseline)
+            self._baseline, self._home_run = 1.0, 0
+
+    def _clear(self, result: WindowResult, hits: int, why: str) -> AlertEvent:
+        event = self._event("cleared", result, hits, why, severity="normal")
+        self._state = "normal"
+        self._started_at = None
+        self._clear_run = 0
+        self._hits.clear()
+        self._crit.clear()
+        self._cooldown_until = self._clock() + self.policy.cooldown_s
+        return event
+
+    def _event(self, kind: EventKind, r: WindowResult, hits: int, reason: str,
+               severity: AlertState | None = None) -> AlertEvent:
         self.events += 1
         started = self._started_at if self._started_at is not None else r.time
         return AlertEvent(
@@ -206,4 +350,19 @@ class AlertStateMachine:
             stats=dict(r.stats),
             window_count=int(hits),
             started_at=float(started),
+            reason=reason,
+            baseline=self._baseline,
         )
+
+
+def _median(x: list[float]) -> float:
+    return float(np.median(x))
+
+
+def _theil_sen(y: list[float]) -> float:
+    """Median of the pairwise slopes of (m,) values (per window); robust to a few outliers."""
+    a = np.asarray(y, np.float64)
+    if a.size < 2 or not np.isfinite(a).all():
+        return math.inf if a.size >= 2 else 0.0
+    i, j = np.triu_indices(a.size, 1)
+    return float(np.median((a[j] - a[i]) / (j - i)))

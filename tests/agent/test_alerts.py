@@ -86,7 +86,7 @@ def test_threshold_itself_is_not_above() -> None:
 
 
 def test_hysteresis_scores_between_clear_level_and_threshold_keep_the_alert() -> None:
-    f = Feeder()
+    f = Feeder(AlertPolicy(settle_windows=0))
     f.feed(HIGH, HIGH, HIGH)
     assert f.sm.state == "warning"
     assert f.feed(*([MID] * 50)) == []
@@ -165,8 +165,68 @@ def test_event_fields_and_to_dict_is_json() -> None:
     assert d["kind"] == "cleared" and d["severity"] == "normal" and d["started_at"] == raised.time
     assert set(d) == {
         "kind", "severity", "device", "model_version", "score", "threshold", "time", "seq_end", "stats",
-        "window_count", "started_at",
+        "window_count", "started_at", "reason", "baseline", "stage",
     }
+    assert d["stage"] == "" and "below 0.8 x the threshold" in d["reason"]
+    assert raised.stage == "changed" and "3 of the last 5 windows above the threshold" in raised.reason
+
+
+def test_an_alert_clears_when_the_process_settles_at_a_new_lower_level() -> None:
+    """A valve reopened: the scores fall from the event's level to a steady level near the threshold (the
+    process settles elsewhere than its training state). The alert clears as settled and the new level is
+    the baseline, so it does not re-raise; an event above the settled level raises again."""
+    f = Feeder()
+    f.feed(3.0, 3.0, 3.0)
+    assert f.sm.state == "critical"
+    f.feed(3.2, 2.9, 3.1)
+    (cleared,) = f.feed(1.1, 1.2, 1.15, 1.2, 1.1)
+    assert cleared.kind == "cleared" and cleared.reason.startswith("settled at a new level")
+    assert cleared.baseline == pytest.approx(1.2 * 1.2)
+    assert f.sm.settled == 1 and f.sm.baseline == pytest.approx(1.44)
+    f.clock.now += 120.0  # past the cooldown
+    assert f.feed(*([1.2] * 30)) == []  # the settled level is not an alert
+    (raised,) = f.feed(3.0, 3.0, 3.0)  # a new event above it is
+    assert raised.kind == "raised" and raised.baseline == pytest.approx(1.44)
+
+
+def test_a_level_that_stays_near_the_alerts_own_level_or_rises_never_settles() -> None:
+    f = Feeder()
+    f.feed(HIGH, HIGH, HIGH)
+    assert f.feed(*([1.4, 1.5, 1.45] * 20)) == []  # a plateau: the anomaly goes on
+    assert f.sm.state == "warning"
+    g = Feeder()
+    g.feed(CRIT, CRIT, CRIT)
+    assert g.feed(*([1.0 + 0.01 * i for i in range(60)])) == []  # low but rising: not settled
+    assert g.sm.state == "critical"
+    h = Feeder()
+    h.feed(9.0, 9.0, 9.0)
+    assert h.feed(*([2.5] * 30)) == []  # far below the alert's level but still >= critical: not a new normal
+    assert h.sm.state == "critical"
+
+
+def test_the_baseline_ends_when_the_scores_come_back_below_the_clear_level() -> None:
+    f = Feeder()
+    f.feed(3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 1.1, 1.1, 1.1, 1.1, 1.1)
+    assert f.sm.baseline > 1.0
+    f.feed(*([LOW] * 4))
+    assert f.sm.baseline > 1.0
+    f.feed(LOW)
+    assert f.sm.baseline == 1.0
+    f.clock.now += 120.0
+    assert [e.kind for e in f.feed(HIGH, HIGH, HIGH)] == ["raised"]  # judged against the bundle threshold again
+
+
+def test_a_rising_alert_escalates_to_degrading_with_its_evidence() -> None:
+    """Wear: the scores keep rising during the alert without reaching the critical level in k of n."""
+    f = Feeder(AlertPolicy(critical_ratio=10.0))
+    f.feed(1.1, 1.1, 1.1)
+    scores = [1.1 + 0.05 * i for i in range(40)]
+    events = f.feed(*scores)
+    assert [(e.kind, e.severity, e.stage) for e in events] == [("escalated", "critical", "degrading")]
+    assert events[0].reason.startswith("rising: the last 10 windows score")
+    flat = Feeder(AlertPolicy(critical_ratio=10.0))
+    flat.feed(*([1.6] * 60))  # a step that stays: changed, not degrading
+    assert flat.sm.state == "warning"
 
 
 def test_invalid_windows_are_counted_and_ignored() -> None:
@@ -204,7 +264,8 @@ def test_reset_clears_history_but_keeps_the_active_alert() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"k": 0}, {"k": 6, "n": 5}, {"clear_ratio": 0.0}, {"clear_ratio": 1.5}, {"clear_windows": 0},
-     {"cooldown_s": -1.0}, {"critical_ratio": 0.5}],
+     {"cooldown_s": -1.0}, {"critical_ratio": 0.5}, {"settle_windows": -1}, {"settle_ratio": 0.0},
+     {"settle_margin": 0.5}, {"trend_growth": 0.9}],
 )
 def test_policy_rejects_out_of_range_values(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="must be"):

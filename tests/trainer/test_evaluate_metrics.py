@@ -66,6 +66,12 @@ def test_run_to_failure_figures():
     assert r["episodes"] == 2 and r["episodes_healthy"] == 1 and r["stayed_raised"]
     assert r["first_alert_life"] == pytest.approx(20 / 29) and r["lead_h"] == pytest.approx(9.0)
     assert r["first_any_life"] == pytest.approx(13 / 29)
+    assert r["first_degrading_life"] == pytest.approx(20 / 29) and r["degrading_lead_h"] == pytest.approx(9.0)
+    assert not r["degrading_healthy"]
+    early = metrics.run_to_failure(states, times, healthy_until=times[25])
+    assert early["degrading_healthy"] and early["episodes_healthy"] == 2
+    quiet = metrics.run_to_failure(np.array(["normal"] * 5 + ["warning"] * 5), np.arange(10.0), healthy_until=3.0)
+    assert quiet["first_degrading_life"] is None and not quiet["degrading_healthy"]
 
 
 def test_discover_finds_nab_layout_series_and_labelled_tables(tmp_path):

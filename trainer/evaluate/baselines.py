@@ -42,8 +42,9 @@ def window_stats(rec: Recording, ends: np.ndarray, length: int) -> dict[str, np.
 
 def alert_states(scores: np.ndarray, threshold: float, times: np.ndarray | None, first: int = 0,
                  policy: AlertPolicy | None = None) -> np.ndarray:
-    """(W,) alert states of scores (W,) against a threshold, ``calibrating`` before window ``first``."""
-    policy = policy or AlertPolicy(k=RUN, n=RUN)
+    """(W,) alert states of scores (W,) against a threshold, ``calibrating`` before window ``first``. The
+    baselines are plain threshold detectors: RUN windows in a row raise; no settling, no trend."""
+    policy = policy or AlertPolicy(k=RUN, n=RUN, settle_windows=0, trend_windows=0)
     now = [0.0]
     machine = AlertStateMachine(policy, clock=lambda: now[0])
     states = np.empty(len(scores), dtype=object)

@@ -422,16 +422,18 @@ def markdown(outcomes: list[Outcome]) -> str:
     rtf = [o for o in outcomes if o.case.kind == "run-to-failure"]
     if rtf:
         out += ["### Run to failure", "",
-                "| recording | representation | served | first persistent alert (life / h before end) | alert episodes in healthy part | stayed raised | RMS baseline | kurtosis baseline | tutorial baseline |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "| recording | representation | served | first persistent alert, *changed* (life / h before end) | first *degrading* (life / h before end) | alert episodes in healthy part | stayed raised | RMS baseline | kurtosis baseline | tutorial baseline |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for o in rtf:
             ae = o.figures["ae"]
             base = [_rtf_cell(o.figures.get(b)) for b in BASELINES]
             out.append(f"| {o.case.name} | {ae['representation']} | {ae['served']} | {_fmt(ae['first_alert_life'], '.0%')} / "
-                       f"{_fmt(ae['lead_h'], '.1f')} h | {ae['episodes_healthy']} | {'yes' if ae['stayed_raised'] else 'no'} | "
+                       f"{_fmt(ae['lead_h'], '.1f')} h | {_fmt(ae.get('first_degrading_life'), '.0%')} / "
+                       f"{_fmt(ae.get('degrading_lead_h'), '.1f')} h | {ae['episodes_healthy']} | {'yes' if ae['stayed_raised'] else 'no'} | "
                        + " | ".join(base) + " |")
         out.append("")
-        out += ["| group | detector | alarmed | recordings with an alert in the healthy part | median lead (h) |", "|---|---|---|---|---|"]
+        out += ["| group | detector | alarmed | recordings with an alert in the healthy part | recordings *degrading* in the healthy part | median lead (h) | median *degrading* lead (h) |",
+                "|---|---|---|---|---|---|---|"]
         for group in sorted({o.case.group for o in rtf}):
             members = [o for o in rtf if o.case.group == group]
             for det in ("ae", *BASELINES):
@@ -439,8 +441,10 @@ def markdown(outcomes: list[Outcome]) -> str:
                 if not figs:
                     continue
                 leads = [f["lead_h"] or 0.0 for f in figs]
+                degrading = [f.get("degrading_lead_h") or 0.0 for f in figs]
                 out.append(f"| {group or '-'} | {det} | {sum(f['alarmed'] for f in figs)}/{len(figs)} | "
-                           f"{sum(f['episodes_healthy'] > 0 for f in figs)} | {np.median(leads):.2f} |")
+                           f"{sum(f['episodes_healthy'] > 0 for f in figs)} | {sum(bool(f.get('degrading_healthy')) for f in figs)} | "
+                           f"{np.median(leads):.2f} | {np.median(degrading):.2f} |")
         out.append("")
     win = [o for o in outcomes if o.case.kind == "windows"]
     if win:

@@ -28,14 +28,21 @@ def run_to_failure(states: np.ndarray, times: np.ndarray, healthy_until: float,
 
     times: (W,) seconds of the window ends; healthy_until: seconds, the end of the documented healthy
     part. Returns first persistent alert (fraction of life, hours before the end), alert episodes that
-    start in the healthy part, whether the alert stayed raised to the end, and the episode count.
+    start in the healthy part, whether the alert stayed raised to the end, and the episode count; and the
+    first *degrading* window (state ``critical``: at the critical level in k of n, or rising), the second
+    of the two alert levels, with ``degrading_healthy`` when it came in the healthy part.
     """
     times = np.asarray(times, np.float64)
     eps = episodes(states)
     t0, t1 = float(times[0]), float(times[-1])
     life = max(t1 - t0, 1e-9)
     first = next((a for a, b in eps if b - a >= persistent or b == len(states)), None)
+    critical = np.flatnonzero(np.asarray(states) == "critical")
+    degrading = int(critical[0]) if critical.size else None
     return {
+        "first_degrading_life": None if degrading is None else (times[degrading] - t0) / life,
+        "degrading_lead_h": None if degrading is None else (t1 - times[degrading]) / 3600.0,
+        "degrading_healthy": degrading is not None and bool(times[degrading] < healthy_until),
         "alarmed": first is not None,
         "first_alert_life": None if first is None else (times[first] - t0) / life,
         "lead_h": None if first is None else (t1 - times[first]) / 3600.0,
