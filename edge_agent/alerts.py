@@ -133,7 +133,9 @@ class AlertEvent:
 
     ``window_count`` is the number of windows above the threshold among the last ``n``;
     ``started_at`` the ``time`` of the window that raised the alert; ``reason`` the evidence, in words;
-    ``baseline`` the factor on ``threshold`` in force (1, or the settled level's after a settle).
+    ``baseline`` the factor on ``threshold`` in force (1, or the settled level's after a settle);
+    ``explanation`` which channels and features carry the window's error (``contract.explain``; raised and
+    escalated events of scored windows, added by the pipeline).
     """
 
     kind: EventKind
@@ -149,6 +151,7 @@ class AlertEvent:
     started_at: float
     reason: str = ""
     baseline: float = 1.0
+    explanation: dict | None = None
 
     @property
     def stage(self) -> str:

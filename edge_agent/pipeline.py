@@ -28,13 +28,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from edge_agent import calibration
 from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, WindowResult
+from edge_agent.contract import explain
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.frames import Frame, seq_gap
 from edge_agent.scorer import Scorer
@@ -329,10 +330,20 @@ class Pipeline:
     def _judge(self, w: Window | None, result: WindowResult) -> None:
         """Hand a result to the alert state machine and to the ``on_window`` callback."""
         event = self.alerts.update(result)
+        if event is not None and event.kind != "cleared" and w is not None:
+            event = replace(event, explanation=self.explain_last())
         if event is not None:
             self.counters.alert_events += 1
         if self.on_window is not None:
             self.on_window(w, result, event)
+
+    def explain_last(self) -> dict | None:
+        """Which channels and features carry the error of the window scored last (``contract.explain``), from
+        the served model's own reconstruction; None before the first window."""
+        if self.scorer.windows == 0:
+            return None
+        healthy = (self.bundle.manifest.get(explain.MANIFEST_KEY) or {}).get("healthy")
+        return explain.explain(self.scorer.feature_errors(), self.bundle.spec, healthy).to_dict()
 
     # ------------------------------------------------------------------ model swap
     def swap(self, bundle: Bundle, scorer: Scorer, threshold: float) -> None:

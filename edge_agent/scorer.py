@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.contract import preprocess
+from edge_agent.contract import explain, preprocess
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.errors import BundleError
 from edge_agent.contract.interpreter import load_interpreter
@@ -118,6 +118,11 @@ class TFLiteModel:
             self._y[...] = raw
         return self._y
 
+    @property
+    def reconstruction(self) -> np.ndarray:
+        """(T, F) the last window's reconstruction (overwritten by the next ``reconstruct``)."""
+        return self._y
+
     def score_window(self, window: np.ndarray) -> float:
         """Reconstruction error (``preprocess.reconstruction_error``) of one scaled window (T, F)."""
         y = self.reconstruct(window)
@@ -179,6 +184,11 @@ class Scorer:
         self.latency.add((time.perf_counter() - t0) * 1000.0)
         self.windows += 1
         return err
+
+    def feature_errors(self) -> np.ndarray:
+        """(F,) per-feature error of the window scored last (``contract.explain.feature_errors``), from the
+        buffers that scoring left: no second inference."""
+        return explain.feature_errors(self._scaled, self.model.reconstruction)
 
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
         """Scores of unscaled windows (W, T, F) -> (W,) float64, one invoke each."""

@@ -50,3 +50,27 @@ def test_bad_input_is_refused_or_degrades_to_shares() -> None:
     with pytest.raises(ValueError, match="finite"):
         explain.healthy_levels(np.array([[np.inf, 1.0]]))
     assert explain.healthy_levels(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])) == [3.0, 4.0]
+
+
+def test_the_pipeline_explains_a_raised_alert_with_the_faulty_channel(agent_bundle, degrading_samples) -> None:
+    """The simulator's outer-race fault is on channel 0: the raised alert's explanation must lead with it, from
+    the served model's own reconstruction (shares add up to 1)."""
+    from edge_agent.alerts import AlertPolicy
+    from edge_agent.contract.bundle import Bundle
+    from edge_agent.contract.frames import Frame
+    from edge_agent.pipeline import Pipeline
+
+    bundle = Bundle.load(agent_bundle)
+    events = []
+    pipeline = Pipeline(bundle, device="dev", threshold=bundle.threshold.value, policy=AlertPolicy(),
+                        on_window=lambda w, r, e: events.append(e) if e is not None else None)
+    assert pipeline.explain_last() is None
+    for pos in range(0, len(degrading_samples) - 2048 + 1, 2048):
+        pipeline.push(Frame(pos, 0, np.ascontiguousarray(degrading_samples[pos:pos + 2048])))
+    raised = [e for e in events if e.kind == "raised"]
+    assert raised, "the degrading bearing must raise an alert"
+    ex = raised[0].explanation
+    assert ex is not None and raised[0].to_dict()["explanation"] == ex
+    assert ex["channels"][0]["name"] == bundle.spec.channels[0], ex["summary"]
+    assert sum(p["share"] for p in ex["channels"]) == pytest.approx(1.0, abs=1e-3)
+    assert ex["summary"].startswith(f"{bundle.spec.channels[0]} carries")
