@@ -131,7 +131,7 @@ class Spool:
         """Take the spool (its lock file, then the database); UploadError when it is not ours to take."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         check_spool_path(self.path)
-        self._lockfd = _take_lock(self.path)
+        self._lockfd = take_lock(self.path)
         try:
             with self._lock:
                 self._connect()
@@ -572,23 +572,23 @@ def check_spool_path(path: Path) -> None:
         db.close()
 
 
-def _take_lock(path: Path) -> int:
-    """Hold ``<spool>.lock`` (flock, our pid inside) for this process; UploadError naming the holder if another
+def take_lock(path: Path, what: str = "spool", key: str = "uploads.spool_path") -> int:
+    """Hold ``<file>.lock`` (flock, our pid inside) for this process; UploadError naming the holder if another
     live process has it. A lock file left by a process that is gone is taken over (the flock died with it)."""
     lock_path = path.with_name(path.name + ".lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise UploadError(f"spool {path}: cannot create its lock file {lock_path}: {exc.strerror or exc}") from exc
+        raise UploadError(f"{what} {path}: cannot create its lock file {lock_path}: {exc.strerror or exc}") from exc
     holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)
-        raise UploadError(f"spool {path} is in use by another edge-agent (pid {holder or '?'}, see {lock_path}):"
-                          " two agents cannot share one uploads.spool_path") from exc
+        raise UploadError(f"{what} {path} is in use by another edge-agent (pid {holder or '?'}, see {lock_path}):"
+                          f" two agents cannot share one {key}") from exc
     if holder and holder != str(os.getpid()):
-        logger.info("spool %s: taking over the lock of pid %s, which is no longer running", path, holder)
+        logger.info("%s %s: taking over the lock of pid %s, which is no longer running", what, path, holder)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
