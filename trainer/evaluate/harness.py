@@ -373,17 +373,19 @@ def plot_case(outcome: Outcome, path: Path) -> None:
     score = rows["scores"]
     ax.plot(x, score, lw=0.8, color="tab:blue", label="score")
     ax.step(x, rows["thresholds"], where="post", color="tab:red", lw=1.0, label="threshold")
-    for state, color in (("warning", "gold"), ("critical", "tomato"), ("calibrating", "lightgrey")):
+    for state, color, label in (("warning", "gold", "changed (warning)"), ("critical", "tomato", "degrading (critical)"),
+                                ("calibrating", "lightgrey", "calibrating")):
         mask = rows["states"] == state
         if mask.any():
             ax.fill_between(x, 0, 1, where=mask, transform=ax.get_xaxis_transform(), color=color, alpha=0.35,
-                            step="post", label=state)
+                            step="post", label=label)
     if np.all(score[np.isfinite(score)] > 0):
         ax.set_yscale("log")
     title = f"{case.name} ({case.kind})"
     ae = outcome.figures["ae"]
     if case.kind == "run-to-failure":
-        title += f": first persistent alert {_fmt(ae['first_alert_life'], '.0%')} of life, {_fmt(ae['lead_h'], '.1f')} h before the end"
+        title += (f": first persistent alert {_fmt(ae['first_alert_life'], '.0%')} of life, {_fmt(ae['lead_h'], '.1f')} h "
+                  f"before the end; degrading from {_fmt(ae.get('first_degrading_life'), '.0%')}")
         if case.healthy_until:
             ax.axvline(_x(np.datetime64(case.healthy_until, "s"), rows), color="k", ls="--", lw=1, label="degradation")
     elif case.kind == "windows":
