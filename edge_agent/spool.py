@@ -536,21 +536,9 @@ def check_spool_path(path: Path) -> None:
     """UploadError unless ``path`` is absent, empty, or an SQLite database that is ours (or an earlier release's):
     the header first (nothing is opened for a file that is not SQLite), then the schema, read-only. The one check
     of the spool before it touches anything, and of validate-config and doctor."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
+    header = read_header(path, "spool")
+    if header is None:
         return
-    except OSError as exc:
-        raise UploadError(f"spool {path}: cannot be used: {exc.strerror or exc}") from exc
-    if not path.is_file():
-        raise UploadError(f"spool {path}: is a {'directory' if path.is_dir() else 'special file'}, not a spool file")
-    if st.st_size == 0:
-        return
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-    except OSError as exc:
-        raise UploadError(f"spool {path}: cannot be read: {exc.strerror or exc}") from exc
     if not header.startswith(SQLITE_HEADER):
         raise UploadError(f"spool {path}: is not an SQLite database (it holds something else): not touched;"
                           " uploads.spool_path must name the agent's own spool file")
@@ -570,6 +558,26 @@ def check_spool_path(path: Path) -> None:
             raise UploadError(f"spool {path}: cannot be read: {exc}") from exc
     finally:
         db.close()
+
+
+def read_header(path: Path, what: str, error: type[Exception] = UploadError) -> bytes | None:
+    """The first 100 bytes of the agent's own state file ``path`` (``what`` names it in messages); None when it is
+    absent or empty; ``error`` when it is not a regular file or cannot be read. Opens nothing else."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot be used: {exc.strerror or exc}") from exc
+    if not path.is_file():
+        raise error(f"{what} {path}: is a {'directory' if path.is_dir() else 'special file'}, not a {what} file")
+    if st.st_size == 0:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read(100)
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot be read: {exc.strerror or exc}") from exc
 
 
 def take_lock(path: Path, what: str = "spool", key: str = "uploads.spool_path") -> int:

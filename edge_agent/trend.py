@@ -43,7 +43,7 @@ from pathlib import Path
 
 from edge_agent.contract.errors import UploadError
 from edge_agent.ratelog import RateLimitedLog
-from edge_agent.spool import SQLITE_HEADER, take_lock
+from edge_agent.spool import SQLITE_HEADER, read_header, take_lock
 from edge_agent.status import counter, gauge
 
 log = logging.getLogger(__name__)
@@ -370,22 +370,9 @@ class TrendStore:
 def check_trend_path(path: Path) -> None:
     """TrendError unless ``path`` is absent, empty, or an SQLite database with the trend's application id (read
     from the header: nothing else is opened). The one check, for ``run`` and ``validate-config``."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
+    header = read_header(path, "trend", TrendError)
+    if header is None:
         return
-    except OSError as exc:
-        raise TrendError(f"trend file {path}: cannot be used: {exc.strerror or exc}") from exc
-    if not path.is_file():
-        raise TrendError(f"trend file {path}: is a {'directory' if path.is_dir() else 'special file'}; "
-                         "status.trend_path must name the agent's own trend file")
-    if st.st_size == 0:
-        return
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-    except OSError as exc:
-        raise TrendError(f"trend file {path}: cannot be read: {exc.strerror or exc}") from exc
     app = int.from_bytes(header[68:72], "big") if len(header) >= 72 else 0
     if not header.startswith(SQLITE_HEADER) or app != APPLICATION_ID:
         raise TrendError(f"trend file {path}: holds something else (not the agent's trend): not touched; "
