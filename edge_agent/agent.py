@@ -117,7 +117,7 @@ class Agent:
                 receipt_timeout_s=u.receipt_timeout_s, receipt_keys=keyring(u.receipt_keys),
                 budget=ByteBudget(u.max_bytes_per_hour) if u.max_bytes_per_hour else None)
         self.sensors = [Sensor(
-            scfg, cfg, connection=self.connection, dispatcher=AlertDispatcher(self._make_sinks(scfg)),
+            scfg, cfg, connection=self.connection, dispatcher=AlertDispatcher(self._make_sinks(scfg), scfg.advisor()),
             offer_upload=self._offer_upload if scfg.uploads.enabled else None, wake=self.wake,
             on_event=on_event, on_window=on_window) for scfg in cfg.sensors]
         self._next_status = 0.0

@@ -7,7 +7,8 @@ at start (``edge-agent validate-config FILE`` runs only this step and loads ever
 One sensor (the first releases' layout, still valid)::
 
     device = "pump-7"
-    [source] [bundle] [alerts] [uploads] [status] [calibration] [health] [mqtt]
+    asset = "cooling pump 7, drive end"          # optional, like location
+    [source] [bundle] [alerts] [uploads] [status] [calibration] [health] [advice] [mqtt]
 
 Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]`` table overrides them::
 
@@ -19,9 +20,9 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
     [rollout]     public_keys, shadow_windows, max_alert_rate_increase, probation_windows (signed rollouts)
     [http]        enabled, listen, port: the local status page and the Prometheus /metrics endpoint
     [homeassistant] enabled, discovery_prefix: Home Assistant MQTT discovery of every sensor
-    [alerts] [bundle] [source] [calibration] [health]      defaults for every sensor
-    [[sensors]]   device, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
-                  [sensors.calibration] (default path calibration/<device>.json), [sensors.health]
+    [alerts] [bundle] [source] [calibration] [health] [advice]      defaults for every sensor
+    [[sensors]]   device, asset, location, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
+                  [sensors.calibration] (default path calibration/<device>.json), [sensors.health], [sensors.advice]
 
 Per sensor::
 
@@ -38,6 +39,9 @@ Per sensor::
     [drift]       enabled, windows, psi_limit
     [calibration] path, windows
     [health]      no_window_s, no_data_s, bridge_fraction, coverage_s, min_coverage
+    [advice]      what to do, one text per alert kind and health condition (``edge_agent.advice``): changed,
+                  degrading, over_range, no_data, ... (unknown keys refused)
+    asset, location   what the sensor is mounted on and where: on the page, in Home Assistant, in every alert
 
 Gateway only::
 
@@ -57,6 +61,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.advice import MAX_NAME, AdviceTexts, Advisor, check_text
 from edge_agent.alerts import AlertPolicy
 from edge_agent.contract import topics
 from edge_agent.contract.errors import ConfigError, SignatureError
@@ -64,6 +69,7 @@ from edge_agent.contract.frames import MAX_CHANNELS
 from edge_agent.contract.json_mapping import TIME_UNITS, JsonMapping, PayloadDecoder
 from edge_agent.drift import DriftPolicy
 from edge_agent.rollout import RolloutPolicy
+from edge_agent.settings import setting
 from edge_agent.uploader import KeepPolicy
 
 
@@ -273,6 +279,14 @@ class Rollout(RolloutPolicy):
 
 
 @dataclass(frozen=True)
+class Advice(AdviceTexts):
+    """What to do, one text per alert kind and health condition (``advice.AdviceTexts``: the defaults, written for
+    maintenance staff, are declared there once). They travel with every alert (MQTT, JSONL, the command's
+    environment), in Home Assistant's attributes and on the status page. Set a key to replace its text: at the
+    top level for every sensor, in ``[sensors.advice]`` for one."""
+
+
+@dataclass(frozen=True)
 class SensorConfig:
     """One sensor: its id, where its samples come from, the model that scores them and what its alerts do."""
 
@@ -284,6 +298,15 @@ class SensorConfig:
     calibration: Calibration = field(default_factory=Calibration)
     health: Health = field(default_factory=Health)
     drift: Drift = field(default_factory=Drift)
+    asset: str | None = setting(None, doc="what the sensor is mounted on, in the plant's words (\"cooling pump 7, "
+                                "drive-end bearing\"): on the status page, in Home Assistant and in every alert")
+    location: str | None = setting(None, doc="where it is (\"hall 3, bay 2\"): on the status page, in every alert, "
+                                   "and Home Assistant's suggested area for the sensor's device")
+    advice: Advice = field(default_factory=Advice)
+
+    def advisor(self) -> Advisor:
+        """The runtime side of ``asset``, ``location`` and ``advice``: what this sensor's events and status carry."""
+        return Advisor(self.advice, self.asset, self.location)
 
 
 @dataclass(frozen=True)
@@ -329,7 +352,9 @@ class AgentConfig:
 
 
 #: Sections of a sensor that may also be given once at the top level, as every sensor's defaults.
-SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health", "drift")
+SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health", "drift", "advice")
+#: A sensor's own keys that are not tables: at the top level only in the one-sensor layout.
+SENSOR_KEYS = ("device", "asset", "location")
 GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "logging", "rollout")
 _SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch", "max_bytes_per_hour", "uplink_topic",
                "receipts", "receipt_timeout_s", "receipt_keys")
@@ -374,8 +399,9 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
         raise ConfigError("config: must be a table")
     data = dict(data)
     if "sensors" in data:
-        if "device" in data:
-            raise ConfigError("device: goes into each [[sensors]] table when there are sensors")
+        for key in SENSOR_KEYS:
+            if key in data:
+                raise ConfigError(f"{key}: goes into each [[sensors]] table when there are sensors")
         raw_sensors = data.pop("sensors")
         if not isinstance(raw_sensors, list) or not raw_sensors or not all(isinstance(s, dict) for s in raw_sensors):
             raise ConfigError("sensors: must be one or more [[sensors]] tables")
@@ -383,11 +409,13 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
     else:
         if "device" not in data:
             raise ConfigError("device: required (or list [[sensors]])")
-        raw_sensors = [{"device": data.pop("device")}]
+        raw_sensors = [{k: data.pop(k) for k in SENSOR_KEYS if k in data}]
         legacy = True
     unknown = sorted(set(data) - set(GATEWAY_KEYS) - set(SENSOR_SECTIONS))
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted((*GATEWAY_KEYS, 'device', *SENSOR_SECTIONS)))})")
+        known = (*GATEWAY_KEYS, *SENSOR_KEYS, *SENSOR_SECTIONS)
+        raise ConfigError(f"{unknown[0]}: unknown key{_did_you_mean(unknown[0], known)} (known: "
+                          f"{', '.join(sorted(known))})")
     defaults = {k: data.pop(k) for k in SENSOR_SECTIONS if k in data}
     uploads = data.pop("uploads", {})
     if not isinstance(uploads, dict):
@@ -635,6 +663,11 @@ def secret_file_warnings(cfg: AgentConfig) -> list[str]:
 
 def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
     a = s.alerts
+    for key in ("asset", "location"):
+        try:
+            check_text(key, getattr(s, key), MAX_NAME)
+        except ValueError as exc:
+            raise ConfigError(f"{where}{exc}") from None
     src = s.source
     if src.kind == "serial" and src.serial is None:
         raise ConfigError(f"{where}source.serial: required when source.kind = 'serial'")
@@ -695,7 +728,7 @@ def _build(cls: type, data: object, where: str):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(fields))})")
+        raise ConfigError(f"{key}: unknown key{_did_you_mean(unknown[0], fields)} (known: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
         key = f"{where}.{name}" if where else name
@@ -708,6 +741,14 @@ def _build(cls: type, data: object, where: str):
         return cls(**kwargs)
     except ValueError as exc:  # a rule between keys (alerts.k <= alerts.n), raised by the policy itself
         raise ConfigError(f"{where}.{exc}" if where else str(exc)) from None
+
+
+def _did_you_mean(key: object, known) -> str:
+    """``", did you mean 'over_range'?"`` for a key close to a known one (a typo), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.75)
+    return f", did you mean {close[0]!r}?" if close else ""
 
 
 def _value(tp, value: object, key: str, meta) -> object:

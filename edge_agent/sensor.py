@@ -320,6 +320,8 @@ class Sensor:
             doc = fields_of(p.windower.counters) | fields_of(p.counters)
         health = self.health.state
         health.coverage = None if self.health.coverage is None else round(self.health.coverage, 4)
+        state = dataclasses.replace(state, **self.dispatcher.advisor.status(health.state, state.alert_state,
+                                                                            state.state))
         doc = fields_of(state) | doc | self.source.counters.as_dict() | fields_of(self.counters) | {
             "sinks": self.dispatcher.status(), "health": fields_of(health)}
         if self.fleet is not None:

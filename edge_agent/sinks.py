@@ -12,7 +12,11 @@
 - ``CommandSink``   runs a local program (a buzzer or relay script) per event, in a worker thread behind a
                     bounded queue: a slow, failing, hanging or chatty program never blocks scoring, and only
                     the last ``STDERR_TAIL`` bytes of what it writes to stderr are kept.
-- ``AlertDispatcher`` emits to every sink and isolates failures: one failing sink never stops the others.
+- ``AlertDispatcher`` emits to every sink and isolates failures: one failing sink never stops the others. It
+                    puts the sensor's what-to-do text, asset and location on every event first
+                    (``advice.Advisor``): ``advice_key``, ``advice``, ``asset`` and ``location`` are in the MQTT
+                    payload and the JSONL line, and ``EDGE_ALERT_ADVICE``, ``EDGE_ALERT_ASSET`` and
+                    ``EDGE_ALERT_LOCATION`` in the command's environment.
 
 Events are ``alerts.AlertEvent`` (kind raised / escalated / cleared), ``health.HealthEvent`` (kind
 health: a sensor that is not monitored, and its recovery) and ``health.Notice`` (kind notice: e.g.
@@ -38,6 +42,7 @@ from typing import Protocol, runtime_checkable
 
 from paho.mqtt.enums import MQTTErrorCode
 
+from edge_agent.advice import Advisor
 from edge_agent.alerts import AlertEvent
 from edge_agent.contract.topics import alert_topic, health_topic, notice_topic
 from edge_agent.mqtt_client import MqttConnection
@@ -386,8 +391,10 @@ def child_env(extra: dict[str, str] | None = None, keep: Sequence[str] = ()) -> 
 
 class CommandSink:
     """Run ``argv`` once per event in a worker thread: event JSON on stdin, and the environment variables
-    ``EDGE_ALERT_KIND``, ``EDGE_ALERT_SEVERITY``, ``EDGE_ALERT_SCORE``, ``EDGE_ALERT_DEVICE``. The program
-    inherits only ``CHILD_ENV`` and the variables named in ``keep_env`` from the agent: never a secret.
+    ``EDGE_ALERT_KIND``, ``EDGE_ALERT_SEVERITY``, ``EDGE_ALERT_SCORE``, ``EDGE_ALERT_DEVICE``, and
+    ``EDGE_ALERT_ADVICE`` (what to do), ``EDGE_ALERT_ASSET``, ``EDGE_ALERT_LOCATION`` (empty when the event has
+    none). The program inherits only ``CHILD_ENV`` and the variables named in ``keep_env`` from the agent: never
+    a secret.
 
     For a health event ``EDGE_ALERT_KIND`` is ``health``, ``EDGE_ALERT_SEVERITY`` ``fault`` or ``recovered``,
     ``EDGE_ALERT_SCORE`` empty and ``EDGE_HEALTH_CONDITION`` names the condition.
@@ -469,6 +476,10 @@ class CommandSink:
             env |= {"EDGE_ALERT_SCORE": "", "EDGE_NOTICE": event.notice}
         else:
             env["EDGE_ALERT_SCORE"] = repr(float(event.score))
+        d = event.to_dict()
+        for name, key in (("EDGE_ALERT_ADVICE", "advice"), ("EDGE_ALERT_ASSET", "asset"),
+                          ("EDGE_ALERT_LOCATION", "location")):
+            env[name] = str(d.get(key) or "")
         try:
             proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, env=env)
@@ -523,11 +534,14 @@ def _read_tail(stream, deadline: float, keep: int = STDERR_TAIL) -> bytes:
 class AlertDispatcher:
     """Emit each event to every sink; a sink that raises is logged and counted, the others still run. The
     dispatcher does not own its sinks (several sensors may share one): whoever made them starts and closes them.
+    Each event goes out with its sensor's advice, asset and location (``advisor``: ``SensorConfig.advisor()``; the
+    default texts when none is given).
 
     ``delivered`` and ``failures`` are per-sink counters keyed ``"<index>:<ClassName>"``.
     """
 
-    def __init__(self, sinks: Iterable[AlertSink]) -> None:
+    def __init__(self, sinks: Iterable[AlertSink], advisor: Advisor | None = None) -> None:
+        self.advisor = advisor if advisor is not None else Advisor()
         self.sinks = list(sinks)
         self.names = [f"{i}:{type(s).__name__}" for i, s in enumerate(self.sinks)]
         self.delivered = dict.fromkeys(self.names, 0)
@@ -535,6 +549,10 @@ class AlertDispatcher:
         self._ratelog = RateLimitedLog(logger)
 
     def emit(self, event: AlertEvent) -> None:
+        try:
+            event = self.advisor.annotate(event)
+        except Exception:  # the event still goes out, without its advice
+            self._ratelog.log(logging.ERROR, "advice", "alert advice failed for a %s event", event.kind, exc_info=True)
         for name, sink in zip(self.names, self.sinks, strict=True):
             try:
                 sink.emit(event)

@@ -360,6 +360,13 @@ class SensorState:
     queue_capacity: int = gauge("Frames the queue holds before it drops (source.queue_frames).",
                                 "queue_capacity_frames")
     notices: list | None = value("Notices in force, e.g. retraining_due while the scores drift.")
+    asset: str | None = value("What the sensor is mounted on, in the plant's words (config: asset).")
+    location: str | None = value("Where it is (config: location).")
+    advice_key: str | None = value("What is wrong now, as a key of the advice table (edge_agent.advice): a health "
+                                   "condition, changed, degrading, over_range, partial or calibrating; None while the "
+                                   "sensor is monitored and normal.")
+    advice: str | None = value("What to do now, in words for maintenance staff (the config's advice.<key>, or its "
+                               "default); None while the sensor is monitored and normal.")
 
 
 @dataclass

@@ -152,7 +152,8 @@ def test_command_sink_runs_the_program_with_event_on_stdin_and_env(tmp_path: Pat
     assert [c["event"]["kind"] for c in calls] == ["raised", "cleared"]
     assert calls[0]["env"] == {
         "EDGE_ALERT_KIND": "raised", "EDGE_ALERT_SEVERITY": "warning", "EDGE_ALERT_SCORE": "1.5",
-        "EDGE_ALERT_DEVICE": "pump-7",
+        "EDGE_ALERT_DEVICE": "pump-7",  # an event without its sensor's advice (test_advice.py: with it)
+        "EDGE_ALERT_ADVICE": "", "EDGE_ALERT_ASSET": "", "EDGE_ALERT_LOCATION": "",
     }
     assert calls[1]["env"]["EDGE_ALERT_SCORE"] == "0.125"
     assert (sink.ran, sink.failed, sink.timed_out, sink.dropped) == (2, 0, 0, 0)

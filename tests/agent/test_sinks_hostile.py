@@ -113,6 +113,7 @@ def test_a_program_flooding_its_stderr_costs_the_agent_no_memory(tmp_path: Path)
 
 
 def test_health_events_reach_the_command_with_their_own_environment(tmp_path: Path) -> None:
+    from edge_agent.advice import AdviceTexts, Advisor
     from edge_agent.health import HealthEvent
 
     out = tmp_path / "env.json"
@@ -121,12 +122,17 @@ def test_health_events_reach_the_command_with_their_own_environment(tmp_path: Pa
     sink = CommandSink([sys.executable, "-c", code], timeout_s=30)
     sink.start()
     try:
-        sink.emit(HealthEvent("fault", "no_data", "pump-7", "no data for 61 s", 1.7e9, 1.7e9 + 61))
+        # through the sensor's dispatcher, as the agent sends it: with what to do and where
+        AlertDispatcher([sink], Advisor(asset="Cooling pump 7")).emit(
+            HealthEvent("fault", "no_data", "pump-7", "no data for 61 s", 1.7e9, 1.7e9 + 61))
         assert sink.wait_idle(30)
     finally:
         sink.close()
     got = json.loads(out.read_text())
     assert got["env"] == {"EDGE_ALERT_KIND": "health", "EDGE_ALERT_SEVERITY": "fault", "EDGE_ALERT_SCORE": "",
-                          "EDGE_ALERT_DEVICE": "pump-7", "EDGE_HEALTH_CONDITION": "no_data"}
+                          "EDGE_ALERT_DEVICE": "pump-7", "EDGE_HEALTH_CONDITION": "no_data",
+                          "EDGE_ALERT_ADVICE": AdviceTexts().no_data, "EDGE_ALERT_ASSET": "Cooling pump 7",
+                          "EDGE_ALERT_LOCATION": ""}
+    assert got["stdin"]["advice_key"] == "no_data" and got["stdin"]["asset"] == "Cooling pump 7"
     assert got["stdin"]["reason"] == "no data for 61 s" and got["stdin"]["kind"] == "health"
     assert sink.counters.delivered == 1
