@@ -11,11 +11,16 @@ and device identifiers are ``vibration_edge:<gateway>[:<device>[:<entity>]]``)::
     <prefix>/binary_sensor/<node>/<device>_alert/config      problem: on while an alert is active
     <prefix>/sensor/<node>/<device>_alert_state/config       enum: calibrating, normal, warning, critical
     <prefix>/binary_sensor/<node>/<device>_health/config     problem: on while the sensor is not monitored
+                                                             (attributes: the health state and its reason)
     <prefix>/sensor/<node>/<device>_model_version/config     diagnostic (model id, quantization: attributes)
     <prefix>/sensor/<node>/<device>_threshold/config         diagnostic
     <prefix>/sensor/<node>/<device>_windows_scored/config    diagnostic, total_increasing
     <prefix>/sensor/<node>/<device>_inference_p99/config     diagnostic, duration in ms
     <prefix>/binary_sensor/<node>/gateway_online/config      connectivity of the gateway itself
+
+What to do and where: the alert, alert state and health entities carry the sensor's ``advice`` (what to do
+now, ``edge_agent.advice``), ``advice_key``, ``asset`` and ``location`` as attributes; a configured
+``location`` is also the device's suggested area.
 
 Availability: every sensor entity lists two topics with ``availability_mode: all``: the gateway's
 ``vib/gateway/<gw>/availability`` (retained ``online``, and ``offline`` as the connection's last will or
@@ -66,8 +71,14 @@ _HEALTH_ON = ("{% if value_json is not defined %}None"
               "{% elif value_json.health is defined and value_json.health.state is defined %}"
               "{{ 'OFF' if value_json.health.state == 'ok' else 'ON' }}"
               "{% else %}{{ 'ON' if value_json.state == 'no_model' else 'OFF' }}{% endif %}")
-_HEALTH_ATTRS = ("{{ (value_json.health if value_json is defined and value_json.health is defined "
+# what to do and where, beside the health verdict and the alert state (the sensor's status carries them)
+_HEALTH_ATTRS = ("{{ (dict(value_json.health, advice_key=value_json.get('advice_key'), "
+                 "advice=value_json.get('advice'), asset=value_json.get('asset'), location=value_json.get('location')) "
+                 "if value_json is defined and value_json.health is defined "
                  "else {'state': value_json.state if value_json is defined else 'offline'}) | tojson }}")
+_ALERT_ATTRS = ("{{ {'alert_state': value_json.get('alert_state'), 'advice_key': value_json.get('advice_key'), "
+                "'advice': value_json.get('advice'), 'asset': value_json.get('asset'), "
+                "'location': value_json.get('location')} | tojson if value_json is defined else '{}' }}")
 _MODEL = "{{ value_json.model_version if value_json is defined and value_json.model_version else 'None' }}"
 _MODEL_ATTRS = ("{{ {'model_id': value_json.model_id, 'quantization': value_json.quantization, "
                 "'threshold': value_json.threshold, 'threshold_source': value_json.threshold_source} | tojson "
@@ -118,6 +129,8 @@ def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
         status = topics.status_topic(s.device)
         device = {"identifiers": [ident], "name": s.device, "manufacturer": MANUFACTURER,
                   "model": "vibration anomaly detector", "sw_version": __version__, "via_device": gateway_ident}
+        if s.location:
+            device["suggested_area"] = s.location
         common = {
             "state_topic": status,
             "qos": 1,
@@ -133,10 +146,12 @@ def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
                 "expire_after": expire, "icon": "mdi:chart-bell-curve",
                 "json_attributes_topic": status, "json_attributes_template": _SCORE_ATTRS},
             ("binary_sensor", "alert"): {
-                "name": "Alert", "device_class": "problem", "value_template": _ALERT_ON, "expire_after": expire},
+                "name": "Alert", "device_class": "problem", "value_template": _ALERT_ON, "expire_after": expire,
+                "json_attributes_topic": status, "json_attributes_template": _ALERT_ATTRS},
             ("sensor", "alert_state"): {
                 "name": "Alert state", "device_class": "enum", "options": ALERT_STATES, "value_template": _ALERT_STATE,
-                "expire_after": expire, "icon": "mdi:alert-outline"},
+                "expire_after": expire, "icon": "mdi:alert-outline",
+                "json_attributes_topic": status, "json_attributes_template": _ALERT_ATTRS},
             ("binary_sensor", "health"): {
                 "name": "Health", "device_class": "problem", "value_template": _HEALTH_ON,
                 "json_attributes_topic": status, "json_attributes_template": _HEALTH_ATTRS},

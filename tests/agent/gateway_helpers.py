@@ -13,8 +13,10 @@ from firmware_sim.link import PtyLink
 from tests.agent.pipeline_helpers import _toml
 
 
-def gateway_config(tmp_path: Path, bundle: Path, links: dict[str, PtyLink], **sections) -> AgentConfig:
-    """A gateway ``hall-3`` with one serial sensor per link; ``sections`` add or override top-level tables."""
+def gateway_config(tmp_path: Path, bundle: Path, links: dict[str, PtyLink | Path], *,
+                   sensor_keys: dict[str, dict] | None = None, **sections) -> AgentConfig:
+    """A gateway ``hall-3`` with one serial sensor per link (a path: a port that may not exist); ``sections`` add or
+    override top-level tables, ``sensor_keys`` add keys and tables to a sensor's ``[[sensors]]`` table."""
     doc = {
         "gateway": "hall-3",
         "status": {"every_s": 0.2, "file": str(tmp_path / "status.json"), "mqtt": False},
@@ -31,8 +33,9 @@ def gateway_config(tmp_path: Path, bundle: Path, links: dict[str, PtyLink], **se
         doc["uploads"] = uploads | {"receipt_keys": [COLLECTOR_PUBLIC]}  # the test collectors' key
     text = _toml(doc)
     for device, link in links.items():
-        text += (f'\n[[sensors]]\ndevice = {_quote(device)}\n[sensors.source]\nkind = "serial"\n'
-                 f'[sensors.source.serial]\nport = "{link.path}"\nreopen_max_s = 0.2\n')
+        port = link.path if isinstance(link, PtyLink) else link
+        text += (f'\n[[sensors]]\ndevice = {_quote(device)}\n{_toml((sensor_keys or {}).get(device, {}), "sensors")}'
+                 f'[sensors.source]\nkind = "serial"\n[sensors.source.serial]\nport = "{port}"\nreopen_max_s = 0.2\n')
     path = tmp_path / "gateway.toml"
     path.write_text(text)
     return load_config(path)

@@ -28,7 +28,7 @@ ENTITIES = {("sensor", "anomaly_score"), ("binary_sensor", "alert"), ("sensor", 
 def _cfg(**over):
     d = {"gateway": "hall_3", "mqtt": {}, "homeassistant": {"enabled": True},
          "sensors": [{"device": "pump-1", "source": {"kind": "serial", "serial": {"port": "/dev/ttyA"}},
-                      "bundle": {"path": "b"}},
+                      "bundle": {"path": "b"}, "asset": "Cooling pump 1, drive end", "location": "Hall 3, bay 2"},
                      {"device": "Fan_9-b", "source": {"kind": "mqtt"}, "bundle": {"path": "b"}}]}
     d.update(over)
     return config_from_dict(d)
@@ -89,6 +89,10 @@ def test_every_discovery_payload_passes_the_documented_schema():
     score = configs[f"homeassistant/sensor/{node}/pump-1_anomaly_score/config"]
     assert score["state_class"] == "measurement" and score["expire_after"] == expire_after_s(10.0) == 60
     assert configs[f"homeassistant/sensor/{node}/pump-1_model_version/config"]["entity_category"] == "diagnostic"
+    # the configured location is the device's area in Home Assistant; a sensor without one suggests none
+    assert {p["device"].get("suggested_area") for p in configs.values() if p["device"]["name"] == "pump-1"} == {
+        "Hall 3, bay 2"}
+    assert all("suggested_area" not in p["device"] for p in configs.values() if p["device"]["name"] != "pump-1")
 
 
 def test_the_schema_check_can_fail():
@@ -133,7 +137,18 @@ def test_templates_read_the_status_the_agent_publishes():
     assert r("health") == "ON" and r("model_version") == "v2" and float(r("threshold")) == 0.19
     assert r("windows_scored") == "12" and float(r("inference_p99")) == 0.3
     attrs = json.loads(ha_schema.render(ent["health"]["json_attributes_template"], payload))
-    assert attrs == running_doc["health"]
+    assert attrs == running_doc["health"] | dict.fromkeys(("advice_key", "advice", "asset", "location"))
+    # what to do and where: the health, alert and alert-state entities carry them as attributes
+    advised = json.dumps(running_doc | {"asset": "Cooling pump 1, drive end", "location": "Hall 3, bay 2",
+                                        "advice_key": "no_data", "advice": "Check the cable."})
+    where = {"advice_key": "no_data", "advice": "Check the cable.", "asset": "Cooling pump 1, drive end",
+             "location": "Hall 3, bay 2"}
+    assert json.loads(ha_schema.render(ent["health"]["json_attributes_template"], advised)) == (
+        running_doc["health"] | where)
+    for key in ("alert", "alert_state"):
+        assert json.loads(ha_schema.render(ent[key]["json_attributes_template"], advised)) == where | {
+            "alert_state": "critical"}
+        assert ha_schema.render(ent[key]["json_attributes_template"], "offline") == "{}"
     assert json.loads(ha_schema.render(ent["model_version"]["json_attributes_template"], payload))["quantization"] == "int8"
     # health ok; before the sensor's status has a health verdict, only "no model" is a problem
     assert r("health", json.dumps(running_doc | {"health": {"state": "ok", "reason": "", "since": None,
@@ -204,7 +219,10 @@ def test_a_gateway_appears_in_home_assistant_and_cleans_up_after_itself(tmp_path
 
     links = {"pump-1": PtyLink(tmp_path / "tty1", write_timeout=10), "pump-2": PtyLink(tmp_path / "tty2")}
     cfg = gateway_config(tmp_path, agent_bundle, links, mqtt={"host": mosquitto.host, "port": mosquitto.port},
-                         status={"mqtt": True}, homeassistant={"enabled": True})
+                         status={"mqtt": True}, homeassistant={"enabled": True},
+                         sensor_keys={"pump-1": {"asset": "Cooling pump 1", "location": "Hall 3",
+                                                 "advice": {"changed": "Walk past pump 1 today.",
+                                                            "degrading": "Stop pump 1 at the next break."}}})
     expected = set(discovery_configs(cfg))
     watch = _Collector(mosquitto, "homeassistant/#", "vib/#")
     agent = Agent(cfg)
@@ -267,6 +285,12 @@ def test_a_gateway_appears_in_home_assistant_and_cleans_up_after_itself(tmp_path
     assert shown("pump-2", "binary_sensor", "alert", p2) == "OFF"
     assert shown("pump-1", "sensor", "model_version", p1) == s1["model_version"]
     assert shown("pump-1", "binary_sensor", "health", p1) == "OFF"
+    alert_attrs = json.loads(ha_schema.render(entity("pump-1", "binary_sensor", "alert")["json_attributes_template"], p1))
+    assert alert_attrs["advice"] in ("Walk past pump 1 today.", "Stop pump 1 at the next break.")
+    assert (alert_attrs["asset"], alert_attrs["location"]) == ("Cooling pump 1", "Hall 3")
+    assert entity("pump-1", "sensor", "anomaly_score")["device"]["suggested_area"] == "Hall 3"
+    assert json.loads(ha_schema.render(entity("pump-2", "binary_sensor", "alert")["json_attributes_template"],
+                                       p2))["advice"] is None  # monitored and normal: nothing to do
     assert int(shown("pump-2", "sensor", "windows_scored", p2)) == json.loads(p2)["windows_scored"] > 0
     assert all(available(d, "anomaly_score", "sensor", live) for d in ("pump-1", "pump-2"))
     after = {t: b"offline" for t in live}
