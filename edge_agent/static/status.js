@@ -1,6 +1,8 @@
 // edge-agent status page: polls /api/status and draws one card per sensor (score vs threshold as inline SVG,
 // vibration RMS, health counters, alert history, served model). No library, nothing fetched from elsewhere;
-// every text goes through textContent, never innerHTML (device ids and reasons are data, not markup).
+// every text goes through textContent, never innerHTML (device ids, reasons and advice are data, not markup).
+// The badge tells the truth at a glance (verdict): green NORMAL only for a sensor that is scoring, healthy and
+// normal; a sensor that is not monitored has its own badge and colour, with the reason and what to do.
 "use strict";
 
 // ?poll=MS polls faster or slower (tests); never faster than 4 times a second
@@ -58,7 +60,12 @@ function makeCard(device) {
   const card = el("section", "card");
   card.dataset.sensor = device;
   const head = el("div", "card-head");
-  head.append(el("h2", "device", device), el("span", "badge"), el("span", "health"));
+  const alertBadge = el("span", "badge alert-badge");
+  alertBadge.hidden = true;
+  head.append(el("h2", "device", device), el("span", "badge"), alertBadge, el("span", "where"),
+              el("span", "health"));
+  const advice = el("p", "advice");
+  advice.hidden = true;
   const stats = el("dl", "stats");
   const chartBox = el("div", "chart-box");
   const chart = svg("svg", { class: "chart", viewBox: `0 0 ${CHART.w} ${CHART.h}`, role: "img",
@@ -80,22 +87,33 @@ function makeCard(device) {
   const countersBox = el("div", "counters-box");
   countersBox.append(el("h3", "", "health counters"), counters);
   lower.append(countersBox, alertsBox);
-  card.append(head, stats, chartBox, lower);
+  card.append(head, advice, stats, chartBox, lower);
   document.getElementById("sensors").appendChild(card);
   const c = { card, stats, chart, spark, counters, alerts: alerts.tBodies[0], none: alertsBox.lastChild };
   cards.set(device, c);
   return c;
 }
 
-function stateOf(s) {
-  if (s.state === "no_model") return "no model";
-  if (s.state === "stopped") return "stopped";
-  return s.alert_state || s.state || "unknown";
+const ALERTING = new Set(["warning", "critical"]);
+
+// [badge text, badge state]: what the sensor's status means for the people reading the page
+function verdict(s) {
+  const h = s.health && s.health.state;
+  if (s.state === "stopped") return ["stopped", "stopped"];
+  if (s.state === "no_model" || h === "no_model") return ["no model", "unmonitored"];
+  if (h && h !== "ok" && h !== "partial") return ["not monitored", "unmonitored"];
+  if (h === "partial") return ["partly monitored", "partial"];
+  if (ALERTING.has(s.alert_state)) return [s.alert_state, s.alert_state];
+  if (s.alert_state === "calibrating") return ["calibrating", "calibrating"];
+  if (!s.windows_scored && !s.over_range_spans) return ["waiting", "waiting"];
+  if (s.alert_state === "normal" && (!h || h === "ok")) return ["normal", "normal"];
+  return [s.alert_state || s.state || "unknown", "unknown"];
 }
 
 function renderStats(c, s) {
+  const over = s.advice_key === "over_range" && ALERTING.has(s.alert_state);
   const rows = [
-    ["last score", fmt(s.last_score)],
+    ["last score", over ? `over range (saturated input); last scored window ${fmt(s.last_score)}` : fmt(s.last_score)],
     ["threshold", s.threshold === undefined ? "–" : `${fmt(s.threshold)} (${s.threshold_source || "bundle"})`],
     ["windows scored", fmt(s.windows_scored, 12)],
     ["inference p50 / p99", s.inference_ms_p50 == null ? "–" :
@@ -109,14 +127,26 @@ function renderStats(c, s) {
 
 function renderHealth(c, s) {
   const badge = c.card.querySelector(".badge");
-  const st = stateOf(s);
-  badge.textContent = st;
-  badge.dataset.state = st.replace(" ", "_");
-  c.card.dataset.state = badge.dataset.state;
+  const [text, state] = verdict(s);
+  badge.textContent = text;
+  badge.dataset.state = state;
+  c.card.dataset.state = state;
+  // an alert still active while the sensor is not (fully) monitored: shown beside the monitoring badge
+  const alertBadge = c.card.querySelector(".alert-badge");
+  const second = state !== s.alert_state && ALERTING.has(s.alert_state) && state !== "stopped";
+  alertBadge.hidden = !second;
+  alertBadge.textContent = second ? s.alert_state : "";
+  alertBadge.dataset.state = second ? s.alert_state : "";
+  c.card.querySelector(".where").textContent = [s.asset, s.location].filter((x) => x).join(" · ");
+  const advice = c.card.querySelector(".advice");
+  advice.hidden = !s.advice;
+  advice.dataset.key = s.advice_key || "";
+  advice.replaceChildren(el("strong", "", "What to do: "), document.createTextNode(s.advice || ""));
   const health = c.card.querySelector(".health");
   const h = s.health;
   if (h && h.state) {
-    health.textContent = h.state === "ok" ? "monitoring" : `${h.state.replace("_", " ")}: ${h.reason || ""}`;
+    const ok = state === "waiting" ? "waiting for the first window" : "monitoring";
+    health.textContent = h.state === "ok" ? ok : `${h.state.replaceAll("_", " ")}: ${h.reason || ""}`;
     health.dataset.state = h.state;
   } else if (s.state === "no_model") {
     health.textContent = s.model_last_reject ? `no model: ${s.model_last_reject}` : "waiting for a valid bundle";

@@ -1,11 +1,15 @@
 """The status page in a real browser: it loads, its chart follows the windows as they are scored, and an alert
-shows up on the sensor that raised it (and only there); a model version full of markup stays text."""
+shows up on the sensor that raised it (and only there); a model version full of markup stays text; a sensor
+that is not monitored is never green, and an over-range alert says what to check."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from pathlib import Path
 
+import numpy as np
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -112,3 +116,88 @@ def test_the_page_follows_the_scores_and_shows_the_alert(tmp_path, browser, agen
             link.close()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     (tmp_path / "status-page.png").write_bytes(png)
+
+
+#: The two cards of the truth-at-a-glance test, read in one script run (arguments: the two device ids).
+_VERDICTS = """
+const card = id => Array.from(document.querySelectorAll('section.card')).find(c => c.dataset.sensor === id);
+const read = c => ({
+  badge: c.querySelector('.badge').textContent.trim().toLowerCase(),
+  state: c.dataset.state,
+  colour: getComputedStyle(c.querySelector('.badge')).backgroundColor,
+  border: getComputedStyle(c).borderTopColor,
+  second: c.querySelector('.alert-badge').hidden ? null : c.querySelector('.alert-badge').textContent,
+  health: c.querySelector('.health').textContent,
+  advice: c.querySelector('.advice').hidden ? null : c.querySelector('.advice').textContent,
+  advice_key: c.querySelector('.advice').dataset.key,
+  where: c.querySelector('.where').textContent,
+  stats: c.querySelector('dl.stats').textContent,
+});
+return {pump: read(card(arguments[0])), press: read(card(arguments[1]))};
+"""
+GREEN = "rgb(227, 243, 234)"  # the NORMAL badge's background (status.css)
+
+
+def test_a_sensor_not_monitored_is_never_green_and_an_over_range_alert_says_what_to_check(
+        tmp_path, browser, agent_bundle, degrading_samples):
+    """The issue's findings: a sensor whose port is missing showed a green NORMAL badge (only a red line said "no
+    data"), and an over-range alert showed a last score below the threshold with no hint. Now the dead sensor has
+    its own badge and colour, the reason and what to do; the saturated one says it is over range and what to check;
+    both show their asset and location. ``DOCS_FIGURES=1`` also saves the page to docs/figures (the maintenance
+    docs' picture)."""
+    from edge_agent.advice import AdviceTexts
+    from tests.agent.pipeline_helpers import RATE
+
+    link = PtyLink(tmp_path / "tty1", write_timeout=10)
+    absent = tmp_path / "ttyUSB-press-4"  # the port of a sensor whose cable is unplugged: it never appears
+    keys = {"pump-1": {"asset": "Cooling pump 1, drive end", "location": "Hall 3, bay 2"},
+            "press-4": {"asset": "Hydraulic press 4", "location": "Hall 3, bay 5", "health": {"no_data_s": 1.0}}}
+    agent = Agent(gateway_config(tmp_path, agent_bundle, {"pump-1": link, "press-4": absent}, sensor_keys=keys))
+    healthy = np.ascontiguousarray(degrading_samples[: RATE * 2])
+    shaking = np.clip(healthy * 50.0, -40.0, 40.0)  # far beyond the 10 g full scale: the int16 codes saturate
+    wait = WebDriverWait(browser, 20, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    p1 = agent.sensor("pump-1")
+    try:
+        with running(agent):
+            assert wait_for(lambda: agent.web.port is not None, 10)
+            browser.get(f"{agent.web.url}?poll=250")
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "section.card")) == 2)
+            seen = set()
+            # before and after its no-data limit, the dead sensor is never NORMAL
+            def press_unmonitored(b) -> bool:
+                v = b.execute_script(_VERDICTS, "pump-1", "press-4")["press"]
+                seen.add(v["badge"])
+                return v["state"] == "unmonitored"
+            wait.until(press_unmonitored)
+            assert "normal" not in seen, seen
+            for f in frames_of(healthy, 1024):
+                link.send(f)
+            assert wait_for(lambda: p1.pipeline.counters.windows_scored > 0, 20)
+            wait.until(lambda b: b.execute_script(_VERDICTS, "pump-1", "press-4")["pump"]["badge"] == "normal")
+            normal = browser.execute_script(_VERDICTS, "pump-1", "press-4")["pump"]
+            for f in frames_of(shaking, 1024, seq0=len(healthy) // 1024 * 1024):  # no gap between the two
+                link.send(f)
+            assert wait_for(lambda: p1.pipeline.counters.over_range_spans >= 3, 20)
+            wait.until(lambda b: b.execute_script(_VERDICTS, "pump-1", "press-4")["pump"]["advice_key"] == "over_range")
+            page = browser.execute_script(_VERDICTS, "pump-1", "press-4")
+            png = browser.get_screenshot_as_png()
+    finally:
+        link.close()
+    texts = AdviceTexts()
+    press, pump = page["press"], page["pump"]
+    # the dead sensor: its own badge and colour, the reason, what to do, where it is
+    assert press["badge"] == "not monitored" and press["colour"] != GREEN and press["colour"] != normal["colour"]
+    assert press["border"] != normal["border"]
+    assert press["health"].startswith("no data: no data for") and "is not open" in press["health"]
+    assert press["advice"] == "What to do: " + texts.no_data and press["advice_key"] == "no_data"
+    assert press["where"] == "Hydraulic press 4 · Hall 3, bay 5"
+    # the healthy sensor was green, with nothing to do; saturated, it says over range and what to check
+    assert normal["colour"] == GREEN and normal["advice"] is None and normal["where"] == "Cooling pump 1, drive end · Hall 3, bay 2"
+    assert pump["badge"] == "critical" and pump["second"] is None
+    assert "over range (saturated input)" in pump["stats"]
+    assert pump["advice"] == "What to do: " + texts.over_range
+    assert "range setting" in pump["advice"] and "mounting" in pump["advice"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    (tmp_path / "status-page-not-monitored.png").write_bytes(png)
+    if os.environ.get("DOCS_FIGURES"):
+        (Path(__file__).resolve().parents[2] / "docs" / "figures" / "status-page-not-monitored.png").write_bytes(png)
