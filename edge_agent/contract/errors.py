@@ -9,7 +9,9 @@ Every error the product (edge_agent, trainer, firmware_sim) raises on purpose de
     │   └── PayloadTooLarge   a payload refused unparsed for its size (mqtt_payload.py)
     ├── BundleError       a model bundle that is missing, corrupt or inconsistent (bundle.py)
     │   └── RolloutError  a rollout message or bundle refused (rollout.py; also a SignatureError)
-    ├── UploadError       an upload record that cannot be encoded, decoded or delivered
+    ├── UploadError       an upload record that cannot be encoded, decoded or delivered; a state file (spool) that
+    │   │                 is not the agent's
+    │   └── TrendError    the trend file is not the agent's or cannot be used (edge_agent/trend.py)
     ├── SignatureError    a signed message (rollout, receipt) whose signature or key is not trusted (signing.py)
     ├── ConfigError       a configuration file or value that fails validation (config.py)
     ├── DataFormatError   a recording that cannot be read: names the file, line, column (recordings/errors.py;
