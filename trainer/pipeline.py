@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.contract import threshold as thresholds
-from edge_agent.contract.bundle import SCHEMA_VERSION, write_bundle
+from edge_agent.contract.blind_spots import longest_flat_runs, span_floors
+from edge_agent.contract.bundle import FLAT_RUNS_KEY, SCHEMA_VERSION, SPAN_MAX_KEY, write_bundle
 from edge_agent.contract.preprocess import PreprocessSpec
 from edge_agent.contract.recordings import Recording, detect_format, load
 from edge_agent.scorer import TFLiteModel
@@ -441,7 +442,8 @@ def build_manifest(opts: TrainOptions, rec: Recording, recipe: recipes.Recipe, w
             "start": _time_str(win.everything.times, 0), "end": _time_str(win.everything.times, -1),
             "split": _split_facts(opts, win, checks),
         },
-        "signal": {"channels": list(rec.channels), "units": rec.units, "sample_rate": rec.sample_rate},
+        "signal": {"channels": list(rec.channels), "units": rec.units, "sample_rate": rec.sample_rate,
+                   FLAT_RUNS_KEY: _flat_runs(rec, win.n_train_rows)},
         "recipe": recipe.to_dict(),
         "preprocess": win.spec.to_dict(),
         "window": {"steps": win.spec.window, "hop": win.spec.hop, "samples": win.spec.window_samples,
@@ -454,6 +456,7 @@ def build_manifest(opts: TrainOptions, rec: Recording, recipe: recipes.Recipe, w
             "training_served": thresholds.score_quantiles(served.fit_sample),
             "validation_keras": thresholds.score_quantiles(trained.val_scores),
             "validation_served": thresholds.score_quantiles(served.validation),
+            SPAN_MAX_KEY: span_floors(served.all[:win.n_train_windows]),
         },
         "tflite": {"file": "", "sha256": "", "quantization": served_name, "stateful": bool(facts["stateful"]),
                    "input": facts["input"], "output": facts["output"], "ops": facts["ops"],
@@ -465,6 +468,13 @@ def build_manifest(opts: TrainOptions, rec: Recording, recipe: recipes.Recipe, w
                                      "synthetic_kinds": sorted({k.split(":")[0] for k in checks.kinds})},
         "libraries": library_versions(),
     }
+
+
+def _flat_runs(rec: Recording, n_train_rows: int) -> dict:
+    """The manifest's ``signal.flat_runs``: per channel, the longest run of identical consecutive raw values in the
+    training rows and whether the channel ever changed there (``edge_agent.blind_spots``: the stuck-channel check)."""
+    longest, changed = longest_flat_runs((seg.data for seg in rec.head(n_train_rows).segments), rec.n_channels)
+    return {"longest": longest, "changed": changed}
 
 
 def write_outputs(opts: TrainOptions, manifest: dict, win: RunWindows, trained: Trained, exported: Exported,

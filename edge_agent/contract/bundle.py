@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -52,6 +53,17 @@ QUANTIZATIONS = ("float32", "int8", "16x8")
 IO_DTYPES = {"float32": "float32", "int8": "int8", "16x8": "int16"}
 
 _NUMBER = (int, float)
+#: ``signal`` key of the per-channel facts of the training rows the stuck-channel check needs
+#: (``edge_agent.blind_spots``): ``{"longest": [int] the longest run of identical consecutive raw values, in samples,
+#: "changed": [bool] whether the channel's value ever changed}``, one entry per channel. Optional: a bundle written
+#: before it has none, and the check is off for it.
+FLAT_RUNS_KEY = "flat_runs"
+#: ``score_quantiles`` key of the too-good check's facts (``edge_agent.blind_spots``): ``{"windows": [M, ...], "lowest":
+#: [score, ...]}``, for spans of M consecutive windows (at the served hop) of the training rows, the lowest of the
+#: highest score among M consecutive windows: every healthy stretch of M windows had one scoring at least that.
+#: Optional, like ``FLAT_RUNS_KEY``.
+SPAN_MAX_KEY = "healthy_served_span_max"
+
 #: Required manifest keys and their types; nested dicts are checked recursively.
 MANIFEST_SCHEMA: dict = {
     "schema_version": int,
@@ -124,6 +136,53 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class FlatRunFacts:
+    """Per channel of ``signal.channels``: the longest run of identical consecutive raw values in the training rows
+    (samples) and whether the channel ever changed there (``FLAT_RUNS_KEY``)."""
+
+    longest: tuple[int, ...]
+    changed: tuple[bool, ...]
+
+
+def _flat_run_facts(manifest: dict, n_channels: int, where: Path) -> FlatRunFacts | None:
+    """``signal.flat_runs`` checked (BundleError when present but malformed), or None when absent."""
+    facts = manifest["signal"].get(FLAT_RUNS_KEY)
+    if facts is None:
+        return None
+    key = f"signal.{FLAT_RUNS_KEY}"
+    if not isinstance(facts, dict):
+        raise BundleError(f"{where}: {key} must be an object with 'longest' and 'changed', not {type(facts).__name__}")
+    longest, changed = facts.get("longest"), facts.get("changed")
+    if not (isinstance(longest, list) and len(longest) == n_channels
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in longest)):
+        raise BundleError(f"{where}: {key}.longest must list {n_channels} whole numbers of samples >= 0 (one per "
+                          f"channel), not {str(longest)[:80]}")
+    if not (isinstance(changed, list) and len(changed) == n_channels and all(isinstance(v, bool) for v in changed)):
+        raise BundleError(f"{where}: {key}.changed must list {n_channels} booleans (one per channel), not "
+                          f"{str(changed)[:80]}")
+    return FlatRunFacts(tuple(longest), tuple(changed))
+
+
+def _span_floors(manifest: dict, where: Path) -> tuple[tuple[int, float], ...]:
+    """``score_quantiles.healthy_served_span_max`` as ((M, lowest max over M windows), ...) (BundleError when present
+    but malformed; empty when absent)."""
+    facts = manifest["score_quantiles"].get(SPAN_MAX_KEY)
+    if facts is None:
+        return ()
+    key = f"score_quantiles.{SPAN_MAX_KEY}"
+    spans, lowest = (facts.get("windows"), facts.get("lowest")) if isinstance(facts, dict) else (None, None)
+    if not (isinstance(spans, list) and isinstance(lowest, list) and len(spans) == len(lowest) <= 64):
+        raise BundleError(f"{where}: {key} must be an object with 'windows' and 'lowest', lists of the same length "
+                          f"(at most 64), not {str(facts)[:80]}")
+    for m, v in zip(spans, lowest, strict=True):
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 1 << 20:
+            raise BundleError(f"{where}: {key}.windows must hold whole numbers of windows >= 1, not {m!r}")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v >= 0):
+            raise BundleError(f"{where}: {key}.lowest must hold scores >= 0, not {v!r}")
+    return tuple((int(m), float(v)) for m, v in zip(spans, lowest, strict=True))
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A validated bundle: its manifest and the model's bytes as read and verified (the file is never read
     again). Holds no interpreter: the scorer makes its own from ``model_bytes``."""
@@ -134,6 +193,11 @@ class Bundle:
     scaler: MinMaxScaler
     threshold: Threshold
     model_bytes: bytes = field(default=b"", repr=False, compare=False)
+    #: ``signal.flat_runs`` (None: a bundle written before it; no stuck-channel check).
+    flat_runs: FlatRunFacts | None = None
+    #: ``score_quantiles.healthy_served_span_max`` as ((M windows, lowest max), ...) (empty: a bundle written before
+    #: it; no too-good check).
+    span_floors: tuple[tuple[int, float], ...] = ()
 
     @property
     def model_path(self) -> Path:
@@ -220,7 +284,8 @@ class Bundle:
         if not np.isfinite(t["value"]) or t["value"] <= 0:
             raise BundleError(f"{manifest_path}: threshold.value must be a positive number, got {t['value']}")
         bundle = cls(path, manifest, spec, scaler, Threshold(t["method"], float(t["value"]), dict(t["params"])),
-                     model_bytes)
+                     model_bytes, _flat_run_facts(manifest, len(spec.channels), manifest_path),
+                     _span_floors(manifest, manifest_path))
         if check_model:
             bundle.check_tensors()
         return bundle
