@@ -395,8 +395,9 @@ def replay(bundle_dir: Path, data: Path, fmt: str, channels: str | None, limit: 
     rp.write_csv(out, result.rows)
     speed = f", {result.speed:.0f}x real time" if result.speed else ""
     click.echo(f"{len(result.rows)} windows from {result.samples} samples in {result.seconds:.2f} s{speed}; "
-               f"threshold {result.threshold:.6g} ({result.threshold_source}); alerts {result.counters['alerts']}; "
-               f"wrote {out}")
+               f"threshold {result.threshold:.6g} ({result.threshold_source}); alerts {result.counters['alerts']} "
+               f"({result.counters['too_good_windows']} windows too good); channels frozen "
+               f"{result.counters['stuck_episodes']} times; wrote {out}")
 
 
 @main.command()

@@ -11,7 +11,8 @@ a window needs ``window_samples`` valid contiguous samples), or there is no mode
     ok ──(no model to serve)───────────────────────────────────────► no_model     "fault"
     ok ──(the reader paused > FLOOD_SHARE of coverage_s)───────────► flooding     "fault"
     ok ──(< min_coverage of the samples reached a scored window)──► partial      "fault"
-    any fault ──(windows scored, coverage back)────────────────────► ok           "recovered"
+    ok ──(a channel's value frozen longer than training ever held)─► stuck        "fault"
+    any fault ──(windows scored, coverage back, channels moving)───► ok           "recovered"
 
 Coverage: windows are scored but samples are lost on the way (dropped frames, NaN that break windows, a
 queue that overflowed): over the last ``coverage_s`` seconds, the share of the samples that should have
@@ -19,6 +20,11 @@ arrived (``samples_in`` + lost ones) that reached a window, i.e. were not missin
 over range: that is judged) or discarded with a broken window. Below ``min_coverage`` the sensor is only
 partly monitored, and says so: a sensor that scores two windows a minute is not healthy. A sensor whose reader
 had to pause (it sends more than its intake budget decodes: ``sources.IntakeBudget``) floods, and says that.
+
+Stuck: a channel whose raw value does not change for longer than the training data ever held one value (the
+pipeline's ``blind_spots.StuckWatch``, from the bundle's ``signal.flat_runs``) is a sensor fault the scores cannot
+show: a frozen reading is easy to reconstruct. Windows are still scored, but they judge a dead reading; the reason
+names the channel, the value and for how long. It clears when the value changes again.
 
 A fault that turns into another (data comes back, still nothing scores) is a new "fault" event. A burst
 sensor (snapshots with silences between them) must not look dead between bursts: once the pipeline knows
@@ -33,10 +39,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from edge_agent.blind_spots import Stuck
 from edge_agent.status import HealthState
 
-Condition = Literal["ok", "no_data", "no_windows", "no_model", "flooding", "partial"]
-CONDITIONS = ("ok", "no_data", "no_windows", "no_model", "flooding", "partial")
+Condition = Literal["ok", "no_data", "no_windows", "no_model", "flooding", "partial", "stuck"]
+CONDITIONS = ("ok", "no_data", "no_windows", "no_model", "flooding", "partial", "stuck")
 #: A reader paused more than this share of the coverage period floods.
 FLOOD_SHARE = 0.05
 
@@ -167,7 +174,8 @@ class HealthMonitor:
 
     def update(self, *, data: bool, judged: int | None, counts: Callable[[], Input], burst: bool = False,
                window_samples: int = 1, model_version: str | None = None, no_model: str = "",
-               hint: Callable[[], str] | None = None) -> HealthEvent | None:
+               hint: Callable[[], str] | None = None, stuck: Callable[[], list[Stuck]] | None = None
+               ) -> HealthEvent | None:
         """Account for one look at the sensor; return an event when its health changed.
 
         Args:
@@ -178,6 +186,7 @@ class HealthMonitor:
             window_samples: samples one window needs.
             no_model: why there is no model (with ``judged`` None).
             hint: a short note on the source's state for a ``no_data`` reason.
+            stuck: the channels frozen now (``Pipeline.stuck``; called only when needed).
         """
         now = self._clock()
         if data:
@@ -205,7 +214,7 @@ class HealthMonitor:
         if scored:
             if self.state.state in ("no_data", "no_windows", "no_model"):
                 self._history.clear()  # coverage is measured from the recovery on: the outage was its own fault
-            return self._set(*self._coverage(now, counts(), judged, window_samples), model_version)
+            return self._set(*self._scored_health(now, counts(), judged, window_samples, stuck), model_version)
         if judged is None:
             return self._set("no_model", f"no model to score with: {no_model}" if no_model else "no model to score with",
                              self._started_wall, model_version)
@@ -222,7 +231,19 @@ class HealthMonitor:
             return self._set("no_windows", self._why_no_windows(now, c, window_samples), since, model_version)
         if self.state.state in ("no_data", "no_windows", "no_model"):
             return None  # cleared by the next scored window
-        return self._set(*self._coverage(now, c, judged, window_samples), model_version)
+        return self._set(*self._scored_health(now, c, judged, window_samples, stuck), model_version)
+
+    def _scored_health(self, now: float, c: Input, judged: int, window_samples: int,
+                       stuck: Callable[[], list[Stuck]] | None) -> tuple[Condition, str, float | None]:
+        """The health of a sensor whose windows are scored: stuck when a channel is frozen, else by coverage."""
+        coverage = self._coverage(now, c, judged, window_samples)  # always: it keeps the coverage history
+        frozen = stuck() if stuck is not None else []
+        if not frozen:
+            return coverage
+        longest = max((f.seconds for f in frozen if f.seconds is not None), default=None)
+        since = self.state.since if self.state.state == "stuck" else (
+            self._wall() - longest if longest is not None else self._wall())
+        return "stuck", _why_stuck(frozen, len(frozen) == frozen[0].of_channels), since
 
     def _coverage(self, now: float, c: Input, judged: int, window_samples: int) -> tuple[Condition, str, float | None]:
         """ok, flooding or partial over the last ``coverage_s`` (see the module docstring); partial only while some
@@ -297,9 +318,20 @@ class HealthMonitor:
             s.events += 1  # times the sensor stopped being monitored
         if condition == "ok":
             why = ("the samples reach scored windows again" if was in ("partial", "flooding") else
-                   "windows are scored again")
+                   "the frozen channel changes again" if was == "stuck" else "windows are scored again")
             return HealthEvent("recovered", "ok", self.device, why, None, self._wall(), model_version)
         return HealthEvent("fault", condition, self.device, reason, s.since, self._wall(), model_version)
+
+
+def _why_stuck(frozen: list[Stuck], every_channel: bool) -> str:
+    """The stuck fault in words: which channels, what they read, how long, and what to check."""
+    what = "; ".join(f.describe() for f in frozen)
+    if every_channel:
+        return (f"{what}: every channel is frozen, so the node is probably resending its last reading (a hung "
+                "firmware or converter): restart the sensor node and check its power; the model's scores mean "
+                "nothing until the values move again")
+    return (f"{what}: a reading that does not change at all is a sensor fault, not the machine: check that sensor, "
+            "its cable and connector, and its input on the node; its scores mean little until it moves again")
 
 
 def _percent(x: float) -> str:

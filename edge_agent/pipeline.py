@@ -2,8 +2,10 @@
 
 ::
 
-    Frame (seq, samples (n, C)) ─► Windower ─► Window (T, F) ─► Scorer ─► score
+    Frame (seq, samples (n, C)) ─► StuckWatch (runs of one value per channel: ``stuck()``, health ``stuck``)
+        ─► Windower ─► Window (T, F) ─► Scorer ─► score
         ─► [calibrating: collect scores, then set the device threshold]
+        ─► TooGoodWatch (a window too good is a hit, ``blind_spots``)
         ─► AlertStateMachine.update ─► AlertEvent | None ─► on_window(window, result, event)
 
 The same class runs in ``edge-agent run`` (one per sensor), ``edge-agent calibrate`` and
@@ -35,6 +37,7 @@ import numpy as np
 
 from edge_agent import calibration
 from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, WindowResult
+from edge_agent.blind_spots import Stuck, StuckWatch, TooGoodWatch, stuck_limits
 from edge_agent.contract import explain
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.frames import Frame, seq_gap
@@ -71,6 +74,29 @@ def make_windower(bundle: Bundle, sample_rate: float | None = None, bridge_fract
         bridge=int(bridge_fraction * bundle.spec.window_samples),
         device=device,
     )
+
+
+def make_stuck_watch(bundle: Bundle, sample_rate: float | None, device: str = "") -> StuckWatch:
+    """The stuck-channel check for a bundle (``edge_agent.blind_spots``); off, said once in the log, for a bundle
+    written before ``signal.flat_runs``."""
+    facts = bundle.flat_runs
+    channels = bundle.spec.channels
+    if facts is None:
+        log.info("%s: bundle %s has no signal.flat_runs (written before the stuck-channel check): a frozen channel "
+                 "is not reported for it; retrain to turn the check on", device or "sensor", bundle.version)
+        return StuckWatch(channels, None, (0,) * len(channels), sample_rate)
+    return StuckWatch(channels, stuck_limits(facts.longest, facts.changed, bundle.spec.window_samples), facts.longest,
+                      sample_rate)
+
+
+def make_too_good_watch(bundle: Bundle, device: str = "") -> TooGoodWatch:
+    """The too-good check for a bundle (``edge_agent.blind_spots``); off, said once in the log, for a bundle written
+    before ``score_quantiles.healthy_served_span_max``."""
+    if not bundle.span_floors:
+        log.info("%s: bundle %s has no score_quantiles.healthy_served_span_max (written before the too-good check): "
+                 "windows that match too well (an expected pattern that does not happen) are not reported for it; "
+                 "retrain to turn the check on", device or "sensor", bundle.version)
+    return TooGoodWatch(bundle.span_floors, bundle.threshold.value)
 
 
 def flat_stats(stats: dict | None) -> dict[str, float]:
@@ -130,6 +156,11 @@ class ScoringCounters:
     bursts: int = counter("Restarts taken as a new burst of a snapshot sensor (the debounce kept).")
     over_range_spans: int = counter("Window-sized spans of saturated input (or beyond signal.range) judged as "
                                     "anomalous without scoring.")
+    too_good_windows: int = counter("Windows too good to be healthy: the latest windows all scored far below any "
+                                    "healthy stretch as long (an expected pattern did not happen); each a hit for "
+                                    "the alert debounce.")
+    stuck_episodes: int = counter("Times a channel froze: one raw value repeated longer than the training data ever "
+                                  "held one (health condition stuck).")
 
 
 class Pipeline:
@@ -178,6 +209,8 @@ class Pipeline:
         self.bridge_fraction = float(bridge_fraction)
         self.scorer = scorer or Scorer(bundle, num_threads=num_threads)
         self.windower = make_windower(bundle, sample_rate, self.bridge_fraction, device)
+        self.stuck_watch = make_stuck_watch(bundle, self.windower.sample_rate, device)
+        self.too_good = make_too_good_watch(bundle, device)
         self.clock = SampleClock(self.windower.sample_rate)
         self.alerts = AlertStateMachine(policy, clock=cooldown_clock or self.now)
         self.threshold = float(threshold)
@@ -229,6 +262,7 @@ class Pipeline:
         if not (restarted and self.windower.is_duplicate(frame)):
             self.clock.observe(frame, t, 1 if self._break and gap == 0 else gap, self._now)
             self._break = False
+            self._watch_flat(frame, gap)
         self._now = self.clock.at(frame.seq)
         n = self.windower.push(frame, self._on_window)
         if wc.resyncs != resyncs and restarted:
@@ -253,9 +287,23 @@ class Pipeline:
             self._unscored, self._unscored_over_range = rest, round(self._unscored_over_range * rest / self._unscored)
         return n
 
+    def _watch_flat(self, frame: Frame, gap: int | None) -> None:
+        """Follow each channel's run of identical values (a gap or a restart: the runs start over)."""
+        x = frame.samples
+        if x.ndim != 2 or x.shape[1] != len(self.stuck_watch.channels):
+            return  # refused by the windower, counted there
+        if gap:
+            self.stuck_watch.reset()
+        self.counters.stuck_episodes += self.stuck_watch.push(x)
+
+    def stuck(self) -> list[Stuck]:
+        """The channels stuck now (``edge_agent.blind_spots``; the health monitor reports them)."""
+        return self.stuck_watch.stuck()
+
     def break_stream(self) -> None:
         """The next frame does not follow the last one (a new snapshot of a recording): restart window
         assembly and re-anchor the clock at the next frame's time; keep the alert debounce."""
+        self.stuck_watch.reset()
         self.windower.restart()
         self._break = True
         self._unscored = self._unscored_over_range = 0
@@ -275,6 +323,7 @@ class Pipeline:
             return
         self.counters.restarts += 1
         self.alerts.reset()  # a restarted sender: its history says nothing now
+        self.too_good.reset()
 
     # ------------------------------------------------------------------ windows
     def _over_range_span(self, frame: Frame, fraction: float) -> None:
@@ -322,14 +371,32 @@ class Pipeline:
                       len(self.calibration_scores), exc, self.threshold)
             return
         self.threshold = record.value
+        self.too_good.calibrated(np.asarray(self.calibration_scores), record.value)
         log.info("%s: threshold %.6g from the first %d windows (%s)", self.device, record.value, record.n,
                  record.method)
         if self.on_calibrated is not None:
             self.on_calibrated(record)
 
     def _judge(self, w: Window | None, result: WindowResult) -> None:
-        """Hand a result to the alert state machine and to the ``on_window`` callback."""
-        event = self.alerts.update(result)
+        """Hand a result to the alert state machine and to the ``on_window`` callback. A too-good window
+        (``blind_spots.TooGoodWatch``) is a hit for the debounce like one above the threshold."""
+        too_good = self.too_good.update(result.score, result.threshold) if w is not None else None
+        if too_good is None:
+            event = self.alerts.update(result)
+        else:
+            self.counters.too_good_windows += 1
+            # the state machine knows hits by score only: it is handed a score just above the threshold in force
+            # (a hit, not critical); the event gets the window's own score back
+            hit = result.threshold * self.alerts.baseline * (1.0 + 1e-9)
+            event = self.alerts.update(replace(result, score=hit))
+            if event is not None:
+                event = replace(event, score=result.score,
+                                stats=event.stats | {"too_good_span": float(too_good.span),
+                                                     "too_good_highest": too_good.highest,
+                                                     "too_good_limit": too_good.limit})
+            if event is not None and event.kind != "cleared":
+                event = replace(event, reason=f"{too_good.describe()}; {event.window_count} of the last "
+                                f"{self.alerts.policy.n} windows were hits")
         if event is not None and event.kind != "cleared" and w is not None:
             event = replace(event, explanation=self.explain_last())
         if event is not None:
@@ -354,12 +421,14 @@ class Pipeline:
             self.windower = make_windower(bundle, self.sample_rate, self.bridge_fraction, self.device)
             self.windower.counters = counters
             self.windower.expected_seq = expected
+            self.stuck_watch = make_stuck_watch(bundle, self.windower.sample_rate, self.device)
             if self.windower.sample_rate != self.clock.rate:
                 anchor = self._now
                 self.clock = SampleClock(self.windower.sample_rate)
                 if expected is not None:
                     self.clock.anchor(expected, anchor)
         self.bundle, self.scorer, self.threshold = bundle, scorer, float(threshold)
+        self.too_good = make_too_good_watch(bundle, self.device)
         self.alerts.reset()
         self._unscored = self._unscored_over_range = 0
 

@@ -120,6 +120,8 @@ def replay(
     seconds = time.perf_counter() - t0
     counters = pipeline.windower.counters.as_dict()
     counters["alerts"] = pipeline.counters.alert_events
+    counters["too_good_windows"] = pipeline.counters.too_good_windows
+    counters["stuck_episodes"] = pipeline.counters.stuck_episodes
     source = "bundle" if threshold is None else "given"
     return ReplayResult(
         rows=rows, threshold=pipeline.threshold, threshold_source="replay-calibration" if calibrate > 0 else source,

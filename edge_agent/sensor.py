@@ -248,6 +248,7 @@ class Sensor:
                 window_samples=p.bundle.spec.window_samples if p is not None else 1,
                 model_version=p.bundle.version if p is not None else None,
                 no_model=self.counters.model_last_reject or "", hint=self._source_hint,
+                stuck=None if p is None else p.stuck,
             )
             if event is None:
                 return

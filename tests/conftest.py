@@ -19,7 +19,7 @@ import pytest
 
 from edge_agent.contract.bundle import MANIFEST_FILE
 from firmware_sim.broker import Broker, require_mosquitto
-from tests.agent.pipeline_helpers import LIFE_S, RATE
+from tests.agent.pipeline_helpers import LIFE_S, RATE, running_machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,5 +129,28 @@ def bands_bundle(tmp_path_factory) -> Path:
         features=FEATURES, fft_bands=octave_bands(RATE), load_options={"sample_rate": RATE},
         model=ModelConfig(architecture="conv1d", units=(16, 8), latent=4),
         fit=FitConfig(epochs=20, batch_size=16, patience=5), quantize="int8", latency_windows=50, model_id="test-bands",
+    )
+    return run(opts).bundle
+
+
+@pytest.fixture(scope="session")
+def noise_bundle(tmp_path_factory) -> Path:
+    """A float32 raw-mode bundle of one channel at 1 Hz (windows of 24 samples, hop 4, small Conv1D) trained on 2880 s of
+    ``running_machine`` noise: the machine's noise is what it cannot reconstruct, so a machine gone quiet is too good."""
+    root = tmp_path_factory.getbasetemp() / "noise-bundle"
+    bundle = root / "bundle"
+    if (bundle / MANIFEST_FILE).exists():
+        return bundle
+    from trainer.model import ModelConfig
+    from trainer.pipeline import TrainOptions, run
+    from trainer.train import FitConfig
+
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "running.npy", running_machine(2880, seed=1))
+    opts = TrainOptions(
+        data=root / "running.npy", out=bundle, format="npy", mode="raw", window=24, hop=4,
+        load_options={"sample_rate": 1.0}, model=ModelConfig(architecture="conv1d", units=(16, 8), latent=4),
+        fit=FitConfig(epochs=30, batch_size=16, patience=5), quantize="float32", latency_windows=20,
+        model_id="test-noise",
     )
     return run(opts).bundle

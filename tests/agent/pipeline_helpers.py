@@ -16,6 +16,21 @@ LIFE_S = 20.0  # degrading run: healthy until 60 % of life (12 s), then a growin
 ONSET_S = 0.6 * LIFE_S
 
 
+#: The running-machine signal of the too-good tests: a slow swing under broadband noise, 1 sample per second.
+NOISE_SWING_S = 200
+
+
+def running_machine(n: int, seed: int, quiet: slice | None = None) -> np.ndarray:
+    """(n, 1) float32: a slow swing (amplitude 0.5, period ``NOISE_SWING_S``) under noise of sd 1, as a running machine
+    makes; within ``quiet`` the noise drops to sd 0.05 (the machine stopped: the swing alone is easy to reconstruct)."""
+    rng = np.random.default_rng(seed)
+    sd = np.ones(n)
+    if quiet is not None:
+        sd[quiet] = 0.05
+    x = 0.5 * np.sin(2 * np.pi * np.arange(n) / NOISE_SWING_S) + sd * rng.standard_normal(n)
+    return x.astype(np.float32)[:, None]
+
+
 def copy_bundle(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 from click.testing import CliRunner
 
+from edge_agent import metrics
 from edge_agent.agent import Agent
 from edge_agent.cli import main
 from edge_agent.config import load_config
@@ -175,3 +176,51 @@ def test_a_rare_nan_on_the_default_representation_costs_no_window_and_lost_windo
         stop.set()
         thread.join(20)
         link.close()
+
+
+def test_a_frozen_channel_is_a_stuck_fault_naming_it_and_recovers_when_it_moves(tmp_path, agent_bundle,
+                                                                                degrading_samples):
+    """A sensor whose value stops changing is easy to reconstruct: no score shows it. The bundle says how long a value
+    lasted in training (a vibration value: one sample or two); a channel frozen longer is a health fault."""
+    link = PtyLink(tmp_path / "ttyV0", write_timeout=10)
+    cfg = agent_config(tmp_path, agent_bundle, source={"kind": "serial", "serial": {"port": link.path}},
+                       health=HEALTH)
+    events = []
+    agent = Agent(load_config(cfg), on_event=events.append)
+    sensor = agent.sensor()
+    stop = threading.Event()
+    agent.start()  # the parts are up before the test acts
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    healthy = degrading_samples[: RATE * 4]
+    frozen = healthy.copy()
+    frozen[:, 2] = healthy[0, 2]  # channel 2 repeats one reading (a dead converter)
+    channel = sensor.pipeline.bundle.spec.channels[2]
+    alerts = tmp_path / "alerts.jsonl"
+    thread.start()
+    stream = Stream(link, healthy)
+    try:
+        assert wait_for(lambda: sensor.pipeline.counters.windows_scored > 10, 20)
+        assert agent.status()["sensors"]["pump-7"]["health"]["state"] == "ok"
+        stream.x = frozen
+        assert wait_for(lambda: len(_health_lines(alerts)) == 1, 20)
+        fault = _health_lines(alerts)[0]
+        assert fault["state"] == "fault" and fault["condition"] == "stuck"
+        assert f"channel {channel} has read {healthy[0, 2]:.6g} for" in fault["reason"]
+        assert "check that sensor, its cable" in fault["reason"]
+        doc = agent.status()["sensors"]["pump-7"]
+        assert doc["health"]["state"] == "stuck" and doc["stuck_episodes"] == 1 and doc["windows_scored"] > 10
+        text = metrics.render(agent.status())
+        assert 'edge_agent_health{sensor="pump-7",state="stuck"} 1' in text
+        assert 'edge_agent_stuck_episodes_total{sensor="pump-7"} 1' in text
+        stream.x = healthy
+        assert wait_for(lambda: len(_health_lines(alerts)) == 2, 20)
+        recovered = _health_lines(alerts)[1]
+        assert recovered["state"] == "recovered" and recovered["reason"] == "the frozen channel changes again"
+        assert agent.status()["sensors"]["pump-7"]["health"]["state"] == "ok"
+    finally:
+        stream.close()
+        stop.set()
+        thread.join(20)
+        link.close()
+    health = [(e.state, e.condition) for e in events if e.kind == "health"]
+    assert health == [("fault", "stuck"), ("recovered", "ok")]  # (the frozen channel's odd features also alert)
