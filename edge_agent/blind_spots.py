@@ -35,14 +35,14 @@ from edge_agent.contract.blind_spots import FlatRuns, span_floors
 
 #: A channel is stuck once its run of identical values is longer than this many times the longest one in training
 #: ... (the longest run grows with the time watched: measured on the shared data, later runs reach 2.2x the training
-#: one, NAB art_load_balancer_spikes' idle zeros, 155 samples against 69; docs/maintenance/alerts.md, "Stuck")
+#: one, NAB art_load_balancer_spikes' idle zeros, 155 samples against 69; docs/maintenance/alerts.md)
 STUCK_FACTOR = 3.0
 #: ... and than this many windows of samples (a slow, coarse channel repeats a value for a while: SKAB's flow rate
 #: held one value 15 s after training held 5 s at most).
 STUCK_MIN_WINDOWS = 2.0
 
 #: Too good: the highest score of the latest M windows is below this share of the lowest one healthy data showed ...
-#: (NAB artificial series, docs/maintenance/alerts.md "Too good": healthy windows came down to 0.57 x, one window of
+#: (NAB artificial series, docs/maintenance/alerts.md: healthy windows came down to 0.57 x, one window of
 #: art_noisy; the day without its jump of art_daily_nojump went to 0.31 x over 16 windows)
 TOO_GOOD_MARGIN = 0.5
 #: ... for spans whose healthy floor is at least this share of the threshold (below it the model reconstructs the
@@ -172,9 +172,10 @@ class TooGoodWatch:
         """Forget the latest windows (a restarted sender, a model swap)."""
         self._n = 0
 
-    def calibrated(self, scores: np.ndarray, threshold: float) -> None:
-        """A device calibration scored ``scores`` (N,) healthy windows and set ``threshold``: where a span fits twice in
-        them, its limit is also at most ``TOO_GOOD_MARGIN`` x their own floor (the device's healthy pattern)."""
+    def calibrated(self, scores: np.ndarray) -> None:
+        """A device calibration scored ``scores`` (N,) healthy windows (and set the threshold in force from them): where
+        a span fits twice in them, its limit is also at most ``TOO_GOOD_MARGIN`` x their own floor (the device's
+        healthy pattern)."""
         s = np.asarray(scores, np.float64)
         own = span_floors(s)
         floors = dict(zip(own["windows"], own["lowest"], strict=True))

@@ -371,7 +371,7 @@ class Pipeline:
                       len(self.calibration_scores), exc, self.threshold)
             return
         self.threshold = record.value
-        self.too_good.calibrated(np.asarray(self.calibration_scores), record.value)
+        self.too_good.calibrated(np.asarray(self.calibration_scores))
         log.info("%s: threshold %.6g from the first %d windows (%s)", self.device, record.value, record.n,
                  record.method)
         if self.on_calibrated is not None:

@@ -97,7 +97,7 @@ def test_a_device_calibration_caps_the_too_good_limits_with_its_own_windows():
     assert watch.update(0.15, threshold=1.0) is None
     assert watch.update(0.15, threshold=2.0) == (1, 0.15, pytest.approx(0.2))  # a device threshold twice as high
     watch.reset()
-    watch.calibrated(np.array([0.12, 0.15, 0.13, 0.14]), threshold=2.0)  # a quieter machine: its own floor rules
+    watch.calibrated(np.array([0.12, 0.15, 0.13, 0.14]))  # a quieter machine: its own floor rules
     assert watch.update(0.07, threshold=2.0) is None
     assert watch.update(0.05, threshold=2.0) == (1, 0.05, pytest.approx(0.06))
 
