@@ -159,7 +159,7 @@ class Collector:
         """Write and acknowledge what was received (three tries), then disconnect."""
         try:
             for _ in range(3):
-                if not (self.writer.pending or self.quarantine.pending) or self._flush():
+                if not (self.writer.pending or self.quarantine.pending or self._unacked) or self._flush():
                     break
                 time.sleep(1.0)
             else:
@@ -203,7 +203,8 @@ class Collector:
                     log.exception("upload on %s could not be handled", item[3][:100])
                     self._quarantine(item[3], item[4], None, None, "unstorable", f"{type(exc).__name__}: {exc}")
             w = self.writer
-            due = (w.pending or self.quarantine.pending) and (
+            # duplicates alone are due too: they are acknowledged and receipted only by a flush
+            due = (w.pending or self.quarantine.pending or self._unacked) and (
                 w.pending >= opts.flush_records or w.pending_bytes >= opts.flush_bytes
                 or time.monotonic() - (self._oldest or 0.0) >= opts.flush_s)
             if due and time.monotonic() >= retry_at and not self._flush():
