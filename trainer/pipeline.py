@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.contract import explain
 from edge_agent.contract import threshold as thresholds
 from edge_agent.contract.blind_spots import longest_flat_runs, span_floors
 from edge_agent.contract.bundle import FLAT_RUNS_KEY, SCHEMA_VERSION, SPAN_MAX_KEY, write_bundle
@@ -380,13 +381,15 @@ class ServedScores:
     all: np.ndarray
     validation: np.ndarray
     fit_sample: np.ndarray
+    validation_features: np.ndarray  # (Nv, F) per-feature errors (contract.explain): the healthy levels
 
 
 def served_scores(exported: Exported, win: RunWindows) -> ServedScores:
     """Score the recording with the served variant, for the report and the manifest."""
     scorer = TFLiteModel(exported.blobs[exported.served], stateful=exported.variants[exported.served]["stateful"])
+    features = np.stack([explain.feature_errors(w, scorer.reconstruct(w)) for w in win.validation.windows])
     return ServedScores(scorer.score(win.everything.windows), scorer.score(win.validation.windows),
-                        scorer.score(win.fit.windows[_evenly(len(win.fit), 5000)]))
+                        scorer.score(win.fit.windows[_evenly(len(win.fit), 5000)]), features)
 
 
 def _model_version(opts: TrainOptions, architecture: str) -> tuple[str, str, datetime]:
@@ -451,6 +454,9 @@ def build_manifest(opts: TrainOptions, rec: Recording, recipe: recipes.Recipe, w
         "scaler": win.scaler.to_dict(),
         "score": {"kind": "mae", "description": "mean |reconstruction - input| over the window's T x F scaled values"},
         "threshold": trained.threshold.to_dict() | {"calibrated_on": "keras validation scores"},
+        explain.MANIFEST_KEY: {"healthy": explain.healthy_levels(served.validation_features),
+                               "on": f"median per-feature error of the {len(served.validation)} validation windows, "
+                                     "served model"},
         "score_quantiles": {
             "training_keras": thresholds.score_quantiles(trained.fit_scores),
             "training_served": thresholds.score_quantiles(served.fit_sample),

@@ -74,3 +74,5 @@ def test_the_pipeline_explains_a_raised_alert_with_the_faulty_channel(agent_bund
     assert ex["channels"][0]["name"] == bundle.spec.channels[0], ex["summary"]
     assert sum(p["share"] for p in ex["channels"]) == pytest.approx(1.0, abs=1e-3)
     assert ex["summary"].startswith(f"{bundle.spec.channels[0]} carries")
+    assert len(bundle.manifest["explain"]["healthy"]) == bundle.spec.n_features  # written by the trainer
+    assert ex["channels"][0]["ratio"] > 2.0  # the faulty channel's error, against its healthy level
