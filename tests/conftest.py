@@ -1,5 +1,5 @@
-"""Fixtures shared by every test folder: a real mosquitto, the shared real recordings, headless Chromium, and
-real bundles trained by the trainer with the sensor data to feed them.
+"""Fixtures shared by every test folder: a real mosquitto, a real S3-compatible object store (SeaweedFS), the shared
+real recordings, headless Chromium, and real bundles trained by the trainer with the sensor data to feed them.
 
 The bundles are trained once per test session, and only when a test asks for one (cached under pytest's base
 temp dir): firmware_sim's healthy IMS-like bearing signal (4 channels, 20 kHz) -> features mode (blocks of 1024
@@ -11,6 +11,7 @@ them are in ``tests/agent/pipeline_helpers.py``.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 
 from edge_agent.contract.bundle import MANIFEST_FILE
 from firmware_sim.broker import Broker, require_mosquitto
+from firmware_sim.objectstore import S3Server, require_weed
 from tests.agent.pipeline_helpers import LIFE_S, RATE, running_machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +42,36 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """A running S3-compatible object store (SeaweedFS, ``firmware_sim.objectstore``) on free loopback ports, one per
+    test session; tests make their own buckets (``s3_dataset``). A test that stops it uses its own ``S3Server``.
+
+    A missing ``weed`` fails the test, naming the fix (``make setup`` installs the dev extra): never a silent skip.
+    """
+    try:
+        require_weed()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    server = S3Server(tmp_path_factory.mktemp("s3-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_dataset(s3_server: S3Server, monkeypatch) -> str:
+    """``s3://<a new bucket>/fleet``, with the store's credentials, endpoint and region in the environment (as S3 tools
+    take them: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.create_bucket(f"fleet-{uuid.uuid4().hex[:12]}") + "/fleet"
 
 
 @pytest.fixture(scope="session")

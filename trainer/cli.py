@@ -100,6 +100,28 @@ def _unavailable(name: str, error: click.ClickException) -> click.Command:
                          context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
+class DatasetArg(click.ParamType):
+    """A dataset argument: ``s3://bucket/prefix`` (kept as text: ``trainer.dataset.location`` reaches it, and refuses
+    other schemes naming the ones it takes) or a path that must exist (a ``Path``), like ``click.Path(exists=True)``."""
+
+    name = "PATH|s3://BUCKET/PREFIX"
+
+    def __init__(self, file_okay: bool = True) -> None:
+        self._path = click.Path(exists=True, file_okay=file_okay, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "://" in value:
+            return value
+        return self._path.convert(value, param, ctx)
+
+
+def endpoint_option():
+    """``--endpoint URL``: the S3-compatible store of an ``s3://`` dataset (default: ``AWS_ENDPOINT_URL``, else AWS)."""
+    return click.option("--endpoint", default=None, metavar="URL",
+                        help="S3 endpoint of an s3:// dataset, for S3-compatible stores (MinIO, Ceph, Garage, "
+                             "SeaweedFS): http(s)://host:port [default: $AWS_ENDPOINT_URL, else AWS S3].")
+
+
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
@@ -144,7 +166,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 @cli.command()
-@click.option("--data", "data", required=True, type=click.Path(exists=True, path_type=Path), help="File or folder.")
+@click.option("--data", "data", required=True, type=DatasetArg(),
+              help="File or folder, or a collected dataset: a folder or s3://bucket/prefix.")
+@endpoint_option()
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory (replaced atomically).")
 @click.option("--model", "architecture", type=click.Choice(["auto", "lstm", "conv1d"]), default="auto", show_default=True,
@@ -192,7 +216,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
               help="Consecutive windows above threshold that count as a persistent crossing in the report.")
 @click.option("--select", multiple=True, help="A collected dataset's windows: KEY=VALUE (device, gateway, kind, "
               "model_version, start, end, healthy; default healthy=true), repeatable.")
-def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: str | None, window: int | None,
+def train(data: Path | str, endpoint: str | None, fmt: str, out: Path, architecture: str, units: str, mode: str | None, window: int | None,
           hop: int | None, block: int | None, features: str | None, fft_bands: str | None, channels: str,
           skip_rows: int, sample_rate: float | None, start: str | None, end: str | None, train_until: str | None,
           epochs: int, batch_size: int, learning_rate: float, patience: int,
@@ -213,11 +237,13 @@ def train(data: Path, fmt: str, out: Path, architecture: str, units: str, mode: 
         fmt = "csv"
     try:
         recording = None
-        if select or data.is_dir():  # perhaps the fleet's collected windows (trainer.dataset: pyarrow), filtered
+        remote = isinstance(data, str)  # s3://: only a collected dataset is read from a store
+        if remote or select or data.is_dir():  # perhaps the fleet's collected windows (trainer.dataset), filtered
             from trainer import dataset
 
-            if select or dataset.is_dataset(data):
-                recording = dataset.load(data, dataset.parse_select(select, start=start, end=end), chans)
+            loc = dataset.location(data, endpoint)
+            if remote or select or dataset.is_dataset(loc):
+                recording = dataset.load(loc, dataset.parse_select(select, start=start, end=end), chans)
         opts = TrainOptions(
             data=data, out=out, format=fmt, channels=chans, train_until=train_until, start=start, end=end,
             mode=mode, window=window, hop=hop, block=block,
@@ -332,6 +358,58 @@ def evaluate(data_dir: Path, suite: Path | None, out: Path, only: str | None, ep
     if failed:
         click.echo(f"{len(failed)} case(s) failed: {', '.join(failed)}", err=True)
         raise SystemExit(1)
+
+
+@cli.group("dataset")
+def dataset_group() -> None:
+    """Questions about a collected dataset (trainer collect --out), local or on S3."""
+
+
+@dataset_group.command("summary")
+@click.argument("dataset_path", metavar="DATASET", type=DatasetArg(file_okay=False))
+@endpoint_option()
+@click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
+@click.option("--start", default=None, help="Only windows whose last sample is at or after this time (UTC).")
+@click.option("--end", default=None, help="Only windows whose last sample is before this time (UTC).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per device and day, then the totals.")
+def dataset_summary(dataset_path: Path | str, endpoint: str | None, devices: tuple[str, ...], start: str | None,
+                    end: str | None, as_json: bool) -> None:
+    """Per device and day: windows by kind, alerts, technicians' answers, drift notices, files and bytes."""
+    from edge_agent.contract.upload_record import KINDS
+    from trainer import dataset
+
+    try:
+        result = dataset.summarize(dataset.location(dataset_path, endpoint), devices, start, end)
+    except (ValueError, DataFormatError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    rows = [r.as_dict() for r in result.rows]
+    totals = {"devices": len({r["device"] for r in rows}), "days": len({r["date"] for r in rows}),
+              "windows": result.windows, "alerts": sum(r["alerts"] for r in rows), "files": result.files,
+              "unreadable_files": result.unreadable, "bytes": sum(r["bytes"] for r in rows),
+              "seconds": round(result.seconds, 3)}
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r))
+        click.echo(json.dumps({"totals": totals}))
+        return
+    kinds = list(KINDS)
+    header = ["device", "date", "windows", *kinds, "alerts", *(["answers"] if result.has_answers else []), "files",
+              "MB"]
+    lines = [header]
+    for r in rows:
+        lines.append([r["device"], r["date"], str(r["windows"]), *(str(r["kinds"][k]) for k in kinds),
+                      str(r["alerts"]),
+                      *([", ".join(f"{a} {n}" for a, n in sorted(r["answers"].items())) or "-"]
+                        if result.has_answers else []),
+                      str(r["files"]), f"{r['bytes'] / 1e6:.2f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        click.echo("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
+                                                                                                  strict=True))))
+    click.echo(f"{totals['devices']} devices, {totals['days']} days, {totals['windows']} windows, {totals['alerts']} "
+               f"alerts, {totals['files']} files ({totals['bytes'] / 1e6:.1f} MB"
+               + (f", {result.unreadable} unreadable, skipped" if result.unreadable else "")
+               + f") in {result.seconds:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,11 +6,13 @@ scaled out over N collectors with an MQTT 5 shared subscription.
     broker ── $share/<group>/vib/+/upload ──► collector 1 ─┐   (the broker hands each message to ONE member)
                                           └─► collector 2 ─┴─► DATASET/device=…/date=…/part-….parquet
                                                             └► DATASET/_quarantine/…   (what cannot be stored)
+    DATASET: a folder, or s3://bucket/prefix on AWS S3 or an S3-compatible store (trainer.dataset.location)
 
 * **At least once, end to end.** The connection (``edge_agent.mqtt_client.MqttConnection``, MQTT 5,
-  ``manual_ack``) acknowledges a message only after its record is in a Parquet file that was fsynced and
-  renamed into place, or in the quarantine (fsynced), or already in the dataset. A collector killed at any
-  point loses nothing: the broker re-sends what was not acknowledged when the session reconnects.
+  ``manual_ack``) acknowledges a message only after its record is in a Parquet file that is durable and
+  visible whole (fsynced and renamed into place on a disk; an upload that completed on an object store), or in
+  the quarantine (the same way), or already in the dataset. A collector killed at any point loses nothing: the
+  broker re-sends what was not acknowledged when the session reconnects.
 * **Persistent session.** ``clean_start = False`` with a session expiry (default one day) and a stable
   client id (``collect-<group>-<host>-<member>``), so a restarted collector resumes its own session.
 * **Bounded.** The session's Receive Maximum caps the messages the broker sends before it sees an
@@ -23,8 +25,10 @@ scaled out over N collectors with an MQTT 5 shared subscription.
   (``contract.upload_record``); one that cannot be stored (malformed, another device's, a clock far
   ahead, an id the dataset holds with other content, a write that fails for good) is quarantined:
   kept (``trainer.dataset.Quarantine``), counted by reason, acknowledged, and refused in a receipt so that
-  its gateway stops sending it. A transient write failure (disk full) keeps everything buffered and
-  unacknowledged and is retried.
+  its gateway stops sending it. A transient failure (a full disk; an object store that refuses or cannot be
+  reached) keeps everything buffered and unacknowledged, sends no receipt, and is retried every second: the
+  gateways keep their records spooled meanwhile (``flush_errors`` and ``deferred`` count it). An upload whose
+  partition's ids cannot be read (the store is away) waits, unacknowledged, and is handled again later.
 * **Receipts, end to end.** Once records are durable their ids are sent, signed with the collector's key
   (``--key``, ``contract.receipt``), to ``vib/<device>/upload/receipt``; a gateway keeps each record in its
   spool until a receipt names it and sends it again otherwise. This covers what MQTT acknowledgements
@@ -58,7 +62,7 @@ from edge_agent.contract.errors import UploadError
 from edge_agent.contract.upload_record import UploadRecord, decode_record
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.ratelog import RateLimitedLog
-from trainer.dataset import DatasetWriter, IdConflict, Quarantine
+from trainer.dataset import DatasetWriter, IdConflict, Location, Quarantine, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,8 @@ class CollectStats:
     by_reason: dict[str, int] = field(default_factory=dict)
     acked: int = 0
     files: int = 0
-    flush_errors: int = 0  # writes that failed for a transient reason (disk full, ...): retried, nothing acknowledged
+    flush_errors: int = 0  # writes that failed for a transient reason (disk full, store away): retried, nothing acked
+    deferred: int = 0  # uploads put aside because their partition's ids could not be read (store away): retried
     dropped: int = 0  # hand-over queue full: not acknowledged, so the broker re-sends it after a reconnect
     connects: int = 0
     receipts: int = 0  # receipt messages published
@@ -107,7 +112,7 @@ class CollectStats:
 class CollectOptions:
     """How one collector runs (see ``collect``)."""
 
-    out: Path
+    out: Path | str | Location  # a folder, s3://bucket/prefix, or a Location (trainer.dataset.location)
     group: str | None = "collectors"
     topic: str = UPLOAD_FILTER
     member: int = 1
@@ -144,6 +149,7 @@ class Collector:
         self._owed: dict[str, list[str]] = {}  # device -> record ids to confirm once durable
         self._refused: dict[str, list[tuple[str, str]]] = {}  # device -> (record id, reason) to refuse
         self._oldest: float | None = None  # monotonic time the oldest buffered record arrived
+        self._deferred: list[tuple[int, int, int, str, bytes]] = []  # uploads to handle again (the store was away)
         self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ lifecycle
@@ -192,6 +198,12 @@ class Collector:
         while not stop.is_set():
             if opts.max_records is not None and self.writer.stats.written + self.writer.pending >= opts.max_records:
                 break
+            if self._deferred and time.monotonic() >= retry_at:
+                deferred, self._deferred = self._deferred, []
+                for item in deferred:
+                    self._handle(*item)
+                if self._deferred:
+                    retry_at = time.monotonic() + 1.0
             try:
                 item = self._inbox.get(timeout=0.05)
             except queue.Empty:
@@ -243,6 +255,14 @@ class Collector:
         except IdConflict as exc:
             self._quarantine(topic, payload, device, rec.id, "id_conflict", str(exc))
             return
+        except OSError as exc:  # the partition's ids could not be read: not acknowledged, handled again later
+            self._unacked.pop()
+            self.stats.received -= 1
+            self.stats.deferred += 1
+            self._deferred.append((gen, mid, qos, topic, payload))
+            self._ratelog.log(logging.ERROR, "deferred", "cannot read the dataset (%d uploads waiting, not "
+                              "acknowledged): %s", len(self._deferred), describe_error(self.writer.loc, exc))
+            return
         self._owe(device, rec.id)
         if added:
             self.stats.per_device[device] = self.stats.per_device.get(device, 0) + 1
@@ -275,8 +295,9 @@ class Collector:
             self.quarantine.flush()
         except OSError as exc:
             self.stats.flush_errors += 1
-            self._ratelog.log(logging.ERROR, "flush", "cannot write the dataset (%d records kept, not acknowledged): "
-                              "%s", self.writer.pending + self.quarantine.pending, exc)
+            self._ratelog.log(logging.ERROR, "flush", "cannot write the dataset (%d records kept, not acknowledged, "
+                              "no receipts): %s", self.writer.pending + self.quarantine.pending,
+                              describe_error(self.writer.loc, exc))
             return False
         self.stats.files += len(files)
         self.stats.written = self.writer.stats.written
@@ -347,10 +368,14 @@ def command():
     import click
 
     from edge_agent.mqtt_client import broker_options, connection_from_options
+    from trainer.cli import endpoint_option
 
     @click.command("collect")
     @broker_options()
-    @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder (Parquet).")
+    @click.option("--out", required=True, help="The dataset (Parquet): a folder, or s3://bucket/prefix on AWS S3 or an "
+                  "S3-compatible store (credentials and region as S3 tools take them: AWS_ACCESS_KEY_ID, "
+                  "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL).")
+    @endpoint_option()
     @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                   help="This collector's signing key (`trainer keygen`): receipts are signed with it; gateways "
                        "trust its public key ([uploads] receipt_keys). Required unless --no-receipts.")
@@ -371,19 +396,23 @@ def command():
                   help="Keep the payloads of quarantined uploads while the quarantine holds less than this.")
     @click.option("--max-records", type=click.IntRange(min=1), default=None, help="Stop after this many (default: Ctrl-C).")
     @click.option("--no-receipts", is_flag=True, help="Do not confirm durable records to the gateways.")
-    def collect_command(out, key_path: Path | None, group: str, no_share: bool, member: int, client_id: str | None,
-                        topic: str, receive_maximum: int, flush_s: float, session_expiry_s: int,
-                        quarantine_max_mb: int, max_records: int | None, no_receipts: bool, **broker) -> None:
+    def collect_command(out: str, endpoint: str | None, key_path: Path | None, group: str, no_share: bool,
+                        member: int, client_id: str | None, topic: str, receive_maximum: int, flush_s: float,
+                        session_expiry_s: int, quarantine_max_mb: int, max_records: int | None, no_receipts: bool,
+                        **broker) -> None:
         """Collect the windows gateways upload into a Parquet dataset (train on it with --data DATASET)."""
+        from edge_agent.contract.recordings import DataFormatError
         from edge_agent.contract.signing import load_private_key
         from edge_agent.shutdown import stop_on_signals
+        from trainer.dataset import location
 
         if key_path is None and not no_receipts:
             raise click.UsageError("--key: receipts are signed (a receipt deletes records on the gateways): give this "
                                    "collector's key from `trainer keygen`, or --no-receipts")
         try:
             key = None if no_receipts else load_private_key(key_path)
-            opts = CollectOptions(out=Path(out), group=None if no_share else group, topic=topic, member=member,
+            loc = location(out, endpoint)
+            opts = CollectOptions(out=loc, group=None if no_share else group, topic=topic, member=member,
                                   client_id=client_id, receive_maximum=receive_maximum, flush_s=flush_s,
                                   session_expiry_s=session_expiry_s, max_records=max_records, key=key,
                                   quarantine_max_bytes=quarantine_max_mb << 20)
@@ -393,8 +422,12 @@ def command():
             raise click.ClickException(str(exc)) from exc
         stop = threading.Event()
         stop_on_signals(stop)
-        click.echo(f"collecting {shared_filter(opts.group, topic)} from {broker['broker']} into {out} (Ctrl-C to stop)")
-        stats = collect(connection, opts, stop)
+        click.echo(f"collecting {shared_filter(opts.group, topic)} from {broker['broker']} into {loc.uri}"
+                   f"{' on ' + loc.where if loc.where else ''} (Ctrl-C to stop)")
+        try:
+            stats = collect(connection, opts, stop)
+        except DataFormatError as exc:  # the dataset cannot be written: nothing was subscribed or received
+            raise click.ClickException(str(exc)) from exc
         click.echo(f"received {stats.received}, written {stats.written}, duplicates {stats.duplicates}, "
                    f"quarantined {stats.quarantined} {stats.by_reason or ''}, files {stats.files}; "
                    f"per device {dict(stats.per_device)}")

@@ -15,6 +15,8 @@ names only, as Hive, Spark and DuckDB expect)::
     time_start  time_end (timestamp µs, UTC)  seq_end  sample_rate  units  channels (list<string>)
     n_rows  samples (list<float32>, n_rows × len(channels), row-major)  received  schema
     digest (16 hex: sha256 of the upload as received; null in files of earlier releases)
+    group (the sensor's kind of machine)  answer (struct kind, by, time: a technician's answer to the alert)
+    (group and answer: upload schema 3; null for earlier records and in files of earlier releases)
 
 Writes are atomic per file: a part is written to a hidden temp file in its partition folder
 (``.part-….parquet.tmp``, which every reader ignores), fsynced, renamed into place and the folder
@@ -24,6 +26,18 @@ a record for it arrives (a bounded cache of partitions), skips a record it alrea
 duplicate) and refuses one whose id it holds with other content (``IdConflict``: a forgery or a bug, never
 a silent drop); every read keeps the first row of each (device, id), so a window collected twice (QoS 1, two
 collectors, a crash between write and acknowledgement) is read once.
+
+Where it lives (``location``): a local folder, or ``s3://bucket/prefix`` on AWS S3 or any S3-compatible store
+(MinIO, Ceph RGW, Garage, SeaweedFS), reached through pyarrow's filesystem layer (``pyarrow.fs.FileSystem.from_uri``)
+with the endpoint, region and credentials S3 tools take (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
+``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``) or an explicit
+``endpoint``. One code path for both: a ``Location`` is a pyarrow FileSystem and a base path, and everything above
+(layout, ids, reading, the quarantine) goes through it. The one difference is how a file becomes visible whole
+(``put``): on a disk by the fsynced rename above; on an object store a PUT (a multipart upload is completed by
+its last request) makes the object visible whole or not at all, so there is no temp object and no rename: every
+file has a unique name (``part-<writer>-<n>-<random>``), so writers never overwrite each other and a retried
+write adds a file, never changes one. A collector killed mid-upload leaves an incomplete multipart upload, which
+no reader sees (a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` reclaims its space).
 
 Read it elsewhere::
 
@@ -37,6 +51,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import urllib.parse
 import uuid
 from collections import OrderedDict
@@ -49,6 +64,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from edge_agent.contract.errors import AgentError
@@ -80,12 +96,14 @@ FILE_SCHEMA = pa.schema([
     ("received", TIME),
     ("schema", pa.int8()),
     ("digest", pa.string()),
+    ("group", pa.string()),
+    ("answer", pa.struct([("kind", pa.string()), ("by", pa.string()), ("time", pa.string())])),
 ])
 PARTITION_SCHEMA = pa.schema([("device", pa.string()), ("date", pa.string())])
 #: Every column a reader sees: the file's plus the partition folders'.
 SCHEMA = pa.schema(list(PARTITION_SCHEMA) + list(FILE_SCHEMA))
 #: Low-cardinality columns worth dictionary encoding (a dictionary over the samples costs 4x the write time).
-_DICTIONARY = ("gateway", "model_id", "model_version", "kind", "state", "units")
+_DICTIONARY = ("gateway", "model_id", "model_version", "kind", "state", "units", "group")
 #: Kinds that are healthy operation (what ``healthy_only`` keeps, if scored below the threshold).
 HEALTHY_KINDS = ("normal", "calibration", "drift")
 
@@ -94,23 +112,237 @@ def partitioning() -> ds.Partitioning:
     return ds.partitioning(PARTITION_SCHEMA, flavor="hive")
 
 
+def partition_name(device: str, date: str) -> str:
+    """``device=<device, percent-encoded>/date=<YYYY-MM-DD>``: a partition's folder, relative to the dataset."""
+    return f"device={urllib.parse.quote(device, safe='')}/date={date}"
+
+
 def partition_dir(root: Path, device: str, date: str) -> Path:
-    """``root/device=<device, percent-encoded>/date=<YYYY-MM-DD>``."""
-    return root / f"device={urllib.parse.quote(device, safe='')}" / f"date={date}"
+    """``root/device=<device, percent-encoded>/date=<YYYY-MM-DD>`` (a local dataset's partition folder)."""
+    return root / partition_name(device, date)
 
 
-def is_dataset(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a folder laid out as this dataset (``device=…`` folders)."""
-    p = Path(path)
-    return p.is_dir() and any(e.is_dir() and e.name.startswith("device=") for e in p.iterdir())
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------- where it lives
+#: What an S3 URI may be followed by: ``s3://bucket`` or ``s3://bucket/prefix`` (no query: options are arguments).
+_S3_URI = re.compile(r"s3://([^/?#]+)(/[^?#]*)?")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a dataset lives: a pyarrow FileSystem and the dataset's base path in it (no trailing slash).
+
+    ``uri`` names it in messages (the folder, or ``s3://bucket/prefix``; never a credential); ``endpoint`` is the
+    S3 endpoint in use (given, or from ``AWS_ENDPOINT_URL``; None: AWS S3 itself). Made by ``location``.
+    """
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+    endpoint: str | None = None
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def local(self) -> bool:
+        """A disk (a file becomes visible by an fsynced rename), not an object store (a PUT is atomic)."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def bucket(self) -> str | None:
+        return None if self.local else self.path.split("/", 1)[0]
+
+    @property
+    def where(self) -> str:
+        """The store, for messages: ``the object store at <endpoint>``, ``AWS S3`` or nothing (a local folder)."""
+        if self.local:
+            return ""
+        return f"the object store at {self.endpoint}" if self.endpoint else "AWS S3"
+
+    def join(self, *parts: str) -> str:
+        """A path inside the dataset (``parts`` relative to it, '/'-separated)."""
+        return "/".join([self.path.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+    def name_of(self, path: str) -> Path | str:
+        """How to name a file of the dataset to a user: a Path on a disk, an ``s3://`` URI in a bucket."""
+        return Path(path) if self.local else f"s3://{path}"
+
+    def error(self, exc: BaseException, doing: str) -> DataFormatError:
+        """``exc`` (an OSError of the filesystem layer) as an error that names the dataset, the store and the fix."""
+        return DataFormatError(self.uri, message=f"{doing}: {describe_error(self, exc)}")
+
+
+def location(where: str | os.PathLike[str] | Location, endpoint: str | None = None) -> Location:
+    """The ``Location`` of a dataset: a local folder, or ``s3://bucket/prefix``.
+
+    An S3 URI goes through ``pyarrow.fs.FileSystem.from_uri``, which takes the credentials and region the way S3
+    tools do (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` with
+    ``~/.aws/credentials`` and ``~/.aws/config``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, else the bucket's own
+    region) and the endpoint from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``; ``endpoint``
+    (``http(s)://host:port``) overrides that, for S3-compatible stores. Nothing is read here.
+
+    Raises:
+        ValueError: a URI of another scheme, an S3 URI without a bucket, an endpoint that is not http(s)://.
+    """
+    if isinstance(where, Location):
+        return where
+    text = os.fspath(where)
+    if "://" not in text:
+        path = Path(text).expanduser().absolute()
+        return Location(pafs.LocalFileSystem(), path.as_posix(), os.fspath(path))
+    if text.startswith("file://"):
+        return location(urllib.parse.urlsplit(text).path)
+    m = _S3_URI.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r}: a dataset is a folder or s3://bucket/prefix (no other scheme, no ?query)")
+    bucket, prefix = m.group(1), (m.group(2) or "").strip("/")
+    if endpoint is not None and not re.fullmatch(r"https?://[^/?#\s]+/?", endpoint):
+        raise ValueError(f"--endpoint {endpoint!r}: give http(s)://host:port of the S3-compatible store")
+    uri = f"s3://{bucket}" + (f"/{prefix}" if prefix else "")
+    query = f"?endpoint_override={urllib.parse.quote(endpoint.rstrip('/'), safe='')}" if endpoint else ""
+    used = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    probe = Location(None, f"{bucket}/{prefix}".rstrip("/"), uri, used)  # type: ignore[arg-type]  # messages only
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri + query)
+    except (OSError, pa.ArrowException) as exc:  # resolving the bucket's region asks the store
+        raise probe.error(exc, "cannot open it") from exc
+    return Location(fs, path.rstrip("/"), uri, used)
+
+
+def describe_error(loc: Location, exc: BaseException) -> str:
+    """What a filesystem error means for ``loc``, in one line that says what to do."""
+    text = " ".join(str(exc).split())
+    short = text if len(text) <= 300 else text[:297] + "..."
+    at = loc.where or "this computer"
+    if loc.local:
+        return short
+    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+        return f"bucket {loc.bucket!r} does not exist on {at}: create it, or correct the URI"
+    if any(k in text for k in ("ACCESS_DENIED", "AccessDenied", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID",
+                               "InvalidAccessKeyId", "HTTP status 403", "MISSING_AUTHENTICATION_TOKEN")) \
+            and "NETWORK_CONNECTION" not in text:
+        return (f"{at} refused these credentials for bucket {loc.bucket!r} ({short}): check AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and that the bucket's policy lets them list, read and write")
+    if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not connect" in text:
+        return (f"cannot reach {at} ({short}): check the endpoint (--endpoint or AWS_ENDPOINT_URL) and that the "
+                f"store is up")
+    return f"{at}: {short}"
+
+
+def _info(loc: Location, path: str) -> pafs.FileInfo:
+    return loc.fs.get_file_info(path)
+
+
+def _listing(loc: Location, path: str, recursive: bool) -> list[pafs.FileInfo]:
+    """What is under ``path`` ([] when nothing is). OSError: the store refused or cannot be reached."""
+    return loc.fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+
+
+def is_dataset(where: str | os.PathLike[str] | Location, endpoint: str | None = None) -> bool:
+    """Whether ``where`` is laid out as this dataset (``device=…`` folders in it). OSError when the store refuses."""
+    loc = location(where, endpoint)
+    if _info(loc, loc.path).type != pafs.FileType.Directory:
+        return False
+    return any(i.type == pafs.FileType.Directory and i.base_name.startswith("device=")
+               for i in _listing(loc, loc.path, recursive=False))
+
+
+def _check_readable(loc: Location) -> None:
+    """DataFormatError (naming the path, the store and the fix) when ``loc`` cannot hold a dataset: a local folder
+    that does not exist, a file, a bucket that does not exist, refused credentials, a store out of reach. An empty
+    folder or prefix passes: a dataset no collector has written to yet."""
+    try:
+        info = _info(loc, loc.path)
+        if info.type == pafs.FileType.NotFound:
+            if loc.local:
+                raise DataFormatError(loc.uri, message="no such dataset folder")
+            _listing(loc, loc.path, recursive=False)  # proves the credentials (a missing key reads as not found)
+            if _info(loc, loc.bucket).type == pafs.FileType.NotFound:
+                raise DataFormatError(loc.uri, message=f"bucket {loc.bucket!r} does not exist on {loc.where}: "
+                                      "create it, or correct the URI")
+        elif info.type != pafs.FileType.Directory:
+            raise DataFormatError(loc.uri, message="is a file, not a dataset folder")
+    except OSError as exc:
+        raise loc.error(exc, "cannot read it") from exc
+
+
+def require_dataset(where: str | os.PathLike[str] | Location, endpoint: str | None = None) -> Location:
+    """``where``'s Location, checked to be a dataset: DataFormatError naming the path and what is wrong (nothing
+    there, a file, a folder without ``device=…`` folders, a bucket that does not exist, refused credentials, a
+    store out of reach)."""
+    loc = location(where, endpoint)
+    _check_readable(loc)
+    try:
+        if not is_dataset(loc):
+            empty = not _listing(loc, loc.path, recursive=False)
+            what = ("it is empty" if loc.local else "nothing is stored under it") if empty else \
+                "no device=… folders in it"
+            raise DataFormatError(loc.uri, message=f"is not a dataset: {what}{' on ' + loc.where if loc.where else ''}"
+                                  " (trainer collect --out writes one)")
+    except OSError as exc:
+        raise loc.error(exc, "cannot read it") from exc
+    return loc
+
+
+@dataclass(frozen=True)
+class Part:
+    """One data file of the dataset: its path in the filesystem, its partition and its size in bytes."""
+
+    path: str
+    device: str
+    date: str
+    size: int
+
+
+def list_parts(loc: Location, devices: Sequence[str] = ()) -> list[Part]:
+    """Every data file (``device=…/date=…/*.parquet``; a name starting with ``.`` or ``_`` is not data: temp files,
+    the quarantine), of ``devices`` only when given (their folders alone are listed), sorted by path."""
+    roots = [loc.join(f"device={urllib.parse.quote(d, safe='')}") for d in devices] or [loc.path]
+    base = loc.path.rstrip("/") + "/"
+    out: list[Part] = []
+    for root in roots:
+        for info in _listing(loc, root, recursive=True):
+            if info.type != pafs.FileType.File or not info.path.startswith(base):
+                continue
+            rel = info.path[len(base):].split("/")
+            if (len(rel) != 3 or not rel[0].startswith("device=") or not rel[1].startswith("date=")
+                    or not rel[2].endswith(".parquet") or any(c[:1] in "._" for c in rel)):
+                continue
+            out.append(Part(info.path, urllib.parse.unquote(rel[0][7:]), rel[1][5:], int(info.size or 0)))
+    return sorted(out, key=lambda p: p.path)
+
+
+def put(loc: Location, path: str, data: bytes | pa.Buffer) -> None:
+    """Write ``data`` to ``path`` of ``loc`` so that it becomes visible whole or not at all, and is durable once
+    this returns: on a disk through a hidden temp file in the same folder (``.<name>.tmp``), fsynced, renamed and
+    the folder fsynced; on an object store by one upload (nothing is visible until it completes). OSError when
+    that fails (nothing partial is visible; a disk's temp file is removed)."""
+    if not loc.local:
+        out = loc.fs.open_output_stream(path)
+        out.write(data)
+        out.close()  # completes the upload: the object appears whole, or this raises and it does not
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(memoryview(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _utc(dt: datetime) -> datetime:
@@ -139,17 +371,18 @@ KNOWN_PARTITIONS = 512
 class DatasetWriter:
     """Buffers records and writes them as one Parquet file per (device, date) on ``flush``.
 
-    Not thread-safe: one writer per thread. Several writers (processes, machines on a shared folder)
+    Not thread-safe: one writer per thread. Several writers (processes, machines on a shared folder or bucket)
     may write into one dataset at the same time: their file names never collide. ``open`` before use.
 
     Args:
-        root: the dataset folder (created by ``open``).
+        root: the dataset: a folder, ``s3://bucket/prefix`` or a ``Location`` (see ``location``).
         writer_id: part of every file name (default: a random 8 hex digits); stable per collector, so that
-            ``open`` can remove the temp files a crash of this writer left.
+            ``open`` can remove the temp files a crash of this writer left on a disk.
     """
 
-    def __init__(self, root: str | os.PathLike[str], writer_id: str | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | Location, writer_id: str | None = None) -> None:
+        self.root = root
+        self.loc: Location | None = root if isinstance(root, Location) else None
         self.writer_id = writer_id or uuid.uuid4().hex[:8]
         self._known: OrderedDict[tuple[str, str], dict[str, str | None]] = OrderedDict()
         self._buffer: list[tuple[UploadRecord, datetime, str | None]] = []
@@ -160,14 +393,34 @@ class DatasetWriter:
         self.removed_temp = 0  # temp files of this writer left by a crash, removed by ``open``
 
     def open(self) -> DatasetWriter:
-        """Create the folder; remove this writer's temp files left by a crash (``.part-<writer_id>-…tmp``)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        prefix = f".part-{self.writer_id}-"
-        for tmp in self.root.glob(f"device=*/date=*/{prefix}*.parquet.tmp"):
-            tmp.unlink(missing_ok=True)
-            self.removed_temp += 1
+        """Check the dataset can be written (a folder is created; a bucket must exist and take these credentials);
+        on a disk, remove this writer's temp files left by a crash (``.part-<writer_id>-…tmp``).
+
+        Raises:
+            DataFormatError: the bucket does not exist, the store refuses the credentials or cannot be reached,
+                the path is a file; each names the dataset and the store.
+        """
+        loc = self.loc = location(self.root)
+        try:
+            info = _info(loc, loc.path)
+            if info.type == pafs.FileType.File:
+                raise DataFormatError(loc.uri, message="is a file, not a dataset folder")
+            if loc.local:
+                os.makedirs(loc.path, exist_ok=True)
+                prefix = f".part-{self.writer_id}-"
+                for tmp in _listing(loc, loc.path, recursive=True):
+                    if tmp.base_name.startswith(prefix) and tmp.base_name.endswith(".parquet.tmp"):
+                        Path(tmp.path).unlink(missing_ok=True)
+                        self.removed_temp += 1
+            else:  # listing the prefix proves the bucket, the credentials and the endpoint
+                _listing(loc, loc.path, recursive=False)
+                if _info(loc, loc.bucket).type == pafs.FileType.NotFound:
+                    raise DataFormatError(loc.uri, message=f"bucket {loc.bucket!r} does not exist on {loc.where}: "
+                                          "create it, or correct the URI")
+        except OSError as exc:
+            raise loc.error(exc, "cannot write the dataset") from exc
         if self.removed_temp:
-            log.warning("%s: removed %d temp file(s) of writer %s left by a crash", self.root, self.removed_temp,
+            log.warning("%s: removed %d temp file(s) of writer %s left by a crash", loc.uri, self.removed_temp,
                         self.writer_id)
         return self
 
@@ -180,12 +433,18 @@ class DatasetWriter:
     def pending_bytes(self) -> int:
         return self._buffered_bytes
 
+    def _location(self) -> Location:
+        """Where it writes (``open`` checks it; a writer used without ``open`` finds it here, unchecked)."""
+        if self.loc is None:
+            self.loc = location(self.root)
+        return self.loc
+
     def _ids(self, device: str, date: str) -> dict[str, str | None]:
         """``{id: digest}`` of a partition (read once, then kept up to date; least recently used evicted)."""
         key = (device, date)
         known = self._known.get(key)
         if known is None:
-            known = partition_ids(self.root, device, date)
+            known = partition_ids(self._location(), device, date)
             self._known[key] = known
             while len(self._known) > KNOWN_PARTITIONS:
                 self._known.popitem(last=False)
@@ -195,7 +454,8 @@ class DatasetWriter:
 
     def add(self, record: UploadRecord, received: datetime | None = None, digest: str | None = None) -> bool:
         """Buffer ``record``; False (counted in ``duplicates``) when its (device, id) is already there with the same
-        content (or a digest is not known on one side). IdConflict when it is there with other content."""
+        content (or a digest is not known on one side). IdConflict when it is there with other content.
+        OSError when the partition's ids cannot be read (the store is away): nothing buffered, try again."""
         key = (record.device, record.id)
         date = record.time_end_utc().date().isoformat()
         seen = self._buffered[key] if key in self._buffered else self._ids(record.device, date).get(record.id, "")
@@ -210,32 +470,35 @@ class DatasetWriter:
         self._buffered_bytes += record.samples.nbytes
         return True
 
-    def flush(self) -> tuple[list[Path], list[tuple[UploadRecord, Exception]]]:
+    def flush(self) -> tuple[list[Path | str], list[tuple[UploadRecord, Exception]]]:
         """Write the buffered records (one file per device and date, each atomic).
 
-        Returns (new files, records that cannot be stored: with the error, a partition whose write failed in a
-        way retrying cannot fix). Raises OSError for a transient failure (disk full, I/O error, permissions):
-        those records stay buffered, nothing partial is visible.
+        Returns (new files: a Path on a disk, an ``s3://`` URI in a bucket; records that cannot be stored, with the
+        error: a partition whose write failed in a way retrying cannot fix). Raises OSError for a transient
+        failure (disk full, I/O error, permissions, an object store that refuses or cannot be reached): those
+        records stay buffered, nothing partial is visible.
         """
         groups: dict[tuple[str, str], list[tuple[UploadRecord, datetime, str | None]]] = {}
         for row in self._buffer:
             rec = row[0]
             groups.setdefault((rec.device, rec.time_end_utc().date().isoformat()), []).append(row)
-        written: list[Path] = []
+        written: list[Path | str] = []
         failed: list[tuple[UploadRecord, Exception]] = []
         for (device, date), rows in sorted(groups.items()):
             try:
-                path = self._write_part(partition_dir(self.root, device, date), rows)
+                table = to_table([r for r, _, _ in rows], [t for _, t, _ in rows], [d for _, _, d in rows])
+                path, size = write_part(self._location(), device, date, table, self.writer_id, self._n + 1)
+                self._n += 1
             except OSError as exc:
-                if exc.errno in TRANSIENT_ERRNOS:
+                if exc.errno in TRANSIENT_ERRNOS or exc.errno is None:  # no errno: the store (refused, away)
                     raise
                 failed += [(r, exc) for r, _, _ in rows]
             except (pa.ArrowException, ValueError, OverflowError, TypeError) as exc:
                 failed += [(r, exc) for r, _, _ in rows]
             else:
-                written.append(path)
+                written.append(self.loc.name_of(path))
                 self.stats.files += 1
-                self.stats.bytes += path.stat().st_size
+                self.stats.bytes += size
                 self.stats.written += len(rows)
                 if (device, date) in self._known:
                     self._known[(device, date)].update({r.id: d for r, _, d in rows})
@@ -246,25 +509,18 @@ class DatasetWriter:
             self._buffered_bytes = sum(r.samples.nbytes for r, _, _ in self._buffer)
         return written, failed
 
-    def _write_part(self, folder: Path, rows: list[tuple[UploadRecord, datetime, str | None]]) -> Path:
-        table = to_table([r for r, _, _ in rows], [t for _, t, _ in rows], [d for _, _, d in rows])
-        folder.mkdir(parents=True, exist_ok=True)
-        self._n += 1
-        name = f"part-{self.writer_id}-{self._n:06d}-{uuid.uuid4().hex[:6]}.parquet"
-        final, tmp = folder / name, folder / f".{name}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f, compression="zstd", use_dictionary=list(_DICTIONARY),
-                               column_encoding={"samples": "BYTE_STREAM_SPLIT"})
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(folder)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        log.debug("wrote %s (%d windows)", final, len(rows))
-        return final
+
+def write_part(loc: Location, device: str, date: str, table: pa.Table, writer_id: str, n: int) -> tuple[str, int]:
+    """Write ``table`` (``FILE_SCHEMA``) as a new file of partition (device, date), atomically (``put``):
+    ``part-<writer_id>-<n>-<random>.parquet``. Returns (its path, its size in bytes)."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="zstd", use_dictionary=list(_DICTIONARY),
+                   column_encoding={"samples": "BYTE_STREAM_SPLIT"})
+    data = buf.getvalue()
+    path = loc.join(partition_name(device, date), f"part-{writer_id}-{n:06d}-{uuid.uuid4().hex[:6]}.parquet")
+    put(loc, path, data)
+    log.debug("wrote %s (%d windows)", path, table.num_rows)
+    return path, data.size
 
 
 #: errno values of a write failure that goes away by itself (space, quota, I/O, a lock): retried, not quarantined.
@@ -303,36 +559,65 @@ def to_table(records: Sequence[UploadRecord], received: Sequence[datetime] | Non
         "received": [_utc(t) for t in received],
         "schema": [r.schema for r in records],
         "digest": list(digests),
+        # schema 3 fields, read with getattr: records of an UploadRecord without them store nulls
+        "group": [getattr(r, "group", None) for r in records],
+        "answer": [_answer(getattr(r, "answer", None)) for r in records],
     }
     arrays = [c if isinstance(c, pa.Array) else pa.array(c, FILE_SCHEMA.field(name).type)
               for name, c in cols.items()]
     return pa.Table.from_arrays(arrays, schema=FILE_SCHEMA)
 
 
-def existing_ids(root: str | os.PathLike[str]) -> set[str]:
+def _answer(value: object) -> dict | None:
+    """A record's ``answer`` as the ``answer`` column's struct (kind, by, time), or None."""
+    if not isinstance(value, dict):
+        return None
+    return {k: None if value.get(k) is None else str(value.get(k)) for k in ("kind", "by", "time")}
+
+
+def existing_ids(root: str | os.PathLike[str] | Location) -> set[str]:
     """Every id in the dataset (reads the ``id`` column only; unreadable files are skipped and logged)."""
     out: set[str] = set()
-    for table in _fragments(Path(root), None, ["id"]):
+    for table in _fragments(location(root), None, ["id"]):
         out.update(table.column("id").to_pylist())
     return out
 
 
-def partition_ids(root: Path, device: str, date: str) -> dict[str, str | None]:
-    """``{id: digest}`` of one partition (its files only; unreadable files are skipped and logged)."""
-    folder = partition_dir(root, device, date)
+def unreadable(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised reading one file) says the file is not Parquet or is cut short (readers skip it,
+    logged), not that the disk or the store failed (an errno, an AWS error: the caller retries or fails)."""
+    if not isinstance(exc, pa.ArrowException):
+        return False
+    return not (isinstance(exc, OSError) and (exc.errno is not None or "AWS Error" in str(exc)))
+
+
+def partition_ids(root: Path | Location, device: str, date: str) -> dict[str, str | None]:
+    """``{id: digest}`` of one partition (its files only; unreadable files are skipped and logged).
+
+    OSError when the partition cannot be listed or a file read (the store refused or cannot be reached).
+    """
+    loc = location(root)
     out: dict[str, str | None] = {}
-    if not folder.is_dir():
-        return out
-    for f in sorted(folder.glob("part-*.parquet")):
+    for part in list_parts_of(loc, device, date):
         try:
-            t = pq.read_table(f, columns=[c for c in ("id", "digest") if c in pq.read_schema(f).names])
+            pf = pq.ParquetFile(loc.fs.open_input_file(part.path))
+            t = pf.read(columns=[c for c in ("id", "digest") if c in pf.schema_arrow.names])
         except (pa.ArrowException, OSError) as exc:
-            log.error("%s: unreadable part skipped: %s", f, exc)
+            if not unreadable(exc):
+                raise
+            log.error("%s: unreadable part skipped: %s", loc.name_of(part.path), exc)
             continue
         digests = t.column("digest").to_pylist() if "digest" in t.column_names else [None] * t.num_rows
         for i, d in zip(t.column("id").to_pylist(), digests, strict=True):
             out.setdefault(i, d)
     return out
+
+
+def list_parts_of(loc: Location, device: str, date: str) -> list[Part]:
+    """The data files of one partition (its folder alone is listed)."""
+    folder = loc.join(partition_name(device, date))
+    return [Part(i.path, device, date, int(i.size or 0)) for i in _listing(loc, folder, recursive=False)
+            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and i.base_name[:1] not in "._"]
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -395,32 +680,49 @@ def _ts(value: str) -> datetime:
     return t.replace(tzinfo=UTC)
 
 
-def _fragments(root: Path, expr: ds.Expression | None, columns: list[str] | None) -> Iterable[pa.Table]:
+def _parts_dataset(loc: Location, parts: Sequence[Part], schema: pa.Schema = SCHEMA) -> ds.FileSystemDataset:
+    """``parts`` as one pyarrow dataset of ``schema`` (no listing, no stat: the partition columns come from each
+    part's folder; a column a file lacks reads as nulls)."""
+    return ds.FileSystemDataset.from_paths(
+        [p.path for p in parts], schema=schema, format=ds.ParquetFileFormat(), filesystem=loc.fs,
+        partitions=[(ds.field("device") == p.device) & (ds.field("date") == p.date) for p in parts])
+
+
+def _fragments(loc: Location, expr: ds.Expression | None, columns: list[str] | None,
+               devices: Sequence[str] = ()) -> Iterable[pa.Table]:
     """Each data file's matching rows (with the partition columns); a file that cannot be read is
-    skipped with an error in the log, never a failed read of the whole dataset."""
-    if not root.is_dir():
-        raise DataFormatError(root, message="no such dataset folder")
-    dataset = ds.dataset(root, format="parquet", partitioning=partitioning(), schema=SCHEMA,
-                         exclude_invalid_files=False)
-    for frag in dataset.get_fragments(filter=expr):
-        try:
-            table = frag.to_table(schema=SCHEMA, columns=columns, filter=expr)
-        except (pa.ArrowException, OSError) as exc:
-            log.error("%s: unreadable part skipped: %s", frag.path, exc)
-            continue
-        if table.num_rows:
-            yield table
+    skipped with an error in the log, never a failed read of the whole dataset.
+
+    Raises:
+        DataFormatError: no such folder or bucket, or the store refused or cannot be reached (naming it).
+    """
+    _check_readable(loc)
+    try:
+        dataset = _parts_dataset(loc, list_parts(loc, devices))
+        for frag in dataset.get_fragments(filter=expr):
+            try:
+                table = frag.to_table(schema=SCHEMA, columns=columns, filter=expr)
+            except (pa.ArrowException, OSError) as exc:
+                if not unreadable(exc):
+                    raise
+                log.error("%s: unreadable part skipped: %s", loc.name_of(frag.path), exc)
+                continue
+            if table.num_rows:
+                yield table
+    except OSError as exc:
+        raise loc.error(exc, "cannot read it") from exc
 
 
-def read_table(root: str | os.PathLike[str], flt: DataFilter | None = None,
+def read_table(root: str | os.PathLike[str] | Location, flt: DataFilter | None = None,
                columns: Sequence[str] | None = None) -> pa.Table:
     """The matching windows, one row per (device, id) (the first one read), in time order (``time_end``, ``id``).
 
-    ``columns``: a subset of ``SCHEMA`` (``device``, ``id`` and ``time_end`` are always read).
+    ``root``: a folder, ``s3://bucket/prefix`` or a ``Location``. ``columns``: a subset of ``SCHEMA`` (``device``,
+    ``id`` and ``time_end`` are always read).
     """
     flt = flt or DataFilter()
     cols = None if columns is None else list(dict.fromkeys(["device", "id", "time_end", *columns]))
-    tables = list(_fragments(Path(root), flt.expression(), cols))
+    tables = list(_fragments(location(root), flt.expression(), cols, flt.devices))
     schema = SCHEMA if cols is None else pa.schema([SCHEMA.field(c) for c in cols])
     if not tables:
         return schema.empty_table()
@@ -446,7 +748,7 @@ class Windows:
         return self.table.column(name).to_numpy(zero_copy_only=False)
 
 
-def read_windows(root: str | os.PathLike[str], flt: DataFilter | None = None) -> Windows:
+def read_windows(root: str | os.PathLike[str] | Location, flt: DataFilter | None = None) -> Windows:
     """The matching windows with their samples as (n_rows, C) float32 arrays (deduplicated, time order)."""
     table = read_table(root, flt)
     samples = []
@@ -458,7 +760,7 @@ def read_windows(root: str | os.PathLike[str], flt: DataFilter | None = None) ->
     return Windows(table.drop_columns(["samples"]), samples)
 
 
-def load(root: str | os.PathLike[str], flt: DataFilter | None = None,
+def load(root: str | os.PathLike[str] | Location, flt: DataFilter | None = None,
          channels: Sequence[str | int] | None = None) -> Recording:
     """The matching windows as a ``Recording``: one ``Segment`` per window, in time order.
 
@@ -466,19 +768,20 @@ def load(root: str | os.PathLike[str], flt: DataFilter | None = None,
         DataFormatError: no window matches, or the windows disagree on channels, sample rate or units.
     """
     flt = flt or DataFilter()
+    root = location(root)
     w = read_windows(root, flt)
     if not len(w):
-        raise DataFormatError(root, message=f"no windows match {flt}")
+        raise DataFormatError(root.uri, message=f"no windows match {flt}")
     chans, rates, units = (w.table.column(c).to_pylist() for c in ("channels", "sample_rate", "units"))
     for i in range(len(w)):
         for what, a, b in (("channels", chans[i], chans[0]), ("sample_rate", rates[i], rates[0]),
                            ("units", units[i], units[0])):
             if a != b:
-                raise DataFormatError(root, message=f"window {w.table.column('id')[i]} has {what} {a!r}, earlier "
+                raise DataFormatError(root.uri, message=f"window {w.table.column('id')[i]} has {what} {a!r}, earlier "
                                       f"windows {b!r}: filter by device or model version")
     starts = w.column("time_start").astype("datetime64[ms]")
     segments = [Segment(s, starts[i]) for i, s in enumerate(w.samples)]
-    rec = Recording(tuple(segments), tuple(chans[0]), float(rates[0]), units[0], os.fspath(root), "dataset")
+    rec = Recording(tuple(segments), tuple(chans[0]), float(rates[0]), units[0], root.uri, "dataset")
     log.info("%s: %d windows (%s)", root, len(segments), flt)
     return rec.select_channels(list(channels)) if channels else rec
 
@@ -518,29 +821,38 @@ QUARANTINE_DIR = "_quarantine"  # readers skip folders that start with "_" (pyar
 class Quarantine:
     """Uploads a collector could not store, kept for the operator instead of being redelivered forever.
 
-    ``DATASET/_quarantine/date=<UTC date>/<writer_id>.jsonl``, one JSON object per upload::
+    ``DATASET/_quarantine/date=<UTC date>/<writer_id>-<n>-<random>.jsonl``, one file per flush (objects cannot be
+    appended to), one JSON object per upload::
 
         {"received": ISO-8601, "topic": str, "code": str, "reason": str, "id": str | null, "bytes": int,
          "sha256": hex, "payload_b64": str | null}
 
     ``code`` says why (``invalid``, ``foreign_device``, ``bad_topic``, ``clock_ahead``, ``id_conflict``,
     ``unstorable``); the payload is kept while the quarantine holds less than ``max_bytes`` (all writers
-    together), else only its size and digest. Appended and fsynced on ``flush``, before the uploads are
+    together), else only its size and digest. Written atomically (``put``) on ``flush``, before the uploads are
     acknowledged. Not thread-safe: one per collecting thread.
     """
 
-    def __init__(self, root: str | os.PathLike[str], writer_id: str, max_bytes: int = 1 << 30) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | Location, writer_id: str, max_bytes: int = 1 << 30) -> None:
+        self.root = root
         self.writer_id = writer_id
         self.max_bytes = int(max_bytes)
         self.bytes = 0
         self.by_code: dict[str, int] = {}
         self._lines: list[tuple[str, bytes]] = []  # (date, line)
+        self._n = 0
+        self.loc: Location | None = None
 
     def open(self) -> Quarantine:
-        """Measure what the quarantine holds already (the payload budget is shared by every writer)."""
-        folder = self.root / QUARANTINE_DIR
-        self.bytes = sum(f.stat().st_size for f in folder.glob("date=*/*.jsonl")) if folder.is_dir() else 0
+        """Measure what the quarantine holds already (the payload budget is shared by every writer).
+        DataFormatError (naming the store) when it cannot be listed."""
+        self.loc = location(self.root)
+        try:
+            listing = _listing(self.loc, self.loc.join(QUARANTINE_DIR), recursive=True)
+        except OSError as exc:
+            raise self.loc.error(exc, "cannot read its quarantine") from exc
+        self.bytes = sum(int(i.size or 0) for i in listing if i.type == pafs.FileType.File
+                         and i.base_name.endswith(".jsonl"))
         return self
 
     @property
@@ -566,15 +878,157 @@ class Quarantine:
         self._lines.append((now.date().isoformat(), line))
 
     def flush(self) -> None:
-        """Append the buffered uploads to today's file, fsynced. OSError (kept buffered) when that fails."""
+        """Write the buffered uploads, one new file per date, atomically. OSError (kept buffered) when that fails."""
         by_date: dict[str, list[bytes]] = {}
         for date, line in self._lines:
             by_date.setdefault(date, []).append(line)
-        for date, lines in by_date.items():
-            folder = self.root / QUARANTINE_DIR / f"date={date}"
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / f"{self.writer_id}.jsonl", "ab") as f:
-                f.write(b"".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
-        self._lines.clear()
+        for date, lines in sorted(by_date.items()):
+            self._n += 1
+            name = f"{self.writer_id}-{self._n:06d}-{uuid.uuid4().hex[:6]}.jsonl"
+            put(self.loc, self.loc.join(QUARANTINE_DIR, f"date={date}", name), b"".join(lines))
+            self._lines = [x for x in self._lines if x[0] != date]
+
+
+# ------------------------------------------------------------------------------------------- fleet queries
+_SUMMARY_SCHEMA = pa.schema(list(PARTITION_SCHEMA) + [FILE_SCHEMA.field(c) for c in ("id", "kind", "alert_ref",
+                                                                                       "time_end", "answer")])
+#: What the summary scans: small columns only, never the samples (name -> expression).
+_SUMMARY_COLUMNS = {"device": ds.field("device"), "date": ds.field("date"), "id": ds.field("id"),
+                    "kind": ds.field("kind"), "alert_ref": ds.field("alert_ref"),
+                    "answer_kind": ds.field("answer", "kind"), "answer_time": ds.field("answer", "time")}
+
+
+@dataclass
+class SummaryRow:
+    """What the dataset holds for one device on one day (UTC, by each window's last sample).
+
+    ``windows``: distinct windows (a window stored twice counts once); ``kinds``: of them, by kind (normal,
+    alert, calibration, drift: a drift window is a drift notice, kept while the gateway reports drift);
+    ``alerts``: distinct alerts among the alert windows (by ``alert_ref``; a window without one is an alert of its
+    own); ``answers``: the answered alerts among them by the technician's answer (``ack``, ``confirmed``,
+    ``false_alarm``, ``silence``: an alert's answer is the latest its windows carry, upload schema 3); ``files``,
+    ``bytes``: the partition's data files and their size on the store.
+    """
+
+    device: str
+    date: str
+    windows: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    alerts: int = 0
+    answers: dict[str, int] = field(default_factory=dict)
+    files: int = 0
+    bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return {"device": self.device, "date": self.date, "windows": self.windows,
+                "kinds": {k: self.kinds.get(k, 0) for k in KINDS}, "alerts": self.alerts,
+                "drift_notices": self.kinds.get("drift", 0), "answers": dict(self.answers), "files": self.files,
+                "bytes": self.bytes}
+
+
+@dataclass
+class Summary:
+    """``summarize``'s result: one row per (device, date) in that order, and what reading it cost."""
+
+    rows: list[SummaryRow]
+    files: int  # data files read
+    unreadable: int  # of them, skipped (logged)
+    seconds: float  # listing and reading
+
+    @property
+    def windows(self) -> int:
+        return sum(r.windows for r in self.rows)
+
+    @property
+    def has_answers(self) -> bool:
+        return any(r.answers for r in self.rows)
+
+
+def summarize(where: str | os.PathLike[str] | Location, devices: Sequence[str] = (), start: str | None = None,
+              end: str | None = None) -> Summary:
+    """Per device and day: windows by kind, alerts, technicians' answers, drift notices, files and bytes.
+
+    One listing of the dataset (the files' sizes come with it), then one scan of the small columns (``device``,
+    ``date``, ``id``, ``kind``, ``alert_ref``, the answer's kind and time; never the samples) over every file at once,
+    on pyarrow's threads; if a file cannot be read the files are read one by one and the unreadable ones skipped
+    (logged, counted). Windows stored twice count once. ``devices``, ``start``/``end`` (times, like
+    ``DataFilter``) narrow it; a device's folder alone is listed when devices are given.
+
+    Raises:
+        DataFormatError: not a dataset, or the store refused or cannot be reached (naming it).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    loc = require_dataset(where)
+    flt = DataFilter(devices=tuple(devices), start=start, end=end)
+    first_day = None if start is None else _ts(start).date().isoformat()
+    last_day = None if end is None else _ts(end).date().isoformat()
+    try:
+        parts = [p for p in list_parts(loc, devices) if (first_day is None or p.date >= first_day)
+                 and (last_day is None or p.date <= last_day)]
+        columns = _SUMMARY_COLUMNS
+        unreadable_files = 0
+        try:
+            table = _parts_dataset(loc, parts, _SUMMARY_SCHEMA).to_table(columns=columns, filter=flt.expression())
+        except (pa.ArrowException, OSError) as exc:
+            if not unreadable(exc):
+                raise
+            tables = []
+            for part in parts:  # one bad file: find it, keep the others
+                try:
+                    tables.append(_parts_dataset(loc, [part], _SUMMARY_SCHEMA).to_table(
+                        columns=columns, filter=flt.expression()))
+                except (pa.ArrowException, OSError) as one:
+                    if not unreadable(one):
+                        raise
+                    log.error("%s: unreadable part skipped: %s", loc.name_of(part.path), one)
+                    unreadable_files += 1
+            table = pa.concat_tables(tables) if tables else _parts_dataset(loc, [], _SUMMARY_SCHEMA).to_table(
+                columns=columns)
+    except OSError as exc:
+        raise loc.error(exc, "cannot read it") from exc
+    rows = _summary_rows(table, parts)
+    return Summary(rows, len(parts), unreadable_files, time.perf_counter() - t0)
+
+
+def _summary_rows(table: pa.Table, parts: Sequence[Part]) -> list[SummaryRow]:
+    """Count ``table`` (device, date, id, kind, alert_ref, answer; duplicates included) per (device, date)."""
+    rows: dict[tuple[str, str], SummaryRow] = {}
+
+    def row(device: str, date: str) -> SummaryRow:
+        r = rows.get((device, date))
+        if r is None:
+            r = rows[(device, date)] = SummaryRow(device, date)
+        return r
+
+    for p in parts:
+        r = row(p.device, p.date)
+        r.files += 1
+        r.bytes += p.size
+    # one row per window: a copy of a window is the same record (same kind, reference and answer)
+    distinct = table.group_by(["device", "date", "id"]).aggregate(
+        [("kind", "min"), ("alert_ref", "min"), ("answer_kind", "min"), ("answer_time", "min")])
+    kinds = distinct.group_by(["device", "date", "kind_min"]).aggregate([("id", "count")])
+    for device, date, kind, n in zip(*(kinds.column(i).to_pylist() for i in range(4)), strict=True):
+        r = row(device, date)
+        r.kinds[kind] = n
+        r.windows += n
+    alert = distinct.filter(pc.equal(distinct.column("kind_min"), "alert"))
+    refs = pc.coalesce(alert.column("alert_ref_min"), alert.column("id"))
+    alerts = pa.table({"device": alert.column("device"), "date": alert.column("date"), "ref": refs}) \
+        .group_by(["device", "date"]).aggregate([("ref", "count_distinct")])
+    for device, date, n in zip(*(alerts.column(i).to_pylist() for i in range(3)), strict=True):
+        row(device, date).alerts = n
+    # an alert's answer: the latest its windows carry (windows spooled before the answer carry none)
+    answered = distinct.filter(pc.is_valid(distinct.column("answer_kind_min")))
+    latest: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for device, date, ref, rid, kind, when in zip(*(answered.column(c).to_pylist() for c in (
+            "device", "date", "alert_ref_min", "id", "answer_kind_min", "answer_time_min")), strict=True):
+        key = (device, date, ref or rid)
+        if key not in latest or (when or "") > latest[key][0]:
+            latest[key] = (when or "", kind)
+    for (device, date, _), (_, kind) in latest.items():
+        answers = row(device, date).answers
+        answers[kind] = answers.get(kind, 0) + 1
+    return [rows[k] for k in sorted(rows)]

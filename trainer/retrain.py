@@ -65,7 +65,7 @@ ALERT_MARGIN_S = 86_400.0
 
 @dataclass(frozen=True)
 class RetrainOptions:
-    dataset: Path
+    dataset: Path | dataset.Location  # a folder, or where trainer.dataset.location found s3://bucket/prefix
     current: Path
     out: Path
     select: dataset.DataFilter = field(default_factory=dataset.DataFilter)  # devices, time range, model version
@@ -415,7 +415,7 @@ def _train_options(opts: RetrainOptions, current: Bundle, recording: Recording, 
     model = ModelConfig(architecture=m["model"]["architecture"], units=tuple(cfg.get("units", (32, 16))),
                         latent=int(cfg.get("latent", 8)), kernel=int(cfg.get("kernel", 3)))
     return TrainOptions(
-        data=opts.dataset, out=out, recording=recording, mode=spec.mode, window=spec.window,
+        data=str(opts.dataset), out=out, recording=recording, mode=spec.mode, window=spec.window,
         hop=spec.hop, block=spec.block, features=spec.features, fft_bands=spec.fft_bands, model=model, fit=fit,
         quantize=current.quantization, threshold_method=current.threshold.method,
         threshold_params=_method_params(current), model_id=current.model_id,
@@ -448,10 +448,12 @@ def command():
     """The ``trainer retrain`` click command."""
     import click
 
+    from trainer.cli import DatasetArg, endpoint_option
+
     @click.command("retrain")
-    @click.option("--dataset", "dataset_path", required=True, type=click.Path(exists=True, file_okay=False,
-                                                                              path_type=Path),
-                  help="The collected windows (trainer collect --out).")
+    @click.option("--dataset", "dataset_path", required=True, type=DatasetArg(file_okay=False),
+                  help="The collected windows (trainer collect --out): a folder or s3://bucket/prefix.")
+    @endpoint_option()
     @click.option("--current", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
                   help="The bundle the gateways serve now.")
     @click.option("--out", required=True, type=click.Path(path_type=Path), help="The new bundle (written atomically).")
@@ -468,9 +470,9 @@ def command():
     @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the current bundle's.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--force", is_flag=True, help="Write the new bundle even if it fails the gate.")
-    def retrain_command(dataset_path: Path, current: Path, out: Path, original: Path | None, original_format: str,
-                        select: tuple[str, ...], holdout: float, alert_margin_s: float, epochs: int | None, seed: int,
-                        force: bool) -> None:
+    def retrain_command(dataset_path: Path | str, endpoint: str | None, current: Path, out: Path,
+                        original: Path | None, original_format: str, select: tuple[str, ...], holdout: float,
+                        alert_margin_s: float, epochs: int | None, seed: int, force: bool) -> None:
         """Retrain on the collected windows and compare with the current bundle; refuse a worse one."""
         from edge_agent.contract.errors import BundleError
         from edge_agent.contract.recordings import DataFormatError
@@ -478,7 +480,8 @@ def command():
 
         try:
             flt = dataset.parse_select(select)
-            result = retrain(RetrainOptions(dataset=dataset_path, current=current, out=out, select=flt,
+            collected = dataset.require_dataset(dataset_path, endpoint)
+            result = retrain(RetrainOptions(dataset=collected, current=current, out=out, select=flt,
                                             original=original, original_format=original_format, holdout=holdout,
                                             alert_margin_s=alert_margin_s, epochs=epochs, seed=seed, force=force))
         except RetrainRefused as exc:  # exit 1; the table, then the reason as the last line (errors: "Error: ...")
