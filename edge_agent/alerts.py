@@ -125,6 +125,7 @@ class WindowResult:
     time: float
     seq_end: int
     stats: dict[str, float] = field(default_factory=dict)
+    too_good: str = ""  # evidence that the window matched too well (blind_spots): a hit whatever its score
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,11 @@ class AlertStateMachine:
         self._track_home(score / threshold)
         threshold *= self._baseline
         ratio = score / threshold
-        self._window.append(ratio)
-        self._hits.append(ratio > 1.0)
-        self._crit.append(ratio >= p.critical_ratio)
+        too_good = bool(result.too_good)  # a hit, never critical, never a clear window, no level or trend
+        if not too_good:
+            self._window.append(ratio)
+        self._hits.append(too_good or ratio > 1.0)
+        self._crit.append(not too_good and ratio >= p.critical_ratio)
         hits, crits = sum(self._hits), sum(self._crit)
 
         if self._state == "normal":
@@ -239,12 +242,16 @@ class AlertStateMachine:
                 for r in self._window:  # the windows that raised it belong to the alert
                     if r > 1.0:
                         self._remember(r)
-                why = f"{hits} of the last {p.n} windows above the threshold"
+                why = (f"{result.too_good}; {hits} of the last {p.n} windows were hits" if too_good else
+                       f"{hits} of the last {p.n} windows above the threshold")
                 if self._state == "critical":
                     why += f", {crits} at {p.critical_ratio:g} x or more"
                 return self._event("raised", result, hits, why)
             return None
 
+        if too_good:
+            self._clear_run = 0
+            return None
         self._remember(ratio)
         self._clear_run = self._clear_run + 1 if ratio < p.clear_ratio else 0
         if self._clear_run >= p.clear_windows:

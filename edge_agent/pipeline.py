@@ -385,18 +385,11 @@ class Pipeline:
             event = self.alerts.update(result)
         else:
             self.counters.too_good_windows += 1
-            # the state machine knows hits by score only: it is handed a score just above the threshold in force
-            # (a hit, not critical); the event gets the window's own score back
-            hit = result.threshold * self.alerts.baseline * (1.0 + 1e-9)
-            event = self.alerts.update(replace(result, score=hit))
+            event = self.alerts.update(replace(result, too_good=too_good.describe()))
             if event is not None:
-                event = replace(event, score=result.score,
-                                stats=event.stats | {"too_good_span": float(too_good.span),
-                                                     "too_good_highest": too_good.highest,
-                                                     "too_good_limit": too_good.limit})
-            if event is not None and event.kind != "cleared":
-                event = replace(event, reason=f"{too_good.describe()}; {event.window_count} of the last "
-                                f"{self.alerts.policy.n} windows were hits")
+                event = replace(event, stats=event.stats | {"too_good_span": float(too_good.span),
+                                                            "too_good_highest": too_good.highest,
+                                                            "too_good_limit": too_good.limit})
         if event is not None and event.kind != "cleared" and w is not None:
             event = replace(event, explanation=self.explain_last())
         if event is not None:
