@@ -512,27 +512,10 @@ class EnvelopeBaseline:
     def learn(cls, windows: Iterable[np.ndarray], sample_rate: float, geometry: BearingGeometry) -> EnvelopeBaseline:
         """Learn from healthy raw windows, each (n, C) of the same n and C (at least one; 10 or more make the
         largest healthy level a fair bound: a healthy window exceeds the largest of N with probability 1/(N+1))."""
-        total, top, count, shape = None, None, 0, None
-        for i, w in enumerate(windows):
-            x = _check_window(w, f"healthy window {i}")
-            if shape is None:
-                shape = x.shape
-                plan = _plan(geometry, float(sample_rate), x.shape[0])
-            elif x.shape != shape:
-                raise ValueError(f"healthy window {i}: shape {x.shape}, the first was {shape}: the baseline needs "
-                                 "windows of one length and width")
-            ses = _ses(_band_envelopes(x.astype(np.float64), plan)[0])
-            lv = np.zeros((shape[1], len(plan.bands), len(plan.lines)))
-            for c in range(shape[1]):
-                for j in range(len(plan.bands)):
-                    lv[c, j] = _judge(ses[c, j], plan).ratio
-            fam = np.stack([lv[:, :, list(plan.family_lines[d])].sum(axis=2) for d in DEFECTS], axis=2)
-            total = lv if total is None else total + lv
-            top = fam if top is None else np.maximum(top, fam)
-            count += 1
-        if not count:
-            raise ValueError("a baseline needs at least one healthy window")
-        return cls(float(sample_rate), shape[0], geometry, total / count, top, count)
+        learner = BaselineLearner(sample_rate, geometry)
+        for w in windows:
+            learner.add(w)
+        return learner.baseline()
 
     def check(self, sample_rate: float, n: int, channels: int, geometry: BearingGeometry) -> None:
         """Raise ValueError unless this baseline fits windows of ``n`` x ``channels`` at ``sample_rate``."""
@@ -571,6 +554,46 @@ class EnvelopeBaseline:
             if not (np.isfinite(arr).all() and (arr >= 0).all()):
                 raise ValueError(f"baseline: {name} must be finite and >= 0")
         return base
+
+
+class BaselineLearner:
+    """Learns an :class:`EnvelopeBaseline` one healthy window at a time, keeping no window (a gateway learns it
+    from a sensor's first healthy windows): ``add`` each (n, C) window, then ``baseline()``."""
+
+    def __init__(self, sample_rate: float, geometry: BearingGeometry) -> None:
+        self.sample_rate = float(sample_rate)
+        self.geometry = geometry
+        self.count = 0
+        self._shape: tuple[int, int] | None = None
+        self._plan: _Plan | None = None
+        self._total: np.ndarray | None = None
+        self._top: np.ndarray | None = None
+
+    def add(self, window: np.ndarray) -> None:
+        """Account one healthy window; ValueError (naming it) for one of another shape or with NaN/inf."""
+        x = _check_window(window, f"healthy window {self.count}")
+        if self._shape is None:
+            self._shape = x.shape
+            self._plan = _plan(self.geometry, self.sample_rate, x.shape[0])
+        elif x.shape != self._shape:
+            raise ValueError(f"healthy window {self.count}: shape {x.shape}, the first was {self._shape}: the baseline "
+                             "needs windows of one length and width")
+        plan = self._plan
+        ses = _ses(_band_envelopes(x.astype(np.float64), plan)[0])
+        lv = np.zeros((x.shape[1], len(plan.bands), len(plan.lines)))
+        for c in range(x.shape[1]):
+            for j in range(len(plan.bands)):
+                lv[c, j] = _judge(ses[c, j], plan).ratio
+        fam = np.stack([lv[:, :, list(plan.family_lines[d])].sum(axis=2) for d in DEFECTS], axis=2)
+        self._total = lv if self._total is None else self._total + lv
+        self._top = fam if self._top is None else np.maximum(self._top, fam)
+        self.count += 1
+
+    def baseline(self) -> EnvelopeBaseline:
+        if not self.count:
+            raise ValueError("a baseline needs at least one healthy window")
+        return EnvelopeBaseline(self.sample_rate, self._shape[0], self.geometry, self._total / self.count, self._top,
+                                self.count)
 
 
 # --------------------------------------------------------------------------- the report
