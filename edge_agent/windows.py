@@ -155,10 +155,12 @@ class Windower:
         self._features = spec.mode == "features"
         self._block = spec.block
         self._steps = Ring(spec.window, spec.n_features)
-        self._raw = Ring(spec.window_samples, self.n_channels) if self._features else None
+        # the raw samples of a window, where the steps are not the samples themselves (stats, uploads, severity)
+        self._raw = Ring(spec.window_samples, self.n_channels) if self._features or spec.relative else None
+        self._relative = preprocess.RelativeLevel(spec) if spec.relative else None
         self._partial = np.empty((spec.block, self.n_channels), np.float32)
         self._window = Window(np.empty((spec.window, spec.n_features), np.float32))
-        self._raw_window = np.empty((spec.window_samples, self.n_channels), np.float32) if self._features else None
+        self._raw_window = np.empty((spec.window_samples, self.n_channels), np.float32) if self._raw is not None else None
         self.expected_seq: int | None = None
         self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_FRAMES)  # (seq, n, Frame.checksum)
         self._run = 0  # contiguous valid steps since the last restart
@@ -191,6 +193,8 @@ class Windower:
         self._skip_pending = 0
         if self._raw is not None:
             self._raw.clear()
+        if self._relative is not None:
+            self._relative.reset()
 
     def _bridge_over(self, n: int) -> bool:
         """Leave ``n`` missing or invalid samples out without a restart, if the representation and the budget allow
@@ -319,7 +323,8 @@ class Windower:
     def _feed(self, x: np.ndarray, a: int, b: int, frame: Frame, emit: Callable[[Window], None]) -> None:
         """Rows ``x[a:b]`` are valid and contiguous with what the windower holds."""
         if not self._features:
-            self._push_steps(x[a:b], x[a:b], frame, a, emit)
+            rows = x[a:b]
+            self._push_steps(rows if self._relative is None else self._relative.apply(rows), rows, frame, a, emit)
             return
         block = self._block
         pos = a

@@ -119,3 +119,40 @@ def test_model_inputs_are_deterministic_and_error_is_mae():
     assert a.shape == (5, 4, spec.n_features) and np.array_equal(a, b)
     err = reconstruction_error(a, np.zeros_like(a))
     assert np.allclose(err, np.abs(a).reshape(5, -1).mean(axis=1))
+
+
+def test_relative_channels_are_judged_against_their_recent_level_and_framing_does_not_matter():
+    """A slow channel's drift leaves its steps near 0, a step change shows and fades with the level; the other
+    channels pass unchanged; the gateway's windower, frame by frame, gives exactly the trainer's windows."""
+    from edge_agent.contract.frames import Frame
+    from edge_agent.windows import Windower
+
+    spec = PreprocessSpec(mode="raw", channels=("flow", "temp"), window=10, hop=10, relative=("temp",),
+                          relative_rows=20.0)
+    n = 400
+    temp = 20.0 + 0.01 * np.arange(n)  # a slow warm-up
+    temp[200:] -= 3.0  # and a step down
+    flow = np.random.default_rng(0).normal(32.0, 0.5, n)
+    x = np.column_stack([flow, temp]).astype(np.float32)
+    st = steps(x, spec)
+    np.testing.assert_array_equal(st[:, 0], x[:, 0])
+    assert abs(st[100:200, 1]).max() < 0.25  # drift: about slope x relative_rows, small
+    assert st[200, 1] < -2.5 and abs(st[399, 1]) < 0.3  # the step shows, then the level follows it
+    expected = windows(st, spec.window, spec.hop)
+    got = []
+    w = Windower(spec, sample_rate=1.0)
+    pos = 0
+    for size in [7, 13, 1, 50, 29] * 20:
+        if pos >= n:
+            break
+        w.push(Frame(pos, 0, x[pos:pos + size]), lambda win: got.append(win.steps.copy()))
+        pos += size
+    np.testing.assert_allclose(np.stack(got), expected[:len(got)], rtol=0, atol=1e-5)
+    assert len(got) == len(expected)
+    np.testing.assert_array_equal(w.window_samples(), x[390:400])  # uploads carry the raw samples
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    assert "relative" not in PreprocessSpec(mode="raw", channels=("a",), window=4).to_dict()
+    with pytest.raises(ValueError, match="not among the channels"):
+        PreprocessSpec(mode="raw", channels=("a",), window=4, relative=("b",), relative_rows=5.0)
+    with pytest.raises(ValueError, match="relative_rows must be >= 1"):
+        PreprocessSpec(mode="raw", channels=("a", "b"), window=4, relative=("b",))

@@ -206,7 +206,8 @@ def choose_representation(opts: TrainOptions, rec: Recording,
     log.info("representation: %s", recipe.describe())
     spec = PreprocessSpec(mode=recipe.mode, channels=rec.channels, window=recipe.window, hop=recipe.hop,
                           block=recipe.block, features=recipe.features, fft_bands=recipe.fft_bands,
-                          sample_rate=rec.sample_rate)
+                          sample_rate=rec.sample_rate, relative=recipe.relative if recipe.mode == "raw" else (),
+                          relative_rows=recipe.relative_rows if recipe.mode == "raw" else 0.0)
     return recipe, spec
 
 

@@ -7,7 +7,11 @@ The rule reads properties of the data, never its name or source (numpy only)::
         per block and channel: rms, kurtosis, peak, crest + 5 octave band energies up to Nyquist
         window: 10 blocks (one snapshot of <= 1 s: exactly one window per snapshot), hop = window
     otherwise (tables of slow values: one row per snapshot, per minute, per second)  -> raw mode
-        no clear period: windows of 10 rows, hop = window
+        no clear period: windows of 10 rows, hop = window; in a table of several channels, the channels that
+        change slowly (row-to-row changes under half their spread over the training rows: a temperature, a
+        level) while others do not are judged against their own recent level (an exponential average over a
+        quarter of the training rows): over a short training period such a level drifts, so where it sits says
+        little, and a process that settles a little elsewhere after an event must not look anomalous for ever
         a clear period P of 12..MAX_PERIOD rows in the training rows: windows of P/2 rows (shorter when
         the training rows are few: see _periodic_window), hop P/24
     training windows at hop 1 (``train_hop``)
@@ -58,6 +62,11 @@ VALIDATION_FRACTION = 0.2
 LONG_TABLE_ROWS = 100_000
 #: Most training windows (the training hop grows beyond this).
 MAX_TRAIN_WINDOWS = 20000
+#: A channel is slow when its row-to-row changes are below this share of sqrt(2) x its spread over the training
+#: rows (sqrt(1 - lag-1 autocorrelation): white noise reads 1, a drifting level near 0).
+SLOW_CHANGE = 0.5
+#: The recent level of a slow channel averages over this share of the training rows.
+RELATIVE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class Recipe:
     fft_bands: tuple[tuple[float, float], ...] = ()
     architecture: str = "lstm"
     train_hop: int = 1
+    relative: tuple[str, ...] = ()
+    relative_rows: float = 0.0
     rule: str = ""
     reasons: tuple[str, ...] = ()
     overridden: tuple[str, ...] = field(default=())
@@ -79,6 +90,7 @@ class Recipe:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["features"], d["reasons"], d["overridden"] = list(self.features), list(self.reasons), list(self.overridden)
+        d["relative"] = list(self.relative)
         d["fft_bands"] = [list(b) for b in self.fft_bands]
         return d
 
@@ -180,6 +192,8 @@ def _table(training: Recording) -> Recipe:
     longest = max((seg for seg in training.segments), key=lambda s: s.n_rows, default=None)
     period, acf, prominence = (None, 0.0, 0.0) if longest is None else dominant_period(longest.data)
     window = hop = STEPS_PER_WINDOW
+    relative: tuple[str, ...] = ()
+    relative_rows = 0.0
     if (period is not None and acf >= PERIOD_MIN_ACF and prominence >= PERIOD_MIN_PROMINENCE
             and longest.n_rows >= 2 * period):
         window, hop = _periodic_window(period, longest.n_rows), max(1, period // 24)
@@ -188,13 +202,42 @@ def _table(training: Recording) -> Recipe:
     else:
         reasons.append(f"no clear period in the training rows (autocorrelation {acf:.2f}, prominence {prominence:.2f}):"
                        f" windows of {window} rows")
+        relative, relative_rows, why = _relative_channels(training, longest)
+        if why:
+            reasons.append(why)
     architecture = "lstm" if window <= LSTM_MAX_STEPS else "conv1d"
     if architecture == "conv1d":
         reasons.append(f"{window} steps > {LSTM_MAX_STEPS}: Conv1D autoencoder (an unrolled LSTM grows with T)")
     n_windows = sum(max(0, seg.n_rows - window + 1) for seg in training.segments)
     train_hop = max(1, int(np.ceil(n_windows / MAX_TRAIN_WINDOWS)))
     return Recipe(mode="raw", window=window, hop=hop, architecture=architecture, train_hop=min(train_hop, hop),
-                  rule="table", reasons=tuple(reasons))
+                  rule="table", reasons=tuple(reasons), relative=relative, relative_rows=relative_rows)
+
+
+def slowness(x: np.ndarray) -> np.ndarray:
+    """(C,) row-to-row change of (n, C) rows against sqrt(2) x their spread (NaN rows ignored): about 1 for
+    noise, near 0 for a level that drifts; inf for a constant channel (nothing to judge)."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    spread = np.nanstd(x, axis=0)
+    change = np.nanstd(np.diff(x, axis=0), axis=0) if len(x) > 2 else np.full(x.shape[1], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = change / (np.sqrt(2.0) * spread)
+    return np.where(spread > 0, np.nan_to_num(out, nan=np.inf), np.inf)
+
+
+def _relative_channels(training: Recording, longest) -> tuple[tuple[str, ...], float, str]:
+    """The slow channels of a table of several channels of which some are not slow (module docstring)."""
+    if longest is None or len(training.channels) < 2 or longest.n_rows < 4 * STEPS_PER_WINDOW:
+        return (), 0.0, ""
+    s = slowness(longest.data)
+    slow = [c for c, v in zip(training.channels, s, strict=True) if v < SLOW_CHANGE]
+    if not slow or len(slow) == len(training.channels):
+        return (), 0.0, ""
+    rows = max(float(STEPS_PER_WINDOW), round(RELATIVE_SHARE * training.n_rows))
+    values = ", ".join(f"{c} {v:.2f}" for c, v in zip(training.channels, s, strict=True) if v < SLOW_CHANGE)
+    return tuple(slow), rows, (f"{', '.join(slow)} change slowly (row-to-row change / spread: {values}; < "
+                               f"{SLOW_CHANGE:g}): judged against their own recent level, an average over {rows:g} "
+                               f"rows ({RELATIVE_SHARE:.0%} of the training rows)")
 
 
 def resolve(rec: Recording, training: Recording | None = None, **explicit) -> Recipe:
@@ -227,6 +270,7 @@ def resolve(rec: Recording, training: Recording | None = None, **explicit) -> Re
         fields["block"], fields["features"], fields["fft_bands"] = 1, (), ()
     fields["train_hop"] = min(fields["train_hop"], fields["hop"])
     fields["features"] = tuple(fields["features"])
+    fields["relative"] = tuple(fields.get("relative", ()))
     fields["fft_bands"] = tuple(tuple(b) for b in fields["fft_bands"])
     fields["reasons"] = tuple(fields["reasons"])
     fields["overridden"] = tuple(sorted(given))

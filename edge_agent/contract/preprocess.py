@@ -4,7 +4,10 @@ The data flow, with shapes (C channels, F features per step, T steps per window)
 
     samples (n, C) ──steps()──► steps (n // block, F) ──windows()──► (W, T, F) ──scaler──► model input
 
-* ``raw`` mode: a step is one sample (``block == 1``, ``F == C``).
+* ``raw`` mode: a step is one sample (``block == 1``, ``F == C``); channels named in ``relative`` are taken
+  against their own recent level: ``x_t - m_{t-1}``, ``m_t = m_{t-1} + (x_t - m_{t-1}) / relative_rows``, ``m``
+  starting at the first sample of each contiguous run (:class:`RelativeLevel`; a slow process value whose level
+  drifts over a short training period, e.g. a temperature, is judged by how it moves, not where it sits).
 * ``features`` mode: a step summarises ``block`` consecutive samples per channel with the
   features named in the spec (and optional FFT band energies), ``F == C * per_channel``.
 
@@ -44,6 +47,8 @@ class PreprocessSpec:
     features: tuple[str, ...] = ()
     fft_bands: tuple[tuple[float, float], ...] = ()
     sample_rate: float | None = None
+    relative: tuple[str, ...] = ()
+    relative_rows: float = 0.0
     feature_names: tuple[str, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -56,6 +61,14 @@ class PreprocessSpec:
             errors.append(f"window, hop and block must be >= 1 (got {self.window}, {self.hop}, {self.block})")
         if self.mode == "raw" and (self.block != 1 or self.features or self.fft_bands):
             errors.append("raw mode takes no block, features or fft_bands")
+        if self.relative:
+            if self.mode != "raw":
+                errors.append("relative channels are for raw mode only")
+            unknown_rel = [c for c in self.relative if c not in self.channels]
+            if unknown_rel:
+                errors.append(f"relative channels {unknown_rel} are not among the channels")
+            if not (self.relative_rows >= 1.0 and np.isfinite(self.relative_rows)):
+                errors.append(f"relative_rows must be >= 1, got {self.relative_rows}")
         if self.mode == "features":
             if not self.features and not self.fft_bands:
                 errors.append("features mode needs at least one feature or FFT band")
@@ -101,6 +114,9 @@ class PreprocessSpec:
         d["features"] = list(self.features)
         d["fft_bands"] = [list(b) for b in self.fft_bands]
         d["feature_names"] = list(self.feature_names)
+        d["relative"] = list(self.relative)
+        if not self.relative:  # a spec without relative channels is written as before (older gateways read it)
+            del d["relative"], d["relative_rows"]
         return d
 
     @classmethod
@@ -108,7 +124,8 @@ class PreprocessSpec:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         d = dict(d)
         d.pop("feature_names", None)
-        known = {"mode", "channels", "window", "hop", "block", "features", "fft_bands", "sample_rate"}
+        known = {"mode", "channels", "window", "hop", "block", "features", "fft_bands", "sample_rate", "relative",
+                 "relative_rows"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
@@ -121,6 +138,8 @@ class PreprocessSpec:
             features=tuple(d.get("features", ())),
             fft_bands=tuple((float(lo), float(hi)) for lo, hi in d.get("fft_bands", ())),
             sample_rate=None if d.get("sample_rate") is None else float(d["sample_rate"]),
+            relative=tuple(d.get("relative", ())),
+            relative_rows=float(d.get("relative_rows", 0.0)),
         )
 
 
@@ -134,7 +153,7 @@ def steps(samples: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != len(spec.channels):
         raise ValueError(f"expected samples of shape (n, {len(spec.channels)}), got {x.shape}")
     if spec.mode == "raw":
-        return x.copy()
+        return RelativeLevel(spec).apply(x) if spec.relative else x.copy()
     n_blocks = x.shape[0] // spec.block
     # (n_blocks, C, block) float64, a channel-major copy: every reduction runs along contiguous memory (numpy
     # reduces a (block, C) array along its first axis C values at a time, ~20x slower at C = 2..4)
@@ -146,6 +165,38 @@ def steps(samples: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.fft_bands:
         out = np.concatenate([out, _band_power(blocks, spec).reshape(n_blocks, -1)], axis=1)
     return out.astype(np.float32)
+
+
+class RelativeLevel:
+    """Raw-mode steps of the ``relative`` channels: each sample against the channel's recent level, an exponential
+    average over ``relative_rows`` rows; the other channels pass unchanged. Keeps its level between calls (the
+    gateway feeds it frame by frame); ``reset`` at a gap or restart, as window assembly restarts there: so for
+    contiguous samples ``apply`` in pieces equals ``apply`` at once, and equals ``steps`` of the whole run.
+    """
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.columns = np.array([spec.channels.index(c) for c in spec.relative], dtype=np.int64)
+        self.alpha = 1.0 / float(spec.relative_rows) if spec.relative else 0.0
+        self.level: np.ndarray | None = None  # (len(relative),) float64, None before the first sample
+
+    def reset(self) -> None:
+        self.level = None
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Samples (n, C) -> new (n, C) float32 steps."""
+        out = np.array(x, dtype=np.float32)
+        if not len(self.columns) or not len(out):
+            return out
+        cols = np.asarray(x, np.float64)[:, self.columns]
+        level = cols[0].copy() if self.level is None else self.level
+        rel = np.empty_like(cols)
+        a = self.alpha
+        for t in range(len(cols)):  # a slow table's rows: n is small; no per-sample allocation
+            rel[t] = cols[t] - level
+            level += a * rel[t]
+        self.level = level
+        out[:, self.columns] = rel
+        return out
 
 
 def _block_feature(name: str, blocks: np.ndarray) -> np.ndarray:

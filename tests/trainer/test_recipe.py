@@ -119,3 +119,28 @@ def test_raw_vibration_in_a_csv_with_a_time_column_or_an_npy_with_a_given_rate_g
         assert rec.sample_rate == 12000.0 and rec.channels[-2:] in (("x", "y"), ("ch0", "ch1"))
         assert (r.mode, r.block, r.window, r.hop) == ("features", 1200, 10, 10), r.describe()
     assert recipe.choose(load(tmp_path / "vib.npy")).mode == "raw", "without a rate nothing says it is vibration"
+
+
+def _multi(values: np.ndarray, names: tuple[str, ...]) -> Recording:
+    times = np.datetime64("2020-01-01T00:00", "ms") + np.arange(len(values)) * np.timedelta64(1, "s")
+    return Recording((Segment(values.astype(np.float32), None, times),), names, None, "", "mem", "csv")
+
+
+def test_slow_channels_of_a_process_table_are_judged_against_their_recent_level():
+    """A pump table: flow is noisy, temperature warms up slowly. The temperature is taken relative to an average
+    over a quarter of the training rows; a table whose channels are all slow (bearing RMS trends) or of one
+    channel keeps its levels."""
+    rng = np.random.default_rng(0)
+    n = 400
+    flow = rng.normal(32.0, 0.5, n)
+    temp = 70.0 + 0.01 * np.arange(n) + rng.normal(0, 0.005, n)
+    r = recipe.choose(_multi(np.column_stack([flow, temp]), ("flow", "temp")))
+    assert r.relative == ("temp",) and r.relative_rows == 100.0
+    assert "temp change slowly" in " ".join(r.reasons)
+    assert recipe.slowness(np.column_stack([flow, temp]))[0] > 0.9
+    both_slow = recipe.choose(_multi(np.column_stack([temp, temp * 2 + 1]), ("a", "b")))
+    assert both_slow.relative == () and both_slow.relative_rows == 0.0
+    assert recipe.choose(_multi(temp[:, None], ("temp",))).relative == ()
+    constant = recipe.choose(_multi(np.column_stack([flow, np.ones(n)]), ("flow", "one")))
+    assert constant.relative == ()  # a constant channel is not "slow": nothing to judge
+    assert recipe.resolve(_multi(np.column_stack([flow, temp]), ("flow", "temp")), mode="features").relative == ()
