@@ -13,6 +13,8 @@ Every error the product (edge_agent, trainer, firmware_sim) raises on purpose de
     │   │                 is not the agent's
     │   └── TrendError    the trend file is not the agent's or cannot be used (edge_agent/trend.py)
     ├── SignatureError    a signed message (rollout, receipt) whose signature or key is not trusted (signing.py)
+    ├── AnswerError       a technician's answer that cannot be taken (its ``reason``), or an answers file that is
+    │                     not the agent's (answer.py)
     ├── ConfigError       a configuration file or value that fails validation (config.py)
     ├── DataFormatError   a recording that cannot be read: names the file, line, column (recordings/errors.py;
     │                     also a ValueError)

@@ -2,9 +2,9 @@
 
 The agent writes these (``encode_record``), the central collector stores them in the columnar dataset
 (``trainer.dataset``), and the trainer reads them back (``decode_record``,
-``edge_agent.contract.recordings.load(..., format="uploads")`` for JSONL files). Schema 2::
+``edge_agent.contract.recordings.load(..., format="uploads")`` for JSONL files). Schema 3::
 
-    {"schema": 2,
+    {"schema": 3,
      "id": str,                   # unique per window, fixed when the gateway spools it: duplicates share it
      "kind": "normal" | "alert" | "calibration" | "drift",   # why the window was kept (see KINDS)
      "gateway": str | null,       # the gateway that sent it
@@ -18,11 +18,18 @@ The agent writes these (``encode_record``), the central collector stores them in
      "threshold": float | null,   # the threshold in force (null: none yet, e.g. while calibrating)
      "state": "normal" | "warning" | "critical",   # the alert state when the window was scored
      "alert_ref": str | null,     # kind "alert": id of the alert the window is context of
+     "answer": {"kind": str, "by": str, "time": str} | null,   # the technician's answer to that alert, when
+                                  # one was given before the window was spooled (``contract.answer``)
+     "group": str | null,         # the sensor's kind of machine (config ``group``; an id as ``contract.topics``)
      "dtype": "float32", "shape": [n, C],
      "data_b64": str}             # base64 of the samples, little-endian float32, row-major
 
-Schema 1 records (no ``id``, ``kind``, ``gateway``, ``alert_ref``; numbers required) still decode: their
-id is derived from (device, model_version, seq_end), their kind from the state.
+Older records still decode: schema 2 (no ``answer``, ``group``: both null), and schema 1 (no ``id``, ``kind``,
+``gateway``, ``alert_ref`` either; numbers required): their id is derived from (device, model_version, seq_end),
+their kind from the state.
+
+An alert's windows are spooled as they are scored (the context before it at once), so only those spooled after an
+answer carry it: the answer of an alert is the latest one among the records that share its ``alert_ref``.
 
 Every field is checked, in both directions, against its type and bounds (``SAMPLE_RATE_HZ``, ``TIME_RANGE``,
 ``MAX_WINDOW_S``, ``MAX_CHANNELS``, ``MAX_TEXT``; ids as ``contract.topics``): a record with absurd values is an
@@ -49,8 +56,8 @@ import numpy as np
 
 from .errors import UploadError
 
-SCHEMA_VERSION = 2
-SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+SCHEMAS = (1, 2, 3)
 STATES = ("normal", "warning", "critical")
 #: Why a window was kept: a reservoir sample of healthy operation, context of an alert (before, during,
 #: after), a calibration window, or an extra healthy sample taken while the score distribution drifts.
@@ -84,7 +91,11 @@ _V2_FIELDS: dict[str, type | tuple[type, ...]] = _V1_FIELDS | {
     "threshold": (int, float, _NONE),
     "alert_ref": (str, _NONE),
 }
-FIELDS = {1: _V1_FIELDS, 2: _V2_FIELDS}
+_V3_FIELDS: dict[str, type | tuple[type, ...]] = _V2_FIELDS | {
+    "answer": (dict, _NONE),
+    "group": (str, _NONE),
+}
+FIELDS = {1: _V1_FIELDS, 2: _V2_FIELDS, 3: _V3_FIELDS}
 
 
 def new_id() -> str:
@@ -121,6 +132,8 @@ class UploadRecord:
     kind: str = "normal"
     gateway: str | None = None
     alert_ref: str | None = None
+    answer: dict | None = None
+    group: str | None = None
     schema: int = SCHEMA_VERSION
 
     @property
@@ -144,13 +157,13 @@ class UploadRecord:
         return self.time_end_utc() - timedelta(seconds=(self.n_rows - 1) / self.sample_rate)
 
     def encode(self) -> bytes:
-        """The record as schema-2 UTF-8 JSON (same as ``encode_record`` with these fields)."""
+        """The record as schema-3 UTF-8 JSON (same as ``encode_record`` with these fields)."""
         return encode_record(
             device=self.device, model_id=self.model_id, model_version=self.model_version,
             seq_end=self.seq_end, time_end=self.time_end, sample_rate=self.sample_rate,
             channels=self.channels, units=self.units, score=self.score, threshold=self.threshold,
             state=self.state, samples=self.samples, id=self.id, kind=self.kind, gateway=self.gateway,
-            alert_ref=self.alert_ref,
+            alert_ref=self.alert_ref, answer=self.answer, group=self.group,
         )
 
 
@@ -193,14 +206,18 @@ def encode_record(
     kind: str | None = None,
     gateway: str | None = None,
     alert_ref: str | None = None,
+    answer: dict | None = None,
+    group: str | None = None,
 ) -> bytes:
-    """Encode one window as a schema-2 record (compact UTF-8 JSON, no newline).
+    """Encode one window as a schema-3 record (compact UTF-8 JSON, no newline).
 
     Args:
         samples: (n, C) array, C == len(channels); stored as little-endian float32.
         time_end: ISO-8601 string or ``datetime`` of the last sample.
         id: the record's unique id (default: a new uuid4); a re-sent record must keep its id.
         kind: one of ``KINDS`` (default: ``normal`` in state ``normal``, else ``alert``).
+        answer: the technician's answer to the alert ``alert_ref`` names (``contract.answer.record_answer``).
+        group: the sensor's kind of machine (an id).
 
     Raises:
         UploadError: wrong shape, NaN/inf samples or numbers, unknown state or kind, bad id or time.
@@ -230,6 +247,8 @@ def encode_record(
         "threshold": _optional("threshold", threshold),
         "state": state,
         "alert_ref": alert_ref,
+        "answer": answer,
+        "group": group,
         "dtype": "float32",
         "shape": [int(arr32.shape[0]), int(arr32.shape[1])],
         "data_b64": base64.b64encode(arr32.tobytes()).decode("ascii"),
@@ -255,6 +274,7 @@ def _text(key: str, value: str, limit: int, empty: bool = False) -> None:
 
 def _check_fields(obj: dict[str, Any]) -> None:
     """Every field present, of its type and within its bounds (module constants); UploadError naming the field."""
+    from .answer import check_record_answer
     from .errors import ConfigError
     from .topics import check_id
 
@@ -276,8 +296,12 @@ def _check_fields(obj: dict[str, Any]) -> None:
         check_id(obj["device"], "device id")
         if schema >= 2 and obj["gateway"] is not None:
             check_id(obj["gateway"], "gateway id")
+        if schema >= 3 and obj["group"] is not None:
+            check_id(obj["group"], "group id")
     except ConfigError as exc:
         raise UploadError(f"upload record: {exc}") from None
+    if schema >= 3 and (why := check_record_answer(obj["answer"])) is not None:
+        raise UploadError(f"upload record: answer {why}")
     for key in ("model_id", "model_version", "units"):
         _text(key, obj[key], MAX_TEXT[key], empty=key == "units")  # units "": not known
     if obj["state"] not in STATES:
@@ -324,7 +348,7 @@ def _check_fields(obj: dict[str, Any]) -> None:
 
 
 def decode_record(payload: bytes | str) -> UploadRecord:
-    """Decode and validate one record (schema 1 or 2).
+    """Decode and validate one record (schema 1, 2 or 3; what an older schema lacks is None).
 
     Raises:
         UploadError: larger than ``MAX_RECORD_BYTES``, not JSON, missing/unknown keys, wrong types, bad
@@ -357,6 +381,7 @@ def decode_record(payload: bytes | str) -> UploadRecord:
                  "kind": "normal" if obj["state"] == "normal" else "alert", "gateway": None, "alert_ref": None}
     else:
         extra = {k: obj[k] for k in ("id", "kind", "gateway", "alert_ref")}
+    extra |= {k: obj.get(k) for k in ("answer", "group")}  # absent before schema 3: None
     return UploadRecord(
         device=obj["device"], model_id=obj["model_id"], model_version=obj["model_version"],
         seq_end=obj["seq_end"], time_end=obj["time_end"], sample_rate=float(obj["sample_rate"]),

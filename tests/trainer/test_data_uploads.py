@@ -41,8 +41,8 @@ def mutate(payload: bytes, **changes: object) -> bytes:
 def test_round_trip() -> None:
     payload, samples = make()
     obj = json.loads(payload)
-    assert (obj["schema"], obj["shape"], obj["dtype"], obj["units"], obj["kind"]) == (2, [16, 3], "float32", "g", "normal")
-    assert len(obj["id"]) == 32 and obj["gateway"] is None
+    assert (obj["schema"], obj["shape"], obj["dtype"], obj["units"], obj["kind"]) == (3, [16, 3], "float32", "g", "normal")
+    assert len(obj["id"]) == 32 and obj["gateway"] is None and obj["answer"] is None and obj["group"] is None
     assert base64.b64decode(obj["data_b64"]) == samples.astype("<f4").tobytes()
     rec = decode_record(payload)
     np.testing.assert_array_equal(rec.samples, samples)
@@ -61,7 +61,7 @@ def test_round_trip() -> None:
     ({"shape": [17, 3]}, "bytes, shape [17, 3]"),
     ({"shape": [16, 2]}, "does not fit 3 channels"),
     ({"state": "broken"}, "state 'broken'"),
-    ({"schema": 3}, "schema 3"),
+    ({"schema": 4}, "schema 4"),
     ({"schema": True}, "schema True"),
     ({"kind": "spare"}, "kind 'spare'"),
     ({"id": "a b"}, "id 'a b'"),
@@ -84,7 +84,7 @@ def test_decode_rejects(bad: object, msg: str) -> None:
 def test_schema_1_records_still_decode() -> None:
     payload, samples = make()
     obj = json.loads(payload)
-    for key in ("id", "kind", "gateway", "alert_ref"):
+    for key in ("id", "kind", "gateway", "alert_ref", "answer", "group"):
         del obj[key]
     obj["schema"] = 1
     old = json.dumps(obj).encode()
@@ -95,7 +95,7 @@ def test_schema_1_records_still_decode() -> None:
     obj["score"] = None
     with pytest.raises(UploadError, match="'score' has type NoneType"):
         decode_record(json.dumps(obj))
-    assert decode_record(rec.encode()).id == rec.id, "re-encoded as schema 2 with the same id"
+    assert decode_record(rec.encode()).id == rec.id, "re-encoded as schema 3 with the same id"
 
 
 def test_optional_scores_and_kinds() -> None:
