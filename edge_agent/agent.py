@@ -10,6 +10,8 @@ Threads::
                      frames)
     the gateway's paho thread, the alert sinks (MQTT publisher, command runner), the uploader, the web server
     ([http]: status page and /metrics, reading the snapshot the scoring loop refreshes every second).
+    Technicians' answers (``edge_agent.answers``) arrive on the web server's threads (the page's POST) and paho's
+    (``vib/<device>/answer/set``); the book they go into is shared, behind its lock.
 
 Lifecycle: the constructor makes the parts, ``start`` acquires them in order and ``close`` releases them in
 reverse (one ``ExitStack``); ``run(stop)`` scores until the caller's ``stop`` is set. ``closing`` is the one
@@ -32,15 +34,18 @@ from pathlib import Path
 
 from edge_agent import calibration
 from edge_agent.alerts import AlertEvent
+from edge_agent.answers import AnswerBook
 from edge_agent.bundle_watch import load_served_model
-from edge_agent.config import AgentConfig, SensorConfig
+from edge_agent.config import AgentConfig, SensorConfig, http_write_token
 from edge_agent.contract import rollout as rollout_topics
 from edge_agent.contract import topics
+from edge_agent.contract.answer import AnswerError, decode_command
 from edge_agent.contract.errors import AgentError, BundleError, ConfigError, UploadError
 from edge_agent.contract.signing import keyring
 from edge_agent.fleet import SensorFleet
 from edge_agent.mqtt_client import MqttConnection, connection_for
 from edge_agent.pipeline import Pipeline, WindowCallback
+from edge_agent.ratelog import RateLimitedLog
 from edge_agent.rollout import SensorRollout
 from edge_agent.sensor import Sensor, make_source
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
@@ -95,11 +100,15 @@ class Agent:
             from edge_agent.homeassistant import Discovery
 
             self.discovery = Discovery(cfg, self.connection)
+        self.answers = AnswerBook([s.device for s in cfg.sensors],
+                                  cfg.resolve(cfg.answers.file) if cfg.answers_enabled else None)
+        self.answers.listeners.append(self._on_answer)
         self.web = None
         if cfg.http.enabled:
             from edge_agent.web import StatusServer
 
-            self.web = StatusServer(self, cfg.http.listen, cfg.http.port)
+            self.web = StatusServer(self, cfg.http.listen, cfg.http.port,
+                                    write_token=(lambda: http_write_token(cfg)) if cfg.page_writable else None)
         self._jsonl: dict[Path, JsonlSink] = {}
         self._log_sink = LogSink()
         self._spool = None
@@ -117,14 +126,16 @@ class Agent:
                 receipt_timeout_s=u.receipt_timeout_s, receipt_keys=keyring(u.receipt_keys),
                 budget=ByteBudget(u.max_bytes_per_hour) if u.max_bytes_per_hour else None)
         self.sensors = [Sensor(
-            scfg, cfg, connection=self.connection, dispatcher=AlertDispatcher(self._make_sinks(scfg), scfg.advisor()),
+            scfg, cfg, connection=self.connection,
+            dispatcher=AlertDispatcher(self._make_sinks(scfg), scfg.advisor(), self.answers.sensor(scfg.device)),
             offer_upload=self._offer_upload if scfg.uploads.enabled else None, wake=self.wake,
-            on_event=on_event, on_window=on_window) for scfg in cfg.sensors]
+            on_event=on_event, on_window=on_window, answers=self.answers.sensor(scfg.device)) for scfg in cfg.sensors]
         self._next_status = 0.0
         self._snapshot: tuple[dict, float] | None = None
         self._next_snapshot = 0.0
         self._watcher: threading.Thread | None = None
         self._parts: contextlib.ExitStack | None = None  # what start acquired, released by close
+        self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Agent:
@@ -132,6 +143,8 @@ class Agent:
         if self._parts is not None:
             return self
         with contextlib.ExitStack() as parts:
+            self.answers.open()  # never raises: a file it cannot use leaves the answers in memory (said in status)
+            parts.callback(self.answers.close)
             if self._spool is not None:
                 try:
                     self._spool.open()
@@ -276,7 +289,8 @@ class Agent:
         if keep is None and drift is None and rollout is None:
             return None
         manifest = sensor.pipeline.bundle.manifest if sensor.pipeline is not None else None
-        return SensorFleet(sensor.device, cfg.gateway, keep=keep, drift=drift, rollout=rollout, manifest=manifest)
+        return SensorFleet(sensor.device, cfg.gateway, keep=keep, drift=drift, rollout=rollout, manifest=manifest,
+                           group=scfg.group)
 
     def _subscribe(self) -> None:
         """Before the connection starts: availability on connect, Home Assistant discovery, the uplink flag, rollout
@@ -295,6 +309,10 @@ class Agent:
             for r in rollouts:
                 self.connection.subscribe(rollout_topics.subscriptions(r.device)[1], 1,
                                           lambda msg, r=r: r.on_message(msg.topic, msg.payload))
+        if self.cfg.answers_mqtt:
+            for s in self.sensors:
+                self.connection.subscribe(topics.answer_command_topic(s.device), 1,
+                                          lambda msg, d=s.device: self._on_answer_command(d, msg))
         if self._uploader is not None and self._uploader.receipts:
             for s in self.sensors:
                 if s.cfg.uploads.enabled:
@@ -310,9 +328,49 @@ class Agent:
             self._uploader.offer(u.topic, u.payload, u.kind, u.id)
 
     def _on_connect(self) -> None:
-        """On paho's thread after every (re)connect: availability and the retained status become current again."""
+        """On paho's thread after every (re)connect: availability, the retained status and answers become current
+        again."""
         self.connection.publish(self.availability_topic, b"online", qos=1, retain=True)
         self._next_status = 0.0
+        for device in self.answers.devices:
+            self._publish_answer_state(device)
+
+    # ------------------------------------------------------------------ answers (web and paho threads)
+    def answer(self, device: str, payload: bytes, via: str) -> dict:
+        """Take a technician's answer for ``device`` (``contract.answer`` command): the answer as recorded.
+        AnswerError (counted by reason) when it is no command or cannot be taken."""
+        try:
+            command = decode_command(payload)
+        except AnswerError:
+            self.answers.refuse("bad_request")
+            raise
+        return self.answers.answer(device, command, via).to_dict()
+
+    def _on_answer_command(self, device: str, msg) -> None:
+        """paho's thread: one message on ``vib/<device>/answer/set`` (the device is the topic's: the ACL's)."""
+        if msg.retain:  # a retained command would be taken again at every reconnect (a silence extended forever)
+            self.answers.refuse("retained")
+            self._ratelog.log(logging.WARNING, "retained", "%s: a retained answer on %s was refused (answers are never "
+                              "retained: clear it with an empty retained message)", device, msg.topic)
+            return
+        try:
+            self.answer(device, bytes(msg.payload), "mqtt")
+        except AnswerError as exc:
+            self._ratelog.log(logging.WARNING, f"answer-{exc.reason}", "%s: answer on %s refused: %s", device,
+                              msg.topic, exc)
+
+    def _on_answer(self, device: str, answer: dict) -> None:
+        """A recorded answer (any thread): into the sensor's alert history, out as the retained answer state; the
+        status is refreshed at once."""
+        self.sensor(device).history.record_answer(answer)
+        self._publish_answer_state(device)
+        self._next_status = self._next_snapshot = 0.0
+        self.wake.set()
+
+    def _publish_answer_state(self, device: str) -> None:
+        if self.cfg.answers_mqtt and self.connection is not None:
+            self.connection.publish(topics.answer_topic(device), json.dumps(self.answers.state(device),
+                                                                            separators=(",", ":")), qos=1, retain=True)
 
     # ------------------------------------------------------------------ main loop
     def run(self, stop: threading.Event) -> None:
@@ -330,11 +388,19 @@ class Agent:
                     self._next_status = now + self.cfg.status.every_s
                     for sink in self._jsonl.values():
                         sink.retry()  # alert lines a full disk held back
+                    self._tick_answers()
                     self.publish_status()
                 if not busy and self.wake.wait(0.1):
                     stop.wait(WAKE_COALESCE_S)
         finally:
             self.close()
+
+    def _tick_answers(self) -> None:
+        """Silences that ended: their state published again, what they held back sent (scoring thread)."""
+        for device in self.answers.tick():
+            self._publish_answer_state(device)
+        for sensor in self.sensors:
+            sensor.dispatcher.tick()
 
     def _watch_bundles(self) -> None:
         """The watcher thread: each sensor's bundle, every ``bundle.watch_s`` of that sensor."""
@@ -389,6 +455,7 @@ class Agent:
             "uploads": None if self._uploader is None else self._uploader.status(),
             "http": None if self.web is None else self.web.status(),
             "homeassistant": None if self.discovery is None else self.discovery.status(),
+            "answers": self.answers.status(),
             "sensors": sensors,
         }
 

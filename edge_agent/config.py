@@ -20,8 +20,9 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
     [rollout]     public_keys, shadow_windows, max_alert_rate_increase, probation_windows (signed rollouts)
     [http]        enabled, listen, port: the local status page and the Prometheus /metrics endpoint
     [homeassistant] enabled, discovery_prefix: Home Assistant MQTT discovery of every sensor
+    [answers]     file, mqtt: technicians' answers to alerts (acknowledge, confirmed, false alarm, silence)
     [alerts] [bundle] [source] [calibration] [health] [advice]      defaults for every sensor
-    [[sensors]]   device, asset, location, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
+    [[sensors]]   device, asset, location, group, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
                   [sensors.calibration] (default path calibration/<device>.json), [sensors.health], [sensors.advice]
 
 Per sensor::
@@ -42,6 +43,7 @@ Per sensor::
     [advice]      what to do, one text per alert kind and health condition (``edge_agent.advice``): changed,
                   degrading, over_range, no_data, ... (unknown keys refused)
     asset, location   what the sensor is mounted on and where: on the page, in Home Assistant, in every alert
+    group             the sensor's kind of machine (an id): in its upload records, for training per kind of machine
 
 Gateway only::
 
@@ -226,6 +228,10 @@ class Http:
     enabled: bool = True
     listen: str = field(default="127.0.0.1", metadata=_rng())  # an IP address: 127.0.0.1, ::1, 0.0.0.0, ...
     port: int = field(default=9847, metadata=_rng(0, 65535))  # 0: any free port (tests)
+    write_token_file: str | None = setting(
+        None, doc="a file holding the page's write token (its first line, at least 16 characters, e.g. `openssl rand "
+        "-hex 16`): set, the page takes answers to alerts from whoever gives the token; unset, it is read-only")
+    write_token_env: str | None = setting(None, doc="or an environment variable holding the token (not both)")
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,20 @@ class HomeAssistant:
 
     enabled: bool = False
     discovery_prefix: str = field(default="homeassistant", metadata=_rng())
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Technicians' answers to alerts (acknowledge, confirmed fault, false alarm, silence for N hours): from the
+    status page when ``[http]`` has a write token, and from MQTT (``vib/<device>/answer/set``, Home Assistant's
+    buttons) when ``mqtt`` is on. Kept across restarts in ``file`` (only when something can answer); a false alarm
+    or a confirmed fault travels with the alert's upload records to retraining."""
+
+    file: str = setting("answers.json", doc="where the answers and silences are kept across restarts (the agent's "
+                        "own file: one that is anything else is never touched)")
+    mqtt: bool = setting(False, doc="take answers on `vib/<device>/answer/set` (and publish `vib/<device>/answer`; "
+                         "Home Assistant gets answer buttons): only behind a broker ACL that lets only those who may "
+                         "answer write there (`edge-agent broker-acl`)")
 
 
 @dataclass(frozen=True)
@@ -302,6 +322,8 @@ class SensorConfig:
                                 "drive-end bearing\"): on the status page, in Home Assistant and in every alert")
     location: str | None = setting(None, doc="where it is (\"hall 3, bay 2\"): on the status page, in every alert, "
                                    "and Home Assistant's suggested area for the sensor's device")
+    group: str | None = setting(None, doc="the sensor's kind of machine, an id (\"centrifugal-pump\"): in its upload "
+                                "records, so that a model can be trained for all machines of a kind")
     advice: Advice = field(default_factory=Advice)
 
     def advisor(self) -> Advisor:
@@ -320,6 +342,7 @@ class AgentConfig:
     status: Status = field(default_factory=Status)
     http: Http = field(default_factory=Http)
     homeassistant: HomeAssistant = field(default_factory=HomeAssistant)
+    answers: Answers = field(default_factory=Answers)
     logging: Logging = field(default_factory=Logging)
     rollout: Rollout | None = None
     base_dir: Path = Path(".")
@@ -338,6 +361,21 @@ class AgentConfig:
     def uploads_enabled(self) -> bool:
         return any(s.uploads.enabled for s in self.sensors)
 
+    @property
+    def page_writable(self) -> bool:
+        """Whether the status page takes answers (a write token is configured)."""
+        return self.http.enabled and (self.http.write_token_file is not None or self.http.write_token_env is not None)
+
+    @property
+    def answers_mqtt(self) -> bool:
+        """Whether answers are taken on MQTT."""
+        return self.answers.mqtt and self.mqtt is not None
+
+    @property
+    def answers_enabled(self) -> bool:
+        """Whether anything can answer an alert (then the answers are kept in ``answers.file``)."""
+        return self.page_writable or self.answers_mqtt
+
     def sensor(self, device: str | None = None) -> SensorConfig:
         """The sensor with this device id (the only one when None); ConfigError if there is none (or several)."""
         if device is None:
@@ -354,8 +392,9 @@ class AgentConfig:
 #: Sections of a sensor that may also be given once at the top level, as every sensor's defaults.
 SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health", "drift", "advice")
 #: A sensor's own keys that are not tables: at the top level only in the one-sensor layout.
-SENSOR_KEYS = ("device", "asset", "location")
-GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "logging", "rollout")
+SENSOR_KEYS = ("device", "asset", "location", "group")
+GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "answers", "logging",
+                "rollout")
 _SPOOL_KEYS = ("spool_path", "spool_max_bytes", "spool_max_records", "batch", "max_bytes_per_hour", "uplink_topic",
                "receipts", "receipt_timeout_s", "receipt_keys")
 
@@ -447,6 +486,7 @@ def config_from_dict(data: dict, base_dir: Path = Path(".")) -> AgentConfig:
         status=_build(Status, data.get("status", {}), "status"),
         http=_build(Http, data.get("http", {}), "http"),
         homeassistant=_build(HomeAssistant, data.get("homeassistant", {}), "homeassistant"),
+        answers=_build(Answers, data.get("answers", {}), "answers"),
         logging=_build(Logging, data.get("logging", {}), "logging"),
         rollout=_build(Rollout, data["rollout"], "rollout") if "rollout" in data else None,
         base_dir=base_dir,
@@ -607,6 +647,42 @@ def _check_web(cfg: AgentConfig) -> None:
         raise ConfigError("homeassistant.enabled: needs a [mqtt] broker section")
     if ha.enabled and not cfg.status.mqtt:
         raise ConfigError("homeassistant.enabled: needs status.mqtt = true (the entities read vib/<device>/status)")
+    h = cfg.http
+    if h.write_token_file is not None and h.write_token_env is not None:
+        raise ConfigError("http.write_token_env: give write_token_file or write_token_env, not both")
+    if cfg.answers.mqtt and cfg.mqtt is None:
+        raise ConfigError("answers.mqtt: needs a [mqtt] broker section")
+    if cfg.answers_enabled:
+        check_path("answers.file", cfg.resolve(cfg.answers.file))
+
+
+#: Shortest write token the page accepts (characters): 16 hex digits are 64 bits.
+MIN_TOKEN = 16
+
+
+def http_write_token(cfg: AgentConfig) -> str | None:
+    """The status page's write token from ``http.write_token_file`` (its first line) or ``http.write_token_env``;
+    None when neither is set. ConfigError (never showing the token) when it is missing, empty or too short."""
+    h = cfg.http
+    if h.write_token_env is not None:
+        value, key = os.environ.get(h.write_token_env) or "", "http.write_token_env"
+        where = f"the environment variable {h.write_token_env}"
+    elif h.write_token_file is not None:
+        key, path = "http.write_token_file", cfg.resolve(h.write_token_file)
+        where = str(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{key}: {path}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{key}: {path}: not UTF-8 text") from None
+        value = lines[0].strip() if lines else ""
+    else:
+        return None
+    if len(value) < MIN_TOKEN or not value.isprintable() or " " in value:
+        raise ConfigError(f"{key}: {where} must hold a token of at least {MIN_TOKEN} printable characters without "
+                          f"spaces (e.g. `openssl rand -hex 16`), got {len(value)} characters")
+    return value
 def _check_mqtt(m: Mqtt) -> None:
     if m.password_file is not None and m.password_env is not None:
         raise ConfigError("mqtt.password_env: give password_file or password_env, not both")
@@ -645,10 +721,9 @@ def secret_file_warnings(cfg: AgentConfig) -> list[str]:
     """Secret files that others can read (group or world permissions): warnings for validate-config/doctor."""
     m = cfg.mqtt
     out = []
-    if m is None:
-        return out
-    for key, value in (("mqtt.password_file", m.password_file),
-                       ("mqtt.tls.key_file", m.tls.key_file if m.tls is not None else None)):
+    for key, value in (("mqtt.password_file", m.password_file if m is not None else None),
+                       ("mqtt.tls.key_file", m.tls.key_file if m is not None and m.tls is not None else None),
+                       ("http.write_token_file", cfg.http.write_token_file)):
         if value is None:
             continue
         path = cfg.resolve(value)
@@ -668,6 +743,11 @@ def _check_sensor(cfg: AgentConfig, s: SensorConfig, where: str) -> None:
             check_text(key, getattr(s, key), MAX_NAME)
         except ValueError as exc:
             raise ConfigError(f"{where}{exc}") from None
+    if s.group is not None:
+        try:
+            topics.check_id(s.group, "group id")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}group: {exc}") from None
     src = s.source
     if src.kind == "serial" and src.serial is None:
         raise ConfigError(f"{where}source.serial: required when source.kind = 'serial'")

@@ -4,7 +4,8 @@ The sensor calls :meth:`SensorFleet.on_window` for every scored window (scoring 
 
     window ─► DriftMonitor (PSI of recent scores vs the manifest's training quantiles)
            ─► SensorRollout.observe (recent windows for shadow scoring and probation)
-           ─► WindowKeeper (alert context, reservoir, calibration, drift windows) ─► upload records (schema 2)
+           ─► WindowKeeper (alert context, reservoir, calibration, drift windows) ─► upload records (schema 3: with
+              the technician's answer to the window's alert, when there is one, and the sensor's group)
 
 and :meth:`status` for its status document (``uploads_kept``, ``drift``, ``notices``, ``rollout``).
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from edge_agent.answers import SensorAnswers
 from edge_agent.contract import topics
 from edge_agent.contract.errors import AgentError
 from edge_agent.contract.upload_record import encode_record, new_id
@@ -47,15 +49,18 @@ class SensorFleet:
     """Keeper, drift monitor and rollout of one sensor (any of them may be absent)."""
 
     def __init__(self, device: str, gateway: str, *, keep: KeepPolicy | None, drift: DriftPolicy | None,
-                 rollout: SensorRollout | None, manifest: dict | None) -> None:
+                 rollout: SensorRollout | None, manifest: dict | None, group: str | None = None) -> None:
         self.device = device
         self.gateway = gateway
+        self.group = group
         self.keeper = WindowKeeper(keep) if keep is not None else None
         self.drift = DriftMonitor(manifest or {}, drift) if drift is not None else None
         self.rollout = rollout
         self.counters = FleetCounters()
         self._ratelog = RateLimitedLog(log)
         self.on_notice: Callable[[Notice], None] | None = None  # the sensor sends notices through its sinks
+        # the sensor's answers (``answers.SensorAnswers``): the alert id of a raise, the answer an alert's records carry
+        self.answers: SensorAnswers | None = None
 
     def model_changed(self, manifest: dict) -> None:
         """A new model serves: its own training distribution."""
@@ -88,8 +93,10 @@ class SensorFleet:
         kept = Kept("normal", pipeline.windower.window_samples(), score if math.isfinite(score) else None,
                     None if calibrating else result.threshold, state, result.time, w.seq_end,
                     pipeline.bundle.version)
+        alert_id = self.answers.alert_id() if self.answers is not None and event is not None else None
         chosen = self.keeper.window(kept, event_kind=None if event is None else event.kind, calibrating=calibrating,
-                                    drifting=bool(self.drift and self.drift.drifting), now=time.monotonic())
+                                    drifting=bool(self.drift and self.drift.drifting), now=time.monotonic(),
+                                    alert_id=alert_id)
         return [u for k in chosen if (u := self._encode(pipeline, k, rate)) is not None]
 
     def _drift_notice(self, pipeline, t: float) -> None:
@@ -105,12 +112,14 @@ class SensorFleet:
     def _encode(self, pipeline, k: Kept, rate: float) -> Upload | None:
         b = pipeline.bundle
         rid = new_id()
+        answer = self.answers.record_answer(k.alert_ref) if self.answers is not None and k.alert_ref else None
         try:
             payload = encode_record(
                 device=self.device, model_id=b.model_id, model_version=k.model_version, seq_end=k.seq_end,
                 time_end=datetime.fromtimestamp(k.time, UTC), sample_rate=rate, channels=list(b.spec.channels),
                 units=b.manifest["signal"].get("units") or "", score=k.score, threshold=k.threshold, state=k.state,
                 samples=k.samples, id=rid, kind=k.kind, gateway=self.gateway, alert_ref=k.alert_ref,
+                answer=answer, group=self.group,
             )
         except AgentError as exc:  # NaN samples and the like: counted, never a crash
             self.counters.uploads_not_encoded += 1

@@ -11,6 +11,11 @@ so every access holds the lock. Memory is bounded whatever the window rate: scor
         state      the worst state seen in the bucket: critical > warning > normal > calibrating
         rms        the highest per-channel RMS of the raw window (the vibration level), None without stats
 
+The alert list holds the alert events (``kind`` raised, escalated, cleared; ``alert`` the alert's id, ``silenced``
+when a silence held it back from the sinks) and the technicians' answers (``kind`` ``answer``, ``answer`` its kind:
+ack, confirmed, false_alarm, silence, unsilence; ``by``, ``via``, ``time``, ``alert``, and a silence's ``hours``
+and ``until``), oldest first.
+
 The default, 600 buckets of one second, is ten minutes at any rate of one window per second or more (a
 600-pixel chart: one point per pixel), and the last 600 windows of a slower sensor. The highest score is
 kept because a chart of averages would hide the one window that matters.
@@ -66,12 +71,20 @@ class SensorHistory:
             self._key = key
             self._buckets.append([t, score, result.threshold, state, rms])
 
-    def record_event(self, event: AlertEvent) -> None:
-        """Keep an alert event (raised / escalated / cleared) for the page's alert list."""
+    def record_event(self, event: AlertEvent, alert: str | None = None, silenced: bool = False) -> None:
+        """Keep an alert event (raised / escalated / cleared) for the page's alert list, with its alert's id and
+        whether a silence held it back."""
         d = event.to_dict()
         entry = {k: d[k] for k in ("kind", "severity", "time", "score", "threshold", "window_count", "started_at",
                                    "model_version")}
-        entry["recorded"] = self._clock()
+        entry |= {"recorded": self._clock(), "alert": alert, "silenced": silenced}
+        with self._lock:
+            self._events.append(entry)
+
+    def record_answer(self, answer: dict) -> None:
+        """Keep a technician's answer (``answers.Answer.to_dict()``) in the alert list."""
+        entry = {"kind": "answer", "answer": answer["kind"], "recorded": self._clock()}
+        entry |= {k: answer.get(k) for k in ("by", "via", "time", "alert", "hours", "until")}
         with self._lock:
             self._events.append(entry)
 

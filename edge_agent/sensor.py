@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from edge_agent import calibration
 from edge_agent.alerts import AlertEvent
+from edge_agent.answers import SensorAnswers
 from edge_agent.bundle_watch import BundleWatch, LoadedModel
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract.errors import AgentError, BundleError
@@ -76,6 +77,7 @@ class Sensor:
         fleet: what this sensor keeps for retraining, its drift monitor and rollouts (``edge_agent.fleet``).
         wake: set by the source whenever a frame is queued.
         on_event, on_window: observers of alert events and scored windows (scoring thread).
+        answers: the sensor's technicians' answers (``edge_agent.answers``): its alerts' ids, silence, upload answers.
 
     Raises BundleError only from ``load_model`` (the gateway decides what a missing model means).
     """
@@ -92,8 +94,10 @@ class Sensor:
         wake: threading.Event | None = None,
         on_event: Callable[[AlertEvent], None] | None = None,
         on_window: WindowCallback | None = None,
+        answers: SensorAnswers | None = None,
     ) -> None:
         self.cfg = cfg
+        self.answers = answers
         self.device = cfg.device
         self.bundle_path = gateway.resolve(cfg.bundle.path)
         self.calibration_path = gateway.resolve(cfg.calibration.path)
@@ -123,6 +127,7 @@ class Sensor:
         self.fleet = fleet
         if fleet is not None:
             fleet.on_notice = self.dispatcher.emit
+            fleet.answers = self.answers
 
     # ------------------------------------------------------------------ model
     def load_model(self) -> None:
@@ -282,7 +287,7 @@ class Sensor:
     def _on_window(self, w: Window | None, result, event: AlertEvent | None) -> None:
         self.history.record(result, self.pipeline.state)
         if event is not None:
-            self.history.record_event(event)
+            self.history.record_event(event, *self._answer_event(event))
             self.dispatcher.emit(event)
             if self.on_event is not None:
                 self.on_event(event)
@@ -299,6 +304,17 @@ class Sensor:
                 self.counters.uploads_offered += len(uploads)
         if self.on_window_cb is not None:
             self.on_window_cb(w, result, event)
+
+    def _answer_event(self, event: AlertEvent) -> tuple[str | None, bool]:
+        """The alert's id (the answers follow the sensor's alerts) and whether a silence holds it back."""
+        if self.answers is None:
+            return None, False
+        try:
+            return self.answers.on_event(event), event.kind != "cleared" and self.answers.silence() is not None
+        except Exception:  # the answers' bookkeeping must never cost an alert
+            self.counters.internal_errors += 1
+            self._ratelog.log(logging.ERROR, "answers", "%s: answers bookkeeping failed", self.device, exc_info=True)
+            return None, False
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
@@ -327,4 +343,6 @@ class Sensor:
             "sinks": self.dispatcher.status(), "health": fields_of(health)}
         if self.fleet is not None:
             doc |= self.fleet.status()
+        if self.answers is not None:
+            doc["answers"] = self.answers.status()
         return doc

@@ -18,6 +18,14 @@
                     payload and the JSONL line, and ``EDGE_ALERT_ADVICE``, ``EDGE_ALERT_ASSET`` and
                     ``EDGE_ALERT_LOCATION`` in the command's environment.
 
+Silence (a technician's answer "maintenance in progress, silence for N h", ``edge_agent.answers``): while a
+sensor is silenced, its raised and escalated alerts and its health faults still reach every sink, marked
+``"silenced": {"until", "by"}``: the JSONL line and the MQTT state say so, the log line is at INFO and says so,
+and the command sink does not run its program (the buzzer stays quiet); each sink counts them (``silenced``).
+Clears and recoveries always go out as usual (a relay a command switched on is switched off). When the silence
+ends, what it held back and is still in force (the alert not cleared since, the fault not recovered) goes out once
+more, unmarked, with ``"after_silence": true``. Scoring, the status and uploads never stop for a silence.
+
 Events are ``alerts.AlertEvent`` (kind raised / escalated / cleared), ``health.HealthEvent`` (kind
 health: a sensor that is not monitored, and its recovery) and ``health.Notice`` (kind notice: e.g.
 "retraining due" while the scores drift, raised and cleared). Every sink counts what it delivered, what failed,
@@ -42,7 +50,7 @@ from typing import Protocol, runtime_checkable
 
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge_agent.advice import Advisor
+from edge_agent.advice import Advised, Advisor
 from edge_agent.alerts import AlertEvent
 from edge_agent.contract.topics import alert_topic, health_topic, notice_topic
 from edge_agent.mqtt_client import MqttConnection
@@ -72,6 +80,12 @@ class AlertSink(Protocol):
 
 
 
+def silenced_of(event) -> dict | None:
+    """The silence an event was emitted under (``{"until", "by"}``, put on by the dispatcher), or None."""
+    extra = getattr(event, "extra", None)
+    return extra.get("silenced") if isinstance(extra, dict) else None
+
+
 def event_json(event: AlertEvent) -> bytes:
     """The event as compact UTF-8 JSON (the payload of the JSONL, MQTT and command sinks)."""
     return json.dumps(event.to_dict(), separators=(",", ":"), sort_keys=True).encode("utf-8")
@@ -83,6 +97,7 @@ class LogSink:
     def __init__(self, log: logging.Logger | None = None) -> None:
         self._log = log or logger
         self.emitted = 0
+        self.silenced = 0
 
     def start(self) -> None:
         """Nothing to acquire."""
@@ -91,7 +106,13 @@ class LogSink:
         """Nothing to release."""
 
     def emit(self, event: AlertEvent) -> None:
-        if event.kind == "health":
+        silenced = silenced_of(event)
+        if silenced is not None:
+            self.silenced += 1
+            self._log.info("silenced until %s by %r (still scored): %s %s device=%s", silenced["until"],
+                           silenced["by"], event.kind, getattr(event, "condition", None) or event.severity,
+                           event.device)
+        elif event.kind == "health":
             self._log.log(logging.WARNING if event.state == "fault" else logging.INFO,
                           "health state=%s condition=%s device=%s reason=%s", event.state, event.condition,
                           event.device, event.reason)
@@ -112,7 +133,7 @@ class LogSink:
 
     @property
     def counters(self) -> SinkCounters:
-        return SinkCounters(delivered=self.emitted)
+        return SinkCounters(delivered=self.emitted, silenced=self.silenced)
 
 
 class JsonlSink:
@@ -141,6 +162,7 @@ class JsonlSink:
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+        self.silenced = 0
 
     def start(self) -> None:
         """Open the file for appending (its folder made): OSError when it cannot be."""
@@ -150,12 +172,13 @@ class JsonlSink:
     @property
     def counters(self) -> SinkCounters:
         return SinkCounters(delivered=self.delivered, failed=self.failed, pending=len(self._pending),
-                            dropped=self.dropped)
+                            dropped=self.dropped, silenced=self.silenced)
 
     def emit(self, event: AlertEvent) -> None:
         line = event_json(event) + b"\n"
         with self._lock:
             self.emitted += 1
+            self.silenced += silenced_of(event) is not None
             if len(self._pending) >= self.max_pending:
                 self._pending.popleft()
                 self.dropped += 1
@@ -264,6 +287,7 @@ class MqttAlertSink:
         self.published = 0
         self.failures = 0
         self.emitted = 0
+        self.silenced = 0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -276,6 +300,8 @@ class MqttAlertSink:
             side.start()
 
     def emit(self, event: AlertEvent) -> None:
+        if silenced_of(event) is not None:
+            self.silenced += 1  # published as usual: the retained state stays true, and says it is silenced
         side = self._side.get(event.kind)
         if side is not None:
             side.emit(event)
@@ -307,10 +333,12 @@ class MqttAlertSink:
     def counters(self) -> SinkCounters:
         with self._cond:
             c = SinkCounters(delivered=self.published, failed=self.failures,
-                             pending=int(self._version > 0 and (self._dirty or self._last_acked != self._version)))
+                             pending=int(self._version > 0 and (self._dirty or self._last_acked != self._version)),
+                             silenced=self.silenced)
         for side in list(self._side.values()):
             h = side.counters
-            c = SinkCounters(c.delivered + h.delivered, c.failed + h.failed, c.pending + h.pending)
+            c = SinkCounters(c.delivered + h.delivered, c.failed + h.failed, c.pending + h.pending,
+                             silenced=c.silenced)
         return c
 
     def close(self, timeout: float = 5.0) -> None:
@@ -399,6 +427,9 @@ class CommandSink:
     For a health event ``EDGE_ALERT_KIND`` is ``health``, ``EDGE_ALERT_SEVERITY`` ``fault`` or ``recovered``,
     ``EDGE_ALERT_SCORE`` empty and ``EDGE_HEALTH_CONDITION`` names the condition.
 
+    An event emitted while the sensor is silenced is not run: counted in ``silenced`` and logged (INFO, rate
+    limited). What the silence held back runs when it ends (``"after_silence": true`` in the JSON on stdin).
+
     ``emit`` never blocks: events queue (``queue_size``) and overflow is dropped and counted. A program that
     exits non-zero or cannot start counts in ``failed``; one running past ``timeout_s`` is killed and counts
     in ``timed_out``. The program's stderr is read as it comes and only its last ``STDERR_TAIL`` bytes are
@@ -421,6 +452,7 @@ class CommandSink:
         self.failed = 0
         self.timed_out = 0
         self.dropped = 0
+        self.silenced = 0
         self.last_stderr = b""
         self._thread: threading.Thread | None = None
 
@@ -430,6 +462,12 @@ class CommandSink:
         self._thread.start()
 
     def emit(self, event: AlertEvent) -> None:
+        silenced = silenced_of(event)
+        if silenced is not None:
+            self.silenced += 1
+            self._ratelog.log(logging.INFO, "silenced", "alert command %s not run for %s's %s: silenced until %s by %r",
+                              self.argv[0], event.device, event.kind, silenced["until"], silenced["by"])
+            return
         try:
             self._queue.put_nowait(event)
         except queue.Full:
@@ -439,7 +477,8 @@ class CommandSink:
     @property
     def counters(self) -> SinkCounters:
         return SinkCounters(delivered=self.ran, failed=self.failed + self.timed_out,
-                            pending=self._queue.qsize() + int(self._busy), dropped=self.dropped)
+                            pending=self._queue.qsize() + int(self._busy), dropped=self.dropped,
+                            silenced=self.silenced)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every queued event has been handled; return whether that happened in time."""
@@ -538,10 +577,16 @@ class AlertDispatcher:
     default texts when none is given).
 
     ``delivered`` and ``failures`` are per-sink counters keyed ``"<index>:<ClassName>"``.
+
+    ``answers`` (the sensor's ``answers.SensorAnswers``) says whether the sensor is silenced: then raised and
+    escalated alerts and health faults go out marked ``silenced`` (see the module docstring), and ``tick`` (the
+    scoring thread, every status period) sends what the silence held back once it is over.
     """
 
-    def __init__(self, sinks: Iterable[AlertSink], advisor: Advisor | None = None) -> None:
+    def __init__(self, sinks: Iterable[AlertSink], advisor: Advisor | None = None, answers=None) -> None:
         self.advisor = advisor if advisor is not None else Advisor()
+        self.answers = answers
+        self._held: dict[str, object] = {}  # "alert" / "health": the latest event a silence held back
         self.sinks = list(sinks)
         self.names = [f"{i}:{type(s).__name__}" for i, s in enumerate(self.sinks)]
         self.delivered = dict.fromkeys(self.names, 0)
@@ -553,6 +598,41 @@ class AlertDispatcher:
             event = self.advisor.annotate(event)
         except Exception:  # the event still goes out, without its advice
             self._ratelog.log(logging.ERROR, "advice", "alert advice failed for a %s event", event.kind, exc_info=True)
+        try:
+            silence = self._silence(event)
+        except Exception:  # an answers bug must not cost an alert: it goes out unsilenced
+            silence = None
+            self._ratelog.log(logging.ERROR, "silence", "alert silence check failed", exc_info=True)
+        if silence is not None:
+            event = _with(event, silenced=silence)
+        self._send(event)
+
+    def _silence(self, event) -> dict | None:
+        """The silence ``event`` goes out under (None: as usual); remembers what it holds back."""
+        kind = event.kind
+        if kind == "cleared":
+            self._held.pop("alert", None)
+            return None
+        if kind == "health" and event.state != "fault":
+            self._held.pop("health", None)
+            return None
+        if kind not in ("raised", "escalated", "health") or self.answers is None:
+            return None
+        silence = self.answers.silence()
+        if silence is not None:
+            self._held["health" if kind == "health" else "alert"] = event
+            self.answers.count_silenced()
+        return silence
+
+    def tick(self) -> None:
+        """Once a silence is over, send what it held back and is still in force (scoring thread)."""
+        if not self._held or self.answers is None or self.answers.silence() is not None:
+            return
+        held, self._held = self._held, {}
+        for event in held.values():
+            self._send(_with(event, after_silence=True))
+
+    def _send(self, event) -> None:
         for name, sink in zip(self.names, self.sinks, strict=True):
             try:
                 sink.emit(event)
@@ -563,7 +643,7 @@ class AlertDispatcher:
                 self.delivered[name] += 1
 
     def status(self) -> dict[str, dict[str, int]]:
-        """Per sink: delivered, failed, pending, dropped. A sink's own counters where it keeps them (what it
+        """Per sink: delivered, failed, pending, dropped, silenced. A sink's own counters where it keeps them (what it
         really wrote or ran, not what it accepted); emits that raised count as failed on top."""
         out = {}
         for name, sink in zip(self.names, self.sinks, strict=True):
@@ -571,3 +651,9 @@ class AlertDispatcher:
             c = own if isinstance(own, SinkCounters) else SinkCounters(delivered=self.delivered[name])
             out[name] = dict(c.as_dict(), failed=c.failed + self.failures[name])
         return out
+
+
+def _with(event, **extra) -> Advised:
+    """``event`` (advised or not) with more fields in its ``to_dict``."""
+    base = event.event if isinstance(event, Advised) else event
+    return Advised(base, (event.extra if isinstance(event, Advised) else {}) | extra)

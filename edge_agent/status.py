@@ -114,6 +114,8 @@ class SinkCounters:
                           result="failed")
     pending: int = gauge("Alert events waiting in the sink for a retry.", "alert_sink_pending")
     dropped: int = counter("Alert events the sink discarded from a full queue.", "alert_sink_dropped_total")
+    silenced: int = counter("Alert events handed over while the sensor was silenced (a technician's answer): marked "
+                            "silenced; the command sink did not run its program.", "alert_sink_silenced_total")
 
     def as_dict(self) -> dict:
         return fields_of(self)
@@ -211,6 +213,12 @@ class HttpCounters:
     client_resets: int = counter("Clients that reset the connection before the answer was sent.",
                                  "http_client_resets_total")
     oversized: int = counter("Requests refused for a head over 16 KiB (431).", "http_oversized_total")
+    writable: bool = value("Whether the page takes answers to alerts (http.write_token_file or write_token_env).",
+                           default=False, why="configuration, not a measurement")
+    writes_refused: dict = counter("Answers refused before they reached the agent, by reason: read_only (no write "
+                                   "token configured), cross_site (sent by another site's page), not_json (what a "
+                                   "form sends), no_token, bad_token, too_large, not_found.",
+                                   "http_writes_refused_total", by="reason")
 
     def as_dict(self) -> dict:
         return fields_of(self)
@@ -226,6 +234,44 @@ class DiscoveryCounters:
 
     def as_dict(self) -> dict:
         return fields_of(self)
+
+
+@dataclass
+class AnswerCounters:
+    """Technicians' answers to alerts (``answers`` in the gateway status; each sensor's are in its own)."""
+
+    file: str | None = value("Where the answers are kept across restarts; None: in memory only (nothing can answer: "
+                             "no write token and answers.mqtt off, or the file cannot be used: see error).")
+    error: str | None = value("Why the answers file is not used, or why its last write failed.")
+    refused: dict = counter("Answers refused by the agent, by reason: bad_request (not a valid command), "
+                            "unknown_sensor, no_alert (nothing to answer), stale_alert (the alert the sender saw "
+                            "is no longer the sensor's), retained (a retained MQTT command), too_fast (over 60 a "
+                            "minute for one sensor).",
+                            "answers_refused_total", by="reason")
+    write_errors: int = counter("Writes of the answers file that failed (a full disk): the answers stay in memory "
+                                "and the write is tried again.", "answers_write_errors_total")
+    quarantined: int = counter("Corrupt answers files moved aside (a fresh one started).", "answers_quarantined_total")
+
+    def as_dict(self) -> dict:
+        return fields_of(self)
+
+
+@dataclass
+class SensorAnswers:
+    """A sensor's alert as the answers see it, the answer its upload records carry, and its silence."""
+
+    alert: dict | None = value("The alert answers go to: the current one, or the last one after it cleared "
+                               "({id, severity, started_at, raised, active}; times in unix seconds).")
+    answer: dict | None = value("The answer to that alert its upload records carry: the latest confirmed or "
+                                "false_alarm, else the latest ack or silence ({kind, by, time, via, alert}).")
+    last: dict | None = value("The latest answer of any kind.")
+    silenced_until: float | None = gauge("Unix time the silence in force ends (None: not silenced): until then its "
+                                         "alert and health events are held back from the sinks.",
+                                         "silenced_until_seconds", default=None)
+    silenced_by: str | None = value("Who silenced the sensor's alerts, in their words.")
+    answers: dict = counter("Answers recorded for the sensor, by kind.", "answers_total", by="kind")
+    events_silenced: int = counter("Alert and health events held back by a silence: every sink got them marked "
+                                   "silenced, the command was not run.", "alert_events_silenced_total")
 
 
 @dataclass

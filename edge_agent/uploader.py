@@ -128,8 +128,10 @@ class WindowKeeper:
         self.kept: dict[str, int] = {k: 0 for k in KINDS}
 
     def window(self, kept: Kept, *, event_kind: str | None, calibrating: bool, drifting: bool,
-               now: float) -> list[Kept]:
-        """The windows to spool now (``kept`` describes the window just scored; ``now`` is monotonic)."""
+               now: float, alert_id: str | None = None) -> list[Kept]:
+        """The windows to spool now (``kept`` describes the window just scored; ``now`` is monotonic; ``alert_id``:
+        the id of the alert a ``raised`` event starts, which becomes its windows' ``alert_ref``; default a new
+        uuid)."""
         out: list[Kept] = []
         flag = [False]  # emitted already (a window may sit in the ring after it was sent as "after" context)
         if self.policy.context_before:
@@ -140,7 +142,7 @@ class WindowKeeper:
                 flag[0] = True
         elif event_kind in ("raised", "escalated"):
             if event_kind == "raised" or self._alert_ref is None:  # an escalation is the same alert, more severe
-                self._alert_ref = uuid.uuid4().hex
+                self._alert_ref = alert_id or uuid.uuid4().hex
             for k, f in list(self._ring):
                 if not f[0]:
                     out.append(_as(k, "alert", self._alert_ref))

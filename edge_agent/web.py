@@ -1,4 +1,4 @@
-"""The gateway's read-only web endpoint: a status page, its JSON, and Prometheus metrics.
+"""The gateway's web endpoint: a status page, its JSON, Prometheus metrics, and (with a write token) answers.
 
 Standard library only; nothing is fetched at run time: the page, its script and its style are package resources
 (``edge_agent/static``) and the chart is drawn in the browser as inline SVG from ``/api/status``, polled every
@@ -7,17 +7,26 @@ two seconds::
     GET /                  the status page (static/status.html, status.js, status.css)
     GET /api/status        {"gateway": {...}, "sensors": {device: status + "history"}, "time": unix s}
     GET /metrics           Prometheus text format 0.0.4 (edge_agent.metrics)
+    POST /api/sensors/<device>/answer    a technician's answer to the sensor's alert (``contract.answer`` JSON),
+                           only with a write token configured ([http] write_token_file or write_token_env)
 
-Read-only: any other method is answered 405. When listening on a loopback address, requests must name a
-loopback host (``Host: localhost:9847``, ``127.0.0.1``, ``[::1]``): a web page elsewhere cannot read the gateway
-through DNS rebinding.
+Read-only unless a write token is configured: any other method is answered 405. When listening on a loopback
+address, requests must name a loopback host (``Host: localhost:9847``, ``127.0.0.1``, ``[::1]``): a web page
+elsewhere cannot read the gateway through DNS rebinding.
+
+A write must come from the page itself, with the token: ``Authorization: Bearer <token>`` (compared in constant
+time), ``Content-Type: application/json`` (a form on another site can send neither without the browser asking
+first, and the server answers no such question: no CORS), and, when the browser says where it comes from, an
+``Origin`` equal to the ``Host`` it was sent to and a ``Sec-Fetch-Site`` of ``same-origin``. Each refusal is
+counted by reason (``http.writes_refused``: read_only, cross_site, not_json, no_token, bad_token, too_large,
+not_found); an answer the agent refuses (no alert, an old alert) is counted in ``answers.refused``.
 
 Bounded, and no client can lock the others out::
 
     accept ─► one selector thread reads every request head, non-blocking, each within HEAD_TIMEOUT_S of its
               connection (a client that sends a byte every few seconds is cut off, counted in slow_clients);
               at most MAX_PENDING connections wait for their head (beyond, the oldest is closed);
-              a head larger than MAX_HEAD is refused (431)
+              a head larger than MAX_HEAD is refused (431); a POST's body (at most MAX_BODY) is read here too
            ─► complete requests ─► MAX_CLIENTS worker threads answer them (503 when all are busy and
               MAX_QUEUED wait), then close the connection
 
@@ -25,31 +34,35 @@ A slow or idle client holds a few bytes of the selector, never a worker, so ``/m
 slowloris. A client that resets before reading is one counted (``client_resets``), rate-limited log line.
 
 The numbers come from ``source``: an object with ``snapshot() -> (status document, its age in seconds)``,
-``histories() -> {device: SensorHistory}`` (the agent).
+``histories() -> {device: SensorHistory}`` and ``answer(device, body, via) -> the recorded answer`` (the agent).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import io
 import ipaddress
 import json
 import logging
 import math
 import queue
+import re
 import selectors
 import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from edge_agent import metrics
+from edge_agent.contract.answer import AnswerError
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.status import HttpCounters, fields_of
 
@@ -60,6 +73,7 @@ MAX_QUEUED = 32  # complete requests waiting for a worker (beyond: 503)
 MAX_PENDING = 256  # connections still sending their request head
 HEAD_TIMEOUT_S = 5.0  # from accept to the end of the head
 MAX_HEAD = 16 * 1024
+MAX_BODY = 4096  # a POST's body (an answer is well under 1 KiB)
 WRITE_TIMEOUT_S = 10.0
 STATIC = {
     "/": ("status.html", "text/html; charset=utf-8"),
@@ -73,12 +87,19 @@ SECURITY_HEADERS = {
                                 "img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
 }
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+_ANSWER_PATH = re.compile(r"/api/sensors/([^/]{1,200})/answer")
+_CONTENT_LENGTH = re.compile(rb"\r?\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r?\n", re.IGNORECASE)
+#: HTTP status of an answer the agent refused, by reason (``contract.answer.REASONS``).
+_ANSWER_STATUS = {"unknown_sensor": HTTPStatus.NOT_FOUND, "no_alert": HTTPStatus.CONFLICT,
+                  "stale_alert": HTTPStatus.CONFLICT, "too_fast": HTTPStatus.TOO_MANY_REQUESTS}
 
 
 class StatusSource(Protocol):
     def snapshot(self) -> tuple[dict, float]: ...
 
     def histories(self) -> dict[str, Any]: ...
+
+    def answer(self, device: str, body: bytes, via: str) -> dict: ...
 
 
 def status_json(source: StatusSource) -> dict:
@@ -137,7 +158,79 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only: GET or HEAD\n", "text/plain; charset=utf-8",
                    extra={"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815 (no CORS preflight is ever granted)
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.server.token is None:
+            self.server.count_write_refused("read_only")
+            self._refuse_method()
+            return
+        self.server.counters.requests += 1
+        try:
+            self._post()
+        except Exception:  # a bug here must cost one response, never the agent
+            self.server.counters.errors += 1
+            log.exception("web: POST %s failed", self.path[:200])
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+
+    def _post(self) -> None:
+        """An answer to a sensor's alert: same origin, the token, JSON; then the agent decides (see the module
+        docstring)."""
+        srv, h = self.server, self.headers
+
+        def refuse(status: HTTPStatus, reason: str, message: str, extra: dict | None = None) -> None:
+            srv.count_write_refused(reason)
+            self._json(status, {"error": message, "reason": reason}, extra)
+
+        host = h.get("Host")
+        if not srv.host_allowed(host):
+            srv.counters.refused += 1
+            self._send(HTTPStatus.MISDIRECTED_REQUEST, b"unknown host\n", "text/plain; charset=utf-8")
+            return
+        m = _ANSWER_PATH.fullmatch(urlsplit(self.path).path)
+        if m is None:
+            refuse(HTTPStatus.NOT_FOUND, "not_found", "POST only to /api/sensors/<device>/answer")
+            return
+        site, origin = h.get("Sec-Fetch-Site"), h.get("Origin")
+        if site is not None and site.strip().lower() not in ("same-origin", "none"):
+            refuse(HTTPStatus.FORBIDDEN, "cross_site", f"refused: sent from another site (Sec-Fetch-Site: {site[:40]})")
+            return
+        if origin is not None and not _same_origin(origin, host):
+            refuse(HTTPStatus.FORBIDDEN, "cross_site", "refused: the page sending this is not this gateway's "
+                                                       f"(Origin {origin[:80]!r}, Host {str(host)[:80]!r})")
+            return
+        if (h.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
+            refuse(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "not_json", "an answer is JSON (Content-Type: application/json)")
+            return
+        scheme, _, given = (h.get("Authorization") or "").strip().partition(" ")
+        if not given:
+            refuse(HTTPStatus.UNAUTHORIZED, "no_token", "the write token is required (Authorization: Bearer <token>)",
+                   {"WWW-Authenticate": 'Bearer realm="edge-agent"'})
+            return
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"), srv.token):
+            refuse(HTTPStatus.FORBIDDEN, "bad_token", "wrong write token")
+            return
+        try:
+            length = int(h.get("Content-Length") or "")
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large", f"the body must be 0..{MAX_BODY} bytes with a "
+                                                                     "Content-Length")
+            return
+        body = self.rfile.read(length)
+        device = unquote(m.group(1))
+        try:
+            answer = srv.source.answer(device, body, "page")
+        except AnswerError as exc:
+            self._json(_ANSWER_STATUS.get(exc.reason, HTTPStatus.BAD_REQUEST), {"error": str(exc),
+                                                                                "reason": exc.reason})
+            return
+        self._json(HTTPStatus.OK, {"device": device, "answer": answer})
+
+    def _json(self, status: HTTPStatus, doc: dict, extra: dict | None = None) -> None:
+        self._send(status, json.dumps(json_safe(doc), separators=(",", ":")).encode(), "application/json",
+                   extra=extra)
 
     def _respond(self, head: bool) -> None:
         self.server.counters.requests += 1
@@ -185,6 +278,28 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("web %s: " + format, self.address_string(), *args)
 
 
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether the ``Origin`` a browser sent is the ``Host`` the request went to (scheme http)."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return False
+    return parts.scheme == "http" and bool(host) and parts.netloc.lower() == host.strip().lower()
+
+
+def _complete(data: bytes | bytearray) -> bool:
+    """Whether a request's head, and the body its ``Content-Length`` announces (when at most ``MAX_BODY``), are in."""
+    end = data.find(b"\r\n\r\n")
+    end = end + 4 if end >= 0 else data.find(b"\n\n") + 2 if data.find(b"\n\n") >= 0 else -1
+    if end < 0:
+        return False
+    m = _CONTENT_LENGTH.search(bytes(data[:end]))
+    if m is None:
+        return True
+    length = int(m.group(1))
+    return length > MAX_BODY or len(data) - end >= length  # too large: answered 413 without its body
+
+
 @dataclass
 class _Pending:
     """A connection whose request head is still arriving."""
@@ -198,9 +313,11 @@ class _Pending:
 class _Server:
     """The listening socket, the head-reading selector thread and the worker threads (see the module docstring)."""
 
-    def __init__(self, address: tuple[str, int], source: StatusSource, counters: HttpCounters) -> None:
+    def __init__(self, address: tuple[str, int], source: StatusSource, counters: HttpCounters,
+                 token: bytes | None = None) -> None:
         self.address = address
         self.source = source
+        self.token = token
         self.loopback = ipaddress.ip_address(address[0]).is_loopback
         self.counters = counters
         self._ratelog = RateLimitedLog(log)
@@ -232,6 +349,10 @@ class _Server:
             t.join(5)
         if self._listener is not None:
             self._listener.close()
+
+    def count_write_refused(self, reason: str) -> None:
+        c = self.counters
+        c.writes_refused[reason] = c.writes_refused.get(reason, 0) + 1
 
     def host_allowed(self, host: str | None) -> bool:
         """Any host when listening on the network; a loopback name or address when listening on loopback."""
@@ -304,8 +425,9 @@ class _Server:
             self._drop(sel, pending, p)
             return
         p.data += chunk
-        if b"\r\n\r\n" not in p.data and b"\n\n" not in p.data:
-            if len(p.data) > MAX_HEAD:
+        if not _complete(p.data):
+            if len(p.data) > MAX_HEAD + MAX_BODY or (len(p.data) > MAX_HEAD and b"\n\n" not in p.data
+                                                     and b"\r\n\r\n" not in p.data):
                 self.counters.oversized += 1
                 sel.unregister(p.sock)
                 del pending[p.sock]
@@ -362,10 +484,12 @@ class StatusServer:
     """The web endpoint in its own daemon thread. ``start`` never raises for a port it cannot have: the
     error is logged and kept in ``error`` (the agent keeps scoring without its page)."""
 
-    def __init__(self, source: StatusSource, listen: str = "127.0.0.1", port: int = 9847) -> None:
+    def __init__(self, source: StatusSource, listen: str = "127.0.0.1", port: int = 9847,
+                 write_token: Callable[[], str | None] | None = None) -> None:
         self.source = source
         self.listen = listen
         self.requested_port = port
+        self.write_token = write_token  # read at start: the page takes answers only with one
         self.counters = HttpCounters()
         self._server: _Server | None = None
 
@@ -382,8 +506,12 @@ class StatusServer:
         return f"http://{host}:{self.port}/"
 
     def start(self) -> bool:
-        """Bind and serve; False (logged, ``error`` set) when the address cannot be had."""
-        server = _Server((self.listen, self.requested_port), self.source, self.counters)
+        """Read the write token (ConfigError when one is configured but cannot be read), bind and serve; False
+        (logged, ``error`` set) when the address cannot be had."""
+        token = self.write_token() if self.write_token is not None else None
+        self.counters.writable = token is not None
+        server = _Server((self.listen, self.requested_port), self.source, self.counters,
+                         None if token is None else token.encode("utf-8"))
         try:
             server.start()
         except OSError as exc:
@@ -392,7 +520,8 @@ class StatusServer:
                       self.counters.error)
             return False
         self._server = server
-        log.info("status page at %s, Prometheus metrics at %smetrics", self.url, self.url)
+        log.info("status page at %s (%s), Prometheus metrics at %smetrics", self.url,
+                 "takes answers with the write token" if token is not None else "read-only", self.url)
         return True
 
     def stop(self) -> None:

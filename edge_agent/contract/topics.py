@@ -16,6 +16,8 @@ Topics (``<d>`` a device id, ``<gw>`` a gateway id)::
     vib/<d>/upload             gateway -> collectors     windows for retraining (``upload_record``)
     vib/<d>/upload/receipt     collectors -> gateway     signed receipts: records held durably, or refused
     vib/<d>/rollout            gateway -> publisher      rollout state (retained)
+    vib/<d>/answer/set         technicians -> gateway    an answer to the sensor's alert (``answer``; never retained)
+    vib/<d>/answer             gateway -> anyone         the sensor's alert, its answer and silence (retained)
     vib/gateway/<gw>/status    gateway -> anyone         the gateway's summary (retained)
     vib/gateway/<gw>/availability                        ``online`` / ``offline`` (retained, last will)
     vib/gateway/bridge/<gw>    the gateway's broker      its bridge to the centre is up (1) or down (0)
@@ -37,7 +39,8 @@ _ID = re.compile(ID_PATTERN)
 MAX_ID_LENGTH = 64
 #: Device ids that would read as the gateway and rollout namespaces (``vib/gateway/...``, ``vib/rollout/...``).
 RESERVED_DEVICES = ("gateway", "rollout")
-DEVICE_LEAVES = ("samples", "alert", "health", "notice", "status", "upload", "upload/receipt", "rollout")
+DEVICE_LEAVES = ("samples", "alert", "health", "notice", "status", "upload", "upload/receipt", "rollout", "answer",
+                 "answer/set")
 
 
 def suggest_id(value: str) -> str:
@@ -101,6 +104,16 @@ def receipt_topic(device: str) -> str:
 
 def rollout_state_topic(device: str) -> str:
     return device_topic(device, "rollout")
+
+
+def answer_topic(device: str) -> str:
+    """The sensor's alert, its answer and its silence, retained (``edge_agent.answers``)."""
+    return device_topic(device, "answer")
+
+
+def answer_command_topic(device: str) -> str:
+    """Where technicians (Home Assistant's buttons) send answers to the sensor's alert (``contract.answer``)."""
+    return device_topic(device, "answer/set")
 
 
 def gateway_topic(gateway: str, leaf: str) -> str:

@@ -3,6 +3,9 @@
 // every text goes through textContent, never innerHTML (device ids, reasons and advice are data, not markup).
 // The badge tells the truth at a glance (verdict): green NORMAL only for a sensor that is scoring, healthy and
 // normal; a sensor that is not monitored has its own badge and colour, with the reason and what to do.
+// Answers (acknowledge, confirmed fault, false alarm, silence for N h): the buttons exist only when the gateway
+// has a write token (gateway.http.writable); each POST carries the token the technician typed (kept for this tab
+// only, sessionStorage) and their name (localStorage), as JSON, to this page's own origin.
 "use strict";
 
 // ?poll=MS polls faster or slower (tests); never faster than 4 times a second
@@ -23,6 +26,10 @@ const COUNTERS = [
   ["open_failures", "open failures"], ["model_rejects", "bundles rejected"], ["internal_errors", "internal errors"],
 ];
 const cards = new Map();
+const ANSWERS = { ack: "acknowledged", confirmed: "confirmed fault", false_alarm: "false alarm", silence: "silenced",
+                  unsilence: "silence ended" };
+const SILENCE_HOURS = [1, 4, 8, 24, 72, 168];  // the same as Home Assistant's select
+let writable = false;
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -50,6 +57,14 @@ function clock(t) {
   return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
 }
 
+function when(t) {
+  if (typeof t !== "number") return "–";
+  const d = new Date(t * 1000);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? clock(t) : d.toLocaleString([], { hour12: false, month: "short", day: "numeric", hour: "2-digit",
+                                                   minute: "2-digit" });
+}
+
 function ago(s) {
   if (s < 60) return `${Math.round(s)} s`;
   if (s < 5400) return `${Number((s / 60).toFixed(1))} min`;
@@ -74,6 +89,7 @@ function makeCard(device) {
                              "aria-label": `vibration RMS of ${device}` });
   chartBox.append(el("div", "chart-title", "anomaly score vs threshold"), chart,
                   el("div", "chart-title", "vibration RMS (highest channel)"), spark);
+  const answer = makeAnswerBox(device);
   const lower = el("div", "lower");
   const counters = el("table", "counters");
   const alertsBox = el("div", "alerts-box");
@@ -87,11 +103,109 @@ function makeCard(device) {
   const countersBox = el("div", "counters-box");
   countersBox.append(el("h3", "", "health counters"), counters);
   lower.append(countersBox, alertsBox);
-  card.append(head, advice, stats, chartBox, lower);
+  card.append(head, advice, answer.box, stats, chartBox, lower);
   document.getElementById("sensors").appendChild(card);
-  const c = { card, stats, chart, spark, counters, alerts: alerts.tBodies[0], none: alertsBox.lastChild };
+  const c = { card, stats, chart, spark, counters, alerts: alerts.tBodies[0], none: alertsBox.lastChild, answer };
   cards.set(device, c);
   return c;
+}
+
+// the answer box: what the alert is and what was answered (always), and the buttons (only when writable)
+function makeAnswerBox(device) {
+  const box = el("div", "answer-box");
+  box.hidden = true;
+  const summary = el("p", "answer-summary");
+  const silence = el("p", "silenced");
+  silence.hidden = true;
+  const controls = el("div", "answer-controls");
+  const buttons = {};
+  for (const [kind, label] of [["ack", "Acknowledge"], ["confirmed", "Confirmed fault"],
+                               ["false_alarm", "False alarm"]]) {
+    const b = el("button", `answer ${kind}`, label);
+    b.type = "button";
+    b.dataset.kind = kind;
+    b.addEventListener("click", () => sendAnswer(device, { kind }));
+    buttons[kind] = b;
+  }
+  const hours = el("select", "hours");
+  hours.setAttribute("aria-label", "silence for");
+  for (const h of SILENCE_HOURS) {
+    const o = el("option", "", `${h} h`);
+    o.value = String(h);
+    hours.appendChild(o);
+  }
+  const silenceButton = el("button", "answer silence", "Silence (maintenance) for");
+  silenceButton.type = "button";
+  silenceButton.dataset.kind = "silence";
+  silenceButton.addEventListener("click", () => sendAnswer(device, { kind: "silence", hours: Number(hours.value) }));
+  const unsilence = el("button", "answer unsilence", "End silence");
+  unsilence.type = "button";
+  unsilence.dataset.kind = "unsilence";
+  unsilence.addEventListener("click", () => sendAnswer(device, { kind: "unsilence" }));
+  buttons.silence = silenceButton;
+  buttons.unsilence = unsilence;
+  controls.append(buttons.ack, buttons.confirmed, buttons.false_alarm, silenceButton, hours, unsilence);
+  controls.hidden = true;
+  const msg = el("p", "answer-msg");
+  msg.setAttribute("role", "status");
+  box.append(summary, silence, controls, msg);
+  return { box, summary, silence, controls, buttons, msg, alert: null };
+}
+
+async function sendAnswer(device, body) {
+  const c = cards.get(device);
+  const by = document.getElementById("by").value.trim();
+  const token = document.getElementById("token").value.trim();
+  c.answer.msg.dataset.result = "";
+  if (!token) {
+    c.answer.msg.textContent = "Type the write token above first.";
+    c.answer.msg.dataset.result = "error";
+    return;
+  }
+  if (by) localStorage.setItem("edge-agent-by", by);
+  sessionStorage.setItem("edge-agent-token", token);
+  const doc = Object.assign({ by: by || "unknown" }, body);
+  if (c.answer.alert && body.kind !== "silence" && body.kind !== "unsilence") doc.alert = c.answer.alert;
+  c.answer.msg.textContent = "sending…";
+  try {
+    const r = await fetch(`/api/sensors/${encodeURIComponent(device)}/answer`, {
+      method: "POST", cache: "no-store", credentials: "omit",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify(doc),
+    });
+    const reply = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
+    if (!r.ok) throw new Error(reply.error || `HTTP ${r.status}`);
+    const a = reply.answer;
+    c.answer.msg.textContent = `Recorded: ${ANSWERS[a.kind] || a.kind}${a.hours ? ` for ${a.hours} h` : ""} by ${a.by}.`;
+    c.answer.msg.dataset.result = "ok";
+  } catch (err) {
+    c.answer.msg.textContent = `Not recorded: ${err.message}`;
+    c.answer.msg.dataset.result = "error";
+  }
+}
+
+function renderAnswers(c, s) {
+  const a = s.answers || {};
+  const box = c.answer;
+  const alert = a.alert;
+  box.alert = alert ? alert.id : null;
+  const parts = [];
+  if (alert) {
+    parts.push(`Alert ${alert.severity}, raised ${when(alert.raised)}${alert.active ? "" : " (cleared)"}`);
+    parts.push(a.answer ? `answer: ${ANSWERS[a.answer.kind] || a.answer.kind} by ${a.answer.by}, ${when(a.answer.time)}`
+                        : "not answered yet");
+  }
+  box.summary.textContent = parts.join(" · ");
+  box.summary.dataset.answer = a.answer ? a.answer.kind : "";
+  box.box.dataset.alert = alert ? alert.id : "";
+  const silenced = typeof a.silenced_until === "number";
+  box.silence.hidden = !silenced;
+  box.silence.textContent = silenced ? `Alerts silenced until ${when(a.silenced_until)} by ${a.silenced_by} ` +
+    "(maintenance): scoring and uploads go on; the alert sinks mark what they get as silenced." : "";
+  box.controls.hidden = !writable;
+  for (const kind of ["ack", "confirmed", "false_alarm"]) box.buttons[kind].disabled = !alert;
+  box.buttons.unsilence.disabled = !silenced;
+  box.box.hidden = !(writable || alert || silenced);
 }
 
 const ALERTING = new Set(["warning", "critical"]);
@@ -179,9 +293,21 @@ function renderAlerts(c, h) {
   const events = (h && h.alerts) || [];
   c.alerts.replaceChildren();
   for (const e of events.slice().reverse()) {
-    const tr = el("tr", `ev-${e.kind} sev-${e.severity}`);
+    if (e.kind === "answer") {  // a technician's answer, between the alert events
+      const tr = el("tr", `ev-answer ans-${e.answer}`);
+      tr.dataset.kind = "answer";
+      tr.dataset.answer = e.answer;
+      const what = `${ANSWERS[e.answer] || e.answer}${e.hours ? ` for ${e.hours} h` : ""}`;
+      const who = el("td", "", `by ${e.by} (${e.via})`);
+      who.colSpan = 2;
+      tr.append(el("td", "", clock(e.time)), el("td", "", "answer"), el("td", "", what), who);
+      c.alerts.appendChild(tr);
+      continue;
+    }
+    const tr = el("tr", `ev-${e.kind} sev-${e.severity}${e.silenced ? " silenced" : ""}`);
     tr.dataset.kind = e.kind;
-    tr.append(el("td", "", clock(e.time)), el("td", "", e.kind), el("td", "", e.severity),
+    tr.append(el("td", "", clock(e.time)), el("td", "", e.silenced ? `${e.kind} (silenced)` : e.kind),
+              el("td", "", e.severity),
               el("td", "num", e.score === null ? "over range" : fmt(e.score)), el("td", "num", fmt(e.threshold)));
     c.alerts.appendChild(tr);
   }
@@ -299,12 +425,21 @@ function renderSummary(doc) {
   }
 }
 
+function renderWriter(doc) {
+  writable = !!(doc.gateway.http && doc.gateway.http.writable);
+  document.getElementById("writer").hidden = !writable;
+  document.getElementById("mode").textContent = writable
+    ? "Status of this gateway (answers need the write token)" : "Read-only status of this gateway";
+}
+
 function render(doc) {
   renderSummary(doc);
+  renderWriter(doc);
   for (const [device, s] of Object.entries(doc.sensors)) {
     const c = cards.get(device) || makeCard(device);
     renderStats(c, s);
     renderHealth(c, s);
+    renderAnswers(c, s);
     renderAlerts(c, s.history);
     renderChart(c, s.history, doc.time);
     renderSpark(c, s.history, doc.time);
@@ -326,4 +461,6 @@ async function poll() {
   }
 }
 
+document.getElementById("by").value = localStorage.getItem("edge-agent-by") || "";
+document.getElementById("token").value = sessionStorage.getItem("edge-agent-token") || "";
 poll();

@@ -35,7 +35,7 @@ def test_alerts_held_back_by_a_full_disk_are_written_in_order_when_space_returns
     status = dispatcher.status()["1:JsonlSink"]
     written = status["delivered"]
     assert 3 <= written < 30 and status == {"delivered": written, "failed": 30 - written, "pending": 30 - written,
-                                            "dropped": 0}
+                                            "dropped": 0, "silenced": 0}
     lines = path.read_bytes().split(b"\n")
     assert lines[-1] == b"" and len(lines) == written + 1  # the line cut short by the full disk left nothing
     sink.retry()  # still full: nothing changes, nothing raises
@@ -48,7 +48,7 @@ def test_alerts_held_back_by_a_full_disk_are_written_in_order_when_space_returns
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["seq_end"] for r in rows] == [e.seq_end for e in events]
     status = dispatcher.status()["1:JsonlSink"]
-    assert status == {"delivered": 40, "failed": 30 - written, "pending": 0, "dropped": 0}
+    assert status == {"delivered": 40, "failed": 30 - written, "pending": 0, "dropped": 0, "silenced": 0}
     assert dispatcher.status()["0:LogSink"]["delivered"] == 40
 
 
