@@ -18,6 +18,16 @@ and device identifiers are ``vibration_edge:<gateway>[:<device>[:<entity>]]``)::
     <prefix>/sensor/<node>/<device>_inference_p99/config     diagnostic, duration in ms
     <prefix>/binary_sensor/<node>/gateway_online/config      connectivity of the gateway itself
 
+With ``[answers] mqtt = true``, technicians answer the sensor's alert from Home Assistant (``edge_agent.answers``):
+three buttons and a select publish to ``vib/<device>/answer/set`` (``contract.answer`` commands, ``by`` "Home
+Assistant"), and a sensor shows the answer, from the retained ``vib/<device>/answer``::
+
+    <prefix>/button/<node>/<device>_acknowledge/config       acknowledge the alert
+    <prefix>/button/<node>/<device>_confirm_fault/config     confirmed fault
+    <prefix>/button/<node>/<device>_false_alarm/config       false alarm
+    <prefix>/select/<node>/<device>_silence/config           silence the alerts for 1 .. 168 h, or not
+    <prefix>/sensor/<node>/<device>_answer/config            enum: the answer the alert's upload records carry
+
 What to do and where: the alert, alert state and health entities carry the sensor's ``advice`` (what to do
 now, ``edge_agent.advice``), ``advice_key``, ``asset`` and ``location`` as attributes; a configured
 ``location`` is also the device's suggested area.
@@ -44,6 +54,7 @@ import math
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
 from edge_agent.contract import topics
+from edge_agent.contract.answer import RECORD_KINDS, Command
 from edge_agent.contract.errors import ConfigError
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.status import DiscoveryCounters, fields_of
@@ -92,6 +103,28 @@ _RETRAIN_ON = ("{% if value_json is not defined %}None"
 _DRIFT_ATTRS = "{{ (value_json.drift if value_json is defined and value_json.drift is defined else {}) | tojson }}"
 
 ALERT_STATES = ["calibrating", "normal", "warning", "critical"]
+
+#: Who Home Assistant's answers are from (it cannot say which user pressed the button).
+HA_BY = "Home Assistant"
+#: The silence select's options: not silenced, or hours (the status page offers the same).
+NOT_SILENCED = "not silenced"
+SILENCE_HOURS = (1, 4, 8, 24, 72, 168)
+SILENCE_OPTIONS = [NOT_SILENCED, *(f"{h} h" for h in SILENCE_HOURS)]
+ANSWER_BUTTONS = (("acknowledge", "Acknowledge alert", "ack", "mdi:check"),
+                  ("confirm_fault", "Confirm fault", "confirmed", "mdi:alert-decagram"),
+                  ("false_alarm", "False alarm", "false_alarm", "mdi:close-octagon-outline"))
+_SILENCE_COMMAND = ("{% if value == '" + NOT_SILENCED + "' %}"
+                    + Command("unsilence", HA_BY).encode().decode()
+                    + "{% else %}{\"kind\":\"silence\",\"hours\":{{ value.split(' ')[0] | int }},\"by\":\""
+                    + HA_BY + "\"}{% endif %}")
+_SILENCE_STATE = ("{% if value_json is not defined %}None"
+                  "{% elif value_json.silenced_hours is number %}{{ '%g h' | format(value_json.silenced_hours) }}"
+                  "{% else %}" + NOT_SILENCED + "{% endif %}")
+_ANSWER = ("{{ value_json.answer.kind if value_json is defined and value_json.answer is mapping "
+           "and value_json.answer.kind in " + str(list(RECORD_KINDS)) + " else 'None' }}")
+_ANSWER_ATTRS = ("{{ {'answer': value_json.answer, 'alert': value_json.alert, 'last': value_json.last, "
+                 "'silenced_until': value_json.silenced_until, 'silenced_by': value_json.silenced_by} | tojson "
+                 "if value_json is defined else '{}' }}")
 
 
 def expire_after_s(status_every_s: float) -> int:
@@ -172,12 +205,34 @@ def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
                 "name": "Inference p99", "value_template": _INFERENCE, "device_class": "duration",
                 "unit_of_measurement": "ms", "state_class": "measurement", "entity_category": "diagnostic"},
         }
+        entities = {k: e | common for k, e in entities.items()}
+        if cfg.answers_mqtt:
+            entities |= _answer_entities(s.device, {k: v for k, v in common.items() if k != "state_topic"})
         for (component, key), entity in entities.items():
             topic = f"{prefix}/{component}/{node}/{obj}_{key}/config"
             if topic in out:
                 raise ConfigError(f"homeassistant: sensors {s.device!r} and another make the same discovery topic "
                                   f"{topic}: rename one")
-            out[topic] = entity | {"unique_id": f"{ident}:{key}"} | common
+            out[topic] = entity | {"unique_id": f"{ident}:{key}"}
+    return out
+
+
+def _answer_entities(device: str, controls: dict) -> dict[tuple[str, str], dict]:
+    """The answer buttons, the silence select and the answer sensor of one sensor (``controls``: the common options
+    without a state topic)."""
+    command, state = topics.answer_command_topic(device), topics.answer_topic(device)
+    out: dict[tuple[str, str], dict] = {
+        ("button", key): {"name": name, "command_topic": command, "payload_press": Command(kind, HA_BY).encode().decode(),
+                          "retain": False, "icon": icon} | controls
+        for key, name, kind, icon in ANSWER_BUTTONS}
+    out[("select", "silence")] = {
+        "name": "Silence alerts", "command_topic": command, "command_template": _SILENCE_COMMAND,
+        "options": SILENCE_OPTIONS, "state_topic": state, "value_template": _SILENCE_STATE, "retain": False,
+        "icon": "mdi:bell-sleep"} | controls
+    out[("sensor", "answer")] = {
+        "name": "Answer", "state_topic": state, "value_template": _ANSWER, "device_class": "enum",
+        "options": list(RECORD_KINDS), "icon": "mdi:account-check", "json_attributes_topic": state,
+        "json_attributes_template": _ANSWER_ATTRS} | controls
     return out
 
 

@@ -1,15 +1,21 @@
-"""Home Assistant's MQTT discovery schema for the ``sensor`` and ``binary_sensor`` platforms, as documented.
+"""Home Assistant's MQTT discovery schema for the ``sensor``, ``binary_sensor``, ``button`` and ``select`` platforms,
+as documented.
 
 Written from Home Assistant's documentation and its source (``homeassistant/components/mqtt``:
 ``abbreviations.py``, ``discovery.py`` (topic matcher), ``schemas.py`` (availability, device, origin, common
-entity options), ``config.py`` (``MQTT_RO_SCHEMA``: ``state_topic`` required), ``sensor.py``,
-``binary_sensor.py``; ``homeassistant/components/sensor/const.py`` and ``binary_sensor`` for the device and
+entity options), ``config.py`` (``MQTT_BASE_SCHEMA``: qos, encoding; ``MQTT_RO_SCHEMA``: ``state_topic`` required;
+``MQTT_RW_SCHEMA``: ``command_topic`` required, ``optimistic``, ``retain``, ``state_topic`` optional), ``sensor.py``,
+``binary_sensor.py``, ``button.py`` (``MQTT_BASE_SCHEMA`` + command_topic, command_template, device_class,
+payload_press, retain: no state), ``select.py`` (``MQTT_RW_SCHEMA`` + command_template, options (required),
+value_template); ``homeassistant/components/sensor/const.py``, ``binary_sensor`` and ``button`` for the device and
 state classes). Stricter than Home Assistant in one way on purpose: Home Assistant drops unknown keys
 silently (``extra=REMOVE_EXTRA``), which hides typos, so an unknown key is an error here.
 
 ``validate(topic, payload, prefix)`` returns the list of problems (empty: Home Assistant accepts it).
 ``render(template, payload)`` renders a ``value_template`` the way Home Assistant does for a received
-message: variables ``value`` (the payload as text) and ``value_json`` (only when the payload is JSON).
+message: variables ``value`` (the payload as text) and ``value_json`` (only when the payload is JSON);
+``render_command(template, value)`` a ``command_template`` as Home Assistant does before it publishes (``value``:
+the option chosen, the button's ``payload_press``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ ABBREVIATIONS = {
     "pl_off": "payload_off", "pl_on": "payload_on", "stat_cla": "state_class", "stat_t": "state_topic",
     "sug_dsp_prc": "suggested_display_precision", "t": "topic", "uniq_id": "unique_id",
     "unit_of_meas": "unit_of_measurement", "val_tpl": "value_template",
+    "cmd_t": "command_topic", "cmd_tpl": "command_template", "pl_prs": "payload_press", "ret": "retain",
+    "opt": "optimistic",
 }
 DEVICE_ABBREVIATIONS = {
     "cns": "connections", "cu": "configuration_url", "ids": "identifiers", "name": "name", "mf": "manufacturer",
@@ -64,21 +72,29 @@ BINARY_DEVICE_CLASSES = {
     "light", "lock", "moisture", "motion", "moving", "occupancy", "opening", "plug", "power", "presence",
     "problem", "running", "safety", "smoke", "sound", "tamper", "update", "vibration", "window",
 }
+# button ButtonDeviceClass
+BUTTON_DEVICE_CLASSES = {"identify", "restart", "update"}
 ENTITY_CATEGORIES = {"config", "diagnostic"}
 AVAILABILITY_MODES = {"all", "any", "latest"}
 
-COMMON = {  # schemas.py MQTT_ENTITY_COMMON_SCHEMA + config.py MQTT_RO_SCHEMA
+COMMON = {  # schemas.py MQTT_ENTITY_COMMON_SCHEMA + config.py MQTT_BASE_SCHEMA (qos, encoding)
     "availability", "availability_mode", "availability_topic", "availability_template", "payload_available",
     "payload_not_available", "device", "origin", "enabled_by_default", "entity_category", "entity_picture", "icon",
     "json_attributes_topic", "json_attributes_template", "object_id", "default_entity_id", "unique_id", "qos",
-    "encoding", "state_topic", "value_template",
+    "encoding",
 }
+RO = {"state_topic", "value_template"}  # MQTT_RO_SCHEMA (state_topic required)
+RW = {"command_topic", "optimistic", "retain", "state_topic"}  # MQTT_RW_SCHEMA (command_topic required)
 PLATFORM = {
-    "sensor": {"device_class", "expire_after", "force_update", "last_reset_value_template", "name", "options",
-               "suggested_display_precision", "state_class", "unit_of_measurement"},
-    "binary_sensor": {"device_class", "expire_after", "force_update", "name", "off_delay", "payload_off",
-                      "payload_on"},
+    "sensor": RO | {"device_class", "expire_after", "force_update", "last_reset_value_template", "name", "options",
+                    "suggested_display_precision", "state_class", "unit_of_measurement"},
+    "binary_sensor": RO | {"device_class", "expire_after", "force_update", "name", "off_delay", "payload_off",
+                           "payload_on"},
+    "button": {"command_template", "command_topic", "device_class", "name", "payload_press", "retain"},
+    "select": RW | {"command_template", "name", "options", "value_template"},
 }
+REQUIRED = {"sensor": ("state_topic",), "binary_sensor": ("state_topic",), "button": ("command_topic",),
+            "select": ("command_topic", "options")}
 DEVICE_KEYS = {"identifiers", "connections", "manufacturer", "model", "model_id", "name", "hw_version",
                "serial_number", "sw_version", "via_device", "suggested_area", "configuration_url"}
 ORIGIN_KEYS = {"name", "sw_version", "support_url"}
@@ -112,6 +128,14 @@ def valid_subscribe_topic(topic: object) -> str | None:
         if "+" in level and level != "+":
             return "'+' must be a whole level"
     return None
+
+
+def valid_publish_topic(topic: object) -> str | None:
+    """None when ``topic`` is a valid MQTT publish topic (no wildcards), else the reason."""
+    why = valid_subscribe_topic(topic)
+    if why is None and ("+" in topic or "#" in topic):
+        return "a publish topic has no wildcards"
+    return why
 
 
 def _template(value: object) -> str | None:
@@ -148,15 +172,22 @@ def validate(topic: str, payload: bytes | str, prefix: str = "homeassistant") ->
 
     for key in sorted(set(p) - COMMON - PLATFORM[component]):
         err(key, "unknown option (Home Assistant would drop it silently)")
-    # MQTT_RO_SCHEMA
-    if "state_topic" not in p:
-        err("state_topic", "required")
+    # MQTT_RO_SCHEMA / MQTT_RW_SCHEMA / the button's own
+    for key in REQUIRED[component]:
+        if key not in p:
+            err(key, "required")
     for key in ("state_topic", "json_attributes_topic", "availability_topic"):
         if key in p and (why := valid_subscribe_topic(p[key])):
             err(key, why)
-    for key in ("value_template", "json_attributes_template", "availability_template", "last_reset_value_template"):
+    if "command_topic" in p and (why := valid_publish_topic(p["command_topic"])):
+        err("command_topic", why)
+    for key in ("value_template", "json_attributes_template", "availability_template", "last_reset_value_template",
+                "command_template"):
         if key in p and (why := _template(p[key])):
             err(key, why)
+    for key in ("retain", "optimistic"):
+        if key in p and not isinstance(p[key], bool):
+            err(key, "must be a boolean")
     if "qos" in p and p["qos"] not in (0, 1, 2):
         err("qos", "must be 0, 1 or 2")
     for key in ("encoding", "unique_id", "object_id", "default_entity_id", "entity_picture", "payload_available",
@@ -222,6 +253,21 @@ def validate(topic: str, payload: bytes | str, prefix: str = "homeassistant") ->
                 err(f"origin.{k}", "unknown option")
     # platform rules
     dc = p.get("device_class")
+    if component == "button":
+        if dc is not None and dc not in BUTTON_DEVICE_CLASSES:
+            err("device_class", f"{dc!r} is not a button device class")
+        if "payload_press" in p and not isinstance(p["payload_press"], str):
+            err("payload_press", "must be a string")
+        if "name" in p and not (isinstance(p["name"], str) and p["name"].isprintable()):
+            err("name", "must be a printable string")
+        return errors
+    if component == "select":
+        options = p.get("options")
+        if not (isinstance(options, list) and options and all(isinstance(o, str) for o in options)):
+            err("options", "must be a non-empty list of strings")
+        elif len(set(options)) != len(options):
+            err("options", "must not repeat an option")
+        return errors
     if component == "binary_sensor":
         if dc is not None and dc not in BINARY_DEVICE_CLASSES:
             err("device_class", f"{dc!r} is not a binary_sensor device class")
@@ -261,3 +307,8 @@ def render(template: str, payload: bytes | str) -> str:
     with contextlib.suppress(ValueError):  # value_json exists only for a JSON payload
         variables["value_json"] = json.loads(text)
     return _env.from_string(template).render(**variables).strip()
+
+
+def render_command(template: str, value: str) -> str:
+    """A ``command_template`` rendered as Home Assistant does before publishing (``value``: the option or payload)."""
+    return _env.from_string(template).render(value=value).strip()
