@@ -9,9 +9,15 @@ client can only act for the devices it owns:
   upload and rollout-state topics and the gateway's status; sensor nodes (``sensor``) may only write their
   samples; the bridge's local side (``bridge``: ``local_username`` in the bridge config) reads what crosses to
   the centre and writes what comes back (rollouts, receipts); dashboards (``dashboard``) only read.
+  With ``[answers] mqtt = true``, technicians answer alerts on ``vib/<device>/answer/set`` of this gateway's devices
+  only: the agent reads it and writes the retained ``vib/<device>/answer``; dashboards (Home Assistant's answer
+  buttons) and the bridge (answers from the centre) may write it; nobody else.
 * ``central``, this gateway's lines of the central broker's ACL: its bridge logs in as the gateway id
   (``remote_username``) and may write only its own devices' topics, and read only its own devices' receipts and
-  rollouts. ``CENTRAL_SERVICES`` holds the lines of the collectors and the publisher, once per central broker.
+  rollouts (and, with ``[answers] mqtt``, read its own devices' answer commands and write their answer state).
+  ``CENTRAL_SERVICES`` holds the lines of the collectors, the publisher and the operators (central dashboards that
+  may answer any device's alert), once per central broker. Another gateway's login can never answer for a device
+  it does not own: no line lets it write ``vib/<device>/answer/set``.
 
 mosquitto 2.0 grants a wildcard subscription and filters each delivery by the reader's ACL: a bridge subscribed
 to ``vib/+/upload/receipt`` receives only its own devices' receipts.
@@ -36,6 +42,14 @@ topic write vib/+/upload/receipt
 user publisher
 topic readwrite vib/rollout/#
 topic read vib/+/rollout
+# operators (a central dashboard): read the alerts, states and answers, answer alerts (gateways with [answers] mqtt)
+user operator
+topic read vib/+/alert
+topic read vib/+/health
+topic read vib/+/status
+topic read vib/+/answer
+topic read vib/gateway/#
+topic write vib/+/answer/set
 """
 
 
@@ -51,9 +65,12 @@ def local(cfg: AgentConfig) -> str:
     lines = [f"# the broker on gateway {gw} (`edge-agent broker-acl --side local`); mosquitto.conf: allow_anonymous "
              f"false, password_file, acl_file", "", "# the agent ([mqtt] username)", f"user {agent}"]
     lines += [f"topic read {t}" for t in _samples_topics(cfg)]
+    answers = cfg.answers_mqtt
     for d in devices:
         lines += [f"topic write {topics.device_topic(d, leaf)}" for leaf in OUT_LEAVES]
         lines += [f"topic read {topics.receipt_topic(d)}", f"topic read vib/rollout/{rollout.target_of(d)}/#"]
+        if answers:
+            lines += [f"topic read {topics.answer_command_topic(d)}", f"topic write {topics.answer_topic(d)}"]
     lines += [f"topic read vib/rollout/{rollout.FLEET}/#", f"topic write {topics.gateway_topic(gw, 'status')}",
               f"topic write {topics.gateway_topic(gw, 'availability')}",
               f"topic read {cfg.uploads.uplink_topic or topics.bridge_topic(gw)}"]
@@ -65,8 +82,14 @@ def local(cfg: AgentConfig) -> str:
     for d in devices:
         lines += [f"topic read {topics.device_topic(d, leaf)}" for leaf in OUT_LEAVES]
         lines.append(f"topic write {topics.receipt_topic(d)}")
+        if answers:
+            lines += [f"topic read {topics.answer_topic(d)}", f"topic write {topics.answer_command_topic(d)}"]
     lines += [f"topic read vib/gateway/{gw}/#", "topic write vib/rollout/#", "",
-              "# dashboards (Home Assistant, Node-RED): read only", f"user {DASHBOARD_USER}", "topic read vib/#"]
+              "# dashboards (Home Assistant, Node-RED): read only" + (", and answer this gateway's alerts" if answers
+                                                                     else ""),
+              f"user {DASHBOARD_USER}", "topic read vib/#"]
+    if answers:
+        lines += [f"topic write {topics.answer_command_topic(d)}" for d in devices]
     if cfg.homeassistant.enabled:
         lines.append(f"topic read {cfg.homeassistant.discovery_prefix}/#")
     return "\n".join(lines) + "\n"
@@ -81,6 +104,8 @@ def central(cfg: AgentConfig, services: bool = False) -> str:
         d = s.device
         lines += [f"topic write {topics.device_topic(d, leaf)}" for leaf in OUT_LEAVES]
         lines += [f"topic read {topics.receipt_topic(d)}", f"topic read vib/rollout/{rollout.target_of(d)}/#"]
+        if cfg.answers_mqtt:
+            lines += [f"topic read {topics.answer_command_topic(d)}", f"topic write {topics.answer_topic(d)}"]
     lines += [f"topic read vib/rollout/{rollout.FLEET}/#", f"topic write vib/gateway/{gw}/#",
               f"topic write {topics.bridge_topic(gw)}"]
     return ("\n".join(lines) + "\n") + (("\n" + CENTRAL_SERVICES) if services else "")
