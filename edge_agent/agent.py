@@ -50,6 +50,7 @@ from edge_agent.rollout import SensorRollout
 from edge_agent.sensor import Sensor, make_source
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink, MqttAlertSink
 from edge_agent.status import GatewaySummary, fields_of, write_json_atomic
+from edge_agent.trend import TrendError, TrendStore
 from edge_agent.uploader import ByteBudget
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class Agent:
 
             self.web = StatusServer(self, cfg.http.listen, cfg.http.port,
                                     write_token=(lambda: http_write_token(cfg)) if cfg.page_writable else None)
+        self.trend = TrendStore(cfg.resolve(cfg.status.trend_file), cfg.status.trend_max_bytes) \
+            if cfg.status.trend_file else None
         self._jsonl: dict[Path, JsonlSink] = {}
         self._log_sink = LogSink()
         self._spool = None
@@ -145,6 +148,7 @@ class Agent:
         with contextlib.ExitStack() as parts:
             self.answers.open()  # never raises: a file it cannot use leaves the answers in memory (said in status)
             parts.callback(self.answers.close)
+            self._open_trend(parts)
             if self._spool is not None:
                 try:
                     self._spool.open()
@@ -175,6 +179,27 @@ class Agent:
             self._refresh_snapshot(time.monotonic())
             self._parts = parts.pop_all()
         return self
+
+    def _open_trend(self, parts: contextlib.ExitStack) -> None:
+        """The trend file, for every sensor; one that is not ours costs the trend, never the agent (said in status)."""
+        if self.trend is None:
+            return
+        try:
+            self.trend.open()
+        except (TrendError, UploadError) as exc:
+            log.error("no trend over weeks: %s", exc)
+            self.trend.counters.error = str(exc)[:500]
+            return
+        parts.callback(self.trend.close)
+        for sensor in self.sensors:
+            sensor.trend = self.trend
+
+    def trend_of(self, device: str, span: str, as_csv: bool = False) -> dict | str | None:
+        """A sensor's trend (``TrendStore.series`` or ``csv``); None for an unknown sensor or no trend. ValueError
+        for an unknown span."""
+        if self.trend is None or self.trend.counters.error or device not in {s.device for s in self.sensors}:
+            return None
+        return self.trend.csv(device, span) if as_csv else self.trend.series(device, span)
 
     def close(self) -> None:
         """Release what ``start`` acquired, in reverse order: stop serving the page, watching and reading; stop the
@@ -389,6 +414,8 @@ class Agent:
                     for sink in self._jsonl.values():
                         sink.retry()  # alert lines a full disk held back
                     self._tick_answers()
+                    if self.trend is not None and not self.trend.counters.error:
+                        self.trend.flush()
                     self.publish_status()
                 if not busy and self.wake.wait(0.1):
                     stop.wait(WAKE_COALESCE_S)
@@ -456,6 +483,7 @@ class Agent:
             "http": None if self.web is None else self.web.status(),
             "homeassistant": None if self.discovery is None else self.discovery.status(),
             "answers": self.answers.status(),
+            "trend": None if self.trend is None else fields_of(self.trend.counters),
             "sensors": sensors,
         }
 

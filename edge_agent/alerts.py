@@ -136,7 +136,8 @@ class AlertEvent:
     ``started_at`` the ``time`` of the window that raised the alert; ``reason`` the evidence, in words;
     ``baseline`` the factor on ``threshold`` in force (1, or the settled level's after a settle);
     ``explanation`` which channels and features carry the window's error (``contract.explain``; raised and
-    escalated events of scored windows, added by the pipeline).
+    escalated events of scored windows, added by the pipeline); ``condition`` the machine's condition in physical
+    terms when the alert changed (velocity mm/s, ISO zone, the bearing report: ``edge_agent.condition``).
     """
 
     kind: EventKind
@@ -153,6 +154,7 @@ class AlertEvent:
     reason: str = ""
     baseline: float = 1.0
     explanation: dict | None = None
+    condition: dict | None = None
 
     @property
     def stage(self) -> str:

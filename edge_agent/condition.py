@@ -57,6 +57,7 @@ class SensorCondition:
         self._channels: tuple[str, ...] = ()
         self._rate: float | None = None
         self._ratelog = RateLimitedLog(log, 3600.0, prefix=f"sensor {device}: ")
+        self.last_verdict: str | None = None
 
     def serve(self, bundle: Bundle, sample_rate: float | None) -> None:
         """A (new) model serves: its rate, units and channels; the averages and the baseline start over."""
@@ -106,8 +107,10 @@ class SensorCondition:
             report = diagnose(samples, self._rate, self.geometry, self.baseline, channels=self._channels)
         except ValueError as exc:
             self.counters.diagnosis_refused += 1
+            self.last_verdict = "not analysed"
             return {"verdict": "not analysed", "summary": f"bearing diagnosis not possible: {exc}", "notes": [str(exc)]}
         self.counters.diagnoses += 1
+        self.last_verdict = report.verdict
         out = report.as_dict()
         if self.baseline is None:
             out["notes"] = [*out.get("notes", []), "no healthy baseline yet: judged against the window's own floor"]

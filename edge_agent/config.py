@@ -21,7 +21,7 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
     [http]        enabled, listen, port: the local status page and the Prometheus /metrics endpoint
     [homeassistant] enabled, discovery_prefix: Home Assistant MQTT discovery of every sensor
     [answers]     file, mqtt: technicians' answers to alerts (acknowledge, confirmed, false alarm, silence)
-    [alerts] [bundle] [source] [calibration] [health] [advice]      defaults for every sensor
+    [alerts] [bundle] [source] [calibration] [health] [advice] [severity] [bearing]   defaults for every sensor
     [[sensors]]   device, asset, location, group, [sensors.source], [sensors.bundle], [sensors.alerts], [sensors.uploads],
                   [sensors.calibration] (default path calibration/<device>.json), [sensors.health], [sensors.advice]
 
@@ -34,7 +34,8 @@ Per sensor::
                     json: fields (or values, channels), records, seq_field, time_field, time_unit, scale,
                     max_payload_bytes (see ``JsonMapping``)
     [bundle]      path, watch_s (0 = no hot swap), num_threads
-    [alerts]      k, n, clear_ratio, clear_windows, cooldown_s, critical_ratio
+    [alerts]      k, n, clear_ratio, clear_windows, cooldown_s, critical_ratio, settle_windows, settle_ratio,
+                  settle_margin, trend_windows, trend_growth
     [alerts.sinks] log, jsonl, mqtt, command, command_timeout_s, command_env
     [uploads]     enabled, every_s, only_normal, drift_every_s, context_before, context_after, calibration
     [drift]       enabled, windows, psi_limit
@@ -42,6 +43,10 @@ Per sensor::
     [health]      no_window_s, no_data_s, bridge_fraction, coverage_s, min_coverage
     [advice]      what to do, one text per alert kind and health condition (``edge_agent.advice``): changed,
                   degrading, over_range, no_data, ... (unknown keys refused)
+    [severity]    units (g, m/s2), machine_group, foundation, band_low_hz, zone_*_mm_s, average_s: vibration
+                  velocity and its ISO 10816-3 zone (``edge_agent.severity``)
+    [bearing]     shaft_rpm | shaft_hz and the geometry or the four defect frequencies: bearing diagnosis at alerts
+                  (``edge_agent.diagnosis``; off when absent)
     asset, location   what the sensor is mounted on and where: on the page, in Home Assistant, in every alert
     group             the sensor's kind of machine (an id): in its upload records, for training per kind of machine
 
@@ -69,9 +74,11 @@ from edge_agent.contract import topics
 from edge_agent.contract.errors import ConfigError, SignatureError
 from edge_agent.contract.frames import MAX_CHANNELS
 from edge_agent.contract.json_mapping import TIME_UNITS, JsonMapping, PayloadDecoder
+from edge_agent.diagnosis import BearingGeometry
 from edge_agent.drift import DriftPolicy
 from edge_agent.rollout import RolloutPolicy
 from edge_agent.settings import setting
+from edge_agent.severity import SeverityPolicy
 from edge_agent.uploader import KeepPolicy
 
 
@@ -214,6 +221,11 @@ class Status:
     every_s: float = field(default=10.0, metadata=_rng(0.1, 86_400.0))
     file: str | None = "edge-agent-status.json"
     mqtt: bool = True
+    trend_file: str | None = setting("edge-agent-trend.sqlite", doc="the trend over weeks (per-minute, then hourly "
+                                     "aggregates of every sensor; edge_agent.trend): the page's 1 h / 24 h / 30 d "
+                                     "charts and /api/sensors/<device>/trend(.csv); unset: no trend")
+    trend_max_bytes: int = setting(32 * 1024 * 1024, lo=64 * 1024, hi=1 << 40, doc="the trend file's bound: "
+                                   "beyond it the oldest hours go (32 MB keep about a year of 16 sensors)")
 
 
 @dataclass(frozen=True)
@@ -325,6 +337,8 @@ class SensorConfig:
     group: str | None = setting(None, doc="the sensor's kind of machine, an id (\"centrifugal-pump\"): in its upload "
                                 "records, so that a model can be trained for all machines of a kind")
     advice: Advice = field(default_factory=Advice)
+    severity: SeverityPolicy = field(default_factory=SeverityPolicy)
+    bearing: BearingGeometry | None = None
 
     def advisor(self) -> Advisor:
         """The runtime side of ``asset``, ``location`` and ``advice``: what this sensor's events and status carry."""
@@ -390,7 +404,7 @@ class AgentConfig:
 
 
 #: Sections of a sensor that may also be given once at the top level, as every sensor's defaults.
-SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health", "drift", "advice")
+SENSOR_SECTIONS = ("source", "bundle", "alerts", "calibration", "health", "drift", "advice", "severity", "bearing")
 #: A sensor's own keys that are not tables: at the top level only in the one-sensor layout.
 SENSOR_KEYS = ("device", "asset", "location", "group")
 GATEWAY_KEYS = ("gateway", "mqtt", "status", "uploads", "sensors", "http", "homeassistant", "answers", "logging",

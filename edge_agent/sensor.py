@@ -22,6 +22,7 @@ from edge_agent import calibration
 from edge_agent.alerts import AlertEvent
 from edge_agent.answers import SensorAnswers
 from edge_agent.bundle_watch import BundleWatch, LoadedModel
+from edge_agent.condition import SensorCondition
 from edge_agent.config import AgentConfig, SensorConfig
 from edge_agent.contract.errors import AgentError, BundleError
 from edge_agent.fleet import SensorFleet
@@ -33,7 +34,8 @@ from edge_agent.pipeline import Pipeline, WindowCallback, wall_time_of
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.sinks import AlertDispatcher
 from edge_agent.sources import SampleSource
-from edge_agent.status import Counters, SensorState, fields_of
+from edge_agent.status import ConditionState, Counters, SensorState, fields_of
+from edge_agent.trend import TrendStore
 from edge_agent.windows import Window
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,8 @@ class Sensor:
         self.source = make_source(cfg, gateway, wake)
         self.counters = Counters()
         self.history = SensorHistory()  # what the status page draws (read by the web server's threads)
+        self.condition = SensorCondition(cfg.device, cfg.severity, cfg.bearing)
+        self.trend: TrendStore | None = None  # the gateway's trend over weeks (set by the gateway when it has one)
         self.pipeline: Pipeline | None = None
         self.threshold_source = "bundle"
         self.first_inference_s: float | None = None
@@ -202,6 +206,7 @@ class Sensor:
             log.info("%s: model swapped: %s -> %s (threshold %.6g from the %s)", self.device, old, bundle.version,
                      threshold, self.threshold_source)
         self.watch.served(model)
+        self.condition.serve(bundle, self.pipeline.windower.sample_rate)
         log.info("%s: serving model %s %s (%s), threshold %.6g from the %s", self.device, bundle.model_id,
                  bundle.version, bundle.quantization, threshold, self.threshold_source)
 
@@ -286,6 +291,12 @@ class Sensor:
 
     def _on_window(self, w: Window | None, result, event: AlertEvent | None) -> None:
         self.history.record(result, self.pipeline.state)
+        try:
+            event = self._judge_condition(w, result, event)
+        except Exception:  # the physical side must never cost a window its alert
+            self.counters.internal_errors += 1
+            self._ratelog.log(logging.ERROR, "condition", "%s: velocity / bearing diagnosis failed", self.device,
+                              exc_info=True)
         if event is not None:
             self.history.record_event(event, *self._answer_event(event))
             self.dispatcher.emit(event)
@@ -305,6 +316,29 @@ class Sensor:
         if self.on_window_cb is not None:
             self.on_window_cb(w, result, event)
 
+    def _judge_condition(self, w: Window | None, result, event: AlertEvent | None) -> AlertEvent | None:
+        """Velocity and zone of the window's raw samples, the trend row, and at a raised or escalated alert the
+        machine's condition (velocity, zone, bearing report) on the event."""
+        p = self.pipeline
+        severity = None
+        if w is not None and not w.bridged:
+            samples = p.windower.window_samples()
+            hop = p.bundle.spec.hop_samples / p.windower.sample_rate if p.windower.sample_rate else None
+            severity = self.condition.on_window(samples, hop, healthy=p.state == "normal")
+            if event is not None and event.kind != "cleared":
+                event = dataclasses.replace(event, condition={
+                    "severity": None if severity is None else severity.as_dict(),
+                    "bearing": self.condition.diagnose(samples)})
+        if self.trend is not None:
+            rms = [v for k, v in result.stats.items() if k.startswith("rms_")]
+            self.trend.add(self.device, result.time, result.score, result.threshold, p.state,
+                           rms=max(rms) if rms else None,
+                           velocity=None if severity is None else severity.max_mm_s,
+                           zone=None if severity is None else severity.zone)
+            if event is not None:
+                self.trend.add_event(self.device, event.time, event.kind, event.severity, event.reason)
+        return event
+
     def _answer_event(self, event: AlertEvent) -> tuple[str | None, bool]:
         """The alert's id (the answers follow the sensor's alerts) and whether a silence holds it back."""
         if self.answers is None:
@@ -317,6 +351,20 @@ class Sensor:
             return None, False
 
     # ------------------------------------------------------------------ status
+    def _condition_status(self) -> dict:
+        c = self.condition
+        sev = c.severity
+        state = ConditionState(bearing_baseline_windows=c.status()["bearing"]["baseline_windows"]
+                               if c.geometry is not None else None, bearing_verdict=c.last_verdict)
+        if sev is not None:
+            chan = (self.pipeline.bundle.spec.channels[sev.channel] if self.pipeline is not None
+                    and sev.channel is not None and sev.channel < len(self.pipeline.bundle.spec.channels) else None)
+            state = dataclasses.replace(
+                state, velocity_mm_s=None if sev.max_mm_s is None else round(sev.max_mm_s, 3), velocity_channel=chan,
+                zone=sev.zone, zone_meaning=sev.as_dict()["zone_meaning"], zone_table=sev.table,
+                velocity_note="; ".join(sev.notes) or None)
+        return fields_of(state)
+
     def status(self) -> dict:
         """This sensor's status document: its state and every counter of its parts (``edge_agent.telemetry``)."""
         p = self.pipeline
@@ -339,7 +387,8 @@ class Sensor:
         health.coverage = None if self.health.coverage is None else round(self.health.coverage, 4)
         state = dataclasses.replace(state, **self.dispatcher.advisor.status(health.state, state.alert_state,
                                                                             state.state))
-        doc = fields_of(state) | doc | self.source.counters.as_dict() | fields_of(self.counters) | {
+        doc = fields_of(state) | doc | self.source.counters.as_dict() | fields_of(self.counters) | fields_of(
+            self.condition.counters) | {"condition": self._condition_status()} | {
             "sinks": self.dispatcher.status(), "health": fields_of(health)}
         if self.fleet is not None:
             doc |= self.fleet.status()

@@ -275,6 +275,26 @@ class SensorAnswers:
 
 
 @dataclass
+class ConditionState:
+    """The machine's condition in physical terms beside the model's score (``edge_agent.condition``)."""
+
+    velocity_mm_s: float | None = gauge("Vibration velocity RMS in mm/s over 10-1000 Hz (ISO 10816-3), the largest "
+                                        "channel, averaged over severity.average_s; None: not measured (note says why).",
+                                        "vibration_velocity_mm_s", default=None)
+    velocity_channel: str | None = value("The channel of the largest velocity.")
+    zone: str | None = value("ISO 10816-3 zone of the velocity: A (new) B (unrestricted) C (limited time: plan the "
+                             "repair) D (damaging), for the machine group and foundation set in [severity].")
+    zone_meaning: str | None = value("What the zone means for the machine, in words.")
+    zone_table: str | None = value("Where the zone boundaries come from (the ISO table's row, or custom).")
+    velocity_note: str | None = value("Why there is no velocity (units, sample rate), or what limits it (a cut band).")
+    bearing_baseline_windows: int | None = gauge("Healthy windows the bearing diagnosis baseline has learned (30: "
+                                                 "learned); None without [sensors.bearing].",
+                                                 "bearing_baseline_windows", default=None)
+    bearing_verdict: str | None = value("The last alert's bearing diagnosis: likely outer race / inner race / "
+                                        "rolling element / cage, or no bearing defect pattern.")
+
+
+@dataclass
 class HealthState:
     """Whether the sensor is being monitored: ``ok``, or a fault (``no_data``, ``no_windows``, ...) with its reason."""
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from edge_agent import status as st
+from edge_agent.condition import ConditionCounters
 from edge_agent.health import CONDITIONS
 from edge_agent.pipeline import ScoringCounters
+from edge_agent.trend import TrendCounters
 from edge_agent.windows import WindowerCounters
 
 ALERT_STATES = ("calibrating", "normal", "warning", "critical")
@@ -44,12 +46,15 @@ LAYOUT = (
     Section("http", st.HttpCounters),
     Section("homeassistant", st.DiscoveryCounters),
     Section("answers", st.AnswerCounters),
+    Section("trend", TrendCounters),
     Section("sensors.*", st.SensorState, SENSOR),
     Section("sensors.*", st.SourceCounters, SENSOR),
     Section("sensors.*", WindowerCounters, SENSOR),
     Section("sensors.*", ScoringCounters, SENSOR),
     Section("sensors.*", st.Counters, SENSOR),
     Section("sensors.*", st.FleetCounters, SENSOR),
+    Section("sensors.*", ConditionCounters, SENSOR),
+    Section("sensors.*.condition", st.ConditionState, SENSOR),
     Section("sensors.*.health", st.HealthState, SENSOR),
     Section("sensors.*.answers", st.SensorAnswers, SENSOR),
     Section("sensors.*.sinks.*", st.SinkCounters, ("sensor", "sink")),
@@ -100,6 +105,8 @@ DERIVED = (
     Entry("sensors.*.model_version", "Always 1: the served model in labels.", "gauge", PREFIX + "model_info", SENSOR,
           info={"model_id": "model_id", "model_version": "model_version", "quantization": "quantization",
                 "threshold_source": "threshold_source"}),
+    Entry("sensors.*.condition.zone", "1 for the sensor's current ISO 10816-3 zone.", "gauge",
+          PREFIX + "vibration_zone", SENSOR, states=("A", "B", "C", "D")),
     Entry("sensors.*.drift.state", "1 while the scores drift from the training distribution.", "gauge",
           PREFIX + "retraining_due", SENSOR, states=("drifting",)),
     Entry("sensors.*.rollout.state", "Always 1: the sensor's rollout state in labels.", "gauge",

@@ -44,7 +44,7 @@ from pathlib import Path
 from edge_agent.contract.errors import UploadError
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.spool import SQLITE_HEADER, read_header, take_lock
-from edge_agent.status import counter, gauge
+from edge_agent.status import counter, gauge, value
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class TrendCounters:
     rows_dropped: int = counter("Trend rows dropped: memory was full while the file could not be written.",
                                 "trend_rows_dropped_total")
     quarantined: int = counter("Corrupt trend files moved aside (a fresh one started).", "trend_quarantined_total")
-    bytes: int = gauge("Bytes of the trend file (bounded by trend max_bytes).", "trend_bytes")
+    bytes: int = gauge("Bytes of the trend file (bounded by status.trend_max_bytes).", "trend_bytes")
+    error: str | None = value("Why the gateway keeps no trend (the file it was given is not its own, ...), or None.")
 
 
 class _Minute:

@@ -7,6 +7,8 @@ two seconds::
     GET /                  the status page (static/status.html, status.js, status.css)
     GET /api/status        {"gateway": {...}, "sensors": {device: status + "history"}, "time": unix s}
     GET /metrics           Prometheus text format 0.0.4 (edge_agent.metrics)
+    GET /api/sensors/<device>/trend?span=1h|24h|30d    the trend over weeks (edge_agent.trend), JSON; .../trend.csv
+                           the same rows as CSV (times in UTC) for a spreadsheet
     POST /api/sensors/<device>/answer    a technician's answer to the sensor's alert (``contract.answer`` JSON),
                            only with a write token configured ([http] write_token_file or write_token_env)
 
@@ -59,7 +61,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from edge_agent import metrics
 from edge_agent.contract.answer import AnswerError
@@ -88,6 +90,7 @@ SECURITY_HEADERS = {
 }
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _ANSWER_PATH = re.compile(r"/api/sensors/([^/]{1,200})/answer")
+_TREND_PATH = re.compile(r"/api/sensors/([^/]{1,200})/trend(\.csv)?")
 _CONTENT_LENGTH = re.compile(rb"\r?\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r?\n", re.IGNORECASE)
 #: HTTP status of an answer the agent refused, by reason (``contract.answer.REASONS``).
 _ANSWER_STATUS = {"unknown_sensor": HTTPStatus.NOT_FOUND, "no_alert": HTTPStatus.CONFLICT,
@@ -251,6 +254,22 @@ class _Handler(BaseHTTPRequestHandler):
                 doc, age = self.server.source.snapshot()
                 ctype = metrics.CONTENT_TYPE
                 body = metrics.render(doc, status_age_s=age).encode()
+            elif (m := _TREND_PATH.fullmatch(path)) is not None:
+                span = (parse_qs(urlsplit(self.path).query).get("span") or ["24h"])[0]
+                try:
+                    found = self.server.source.trend_of(unquote(m.group(1)), span, as_csv=bool(m.group(2)))
+                except ValueError as exc:
+                    self._send(HTTPStatus.BAD_REQUEST, f"{exc}\n".encode(), "text/plain; charset=utf-8", head=head)
+                    return
+                if found is None:
+                    self._send(HTTPStatus.NOT_FOUND, b"no trend for that sensor (an unknown sensor, or the gateway "
+                               b"keeps no trend: [status] trend_file)\n", "text/plain; charset=utf-8", head=head)
+                    return
+                if m.group(2):
+                    ctype, body = "text/csv; charset=utf-8", found.encode()
+                else:
+                    ctype = "application/json"
+                    body = json.dumps(json_safe(found), separators=(",", ":"), allow_nan=False).encode()
             else:
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8", head=head)
                 return
