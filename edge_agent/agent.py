@@ -148,7 +148,6 @@ class Agent:
         with contextlib.ExitStack() as parts:
             self.answers.open()  # never raises: a file it cannot use leaves the answers in memory (said in status)
             parts.callback(self.answers.close)
-            self._open_trend(parts)
             if self._spool is not None:
                 try:
                     self._spool.open()
@@ -173,6 +172,7 @@ class Agent:
             self._watcher = threading.Thread(target=self._watch_bundles, name="bundle-watch", daemon=True)
             self._watcher.start()
             parts.callback(self._stop_watcher)
+            self._open_trend(parts)  # last: an agent that cannot start leaves no trend file behind
             if self.web is not None:
                 self.web.start()
                 parts.callback(self.web.stop)

@@ -165,7 +165,7 @@ def test_event_fields_and_to_dict_is_json() -> None:
     assert d["kind"] == "cleared" and d["severity"] == "normal" and d["started_at"] == raised.time
     assert set(d) == {
         "kind", "severity", "device", "model_version", "score", "threshold", "time", "seq_end", "stats",
-        "window_count", "started_at", "reason", "baseline", "stage", "explanation",
+        "window_count", "started_at", "reason", "baseline", "stage", "explanation", "condition",
     }
     assert d["stage"] == "" and "below 0.8 x the threshold" in d["reason"]
     assert raised.stage == "changed" and "3 of the last 5 windows above the threshold" in raised.reason
