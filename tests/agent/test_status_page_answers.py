@@ -126,7 +126,7 @@ def test_a_technician_answers_from_the_page_and_the_answer_reaches_the_next_uplo
             evil, evil_port = _cross_site_page(agent.web.port)
             before = agent.web.status()["writes_refused"].get("cross_site", 0)
             browser.get(f"http://127.0.0.1:{evil_port}/")
-            assert wait_for(lambda: agent.web.status()["writes_refused"].get("cross_site", 0) == before + 1, 10)
+            assert wait_for(lambda: agent.web.status()["writes_refused"].get("cross_site", 0) == before + 1, 30)
             answers = sensor.answers.status()
     finally:
         link.close()
