@@ -12,9 +12,11 @@ so every access holds the lock. Memory is bounded whatever the window rate: scor
         rms        the highest per-channel RMS of the raw window (the vibration level), None without stats
 
 The alert list holds the alert events (``kind`` raised, escalated, cleared; ``alert`` the alert's id, ``silenced``
-when a silence held it back from the sinks) and the technicians' answers (``kind`` ``answer``, ``answer`` its kind:
-ack, confirmed, false_alarm, silence, unsilence; ``by``, ``via``, ``time``, ``alert``, and a silence's ``hours``
-and ``until``), oldest first.
+when a silence held it back from the sinks; ``stage`` changed / degrading and ``reason``; in brief, the
+``explanation`` (``summary``, the leading ``channels``) and the ``condition`` (``velocity_mm_s``, ``zone``,
+``bearing_verdict``, ``bearing_summary``) of a raised or escalated alert) and the technicians' answers
+(``kind`` ``answer``, ``answer`` its kind: ack, confirmed, false_alarm, silence, unsilence; ``by``, ``via``,
+``time``, ``alert``, and a silence's ``hours`` and ``until``), oldest first.
 
 The default, 600 buckets of one second, is ten minutes at any rate of one window per second or more (a
 600-pixel chart: one point per pixel), and the last 600 windows of a slower sensor. The highest score is
@@ -33,6 +35,8 @@ from edge_agent.alerts import AlertEvent, WindowResult
 
 #: Worst-state order of the alert states (and of the calibration phase, which never alerts).
 STATE_RANK = {"calibrating": 0, "normal": 1, "warning": 2, "critical": 3}
+#: Longest text (reason, summaries) an alert entry keeps.
+TEXT = 500
 
 
 class SensorHistory:
@@ -77,7 +81,9 @@ class SensorHistory:
         d = event.to_dict()
         entry = {k: d[k] for k in ("kind", "severity", "time", "score", "threshold", "window_count", "started_at",
                                    "model_version")}
-        entry |= {"recorded": self._clock(), "alert": alert, "silenced": silenced}
+        entry |= {"recorded": self._clock(), "alert": alert, "silenced": silenced, "stage": d["stage"],
+                  "reason": d["reason"][:TEXT], "explanation": _brief_explanation(event.explanation),
+                  "condition": _brief_condition(event.condition)}
         with self._lock:
             self._events.append(entry)
 
@@ -105,6 +111,24 @@ class SensorHistory:
             "rms": [_finite(b[4], 6) for b in buckets],
             "alerts": events,
         }
+
+
+def _brief_explanation(x: dict | None) -> dict | None:
+    """What the page shows of an alert's explanation: its summary and its three leading channels."""
+    if not x:
+        return None
+    channels = [{k: c.get(k) for k in ("name", "share", "ratio")} for c in (x.get("channels") or [])[:3]]
+    return {"summary": str(x.get("summary") or "")[:TEXT], "channels": channels}
+
+
+def _brief_condition(x: dict | None) -> dict | None:
+    """What the page shows of an alert's condition: velocity (mm/s), zone, the bearing verdict and summary."""
+    if not x:
+        return None
+    sev, bearing = x.get("severity") or {}, x.get("bearing") or {}
+    return {"velocity_mm_s": sev.get("max_mm_s"), "zone": sev.get("zone"),
+            "bearing_verdict": bearing.get("verdict"),
+            "bearing_summary": None if bearing.get("summary") is None else str(bearing["summary"])[:TEXT]}
 
 
 def _finite(x: float | None, digits: int) -> float | None:
