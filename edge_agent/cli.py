@@ -106,6 +106,20 @@ def validate_config(config_arg: Path | None, config: Path | None) -> None:
             check_spool_path(cfg.resolve(cfg.uploads.spool_path))
         except UploadError as exc:
             problems.append(f"{config}: uploads.spool_path: {exc}")
+    if cfg.status.trend_file:  # the agent runs on without a trend it may not use: a warning, as run says it
+        from edge_agent.trend import TrendError, check_trend_path
+
+        try:
+            check_trend_path(cfg.resolve(cfg.status.trend_file))
+        except TrendError as exc:
+            click.echo(f"warning: status.trend_file: {exc}", err=True)
+    if cfg.answers_enabled:
+        from edge_agent.answers import check_answers_path
+
+        try:
+            check_answers_path(cfg.resolve(cfg.answers.file))
+        except AgentError as exc:
+            click.echo(f"warning: answers.file: {exc}", err=True)
     if problems:
         raise click.ClickException("\n".join(problems))
     click.echo(f"{config}: ok (gateway {cfg.gateway}, {len(cfg.sensors)} sensor{'s' if len(cfg.sensors) > 1 else ''})")
@@ -116,10 +130,14 @@ def validate_config(config_arg: Path | None, config: Path | None) -> None:
 
 def _secret_warnings(cfg) -> None:
     """Warn (stderr) about a secret the config names that cannot be read or that others can read."""
-    from edge_agent.config import mqtt_password, secret_file_warnings
+    from edge_agent.config import http_write_token, mqtt_password, secret_file_warnings
 
     try:
         mqtt_password(cfg)
+    except ConfigError as exc:
+        click.echo(f"warning: {exc}", err=True)
+    try:
+        http_write_token(cfg)
     except ConfigError as exc:
         click.echo(f"warning: {exc}", err=True)
     for warning in secret_file_warnings(cfg):

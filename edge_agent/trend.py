@@ -321,7 +321,7 @@ class TrendStore:
     # ------------------------------------------------------------------ reading
     def series(self, device: str, span: str = "24h") -> dict:
         """One sensor's rows over the last ``span`` (``1h``, ``24h``: minutes; ``30d``: hours, the last week's
-        minutes rolled up on the fly), oldest first, with the alert events in it.
+        minutes rolled up on the fly), oldest first, with the alert events in it in the order they happened.
 
         Returns ``{"span", "step_s", "columns", "rows", "events"}`` (rows as lists in ``columns`` order)."""
         if span not in SPANS:
@@ -348,14 +348,15 @@ class TrendStore:
                     rows = self._db.execute(
                         "SELECT * FROM minutes WHERE device = ? AND t >= ? ORDER BY t", (device, since)).fetchall()
                 events = self._db.execute("SELECT t, kind, severity, reason FROM events WHERE device = ? AND t >= ? "
-                                          "ORDER BY t", (device, since)).fetchall()
+                                          "ORDER BY rowid", (device, since)).fetchall()
             if span != "30d":
                 rows += pending + ([current.row(device)] if current is not None and current.windows else [])
         by_t = {r[1]: r for r in rows}  # a pending row replaces its stored twin
         ordered = [list(by_t[t][1:]) for t in sorted(by_t)]
+        # in the order they happened (a burst of frames can stamp an escalation a little before its raise)
         events = [list(e) for e in events] + [list(e[1:]) for e in waiting_events]
         return {"span": span, "step_s": 3600 if span == "30d" else 60, "columns": list(COLUMNS[1:]), "rows": ordered,
-                "events": sorted(events, key=lambda e: e[0])}
+                "events": events}
 
     def csv(self, device: str, span: str = "30d") -> str:
         """The same rows as CSV with a header (times as ISO-8601 UTC), for a spreadsheet."""

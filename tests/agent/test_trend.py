@@ -141,3 +141,18 @@ def test_a_full_disk_keeps_rows_in_memory_and_writes_them_when_space_returns(tmp
         reopened = TrendStore(disk / "trend.sqlite", clock=clock).open()
         assert len(reopened.series("pump-1", "1h")["rows"]) == 33
         reopened.close()
+
+
+def test_validate_config_warns_about_a_trend_file_that_is_not_the_agents(tmp_path, agent_bundle) -> None:
+    from click.testing import CliRunner
+
+    from edge_agent.cli import main
+    from tests.agent.pipeline_helpers import agent_config
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the operator's notes\n")
+    cfg = agent_config(tmp_path, agent_bundle, status={"trend_file": str(notes)})
+    result = CliRunner().invoke(main, ["validate-config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "warning: status.trend_file: trend file" in result.output and "not touched" in result.output
+    assert notes.read_text() == "the operator's notes\n"
