@@ -69,6 +69,13 @@ MANUFACTURER = "vibration-edge"
 _SENSOR_PRESENT = "{{ 'offline' if value == 'offline' else 'online' }}"
 _SCORE = "{{ value_json.last_score if value_json is defined and value_json.last_score is number else 'None' }}"
 _THRESHOLD = "{{ value_json.threshold if value_json is defined and value_json.threshold is number else 'None' }}"
+_VELOCITY = ("{{ value_json.condition.velocity_mm_s if value_json is defined and value_json.condition is mapping "
+             "and value_json.condition.velocity_mm_s is number else 'None' }}")
+_ZONE = ("{{ value_json.condition.zone if value_json is defined and value_json.condition is mapping "
+         "and value_json.condition.zone in ['A', 'B', 'C', 'D'] else 'None' }}")
+_CONDITION_ATTRS = ("{{ (value_json.condition if value_json is defined and value_json.condition is mapping else {}) "
+                    "| tojson }}")
+ZONES = ["A", "B", "C", "D"]
 _WINDOWS = ("{{ value_json.windows_scored if value_json is defined and value_json.windows_scored is number "
             "else 'None' }}")
 _INFERENCE = ("{{ value_json.inference_ms_p99 if value_json is defined and value_json.inference_ms_p99 is number "
@@ -195,6 +202,14 @@ def discovery_configs(cfg: AgentConfig) -> dict[str, dict]:
             ("sensor", "model_version"): {
                 "name": "Model version", "value_template": _MODEL, "entity_category": "diagnostic",
                 "icon": "mdi:brain", "json_attributes_topic": status, "json_attributes_template": _MODEL_ATTRS},
+            ("sensor", "vibration_velocity"): {
+                "name": "Vibration velocity", "value_template": _VELOCITY, "unit_of_measurement": "mm/s",
+                "state_class": "measurement", "expire_after": expire, "icon": "mdi:sine-wave",
+                "json_attributes_topic": status, "json_attributes_template": _CONDITION_ATTRS},
+            ("sensor", "vibration_zone"): {
+                "name": "Vibration zone (ISO 10816-3)", "device_class": "enum", "options": ZONES,
+                "value_template": _ZONE, "expire_after": expire, "icon": "mdi:speedometer",
+                "json_attributes_topic": status, "json_attributes_template": _CONDITION_ATTRS},
             ("sensor", "threshold"): {
                 "name": "Threshold", "value_template": _THRESHOLD, "state_class": "measurement",
                 "entity_category": "diagnostic", "icon": "mdi:gauge"},

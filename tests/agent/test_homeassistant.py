@@ -22,7 +22,8 @@ from tests.waiting import wait_for
 
 ENTITIES = {("sensor", "anomaly_score"), ("binary_sensor", "alert"), ("sensor", "alert_state"),
             ("binary_sensor", "health"), ("sensor", "model_version"), ("sensor", "threshold"),
-            ("sensor", "windows_scored"), ("sensor", "inference_p99"), ("binary_sensor", "retraining_due")}
+            ("sensor", "windows_scored"), ("sensor", "inference_p99"), ("binary_sensor", "retraining_due"),
+            ("sensor", "vibration_velocity"), ("sensor", "vibration_zone")}
 
 
 def _cfg(**over):
@@ -168,6 +169,13 @@ def test_templates_read_the_status_the_agent_publishes():
         assert r("anomaly_score", p) == r("alert_state", p) == r("alert", p) == r("model_version", p) == "None"
         assert ha_schema.render(ent["anomaly_score"]["availability"][1]["value_template"], p) == (
             "offline" if p == "offline" else "online")
+    # velocity and zone beside the anomaly state (a machine can be anomalous in zone A)
+    shaking = json.dumps(running_doc | {"condition": {"velocity_mm_s": 3.2, "zone": "C", "zone_meaning": "plan"}})
+    assert float(r("vibration_velocity", shaking)) == 3.2 and r("vibration_zone", shaking) == "C"
+    assert json.loads(ha_schema.render(ent["vibration_zone"]["json_attributes_template"], shaking))["zone"] == "C"
+    unmeasured = json.dumps(running_doc | {"condition": {"velocity_mm_s": None, "zone": None}})
+    assert r("vibration_velocity", unmeasured) == r("vibration_zone", unmeasured) == "None"
+    assert r("vibration_velocity") == r("vibration_zone") == "None"  # a status without the condition
     calibrating = json.dumps(running_doc | {"alert_state": "calibrating"})
     assert r("alert", calibrating) == "OFF" and r("alert_state", calibrating) == "calibrating"
 
