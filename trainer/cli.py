@@ -412,6 +412,33 @@ def dataset_summary(dataset_path: Path | str, endpoint: str | None, devices: tup
                + f") in {result.seconds:.2f} s")
 
 
+@dataset_group.command("compact")
+@click.argument("dataset_path", metavar="DATASET", type=DatasetArg(file_okay=False))
+@endpoint_option()
+@click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
+@click.option("--before", default=None, metavar="YYYY-MM-DD",
+              help="Only days before this one [default: today, UTC: today's files are still being written].")
+def dataset_compact(dataset_path: Path | str, endpoint: str | None, devices: tuple[str, ...],
+                    before: str | None) -> None:
+    """Merge each device's files of a day into one (copies of a window kept once), then delete the merged files:
+    reading costs per file, and collectors write one file per device, day and flush. Safe while collectors write;
+    on S3 the keys must be allowed to delete (s3:DeleteObject)."""
+    import re
+
+    from trainer import dataset
+
+    if before is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", before):
+        raise click.BadParameter(f"{before!r} is not a date YYYY-MM-DD", param_hint="--before")
+    try:
+        stats = dataset.compact(dataset.location(dataset_path, endpoint), devices, before)
+    except (ValueError, DataFormatError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{stats.partitions} device-days compacted: {stats.files_before} files -> {stats.files_after}, "
+               f"{stats.windows} windows ({stats.copies} copies dropped)"
+               + (f"; {stats.unreadable} unreadable files left as they are" if stats.unreadable else "")
+               + f" in {stats.seconds:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="trainer")
 

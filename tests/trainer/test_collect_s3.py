@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +162,7 @@ def test_summary_counts_kinds_alerts_answers_and_bytes(tmp_path: Path) -> None:
         state="critical" if k == "alert" else "normal", samples=np.zeros((8, 1), np.float32), kind=k, alert_ref=r,
         gateway="gw")) for i, (k, r) in enumerate(zip(kinds, refs, strict=True))]
     writer = dataset.DatasetWriter(root, writer_id="w1").open()
-    for r in recs:
+    for r in recs[:5] + recs[8:]:
         writer.add(r)
     writer.flush()
     part = dataset.partition_dir(root, "pump-1", "2026-11-22")
@@ -175,7 +175,7 @@ def test_summary_counts_kinds_alerts_answers_and_bytes(tmp_path: Path) -> None:
                {"kind": "confirmed", "by": "A. N. Other", "time": "2026-11-22T10:02:00+00:00"}]
     answered = answered.set_column(answered.schema.get_field_index("answer"), "answer",
                                    pa.array(answers, dataset.FILE_SCHEMA.field("answer").type))
-    pq.write_table(answered, part / "part-w3-000001-bbbbbb.parquet")  # copies of the windows, with their answers
+    pq.write_table(answered, part / "part-w3-000001-bbbbbb.parquet")
     s = dataset.summarize(root)
     (row,) = s.rows
     assert (row.windows, row.kinds, row.alerts) == (12, {"normal": 5, "alert": 4, "drift": 2, "calibration": 1}, 3)
@@ -364,3 +364,39 @@ def test_wrong_credentials_missing_bucket_and_not_a_dataset_are_clear_errors(
         dataset.read_table(s3_dataset)
     with pytest.raises(DataFormatError, match="refused these credentials"):
         dataset.DatasetWriter(s3_dataset).open()
+
+
+def test_compaction_merges_a_days_files_and_readers_see_the_same(tmp_path: Path, s3_dataset: str) -> None:
+    """One file per device, day and flush (as collectors write) merged into one per device and day, on a disk and on
+    S3: the same windows, copies dropped, junk left as it is, today's files left to the collectors."""
+    today = datetime.now(UTC).date().isoformat()
+    days = ("2026-11-21", "2026-11-22", today)
+    recs = [decode_record(encode_record(
+        device=f"pump-{i % 2}", model_id="m", model_version="v1", seq_end=64 * i,
+        time_end=f"{days[i % 3]}T{(i // 60) % 24:02d}:{i % 60:02d}:00", sample_rate=100.0, channels=["x", "y"],
+        score=0.1, threshold=0.5, state="normal", samples=np.random.default_rng(i).normal(size=(64, 2)).astype(
+            np.float32), gateway="gw")) for i in range(120)]
+    for where in (tmp_path / "ds", s3_dataset):
+        for k in range(0, 120, 10):  # 12 flushes of 10 windows, each a file per device and day
+            writer = dataset.DatasetWriter(where, writer_id=f"collect-{k}").open()
+            for r in recs[k:k + 10] + recs[max(0, k - 1):k]:  # and a copy of the window before
+                writer.add(r, datetime(2026, 11, 23), "d")
+            writer.flush()
+        loc = dataset.location(where)
+        junk = loc.join("device=pump-0/date=2026-11-21/part-zz-000001-abcdef.parquet")
+        dataset.put(loc, junk, b"not parquet")
+        before = dataset.read_table(where)
+        files = dataset.list_parts(loc)
+        result = CliRunner().invoke(cli, ["dataset", "compact", str(where)])
+        assert result.exit_code == 0, result.output
+        assert "4 device-days compacted" in result.output and "1 unreadable files left" in result.output
+        after = dataset.list_parts(loc)
+        old_days = [p for p in after if p.date != today]
+        assert sorted((p.device, p.date) for p in old_days if p.path != junk) == sorted(
+            (f"pump-{d}", day) for d in (0, 1) for day in days[:2]), "one file per device and day"
+        assert [p for p in after if p.date == today] == [p for p in files if p.date == today], "today's untouched"
+        assert junk in [p.path for p in after]
+        assert dataset.read_table(where).equals(before), "the same windows, read the same"
+        assert dataset.summarize(where).windows == 120
+        again = dataset.compact(where)
+        assert (again.partitions, again.files_before, again.unreadable) == (0, 0, 1), "nothing left but the junk"
