@@ -124,12 +124,34 @@ FIGURES = (
 )
 
 
+#: The technicians' verdicts on alerts (upload schema 3 ``answer``): a false alarm's windows train as normal data,
+#: a confirmed fault's are labelled anomalies in the comparison; ack and silence say nothing about the machine.
+VERDICTS = ("confirmed", "false_alarm")
+
+
+def alert_answers(table) -> dict[str, str]:
+    """``{alert_ref: "confirmed" | "false_alarm"}``: each answered alert's verdict, the latest its windows carry
+    (windows spooled after the answer carry it; ack and silence are no verdict). table: an alert windows' table
+    with ``alert_ref`` and ``answer`` (struct kind, by, time; absent in datasets of earlier releases)."""
+    if "answer" not in table.column_names:
+        return {}
+    latest: dict[str, tuple[str, str]] = {}
+    for ref, a in zip(table.column("alert_ref").to_pylist(), table.column("answer").to_pylist(), strict=True):
+        if ref and a and a.get("kind") in VERDICTS:
+            when = str(a.get("time") or "")
+            if ref not in latest or when >= latest[ref][0]:
+                latest[ref] = (when, a["kind"])
+    return {ref: kind for ref, (_, kind) in latest.items()}
+
+
 def _figures(bundle: Bundle, normal: np.ndarray, alert: np.ndarray, during: np.ndarray,
-             refs: list[str | None]) -> dict:
+             refs: list[str | None], confirmed: frozenset[str] = frozenset()) -> dict:
     t = bundle.threshold.value
     parity = bundle.manifest.get("parity", {})
     ok = np.isfinite(alert)
     n, a, d = normal[np.isfinite(normal)], alert[ok], alert[ok & during]
+    above = np.nan_to_num(alert, nan=-1.0) > t
+    mine = np.array([r in confirmed for r in refs], bool)  # windows of alerts a technician confirmed
     return {
         "version": bundle.version,
         "threshold": t,
@@ -146,13 +168,17 @@ def _figures(bundle: Bundle, normal: np.ndarray, alert: np.ndarray, during: np.n
         "during_alerts_detected": int((d > t).sum()),
         **dict(zip(("alerts_caught", "alerts"), _caught(np.nan_to_num(alert, nan=-1.0) > t, during, refs),
                    strict=True)),
+        **dict(zip(("confirmed_caught", "confirmed_faults"), _caught(above[mine], during[mine],
+                                                                     [r for r, m in zip(refs, mine, strict=True) if m]),
+                   strict=True)),
         "parity_agreement": parity.get("agreement"),
         "parity_max_rel_error": parity.get("max_rel_error"),
     }
 
 
 def compare(current: Bundle, new: Bundle, normal: list[np.ndarray], alert: list[np.ndarray],
-            alert_states: list[str] | None = None, alert_refs: list[str | None] | None = None) -> dict:
+            alert_states: list[str] | None = None, alert_refs: list[str | None] | None = None,
+            confirmed: frozenset[str] = frozenset()) -> dict:
     """Both models on the same held-out windows. ``worse_on_alerts`` when the new one catches fewer of the alerts
     the fleet reported: an alert is caught when ``CATCH_WINDOWS`` of the windows uploaded while it was active (state
     warning or critical) are above the model's threshold. Context windows from before an alert (state normal, near
@@ -161,8 +187,8 @@ def compare(current: Bundle, new: Bundle, normal: list[np.ndarray], alert: list[
     nxt = {"normal": _scores(new, normal), "alert": _scores(new, alert)}
     during = np.array([s != "normal" for s in (alert_states or ["critical"] * len(alert))], bool)
     refs = alert_refs or [None] * len(alert)
-    fc = _figures(current, cur["normal"], cur["alert"], during, refs)
-    fn = _figures(new, nxt["normal"], nxt["alert"], during, refs)
+    fc = _figures(current, cur["normal"], cur["alert"], during, refs, confirmed)
+    fn = _figures(new, nxt["normal"], nxt["alert"], during, refs, confirmed)
     key = "alerts_caught"
     comparison = {
         "current": fc,
@@ -215,6 +241,7 @@ def table(comparison: dict) -> str:
             ("false alerts on them", "false_alerts"), ("false-alert rate", "false_alert_rate"),
             ("normal score p50 / p99", None), ("alert windows", "alert_windows"),
             ("alert windows above threshold", "alerts_detected"), ("detection rate", "alert_detection_rate"),
+            ("faults a technician confirmed, caught", "confirmed_caught"),
             ("of them uploaded during the alert", "during_alert_windows"),
             ("above threshold", "during_alerts_detected"),
             (f"alerts caught ({CATCH_WINDOWS} windows above threshold): the gate", "alerts_caught"),
@@ -342,7 +369,8 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
         new = Bundle.load(result.bundle)
         comparison = compare(current, new, split.held, split.alerts.samples,
                              split.alerts.table.column("state").to_pylist(),
-                             split.alerts.table.column("alert_ref").to_pylist())
+                             split.alerts.table.column("alert_ref").to_pylist(), split.confirmed)
+        comparison["false_alarm_windows_trained"] = split.false_alarm_windows
         log.info("comparison with %s:\n%s", current.version, table(comparison))
         if comparison["worse_on_alerts"] and not opts.force:
             reason = (f"the new model catches {comparison['new']['alerts_caught']} of the "
@@ -366,6 +394,8 @@ class CollectedSplit:
     held: list[np.ndarray]
     alerts: dataset.Windows
     left_out: dict[str, int]
+    false_alarm_windows: int = 0  # alert windows a technician answered "false alarm": trained on as normal
+    confirmed: frozenset[str] = frozenset()  # alert_refs a technician confirmed as faults
 
 
 def split_collected(opts: RetrainOptions, channels: tuple[str, ...]) -> CollectedSplit:
@@ -377,9 +407,27 @@ def split_collected(opts: RetrainOptions, channels: tuple[str, ...]) -> Collecte
     alerts = _select_channels(dataset.read_windows(opts.dataset, dataset.DataFilter(
         devices=base.devices, gateways=base.gateways, start=base.start, end=base.end, kinds=("alert",))),
         channels)
-    # the selected devices' alerts at any time and whichever model raised them: a fault is the machine's
-    near = near_alerts(healthy.table, dataset.read_table(opts.dataset, dataset.DataFilter(
-        devices=base.devices, kinds=("alert",)), columns=["device", "alert_ref"]), opts.alert_margin_s)
+    # the technicians' answers: a false alarm's windows are the machine's normal operation
+    answers = alert_answers(alerts.table)
+    false_refs = {r for r, k in answers.items() if k == "false_alarm"}
+    refs = alerts.table.column("alert_ref").to_pylist()
+    false_idx = [i for i, r in enumerate(refs) if r in false_refs]
+    false_alarm = dataset.Windows(alerts.table.take(pa.array(false_idx, pa.int64())),
+                                  [alerts.samples[i] for i in false_idx])
+    if false_idx:
+        keep_idx = [i for i, r in enumerate(refs) if r not in false_refs]
+        alerts = dataset.Windows(alerts.table.take(pa.array(keep_idx, pa.int64())),
+                                 [alerts.samples[i] for i in keep_idx])
+        log.info("%d windows of %d alerts answered 'false alarm' train as normal data", len(false_idx),
+                 len(false_refs))
+    # the selected devices' alerts at any time and whichever model raised them: a fault is the machine's (a
+    # false alarm is not: the windows near it are healthy)
+    all_alerts = dataset.read_table(opts.dataset, dataset.DataFilter(devices=base.devices, kinds=("alert",)),
+                                    columns=["device", "alert_ref"])
+    if false_refs:
+        all_alerts = all_alerts.filter(pa.array([r not in false_refs for r in all_alerts.column("alert_ref")
+                                                 .to_pylist()], pa.bool_()))
+    near = near_alerts(healthy.table, all_alerts, opts.alert_margin_s)
     left_out: dict[str, int] = {}
     for device in np.asarray(healthy.table.column("device").to_pylist(), object)[near]:
         left_out[device] = left_out.get(device, 0) + 1
@@ -392,10 +440,15 @@ def split_collected(opts: RetrainOptions, channels: tuple[str, ...]) -> Collecte
     if n_train < 1 and opts.original is None:
         raise ValueError(f"{opts.dataset}: {len(healthy)} healthy windows are too few to train on")
     train = dataset.Windows(healthy.table.slice(0, n_train), healthy.samples[:n_train])
+    if len(false_alarm):
+        train = dataset.Windows(pa.concat_tables([train.table, false_alarm.table.select(train.table.column_names)]),
+                                train.samples + false_alarm.samples)
     held = healthy.samples[n_train:]
-    log.info("retraining on %d collected healthy windows%s; held out: %d healthy, %d alert windows", len(train),
-             f" + {opts.original}" if opts.original else "", len(held), len(alerts))
-    return CollectedSplit(train, held, alerts, left_out)
+    confirmed = frozenset(r for r, k in answers.items() if k == "confirmed")
+    log.info("retraining on %d collected healthy windows%s; held out: %d healthy, %d alert windows (%d alerts "
+             "confirmed as faults)", len(train), f" + {opts.original}" if opts.original else "", len(held),
+             len(alerts), len(confirmed))
+    return CollectedSplit(train, held, alerts, left_out, len(false_alarm), confirmed)
 
 
 def _train_options(opts: RetrainOptions, current: Bundle, recording: Recording, out: Path):

@@ -135,3 +135,45 @@ def test_the_verdict_names_the_gate_and_every_figure_that_fell() -> None:
         "Gate: alerts caught (3 windows above threshold during each reported alert): current 1, new 0 of 1 → fails.",
         "Verdict: the new model **fails the gate** (alerts caught 1 → 0 of 1); also alert windows above threshold "
         "during the alerts fell 6 → 2."]
+
+
+def _answer_alert(root: Path, kind: str) -> None:
+    """Re-upload the alert's last windows as the gateway does after a technician's answer (schema 3 ``answer``)."""
+    from trainer.dataset import read_windows
+
+    w = read_windows(root, dataset.DataFilter(kinds=("alert",)))
+    writer = dataset.DatasetWriter(root)
+    for i in range(len(w) - 2, len(w)):  # windows spooled after the answer carry it
+        row = {k: v[0] for k, v in w.table.slice(i, 1).to_pydict().items()}
+        writer.add(decode_record(encode_record(
+            device=row["device"], model_id="test-conv", model_version=row["model_version"],
+            seq_end=int(row["seq_end"]) + 10 * WINDOW, time_end=f"2026-11-22T12:30:{i:02d}", sample_rate=RATE,
+            channels=list(row["channels"]), score=9.0, threshold=1.0, state="critical", kind="alert",
+            alert_ref="alert-1", samples=w.samples[i],
+            answer={"kind": kind, "by": "J. Smith", "time": "2026-11-22T12:31:00Z"})))
+    writer.flush()
+
+
+@pytest.mark.parametrize("kind", ["false_alarm", "confirmed", "ack"])
+def test_technicians_answers_decide_what_retraining_does_with_an_alerts_windows(agent_bundle: Path, tmp_path: Path,
+                                                                               kind: str) -> None:
+    """False alarm: the alert's windows train as normal data, and the healthy windows near it are healthy again;
+    confirmed: the alert is a labelled fault in the comparison; ack: no verdict, as without an answer."""
+    from trainer.retrain import alert_answers, split_collected
+
+    root = collected(tmp_path / "ds", agent_bundle, normal_state="healthy", n_normal=20, n_alert=6, n_near=4)
+    _answer_alert(root, kind)
+    opts = RetrainOptions(dataset=root, current=agent_bundle, out=tmp_path / "new")
+    split = split_collected(opts, Bundle.load(agent_bundle).spec.channels)
+    alerts_table = dataset.read_table(root, dataset.DataFilter(kinds=("alert",)))
+    if kind == "false_alarm":
+        assert alert_answers(alerts_table) == {"alert-1": "false_alarm"}
+        assert split.false_alarm_windows == 8 and len(split.alerts) == 0 and split.left_out == {}
+        assert len(split.train) == 24 - round(24 * 0.2) + 8  # the healthy less the held-out 20 % (none left out
+        # near a false alarm), and the alert's windows
+    elif kind == "confirmed":
+        assert split.confirmed == frozenset({"alert-1"}) and split.false_alarm_windows == 0
+        assert len(split.alerts) == 8 and split.left_out == {"pump-2": 4}
+    else:
+        assert alert_answers(alerts_table) == {} and split.confirmed == frozenset()
+        assert len(split.alerts) == 8 and split.left_out == {"pump-2": 4}
