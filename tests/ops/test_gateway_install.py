@@ -77,13 +77,16 @@ def test_on_a_gateway_trainer_help_and_inspect_work_and_the_fleet_commands_say_w
     proc = trainer(env, "--help")
     assert proc.returncode == 0, proc.stderr
     listed = {line.split()[0]: line for line in proc.stdout.split("Commands:")[1].splitlines() if line.strip()}
-    assert set(listed) == {"collect", "evaluate", "inspect", "keygen", "publish", "retrain", "train"}
+    assert set(listed) == {"collect", "dataset", "evaluate", "inspect", "keygen", "publish", "retrain", "train"}
     assert "(workstation install only)" in listed["collect"] and "(workstation install only)" in listed["retrain"]
     assert "workstation" not in listed["train"] + listed["inspect"] + listed["publish"]
     for command in ("collect", "retrain"):
         proc = trainer(env, command, "--help")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr == f"Error: trainer {command} " + ONE_LINE.format(package="pyarrow") + "\n"
+    proc = trainer(env, "dataset", "summary", tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr == "Error: trainer dataset " + ONE_LINE.format(package="pyarrow") + "\n"
     proc = trainer(env, "inspect", tmp_path / "no-bundle")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "no-bundle: INVALID" in proc.stderr and "does not exist" in proc.stderr
