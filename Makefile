@@ -60,6 +60,7 @@ bench: setup
 	$(PY) bench/bench_fleet.py
 	$(PY) bench/bench_severity.py --data $(SHARED_DATA)
 	$(PY) bench/bench_diagnosis.py --data $(SHARED_DATA)
+	$(PY) bench/bench_alert_costs.py
 
 # Detection benchmark (not CI): default options on the shared data, the gateway's pipeline, baselines.
 SHARED_DATA ?= ../shared/data
