@@ -188,6 +188,7 @@ class TrendStore:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file: deleted rows give pages back
             for name in ("minutes", "hours"):
                 db.execute(_TABLE.format(name=name))
+                db.execute(f"CREATE INDEX IF NOT EXISTS {name}_t ON {name} (t)")  # roll-up, shrink: by time alone
             db.execute(_EVENTS)
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute("PRAGMA journal_mode=WAL")
@@ -280,6 +281,10 @@ class TrendStore:
     def _roll_up(self, db: sqlite3.Connection) -> None:
         """Minute rows older than ``minute_days`` become hour rows."""
         cutoff = math.floor((self.clock() - self.minute_s) / 3600.0) * 3600.0
+        (oldest,) = db.execute("SELECT MIN(t) FROM minutes").fetchone()
+        if oldest is None or oldest >= cutoff:
+            self._trim_events(db)
+            return
         db.execute("""
             INSERT OR REPLACE INTO hours
             SELECT device, CAST(t / 3600 AS INTEGER) * 3600.0 AS h, SUM(windows), MAX(score_max),
@@ -290,8 +295,13 @@ class TrendStore:
                    SUM(alerts), SUM(over_range)
             FROM minutes WHERE t < ? GROUP BY device, h""", (cutoff,))
         db.execute("DELETE FROM minutes WHERE t < ?", (cutoff,))
-        db.execute("DELETE FROM events WHERE rowid NOT IN (SELECT rowid FROM events ORDER BY t DESC LIMIT ?)",
-                    (self.max_events,))
+        self._trim_events(db)
+
+    def _trim_events(self, db: sqlite3.Connection) -> None:
+        (n,) = db.execute("SELECT COUNT(*) FROM events").fetchone()  # the events are few: counting is cheap
+        if n > self.max_events:
+            db.execute("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT ?)",
+                       (n - self.max_events,))
 
     def _shrink(self) -> None:  # lock held: the oldest tenth of the hour rows (then of the minutes) until it fits
         db = self._db
