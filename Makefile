@@ -61,6 +61,7 @@ bench: setup
 	$(PY) bench/bench_severity.py --data $(SHARED_DATA)
 	$(PY) bench/bench_diagnosis.py --data $(SHARED_DATA)
 	$(PY) bench/bench_alert_costs.py
+	$(PY) bench/bench_dataset_summary.py --s3 --compact --out runs/bench_dataset_summary.json
 
 # Detection benchmark (not CI): default options on the shared data, the gateway's pipeline, baselines.
 SHARED_DATA ?= ../shared/data
