@@ -26,6 +26,18 @@ MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sb
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
+def terminate(proc: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM a server process (it saves its state), wait up to ``timeout`` s, then kill it; None or exited: nothing."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def require_mosquitto() -> str:
     """The mosquitto executable; RuntimeError naming the fix when it is not installed."""
     if not (Path(MOSQUITTO).is_file() and os.access(MOSQUITTO, os.X_OK)):
@@ -114,14 +126,7 @@ class Broker:
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate mosquitto (SIGTERM: it saves its persistence file) and wait for it to exit."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        terminate(proc, timeout)
 
     def restart(self) -> None:
         self.stop()

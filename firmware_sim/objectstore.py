@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from firmware_sim.broker import free_port
+from firmware_sim.broker import free_port, terminate
 
 WEED = os.environ.get("WEED") or shutil.which("weed") or str(Path(sys.executable).parent / "weed")
 #: The weed mini servers that open a port: each gets a free one, and its gRPC port is that + 10,000 (some parts of
@@ -144,14 +143,7 @@ class S3Server:
     def stop(self, timeout: float = 15.0) -> None:
         """Terminate the store (SIGTERM: it flushes and closes its volumes) and wait for it to exit."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        terminate(proc, timeout)
 
     def restart(self) -> None:
         self.stop()
