@@ -191,11 +191,7 @@ class Spool:
         return db
 
     def _quarantine(self, exc: Exception) -> None:
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(aside) + suffix))
+        aside = move_aside(self.path)
         self.counters.quarantined += 1
         self.recovered_from = aside
         logger.error("spool %s is corrupt (%s): moved to %s with its pending records, starting an empty spool",
@@ -558,6 +554,16 @@ def check_spool_path(path: Path) -> None:
             raise UploadError(f"spool {path}: cannot be read: {exc}") from exc
     finally:
         db.close()
+
+
+def move_aside(path: Path) -> Path:
+    """Rename the agent's own corrupt SQLite file (with its ``-wal``/``-shm``) to ``<name>.corrupt-<unix time>``."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            os.replace(src, Path(str(aside) + suffix))
+    return aside
 
 
 def read_header(path: Path, what: str, error: type[Exception] = UploadError) -> bytes | None:

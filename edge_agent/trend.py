@@ -43,7 +43,7 @@ from pathlib import Path
 
 from edge_agent.contract.errors import UploadError
 from edge_agent.ratelog import RateLimitedLog
-from edge_agent.spool import SQLITE_HEADER, read_header, take_lock
+from edge_agent.spool import SQLITE_HEADER, move_aside, read_header, take_lock
 from edge_agent.status import counter, gauge, value
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,7 @@ class TrendStore:
         except sqlite3.DatabaseError as exc:
             if "locked" in str(exc):
                 raise TrendError(f"trend file {self.path}: locked by another program ({exc})") from exc
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.path) + suffix)
-                if src.exists():
-                    os.replace(src, Path(str(aside) + suffix))
+            aside = move_aside(self.path)
             self.counters.quarantined += 1
             log.error("trend file %s is corrupt (%s): moved to %s, starting a new trend", self.path, exc, aside)
             return self._open_db()
