@@ -212,6 +212,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option("--min-agreement", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True,
               help="Least fraction of held-out windows whose decision the served model must share with Keras.")
 @click.option("--model-id", default=None, help="Model id (default: data name + architecture).")
+@click.option("--group", default=None, help="The kind of machine the model is for (an id, as the gateways' [[sensors]] "
+              "group): only sensors of that group take it (default: any sensor).")
 @click.option("--persistence", type=click.IntRange(min=1), default=6, show_default=True,
               help="Consecutive windows above threshold that count as a persistent crossing in the report.")
 @click.option("--select", multiple=True, help="A collected dataset's windows: KEY=VALUE (device, gateway, kind, "
@@ -221,7 +223,8 @@ def train(data: Path | str, endpoint: str | None, fmt: str, out: Path, architect
           skip_rows: int, sample_rate: float | None, start: str | None, end: str | None, train_until: str | None,
           epochs: int, batch_size: int, learning_rate: float, patience: int,
           validation_fraction: float, quantize: str, threshold_method: str, threshold_param: tuple[str, ...],
-          seed: int, min_agreement: float, model_id: str | None, persistence: int, select: tuple[str, ...]) -> None:
+          seed: int, min_agreement: float, model_id: str | None, group: str | None, persistence: int,
+          select: tuple[str, ...]) -> None:
     """Train on --data and write a verified bundle to --out."""
     from trainer.export import ExportError
     from trainer.model import ModelConfig
@@ -252,7 +255,7 @@ def train(data: Path | str, endpoint: str | None, fmt: str, out: Path, architect
             fit=FitConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                           validation_fraction=validation_fraction, patience=patience, seed=seed),
             quantize=quantize, threshold_method=threshold_method, threshold_params=_params(threshold_param),
-            min_agreement=min_agreement, model_id=model_id, persistence=persistence, recording=recording,
+            min_agreement=min_agreement, model_id=model_id, group=group, persistence=persistence, recording=recording,
             load_options={k: v for k, v in (("sample_rate", sample_rate), ("skip_rows", skip_rows)) if v},
         )
         result = run(opts)

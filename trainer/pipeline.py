@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.contract import explain
+from edge_agent.contract import explain, topics
 from edge_agent.contract import threshold as thresholds
 from edge_agent.contract.blind_spots import longest_flat_runs, span_floors
 from edge_agent.contract.bundle import FLAT_RUNS_KEY, SCHEMA_VERSION, SPAN_MAX_KEY, write_bundle
@@ -98,6 +98,7 @@ class TrainOptions:
     threshold_params: dict = field(default_factory=dict)
     min_agreement: float = 0.99
     model_id: str | None = None
+    group: str | None = None  # the kind of machine the model is for (manifest model.group; None: any sensor)
     latency_windows: int = 1000
     persistence: int = PERSISTENCE
     load_options: dict = field(default_factory=dict)
@@ -195,6 +196,10 @@ def check_options(opts: TrainOptions) -> None:
         raise ValueError(f"--quantize must be one of {list(QUANTIZE_CHOICES)}, got {opts.quantize!r}")
     if not 0 < opts.min_agreement <= 1:
         raise ValueError(f"--min-agreement must be in (0, 1], got {opts.min_agreement}")
+    if opts.group is not None and not topics.is_id(opts.group):
+        raise ValueError(f"--group {opts.group[:80]!r} is not an id: 1-64 letters, digits, '_' or '-' (no '/', '+' or "
+                         "'#': it is used in topics and folder names), e.g. "
+                         f"{topics.suggest_id(opts.group)!r}")
 
 
 def choose_representation(opts: TrainOptions, rec: Recording,
@@ -436,6 +441,7 @@ def build_manifest(opts: TrainOptions, rec: Recording, recipe: recipes.Recipe, w
             "version": version,
             "created": now.isoformat(timespec="seconds"),
             "architecture": trained.config.architecture,
+            **({"group": opts.group} if opts.group else {}),
             "config": trained.config.to_dict(),
             "training": opts.fit.to_dict() | {"epochs_run": history["epochs_run"], "best_epoch": history["best_epoch"],
                                               "best_val_loss": float(min(history.get("val_loss", [np.nan])))},

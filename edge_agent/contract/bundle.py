@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.contract import topics
 from edge_agent.contract.errors import BundleError
 from edge_agent.contract.interpreter import load_interpreter
 from edge_agent.contract.preprocess import MinMaxScaler, PreprocessSpec
@@ -212,6 +213,11 @@ class Bundle:
         return self.manifest["model"]["version"]
 
     @property
+    def group(self) -> str | None:
+        """``model.group``: the kind of machine the model is for (only sensors of that group serve it); None: any."""
+        return self.manifest["model"].get("group")
+
+    @property
     def quantization(self) -> str:
         return self.manifest["tflite"]["quantization"]
 
@@ -258,6 +264,10 @@ class Bundle:
         model_path = path / declared_file
         if declared_file.is_absolute() or ".." in declared_file.parts:
             raise BundleError(f"{manifest_path}: tflite.file must name a file inside the bundle, not {manifest['tflite']['file']!r}")
+        group = manifest["model"].get("group")
+        if group is not None and not topics.is_id(group):
+            raise BundleError(f"{manifest_path}: model.group must be an id (1-64 letters, digits, '_' or '-', no '/', '+' "
+                              f"or '#'), not {str(group)[:80]!r}")
         if manifest["tflite"]["quantization"] not in QUANTIZATIONS:
             raise BundleError(f"{manifest_path}: tflite.quantization must be one of {QUANTIZATIONS}, not {manifest['tflite']['quantization']!r}")
         model_bytes = _read_capped(model_path, MAX_MODEL_BYTES, "model file")
