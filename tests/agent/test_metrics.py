@@ -6,6 +6,7 @@ import math
 import re
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent import __version__, metrics, telemetry
@@ -146,7 +147,7 @@ def test_metrics_scraped_from_a_running_gateway(tmp_path, agent_bundle, degradin
         s, lab = doc["sensors"][dev], (("sensor", dev),)
         assert f["edge_agent_windows_scored_total"][lab] == s["windows_scored"] > 0
         assert f["edge_agent_samples_total"][lab] == s["samples_in"]
-        assert f["edge_agent_inference_p99_seconds"][lab] == s["inference_ms_p99"] / 1000
+        assert f["edge_agent_inference_p99_seconds"][lab] == pytest.approx(s["inference_ms_p99"] / 1000, rel=1e-9)
         assert f["edge_agent_queue_frames"][lab] == s["queued_frames"]
         assert f["edge_agent_queue_capacity_frames"][lab] == 1024
         assert sum(f["edge_agent_alert_state"][lab + (("state", st),)] for st in telemetry.ALERT_STATES) == 1
