@@ -636,6 +636,7 @@ class DataFilter:
             the threshold in force (or before any threshold, while calibrating).
         model_version: keep windows scored by this model version (None: any).
         gateways: keep windows from these gateways (empty: all).
+        groups: keep windows of sensors of these groups (their kind of machine; empty: all, with or without one).
     """
 
     devices: tuple[str, ...] = ()
@@ -645,6 +646,7 @@ class DataFilter:
     healthy_only: bool = False
     model_version: str | None = None
     gateways: tuple[str, ...] = field(default=())
+    groups: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
@@ -658,6 +660,8 @@ class DataFilter:
             parts.append(ds.field("device").isin(list(self.devices)))
         if self.gateways:
             parts.append(ds.field("gateway").isin(list(self.gateways)))
+        if self.groups:
+            parts.append(ds.field("group").isin(list(self.groups)))
         if self.start is not None:
             parts.append(ds.field("time_end") >= pa.scalar(_ts(self.start), TIME))
         if self.end is not None:
@@ -792,11 +796,11 @@ def load(root: str | os.PathLike[str] | Location, flt: DataFilter | None = None,
 def parse_select(items: Sequence[str], *, start: str | None = None, end: str | None = None) -> DataFilter:
     """``("device=pump-1", "kind=normal", ...)`` -> DataFilter (``trainer train --select``).
 
-    Keys: ``device``, ``gateway``, ``kind`` (repeatable or comma-separated), ``model_version``, ``start``,
+    Keys: ``device``, ``gateway``, ``group``, ``kind`` (repeatable or comma-separated), ``model_version``, ``start``,
     ``end``, ``healthy`` (true/false; default true: training takes healthy windows only). ``start``/``end``
     default to ``trainer train --start/--end``.
     """
-    multi: dict[str, list[str]] = {"device": [], "gateway": [], "kind": []}
+    multi: dict[str, list[str]] = {"device": [], "gateway": [], "group": [], "kind": []}
     single: dict[str, str | None] = {"model_version": None, "start": start, "end": end, "healthy": "true"}
     for item in items:
         key, sep, value = item.partition("=")
@@ -812,7 +816,8 @@ def parse_select(items: Sequence[str], *, start: str | None = None, end: str | N
     healthy = single["healthy"].lower()
     if healthy not in ("true", "false"):
         raise ValueError(f"--select healthy={single['healthy']!r}: true or false")
-    return DataFilter(devices=tuple(multi["device"]), gateways=tuple(multi["gateway"]), kinds=tuple(multi["kind"]),
+    return DataFilter(devices=tuple(multi["device"]), gateways=tuple(multi["gateway"]), groups=tuple(multi["group"]),
+                      kinds=tuple(multi["kind"]),
                       model_version=single["model_version"], start=single["start"], end=single["end"],
                       healthy_only=healthy == "true")
 

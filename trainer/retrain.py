@@ -34,8 +34,10 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +48,9 @@ from edge_agent.contract.errors import AgentError
 from edge_agent.contract.recordings import Recording, Segment, load
 from edge_agent.scorer import Scorer
 from trainer import dataset
+
+if TYPE_CHECKING:
+    from trainer.fanout import FanoutOptions
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,13 @@ class RetrainOptions:
     epochs: int | None = None  # None: the current bundle's
     seed: int = 0
     force: bool = False
+    # the kind of machine retrained (``--by group``): only its windows, the current bundle must be its model
+    # (manifest model.group), and so is the new one. None: the current bundle's group, if any, is kept.
+    group: str | None = None
+
+    def selection(self) -> dataset.DataFilter:
+        """``select``, narrowed to ``group`` when one is given."""
+        return self.select if self.group is None else replace(self.select, groups=(self.group,))
 
 
 @dataclass
@@ -115,12 +127,15 @@ def _caught(above: np.ndarray, during: np.ndarray, refs: list[str | None]) -> tu
 
 
 #: The figures the verdict compares besides the gate (label, key, whether higher is better): every one that got
-#: worse is named, gate passed or not. Parity is not among them: the export checks it.
+#: worse is named, gate passed or not. Parity is compared too (the export refuses a bundle below its minimum; a
+#: fall above it is still named).
 FIGURES = (
     ("detection rate on alert windows", "alert_detection_rate", True),
     ("alert windows above threshold during the alerts", "during_alerts_detected", True),
     ("alert score / threshold (median)", "alert_score_ratio_p50", True),
     ("false alerts on held-out normal windows", "false_alerts", False),
+    ("faults a technician confirmed, caught", "confirmed_caught", True),
+    ("parity with Keras (agreement)", "parity_agreement", True),
 )
 
 
@@ -205,32 +220,41 @@ def _fmt(v) -> str:
 
 
 def verdict(comparison: dict) -> str:
-    """Two lines: the gate (its rule, both figures, passes or fails), then the verdict, which names every figure of
-    ``FIGURES`` that got worse (as shown in the table, 4 significant digits) and those that got better."""
+    """Two lines: the gate (its rule, both figures, passes or fails), then the verdict, which names the rule it
+    applied and every figure of ``FIGURES`` that got worse (as shown in the table, 4 significant digits) and those
+    that got better. It says that nothing got worse only when every figure it could compare held or improved, and
+    says which could not be compared; a fall in the gated figure fails the gate whatever ``worse_on_alerts`` says."""
     c, n = comparison["current"], comparison["new"]
-    worse, better = [], []
+    worse, better, compared, missing = [], [], 0, []
     for label, key, higher_is_better in FIGURES:
-        if c[key] is None or n[key] is None:
+        if c.get(key) is None or n.get(key) is None:
+            missing.append(label)
             continue
+        compared += 1
         a, b = (float(f"{v:.4g}") for v in (c[key], n[key]))
         if a != b:
             change = f"{label} {'rose' if b > a else 'fell'} {_fmt(c[key])} → {_fmt(n[key])}"
             (better if (b > a) == higher_is_better else worse).append(change)
+    fails = bool(comparison["worse_on_alerts"]) or n["alerts_caught"] < c["alerts_caught"]
     rule = f"alerts caught ({CATCH_WINDOWS} windows above threshold during each reported alert)"
-    caught = f"alerts caught {c['alerts_caught']} → {n['alerts_caught']} of {n['alerts']}"
+    caught = f"alerts caught {c['alerts_caught']} → {n['alerts_caught']} of {n['alerts']}, which must not fall"
     if not n["alerts"]:
         gate = f"Gate: {rule}: no alerts reported, nothing to check → passes."
     else:
         gate = (f"Gate: {rule}: current {c['alerts_caught']}, new {n['alerts_caught']} of {n['alerts']} → "
-                f"{'fails' if comparison['worse_on_alerts'] else 'passes'}.")
-    if comparison["worse_on_alerts"]:
+                f"{'fails' if fails else 'passes'}.")
+    if fails:
         text = f"the new model **fails the gate** ({caught})" + (f"; also {'; '.join(worse)}" if worse else "")
     elif worse:
         text = f"the new model passes the gate ({caught}), but {'; '.join(worse)}"
+    elif compared:
+        text = f"the new model passes the gate ({caught}); none of the {compared} figures compared got worse"
     else:
-        text = f"the new model passes the gate ({caught}) and no compared figure is worse"
+        text = f"the new model passes the gate ({caught}); no other figure could be compared"
     if better:
         text += f" (better: {'; '.join(better)})"
+    if missing and compared:
+        text += f"; not compared (no figure for a model): {', '.join(missing)}"
     return f"{gate}\nVerdict: {text}."
 
 
@@ -360,6 +384,9 @@ def retrain(opts: RetrainOptions) -> RetrainResult:
     if not opts.alert_margin_s >= 0:
         raise ValueError(f"alert margin must be >= 0 s, got {opts.alert_margin_s}")
     current = Bundle.load(opts.current)
+    if opts.group is not None and current.group != opts.group:
+        raise ValueError(f"{opts.current}: its model is for group {current.group!r} (manifest model.group), not "
+                         f"{opts.group!r}: a group is gated against the bundle its gateways serve")
     split = split_collected(opts, current.spec.channels)
     recording = _training_recording(opts, current, split.train)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
@@ -400,13 +427,13 @@ class CollectedSplit:
 
 def split_collected(opts: RetrainOptions, channels: tuple[str, ...]) -> CollectedSplit:
     """Read the selected windows and split them (module docstring). ValueError: too few to train on."""
-    base = opts.select
+    base = opts.selection()
     healthy = _select_channels(dataset.read_windows(opts.dataset, dataset.DataFilter(
-        devices=base.devices, gateways=base.gateways, start=base.start, end=base.end,
+        devices=base.devices, gateways=base.gateways, groups=base.groups, start=base.start, end=base.end,
         model_version=base.model_version, healthy_only=True)), channels)
     alerts = _select_channels(dataset.read_windows(opts.dataset, dataset.DataFilter(
-        devices=base.devices, gateways=base.gateways, start=base.start, end=base.end, kinds=("alert",))),
-        channels)
+        devices=base.devices, gateways=base.gateways, groups=base.groups, start=base.start, end=base.end,
+        kinds=("alert",))), channels)
     # the technicians' answers: a false alarm's windows are the machine's normal operation
     answers = alert_answers(alerts.table)
     false_refs = {r for r, k in answers.items() if k == "false_alarm"}
@@ -438,7 +465,8 @@ def split_collected(opts: RetrainOptions, channels: tuple[str, ...]) -> Collecte
         healthy = dataset.Windows(healthy.table.take(keep), [healthy.samples[i] for i in keep])
     n_train = len(healthy) - int(round(len(healthy) * opts.holdout))
     if n_train < 1 and opts.original is None:
-        raise ValueError(f"{opts.dataset}: {len(healthy)} healthy windows are too few to train on")
+        of = f" of group {opts.group}" if opts.group is not None else ""
+        raise ValueError(f"{opts.dataset}: {len(healthy)} healthy windows{of} are too few to train on")
     train = dataset.Windows(healthy.table.slice(0, n_train), healthy.samples[:n_train])
     if len(false_alarm):
         train = dataset.Windows(pa.concat_tables([train.table, false_alarm.table.select(train.table.column_names)]),
@@ -471,7 +499,7 @@ def _train_options(opts: RetrainOptions, current: Bundle, recording: Recording, 
         data=str(opts.dataset), out=out, recording=recording, mode=spec.mode, window=spec.window,
         hop=spec.hop, block=spec.block, features=spec.features, fft_bands=spec.fft_bands, model=model, fit=fit,
         quantize=current.quantization, threshold_method=current.threshold.method,
-        threshold_params=_method_params(current), model_id=current.model_id,
+        threshold_params=_method_params(current), model_id=current.model_id, group=current.group,
         latency_windows=200,
     )
 
@@ -488,7 +516,7 @@ def _write_retrained(opts: RetrainOptions, current: Bundle, new: Bundle, compari
     (report_dir / "report.json").write_text(json.dumps(report_json | {"comparison": comparison}, indent=2))
     manifest = json.loads(json.dumps(new.manifest))
     manifest["retrain"] = {"replaces": current.version, "dataset": str(opts.dataset),
-                           "select": str(opts.select), "original": None if opts.original is None else
+                           "select": str(opts.selection()), "original": None if opts.original is None else
                            str(opts.original), "trained_windows": trained_windows, "alert_margin_s":
                            opts.alert_margin_s, "left_out_near_alerts": left_out, "forced": bool(
                                comparison["worse_on_alerts"] and opts.force)} | summary
@@ -496,25 +524,262 @@ def _write_retrained(opts: RetrainOptions, current: Bundle, new: Bundle, compari
     return write_bundle(opts.out, manifest, new.model_path.read_bytes(), variants=variants, report_dir=report_dir)
 
 
+# ------------------------------------------------------------------------------------- one model per group
+#: The summary of a ``--by group`` run, in ``--out`` beside the group bundles. Its name, and the per-group report
+#: files' (``<group>.retrain.md``, ``<group>.retrain.log``), hold a dot: never a group id, never a group's folder.
+SUMMARY_FILE = "retrain.json"
+STATUSES = ("accepted", "refused", "failed")
+
+
+@dataclass
+class GroupOutcome:
+    """One group's retrain: ``status`` accepted (its bundle written to ``bundle``), refused (the gate; ``reason`` is
+    its one line) or failed (``reason`` is the error); ``comparison`` (plain data, as ``compare``; None when it
+    failed before comparing), ``log`` (its log records as text), ``seconds``, ``forced`` (written with force
+    although it fails the gate), ``peak_rss_mib`` (the process that ran it)."""
+
+    group: str
+    status: str
+    bundle: Path | None = None
+    reason: str | None = None
+    comparison: dict | None = None
+    log: str = ""
+    seconds: float | None = None
+    forced: bool = False
+    peak_rss_mib: float | None = None
+
+    def line(self) -> str:
+        """The one-line summary."""
+        if self.status == "accepted":
+            return f"group {self.group}: accepted → {self.bundle}" + (
+                " (written with --force although it fails the gate)" if self.forced else "")
+        return f"group {self.group}: {self.status}: {self.reason}"
+
+    def report(self) -> str:
+        """``<group>.retrain.md``: the outcome, then the comparison table and verdict when there is one."""
+        text = f"# Retrain of group {self.group}: {self.status}\n\n{self.line()}\n"
+        if self.comparison is not None:
+            text += f"\n{table(self.comparison)}"
+        return text
+
+
+@dataclass
+class GroupsResult:
+    """``outcomes`` by group (in the order run), how they ran (``mode``: serial, local Ray, Ray at ADDRESS;
+    ``notice``: why serially, if it had to), ``startup_s`` (Ray started or joined), ``wall_s`` (the whole fan-out),
+    ``summary`` (the path of ``SUMMARY_FILE``)."""
+
+    outcomes: dict[str, GroupOutcome]
+    mode: str
+    notice: str | None
+    startup_s: float
+    wall_s: float
+    summary: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every group was accepted, 1 when one was refused or failed."""
+        return 0 if all(o.status == "accepted" for o in self.outcomes.values()) else 1
+
+
+def dataset_groups(where: Path | str | dataset.Location, select: dataset.DataFilter | None = None
+                   ) -> tuple[dict[str, int], int]:
+    """({group: windows}, windows without a group) of the selected windows."""
+    base = select or dataset.DataFilter()
+    t = dataset.read_table(where, dataset.DataFilter(devices=base.devices, gateways=base.gateways,
+                                                     start=base.start, end=base.end), columns=["group"])
+    counts: dict[str, int] = {}
+    none = 0
+    for g in t.column("group").to_pylist():
+        if g is None:
+            none += 1
+        else:
+            counts[g] = counts.get(g, 0) + 1
+    return dict(sorted(counts.items())), none
+
+
+def group_bundles(current: Path) -> dict[str, Path]:
+    """{group: folder} of ``current``'s group folders (``current/<group>/``; folders starting with "." are skipped).
+    ValueError: a folder named by no id."""
+    from edge_agent.contract import topics
+
+    if not current.is_dir():
+        raise ValueError(f"--current {current}: not a folder (with --by group it holds one bundle per group, "
+                         "<group>/)")
+    found = {}
+    for p in sorted(current.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        if not topics.is_id(p.name):
+            raise ValueError(f"{p}: a group's folder must be named by the group, an id (1-64 letters, digits, '_' or "
+                             f"'-'; no '/', '+' or '#': it is used in topics), not {p.name[:80]!r}: rename it, e.g. "
+                             f"{topics.suggest_id(p.name)!r}")
+        found[p.name] = p
+    return found
+
+
+def plan_groups(opts: RetrainOptions, groups: Sequence[str] | None = None) -> list[str]:
+    """The groups to retrain (``groups``, else every group of the selected windows), each checked: an id, with
+    windows in the dataset, and a bundle ``opts.current/<group>/`` whose manifest says ``model.group = <group>``.
+    ValueError (BundleError: a folder that is not a bundle) naming the group, folder or dataset."""
+    from edge_agent.contract import topics
+
+    for g in groups or ():
+        if not topics.is_id(g):
+            raise ValueError(f"--groups {g[:80]!r} is not a group id (1-64 letters, digits, '_' or '-'; no '/', '+' or "
+                             f"'#'), e.g. {topics.suggest_id(g)!r}")
+    bundles = group_bundles(opts.current)
+    counts, none = dataset_groups(opts.dataset, opts.select)
+    if not counts:
+        raise ValueError(f"{opts.dataset}: none of its {none} selected windows carries a group: their sensors have "
+                         "no group in the gateway config (or were uploaded before upload schema 3); set [[sensors]] "
+                         "group = ... on the gateways, or retrain without --by group")
+    if none:
+        log.warning("%d windows carry no group: left out of every group's retrain", none)
+    chosen = list(dict.fromkeys(groups)) if groups else list(counts)
+    absent = [g for g in chosen if g not in counts]
+    if absent:
+        raise ValueError(f"--groups: no records of group {', '.join(absent)} in {opts.dataset} (its groups: "
+                         f"{', '.join(counts)})")
+    missing = [g for g in chosen if g not in bundles]
+    if missing:
+        raise ValueError("; ".join(
+            f"records of group {g}, but {opts.current} has no {g}/ bundle: no gateway serves a model for it — "
+            f"train one with `trainer train --group {g}` or leave it out with --groups" for g in missing))
+    for g in chosen:
+        served = Bundle.load(bundles[g]).group
+        if served != g:
+            said = "has no model.group (a model for any sensor)" if served is None else f"says model.group {served!r}"
+            raise ValueError(f"{bundles[g]}: its manifest {said}, but it is in the folder of group {g!r}: move it to "
+                             f"the folder of its group, or train the group's model with `trainer train --group {g}`")
+    return chosen
+
+
+def _plain(value):
+    """``value`` as JSON-able plain data (numpy scalars and arrays become numbers and lists)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def _limit_threads(cpus: int) -> None:
+    """TensorFlow held to the CPUs Ray assigned to the task (else each task would use every core of the node)."""
+    from trainer import tfenv
+
+    tf = tfenv.tensorflow()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(cpus)
+    except RuntimeError:  # initialised by an earlier task of this worker: the same limit holds
+        pass
+
+
+def group_job(group: str, payload: dict) -> dict:
+    """One group's training, comparison and parity (a Ray task, or in-process): ``retrain`` on ``payload``'s
+    options (dataset as a URI and its endpoint, resolved here: credentials come from the worker's environment,
+    never through Ray). Returns plain data; a refusal is a result, any other error propagates (``fanout`` makes it
+    the group's failure)."""
+    from trainer import fanout
+
+    cpus = fanout.assigned_cpus()
+    if cpus is not None:
+        _limit_threads(cpus)
+    opts: RetrainOptions = payload["options"]
+    opts = replace(opts, dataset=dataset.location(opts.dataset, payload["endpoint"]))
+    log.info("group %s: retraining on %s against %s", group, opts.dataset, opts.current)
+    try:
+        result = retrain(opts)
+    except RetrainRefused as exc:
+        return {"status": "refused", "reason": exc.reason, "comparison": _plain(exc.comparison)}
+    forced = bool(result.comparison["worse_on_alerts"])
+    return {"status": "accepted", "bundle": str(result.bundle), "comparison": _plain(result.comparison),
+            "near_alerts": result.near_alerts, "forced": forced}
+
+
+def retrain_groups(opts: RetrainOptions, groups: Sequence[str] | None = None, fan: FanoutOptions | None = None,
+                   notify: Callable[[str], None] | None = None) -> GroupsResult:
+    """One candidate per group (``trainer retrain --by group``): ``opts.current`` holds one bundle per group
+    (``<group>/``), ``opts.out`` gets ``<group>/`` for each accepted candidate, ``<group>.retrain.md`` (outcome,
+    table, verdict) and ``<group>.retrain.log`` for every group, and ``SUMMARY_FILE``. Each group is ``retrain``
+    with ``opts`` narrowed to its windows and gated against its own bundle, as a Ray task (``fan``; serially
+    without Ray or with ``fan.serial``, ``notify`` told so). A group refused or failed is its outcome; the others
+    go on. Raises ValueError/BundleError for bad inputs (``plan_groups``), before anything runs; RuntimeError when
+    Ray cannot be started or reached."""
+    from trainer import fanout
+
+    chosen = plan_groups(opts, groups)
+    loc = dataset.location(opts.dataset)
+    out = opts.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    original = None if opts.original is None else opts.original.resolve()  # Ray workers run in folders of their own
+    jobs = {g: {"options": replace(opts, dataset=loc.uri, current=(opts.current / g).resolve(), out=out / g, group=g,
+                                   original=original), "endpoint": loc.endpoint} for g in chosen}
+    log.info("retraining %d groups (%s) of %s", len(chosen), ", ".join(chosen), loc.uri)
+    ran = fanout.run(group_job, jobs, fan, notify)
+    outcomes = {}
+    for g, r in ran.results.items():
+        if r["ok"]:
+            v = r["value"]
+            outcomes[g] = GroupOutcome(g, v["status"], Path(v["bundle"]) if v.get("bundle") else None, v.get("reason"),
+                                       v.get("comparison"), r["log"], r["seconds"], bool(v.get("forced")),
+                                       r["peak_rss_mib"])
+        else:
+            outcomes[g] = GroupOutcome(g, "failed", None, r["error"], None, r["log"], r["seconds"],
+                                       peak_rss_mib=r["peak_rss_mib"])
+    for g, o in outcomes.items():
+        (out / f"{g}.retrain.md").write_text(o.report())
+        (out / f"{g}.retrain.log").write_text(o.log)
+    summary = out / SUMMARY_FILE
+    summary.write_text(json.dumps({
+        "dataset": loc.uri, "current": str(opts.current), "mode": ran.mode, "notice": ran.notice,
+        "startup_s": ran.startup_s, "wall_s": ran.wall_s,
+        "groups": {g: {"status": o.status, "bundle": None if o.bundle is None else str(o.bundle), "reason": o.reason,
+                       "forced": o.forced, "seconds": o.seconds, "peak_rss_mib": o.peak_rss_mib,
+                       "comparison": None if o.comparison is None else
+                       {k: v for k, v in o.comparison.items() if k != "scores"}}
+                   for g, o in outcomes.items()}}, indent=2))
+    return GroupsResult(outcomes, ran.mode, ran.notice, ran.startup_s, ran.wall_s, summary)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
+def _groups_option(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(g.strip() for g in value.split(",") if g.strip())
+
+
 def command():
     """The ``trainer retrain`` click command."""
     import click
 
     from trainer.cli import DatasetArg, endpoint_option
 
-    @click.command("retrain")
+    @click.command("retrain", epilog="Exit status: 0 when the new bundle (with --by group: every group's) was "
+                   "written; 1 when the gate refused it (with --by group: when any group was refused or failed; the "
+                   "others are still written), or on bad input; 2: a usage error.")
     @click.option("--dataset", "dataset_path", required=True, type=DatasetArg(file_okay=False),
                   help="The collected windows (trainer collect --out): a folder or s3://bucket/prefix.")
     @endpoint_option()
     @click.option("--current", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-                  help="The bundle the gateways serve now.")
-    @click.option("--out", required=True, type=click.Path(path_type=Path), help="The new bundle (written atomically).")
+                  help="The bundle the gateways serve now (with --by group: a folder of them, one per group, "
+                  "CURRENT/<group>/).")
+    @click.option("--out", required=True, type=click.Path(path_type=Path),
+                  help="The new bundle, written atomically (with --by group: a folder that gets OUT/<group>/ per "
+                  "accepted group, <group>.retrain.md and .log per group, and retrain.json).")
+    @click.option("--by", "by", type=click.Choice(["group"]), default=None,
+                  help="One model per group (the sensors' kind of machine): each group's windows, gated against "
+                  "its own bundle; fanned out on Ray.")
+    @click.option("--groups", "groups", default=None, metavar="A,B",
+                  help="With --by group: only these groups (default: every group in the dataset).")
+    @click.option("--ray-address", default=None, metavar="ADDRESS",
+                  help="With --by group: an existing Ray cluster (ray://host:10001 or host:6379); default: a local "
+                  "Ray on this machine's CPUs. Paths must be the same on every node (or the dataset on S3).")
+    @click.option("--serial", is_flag=True, help="With --by group: without Ray, one group after the other here.")
+    @click.option("--task-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                  help="With --by group: CPUs each group's Ray task asks for (TensorFlow is held to them).")
+    @click.option("--task-memory-gib", type=click.FloatRange(min=0.25), default=2.0, show_default=True,
+                  help="With --by group: memory each group's Ray task reserves (GiB; measured peak ~1.2).")
     @click.option("--data", "original", type=click.Path(exists=True, path_type=Path), default=None,
                   help="The original training data, trained on as well.")
     @click.option("--format", "original_format", default="auto", show_default=True, help="Format of --data.")
-    @click.option("--select", multiple=True, help="Which collected windows: device=, gateway=, model_version=, "
-                  "start=, end= (repeatable).")
+    @click.option("--select", multiple=True, help="Which collected windows: device=, gateway=, group=, "
+                  "model_version=, start=, end= (repeatable).")
     @click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
                   show_default=True, help="Latest fraction of the healthy windows kept for the comparison.")
     @click.option("--alert-margin-s", type=click.FloatRange(min=0), default=ALERT_MARGIN_S, show_default=True,
@@ -523,26 +788,44 @@ def command():
     @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the current bundle's.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--force", is_flag=True, help="Write the new bundle even if it fails the gate.")
-    def retrain_command(dataset_path: Path | str, endpoint: str | None, current: Path, out: Path,
-                        original: Path | None, original_format: str, select: tuple[str, ...], holdout: float,
-                        alert_margin_s: float, epochs: int | None, seed: int, force: bool) -> None:
+    @click.pass_context
+    def retrain_command(ctx: click.Context, dataset_path: Path | str, endpoint: str | None, current: Path, out: Path,
+                        by: str | None, groups: str | None, ray_address: str | None, serial: bool, task_cpus: float,
+                        task_memory_gib: float, original: Path | None, original_format: str, select: tuple[str, ...],
+                        holdout: float, alert_margin_s: float, epochs: int | None, seed: int, force: bool) -> None:
         """Retrain on the collected windows and compare with the current bundle; refuse a worse one."""
         from edge_agent.contract.errors import BundleError
         from edge_agent.contract.recordings import DataFormatError
         from trainer.export import ExportError
 
+        if by is None:
+            given = [name for name, on in (("--groups", groups is not None), ("--ray-address", ray_address),
+                                           ("--serial", serial)) if on]
+            if given:
+                raise click.UsageError(f"{', '.join(given)} only with --by group")
         try:
             flt = dataset.parse_select(select)
             collected = dataset.require_dataset(dataset_path, endpoint)
-            result = retrain(RetrainOptions(dataset=collected, current=current, out=out, select=flt,
-                                            original=original, original_format=original_format, holdout=holdout,
-                                            alert_margin_s=alert_margin_s, epochs=epochs, seed=seed, force=force))
+            opts = RetrainOptions(dataset=collected, current=current, out=out, select=flt, original=original,
+                                  original_format=original_format, holdout=holdout, alert_margin_s=alert_margin_s,
+                                  epochs=epochs, seed=seed, force=force)
+            if by == "group":
+                from trainer.fanout import FanoutOptions, TaskResources
+
+                fan = FanoutOptions(address=ray_address, serial=serial, resources=TaskResources(
+                    num_cpus=task_cpus, memory=int(task_memory_gib * (1 << 30))))
+                ran = retrain_groups(opts, _groups_option(groups), fan, notify=click.echo)
+            else:
+                result = retrain(opts)
         except RetrainRefused as exc:  # exit 1; the table, then the reason as the last line (errors: "Error: ...")
             click.echo(table(exc.comparison))
             click.echo(f"refused: {exc.reason}")
             raise SystemExit(1) from exc
-        except (ValueError, BundleError, DataFormatError, ExportError) as exc:
+        except (ValueError, BundleError, DataFormatError, ExportError, RuntimeError) as exc:
             raise click.ClickException(f"retraining failed, {out} left unchanged: {exc}") from exc
+        if by == "group":
+            _echo_groups(click, ran)
+            ctx.exit(ran.exit_code)
         if result.near_alerts:
             click.echo(f"left out as not known healthy (within {alert_margin_s:g} s of their device's alerts): "
                        + ", ".join(f"{n} windows of {d}" for d, n in sorted(result.near_alerts.items())))
@@ -552,3 +835,20 @@ def command():
         click.echo(f"bundle: {result.bundle} (report/comparison.png, report/comparison.md)")
 
     return retrain_command
+
+
+def _echo_groups(click, ran: GroupsResult) -> None:
+    """Each group's table and verdict (or its error), then one summary line per group, last."""
+    for o in ran.outcomes.values():
+        click.echo(f"## group {o.group}: {o.status}\n")
+        if o.comparison is not None:
+            click.echo(table(o.comparison))
+        if o.status == "failed":
+            tail = [line for line in o.log.splitlines() if line.strip()][-5:]
+            click.echo("\n".join(["last log lines:", *tail]) if tail else "(no log)")
+            click.echo("")
+    took = f"{ran.wall_s:.0f} s" + (f", {ran.startup_s:.0f} s of it starting Ray" if ran.startup_s >= 1 else "")
+    click.echo(f"{len(ran.outcomes)} groups on {ran.mode} in {took}; reports and logs: {ran.summary.parent}/"
+               f"<group>.retrain.md, .log, {SUMMARY_FILE}")
+    for o in ran.outcomes.values():
+        click.echo(o.line())

@@ -17,20 +17,23 @@ from edge_agent.contract.upload_record import decode_record, encode_record
 from firmware_sim import signals
 from tests.agent.pipeline_helpers import RATE
 from trainer import dataset
-from trainer.retrain import RetrainOptions, RetrainRefused, near_alerts, retrain, verdict
+from trainer.retrain import FIGURES, RetrainOptions, RetrainRefused, near_alerts, retrain, verdict
 
 WINDOW = 8 * 1024  # the agent bundle's window: 8 blocks of 1024 samples
 
 
-def collected(root: Path, bundle: Path, *, normal_state: str, n_normal: int, n_alert: int, n_near: int = 0) -> Path:
+def collected(root: Path, bundle: Path, *, normal_state: str, n_normal: int, n_alert: int, n_near: int = 0,
+              group: str | None = None, devices: tuple[str, str] = ("pump-1", "pump-2")) -> Path:
     """A dataset as the fleet would upload it: pump-1's ``n_normal`` windows labelled normal (of ``normal_state``
     signal) from 10:00, pump-2's ``n_alert`` windows of a broken bearing uploaded during one alert at 12:00, and
-    pump-2's ``n_near`` windows of its incipient fault uploaded as normal (below the threshold) in the hour before."""
+    pump-2's ``n_near`` windows of its incipient fault uploaded as normal (below the threshold) in the hour before.
+    ``devices`` renames pump-1 and pump-2, ``group`` is their sensors' group (added to ``root`` if it exists)."""
     version = Bundle.load(bundle).version
     writer = dataset.DatasetWriter(root)
-    for device, label, state, n, seed, hour in (("pump-1", "normal", normal_state, n_normal, 11, 10),
-                                                ("pump-2", "alert", "broken", n_alert, 12, 12),
-                                                ("pump-2", "normal", "degrading", n_near, 13, 11)):
+    first, second = devices
+    for device, label, state, n, seed, hour in ((first, "normal", normal_state, n_normal, 11, 10),
+                                                (second, "alert", "broken", n_alert, 12, 12),
+                                                (second, "normal", "degrading", n_near, 13, 11)):
         if not n:
             continue
         life_s = n * WINDOW / RATE / 0.85  # degrading: healthy, then incipient over the last third (severity <= 0.2)
@@ -42,7 +45,8 @@ def collected(root: Path, bundle: Path, *, normal_state: str, n_normal: int, n_a
                 time_end=f"2026-11-22T{hour:02d}:{i // 60:02d}:{i % 60:02d}", sample_rate=RATE,
                 channels=["ch0", "ch1", "ch2", "ch3"], score=0.1 if label == "normal" else 9.0, threshold=1.0,
                 state="normal" if label == "normal" else "critical", kind=label,
-                alert_ref="alert-1" if label == "alert" else None, samples=x[i * WINDOW:(i + 1) * WINDOW])))
+                alert_ref="alert-1" if label == "alert" else None, group=group,
+                samples=x[i * WINDOW:(i + 1) * WINDOW])))
     writer.flush()
     return root
 
@@ -83,7 +87,7 @@ def test_retrain_refuses_a_model_that_misses_the_alerts(agent_bundle: Path, tmp_
         retrain(RetrainOptions(dataset=data, current=agent_bundle, out=out, epochs=12))
     assert "| alert windows above threshold | 12 |" in str(info.value)
     assert info.value.reason.startswith("the new model catches 0 of the 1 alerts") and "\n" not in info.value.reason
-    assert "→ fails." in str(info.value) and "**fails the gate** (alerts caught 1 → 0 of 1)" in str(info.value)
+    assert "→ fails." in str(info.value) and "**fails the gate** (alerts caught 1 → 0 of 1, which must not fall)" in str(info.value)
     assert not out.exists() and not list(tmp_path.glob(".new*")), "nothing written, no leftovers"
     forced = retrain(RetrainOptions(dataset=data, current=agent_bundle, out=out, epochs=12, force=True))
     assert forced.comparison["worse_on_alerts"] and Bundle.load(out).manifest["retrain"]["forced"]
@@ -108,9 +112,11 @@ def test_healthy_windows_near_a_devices_alerts_are_left_out() -> None:
     assert not near_alerts(healthy, alerts.slice(0, 0), 3600).any()
 
 
-def _figures(caught: int, detection: float, during: int, ratio: float, false_alerts: int) -> dict:
+def _figures(caught: int, detection: float, during: int, ratio: float, false_alerts: int, confirmed: int = 0,
+             parity: float | None = 1.0) -> dict:
     return {"alerts_caught": caught, "alerts": 1, "alert_windows": 10, "alert_detection_rate": detection,
-            "during_alerts_detected": during, "alert_score_ratio_p50": ratio, "false_alerts": false_alerts}
+            "during_alerts_detected": during, "alert_score_ratio_p50": ratio, "false_alerts": false_alerts,
+            "confirmed_caught": confirmed, "parity_agreement": parity}
 
 
 def test_the_verdict_names_the_gate_and_every_figure_that_fell() -> None:
@@ -118,7 +124,8 @@ def test_the_verdict_names_the_gate_and_every_figure_that_fell() -> None:
     text = verdict(worse)
     assert text.splitlines()[0] == ("Gate: alerts caught (3 windows above threshold during each reported alert): "
                                     "current 1, new 1 of 1 → passes.")
-    assert ("Verdict: the new model passes the gate (alerts caught 1 → 1 of 1), but detection rate on alert windows "
+    assert ("Verdict: the new model passes the gate (alerts caught 1 → 1 of 1, which must not fall), but detection "
+            "rate on alert windows "
             "fell 0.8 → 0.6; alert score / threshold (median) fell 1.5 → 1.2; false alerts on held-out normal "
             "windows rose 0 → 2.") in text
     assert "not worse" not in text and "windows above threshold during the alerts" not in text, "6 → 6 is no change"
@@ -126,15 +133,42 @@ def test_the_verdict_names_the_gate_and_every_figure_that_fell() -> None:
     better = {"current": _figures(1, 0.6, 5, 1.2, 1), "new": _figures(1, 1.0, 6, 1.20001, 0),
               "worse_on_alerts": False}
     assert verdict(better).splitlines()[1] == (
-        "Verdict: the new model passes the gate (alerts caught 1 → 1 of 1) and no compared figure is worse (better: "
-        "detection rate on alert windows rose 0.6 → 1; alert windows above threshold during the alerts rose 5 → 6; "
+        "Verdict: the new model passes the gate (alerts caught 1 → 1 of 1, which must not fall); none of the 6 figures "
+        "compared got worse (better: detection rate on alert windows rose 0.6 → 1; alert windows above threshold during the alerts rose 5 → 6; "
         "false alerts on held-out normal windows fell 1 → 0).")
 
     refused = {"current": _figures(1, 0.8, 6, 1.5, 0), "new": _figures(0, 0.8, 2, 1.5, 0), "worse_on_alerts": True}
     assert verdict(refused).splitlines() == [
         "Gate: alerts caught (3 windows above threshold during each reported alert): current 1, new 0 of 1 → fails.",
-        "Verdict: the new model **fails the gate** (alerts caught 1 → 0 of 1); also alert windows above threshold "
-        "during the alerts fell 6 → 2."]
+        "Verdict: the new model **fails the gate** (alerts caught 1 → 0 of 1, which must not fall); also alert windows "
+        "above threshold during the alerts fell 6 → 2."]
+
+
+@pytest.mark.parametrize("label,key,higher_is_better", FIGURES)
+def test_the_verdict_never_says_nothing_got_worse_when_a_figure_fell(label: str, key: str,
+                                                                     higher_is_better: bool) -> None:
+    # issue 18: "not worse" in a run where the alert-window detection rate fell from 0.8 to 0.6
+    current, new = _figures(1, 0.8, 6, 1.5, 1, confirmed=2, parity=0.999), _figures(1, 0.8, 6, 1.5, 1, confirmed=2,
+                                                                                    parity=0.999)
+    new[key] = current[key] * (0.5 if higher_is_better else 2)
+    text = verdict({"current": current, "new": new, "worse_on_alerts": False})
+    assert f"but {label} {'fell' if higher_is_better else 'rose'} " in text
+    assert "not worse" not in text and "got worse" not in text and "no compared figure" not in text
+
+
+def test_the_verdict_fails_the_gate_when_the_gated_figure_fell_whatever_the_flag_says() -> None:
+    # a comparison whose flag disagrees with its figures (an older manifest, a hand-made one): the figures decide
+    text = verdict({"current": _figures(2, 0.8, 6, 1.5, 0), "new": _figures(1, 0.8, 6, 1.5, 0),
+                    "worse_on_alerts": False})
+    assert "→ fails." in text and "**fails the gate** (alerts caught 2 → 1 of 1, which must not fall)" in text
+    assert "passes" not in text
+
+
+def test_the_verdict_says_which_figures_it_could_not_compare() -> None:
+    text = verdict({"current": _figures(1, 0.8, 6, 1.5, 0, parity=None), "new": _figures(1, 0.8, 6, 1.5, 0),
+                    "worse_on_alerts": False})
+    assert text.endswith("none of the 5 figures compared got worse; not compared (no figure for a model): parity with "
+                         "Keras (agreement).")
 
 
 def _answer_alert(root: Path, kind: str) -> None:
