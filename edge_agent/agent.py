@@ -310,7 +310,7 @@ class Agent:
                 sensor.device, sensor.bundle_path,
                 r,
                 serving=sensor.served_model, offer_model=sensor.adopt_model, publish=self._publish_retained,
-                num_threads=scfg.bundle.num_threads)
+                num_threads=scfg.bundle.num_threads, group=scfg.group)
         if keep is None and drift is None and rollout is None:
             return None
         manifest = sensor.pipeline.bundle.manifest if sensor.pipeline is not None else None
@@ -319,7 +319,8 @@ class Agent:
 
     def _subscribe(self) -> None:
         """Before the connection starts: availability on connect, Home Assistant discovery, the uplink flag, rollout
-        topics (the fleet's, fanned out to every sensor, and each sensor's own) and upload receipts."""
+        topics (the fleet's, fanned out to every sensor; each group's, fanned out to that group's sensors; each
+        sensor's own) and upload receipts."""
         self.connection.add_connect_listener(self._on_connect)
         if self.discovery is not None:
             self.discovery.start()
@@ -334,6 +335,13 @@ class Agent:
             for r in rollouts:
                 self.connection.subscribe(rollout_topics.subscriptions(r.device)[1], 1,
                                           lambda msg, r=r: r.on_message(msg.topic, msg.payload))
+            groups: dict[str, list[SensorRollout]] = {}
+            for r in rollouts:
+                if r.group is not None:
+                    groups.setdefault(r.group, []).append(r)
+            for group, members in groups.items():  # one filter per group (a filter has one route)
+                self.connection.subscribe(rollout_topics.subscriptions(members[0].device, group)[2], 1,
+                                          lambda msg, rs=members: [r.on_message(msg.topic, msg.payload) for r in rs])
         if self.cfg.answers_mqtt:
             for s in self.sensors:
                 self.connection.subscribe(topics.answer_command_topic(s.device), 1,

@@ -234,8 +234,10 @@ def deploy(bundle: Path, to: Path | None, config: Path | None, device: str | Non
     BUNDLE is checked as the agent would (manifest, digest, tensors), copied into a temporary sibling of
     the target, checked again there, and renamed into place; the bundle it replaces stays as
     DIR.previous (roll back with mv). Never copy files over a served bundle one by one.
+    With --config, a bundle made for a group (model.group) is refused for a sensor of another group.
     """
-    from edge_agent.contract.bundle import PREVIOUS_SUFFIX, deploy_bundle
+    from edge_agent.contract.bundle import PREVIOUS_SUFFIX, Bundle, deploy_bundle
+    from edge_agent.contract.rollout import group_refusal
 
     if (to is None) == (config is None):
         raise click.UsageError("give the target: --to DIR, or --config FILE (with --sensor when it has several)")
@@ -247,6 +249,15 @@ def deploy(bundle: Path, to: Path | None, config: Path | None, device: str | Non
             to = cfg.resolve(cfg.sensor(device).bundle.path)
         except ConfigError as exc:
             raise click.ClickException(f"{exc}, with --sensor") from None
+        try:
+            new = Bundle.load(bundle)
+        except BundleError as exc:
+            raise click.ClickException(f"not deployed: {exc}") from None
+        for s in cfg.sensors:  # every sensor that serves this path (they may share one)
+            if cfg.resolve(s.bundle.path).resolve() == Path(to).resolve():
+                refusal = group_refusal(s.device, s.group, new.group, f"{new.model_id} {new.version}", deploying=True)
+                if refusal:
+                    raise click.ClickException(f"not deployed: {refusal}")
     to = Path(os.path.normpath(to))
     replaces = to.exists()
     try:

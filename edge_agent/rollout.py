@@ -2,7 +2,7 @@
 
 ::
 
-    vib/rollout/{fleet,device/<d>}/… ─► on_message (paho thread: bounded queue)
+    vib/rollout/{fleet,group/<g>,device/<d>}/… ─► on_message (paho thread: bounded queue)
     scored windows ─► observe (scoring thread: steps copied into a bounded ring)
                                       step() (the bundle-watch thread) ─► state machine ─► vib/<d>/rollout (retained)
 
@@ -18,12 +18,15 @@ sensor has taken is a replay (ignored, counted in ``stale``), and a model older 
 unless its metadata says ``allow_downgrade`` (``trainer publish --allow-downgrade``; ``edge-agent rollback``
 rolls back by hand).
 
-* **received**: signed metadata for this sensor or the fleet; chunks are collected (only chunks signed by a
-  trusted key are buffered, bounded in bytes). A chunk still missing after ``chunk_timeout_s`` rejects the
+* **received**: signed metadata for this sensor, its group or the fleet; chunks are collected (only chunks signed by
+  a trusted key are buffered, bounded in bytes). A model of another group is rejected here, before any chunk is
+  used: a bundle whose ``model.group`` is G serves only sensors whose config ``group`` is G (a bundle without a
+  group serves any sensor); metadata older than schema 3 does not say the group, and the unpacked manifest is
+  checked again in **verified**. A chunk still missing after ``chunk_timeout_s`` rejects the
   rollout for now (not remembered: the retained rollout is tried again after a reconnect).
 * **verified**: every chunk's signature and sha256 and the whole payload's sha256 match the signed metadata;
-  the payload unpacks to a bundle whose input shape and channels are this sensor's; ``Bundle.load`` and a test
-  inference pass in a second interpreter.
+  the payload unpacks to a bundle whose input shape and channels are this sensor's and whose ``model.group`` is the
+  metadata's and fits this sensor's group; ``Bundle.load`` and a test inference pass in a second interpreter.
 * **shadow**: the candidate scores the sensor's most recent windows beside the serving model. Its alert rate
   (share of windows above its threshold) may exceed the serving model's by at most ``max_alert_rate_increase``.
 * **serving**: the bundle is deployed atomically (assembled in a sibling folder, renamed into the sensor's
@@ -149,6 +152,8 @@ class SensorRollout:
 
     Args:
         device: the sensor.
+        group: the sensor's kind of machine (config ``group``; None: none): it takes its group's rollouts and no
+            model of another group.
         bundle_path: the sensor's bundle directory (deployed bundles go there).
         policy: keys and limits.
         serving: ``() -> LoadedModel | None``, the model the sensor serves now.
@@ -160,8 +165,9 @@ class SensorRollout:
     def __init__(self, device: str, bundle_path: Path, policy: RolloutPolicy, *,
                  serving: Callable[[], LoadedModel | None], offer_model: Callable[[LoadedModel], None],
                  publish: Callable[[str, bytes], None] | None = None, num_threads: int = 1,
-                 ring: int = 512, inbox: int = 4096) -> None:
+                 ring: int = 512, inbox: int = 4096, group: str | None = None) -> None:
         self.device = device
+        self.group = group
         self.bundle_path = Path(bundle_path)
         self.policy = policy
         self.keys = contract.keyring(policy.public_keys)
@@ -255,7 +261,7 @@ class SensorRollout:
         if parsed is None or not payload:
             return  # not ours, or a cleared retained message
         target, rollout_id, index = parsed
-        if target not in (contract.FLEET, contract.target_of(self.device)):
+        if target not in self.targets:
             return
         if rollout_id is None:
             self._metadata(target, payload)
@@ -265,6 +271,15 @@ class SensorRollout:
                 self._chunks.setdefault(i, data)
         else:
             self._orphan(rollout_id, index, payload)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The rollout targets this sensor takes: the fleet, its own and its group's."""
+        mine = (contract.FLEET, contract.target_of(self.device))
+        return mine if self.group is None else (*mine, contract.group_target(self.group))
+
+    def _group_refusal(self, model_group: str | None, version: str, model_id: str) -> str:
+        return contract.group_refusal(self.device, self.group, model_group, f"{model_id} {version}")
 
     def _ignore(self, reason: str) -> None:
         """A message no trusted key signed (or not a rollout message): counted, never acted on."""
@@ -310,9 +325,9 @@ class SensorRollout:
         self.meta, self._chunks, self.reason, self.figures = meta, {}, "", RolloutFigures()
         self.state, self._received_at = "received", time.monotonic()
         self._remember("taken", meta.rollout_id, newest=meta)
-        backwards = self._backwards(meta, serving)
-        if backwards:
-            self._reject(backwards)
+        refusal = self._group_refusal(meta.group, meta.model_version, meta.model_id) or self._backwards(meta, serving)
+        if refusal:  # before any chunk is used
+            self._reject(refusal)
             return
         for index, chunk in self._orphans.pop(meta.rollout_id, {}).items():
             self._orphan_bytes -= len(chunk)
@@ -351,8 +366,12 @@ class SensorRollout:
             shutil.rmtree(staged)
         contract.unpack_bundle(blob, staged)
         model = load_served_model(staged, self.num_threads)
-        if model.bundle.version != meta.model_version or tuple(model.bundle.input_shape) != meta.input_shape:
+        if model.bundle.version != meta.model_version or tuple(model.bundle.input_shape) != meta.input_shape \
+                or (meta.group_signed and model.bundle.group != meta.group):
             raise contract.RolloutError("the bundle inside the rollout is not the one its metadata names")
+        refusal = self._group_refusal(model.bundle.group, model.bundle.version, model.bundle.model_id)
+        if refusal:  # metadata older than schema 3 does not say the group: the manifest does
+            raise contract.RolloutError(refusal)
         self._candidate = model
         self._retry_at, self._retry_s = None, RETRY_MIN_S
         self.state = "verified"

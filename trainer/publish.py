@@ -1,4 +1,5 @@
-"""``trainer keygen`` and ``trainer publish``: sign a bundle and send it to one sensor or to the fleet over MQTT.
+"""``trainer keygen`` and ``trainer publish``: sign a bundle and send it to one sensor, to every sensor of one group
+(kind of machine) or to the fleet over MQTT.
 
 The message format is ``edge_agent.contract.rollout``. The private key stays on the workstation: it is
 written once with mode 0600 (never over an existing file), and ``publish`` refuses a key file that group or
@@ -7,6 +8,11 @@ others may read. Gateways are given the public key (``[rollout] public_keys`` in
 Publishing: the chunks first (retained, QoS 1), then the signed metadata (retained, QoS 1), so a gateway
 that sees the metadata finds every chunk; then the retained chunks of the rollout it replaces are cleared.
 With ``wait_s`` the command then listens to ``vib/+/rollout`` and reports each sensor's state.
+
+Groups: ``--group G`` (``publish(..., to=None, group="G")``) sends to ``vib/rollout/group/G/…``, which only the
+sensors whose gateway config says ``group = "G"`` subscribe to. A bundle whose manifest ``model.group`` is set goes
+only to that group: to another group or to the fleet it is refused before anything is sent
+(``rollout.check_publish_target``); the gateways check it again.
 """
 
 from __future__ import annotations
@@ -35,23 +41,30 @@ class Published:
     states: dict[str, dict] = field(default_factory=dict)  # device -> last rollout state seen for this rollout
 
 
-def publish(bundle: Path, to: str, key_path: Path, connection: MqttConnection, *, wait_s: float = 0.0,
-            expect: int = 0, chunk_size: int = rollout.CHUNK_SIZE, allow_downgrade: bool = False,
+def publish(bundle: Path, to: str | None, key_path: Path, connection: MqttConnection, *, group: str | None = None,
+            wait_s: float = 0.0, expect: int = 0, chunk_size: int = rollout.CHUNK_SIZE, allow_downgrade: bool = False,
             ack_timeout_s: float = 30.0) -> Published:
-    """Sign ``bundle`` and publish it for ``to`` (a device id or ``fleet``) on ``connection`` (not started: this
-    function starts and stops it).
+    """Sign ``bundle`` and publish it for ``to`` (a device id or ``fleet``) or, with ``to=None``, for every sensor
+    of ``group``, on ``connection`` (not started: this function starts and stops it).
 
     Args:
+        group: a group id: only the sensors of that group take it (``trainer publish --group``).
         wait_s: then listen this long for the gateways' rollout states (0: do not wait).
         expect: stop waiting once this many sensors report a final state (serving, rejected, rolled back).
         allow_downgrade: gateways take it even if it is older than the model they serve (a rollback on purpose).
 
     Raises:
-        BundleError: the bundle does not load. ValueError: the key. RuntimeError: the broker did not take it.
+        BundleError: the bundle does not load, or is for another group than the target (nothing is published).
+        ConfigError: ``group`` or ``to`` is not an id. ValueError: the key, or both or neither of ``to`` and
+        ``group``. RuntimeError: the broker did not take it.
     """
+    from edge_agent.contract.bundle import Bundle
+
+    rollout.check_publish_target(None, to, group)  # the target's ids first, then the bundle
+    rollout.check_publish_target(Bundle.load(bundle).group, to, group, str(bundle))
     key = load_private_key(key_path)
     payload = rollout.pack_bundle(bundle)
-    meta_bytes, chunks = rollout.make_metadata(bundle, payload, to, key, chunk_size, allow_downgrade)
+    meta_bytes, chunks = rollout.make_metadata(bundle, payload, to, key, chunk_size, allow_downgrade, group=group)
     meta = rollout.verify_metadata(meta_bytes, rollout.keyring([key.public_key()]))
     target = meta.target
     where = f"{connection.host}:{connection.port}"
@@ -116,7 +129,7 @@ def commands():
     """The ``trainer keygen`` and ``trainer publish`` click commands."""
     import click
 
-    from edge_agent.contract.errors import BundleError
+    from edge_agent.contract.errors import BundleError, ConfigError
     from edge_agent.mqtt_client import broker_options, connection_from_options
 
     @click.command("keygen")
@@ -133,7 +146,10 @@ def commands():
 
     @click.command("publish")
     @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-    @click.option("--to", "to", required=True, help="A device id, or 'fleet' for every gateway.")
+    @click.option("--to", "to", default=None, help="A device id, or 'fleet' for every gateway.")
+    @click.option("--group", "group", default=None,
+                  help="A group id (the gateways' [[sensors]] group): every sensor of that kind of machine, and no "
+                       "other. Not with --to.")
     @click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Private key from `trainer keygen`.")
     @broker_options()
@@ -144,14 +160,19 @@ def commands():
                   help="Stop waiting once this many sensors report a final state.")
     @click.option("--allow-downgrade", is_flag=True,
                   help="Roll back on purpose: gateways take this bundle even if it is older than the one they serve.")
-    def publish_command(bundle: Path, to: str, key_path: Path, client_id: str, wait_s: float, expect: int,
-                        allow_downgrade: bool, **broker) -> None:
-        """Sign BUNDLE and publish it to a device or the fleet (retained, chunked, Ed25519)."""
+    def publish_command(bundle: Path, to: str | None, group: str | None, key_path: Path, client_id: str,
+                        wait_s: float, expect: int, allow_downgrade: bool, **broker) -> None:
+        """Sign BUNDLE and publish it to a device, a group or the fleet (retained, chunked, Ed25519).
+
+        A bundle made for a group (trainer train --group) goes only to that group: --group G."""
+        if (to is None) == (group is None):
+            raise click.UsageError("give one target: --to DEVICE, --to fleet, or --group GROUP (--to and --group "
+                                   "exclude each other)")
         try:
             connection = connection_from_options(client_id, **broker)
-            result = publish(bundle, to, key_path, connection, wait_s=wait_s, expect=expect,
+            result = publish(bundle, to, key_path, connection, group=group, wait_s=wait_s, expect=expect,
                              allow_downgrade=allow_downgrade)
-        except (BundleError, ValueError, OSError, RuntimeError) as exc:
+        except (BundleError, ConfigError, ValueError, OSError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from exc
         m = result.meta
         click.echo(f"rollout {m.rollout_id} -> {m.target}: {m.model_id} {m.model_version}, {result.chunks} chunks, "

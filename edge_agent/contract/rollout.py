@@ -1,23 +1,27 @@
 """Signed model rollout over MQTT: the message format, defined once for the publisher and the gateway.
 
-The workstation (``trainer publish``) sends a bundle to one sensor or to the whole fleet; each gateway
-verifies it before anything of it is used (``edge_agent.rollout``)::
+The workstation (``trainer publish``) sends a bundle to one sensor, to every sensor of one group (kind of
+machine) or to the whole fleet; each gateway verifies it before anything of it is used (``edge_agent.rollout``)::
 
     vib/rollout/<target>/<rollout_id>/chunk/<i>   retained, binary   the bundle payload, cut in CHUNK_SIZE pieces
     vib/rollout/<target>/meta                     retained, JSON     what the rollout is, signed (published last)
     vib/<device>/rollout                          retained, JSON     the gateway's rollout state for that sensor
 
-``<target>`` is ``fleet`` or ``device/<device>``. Both message kinds are signed with Ed25519 by the
-workstation's private key (which never leaves it); gateways hold the public key(s) (``[rollout] public_keys``).
+``<target>`` is ``fleet``, ``group/<group>`` or ``device/<device>`` (``<group>`` and ``<device>`` are ids:
+``topics.check_id``). A gateway subscribes, for each sensor, to ``fleet``, to the sensor's ``device/<device>`` and,
+when the sensor has a ``group`` in the gateway config, to ``group/<group>`` (:func:`subscriptions`). Both message
+kinds are signed with Ed25519 by the workstation's private key (which never leaves it); gateways hold the public
+key(s) (``[rollout] public_keys``).
 
 Metadata (UTF-8 JSON; ``signature`` is base64 of the Ed25519 signature over the canonical JSON of every
 other field: keys sorted, no spaces, ASCII)::
 
-    {"schema": 2, "rollout_id": "<32 hex>", "target": "fleet" | "device/<device>",
+    {"schema": 3, "rollout_id": "<32 hex>", "target": "fleet" | "group/<group>" | "device/<device>",
      "created": ISO-8601 (microseconds; when it was published),
      "model": {"id": str, "version": str, "created": ISO-8601 (the bundle's manifest model.created)},
      "allow_downgrade": bool,     # the operator rolls back on purpose (trainer publish --allow-downgrade)
-     "bundle": {"input_shape": [1, T, F], "channels": [str], "sample_rate": float | null, "quantization": str},
+     "bundle": {"input_shape": [1, T, F], "channels": [str], "sample_rate": float | null, "quantization": str,
+                "group": id | null},   # the bundle's manifest model.group (schema 3)
      "payload": {"format": "tar", "size": int, "sha256": hex, "chunk_size": int, "chunks": [sha256 hex, ...]},
      "key_id": "<16 hex: sha256 of the raw public key>", "signature": base64}
 
@@ -28,8 +32,13 @@ Chunk (binary)::
 
 Order: a gateway takes a target's rollouts only in the order they were published (a rollout published no later
 than one it has already taken is a replay: ignored and counted), and never a model older than the one it serves
-unless the metadata says ``allow_downgrade`` (``edge_agent.rollout``). Schema 1 (no model.created, created in
-seconds) is still read.
+unless the metadata says ``allow_downgrade`` (``edge_agent.rollout``). Schemas 1 (no model.created, created in
+seconds) and 2 (no bundle.group) are still read.
+
+Groups: a bundle whose manifest ``model.group`` is G is taken only by sensors whose config ``group`` is G; a bundle
+without a group is taken by any sensor (a fleet-wide model). The gateway checks it on the signed metadata before it
+collects chunks (schema 3) and again on the unpacked manifest (:func:`group_refusal`); the publisher sends a grouped
+bundle only with ``trainer publish --group G`` (:func:`check_publish_target`).
 
 The payload is an uncompressed tar of the bundle's ``manifest.json``, ``model.tflite`` and ``report/*``
 (regular files only, sorted, zero times and owners: the same bundle gives the same bytes). The gateway
@@ -66,12 +75,13 @@ from edge_agent.contract.signing import (  # noqa: F401 (key helpers, re-exporte
     verify_fields,
 )
 
-SCHEMA_VERSION = 2
-SCHEMAS = (1, 2)  # 2 adds model.created and allow_downgrade; ``created`` in microseconds
+SCHEMA_VERSION = 3
+SCHEMAS = (1, 2, 3)  # 2 adds model.created and allow_downgrade, ``created`` in microseconds; 3 adds bundle.group
 CHUNK_SIZE = 64 * 1024  # fits every broker's default packet limit (AWS IoT: 128 KB)
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
 MAX_META_BYTES = 1024 * 1024
 FLEET = "fleet"
+GROUP_PREFIX = "group/"
 _MAGIC = b"VRC1"
 _HEADER = struct.Struct("<4s16sII")
 _SIG = 64
@@ -89,6 +99,12 @@ def target_of(to: str) -> str:
     return FLEET if to == FLEET else f"device/{topics.check_id(to)}"
 
 
+def group_target(group: str) -> str:
+    """A group id -> the topic level ``group/<group>``; ConfigError naming the group when it is not an id
+    (``/``, ``+``, ``#`` would change or widen the topic)."""
+    return f"{GROUP_PREFIX}{topics.check_id(group, 'group id')}"
+
+
 def meta_topic(target: str) -> str:
     return f"vib/rollout/{target}/meta"
 
@@ -97,14 +113,18 @@ def chunk_topic(target: str, rollout_id: str, index: int) -> str:
     return f"vib/rollout/{target}/{rollout_id}/chunk/{index}"
 
 
-def subscriptions(device: str) -> list[str]:
-    """The filters a gateway subscribes to for one sensor: the fleet's rollouts and the sensor's own."""
-    return [f"vib/rollout/{FLEET}/#", f"vib/rollout/{target_of(device)}/#"]
+def subscriptions(device: str, group: str | None = None) -> list[str]:
+    """The filters a gateway subscribes to for one sensor: the fleet's rollouts, the sensor's own and, when the
+    sensor has a group, its group's (in that order)."""
+    subs = [f"vib/rollout/{FLEET}/#", f"vib/rollout/{target_of(device)}/#"]
+    if group is not None:
+        subs.append(f"vib/rollout/{group_target(group)}/#")
+    return subs
 
 
 def parse_topic(topic: str) -> tuple[str, str | None, int | None] | None:
     """``(target, rollout_id, chunk index)`` of a rollout topic (``rollout_id``/index None for meta), else None."""
-    m = re.fullmatch(r"vib/rollout/(fleet|device/[^/]+)/(?:meta|([0-9a-f]{32})/chunk/(\d{1,9}))", topic)
+    m = re.fullmatch(r"vib/rollout/(fleet|device/[^/]+|group/[^/]+)/(?:meta|([0-9a-f]{32})/chunk/(\d{1,9}))", topic)
     if m is None:
         return None
     return m.group(1), m.group(2), None if m.group(3) is None else int(m.group(3))
@@ -132,6 +152,13 @@ class RolloutMeta:
     raw: dict
     model_created: str | None = None  # the bundle's manifest model.created (schema 2)
     allow_downgrade: bool = False  # the publisher rolls back on purpose (``trainer publish --allow-downgrade``)
+    schema: int = SCHEMA_VERSION
+    group: str | None = None  # the bundle's manifest model.group (schema 3; None: any sensor, or not said)
+
+    @property
+    def group_signed(self) -> bool:
+        """Whether the metadata says the bundle's group (schema 3); older metadata leaves it to the manifest."""
+        return self.schema >= 3
 
     @property
     def n_chunks(self) -> int:
@@ -152,25 +179,34 @@ def parse_time(text: str | None) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def make_metadata(bundle_dir: Path, payload: bytes, to: str, private_key: Ed25519PrivateKey,
-                  chunk_size: int = CHUNK_SIZE, allow_downgrade: bool = False) -> tuple[bytes, list[bytes]]:
-    """The signed metadata and the signed chunks of ``payload`` (``pack_bundle(bundle_dir)``) for target ``to``.
-    ``allow_downgrade``: gateways may take it although it is older than the model they serve."""
+def make_metadata(bundle_dir: Path, payload: bytes, to: str | None, private_key: Ed25519PrivateKey,
+                  chunk_size: int = CHUNK_SIZE, allow_downgrade: bool = False, *,
+                  group: str | None = None) -> tuple[bytes, list[bytes]]:
+    """The signed metadata and the signed chunks of ``payload`` (``pack_bundle(bundle_dir)``) for target ``to`` (a
+    device id or ``fleet``) or, with ``to=None``, for every sensor of ``group``. ``allow_downgrade``: gateways may
+    take it although it is older than the model they serve.
+
+    This is the message format only: it does not check that the bundle's group fits the target (the publisher's
+    :func:`check_publish_target` does; every gateway checks it again)."""
     from edge_agent.contract.bundle import Bundle
 
+    if (to is None) == (group is None):
+        raise ValueError("a rollout goes to a device or the fleet (to) or to a group (group), one of them")
+    target = group_target(group) if group is not None else target_of(to)
     bundle = Bundle.load(bundle_dir)
     rollout_id = uuid.uuid4().hex
     pieces = [payload[i:i + chunk_size] for i in range(0, len(payload), chunk_size)] or [b""]
     fields = {
         "schema": SCHEMA_VERSION,
         "rollout_id": rollout_id,
-        "target": target_of(to),
+        "target": target,
         "created": datetime.now(UTC).isoformat(timespec="microseconds"),
         "model": {"id": bundle.model_id, "version": bundle.version,
                   "created": bundle.manifest["model"].get("created")},
         "allow_downgrade": bool(allow_downgrade),
         "bundle": {"input_shape": list(bundle.input_shape), "channels": list(bundle.spec.channels),
-                   "sample_rate": bundle.manifest["signal"].get("sample_rate"), "quantization": bundle.quantization},
+                   "sample_rate": bundle.manifest["signal"].get("sample_rate"), "quantization": bundle.quantization,
+                   "group": bundle.group},
         "payload": {"format": "tar", "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
                     "chunk_size": chunk_size, "chunks": [hashlib.sha256(p).hexdigest() for p in pieces]},
     }
@@ -205,11 +241,14 @@ def verify_metadata(payload: bytes, keys: dict[str, Ed25519PublicKey]) -> Rollou
             chunk_size=int(p["chunk_size"]), chunks=tuple(str(c) for c in p["chunks"]), key_id=kid, raw=fields,
             model_created=None if m.get("created") is None else str(m["created"]),
             allow_downgrade=fields.get("allow_downgrade", False) is True,
+            schema=int(fields["schema"]), group=b["group"] if fields["schema"] >= 3 else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RolloutError(f"rollout metadata is malformed ({type(exc).__name__}: {exc})") from exc
     if not re.fullmatch(r"[0-9a-f]{32}", meta.rollout_id) or p["format"] != "tar":
         raise RolloutError("rollout metadata: bad rollout id or payload format")
+    if meta.group is not None and not topics.is_id(meta.group):
+        raise RolloutError(f"rollout metadata: bundle.group {str(meta.group)[:80]!r} is not a group id")
     if not 0 < meta.size <= MAX_PAYLOAD_BYTES or meta.chunk_size <= 0 \
             or len(meta.chunks) != -(-meta.size // meta.chunk_size) \
             or not all(_HEX.fullmatch(c) for c in (meta.sha256, *meta.chunks)):
@@ -291,6 +330,45 @@ def unpack_bundle(payload: bytes, dest: Path) -> Path:
     except (tarfile.TarError, EOFError) as exc:
         raise RolloutError(f"rollout payload is not a readable tar ({exc})") from exc
     return dest
+
+
+# ------------------------------------------------------------------------------------------ groups
+def group_refusal(device: str, sensor_group: str | None, model_group: str | None, model: str, *,
+                  deploying: bool = False) -> str:
+    """Why sensor ``device`` (its config ``group``) may not take ``model`` (``"<id> <version>"``) of
+    ``model_group``; ``""`` when it may. The rule: a model of group G serves only sensors of group G; a model
+    without a group serves any sensor. The reason names both groups and what to do."""
+    if model_group is None or model_group == sensor_group:
+        return ""
+    mine = f"group {sensor_group!r}" if sensor_group is not None else "no group"
+    send = (f"deploy a model of {'group ' + repr(sensor_group) if sensor_group else 'no group'} (or one without a "
+            f"group) to it" if deploying else
+            f"publish it with `trainer publish --group {model_group}` (only sensors of group {model_group!r} "
+            f"receive it)")
+    return (f"sensor {device} ({mine}) does not take model {model} of group {model_group!r}: a model made for a "
+            f"group serves only that group's sensors. {send[0].upper()}{send[1:]}; or, if {device} is a "
+            f"{model_group!r} machine, set group = \"{model_group}\" in its [[sensors]] table of the gateway config")
+
+
+def check_publish_target(bundle_group: str | None, to: str | None, group: str | None, bundle: str = "bundle") -> None:
+    """The publisher's side of the group rule, before anything is sent: BundleError when ``bundle`` (its manifest
+    ``model.group`` is ``bundle_group``) would go to sensors of another group. ``to`` is a device id or ``fleet``,
+    ``group`` a group id (one of them); a bad group id is a ConfigError naming it.
+
+    A grouped bundle goes only to its group (``trainer publish --group G``): not to another group, not to the
+    fleet. To one device it may go (the publisher does not know the device's group; the gateway checks). A bundle
+    without a group may go anywhere."""
+    if (to is None) == (group is None):
+        raise ValueError("give the target: --to a device id or 'fleet', or --group a group id (not both)")
+    if group is not None:
+        group_target(group)
+        if bundle_group is not None and bundle_group != group:
+            raise BundleError(f"{bundle}: the model is for group {bundle_group!r} (manifest model.group), not "
+                              f"{group!r}: publish it with --group {bundle_group}; nothing was published")
+    elif to == FLEET and bundle_group is not None:
+        raise BundleError(f"{bundle}: the model is for group {bundle_group!r} (manifest model.group): sensors of "
+                          f"other groups refuse it; publish it with --group {bundle_group} instead of --to fleet; "
+                          f"nothing was published")
 
 
 def check_fits(meta: RolloutMeta, input_shape: Sequence[int], channels: Sequence[str]) -> None:
