@@ -28,7 +28,10 @@ Many sensors: top-level sections are every sensor's defaults, each ``[[sensors]]
 Per sensor::
 
     [source]      kind = "serial" | "mqtt", queue_frames, sample_rate (Hz, used when the bundle has none), burst,
-                  intake_cpu (share of a core reading it may use: a sensor that floods is paused, not the others)
+                  intake_cpu (share of a core reading it may use: a sensor that floods is paused, not the others);
+                  queue_frames counts frames (messages), 1024 by default: a sensor that sends one sample per
+                  message at 1 kHz fills it in one second of a stalled scorer, so give it rate x 10 or more (and
+                  its broker's max_queued_messages as much)
     [source.serial] port, format = "binary" | "csv", baudrate, channels (csv only), read_timeout_s, reopen_max_s
     [source.mqtt]   topic_device (defaults to device) or topic (any topic), qos, payload = "wire" | "json";
                     json: fields (or values, channels), records, seq_field, time_field, time_unit, scale,

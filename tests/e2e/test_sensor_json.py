@@ -18,6 +18,7 @@ import pytest
 from edge_agent.contract import topics
 from edge_agent.contract.binary import encode_frame, int16_scale
 from edge_agent.mqtt_client import MqttConnection
+from firmware_sim.broker import Broker
 from tests.agent.pipeline_helpers import RATE, agent_config
 from tests.e2e.test_agent_e2e import Proc
 from tests.waiting import wait_for
@@ -30,6 +31,12 @@ TOPIC = "iot-2/evt/status/fmt/json"
 #: kept in training). A running machine does not restart its attractor: the first second (100 steps) is cut off.
 SETTLE = 100
 STREAM_RATE = 1000  # Hz: per-sample messages, 2.9 s per recording
+#: Per-sample messages at 1 kHz: the agent's frame queue (``[source] queue_frames``, 1024 by default) and mosquitto's
+#: queue per subscriber (``max_queued_messages``, 1000) both count messages, one second of this sensor each; a CI
+#: machine busy with other work can stall the agent longer than that, and the excess is lost (counted as
+#: frames_dropped by the agent, silently by mosquitto). Both are sized for 16 s here, as the configuration reference
+#: advises for sensors that send one sample per message.
+QUEUE_MESSAGES = 16 * STREAM_RATE
 
 
 def _recording(state: str) -> np.ndarray:
@@ -67,11 +74,21 @@ def _stream(tmp_path: Path, state: str, broker) -> Proc:
                  "--payload", "json-per-sample", "--fields", "x,y,z", "--topic", TOPIC], tmp_path)
 
 
-def test_ibm_watson_json_per_sample_alerts_on_broken_lorenz_and_not_on_healthy(tmp_path, mosquitto, lorenz_bundle):
+@pytest.fixture
+def roomy_broker(tmp_path):
+    """mosquitto that queues ``QUEUE_MESSAGES`` per subscriber."""
+    broker = Broker(tmp_path / "broker", extra_conf=f"allow_anonymous true\nmax_queued_messages {QUEUE_MESSAGES}\n")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_ibm_watson_json_per_sample_alerts_on_broken_lorenz_and_not_on_healthy(tmp_path, roomy_broker, lorenz_bundle):
+    mosquitto = roomy_broker
     status_file = tmp_path / "status.json"
     cfg = agent_config(
         tmp_path, lorenz_bundle,
-        source={"kind": "mqtt", "sample_rate": STREAM_RATE,
+        source={"kind": "mqtt", "sample_rate": STREAM_RATE, "queue_frames": QUEUE_MESSAGES,
                 "mqtt": {"topic": TOPIC, "payload": "json", "fields": ["x", "y", "z"]}},
         mqtt={"host": mosquitto.host, "port": mosquitto.port},
         alerts={"k": 3, "n": 5, "cooldown_s": 0.0, "sinks": {"log": True, "jsonl": str(tmp_path / "alerts.jsonl")}},
@@ -89,7 +106,9 @@ def test_ibm_watson_json_per_sample_alerts_on_broken_lorenz_and_not_on_healthy(t
         assert healthy["alert_state"] == "normal" and healthy["alerts"] == 0
         sim = _stream(tmp_path, "broken", mosquitto)
         assert sim.p.wait(60) == 0, sim.drain()
-        assert wait_for(lambda: _status(status_file).get("windows_scored") == 2 * windows, 20), _status(status_file)
+        assert wait_for(lambda: _status(status_file).get("windows_scored") == 2 * windows, 20), {
+            k: _status(status_file)["sensors"]["pump-7"].get(k) for k in (
+                "samples_in", "messages", "frames_dropped", "intake_throttles", "windows_scored", "queued_frames")}
         assert wait_for(lambda: _status(status_file)["sensors"]["pump-7"]["alerts"] >= 1, 10)
         broken = _status(status_file)["sensors"]["pump-7"]
     finally:
