@@ -23,7 +23,9 @@ minute writes are timed on a tmp file, empty and holding a week of minute rows o
 before rolling up), with the flush of 16 sensors' finished minutes.
 
 The process is pinned to one core with ``os.sched_setaffinity`` where the platform has it (after the bundles
-are trained). On a shared machine the p90s feel the other work; the medians are the robust figures.
+are trained). On a shared machine the p90s feel the other work; the medians are the robust figures. The share
+of a core is the mean × the calls per second: velocity measures one overlapping window in four (hop 2 blocks of
+8), so its median is the cheap call that measures nothing.
 
     python bench/bench_alert_costs.py [--cases femto,ims] [--seconds 30] [--repeat 100] [--core N]
                                       [--out runs/bench_alert_costs.md]
@@ -87,8 +89,9 @@ class Timings:
     def summary(self, name: str) -> dict:
         v = np.asarray(self.us.get(name, []))
         if not len(v):
-            return {"median_us": None, "p90_us": None, "calls": 0}
-        return {"median_us": float(np.median(v)), "p90_us": float(np.percentile(v, 90)), "calls": len(v)}
+            return {"median_us": None, "mean_us": None, "p90_us": None, "calls": 0}
+        return {"median_us": float(np.median(v)), "mean_us": float(np.mean(v)), "p90_us": float(np.percentile(v, 90)),
+                "calls": len(v)}
 
 
 def pin(core: int) -> str:
@@ -225,7 +228,7 @@ def _fmt(v: float | None) -> str:
 
 
 def _when(name: str, windows_per_s: float | None) -> tuple[str, float | None]:
-    """When the agent makes the call, and the share of a core per sensor of one call at its median (µs)."""
+    """When the agent makes the call, and how often (per second and sensor; None: not a steady rate)."""
     if name.startswith("trend.flush"):
         return f"per minute, all {SENSORS} sensors", 1 / 60 / SENSORS
     if name.startswith("trend.add at a new minute"):
@@ -250,16 +253,16 @@ def _rows(label: str, timings: dict, windows_per_s: float | None) -> list[str]:
     for name, s in sorted(timings.items(), key=lambda kv: next(
             (i for i, prefix in enumerate(ORDER) if kv[0].startswith(prefix)), len(ORDER))):
         when, rate = _when(name, windows_per_s)
-        share = "–" if rate is None or s["median_us"] is None else f"{s['median_us'] * rate / 1e4:.3f} %"
-        rows.append(f"| {label} | {name} | {when} | {_fmt(s['median_us'])} | {_fmt(s['p90_us'])} | {s['calls']} | "
-                    f"{share} |")
+        share = "–" if rate is None or s["mean_us"] is None else f"{s['mean_us'] * rate / 1e4:.3f} %"
+        rows.append(f"| {label} | {name} | {when} | {_fmt(s['median_us'])} | {_fmt(s['mean_us'])} | "
+                    f"{_fmt(s['p90_us'])} | {s['calls']} | {share} |")
     return rows
 
 
 def report(results: dict, trend: dict) -> tuple[str, str]:
     """The markdown table of every call, and per sensor config what every window costs in all."""
-    rows = ["| sensor | call | when | median µs | p90 µs | calls | share of a core per sensor |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| sensor | call | when | median µs | mean µs | p90 µs | calls | share of a core per sensor (mean) |",
+            "|---|---|---|---|---|---|---|---|"]
     sums = []
     minute = trend[f"trend.add at a new minute (writes 1 row), {WEEK}"]["median_us"]
     for case, r in results.items():
@@ -269,7 +272,7 @@ def report(results: dict, trend: dict) -> tuple[str, str]:
         rows += _rows(label, t, wps)
         for cfg in ("no units", "units g", "units g + bearing"):
             on_window = t.get(f"on_window, {cfg}") or t[f"on_window, {cfg}{LEARNING}"]
-            us = t["window copy"]["median_us"] + on_window["median_us"] + t["trend.add"]["median_us"]
+            us = t["window copy"]["mean_us"] + on_window["mean_us"] + t["trend.add"]["mean_us"]
             share = (us * wps + minute / 60) / 1e4
             sums.append(f"{label}, {cfg}: {us:.0f} µs per window × {wps:.2f} windows/s + a trend row a minute "
                         f"({minute:.0f} µs on a week's file) = {share:.3f} % of a core per sensor, "

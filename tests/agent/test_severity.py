@@ -247,14 +247,19 @@ def test_the_tracker_averages_the_mean_square_over_the_last_seconds():
     json.dumps(d, allow_nan=False)
 
 
-def test_overlapping_windows_count_their_hop_and_zero_seconds_keeps_one_window():
-    tracker = SeverityTracker(SeverityPolicy(average_s=1.0), FS, "g")
-    for _ in range(4):
-        s = tracker.update(sine(100.0, 0.01), new_s=0.25)
-    assert s.averaged_s == 1.0
-    s = tracker.update(sine(100.0, 0.02), new_s=0.25)
+def test_overlapping_windows_are_measured_once_a_window_length_and_zero_seconds_keeps_one_window():
+    """Windows of 1 s every 0.25 s: every fourth is measured, standing for the 1 s since the last; the others
+    return the last value without an FFT (counted)."""
+    tracker = SeverityTracker(SeverityPolicy(average_s=2.0), FS, "g")
     v = expected_mm_s(0.01 * STANDARD_GRAVITY, 100.0)
-    assert s.max_mm_s == pytest.approx(v * math.sqrt((3 + 4) / 4), rel=0.005) and s.zone == "A"
+    s = tracker.update(sine(100.0, 0.01), new_s=0.25)
+    assert s.max_mm_s == pytest.approx(v, rel=0.005) and s.averaged_s == 0.25
+    for _ in range(3):  # three quarters of them measured already: the same severity, no FFT
+        assert tracker.update(sine(100.0, 0.05), new_s=0.25) is s
+    assert tracker.counts.overlapping == 3
+    s = tracker.update(sine(100.0, 0.02), new_s=0.25)  # 1 s since the last: measured, for that 1 s
+    assert s.max_mm_s == pytest.approx(v * math.sqrt((0.25 + 4) / 1.25), rel=0.005) and s.averaged_s == 1.25
+    assert s.zone == "A" and tracker.counts.windows == 5 and tracker.counts.overlapping == 3
     only_last = SeverityTracker(SeverityPolicy(average_s=0.0), FS, "g")
     only_last.update(sine(100.0, 1.0))
     assert only_last.update(sine(100.0, 0.01)).max_mm_s == pytest.approx(v, rel=0.005)
