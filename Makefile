@@ -62,6 +62,7 @@ bench: setup
 	$(PY) bench/bench_diagnosis.py --data $(SHARED_DATA)
 	$(PY) bench/bench_alert_costs.py
 	$(PY) bench/bench_dataset_summary.py --s3 --compact --out runs/bench_dataset_summary.json
+	$(PY) bench/bench_fleet_scale.py
 
 # Detection benchmark (not CI): default options on the shared data, the gateway's pipeline, baselines.
 SHARED_DATA ?= ../shared/data

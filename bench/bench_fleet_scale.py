@@ -17,7 +17,8 @@ subscription (``$share/bench/vib/+/upload``), which write the Parquet dataset to
 
 Per K (``--collectors``, default 1,2,4; a fresh broker and bucket each): records/s sustained (records receipted /
 time from the first publish to the last receipt), end-to-end latency publish → object durable → receipt (p50, p95,
-p99), and, counted in the dataset afterwards by id, nothing lost and nothing doubled. Before that, the object store's
+p99), and, counted in the dataset afterwards by id, every record there once: ``missing`` (published, not in the
+dataset when the wait ended) and ``doubled`` (more than one row). Before that, the object store's
 cost of one collector file (``trainer.dataset.write_part`` of a one-record part: Parquet encode + one PUT), which is
 what a collector pays per device and flush.
 
@@ -358,7 +359,7 @@ def collect_section(args: argparse.Namespace, k: int, store: S3Server, key: Path
         "receipts_invalid": rec["invalid"], "receipt_messages": rec["messages"],
         "latency_ms": ({q: float(np.percentile(lat, int(q[1:]))) for q in ("p50", "p95", "p99")}
                        | {"max": float(lat.max())}) if lat.size else None,
-        "in_dataset": in_dataset, "lost": len(t_pub) - in_dataset, "doubled": doubled,
+        "in_dataset": in_dataset, "missing": len(t_pub) - in_dataset, "doubled": doubled,
         "dataset": rows, "dataset_uri": dataset_uri, "collector_counts": counts,
     }
 
@@ -386,13 +387,13 @@ def table(facts: dict) -> str:
              f"{a['sensors']} sensors x {a['records_per_sensor']} records, window {a['window'][0]} x {a['window'][1]} "
              f"({a['record_bytes'] / 1024:.0f} KiB a record), {offered})",
              "",
-             "| collectors | records | records/s | MB/s | latency p50 | p95 | p99 | in dataset | lost | doubled | files |",
+             "| collectors | records | records/s | MB/s | latency p50 | p95 | p99 | in dataset | missing | doubled | files |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in facts["collect"]:
         lat = r["latency_ms"] or {}
         lines.append(f"| {r['collectors']} | {r['records']:,} | {r['records_per_s']:.0f} | {r['mb_per_s']:.1f} | "
                      f"{lat.get('p50', float('nan')) / 1e3:.1f} s | {lat.get('p95', float('nan')) / 1e3:.1f} s | "
-                     f"{lat.get('p99', float('nan')) / 1e3:.1f} s | {r['in_dataset']:,} | {r['lost']} | {r['doubled']} | "
+                     f"{lat.get('p99', float('nan')) / 1e3:.1f} s | {r['in_dataset']:,} | {r['missing']} | {r['doubled']} | "
                      f"{r['dataset']['files']:,} |")
     lines += ["", f"One collector file on this store (`write_part` of a one-record part, {put['part_bytes'] / 1024:.0f} "
               f"KiB, encode + PUT, {put['files']} times): p50 {put['p50_ms']:.1f} ms, p95 {put['p95_ms']:.1f} ms, "
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
                 lat = r["latency_ms"] or {}
                 print(f"K={k}: {r['records_per_s']:.0f} records/s, latency p50 {lat.get('p50', 0) / 1e3:.2f} s "
                       f"p99 {lat.get('p99', 0) / 1e3:.2f} s, {r['in_dataset']}/{r['records']} in the dataset, "
-                      f"{r['lost']} lost, {r['doubled']} doubled", flush=True)
+                      f"{r['missing']} missing, {r['doubled']} doubled", flush=True)
         finally:
             store.stop()
     # A further section (retrain wall time, serial vs Ray: issue 18 item 5, second half) is one more function taking
