@@ -4,14 +4,11 @@ refusals, and `edge-agent deploy --config` of another group's bundle. Real bundl
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,7 +21,8 @@ from edge_agent.contract import rollout as contract
 from edge_agent.contract.errors import BundleError, ConfigError
 from firmware_sim import signals
 from firmware_sim.broker import Broker
-from tests.agent.pipeline_helpers import RATE, _toml, rewrite_bundle
+from tests.agent.pipeline_helpers import RATE, _toml
+from tests.agent.rollout_group_helpers import as_schema_2, grouped, resigned, retained
 from trainer.cli import cli as trainer_main
 from trainer.publish import keygen, load_private_key
 
@@ -57,28 +55,6 @@ class GroupSensor:
             self.rollout.observe(w, self.model.scorer.score(w), self.model.bundle.threshold.value,
                                  self.model.bundle.version)
             self.rollout.step()
-
-
-def grouped(src: Path, dest: Path, version: str, group: str | None) -> Path:
-    """A copy of the real bundle ``src`` with another version and manifest ``model.group`` (written by the bundle
-    writer: the digest covers the manifest)."""
-    shutil.copytree(src, dest)
-    rewrite_bundle(dest, version=version, manifest_edit=lambda m: m["model"].__setitem__("group", group)
-                   if group is not None else m["model"].pop("group", None))
-    return dest
-
-
-def resigned(meta: bytes, key: Ed25519PrivateKey, edit) -> bytes:
-    """``meta`` changed by ``edit(fields)`` and signed again with the trusted ``key`` (a publisher that skips checks)."""
-    fields = {k: v for k, v in json.loads(meta).items() if k != "signature"}
-    edit(fields)
-    return contract.canonical(fields | {"signature": base64.b64encode(key.sign(contract.canonical(fields))).decode()})
-
-
-def as_schema_2(fields: dict) -> None:
-    """Metadata as a publisher before groups wrote it: schema 2, no bundle.group."""
-    fields["schema"] = 2
-    del fields["bundle"]["group"]
 
 
 @pytest.fixture(scope="module")
@@ -218,34 +194,6 @@ def signing_key(tmp_path: Path) -> Path:
     path = tmp_path / "keys" / "rollout.key"
     keygen(path)
     return path
-
-
-def retained(broker: Broker, pattern: str = "vib/rollout/#") -> dict[str, bytes]:
-    """Every retained message under ``pattern`` (a fresh subscriber gets them right after its SUBACK; a marker
-    published after the subscription tells when they have all come)."""
-    got: dict[str, bytes] = {}
-    done, subscribed = threading.Event(), threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="retained-reader")
-
-    def on_message(c, u, m) -> None:
-        if m.topic == "test/marker":
-            done.set()
-        elif m.payload:
-            got[m.topic] = bytes(m.payload)
-
-    client.on_message = on_message
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.connect(*broker.address)
-    client.loop_start()
-    try:
-        client.subscribe([(pattern, 1), ("test/marker", 1)])
-        assert subscribed.wait(5)
-        client.publish("test/marker", b"1", qos=1).wait_for_publish(5)
-        assert done.wait(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return got
 
 
 def test_trainer_publish_group_sends_to_the_group_and_refuses_what_does_not_fit(agent_bundle, tmp_path, signing_key,
