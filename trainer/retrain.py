@@ -536,7 +536,7 @@ class GroupOutcome:
     """One group's retrain: ``status`` accepted (its bundle written to ``bundle``), refused (the gate; ``reason`` is
     its one line) or failed (``reason`` is the error); ``comparison`` (plain data, as ``compare``; None when it
     failed before comparing), ``log`` (its log records as text), ``seconds``, ``forced`` (written with force
-    although it fails the gate), ``peak_rss_mib`` (the process that ran it)."""
+    although it fails the gate), ``peak_rss_mib`` and ``where`` (the process that ran it)."""
 
     group: str
     status: str
@@ -547,6 +547,7 @@ class GroupOutcome:
     seconds: float | None = None
     forced: bool = False
     peak_rss_mib: float | None = None
+    where: str | None = None  # the process that ran it ("pid N"), or the Ray mode when its task was lost
 
     def line(self) -> str:
         """The one-line summary."""
@@ -720,10 +721,10 @@ def retrain_groups(opts: RetrainOptions, groups: Sequence[str] | None = None, fa
             v = r["value"]
             outcomes[g] = GroupOutcome(g, v["status"], Path(v["bundle"]) if v.get("bundle") else None, v.get("reason"),
                                        v.get("comparison"), r["log"], r["seconds"], bool(v.get("forced")),
-                                       r["peak_rss_mib"])
+                                       r["peak_rss_mib"], r["where"])
         else:
             outcomes[g] = GroupOutcome(g, "failed", None, r["error"], None, r["log"], r["seconds"],
-                                       peak_rss_mib=r["peak_rss_mib"])
+                                       peak_rss_mib=r["peak_rss_mib"], where=r["where"])
     for g, o in outcomes.items():
         (out / f"{g}.retrain.md").write_text(o.report())
         (out / f"{g}.retrain.log").write_text(o.log)
@@ -732,7 +733,7 @@ def retrain_groups(opts: RetrainOptions, groups: Sequence[str] | None = None, fa
         "dataset": loc.uri, "current": str(opts.current), "mode": ran.mode, "notice": ran.notice,
         "startup_s": ran.startup_s, "wall_s": ran.wall_s,
         "groups": {g: {"status": o.status, "bundle": None if o.bundle is None else str(o.bundle), "reason": o.reason,
-                       "forced": o.forced, "seconds": o.seconds, "peak_rss_mib": o.peak_rss_mib,
+                       "forced": o.forced, "seconds": o.seconds, "peak_rss_mib": o.peak_rss_mib, "where": o.where,
                        "comparison": None if o.comparison is None else
                        {k: v for k, v in o.comparison.items() if k != "scores"}}
                    for g, o in outcomes.items()}}, indent=2))
@@ -844,9 +845,7 @@ def _echo_groups(click, ran: GroupsResult) -> None:
         if o.comparison is not None:
             click.echo(table(o.comparison))
         if o.status == "failed":
-            tail = [line for line in o.log.splitlines() if line.strip()][-5:]
-            click.echo("\n".join(["last log lines:", *tail]) if tail else "(no log)")
-            click.echo("")
+            click.echo(f"{o.reason}\n(its log, with the traceback: {ran.summary.parent / (o.group + '.retrain.log')})\n")
     took = f"{ran.wall_s:.0f} s" + (f", {ran.startup_s:.0f} s of it starting Ray" if ran.startup_s >= 1 else "")
     click.echo(f"{len(ran.outcomes)} groups on {ran.mode} in {took}; reports and logs: {ran.summary.parent}/"
                f"<group>.retrain.md, .log, {SUMMARY_FILE}")
