@@ -28,7 +28,7 @@ system-packages:
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[agent,sim,trainer,dev,docs]'
+	$(BIN)/pip install --quiet -e '.[agent,sim,trainer,fleet,dev,docs]'
 	touch $(STAMP)
 
 test: setup

@@ -17,7 +17,7 @@ import pytest
 from edge_agent.contract.bundle import Bundle
 from tests.trainer.test_retrain import collected
 from trainer import dataset
-from trainer.fanout import FanoutOptions
+from trainer.fanout import FanoutOptions, ray_available
 from trainer.retrain import SUMMARY_FILE, RetrainOptions, plan_groups, retrain_groups
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,6 +108,8 @@ def data_of(out: Path) -> str:
 
 def test_on_a_local_ray_the_groups_come_back_as_serially(serial_run) -> None:
     """The same retrain as Ray tasks (2 CPUs): the same outcomes and figures, computed in other processes."""
+    if not ray_available():
+        pytest.fail("ray is not installed: make setup installs the fleet extra (pip install -e '.[fleet]')")
     _, serial_out, current = serial_run
     data = Path(data_of(serial_out))
     out = serial_out.parent / "ray"
