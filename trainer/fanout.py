@@ -47,8 +47,9 @@ class TaskResources:
     ``memory`` is a scheduling reservation (Ray places no more tasks on a node than its memory holds; it is not
     a hard limit). The defaults fit one group's retrain of the product's models: one CPU (the models are small
     1-D conv/dense autoencoders; TensorFlow is held to the CPUs assigned, ``assigned_cpus``) and 2 GiB (measured
-    peak resident memory of a worker that retrains a group: ~1.2 GiB, TensorFlow and the TFLite converter most
-    of it; docs/central/retrain.md)."""
+    peak resident memory of a Ray worker that retrained a group of the tests' features-mode conv model: 0.93 GiB,
+    TensorFlow, the TFLite converter and the parity check most of it; about twice that leaves room for larger
+    datasets and models; docs/central/retrain.md)."""
 
     num_cpus: float = 1.0
     memory: int = 2 * GiB

@@ -702,12 +702,13 @@ def retrain_groups(opts: RetrainOptions, groups: Sequence[str] | None = None, fa
     table, verdict) and ``<group>.retrain.log`` for every group, and ``SUMMARY_FILE``. Each group is ``retrain``
     with ``opts`` narrowed to its windows and gated against its own bundle, as a Ray task (``fan``; serially
     without Ray or with ``fan.serial``, ``notify`` told so). A group refused or failed is its outcome; the others
-    go on. Raises ValueError/BundleError for bad inputs (``plan_groups``), before anything runs; RuntimeError when
-    Ray cannot be started or reached."""
+    go on. Raises DataFormatError (not a dataset), ValueError/BundleError for bad inputs (``plan_groups``), before
+    anything runs; RuntimeError when Ray cannot be started or reached."""
     from trainer import fanout
 
+    loc = dataset.require_dataset(opts.dataset)  # DataFormatError: not a dataset, a bucket that does not exist
+    opts = replace(opts, dataset=loc)
     chosen = plan_groups(opts, groups)
-    loc = dataset.location(opts.dataset)
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     original = None if opts.original is None else opts.original.resolve()  # Ray workers run in folders of their own
@@ -775,7 +776,7 @@ def command():
     @click.option("--task-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
                   help="With --by group: CPUs each group's Ray task asks for (TensorFlow is held to them).")
     @click.option("--task-memory-gib", type=click.FloatRange(min=0.25), default=2.0, show_default=True,
-                  help="With --by group: memory each group's Ray task reserves (GiB; measured peak ~1.2).")
+                  help="With --by group: memory each group's Ray task reserves (GiB; measured peak 0.93).")
     @click.option("--data", "original", type=click.Path(exists=True, path_type=Path), default=None,
                   help="The original training data, trained on as well.")
     @click.option("--format", "original_format", default="auto", show_default=True, help="Format of --data.")
