@@ -40,14 +40,16 @@ def group_bundle(src: Path, dst: Path, group: str | None) -> Path:
 
 def fleet(root: Path, bundle: Path) -> tuple[Path, Path]:
     """(dataset, current): pumps (pump-1 healthy 25 windows, pump-2 one alert of 6), fans (fan-1 healthy 30,
-    fan-2 one alert of 6), compressors (comp-2's alert of 4 windows, no healthy windows: too few to train on);
-    CURRENT/<group>/ for each."""
+    fan-2 one alert of 6), compressors (comp-2's alert of 4 windows, no healthy windows: too few to train on),
+    mixers (mix-1's 30 "normal" windows of a broken bearing: the new model learns the fault as normal and misses
+    mix-2's alert, refused); CURRENT/<group>/ for each."""
     data = root / "ds"
     collected(data, bundle, normal_state="healthy", n_normal=25, n_alert=6, group="pumps")
     collected(data, bundle, normal_state="healthy", n_normal=30, n_alert=6, group="fans", devices=("fan-1", "fan-2"))
     collected(data, bundle, normal_state="healthy", n_normal=0, n_alert=4, group="compressors",
               devices=("comp-1", "comp-2"))
-    for g in ("pumps", "fans", "compressors"):
+    collected(data, bundle, normal_state="broken", n_normal=30, n_alert=6, group="mixers", devices=("mix-1", "mix-2"))
+    for g in ("pumps", "fans", "compressors", "mixers"):
         group_bundle(bundle, root / "current" / g, g)
     return data, root / "current"
 
@@ -59,7 +61,7 @@ def trainer(*args: str | Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def serial_run(agent_bundle: Path, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
-    """(the process, OUT, CURRENT) of ``trainer retrain --by group --serial`` on the three groups (2 epochs)."""
+    """(the process, OUT, CURRENT) of ``trainer retrain --by group --serial`` on the four groups (2 epochs)."""
     root = tmp_path_factory.mktemp("groups")
     data, current = fleet(root, agent_bundle)
     out = root / "out"
@@ -85,18 +87,25 @@ def test_each_group_gets_its_own_bundle_gated_against_its_own(serial_run) -> Non
     assert summary["mode"] == "serial" and summary["notice"].startswith("--serial")
 
 
-def test_a_group_that_fails_is_reported_and_the_others_are_written(serial_run) -> None:
+def test_groups_refused_or_failed_are_reported_and_the_others_are_written(serial_run) -> None:
     proc, out, _ = serial_run
-    assert proc.returncode == 1, "a failed group makes the exit status 1"
-    assert not (out / "compressors").exists()
+    assert proc.returncode == 1, "a refused or failed group makes the exit status 1"
+    assert not (out / "compressors").exists() and not (out / "mixers").exists()
     why = "0 healthy windows of group compressors are too few to train on"
-    last = proc.stdout.strip().splitlines()[-3:]  # one summary line per group, last
+    refused = ("the new model catches 0 of the 1 alerts the fleet reported, the current one 1: not written (--force "
+               "writes it anyway)")
+    last = proc.stdout.strip().splitlines()[-4:]  # one summary line per group, last
     assert sorted(last) == sorted([f"group compressors: failed: ValueError: {data_of(out)}: {why}",
                                    f"group fans: accepted → {(out / 'fans').resolve()}",
+                                   f"group mixers: refused: {refused}",
                                    f"group pumps: accepted → {(out / 'pumps').resolve()}"])
     groups = json.loads((out / SUMMARY_FILE).read_text())["groups"]
     assert {g: v["status"] for g, v in groups.items()} == {"compressors": "failed", "fans": "accepted",
-                                                            "pumps": "accepted"}
+                                                            "mixers": "refused", "pumps": "accepted"}
+    md = (out / "mixers.retrain.md").read_text()
+    assert md.startswith("# Retrain of group mixers: refused") and "**fails the gate** (alerts caught 1 → 0 of 1" in md
+    assert "## group mixers: refused" in proc.stdout and "| alerts caught (3 windows above threshold): the gate | 1 | 0 |" \
+        in proc.stdout, "the refused group's table is shown"
     assert why in (out / "compressors.retrain.md").read_text()
     assert "Traceback" in (out / "compressors.retrain.log").read_text(), "the log keeps the traceback"
     assert "retraining on" in (out / "pumps.retrain.log").read_text()
