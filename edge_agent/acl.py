@@ -5,16 +5,19 @@ with ``password_file`` (no anonymous clients) and ``acl_file``. The ACLs name ev
 client can only act for the devices it owns:
 
 * ``local``, the broker on the gateway: the agent (``[mqtt] username``, default ``edge-agent``) reads its sensors'
-  samples, receipts, rollouts and the bridge's state, and writes its sensors' alert, health, notice, status,
-  upload and rollout-state topics and the gateway's status; sensor nodes (``sensor``) may only write their
-  samples; the bridge's local side (``bridge``: ``local_username`` in the bridge config) reads what crosses to
-  the centre and writes what comes back (rollouts, receipts); dashboards (``dashboard``) only read.
+  samples, receipts, rollouts (``vib/rollout/fleet/#``, ``vib/rollout/device/<device>/#`` and, once per distinct
+  ``group`` of its sensors, ``vib/rollout/group/<group>/#``) and the bridge's state, and writes its sensors' alert,
+  health, notice, status, upload and rollout-state topics and the gateway's status; sensor nodes (``sensor``) may
+  only write their samples; the bridge's local side (``bridge``: ``local_username`` in the bridge config) reads
+  what crosses to the centre and writes what comes back (rollouts, receipts); dashboards (``dashboard``) only read.
   With ``[answers] mqtt = true``, technicians answer alerts on ``vib/<device>/answer/set`` of this gateway's devices
   only: the agent reads it and writes the retained ``vib/<device>/answer``; dashboards (Home Assistant's answer
   buttons) and the bridge (answers from the centre) may write it; nobody else.
 * ``central``, this gateway's lines of the central broker's ACL: its bridge logs in as the gateway id
   (``remote_username``) and may write only its own devices' topics, and read only its own devices' receipts and
-  rollouts (and, with ``[answers] mqtt``, read its own devices' answer commands and write their answer state).
+  rollouts (the fleet's, its devices' and its sensors' groups': a gateway without a ``pump`` sensor never receives
+  ``vib/rollout/group/pump/...``); with ``[answers] mqtt``, it reads its own devices' answer commands and writes
+  their answer state.
   ``CENTRAL_SERVICES`` holds the lines of the collectors, the publisher and the operators (central dashboards that
   may answer any device's alert), once per central broker. Another gateway's login can never answer for a device
   it does not own: no line lets it write ``vib/<device>/answer/set``.
@@ -57,6 +60,16 @@ def _samples_topics(cfg: AgentConfig) -> list[str]:
     return [(s.source.mqtt or MqttSection()).samples_topic(s.device) for s in cfg.sensors if s.source.kind == "mqtt"]
 
 
+def _group_rollout_filters(cfg: AgentConfig) -> list[str]:
+    """``vib/rollout/group/<group>/#`` once per distinct group of the gateway's sensors, in config order: the filter
+    the agent subscribes to for each group (the last of :func:`rollout.subscriptions`)."""
+    first: dict[str, str] = {}  # group -> its first sensor
+    for s in cfg.sensors:
+        if s.group is not None:
+            first.setdefault(s.group, s.device)
+    return [rollout.subscriptions(d, g)[-1] for g, d in first.items()]
+
+
 def local(cfg: AgentConfig) -> str:
     """The gateway broker's ACL (mosquitto ``acl_file`` syntax)."""
     devices = [s.device for s in cfg.sensors]
@@ -71,6 +84,7 @@ def local(cfg: AgentConfig) -> str:
         lines += [f"topic read {topics.receipt_topic(d)}", f"topic read vib/rollout/{rollout.target_of(d)}/#"]
         if answers:
             lines += [f"topic read {topics.answer_command_topic(d)}", f"topic write {topics.answer_topic(d)}"]
+    lines += [f"topic read {t}" for t in _group_rollout_filters(cfg)]
     lines += [f"topic read vib/rollout/{rollout.FLEET}/#", f"topic write {topics.gateway_topic(gw, 'status')}",
               f"topic write {topics.gateway_topic(gw, 'availability')}",
               f"topic read {cfg.uploads.uplink_topic or topics.bridge_topic(gw)}"]
@@ -106,6 +120,7 @@ def central(cfg: AgentConfig, services: bool = False) -> str:
         lines += [f"topic read {topics.receipt_topic(d)}", f"topic read vib/rollout/{rollout.target_of(d)}/#"]
         if cfg.answers_mqtt:
             lines += [f"topic read {topics.answer_command_topic(d)}", f"topic write {topics.answer_topic(d)}"]
+    lines += [f"topic read {t}" for t in _group_rollout_filters(cfg)]
     lines += [f"topic read vib/rollout/{rollout.FLEET}/#", f"topic write vib/gateway/{gw}/#",
               f"topic write {topics.bridge_topic(gw)}"]
     return ("\n".join(lines) + "\n") + (("\n" + CENTRAL_SERVICES) if services else "")
