@@ -22,6 +22,13 @@ dataset when the wait ended) and ``doubled`` (more than one row). Before that, t
 cost of one collector file (``trainer.dataset.write_part`` of a one-record part: Parquet encode + one PUT), which is
 what a collector pays per device and flush.
 
+Then, in the same run (issue 18, item 5, second half): the wall time of retraining G groups (``--retrain-groups``,
+default 8) one after the other in this process and as Ray tasks on a local Ray (``trainer.retrain.retrain_groups``
+with ``FanoutOptions(serial=True)``, then ``FanoutOptions()``), on one grouped dataset of collected windows and one
+current bundle per group (``CURRENT/<group>/``); the ratio with and without Ray's startup, each group's seconds
+and outcome (accepted, refused, failed), and the machine's cores and load. ``--skip-collect`` measures only this,
+``--retrain-groups 0`` only the collectors.
+
 Publishing is unpaced by default (``--rate 0``): records go as fast as the publishers and the broker take them
 (QoS 1, a bounded number in flight per connection), so records/s is the collectors' capacity and latency includes
 the queue in front of them (Little's law: latency ≈ backlog / rate). ``--rate R`` offers R records/s in total, for
@@ -32,7 +39,8 @@ each connection carrying many gateways' topics (a connection per gateway would c
 collectors do). Not part of CI (``make bench``); ``--quick`` is a small smoke run.
 
     python bench/bench_fleet_scale.py [--gateways 1000] [--sensors 4] [--records-per-sensor 2] [--collectors 1,2,4]
-                                      [--window 8192x4] [--rate 0] [--quick] [--out runs/bench_fleet_scale.md]
+                                      [--window 8192x4] [--rate 0] [--retrain-groups 8] [--retrain-epochs 2]
+                                      [--skip-collect] [--quick] [--out runs/bench_fleet_scale.md]
 
 Writes the table to ``--out`` (markdown), the figures to the same name ``.json`` and a plot ``.png``.
 """
@@ -46,6 +54,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -364,6 +373,141 @@ def collect_section(args: argparse.Namespace, k: int, store: S3Server, key: Path
     }
 
 
+# ------------------------------------------------------------------------------------------------ retrain
+#: The retrained groups' names (kinds of machine); beyond these, group-09, group-10, …
+RETRAIN_GROUPS = ("pumps", "fans", "compressors", "conveyors", "mixers", "blowers", "chillers", "presses")
+BLOCK, BLOCKS = 1024, 8  # the current bundle's preprocessing: features of blocks of 1024 samples, 8 blocks a window
+UPLOAD_ROWS = BLOCK * BLOCKS  # an uploaded window: one model window (8192 x 4 float32 at 20 kHz)
+
+
+def retrain_group_names(n: int) -> list[str]:
+    return [RETRAIN_GROUPS[i] if i < len(RETRAIN_GROUPS) else f"group-{i + 1:02d}" for i in range(n)]
+
+
+def base_bundle(work: Path) -> Path:
+    """The model every group serves now: ``trainer train --group <first group>`` on 30 s of firmware_sim's healthy
+    IMS-like bearing (4 channels, 20 kHz; features mode: rms, peak, kurtosis, crest of blocks of 1024 samples,
+    8 blocks a window; a small Conv1D autoencoder, int8), as the tests' bundle."""
+    from firmware_sim import signals
+
+    healthy = signals.generate(signals.make_source("bearing", state="healthy", preset="ims", seed=1),
+                               int(SAMPLE_RATE * 30))
+    np.save(work / "healthy.npy", healthy)
+    out = work / "base"
+    cmd = [str(TRAINER), "train", "--data", str(work / "healthy.npy"), "--format", "npy", "--sample-rate",
+           f"{SAMPLE_RATE:g}", "--mode", "features", "--window", str(BLOCKS), "--hop", "2", "--block", str(BLOCK),
+           "--features", "rms,peak,kurtosis,crest", "--model", "conv1d", "--units", "16,8", "--epochs", "30",
+           "--patience", "5", "--batch-size", "16", "--quantize", "int8", "--model-id", "bench-conv", "--group",
+           RETRAIN_GROUPS[0], "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"trainer train of the base bundle failed (exit {proc.returncode}): "
+                           f"{(proc.stdout + proc.stderr)[-2000:]}")
+    return out
+
+
+def group_bundle(src: Path, dst: Path, group: str) -> Path:
+    """A copy of bundle ``src`` at ``dst`` serving ``group`` (manifest model.group, version ``<version>-<group>``),
+    as tests/trainer/test_retrain_groups.py builds CURRENT/<group>/: one training, not G."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["model"]["group"] = group
+    manifest["model"]["version"] = f"{manifest['model']['version']}-{group}"
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dst
+
+
+def grouped_dataset(root: Path, bundle: Path, groups: list[str], n_normal: int, n_alert: int) -> Path:
+    """A dataset as the fleet's collectors write it (``trainer.dataset.DatasetWriter``, schema-3 upload records),
+    per group: ``<group>-1``'s ``n_normal`` windows of a healthy bearing uploaded as normal from 10:00, and
+    ``<group>-2``'s ``n_alert`` windows of a broken bearing uploaded during one alert at 12:00 (each group's own
+    seeds), as tests/trainer/test_retrain.py's ``collected``."""
+    from edge_agent.contract.bundle import Bundle
+    from edge_agent.contract.upload_record import decode_record, encode_record
+    from firmware_sim import signals
+    from trainer import dataset
+
+    version = Bundle.load(bundle).version
+    writer = dataset.DatasetWriter(root).open()
+    for gi, group in enumerate(groups):
+        for device, label, state, n, seed, hour in ((f"{group}-1", "normal", "healthy", n_normal, 100 + 2 * gi, 10),
+                                                    (f"{group}-2", "alert", "broken", n_alert, 101 + 2 * gi, 12)):
+            x = signals.generate(signals.make_source("bearing", state=state, preset="ims", seed=seed),
+                                 n * UPLOAD_ROWS)
+            for i in range(n):
+                writer.add(decode_record(encode_record(
+                    device=device, model_id="bench-conv", model_version=version, seq_end=(i + 1) * UPLOAD_ROWS,
+                    time_end=f"2026-11-22T{hour:02d}:{i // 60:02d}:{i % 60:02d}", sample_rate=SAMPLE_RATE,
+                    channels=[f"ch{c}" for c in range(x.shape[1])], score=0.1 if label == "normal" else 9.0,
+                    threshold=1.0, state="normal" if label == "normal" else "critical", kind=label,
+                    alert_ref=f"{group}-alert" if label == "alert" else None, group=group,
+                    samples=x[i * UPLOAD_ROWS:(i + 1) * UPLOAD_ROWS])))
+    writer.flush()
+    return root
+
+
+def retrain_section(args: argparse.Namespace, work: Path) -> dict:
+    """G groups retrained serially in this process, then as tasks on a local Ray (started by ``retrain_groups``,
+    so its startup is in the wall time and reported apart), on the same dataset and current bundles."""
+    from trainer.fanout import FanoutOptions, local_cpus, ray_available
+    from trainer.retrain import STATUSES, RetrainOptions, retrain_groups
+
+    if not ray_available():
+        raise SystemExit("ray is not installed: make setup installs the fleet extra (pip install -e '.[fleet]'), or "
+                         "measure the collectors alone with --retrain-groups 0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this process (serially) and the Ray workers it starts
+    groups = retrain_group_names(args.retrain_groups)
+    root = work / "retrain"
+    root.mkdir()
+    t0 = time.monotonic()
+    base = base_bundle(root)
+    t_base = time.monotonic() - t0
+    current = root / "current"
+    for g in groups:
+        group_bundle(base, current / g, g)
+    data = grouped_dataset(root / "dataset", base, groups, args.retrain_windows, args.retrain_alert_windows)
+    t_setup = time.monotonic() - t0
+    print(f"retrain: {len(groups)} groups x ({args.retrain_windows} healthy + {args.retrain_alert_windows} alert "
+          f"windows), base bundle trained in {t_base:.0f} s, dataset in {t_setup - t_base:.0f} s", flush=True)
+    fan = FanoutOptions()
+    facts: dict = {"groups": groups, "epochs": args.retrain_epochs, "healthy_windows": args.retrain_windows,
+                   "alert_windows": args.retrain_alert_windows, "window": [UPLOAD_ROWS, 4],
+                   "cores": os.cpu_count(), "cpus": local_cpus(), "ray_cpus": fan.local_cpus or local_cpus(),
+                   "task": {"num_cpus": fan.resources.num_cpus, "memory_gib": fan.resources.memory / 2**30},
+                   "base_train_s": t_base, "setup_s": t_setup, "runs": {}}
+    for name, opts in (("serial", FanoutOptions(serial=True)), ("ray", fan)):
+        told: list[str] = []
+        load = os.getloadavg()
+        ran = retrain_groups(RetrainOptions(dataset=data, current=current, out=root / f"out-{name}",
+                                            epochs=args.retrain_epochs), groups, opts, told.append)
+        per = {g: {"status": o.status, "seconds": o.seconds, "where": o.where, "peak_rss_mib": o.peak_rss_mib,
+                   "reason": o.reason} for g, o in ran.outcomes.items()}
+        busy = sum(o.seconds or 0.0 for o in ran.outcomes.values())
+        first: dict[str, float] = {}  # each process's first group (it imports TensorFlow), then the later ones
+        later: list[float] = []
+        for o in ran.outcomes.values():
+            if o.seconds is None:
+                continue
+            if o.where in first:
+                later.append(o.seconds)
+            else:
+                first[o.where] = o.seconds
+        r = facts["runs"][name] = {
+            "mode": ran.mode, "notice": told[0] if told else None, "wall_s": ran.wall_s, "startup_s": ran.startup_s,
+            "groups_s": busy, "concurrency": busy / max(ran.wall_s - ran.startup_s, 1e-9),
+            "workers": len({o.where for o in ran.outcomes.values()}),
+            "first_group_s": float(np.mean(list(first.values()))) if first else None,
+            "later_group_s": float(np.mean(later)) if later else None,
+            "statuses": {s: sum(1 for o in ran.outcomes.values() if o.status == s) for s in STATUSES},
+            "load_before": list(load), "load_after": list(os.getloadavg()), "per_group": per}
+        print(f"retrain {ran.mode}: {ran.wall_s:.1f} s (Ray startup {ran.startup_s:.1f} s), "
+              + ", ".join(f"{v} {s}" for s, v in r["statuses"].items()), flush=True)
+    serial, ray = facts["runs"]["serial"], facts["runs"]["ray"]
+    facts["ratio"] = serial["wall_s"] / ray["wall_s"]
+    facts["ratio_without_startup"] = serial["wall_s"] / max(ray["wall_s"] - ray["startup_s"], 1e-9)
+    return facts
+
+
 # ------------------------------------------------------------------------------------------------ output
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
@@ -379,6 +523,15 @@ def machine() -> dict:
 
 
 def table(facts: dict) -> str:
+    sections = []
+    if "collect" in facts:
+        sections.append(collect_table(facts))
+    if "retrain" in facts:
+        sections.append(retrain_table(facts))
+    return "\n\n".join(sections)
+
+
+def collect_table(facts: dict) -> str:
     m, a = facts["machine"], facts["args"]
     put = facts["put"]
     offered = f"{a['rate']:g} records/s offered" if a["rate"] else "unpaced"
@@ -401,24 +554,87 @@ def table(facts: dict) -> str:
     return "\n".join(lines)
 
 
+def retrain_table(facts: dict) -> str:
+    m, t = facts["machine"], facts["retrain"]
+    runs = t["runs"]
+    lines = [f"Retraining {len(t['groups'])} groups: serial vs local Ray ({m['cpu']}, {t['cores']} cores, "
+             f"{t['cpus']} usable; Ray num_cpus {t['ray_cpus']}, a task {t['task']['num_cpus']:g} CPU + "
+             f"{t['task']['memory_gib']:g} GiB; per group {t['healthy_windows']} healthy + {t['alert_windows']} alert "
+             f"windows of {t['window'][0]} x {t['window'][1]}, {t['epochs']} epochs)",
+             "",
+             "| run | wall | Ray startup | wall less startup | sum of groups' s | groups at once | processes | "
+             "first group per process | later groups | accepted | refused | failed | load before → after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs.values():
+        st = r["statuses"]
+        lines.append(f"| {r['mode']} | {r['wall_s']:.1f} s | {r['startup_s']:.1f} s | "
+                     f"{r['wall_s'] - r['startup_s']:.1f} s | {r['groups_s']:.1f} s | {r['concurrency']:.2f} | "
+                     f"{r['workers']} | {_s(r['first_group_s'])} | {_s(r['later_group_s'])} | "
+                     f"{st['accepted']} | {st['refused']} | {st['failed']} | "
+                     f"{r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} |")
+    lines += ["", f"Serial / local Ray: {t['ratio']:.2f}x (wall), {t['ratio_without_startup']:.2f}x (Ray's wall less "
+              f"its {runs['ray']['startup_s']:.1f} s startup)", "",
+              "| group | serial | local Ray | serial: outcome | Ray: outcome | Ray: where | Ray: peak RSS |",
+              "|---|---|---|---|---|---|---|"]
+    serial, ray = runs["serial"]["per_group"], runs["ray"]["per_group"]
+    for g in t["groups"]:
+        a, b = serial[g], ray[g]
+        rss = f"{b['peak_rss_mib']:.0f} MiB" if b["peak_rss_mib"] else "–"
+        lines.append(f"| {g} | {_s(a['seconds'])} | {_s(b['seconds'])} | {a['status']} | {b['status']} | "
+                     f"{b['where']} | {rss} |")
+    why = [f"- {name} {g}: {v['status']}: {v['reason']}" for name, r in runs.items()
+           for g, v in r["per_group"].items() if v["status"] != "accepted"]
+    return "\n".join(lines + (["", "Not accepted:", *why] if why else []))
+
+
+def _s(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds:.1f} s"
+
+
 def plot(facts: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = facts["collect"]
-    ks = [r["collectors"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(ks, [r["records_per_s"] for r in rows], "o-")
-    ax1.set(xlabel="collectors (K)", ylabel="records/s (receipted)", title="Throughput", xticks=ks, ylim=(0, None))
-    for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
-        ax2.plot(ks, [(r["latency_ms"] or {}).get(q, np.nan) / 1e3 for r in rows], style, label=q)
-    ax2.set(xlabel="collectors (K)", ylabel="seconds", title="Publish → durable → receipt", xticks=ks, ylim=(0, None))
-    ax2.legend()
-    a = facts["args"]
-    fig.suptitle(f"{a['gateways']:,} gateways x {a['sensors']} sensors, {a['record_bytes'] / 1024:.0f} KiB records, "
-                 f"{facts['machine']['cores']} cores")
+    panels = (2 if "collect" in facts else 0) + (2 if "retrain" in facts else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    axes = list(np.atleast_1d(axes))
+    titles = []
+    if "collect" in facts:
+        ax1, ax2 = axes.pop(0), axes.pop(0)
+        rows = facts["collect"]
+        ks = [r["collectors"] for r in rows]
+        ax1.plot(ks, [r["records_per_s"] for r in rows], "o-")
+        ax1.set(xlabel="collectors (K)", ylabel="records/s (receipted)", title="Throughput", xticks=ks, ylim=(0, None))
+        for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
+            ax2.plot(ks, [(r["latency_ms"] or {}).get(q, np.nan) / 1e3 for r in rows], style, label=q)
+        ax2.set(xlabel="collectors (K)", ylabel="seconds", title="Publish → durable → receipt", xticks=ks,
+                ylim=(0, None))
+        ax2.legend()
+        a = facts["args"]
+        titles.append(f"{a['gateways']:,} gateways x {a['sensors']} sensors, {a['record_bytes'] / 1024:.0f} KiB "
+                      "records")
+    if "retrain" in facts:
+        ax3, ax4 = axes.pop(0), axes.pop(0)
+        t = facts["retrain"]
+        runs = [t["runs"]["serial"], t["runs"]["ray"]]
+        labels = [r["mode"] for r in runs]
+        starts = [r["startup_s"] for r in runs]
+        ax3.bar(labels, starts, color="tab:gray", label="Ray startup")
+        ax3.bar(labels, [r["wall_s"] - r["startup_s"] for r in runs], bottom=starts, color="tab:blue",
+                label="retraining")
+        ax3.set(ylabel="wall seconds", title=f"{len(t['groups'])} groups: serial / Ray = {t['ratio']:.2f}x")
+        ax3.legend()
+        x = np.arange(len(t["groups"]))
+        for i, r in enumerate(runs):
+            ax4.bar(x + (i - 0.5) * 0.4, [r["per_group"][g]["seconds"] or 0.0 for g in t["groups"]], 0.4,
+                    label=r["mode"])
+        ax4.set_xticks(x, t["groups"], rotation=45, ha="right")
+        ax4.set(ylabel="seconds", title="Each group's retrain")
+        ax4.legend()
+        titles.append(f"retrain {t['epochs']} epochs, Ray num_cpus {t['ray_cpus']}")
+    fig.suptitle("; ".join(titles) + f"; {facts['machine']['cores']} cores")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -450,28 +666,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout-s", type=float, default=240.0, help="longest wait for every receipt, per K")
     ap.add_argument("--settle-s", type=float, default=2.0, help="wait for late or repeated receipts, per K")
     ap.add_argument("--progress-s", type=float, default=5.0, help="progress line every this many seconds")
+    ap.add_argument("--skip-collect", action="store_true", help="measure only the retraining (no collectors)")
+    ap.add_argument("--retrain-groups", type=int, default=8,
+                    help="G groups retrained serially, then on a local Ray (0: no retraining measured)")
+    ap.add_argument("--retrain-epochs", type=int, default=2, help="epochs of each group's retrain")
+    ap.add_argument("--retrain-windows", type=int, default=25, help="healthy windows per group (8192x4 each)")
+    ap.add_argument("--retrain-alert-windows", type=int, default=6, help="windows of one alert per group")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 20 gateways x 2 sensors x 1 record of 256x4, K = 1,2 (unless given)")
+                    help="smoke run: 20 gateways x 2 sensors x 1 record of 256x4, K = 1,2, no retraining (unless "
+                         "given)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_fleet_scale.md"))
     args = ap.parse_args(argv)
     if args.quick:
         given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
         for opt, value in (("--gateways", 20), ("--sensors", 2), ("--records-per-sensor", 1), ("--collectors", "1,2"),
-                           ("--window", (256, 4)), ("--put-samples", 5), ("--settle-s", 0.5), ("--progress-s", 2.0)):
+                           ("--window", (256, 4)), ("--put-samples", 5), ("--settle-s", 0.5), ("--progress-s", 2.0),
+                           ("--retrain-groups", 0)):
             if opt not in given:
                 setattr(args, opt[2:].replace("-", "_"), value)
     args.collectors = [int(k) for k in str(args.collectors).split(",") if k.strip()]
     if min(args.gateways, args.sensors, args.records_per_sensor, *args.collectors) < 1:
         ap.error("--gateways, --sensors, --records-per-sensor and every K must be >= 1")
+    if args.retrain_groups < 0 or min(args.retrain_epochs, args.retrain_windows, args.retrain_alert_windows) < 1:
+        ap.error("--retrain-groups must be >= 0 (0: none), --retrain-epochs and --retrain-*windows >= 1")
+    if args.skip_collect and not args.retrain_groups:
+        ap.error("--skip-collect with --retrain-groups 0 measures nothing: give --retrain-groups G")
     args.record_bytes = record_bytes(args.window)
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def collect_sections(args: argparse.Namespace) -> dict:
+    """The object store's cost of one collector file, then one run per K: ``{"put": …, "collect": [...]}``."""
     from edge_agent.contract.signing import keygen
 
-    facts: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "out"}}
+    facts: dict = {}
     total = args.gateways * args.sensors * args.records_per_sensor
     print(f"fleet scale: {args.gateways:,} gateways x {args.sensors} sensors x {args.records_per_sensor} records "
           f"= {total:,} records of {args.record_bytes / 1024:.0f} KiB, K = {args.collectors}", flush=True)
@@ -494,8 +722,17 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{r['missing']} missing, {r['doubled']} doubled", flush=True)
         finally:
             store.stop()
-    # A further section (retrain wall time, serial vs Ray: issue 18 item 5, second half) is one more function taking
-    # ``args`` and returning its figures, called here only when its option is given: facts["retrain"] = …
+    return facts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    facts: dict = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "out"}}
+    if not args.skip_collect:
+        facts |= collect_sections(args)
+    if args.retrain_groups:
+        with tempfile.TemporaryDirectory(prefix="bench-fleet-retrain-") as tmp:
+            facts["retrain"] = retrain_section(args, Path(tmp))
     facts["machine"]["load_after"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = table(facts)
