@@ -98,8 +98,9 @@ class RetrainResult:
     near_alerts: dict[str, int] = field(default_factory=dict)  # healthy windows left out, by device
 
 
-def _scores(bundle: Bundle, windows: list[np.ndarray]) -> np.ndarray:
-    """One score per uploaded window (the highest of the model windows it holds; NaN if it holds none)."""
+def window_scores(bundle: Bundle, windows: list[np.ndarray]) -> np.ndarray:
+    """One score per uploaded window (the highest of the model windows it holds; NaN if it holds none), with the
+    gateway's own scorer (shared with ``trainer evaluate --answers``)."""
     scorer = Scorer(bundle)
     out = np.full(len(windows), np.nan)
     for i, samples in enumerate(windows):
@@ -114,7 +115,7 @@ def _scores(bundle: Bundle, windows: list[np.ndarray]) -> np.ndarray:
 CATCH_WINDOWS = 3
 
 
-def _caught(above: np.ndarray, during: np.ndarray, refs: list[str | None]) -> tuple[int, int]:
+def count_caught(above: np.ndarray, during: np.ndarray, refs: list[str | None]) -> tuple[int, int]:
     """(alerts caught, alerts): an alert (its windows uploaded while it was active, grouped by ``alert_ref``; a
     window without a reference is an alert of its own) is caught when min(CATCH_WINDOWS, its windows) of them
     are above the threshold."""
@@ -181,9 +182,9 @@ def _figures(bundle: Bundle, normal: np.ndarray, alert: np.ndarray, during: np.n
         "alert_score_ratio_p50": float(np.median(a / t)) if len(a) else None,
         "during_alert_windows": len(d),
         "during_alerts_detected": int((d > t).sum()),
-        **dict(zip(("alerts_caught", "alerts"), _caught(np.nan_to_num(alert, nan=-1.0) > t, during, refs),
+        **dict(zip(("alerts_caught", "alerts"), count_caught(np.nan_to_num(alert, nan=-1.0) > t, during, refs),
                    strict=True)),
-        **dict(zip(("confirmed_caught", "confirmed_faults"), _caught(above[mine], during[mine],
+        **dict(zip(("confirmed_caught", "confirmed_faults"), count_caught(above[mine], during[mine],
                                                                      [r for r, m in zip(refs, mine, strict=True) if m]),
                    strict=True)),
         "parity_agreement": parity.get("agreement"),
@@ -198,8 +199,8 @@ def compare(current: Bundle, new: Bundle, normal: list[np.ndarray], alert: list[
     the fleet reported: an alert is caught when ``CATCH_WINDOWS`` of the windows uploaded while it was active (state
     warning or critical) are above the model's threshold. Context windows from before an alert (state normal, near
     the threshold by nature) and window counts are reported; they do not decide."""
-    cur = {"normal": _scores(current, normal), "alert": _scores(current, alert)}
-    nxt = {"normal": _scores(new, normal), "alert": _scores(new, alert)}
+    cur = {"normal": window_scores(current, normal), "alert": window_scores(current, alert)}
+    nxt = {"normal": window_scores(new, normal), "alert": window_scores(new, alert)}
     during = np.array([s != "normal" for s in (alert_states or ["critical"] * len(alert))], bool)
     refs = alert_refs or [None] * len(alert)
     fc = _figures(current, cur["normal"], cur["alert"], during, refs, confirmed)
