@@ -330,24 +330,66 @@ def inspect(bundle: Path, as_json: bool) -> None:
     click.echo(json.dumps(loaded.manifest, indent=2) if as_json else describe(loaded.manifest))
 
 
-@cli.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder the suite's paths are relative to (or that is searched without a suite).")
+@cli.command(epilog="Exit status: 0 when every recording was evaluated (with --answers: when the report was "
+             "written); 1 when one failed, or on bad input; 2: a usage error.")
+@click.option("--data", "data_dir", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Labelled recordings: the folder the suite's paths are relative to (or that is searched without a "
+              "suite).")
 @click.option("--suite", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Suite TOML ([[case]] tables); default: discover NAB-layout series and tables with label columns.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/evaluate"), show_default=True,
-              help="report.md, results.json and one PNG per recording.")
-@click.option("--only", default=None, help="Evaluate only the cases whose name matches this glob.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most training epochs (default: trainer's).")
-@click.option("--no-baselines", is_flag=True, help="Skip the RMS, kurtosis and tutorial baselines.")
-def evaluate(data_dir: Path, suite: Path | None, out: Path, only: str | None, epochs: int | None,
+              help="With --data: suite TOML ([[case]] tables); default: discover NAB-layout series and tables with "
+              "label columns.")
+@click.option("--answers", "answers", default=None, type=DatasetArg(file_okay=False),
+              help="Instead of --data: score --bundle against the technicians' answers (confirmed fault, false "
+              "alarm) in this collected dataset (trainer collect --out): a folder or s3://bucket/prefix.")
+@click.option("--bundle", "bundles", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --answers: a bundle to score (repeatable: one column each).")
+@endpoint_option()
+@click.option("--select", multiple=True, help="With --answers: which windows: device=, gateway=, group=, "
+              "model_version=, start=, end= (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="With --data: report.md, results.json and one PNG per recording [default: runs/evaluate]; with "
+              "--answers: answers.md, answers.json, answers.png [default: runs/evaluate-answers].")
+@click.option("--only", default=None, help="With --data: evaluate only the cases whose name matches this glob.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="With --data: most training epochs (default: trainer's).")
+@click.option("--no-baselines", is_flag=True, help="With --data: skip the RMS, kurtosis and tutorial baselines.")
+def evaluate(data_dir: Path | None, suite: Path | None, answers: Path | str | None, bundles: tuple[Path, ...],
+             endpoint: str | None, select: tuple[str, ...], out: Path | None, only: str | None, epochs: int | None,
              no_baselines: bool) -> None:
-    """Train with default options, replay through the gateway's pipeline, and score labelled recordings."""
+    """Score detection: labelled recordings trained with default options and replayed through the gateway's
+    pipeline (--data), or existing bundles against the alerts technicians answered in the fleet (--answers).
+
+    \b
+    trainer evaluate --data DIR [--suite SUITE.toml] [--out runs/evaluate]
+    trainer evaluate --answers DATASET --bundle A [--bundle B ...] [--select group=pumps] [--out DIR]
+    \f
+    Two modes of one command rather than subcommands: ``trainer evaluate --data ...`` (``make evaluate``, the
+    README, docs/central/evaluate.md) keeps working unchanged, whereas a click group would need a subcommand name
+    before its options (or parse the group's own options before it, which --help cannot show clearly). Each mode
+    refuses the other's options, so a mix is a usage error rather than an option silently ignored.
+    """
+    given = [o for o, on in (("--data", data_dir), ("--answers", answers)) if on is not None]
+    if len(given) != 1:
+        raise click.UsageError("give --data DIR (labelled recordings) or --answers DATASET --bundle B (the "
+                               "technicians' answers)" + (", not both" if given else ""))
+    if answers is not None:
+        stray = [name for name, on in (("--suite", suite), ("--only", only), ("--epochs", epochs),
+                                       ("--no-baselines", no_baselines)) if on]
+        if stray:
+            raise click.UsageError(f"{', '.join(stray)}: only with --data")
+        if not bundles:
+            raise click.UsageError("--answers needs one or more --bundle to score")
+        _evaluate_answers(answers, endpoint, bundles, select, out or Path("runs/evaluate-answers"))
+        return
+    stray = [name for name, on in (("--bundle", bundles), ("--endpoint", endpoint), ("--select", select)) if on]
+    if stray:
+        raise click.UsageError(f"{', '.join(stray)}: only with --answers")
     import fnmatch
 
     from trainer.evaluate.harness import discover, load_suite, run_suite
     from trainer.train import FitConfig
 
+    out = out or Path("runs/evaluate")
     cases = load_suite(suite, data_dir) if suite else discover(data_dir)
     if only:
         cases = [c for c in cases if fnmatch.fnmatch(c.name, only)]
@@ -361,6 +403,22 @@ def evaluate(data_dir: Path, suite: Path | None, out: Path, only: str | None, ep
     if failed:
         click.echo(f"{len(failed)} case(s) failed: {', '.join(failed)}", err=True)
         raise SystemExit(1)
+
+
+def _evaluate_answers(where: Path | str, endpoint: str | None, bundles: tuple[Path, ...], select: tuple[str, ...],
+                      out: Path) -> None:
+    """``trainer evaluate --answers``: the table on stdout, the files in ``out``."""
+    from trainer import dataset
+    from trainer.evaluate.answers import AnswersOptions, evaluate_answers, table
+
+    try:
+        flt = dataset.parse_select(select)
+        result = evaluate_answers(AnswersOptions(dataset=dataset.location(where, endpoint), bundles=bundles, out=out,
+                                                 select=flt))
+    except (ValueError, BundleError, DataFormatError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(table(result.results))
+    click.echo(f"written: {result.report}, {result.json}, {result.plot}")
 
 
 @cli.group("dataset")
