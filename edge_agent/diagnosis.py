@@ -48,6 +48,7 @@ defect frequencies apart (``min_window_samples``), a baseline of another rate, l
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -79,6 +80,9 @@ BAND_FLOOR_FACTOR = 2.0  # ... and starts at least this many times the highest l
 BAND_TOP = 0.9  # ... and ends below this fraction of the Nyquist frequency (the sensor's anti-alias filter)
 FLOOR_SPAN = 0.25  # the local floor is taken within +- this fraction of the line's frequency ...
 FLOOR_MIN_BINS = 30  # ... and at least this many bins either side
+AVERAGE_WINDOWS = 5  # the baseline learns averages of up to this many windows (an alert's windows averaged)
+NULL_GRID = 400  # points of the numerical law of the floor's median (averaged spectra), ...
+NULL_TRIM = 60.0  # ... over the range where its density is within e^this of its peak
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,7 @@ class _Plan:
     cage_note: str  # why the cage is not assessable ("" when it is)
     family_lines: dict  # defect -> indices of its judged lines
     on_shaft: np.ndarray  # (m/2,) bool: SES bins within SHAFT_BINS of a shaft harmonic
+    used_bins: int  # SES bins [0, used_bins) hold every line's interval and floor
 
     def __hash__(self) -> int:
         return id(self)
@@ -346,8 +351,9 @@ def _plan(geometry: BearingGeometry, sample_rate: float, n: int) -> _Plan:
         k = np.arange(max(0, int((x.hz - span) / df)), min(ses_bins, int((x.hz + span) / df) + 1))
         floors.append(k[~excluded[k]])
     family_lines = {d: tuple(i for i, x in enumerate(lines) if x.family == d and not unusable[i]) for d in DEFECTS}
+    used = min(ses_bins, max([b for a, b in intervals] + [int(f[-1]) + 1 for f in floors if len(f)]) + 1)
     return _Plan(sample_rate, n, df, tuple(bands), m, tuple(lines), tuple(intervals), tuple(unusable),
-                 tuple(floors), cage_note, family_lines, on_shaft)
+                 tuple(floors), cage_note, family_lines, on_shaft, used)
 
 
 def _check_window(samples: np.ndarray, what: str = "window") -> np.ndarray:
@@ -363,6 +369,30 @@ def _check_window(samples: np.ndarray, what: str = "window") -> np.ndarray:
         raise ValueError(f"{what}: {int(bad.sum())} NaN or infinite values ({where}): envelope analysis needs a "
                          "window of valid samples")
     return x
+
+
+def _check_windows(samples) -> np.ndarray:
+    """(K, n, C) windows of one shape from an (n, C) window, a (K, n, C) array or a sequence of (n, C) windows."""
+    if isinstance(samples, np.ndarray) and samples.ndim != 3:
+        return _check_window(samples)[None]
+    if isinstance(samples, np.ndarray):
+        xs = list(samples)
+    else:
+        try:
+            xs = list(samples)
+        except TypeError:
+            raise ValueError(f"window: expected raw samples of shape (n, channels), (K, n, channels) or a sequence of "
+                             f"(n, channels) windows, got {type(samples).__name__}") from None
+    if not xs:
+        raise ValueError("windows: none given; diagnose needs at least one (n, channels) window")
+    out = [_check_window(xs[0], "window 0" if len(xs) > 1 else "window")]
+    for i, x in enumerate(xs[1:], 1):
+        x = _check_window(x, f"window {i}")
+        if x.shape != out[0].shape:
+            raise ValueError(f"window {i}: shape {x.shape}, window 0 has {out[0].shape}: averaged windows must have "
+                             "one length and width (the same sensor, rate and window)")
+        out.append(x)
+    return np.stack(out)
 
 
 # --------------------------------------------------------------------------- the envelope spectrum
@@ -426,22 +456,92 @@ class _Judged:
     ratio: np.ndarray  # (L,) each line's peak over its floor (0 where not judged)
 
 
-def _log_line_p(ratio: float, m: int, k: int) -> float:
+def _log_line_p(ratio: float, m: int, k: int, windows: int = 1) -> float:
     """ln of the probability that noise alone puts the largest of ``m`` bins ``ratio`` times over the median of
-    ``k`` other bins. Noise-only SES bins are exponential; with V = 1 - F(median) ~ Beta(k - j + 1, j) (the median
-    the j-th smallest, j = ceil(k/2)), one bin exceeds ratio x median with q = E[V^ratio] = B(k-j+1+ratio, j) /
-    B(k-j+1, j), which counts the median's own error; the largest of m is bounded by 1 - (1 - q)^m (Jensen)."""
+    ``k`` other bins, in an SES averaged over ``windows`` independent windows (1: one window's SES).
+
+    Noise-only SES bins of one window are exponential; the mean of K independent ones is Gamma(K, 1/K) (in units
+    of its mean). With U = F(median) ~ Beta(j, k - j + 1) (the median the j-th smallest, j = ceil(k/2)), one bin
+    exceeds ratio x median with q = E[Q(K, K ratio t)] over the median t's law (Q the regularized upper incomplete
+    gamma function), which counts the median's own error. For K = 1, Q = e^(-ratio t) and q = E[V^ratio] =
+    B(k-j+1+ratio, j) / B(k-j+1, j) in closed form; for K > 1 it is integrated numerically (``_median_law``). The
+    largest of m is bounded by 1 - (1 - q)^m (Jensen)."""
     k = k / HANN_ENBW  # neighbouring bins of a Hann-windowed spectrum are correlated: k / 1.5 independent values
-    j = (k + 1) / 2
-    a = k - j + 1
-    log_q = math.lgamma(a + ratio) - math.lgamma(a + ratio + j) - math.lgamma(a) + math.lgamma(a + j)
+    if windows == 1:
+        j = (k + 1) / 2
+        a = k - j + 1
+        log_q = math.lgamma(a + ratio) - math.lgamma(a + ratio + j) - math.lgamma(a) + math.lgamma(a + j)
+    else:
+        t, log_w, log_tail = _median_law(windows, round(k, 6))
+        x = (windows * ratio) * t
+        v = log_w - x + np.log(np.polyval(_exp_series(windows), x))  # ln(weight x Q(K, x)) on the grid
+        top = max(float(v.max()), log_tail)
+        log_q = min(0.0, top + math.log(float(np.exp(v - top).sum()) + math.exp(log_tail - top)))
     q = math.exp(log_q)
     if q < 1e-12:
         return math.log(m) + log_q if m * q < 1e-6 else math.log(-math.expm1(m * math.log1p(-q)))
     return math.log(max(-math.expm1(m * math.log1p(-q)), 1e-300))
 
 
-def _judge(ses: np.ndarray, plan: _Plan) -> _Judged:
+@functools.lru_cache(maxsize=8)
+def _exp_series(windows: int) -> np.ndarray:
+    """Coefficients (K,) of sum_{i<K} x^i / i!, highest first (``np.polyval``): Q(K, x) = e^-x times it."""
+    return np.array([1.0 / math.factorial(i) for i in range(windows)][::-1])
+
+
+def _log_gamma_tails(windows: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ln P(K, x) and ln Q(K, x) (G,), the regularized lower and upper incomplete gamma functions of integer K at
+    x > 0: Q = e^-x sum_{i<K} x^i / i!; P = 1 - Q, or below x = K + 1 its series x^K e^-x / K! sum_i x^i / ((K+1)
+    ... (K+i)) (accurate where P is tiny)."""
+    lx = np.log(x)
+    terms = np.arange(windows)[:, None] * lx[None] - np.array([math.lgamma(i + 1) for i in range(windows)])[:, None]
+    top = terms.max(axis=0)
+    log_q = np.minimum(-x + top + np.log(np.exp(terms - top).sum(axis=0)), 0.0)
+    with np.errstate(divide="ignore"):
+        log_p = np.log(-np.expm1(log_q))
+    small = x < windows + 1.0
+    xs = x[small]
+    total, term = np.ones_like(xs), np.ones_like(xs)
+    for i in range(1, 80):
+        term = term * xs / (windows + i)
+        total = total + term
+    log_p[small] = -xs + windows * np.log(xs) - math.lgamma(windows + 1) + np.log(total)
+    return log_p, log_q
+
+
+@functools.lru_cache(maxsize=512)
+def _median_law(windows: int, k: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The law of the median of ``k`` independent Gamma(K, 1/K) bins (an averaged SES's floor, in units of the
+    noise's mean): grid t (G,), ln of each point's probability weight (G,, summing to 1), and ln of a bound on the
+    probability below the grid.
+
+    Its density is f(t) F(t)^(j-1) (1 - F(t))^(k-j) / B(j, k-j+1) with f, F those of Gamma(K, 1/K), j = (k+1)/2;
+    integrated in ln t on ``NULL_GRID`` points where it is within e^``NULL_TRIM`` of its peak. Below the grid the
+    density in ln t falls at least as fast as t, so the probability there is at most the density at the grid's
+    first point (added to q: p-values are never below about e^-``NULL_TRIM``, which no threshold needs)."""
+    j = (k + 1) / 2
+    a = k - j + 1
+    log_beta = math.lgamma(j) + math.lgamma(a) - math.lgamma(j + a)
+
+    def log_density(lt: np.ndarray) -> np.ndarray:  # the median's density in ln t
+        t = np.exp(lt)
+        lp, lq = _log_gamma_tails(windows, windows * t)
+        log_f = windows * math.log(windows) + (windows - 1) * lt - windows * t - math.lgamma(windows)
+        return log_f + (j - 1) * lp + (a - 1) * lq - log_beta + lt
+
+    coarse = np.linspace(math.log(1e-6), math.log(50.0), 6000)
+    d = log_density(coarse)
+    lo, hi = np.flatnonzero(d > d.max() - NULL_TRIM)[[0, -1]]
+    lt = np.linspace(coarse[max(lo - 1, 0)], coarse[min(hi + 1, len(coarse) - 1)], NULL_GRID)
+    d = log_density(lt)
+    w = d + math.log(lt[1] - lt[0])
+    top = float(w.max())
+    w = w - (top + math.log(float(np.exp(w - top).sum())))
+    return np.exp(lt), w, float(d[0])
+
+
+def _judge(ses: np.ndarray, plan: _Plan, windows: int = 1, pvalues: bool = True) -> _Judged:
+    """Judge an SES (m/2,) averaged over ``windows`` independent windows; ``pvalues=False``: the ratios only."""
     nl = len(plan.lines)
     peak, found, floor, logp = np.zeros(nl), np.full(nl, -1), np.zeros(nl), np.zeros(nl)
     for i, (a, b) in enumerate(plan.intervals):
@@ -451,16 +551,29 @@ def _judge(ses: np.ndarray, plan: _Plan) -> _Judged:
         peak[i] = ses[k]
         fl = plan.floors[i]
         median = float(np.partition(ses[fl], (len(fl) - 1) // 2)[(len(fl) - 1) // 2])
-        floor[i] = median / math.log(2.0)  # the mean of an exponential whose median this is
+        floor[i] = median / _median_over_mean(windows)
         if k > 0 and ses[k] < ses[k - 1] or k + 1 < len(ses) and ses[k] < ses[k + 1] or not median > 0:
             continue  # a flank: the interval's largest bin leans on a line outside it
         if plan.on_shaft[k] and plan.lines[i].family != "shaft":
             found[i] = -2  # the peak is a shaft harmonic's
             continue
         found[i] = k
-        logp[i] = _log_line_p(peak[i] / median, b - a, len(fl))
+        if pvalues:
+            logp[i] = _log_line_p(peak[i] / median, b - a, len(fl), windows)
     fam = {d: _log_fisher(logp[list(plan.family_lines[d])]) for d in DEFECTS}
     return _Judged(peak, found, floor, logp, fam, np.divide(peak, floor, out=np.zeros(nl), where=floor > 0))
+
+
+@functools.lru_cache(maxsize=16)
+def _median_over_mean(windows: int) -> float:
+    """The median of Gamma(K, 1/K), whose mean is 1 (ln 2 for K = 1): the floor is the median over this."""
+    if windows == 1:
+        return math.log(2.0)
+    lo, hi = 0.0, 2.0  # P(K, K t) = 1/2 by bisection
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _log_gamma_tails(windows, np.array([windows * mid]))[0][0] < math.log(0.5) else (lo, mid)
+    return (lo + hi) / 2
 
 
 def candidate_bands(geometry: BearingGeometry, sample_rate: float) -> list[tuple[float, float]]:
@@ -498,7 +611,11 @@ class EnvelopeBaseline:
 
     ``levels``: (C, B, L) float64, the mean over the healthy windows of each line's peak over its floor;
     ``family_max``: (C, B, 4) the largest, over the healthy windows, of each defect's lines' summed peak over
-    floor (BPFO, BPFI, BSF, FTF); ``windows``: how many windows it was learned from.
+    floor (BPFO, BPFI, BSF, FTF); ``windows``: how many windows it was learned from. ``averaged_max``:
+    (AVERAGE_WINDOWS - 1, C, B, 4), the same largest over the SES averaged over K = 2 .. AVERAGE_WINDOWS
+    consecutive non-overlapping healthy windows, and ``averages`` (AVERAGE_WINDOWS - 1,) how many such averages
+    each K saw (0: none yet; an average of K windows is then judged against ``family_max``, a higher bound, since
+    averaging lowers the noise's peaks over their floor).
     """
 
     sample_rate: float
@@ -507,15 +624,24 @@ class EnvelopeBaseline:
     levels: np.ndarray
     family_max: np.ndarray
     windows: int
+    averaged_max: np.ndarray | None = None
+    averages: tuple[int, ...] = ()
 
     @classmethod
     def learn(cls, windows: Iterable[np.ndarray], sample_rate: float, geometry: BearingGeometry) -> EnvelopeBaseline:
-        """Learn from healthy raw windows, each (n, C) of the same n and C (at least one; 10 or more make the
-        largest healthy level a fair bound: a healthy window exceeds the largest of N with probability 1/(N+1))."""
+        """Learn from healthy raw windows, each (n, C) of the same n and C, in time order and not overlapping (at
+        least one; 10 or more make the largest healthy level a fair bound: a healthy window exceeds the largest of
+        N with probability 1/(N+1))."""
         learner = BaselineLearner(sample_rate, geometry)
         for w in windows:
             learner.add(w)
         return learner.baseline()
+
+    def family_bound(self, windows: int) -> np.ndarray:
+        """(C, B, 4): the healthy bound an SES averaged over ``windows`` windows is compared with."""
+        if 2 <= windows <= len(self.averages) + 1 and self.averages[windows - 2] > 0:
+            return self.averaged_max[windows - 2]
+        return self.family_max
 
     def check(self, sample_rate: float, n: int, channels: int, geometry: BearingGeometry) -> None:
         """Raise ValueError unless this baseline fits windows of ``n`` x ``channels`` at ``sample_rate``."""
@@ -530,17 +656,23 @@ class EnvelopeBaseline:
 
     def to_dict(self) -> dict:
         """JSON-able form (``from_dict`` reads it back)."""
-        return {"sample_rate": self.sample_rate, "n_samples": self.n_samples, "windows": self.windows,
-                "geometry": {f.name: getattr(self.geometry, f.name) for f in dataclasses.fields(self.geometry)},
-                "levels": self.levels.tolist(), "family_max": self.family_max.tolist()}
+        out = {"sample_rate": self.sample_rate, "n_samples": self.n_samples, "windows": self.windows,
+               "geometry": {f.name: getattr(self.geometry, f.name) for f in dataclasses.fields(self.geometry)},
+               "levels": self.levels.tolist(), "family_max": self.family_max.tolist()}
+        if self.averaged_max is not None:
+            out |= {"averaged_max": self.averaged_max.tolist(), "averages": list(self.averages)}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> EnvelopeBaseline:
-        """Read ``to_dict``'s form; ValueError naming what is wrong."""
+        """Read ``to_dict``'s form (one without averages too); ValueError naming what is wrong."""
         try:
             geometry = BearingGeometry(**d["geometry"])
+            avg = d.get("averaged_max")
             base = cls(float(d["sample_rate"]), int(d["n_samples"]), geometry, np.asarray(d["levels"], np.float64),
-                       np.asarray(d["family_max"], np.float64), int(d["windows"]))
+                       np.asarray(d["family_max"], np.float64), int(d["windows"]),
+                       None if avg is None else np.asarray(avg, np.float64),
+                       tuple(int(v) for v in d.get("averages", ())))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"baseline: not a stored envelope baseline ({exc!r})") from None
         plan = _plan(geometry, base.sample_rate, base.n_samples)
@@ -550,27 +682,45 @@ class EnvelopeBaseline:
             raise ValueError(f"baseline: levels of shape {base.levels.shape} and family_max {base.family_max.shape}, "
                              f"expected (channels, {want[0]}, {want[1]}) and (channels, {want[0]}, {len(DEFECTS)}) "
                              "for this geometry, rate and window length")
-        for name, arr in (("levels", base.levels), ("family_max", base.family_max)):
-            if not (np.isfinite(arr).all() and (arr >= 0).all()):
+        if base.averaged_max is not None and (base.averaged_max.shape != (len(base.averages), *base.family_max.shape)
+                                              or any(v < 0 for v in base.averages)):
+            raise ValueError(f"baseline: averaged_max of shape {base.averaged_max.shape} with {len(base.averages)} "
+                             f"counts, expected (counts, {', '.join(map(str, base.family_max.shape))})")
+        for name, arr in (("levels", base.levels), ("family_max", base.family_max),
+                          ("averaged_max", base.averaged_max)):
+            if arr is not None and not (np.isfinite(arr).all() and (arr >= 0).all()):
                 raise ValueError(f"baseline: {name} must be finite and >= 0")
         return base
 
 
 class BaselineLearner:
-    """Learns an :class:`EnvelopeBaseline` one healthy window at a time, keeping no window (a gateway learns it
-    from a sensor's first healthy windows): ``add`` each (n, C) window, then ``baseline()``."""
+    """Learns an :class:`EnvelopeBaseline` one healthy window at a time (a gateway learns it from a sensor's first
+    healthy windows): ``add`` each (n, C) window, then ``baseline()``.
+
+    Every window counts for the one-window levels. Windows that do not overlap the last one counted for averages
+    (``end``: the window's end in samples; None: windows given do not overlap) also feed the averaged bounds:
+    the SES of the last ``AVERAGE_WINDOWS - 1`` such windows are kept (their first ``used_bins`` bins, float32:
+    (C, B, used_bins) each), and each new one closes an average of K = 2 .. AVERAGE_WINDOWS consecutive ones.
+    """
 
     def __init__(self, sample_rate: float, geometry: BearingGeometry) -> None:
         self.sample_rate = float(sample_rate)
         self.geometry = geometry
         self.count = 0
+        self.separate = 0  # windows that fed the averaged bounds
         self._shape: tuple[int, int] | None = None
         self._plan: _Plan | None = None
         self._total: np.ndarray | None = None
         self._top: np.ndarray | None = None
+        self._avg_top: np.ndarray | None = None
+        self._averages = [0] * (AVERAGE_WINDOWS - 1)
+        self._recent: collections.deque = collections.deque(maxlen=AVERAGE_WINDOWS - 1)
+        self._last_end: int | None = None
 
-    def add(self, window: np.ndarray) -> None:
-        """Account one healthy window; ValueError (naming it) for one of another shape or with NaN/inf."""
+    def add(self, window: np.ndarray, end: int | None = None) -> None:
+        """Account one healthy window (n, C); ``end``: its last sample's index + 1 in the sensor's stream (mod
+        2**32), to tell overlapping windows apart. ValueError (naming it) for one of another shape or with
+        NaN/inf."""
         x = _check_window(window, f"healthy window {self.count}")
         if self._shape is None:
             self._shape = x.shape
@@ -580,20 +730,44 @@ class BaselineLearner:
                              "needs windows of one length and width")
         plan = self._plan
         ses = _ses(_band_envelopes(x.astype(np.float64), plan)[0])
-        lv = np.zeros((x.shape[1], len(plan.bands), len(plan.lines)))
-        for c in range(x.shape[1]):
-            for j in range(len(plan.bands)):
-                lv[c, j] = _judge(ses[c, j], plan).ratio
-        fam = np.stack([lv[:, :, list(plan.family_lines[d])].sum(axis=2) for d in DEFECTS], axis=2)
+        lv, fam = self._levels(ses, 1)
         self._total = lv if self._total is None else self._total + lv
         self._top = fam if self._top is None else np.maximum(self._top, fam)
         self.count += 1
+        if end is not None and self._last_end is not None and (end - self._last_end) % (1 << 32) < x.shape[0]:
+            return  # overlaps the last window of the averages: not independent of it
+        self._last_end = end
+        self.separate += 1
+        used = ses[..., : plan.used_bins].astype(np.float32)
+        total = used.astype(np.float64)
+        for k, prev in enumerate(reversed(self._recent), 2):
+            total += prev
+            fam = self._levels(total / k, k)[1]
+            top = self._avg_top if self._avg_top is not None else np.zeros((AVERAGE_WINDOWS - 1, *fam.shape))
+            top[k - 2] = np.maximum(top[k - 2], fam)
+            self._avg_top = top
+            self._averages[k - 2] += 1
+        self._recent.append(used)
+
+    def _levels(self, ses: np.ndarray, windows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each line's peak over floor (C, B, L) and each defect's sum of them (C, B, 4) in SES (C, B, m) averaged
+        over ``windows`` windows."""
+        plan = self._plan
+        c, b = ses.shape[:2]
+        lv = np.zeros((c, b, len(plan.lines)))
+        for ch in range(c):
+            for j in range(b):
+                lv[ch, j] = _judge(ses[ch, j], plan, windows, pvalues=False).ratio
+        fam = np.stack([lv[:, :, list(plan.family_lines[d])].sum(axis=2) for d in DEFECTS], axis=2)
+        return lv, fam
 
     def baseline(self) -> EnvelopeBaseline:
         if not self.count:
             raise ValueError("a baseline needs at least one healthy window")
-        return EnvelopeBaseline(self.sample_rate, self._shape[0], self.geometry, self._total / self.count, self._top,
-                                self.count)
+        avg = (self._avg_top.copy() if self._avg_top is not None
+               else np.zeros((AVERAGE_WINDOWS - 1, *self._top.shape)))
+        return EnvelopeBaseline(self.sample_rate, self._shape[0], self.geometry, self._total / self.count,
+                                self._top.copy(), self.count, avg, tuple(self._averages))
 
 
 # --------------------------------------------------------------------------- the report
@@ -644,7 +818,7 @@ class BearingReport:
     """What the envelope spectrum says: ``verdict``, the ``defect`` key and ``channel`` it rests on (None for no
     pattern), a one-line ``summary``, each channel's envelope band (Hz) and its spectral kurtosis, every
     defect's evidence per channel, and the shaft-rate lines (they stand out with looseness, and with an
-    inner-race defect, which the shaft modulates)."""
+    inner-race defect, which the shaft modulates); ``windows``: how many windows' spectra were averaged."""
 
     verdict: str
     defect: str | None
@@ -657,6 +831,7 @@ class BearingReport:
     shaft_lines: tuple[tuple[LineEvidence, ...], ...]
     baseline: bool
     notes: tuple[str, ...] = ()
+    windows: int = 1  # windows whose envelope spectra were averaged
 
     def as_dict(self) -> dict:
         """JSON-able form for a sink: the verdict, and the evidence in numbers (rounded)."""
@@ -669,7 +844,7 @@ class BearingReport:
                     "baseline_db": r(x.baseline_db), "stands_out": x.stands_out, **({"note": x.note} if x.note else {})}
         return {
             "verdict": self.verdict, "defect": self.defect, "channel": self.channel, "channel_name": self.channel_name,
-            "summary": self.summary, "baseline": self.baseline,
+            "summary": self.summary, "baseline": self.baseline, "windows": self.windows,
             "bands_hz": [[r(a, 1), r(b, 1)] for a, b in self.bands_hz], "kurtosis": [r(k) for k in self.kurtosis],
             "defects": [{"defect": e.defect, "part": e.part, "frequency_hz": r(e.frequency_hz), "channel": e.channel,
                          "present": e.present, "evidence": r(e.evidence), "baseline_db": r(e.baseline_db),
@@ -684,26 +859,32 @@ class BearingReport:
 BAND_RULES = ("kurtosis", "evidence")
 
 
-def diagnose(samples: np.ndarray, sample_rate: float, geometry: BearingGeometry,
+def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
              baseline: EnvelopeBaseline | None = None, *, channels: Sequence[str] | None = None,
              band: tuple[float, float] | None = None, band_rule: str = "kurtosis") -> BearingReport:
-    """Judge one raw window for BPFO/BPFI/BSF/FTF patterns (see the module docstring).
+    """Judge raw samples for BPFO/BPFI/BSF/FTF patterns (see the module docstring).
 
     Args:
-        samples: (n, C) raw samples, any unit; n >= ``min_window_samples(geometry, sample_rate)``.
+        samples: one window (n, C) of raw samples, any unit, or K windows of the same fault: a (K, n, C) array or
+            a sequence of K (n, C) arrays of one shape, not overlapping (independent noise). Their squared-envelope
+            spectra are averaged (the band chosen on their mean spectral kurtosis): the noise bins' variance falls
+            by K, so lines about sqrt(K) weaker stand out; each line is judged against the law of an average of K
+            (Gamma(K, 1/K) bins), and the defect against the healthy bound for averages of K. n >=
+            ``min_window_samples(geometry, sample_rate)``.
         sample_rate: Hz, >= ``required_sample_rate(geometry)``.
         geometry: the bearing and its shaft speed.
-        baseline: healthy levels learned on windows like this one; without it only the local floor is used.
+        baseline: healthy levels learned on windows like these; without it only the local floor is used.
         channels: channel names for the report (default ch0, ch1, ...).
         band: an envelope band (lo, hi) in Hz instead of a candidate band chosen by ``band_rule``.
         band_rule: ``kurtosis`` (each channel's most impulsive candidate band) or ``evidence`` (the band where a
             defect's lines are most significant; the threshold pays for the search).
 
     Raises:
-        ValueError: the window, rate, geometry or baseline cannot support the analysis (the message says why).
+        ValueError: the windows, rate, geometry or baseline cannot support the analysis, or the windows differ in
+            shape (the message says why).
     """
-    x = _check_window(samples)
-    n, c = x.shape
+    xs = _check_windows(samples)  # (K, n, C)
+    nw, n, c = xs.shape
     plan = _plan(geometry, float(sample_rate), n)
     if baseline is not None:
         baseline.check(sample_rate, n, c, geometry)
@@ -712,7 +893,6 @@ def diagnose(samples: np.ndarray, sample_rate: float, geometry: BearingGeometry,
     names = [str(v) for v in channels] if channels is not None else [f"ch{j}" for j in range(c)]
     if len(names) != c:
         raise ValueError(f"channels: {len(names)} names for a window of {c} channels")
-    xd = x.astype(np.float64)
     top = max(ln.hz for ln in plan.lines)
     searched = 1
     if band is not None:
@@ -721,28 +901,34 @@ def diagnose(samples: np.ndarray, sample_rate: float, geometry: BearingGeometry,
             raise ValueError(f"band: {band!r} Hz must lie in (0, {sample_rate / 2:g}] Hz and be at least twice the "
                              f"highest line ({top:.0f} Hz) wide")
         k1, k2 = int(round(lo / plan.df)), int(round(hi / plan.df))
-        spec = np.fft.rfft(xd - xd.mean(axis=0), axis=0)
-        env = _envelope(spec[k1:k2], 1 << math.ceil(math.log2(2 * (k2 - k1) + 1)), n)[:, None, :]
-        mean = env.mean(axis=2)
-        sk = (env * env).mean(axis=2) / np.maximum(mean * mean, 1e-300) - 2.0
+        envs, sks = [], []
+        for x in xs:
+            xd = x.astype(np.float64)
+            spec = np.fft.rfft(xd - xd.mean(axis=0), axis=0)
+            env = _envelope(spec[k1:k2], 1 << math.ceil(math.log2(2 * (k2 - k1) + 1)), n)[:, None, :]
+            mean = env.mean(axis=2)
+            envs.append(env)
+            sks.append((env * env).mean(axis=2) / np.maximum(mean * mean, 1e-300) - 2.0)
         band_hz = [(lo, hi)]
         band_index = [-1]
     else:
-        env, sk = _band_envelopes(xd, plan)
+        envs, sks = zip(*(_band_envelopes(x.astype(np.float64), plan) for x in xs), strict=True)
         band_hz = [(a * plan.df, b * plan.df) for a, b in plan.bands]
         band_index = list(range(len(plan.bands)))
+    sk = sks[0] if nw == 1 else np.mean(sks, axis=0)  # (C, B)
     if band is None and band_rule == "kurtosis":
         chosen = [int(np.argmax(sk[ch])) for ch in range(c)]
-        ses = _ses(np.stack([env[ch, j] for ch, j in enumerate(chosen)]))  # (C, m/2): the chosen bands only
-        judged = [{j: _judge(ses[ch], plan)} for ch, j in enumerate(chosen)]
+        ses = _mean_ses([np.stack([env[ch, j] for ch, j in enumerate(chosen)]) for env in envs])  # (C, m/2)
+        judged = [{j: _judge(ses[ch], plan, nw)} for ch, j in enumerate(chosen)]
     else:
-        ses = _ses(env)  # (C, B, m/2)
-        judged = [[_judge(ses[ch, j], plan) for j in range(ses.shape[1])] for ch in range(c)]
+        ses = _mean_ses(envs)  # (C, B, m/2)
+        judged = [[_judge(ses[ch, j], plan, nw) for j in range(ses.shape[1])] for ch in range(c)]
         chosen = [0 if band is not None else int(np.argmin([min(jd.family_logp.values()) for jd in judged[ch]]))
                   for ch in range(c)]
         searched = 1 if band is not None else len(plan.bands)
     freqs = defect_frequencies(geometry)
     log_alpha = math.log(ALPHA_DEFECT / searched)
+    bound = None if baseline is None else baseline.family_bound(nw)
     evidence: list[DefectEvidence] = []
     shaft: list[tuple[LineEvidence, ...]] = []
     for ch, j in enumerate(chosen):
@@ -756,7 +942,7 @@ def diagnose(samples: np.ndarray, sample_rate: float, geometry: BearingGeometry,
             fam = tuple(ev for ev, ln in zip(lines, plan.lines, strict=True) if ln.family == d)
             bdb = None
             if known and idx:
-                num, den = float(jd.ratio[list(idx)].sum()), float(baseline.family_max[ch, band_index[j], f])
+                num, den = float(jd.ratio[list(idx)].sum()), float(bound[ch, band_index[j], f])
                 bdb = 10 * math.log10(num / den) if num > 0 and den > 0 else (99.0 if num > 0 else 0.0)
             lp = jd.family_logp[d]
             present = bool(idx) and lp < log_alpha and (bdb is None or bdb >= BASELINE_DB)
@@ -766,9 +952,21 @@ def diagnose(samples: np.ndarray, sample_rate: float, geometry: BearingGeometry,
     verdict, defect, channel = _verdict(evidence)
     cname = None if channel is None else names[channel]
     summary = _summary(verdict, defect, channel, cname, evidence, shaft, names)
+    if nw > 1:
+        summary += f" [{nw} windows averaged]"
     return BearingReport(verdict, defect, channel, cname, summary, tuple(band_hz[j] for j in chosen),
                          tuple(float(sk[ch, j]) for ch, j in enumerate(chosen)), tuple(evidence), tuple(shaft),
-                         baseline is not None, (plan.cage_note,) if plan.cage_note else ())
+                         baseline is not None, (plan.cage_note,) if plan.cage_note else (), nw)
+
+
+def _mean_ses(envs: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean SES (..., m/2) of K windows' squared envelopes, each (..., m)."""
+    if len(envs) == 1:
+        return _ses(envs[0])
+    total = _ses(envs[0])
+    for env in envs[1:]:
+        total += _ses(env)
+    return total / len(envs)
 
 
 def _line_evidence(i: int, jd: _Judged, base: np.ndarray | None, plan: _Plan) -> LineEvidence:

@@ -96,6 +96,90 @@ def test_a_stored_baseline_gives_the_same_report(baseline):
         D.EnvelopeBaseline.from_dict(broken)
 
 
+# --------------------------------------------------------------------------- K windows averaged
+def test_the_averaged_null_law_holds_against_a_simulation_and_the_one_window_closed_form():
+    # K = 1: the numerical law of the median, integrated, gives the closed form B(k-j+1+R, j) / B(k-j+1, j)
+    t, log_w, _ = D._median_law(1, 40.0)
+    for ratio in (1.5, 4.0, 12.0):
+        numeric = math.log(float(np.sum(np.exp(log_w - ratio * t))))
+        assert numeric == pytest.approx(D._log_line_p(ratio, 1, 60.0, 1), abs=1e-3)
+    # K = 3: one bin of a 3-window average over the median of 31 others (k = 31 x HANN_ENBW bins), simulated
+    rng = np.random.default_rng(0)
+    n = 400_000
+    med = np.partition(rng.gamma(3, 1 / 3, size=(n, 31)), 15, axis=1)[:, 15]
+    x = rng.gamma(3, 1 / 3, size=n)
+    for ratio in (2.0, 3.0, 4.0):
+        simulated = float(np.mean(x > ratio * med))
+        assert math.exp(D._log_line_p(ratio, 1, 31 * D.HANN_ENBW, 3)) == pytest.approx(simulated, rel=0.1)
+
+
+@pytest.mark.parametrize(("fault", "s", "key"), [("inner", 0.02, "bpfi"), ("ball", 0.03, "bsf")])
+def test_a_weak_defect_is_named_when_five_windows_are_averaged(baseline, fault, s, key):
+    windows = _window(s, fault, seed=0, seconds=5).reshape(5, int(FS), 2)  # 5 s of one fault: 5 separate windows
+    one = D.diagnose(windows[0], FS, _geometry(), baseline)
+    assert one.verdict == D.NO_PATTERN and one.windows == 1  # too weak for one window's envelope spectrum
+    r = D.diagnose(windows, FS, _geometry(), baseline)
+    assert r.defect == key and r.windows == 5 and "5 windows averaged" in r.summary
+    assert r.as_dict()["windows"] == 5
+    best = next(e for e in r.evidence if e.defect == key and e.channel == r.channel)
+    assert best.evidence > -math.log10(D.ALPHA_DEFECT) and best.baseline_db >= D.BASELINE_DB
+    listed = D.diagnose(list(windows), FS, _geometry(), baseline)  # a sequence of (n, C) windows is the same
+    assert listed.as_dict() == r.as_dict()
+
+
+@pytest.mark.parametrize("fault", ["healthy", "looseness", "growth"])
+def test_healthy_and_non_bearing_windows_averaged_show_no_pattern(baseline, fault):
+    s = 0.0 if fault == "healthy" else 0.5
+    if fault == "growth":  # everything the model grows with severity, no defect
+        p = signals.PRESETS["femto"]
+        src = signals.BearingSource("femto", "broken", seed=21, fault="outer", noise_g=p.noise_g * (1 + p.noise_gain * s),
+                                    noise_gain=0.0, harmonics_g=tuple(a * (1 + p.harmonic_gain * s) for a in p.harmonics_g),
+                                    harmonic_gain=0.0, roughness_g=p.roughness_g * (1 + p.roughness_gain * s),
+                                    roughness_gain=0.0, defect_g=0.0, imbalance_g=0.0)
+        x = signals.generate(src, int(5 * FS))
+    else:
+        x = _window(s, "outer" if fault == "healthy" else fault, seed=21, seconds=5)
+    r = D.diagnose(x.reshape(5, int(FS), 2), FS, _geometry(), baseline)
+    assert r.verdict == D.NO_PATTERN and r.windows == 5 and not any(e.present for e in r.evidence)
+
+
+def test_the_baseline_learns_bounds_for_averages_and_reads_back(baseline):
+    assert baseline.averaged_max.shape == (D.AVERAGE_WINDOWS - 1, 2, len(D.candidate_bands(_geometry(), FS)), 4)
+    assert baseline.averages == (5, 4, 3, 2)  # 6 separate healthy windows: sliding averages of 2 .. 5
+    # averaging lowers the noise's peaks over their floor: the bound for averages sits below the one-window one
+    assert (baseline.family_bound(5) <= baseline.family_max).mean() > 0.9
+    stored = D.EnvelopeBaseline.from_dict(json.loads(json.dumps(baseline.to_dict())))
+    windows = _window(0.02, "inner", seed=0, seconds=3).reshape(3, int(FS), 2)
+    assert (D.diagnose(windows, FS, _geometry(), stored).as_dict()
+            == D.diagnose(windows, FS, _geometry(), baseline).as_dict())
+    older = {k: v for k, v in baseline.to_dict().items() if k not in ("averaged_max", "averages")}
+    old = D.EnvelopeBaseline.from_dict(older)  # stored before averages: they are judged against the one-window max
+    assert old.family_bound(3) is old.family_max
+    # overlapping windows (their ends less than a window apart) feed the one-window levels only
+    learner = D.BaselineLearner(FS, _geometry())
+    x = _window(0.0, seed=300, seconds=2)
+    n = int(FS)
+    for end in (n, n + n // 2, 2 * n):
+        learner.add(x[end - n:end], end=end)
+    assert (learner.count, learner.separate, learner.baseline().averages[0]) == (3, 2, 1)
+
+
+def test_windows_to_average_must_share_one_shape_and_be_valid():
+    geo = _geometry()
+    x = _window(0.0, seconds=2).reshape(2, int(FS), 2)
+    with pytest.raises(ValueError, match=r"window 1: shape \(25590, 2\), window 0 has \(25600, 2\): averaged windows "
+                                         "must have one length and width"):
+        D.diagnose([x[0], x[1][:-10]], FS, geo)
+    with pytest.raises(ValueError, match=r"window 1: shape \(25600, 1\), window 0 has \(25600, 2\)"):
+        D.diagnose([x[0], x[1][:, :1]], FS, geo)
+    with pytest.raises(ValueError, match="windows: none given"):
+        D.diagnose([], FS, geo)
+    bad = x.copy()
+    bad[1, 5, 0] = np.inf
+    with pytest.raises(ValueError, match=r"window 1: 1 NaN or infinite values \(channel 0: 1\)"):
+        D.diagnose(bad, FS, geo)
+
+
 # --------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(("kw", "match"), [
     ({"ball_diameter": 30.0}, r"ball_diameter = 30.0: the balls must be smaller than the pitch diameter \(25.6"),
