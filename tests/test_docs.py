@@ -105,7 +105,9 @@ def test_documented_command_lines_use_real_subcommands_and_options():
     wrong, seen = [], 0
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         text = page.read_text(encoding="utf-8")
-        for block in re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, re.S):  # shell and unlabelled blocks
+        for lang, block in re.findall(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", text, re.S | re.M):  # every block, in pairs
+            if lang not in ("", "sh", "bash", "console"):  # shell and unlabelled blocks only
+                continue
             for line in block.replace("\\\n", " ").splitlines():
                 line = re.sub(r"^\s*(sudo\s+(-u\s+\S+\s+)?)?", "", line.split(" #")[0])
                 for m in COMMAND.finditer(line):
