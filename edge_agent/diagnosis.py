@@ -12,6 +12,7 @@ judges each defect's lines against the window's own local spectral floor and aga
     defect_frequencies(geometry)   # {"bpfo": 168.3, "bpfi": 221.7, "bsf": 107.7, "ftf": 12.9} Hz
     baseline = EnvelopeBaseline.learn(healthy_windows, sample_rate, geometry)   # [(n, C) float32, ...]
     report = diagnose(window, sample_rate, geometry, baseline)                  # (n, C) float32
+    report = diagnose(windows, sample_rate, geometry, baseline)                 # (K, n, C): K windows averaged
     report.verdict   # "likely outer race" | "likely inner race" | "likely rolling element" | "likely cage"
                      # | "no bearing defect pattern";  report.as_dict() for a sink
 
@@ -40,8 +41,12 @@ How the window is judged (each number argued and measured in docs/maintenance/be
   lines over their floor are ``BASELINE_DB`` above the largest they were in any healthy window (a line the
   machine always had, even now and then, is no finding). The verdict is the present defect with the strongest evidence; a cage pattern beside a
   rolling-element one is that defect's modulation.
+* Averaging: K windows of one fault that do not overlap (an alert's) are judged on the mean of their SES (Welch):
+  a noise bin is then Gamma(K, 1/K) instead of exponential, its variance K times less, so lines about sqrt(K)
+  weaker reach the same p-value; ``_log_line_p`` uses that law, and the baseline the largest healthy average of K.
 
-Refused with a ValueError that names the problem: a window that is not (n, C) numbers or holds NaN/inf, a
+Refused with a ValueError that names the problem: windows that are not (n, C) numbers, hold NaN/inf or differ in
+shape, a
 sample rate too low for the band the lines need (``required_sample_rate``), a window too short to tell the
 defect frequencies apart (``min_window_samples``), a baseline of another rate, length, geometry or width.
 """
