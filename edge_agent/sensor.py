@@ -324,11 +324,15 @@ class Sensor:
         if w is not None and not w.bridged:
             samples = p.windower.window_samples()
             hop = p.bundle.spec.hop_samples / p.windower.sample_rate if p.windower.sample_rate else None
-            severity = self.condition.on_window(samples, hop, healthy=p.state == "normal")
-            if event is not None and event.kind != "cleared":
+            hit = bool(result.too_good) or result.score > result.threshold * p.alerts.baseline
+            severity = self.condition.on_window(samples, hop, healthy=p.state == "normal", hit=hit,
+                                                seq_end=w.seq_end, debounce=p.alerts.policy.n)
+            if event is not None and event.kind != "cleared":  # the alert's windows averaged with this one
                 event = dataclasses.replace(event, condition={
                     "severity": None if severity is None else severity.as_dict(),
-                    "bearing": self.condition.diagnose(samples)})
+                    "bearing": self.condition.diagnose(samples, w.seq_end)})
+        if event is not None and event.kind == "cleared":
+            self.condition.alert_cleared()
         if self.trend is not None:
             rms = [v for k, v in result.stats.items() if k.startswith("rms_")]
             self.trend.add(self.device, result.time, result.score, result.threshold, p.state,

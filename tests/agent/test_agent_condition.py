@@ -58,9 +58,13 @@ def test_an_outer_race_fault_is_explained_measured_and_diagnosed(tmp_path, agent
     assert first.condition["severity"]["max_mm_s"] > 0 and first.condition["severity"]["zone"] in "ABCD"
     verdicts = [e.condition["bearing"]["verdict"] for e in alerts]
     assert "likely outer race" in verdicts, [e.condition["bearing"]["summary"] for e in alerts]
+    # each report averaged the alert's windows above the threshold that do not overlap (hop = window / 4 here)
+    averaged = [e.condition["bearing"]["windows"] for e in alerts]
+    assert all(1 <= k <= 5 for k in averaged) and max(averaged) >= 2, averaged
     sensor = status["sensors"]["pump-7"]
     assert sensor["condition"]["velocity_mm_s"] > 0 and sensor["condition"]["zone"] in "ABCD"
     assert sensor["velocity_windows"] == sensor["windows_scored"] and sensor["diagnoses"] == len(alerts)
+    assert sensor["diagnosis_windows"] == sum(averaged)
     assert status["trend"]["error"] is None
     assert trend["rows"] and sum(r[1] for r in trend["rows"]) == sensor["windows_scored"]
     assert [e[1] for e in trend["events"]][:1] == ["raised"]  # in the order they happened

@@ -57,3 +57,32 @@ def test_what_cannot_be_measured_says_why_and_never_raises(agent_bundle, degradi
     assert slow.counters.diagnosis_refused == 1
     bad = np.full((n, 4), np.nan, np.float32)
     assert cond.on_window(bad, None, healthy=True).max_mm_s is None
+
+
+def test_an_alert_averages_its_own_windows_that_do_not_overlap(agent_bundle, degrading_samples) -> None:
+    bundle = Bundle.load(agent_bundle)
+    n = bundle.spec.window_samples
+    hop = n // 4  # the agent's windows overlap: only every 4th is clear of the last
+    cond = SensorCondition("pump-4", SeverityPolicy(units="g"), _ims_geometry())
+    cond.serve(bundle, RATE)
+    healthy = degrading_samples[: int(ONSET_S * RATE)]
+    for pos in range(0, hop * BASELINE_WINDOWS, hop):
+        cond.on_window(healthy[pos:pos + n], hop / RATE, healthy=True, seq_end=pos + n)
+    assert cond.baseline is not None and cond.baseline.averages[:2] == (7, 6)  # 8 windows clear of each other
+    start = len(degrading_samples) - n - 9 * hop
+    for i in range(10):  # an alert: every window above the threshold
+        pos = start + i * hop
+        x = degrading_samples[pos:pos + n].copy()
+        cond.on_window(x, hop / RATE, healthy=i < 5, hit=True, seq_end=pos + n)
+    report = cond.diagnose(x, pos + n)
+    # this window, and of the kept ones (windows 0, 4, 8) those clear of it: 4 and 0
+    assert report["windows"] == 3 and cond.last_windows == 3, report["summary"]
+    assert report["verdict"] == "likely outer race" and "3 windows averaged" in report["summary"]
+    assert cond.counters.diagnosis_windows == 3
+    cond.alert_cleared()  # the next alert starts from its own windows
+    assert cond.diagnose(x, pos + n)["windows"] == 1
+    cond.on_window(x, hop / RATE, healthy=True, hit=True, seq_end=pos + n)
+    for i in range(1, 6):  # a hit while normal, then 5 windows below the threshold: it can raise no alert
+        later = degrading_samples[pos - 5 * hop + i * hop: pos - 5 * hop + i * hop + n]
+        cond.on_window(later, hop / RATE, healthy=True, seq_end=pos + n + 4 * n * i, debounce=5)
+    assert cond.diagnose(x.copy(), pos + n + 4 * n * 6)["windows"] == 1
