@@ -11,15 +11,17 @@
   x4 (the broadband noise, baseline learned at the same noise), seeds; true type outer, inner, ball (bearing
   defects), looseness, imbalance and growth (everything the model grows with severity but no defect: not the
   bearing's), healthy; each window diagnosed against a baseline of 10 healthy windows of other seeds. Thresholds are
-  the module's constants (argued in its docstring), never tuned here.
+  the module's constants (argued in its docstring), never tuned here. Each case is also diagnosed on K consecutive
+  1 s windows averaged (``--windows``, default 3 and 5: what an alert gathers; the first window is the one-window
+  case's), against the same baseline's bound for averages of K.
 * The two band rules compared; the null calibration (healthy windows: how often a defect's evidence exceeds 2, 3,
   4, i.e. p < 1e-2, 1e-3, 1e-4, against the argued rate); real healthy windows (IMS test 1, the first 50 snapshots,
   8 channels: baseline on 10, diagnosis of 40); the late-life FEMTO snapshots (no ground truth of fault type).
 * The cost: ``diagnose`` per 1 s window on one core (``os.sched_setaffinity``), µs per call.
 
-    python bench/bench_diagnosis.py [--seeds 5] [--no-detector] [--quick] [--data ../shared/data]
+    python bench/bench_diagnosis.py [--seeds 5] [--windows 3 5] [--no-detector] [--quick] [--data ../shared/data]
 
-About 5 minutes on the shared 2-core VM (TensorFlow's import and six small trainings most of it; 30 s with
+About 7 minutes on the shared 2-core VM (TensorFlow's import and six small trainings most of it; 2 minutes with
 ``--no-detector``).
 
 Writes docs/figures/diagnosis-envelope-spectrum.png, diagnosis-confusion.png, diagnosis-femto.png and
@@ -123,8 +125,11 @@ def detector_alerts(presets, noises, severities) -> dict:
 
 
 # --------------------------------------------------------------------------- the confusion table
-def run_cases(presets, seeds: int, severities, noises, rules) -> list[dict]:
+def run_cases(presets, seeds: int, severities, noises, rules, windows=(1,)) -> list[dict]:
+    """Each case's K consecutive 1 s windows (K = max(windows); the first is the window a single-window diagnosis
+    sees), diagnosed alone and averaged over the first K of them for each K in ``windows``."""
     rows = []
+    most = max(windows)
     for preset in presets:
         geo = geometry(preset)
         fs = signals.PRESETS[preset].sample_rate
@@ -135,12 +140,15 @@ def run_cases(presets, seeds: int, severities, noises, rules) -> list[dict]:
             cases += [("healthy", 0.0)] * 3  # three times the seeds: the false-pattern rate needs windows
             for k, (true, s) in enumerate(cases):
                 for seed in range(seeds):
-                    x = at_severity(preset, s, true, noise, seed=seed + 10 * k * (true == "healthy"))
-                    for rule in rules:
-                        r = D.diagnose(x, fs, geo, base, band_rule=rule)
-                        rows.append({"preset": preset, "noise": noise, "true": true, "severity": s, "seed": seed,
-                                     "rule": rule, "pred": PRED_OF[r.defect], "channel": r.channel,
-                                     "evidence": {e.defect + str(e.channel): e.evidence for e in r.evidence}})
+                    x = at_severity(preset, s, true, noise, seed=seed + 10 * k * (true == "healthy"), seconds=most)
+                    ws = x.reshape(most, int(fs), x.shape[1])
+                    for nw in windows:
+                        for rule in rules if nw in (1, most) else rules[:1]:
+                            r = D.diagnose(ws[:nw] if nw > 1 else ws[0], fs, geo, base, band_rule=rule)
+                            rows.append({"preset": preset, "noise": noise, "true": true, "severity": s, "seed": seed,
+                                         "rule": rule, "windows": nw, "pred": PRED_OF[r.defect],
+                                         "channel": r.channel,
+                                         "evidence": {e.defect + str(e.channel): e.evidence for e in r.evidence}})
     return rows
 
 
@@ -169,7 +177,7 @@ def md_confusion(m: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def md_by_severity(rows, rule, presets, noises, severities, alert_from) -> str:
+def md_by_severity(rows, rule, presets, noises, severities, alert_from, windows: int = 1) -> str:
     """Correct per case; in parentheses where the detector does not alert yet."""
     head = "| preset | noise | true | " + " | ".join(f"s={s:g}" for s in severities) + " |"
     lines = [head, "|---" * (3 + len(severities)) + "|"]
@@ -181,7 +189,7 @@ def md_by_severity(rows, rule, presets, noises, severities, alert_from) -> str:
                 cells = []
                 for s in severities:
                     sel = [r for r in rows if r["rule"] == rule and r["preset"] == preset and r["noise"] == noise
-                           and r["true"] == t and r["severity"] == s]
+                           and r["true"] == t and r["severity"] == s and r["windows"] == windows]
                     ok = sum(correct(r) for r in sel)
                     wrong = [r["pred"] for r in sel if not correct(r) and r["pred"] != "no pattern"]
                     cell = f"{ok}/{len(sel)}" + (f" ({len(wrong)} wrong type)" if wrong else "")
@@ -191,7 +199,7 @@ def md_by_severity(rows, rule, presets, noises, severities, alert_from) -> str:
 
 
 # --------------------------------------------------------------------------- real data
-def ims_healthy(data: Path) -> dict:
+def ims_healthy(data: Path, windows: int = 1) -> dict:
     files = sorted((data / "ims_bearing" / "raw_1st_test_first50").glob("*.gz"))
     if not files:
         return {}
@@ -205,7 +213,10 @@ def ims_healthy(data: Path) -> dict:
     names = [f"B{k // 2 + 1}{'xy'[k % 2]}" for k in range(8)]
     with_base = collections.Counter(D.diagnose(x, 20000.0, geo, base, channels=names).verdict for x in xs[10:])
     without = [D.diagnose(x, 20000.0, geo, channels=names) for x in xs[10:]]
-    return {"snapshots": len(xs), "with_baseline": dict(with_base),
+    groups = [xs[i:i + windows] for i in range(10, len(xs) - windows + 1, windows)] if windows > 1 else []
+    averaged = collections.Counter(D.diagnose(g, 20000.0, geo, base, channels=names).verdict for g in groups)
+    return {"snapshots": len(xs), "with_baseline": dict(with_base), "averaged": dict(averaged), "groups": len(groups),
+            "windows": windows,
             "without_baseline": dict(collections.Counter(r.verdict for r in without)),
             "without_baseline_where": dict(collections.Counter(r.channel_name for r in without if r.defect))}
 
@@ -275,7 +286,7 @@ def femto(data: Path, last: int = 20) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------- cost
-def timing(presets, calls: int) -> dict:
+def timing(presets, calls: int, windows: int = 1) -> dict:
     core = sorted(os.sched_getaffinity(0))[-1]
     os.sched_setaffinity(0, {core})
     out = {}
@@ -286,15 +297,16 @@ def timing(presets, calls: int) -> dict:
         t0 = time.perf_counter()
         base = D.EnvelopeBaseline.learn(healthy, fs, geo)
         learn_us = (time.perf_counter() - t0) / len(healthy) * 1e6
-        x = at_severity(preset, 0.1, "inner", seed=1)
-        for rule in D.BAND_RULES:
+        xs = at_severity(preset, 0.1, "inner", seed=1, seconds=windows).reshape(windows, int(fs), -1)
+        for rule, nw in [(r, 1) for r in D.BAND_RULES] + ([("kurtosis", windows)] if windows > 1 else []):
+            x = xs[0] if nw == 1 else xs[:nw]
             D.diagnose(x, fs, geo, base, band_rule=rule)
             ts = []
-            for _ in range(calls):
+            for _ in range(calls if nw == 1 else max(calls // nw, 10)):
                 t0 = time.perf_counter()
                 D.diagnose(x, fs, geo, base, band_rule=rule)
                 ts.append(time.perf_counter() - t0)
-            out[f"{preset} {x.shape[0]}x{x.shape[1]} {rule}"] = {
+            out[f"{preset} {xs.shape[1]}x{xs.shape[2]} {rule}" + (f" x{nw} windows" if nw > 1 else "")] = {
                 "median_us": round(float(np.median(ts)) * 1e6), "p90_us": round(float(np.percentile(ts, 90)) * 1e6),
                 "learn_us_per_window": round(learn_us)}
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
@@ -390,6 +402,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--no-detector", action="store_true", help="use the recorded alert severities (no TensorFlow)")
+    ap.add_argument("--windows", type=int, nargs="+", default=[3, D.AVERAGE_WINDOWS],
+                    help="numbers of consecutive windows averaged, beside one window (default 3 5: a raise at a hop "
+                         "of half a window, and the gateway's most)")
     ap.add_argument("--quick", action="store_true", help="one noise level, 2 seeds, one band rule: a smoke run")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--figures", type=Path, default=REPO / "docs" / "figures")
@@ -421,59 +436,88 @@ def main() -> None:
         print(f"\nthe detector alerts on every bearing fault from s = {alert_from}")
     summary["alert_from"] = {f"{p} x{n:g}": s for (p, n), s in alert_from.items()}
 
-    rows = run_cases(presets, seeds, SEVERITIES, noises, rules)
+    counts = tuple(sorted({1, *args.windows}))
+    kw = counts[-1]
+    rows = run_cases(presets, seeds, SEVERITIES, noises, rules, counts)
     main_rule = "kurtosis"
 
-    def alerting(r):
-        return r["rule"] == main_rule and (r["true"] == "healthy"
-                                           or r["severity"] >= alert_from[r["preset"], r["noise"]])
+    def alerting(r, nw):
+        return r["rule"] == main_rule and r["windows"] == nw and (
+            r["true"] == "healthy" or r["severity"] >= alert_from[r["preset"], r["noise"]])
 
-    m_alert = confusion(rows, alerting)
-    m_all = confusion(rows, lambda r: r["rule"] == main_rule)
-    print(f"\n## Confusion at the severities where the detector alerts (per preset and noise, above), noise x"
-          f"{', x'.join(f'{n:g}' for n in noises)}, {seeds} seeds, band rule {main_rule}\n")
-    print(md_confusion(m_alert))
-    m_severe = confusion(rows, lambda r: r["rule"] == main_rule and (r["true"] == "healthy" or r["severity"] >= 0.2))
-    print("\n## Confusion in the severe and failure stages (s >= 0.2)\n")
-    print(md_confusion(m_severe))
-    print("\n## Confusion at every severity (0.02 .. 1)\n")
-    print(md_confusion(m_all))
-    summary["confusion_severe"] = m_severe.tolist()
-    print("\n## Correct per case (bearing faults: the right part; others: no pattern)\n")
-    print("(in parentheses: severities at which the detector does not alert yet)\n")
-    print(md_by_severity(rows, main_rule, presets, noises, SEVERITIES, alert_from))
-    summary["confusion_alerting"] = m_alert.tolist()
-    summary["confusion_all"] = m_all.tolist()
+    def severe(r, nw):
+        return r["rule"] == main_rule and r["windows"] == nw and (r["true"] == "healthy" or r["severity"] >= 0.2)
+
+    def every(r, nw):
+        return r["rule"] == main_rule and r["windows"] == nw
+
+    def what(nw):
+        return "one 1 s window" if nw == 1 else f"{nw} consecutive 1 s windows averaged"
+
+    for title, sel, key in (("at the severities where the detector alerts (per preset and noise, above)", alerting,
+                             "confusion_alerting"),
+                            ("in the severe and failure stages (s >= 0.2)", severe, "confusion_severe"),
+                            ("at every severity (0.02 .. 1)", every, "confusion_all")):
+        summary[key] = {}
+        for nw in counts:
+            m = confusion(rows, lambda r, sel=sel, nw=nw: sel(r, nw))
+            summary[key][str(nw)] = m.tolist()
+            print(f"\n## Confusion {title}: {what(nw)}; noise x{', x'.join(f'{n:g}' for n in noises)}, {seeds} seeds, "
+                  f"band rule {main_rule}\n")
+            print(md_confusion(m))
+    print("\n## Correct at the alerting severities, by windows averaged (band rule kurtosis)\n")
+    print("| windows | " + " | ".join(TYPES) + " | bearing faults |")
+    print("|---" * (len(TYPES) + 2) + "|")
+    for nw in counts:
+        m = np.array(summary["confusion_alerting"][str(nw)])
+        cells = []
+        for i, t in enumerate(TYPES):
+            want = PRED_OF[TRUE_DEFECT[t]] if t in TRUE_DEFECT else "no pattern"
+            cells.append(f"{m[i, PREDICTED.index(want)] / max(m[i].sum(), 1):.0%}")
+        ok = sum(m[TYPES.index(t), PREDICTED.index(PRED_OF[TRUE_DEFECT[t]])] for t in TRUE_DEFECT)
+        tot = sum(m[TYPES.index(t)].sum() for t in TRUE_DEFECT)
+        print(f"| {nw} | " + " | ".join(cells) + f" | {ok}/{tot} ({ok / max(tot, 1):.1%}) |")
+    for nw in (1, kw) if kw > 1 else (1,):
+        print(f"\n## Correct per case, {what(nw)} (bearing faults: the right part; others: no pattern)\n")
+        print("(in parentheses: severities at which the detector does not alert yet)\n")
+        print(md_by_severity(rows, main_rule, presets, noises, SEVERITIES, alert_from, nw))
 
     print("\n## Band rules compared (at the alerting severities)\n")
-    print("| rule | bearing faults: right part | a part named: right | healthy: no pattern | looseness/imbalance/growth: no pattern |")
-    print("|---|---|---|---|---|")
+    print("| rule | windows | bearing faults: right part | a part named: right | healthy: no pattern | "
+          "looseness/imbalance/growth: no pattern |")
+    print("|---|---|---|---|---|---|")
     summary["rules"] = {}
-    for rule in rules:
-        sel = [r for r in rows if r["rule"] == rule and (r["true"] == "healthy"
-                                                         or r["severity"] >= alert_from[r["preset"], r["noise"]])]
-        bear = [r for r in sel if r["true"] in TRUE_DEFECT]
-        named = [r for r in sel if r["pred"] != "no pattern"]
-        hl = [r for r in sel if r["true"] == "healthy"]
-        nb = [r for r in sel if r["true"] in ("looseness", "imbalance", "growth")]
-        cells = [sum(correct(r) for r in bear), len(bear), sum(correct(r) for r in named), len(named),
-                 sum(correct(r) for r in hl), len(hl), sum(correct(r) for r in nb), len(nb)]
-        summary["rules"][rule] = cells
-        print(f"| {rule} | {cells[0]}/{cells[1]} ({cells[0] / max(cells[1], 1):.1%}) | {cells[2]}/{cells[3]} | "
-              f"{cells[4]}/{cells[5]} | {cells[6]}/{cells[7]} |")
+    for nw in (1, kw) if kw > 1 else (1,):
+        for rule in rules:
+            sel = [r for r in rows if r["rule"] == rule and r["windows"] == nw and (
+                r["true"] == "healthy" or r["severity"] >= alert_from[r["preset"], r["noise"]])]
+            bear = [r for r in sel if r["true"] in TRUE_DEFECT]
+            named = [r for r in sel if r["pred"] != "no pattern"]
+            hl = [r for r in sel if r["true"] == "healthy"]
+            nb = [r for r in sel if r["true"] in ("looseness", "imbalance", "growth")]
+            cells = [sum(correct(r) for r in bear), len(bear), sum(correct(r) for r in named), len(named),
+                     sum(correct(r) for r in hl), len(hl), sum(correct(r) for r in nb), len(nb)]
+            summary["rules"][f"{rule} {nw}"] = cells
+            print(f"| {rule} | {nw} | {cells[0]}/{cells[1]} ({cells[0] / max(cells[1], 1):.1%}) | {cells[2]}/{cells[3]} | "
+                  f"{cells[4]}/{cells[5]} | {cells[6]}/{cells[7]} |")
 
     print("\n## Null calibration (healthy windows, band rule kurtosis): share of defect tests with evidence above\n")
-    ev = np.array([v for r in rows if r["rule"] == main_rule and r["true"] == "healthy" for v in r["evidence"].values()])
-    cal = {f">{k}": float(np.mean(ev > k)) for k in (2, 3, 4)}
-    print(f"{len(ev)} tests: " + ", ".join(f"evidence {k}: {v:.4f} (argued <= {10 ** -int(k[1:]):g})"
-                                            for k, v in cal.items()))
-    summary["null_calibration"] = {"tests": int(len(ev)), **cal}
+    summary["null_calibration"] = {}
+    for nw in counts:
+        ev = np.array([v for r in rows if r["rule"] == main_rule and r["windows"] == nw and r["true"] == "healthy"
+                       for v in r["evidence"].values()])
+        cal = {f">{k}": float(np.mean(ev > k)) for k in (2, 3, 4)}
+        print(f"{what(nw)}, {len(ev)} tests: " + ", ".join(f"evidence {k}: {v:.4f} (argued <= {10 ** -int(k[1:]):g})"
+                                                           for k, v in cal.items()))
+        summary["null_calibration"][str(nw)] = {"tests": int(len(ev)), **cal}
 
-    real = ims_healthy(args.data)
+    real = ims_healthy(args.data, kw)
     if real:
         print(f"\n## Real healthy windows: IMS test 1, {real['snapshots']} snapshots, 8 channels\n")
         print(f"with a baseline of the first 10: {real['with_baseline']}; without one: {real['without_baseline']} "
               f"(channels: {real['without_baseline_where']})")
+        if real["groups"]:
+            print(f"{real['groups']} groups of {kw} snapshots averaged, baseline of the first 10: {real['averaged']}")
         summary["ims_test1_healthy"] = real
 
     fem, curves = femto(args.data)
@@ -494,7 +538,7 @@ def main() -> None:
         print(f"\ndiagnose on one snapshot: {next(iter(fem.values()))['diagnose']}")
         summary["femto"] = fem
 
-    cost = timing(presets, 50 if args.quick else 200)
+    cost = timing(presets, 50 if args.quick else 200, kw)
     print("\n## Cost on one core (1 s windows)\n")
     for k, v in cost.items():
         print(f"{k}: diagnose median {v['median_us']} µs, p90 {v['p90_us']} µs; baseline learning "
@@ -503,8 +547,15 @@ def main() -> None:
 
     runs = f"noise x{'/'.join(f'{n:g}' for n in noises)}, {seeds} seeds, 1 s windows"
     first = ", ".join(f"{p} s >= {min(v for (q, _), v in alert_from.items() if q == p):g}" for p in presets)
-    matrices = [(m_alert, f"where the detector alerts ({first})\n{runs}"),
-                (m_severe, f"severe and failure stages (s >= 0.2)\n{runs}")]
+    def mat(key, nw):
+        return np.array(summary[key][str(nw)])
+
+    matrices = [(mat("confusion_alerting", 1), f"where the detector alerts ({first}),\none window; {runs}")]
+    if kw > 1:
+        matrices += [(mat("confusion_alerting", kw), f"where the detector alerts, {kw} windows averaged;\n{runs}"),
+                     (mat("confusion_severe", kw), f"s >= 0.2, {kw} windows averaged;\n{runs}")]
+    else:
+        matrices += [(mat("confusion_severe", 1), f"severe and failure stages (s >= 0.2)\n{runs}")]
     args.figures.mkdir(parents=True, exist_ok=True)
     for path in figures(args.figures, matrices, curves):
         print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
