@@ -86,6 +86,8 @@ BAND_TOP = 0.9  # ... and ends below this fraction of the Nyquist frequency (the
 FLOOR_SPAN = 0.25  # the local floor is taken within +- this fraction of the line's frequency ...
 FLOOR_MIN_BINS = 30  # ... and at least this many bins either side
 AVERAGE_WINDOWS = 5  # the baseline learns averages of up to this many windows (an alert's windows averaged)
+AVERAGE_DRAWS = 3  # ... each separate healthy window closing, for each K, the consecutive average and this many
+AVERAGE_POOL = 32  # ... with K-1 drawn at random from up to this many earlier separate windows (kept)
 NULL_GRID = 400  # points of the numerical law of the floor's median (averaged spectra), ...
 NULL_TRIM = 60.0  # ... over the range where its density is within e^this of its peak
 
@@ -618,8 +620,8 @@ class EnvelopeBaseline:
     ``family_max``: (C, B, 4) the largest, over the healthy windows, of each defect's lines' summed peak over
     floor (BPFO, BPFI, BSF, FTF); ``windows``: how many windows it was learned from. ``averaged_max``:
     (AVERAGE_WINDOWS - 1, C, B, 4), the same largest over the SES averaged over K = 2 .. AVERAGE_WINDOWS
-    consecutive non-overlapping healthy windows, and ``averages`` (AVERAGE_WINDOWS - 1,) how many such averages
-    each K saw (0: none yet; an average of K windows is then judged against ``family_max``, a higher bound, since
+    non-overlapping healthy windows (``BaselineLearner``: consecutive ones and random sets), and ``averages``
+    (AVERAGE_WINDOWS - 1,) how many windows closed averages of each K (0: none yet; an average of K windows is then judged against ``family_max``, a higher bound, since
     averaging lowers the noise's peaks over their floor).
     """
 
@@ -704,8 +706,13 @@ class BaselineLearner:
 
     Every window counts for the one-window levels. Windows that do not overlap the last one counted for averages
     (``end``: the window's end in samples; None: windows given do not overlap) also feed the averaged bounds:
-    the SES of the last ``AVERAGE_WINDOWS - 1`` such windows are kept (their first ``used_bins`` bins, float32:
-    (C, B, used_bins) each), and each new one closes an average of K = 2 .. AVERAGE_WINDOWS consecutive ones.
+    the SES of such windows are kept (their first ``used_bins`` bins, float32: (C, B, used_bins) each; up to
+    ``AVERAGE_POOL``, then a random one is replaced), and each new one closes, for K = 2 .. AVERAGE_WINDOWS, the
+    average with the K-1 before it and ``AVERAGE_DRAWS`` averages with K-1 earlier ones drawn at random (seeded:
+    the same windows learn the same baseline). Any K separate healthy windows make a healthy average: the random
+    sets give the bound many more distinct averages than the consecutive ones alone (S separate windows hold
+    only about S/K disjoint averages of K), so the largest is a firmer bound (the maximum of a few consecutive
+    averages let a healthy 3-window average read "cage" +3 dB over it in the benchmark).
     """
 
     def __init__(self, sample_rate: float, geometry: BearingGeometry) -> None:
@@ -720,6 +727,8 @@ class BaselineLearner:
         self._avg_top: np.ndarray | None = None
         self._averages = [0] * (AVERAGE_WINDOWS - 1)
         self._recent: collections.deque = collections.deque(maxlen=AVERAGE_WINDOWS - 1)
+        self._pool: list[np.ndarray] = []  # the separate windows' used SES (at most AVERAGE_POOL)
+        self._rng = np.random.default_rng(0)
         self._last_end: int | None = None
 
     def add(self, window: np.ndarray, end: int | None = None) -> None:
@@ -747,12 +756,19 @@ class BaselineLearner:
         total = used.astype(np.float64)
         for k, prev in enumerate(reversed(self._recent), 2):
             total += prev
-            fam = self._levels(total / k, k)[1]
-            top = self._avg_top if self._avg_top is not None else np.zeros((AVERAGE_WINDOWS - 1, *fam.shape))
-            top[k - 2] = np.maximum(top[k - 2], fam)
-            self._avg_top = top
+            sets = [total] + [used.astype(np.float64) + sum(self._pool[i] for i in self._rng.choice(
+                len(self._pool), k - 1, replace=False)) for _ in range(AVERAGE_DRAWS)]
+            for tot in sets:
+                fam = self._levels(tot / k, k)[1]
+                top = self._avg_top if self._avg_top is not None else np.zeros((AVERAGE_WINDOWS - 1, *fam.shape))
+                top[k - 2] = np.maximum(top[k - 2], fam)
+                self._avg_top = top
             self._averages[k - 2] += 1
         self._recent.append(used)
+        if len(self._pool) < AVERAGE_POOL:
+            self._pool.append(used)
+        else:
+            self._pool[int(self._rng.integers(AVERAGE_POOL))] = used
 
     def _levels(self, ses: np.ndarray, windows: int) -> tuple[np.ndarray, np.ndarray]:
         """Each line's peak over floor (C, B, L) and each defect's sum of them (C, B, 4) in SES (C, B, m) averaged

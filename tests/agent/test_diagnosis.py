@@ -262,3 +262,23 @@ def test_nan_wrong_shapes_and_mismatched_baselines_are_refused(baseline):
     with pytest.raises(ValueError, match="a baseline needs at least one healthy window"):
         D.EnvelopeBaseline.learn([], FS, geo)
     assert math.isfinite(D.diagnose(x, FS, geo, band=(2000.0, 4000.0)).kurtosis[0])
+
+
+def test_the_bound_for_averages_takes_random_sets_of_healthy_windows_too():
+    # any K separate healthy windows make a healthy average: beside the consecutive ones, each window closes
+    # AVERAGE_DRAWS averages with earlier windows drawn at random (seeded), so the bound rests on more averages
+    windows = [_window(0.0, seed=400 + i) for i in range(6)]
+    geo = _geometry()
+    learner = D.BaselineLearner(FS, geo)
+    for w in windows:
+        learner.add(w)
+    base = learner.baseline()
+    again = D.EnvelopeBaseline.learn(windows, FS, geo)
+    assert np.array_equal(base.averaged_max, again.averaged_max)  # the same windows learn the same baseline
+    plan = learner._plan
+    ses = [D._ses(D._band_envelopes(w.astype(np.float64), plan)[0])[..., : plan.used_bins].astype(np.float32)
+           for w in windows]
+    consecutive = np.max([learner._levels(np.mean(ses[i:i + 3], axis=0, dtype=np.float64), 3)[1]
+                          for i in range(len(ses) - 2)], axis=0)
+    assert (base.family_bound(3) >= consecutive - 1e-9).all() and (base.family_bound(3) > consecutive).any()
+    assert (base.family_bound(3) <= base.family_max).mean() > 0.9
