@@ -10,7 +10,8 @@
   severities 0.02 .. 1 (the simulator's severity scale: incipient < 0.2 < severe < 0.6 < failure), noise x1, x2,
   x4 (the broadband noise, baseline learned at the same noise), seeds; true type outer, inner, ball (bearing
   defects), looseness, imbalance and growth (everything the model grows with severity but no defect: not the
-  bearing's), healthy; each window diagnosed against a baseline of 10 healthy windows of other seeds. Thresholds are
+  bearing's), healthy; each window diagnosed against a baseline of healthy windows of other seeds, as many as the
+  gateway learns from (``edge_agent.condition.BASELINE_WINDOWS``, not overlapping). Thresholds are
   the module's constants (argued in its docstring), never tuned here. Each case is also diagnosed on K consecutive
   1 s windows averaged (``--windows``, default 3 and 5: what an alert gathers; the first window is the one-window
   case's), against the same baseline's bound for averages of K.
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent import diagnosis as D
+from edge_agent.condition import BASELINE_WINDOWS
 from firmware_sim import signals
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +137,7 @@ def run_cases(presets, seeds: int, severities, noises, rules, windows=(1,)) -> l
         fs = signals.PRESETS[preset].sample_rate
         for noise in noises:
             base = D.EnvelopeBaseline.learn(
-                [at_severity(preset, 0.0, "healthy", noise, seed=1000 + i) for i in range(10)], fs, geo)
+                [at_severity(preset, 0.0, "healthy", noise, seed=1000 + i) for i in range(BASELINE_WINDOWS)], fs, geo)
             cases = [(t, s) for t in TYPES if t != "healthy" for s in severities]
             cases += [("healthy", 0.0)] * 3  # three times the seeds: the false-pattern rate needs windows
             for k, (true, s) in enumerate(cases):
