@@ -62,7 +62,7 @@ from edge_agent.alerts import AlertPolicy  # noqa: E402
 from edge_agent.condition import BASELINE_WINDOWS, SensorCondition  # noqa: E402
 from edge_agent.contract.binary import FrameDecoder, encode_frame, int16_scale  # noqa: E402
 from edge_agent.contract.bundle import Bundle  # noqa: E402
-from edge_agent.diagnosis import BaselineLearner, diagnose  # noqa: E402
+from edge_agent.diagnosis import AVERAGE_WINDOWS, BaselineLearner, diagnose  # noqa: E402
 from edge_agent.pipeline import Pipeline  # noqa: E402
 from edge_agent.severity import SeverityPolicy  # noqa: E402
 from edge_agent.trend import TrendStore  # noqa: E402
@@ -158,6 +158,12 @@ def per_window(case: str, bundle_dir: Path, seconds: float, keep: int = 40) -> t
         for w in kept:
             rep = timings.call(f"diagnose, bundle window {n} × {ch}, {name}", c.diagnose, w)
         verdicts[name] = rep["verdict"]
+    if bearing.baseline is not None:  # what a raised alert runs now: up to AVERAGE_WINDOWS windows that do not overlap
+        apart = kept[::-max(1, round(n / bundle.spec.hop_samples))][:AVERAGE_WINDOWS]
+        for _ in kept:
+            rep = timings.call(f"diagnose, bundle windows averaged ({len(apart)} × {n} × {ch}), with baseline", diagnose,
+                               np.stack(apart), rate, geo, bearing.baseline)
+        verdicts[f"{len(apart)} windows averaged, with baseline"] = rep.verdict
     facts = {"windows_scored": pipe.counters.windows_scored, "window_samples": n,
              "windows_per_s": rate / bundle.spec.hop_samples, "hop_s": hop_s, "bundle_window_verdicts": verdicts,
              "baseline_learned": bearing.baseline is not None,
