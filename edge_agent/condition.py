@@ -129,7 +129,8 @@ class SensorCondition:
         if healthy:
             while kept and kept[0][0] <= self._index - debounce:
                 kept.popleft()  # outside the k-of-n history: it cannot be one of the windows that raise the alert
-        if hit and (not kept or self._apart(kept[-1][1], seq_end, samples.shape[0])):
+        if hit and (not kept or self._apart(kept[-1][1], seq_end, samples.shape[0])) \
+                and not any(np.array_equal(samples, x) for _, _, x in kept):  # a stuck stream: one window
             kept.append((self._index, seq_end, samples))
 
     @staticmethod
@@ -152,7 +153,8 @@ class SensorCondition:
         for _, end, x in reversed(self._alert_windows):
             if len(windows) >= DIAGNOSIS_WINDOWS:
                 break
-            if x is not samples and x.shape == samples.shape and self._apart(end, seq_end, samples.shape[0]):
+            if x.shape == samples.shape and self._apart(end, seq_end, samples.shape[0]) \
+                    and not any(np.array_equal(x, w) for w in windows):  # copies are not independent windows
                 windows.append(x)
         try:
             report = diagnose(windows if len(windows) > 1 else samples, self._rate, self.geometry, self.baseline,

@@ -398,6 +398,10 @@ def _check_windows(samples) -> np.ndarray:
         if x.shape != out[0].shape:
             raise ValueError(f"window {i}: shape {x.shape}, window 0 has {out[0].shape}: averaged windows must have "
                              "one length and width (the same sensor, rate and window)")
+        same = next((j for j, y in enumerate(out) if np.array_equal(x, y)), None)
+        if same is not None:  # a copy does not lower the noise: the K-window law would read its peaks as lines
+            raise ValueError(f"window {i} repeats window {same}: averaged windows must be independent (a stuck or "
+                             "replayed stream repeats its samples); give each window once")
         out.append(x)
     return np.stack(out)
 
@@ -744,6 +748,11 @@ class BaselineLearner:
                              "needs windows of one length and width")
         plan = self._plan
         ses = _ses(_band_envelopes(x.astype(np.float64), plan)[0])
+        with np.errstate(over="ignore"):
+            used = ses[..., : plan.used_bins].astype(np.float32)
+        if not (np.isfinite(ses).all() and np.isfinite(used).all()):
+            raise ValueError(f"healthy window {self.count}: its envelope spectrum overflows (peak sample "
+                             f"{float(np.abs(x).max()):.3g}): an absurd amplitude, left out of the baseline")
         lv, fam = self._levels(ses, 1)
         self._total = lv if self._total is None else self._total + lv
         self._top = fam if self._top is None else np.maximum(self._top, fam)
@@ -752,7 +761,6 @@ class BaselineLearner:
             return  # overlaps the last window of the averages: not independent of it
         self._last_end = end
         self.separate += 1
-        used = ses[..., : plan.used_bins].astype(np.float32)
         total = used.astype(np.float64)
         for k, prev in enumerate(reversed(self._recent), 2):
             total += prev
