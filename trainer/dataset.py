@@ -70,6 +70,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from edge_agent.contract.answer import RECORD_KINDS
 from edge_agent.contract.errors import AgentError
 from edge_agent.contract.recordings import DataFormatError, Recording, Segment
 from edge_agent.contract.recordings.recording import as_time
@@ -1047,6 +1048,7 @@ def _count_partition(loc: Location, device: str, date: str, parts: list[Part], t
             if key not in latest or when > latest[key][0]:
                 latest[key] = (when, a.get("kind"))
         for _, kind in latest.values():
+            kind = kind if kind in RECORD_KINDS else "invalid"  # forged (the collector refuses such records)
             row.answers[kind] = row.answers.get(kind, 0) + 1
     return row, bad
 

@@ -586,17 +586,28 @@ class GroupsResult:
 
 def dataset_groups(where: Path | str | dataset.Location, select: dataset.DataFilter | None = None
                    ) -> tuple[dict[str, int], int]:
-    """({group: windows}, windows without a group) of the selected windows."""
+    """({group: windows}, windows without a group) of the selected windows. A group that is no id (a file put in
+    the dataset by hand or by another writer: the collector refuses such records) is no group: its windows are
+    left out with a warning naming a few, so they neither block the real groups nor name a folder."""
+    from edge_agent.contract import topics
+
     base = select or dataset.DataFilter()
     t = dataset.read_table(where, dataset.DataFilter(devices=base.devices, gateways=base.gateways,
                                                      start=base.start, end=base.end), columns=["group"])
     counts: dict[str, int] = {}
+    bad: dict[str, int] = {}
     none = 0
     for g in t.column("group").to_pylist():
         if g is None:
             none += 1
-        else:
+        elif topics.is_id(g):
             counts[g] = counts.get(g, 0) + 1
+        else:
+            bad[g] = bad.get(g, 0) + 1
+    if bad:
+        log.warning("%d windows of %s carry a group that is no id (1-64 letters, digits, '_' or '-'), left out of "
+                    "every group's retrain: %s", sum(bad.values()), where,
+                    ", ".join(ascii(g[:40]) for g in list(bad)[:5]) + (" ..." if len(bad) > 5 else ""))
     return dict(sorted(counts.items())), none
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from edge_agent.contract.answer import RECORD_KINDS
 from edge_agent.contract.bundle import Bundle
 from trainer import dataset
 from trainer.retrain import (
@@ -100,8 +101,8 @@ def _answered(table: pa.Table, samples: list[np.ndarray]) -> Answered:
 
 def _no_answers(where: str, table: pa.Table) -> ValueError:
     alerts = len({r for r in table.column("alert_ref").to_pylist() if r})
-    kinds = sorted({a["kind"] for a in (table.column("answer").to_pylist() if "answer" in table.column_names else [])
-                    if a})
+    kinds = sorted({a["kind"] if a["kind"] in RECORD_KINDS else "invalid"  # forged: the collector refuses them
+                    for a in (table.column("answer").to_pylist() if "answer" in table.column_names else []) if a})
     had = (f"its {alerts} alert(s) carry only {', '.join(kinds)} (no verdict)" if kinds else
            f"none of its {alerts} alert(s) was answered" if alerts else "it holds no alert windows")
     return ValueError(f"{where}: no technician's answer (confirmed fault or false alarm) in the selected windows: {had}."
