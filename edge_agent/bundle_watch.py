@@ -8,6 +8,8 @@ inode of every file in it. Any change (a new directory renamed into place, a fil
 * a bundle whose manifest and model are byte-identical to the one served is not swapped again;
 * a bundle that fails is rejected (the old model keeps serving) and tried again at its next change, so a
   deployment copied file by file is picked up once its last file is complete;
+* a bundle made for another kind of machine (its ``model.group`` is not the sensor's ``group``) is rejected with
+  the reason, at start and on every change, as a rollout of it would be (``rollout.group_refusal``);
 * a signature taken within ``RACY_S`` of a file's modification cannot prove that the file did not change
   again within the same timestamp tick (same size, same mtime, as an in-place rewrite can leave it): a
   bundle rejected on such a signature is tried once more at the next look, like git's "racily clean" index.
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.contract import rollout
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.errors import BundleError
 from edge_agent.scorer import Scorer
@@ -81,11 +84,14 @@ def _racy(sig: Signature | None, now_ns: int) -> bool:
 
 
 class BundleWatch:
-    """The bundle directory of one sensor, and what was last seen, served and rejected there."""
+    """The bundle directory of one sensor (``device``, of ``group``), and what was last seen, served and rejected
+    there."""
 
-    def __init__(self, path: Path, num_threads: int = 1) -> None:
+    def __init__(self, path: Path, num_threads: int = 1, device: str = "sensor", group: str | None = None) -> None:
         self.path = path
         self.num_threads = num_threads
+        self.device = device
+        self.group = group
         self._seen: Signature | None = None
         self._racy_retry = False  # the last load failed on a signature too fresh to be trusted
         self._last_error: str | None = None
@@ -96,11 +102,20 @@ class BundleWatch:
         now_ns = time.time_ns()
         self._seen = signature(self.path)
         try:
-            model = load_served_model(self.path, self.num_threads)
+            model = self._load()
         except BundleError as exc:
             self._racy_retry, self._last_error = _racy(self._seen, now_ns), str(exc)
             raise
         self.served_identity = model.identity
+        return model
+
+    def _load(self) -> LoadedModel:
+        """``load_served_model``, refused (BundleError, the reason) when the bundle is for another group."""
+        model = load_served_model(self.path, self.num_threads)
+        b = model.bundle
+        why = rollout.group_refusal(self.device, self.group, b.group, f"{b.model_id} {b.version}", deploying=True)
+        if why:
+            raise BundleError(f"{self.path}: {why}")
         return model
 
     def changed(self) -> bool:
@@ -127,7 +142,7 @@ class BundleWatch:
         self._racy_retry = False
         seen = self._seen
         try:
-            model = load_served_model(self.path, self.num_threads)
+            model = self._load()
         except BundleError as exc:
             self._racy_retry = _racy(seen, now_ns)
             repeated = retry and str(exc) == self._last_error

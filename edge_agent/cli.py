@@ -25,6 +25,7 @@ from pathlib import Path
 
 import click
 
+from edge_agent.contract import rollout as rollout_contract
 from edge_agent.contract.errors import AgentError, BundleError, ConfigError
 from edge_agent.shutdown import stop_on_signals
 
@@ -95,6 +96,11 @@ def validate_config(config_arg: Path | None, config: Path | None) -> None:
             bundle = Bundle.load(path)
         except BundleError as exc:
             problems.append(f"{config}: {key}: {exc}")
+            continue
+        why = rollout_contract.group_refusal(s.device, s.group, bundle.group, f"{bundle.model_id} {bundle.version}",
+                                             deploying=True)
+        if why:  # the agent would refuse it, as a rollout of it
+            problems.append(f"{config}: {key}: {path}: {why}")
             continue
         lines.append(f"  {s.device}: source {s.source.kind}, bundle {path}: {bundle.model_id} {bundle.version}, "
                      f"{bundle.quantization}")

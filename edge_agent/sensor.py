@@ -103,7 +103,7 @@ class Sensor:
         self.device = cfg.device
         self.bundle_path = gateway.resolve(cfg.bundle.path)
         self.calibration_path = gateway.resolve(cfg.calibration.path)
-        self.watch = BundleWatch(self.bundle_path, cfg.bundle.num_threads)
+        self.watch = BundleWatch(self.bundle_path, cfg.bundle.num_threads, cfg.device, cfg.group)
         self.dispatcher = dispatcher
         self.offer_upload = offer_upload
         self.fleet: SensorFleet | None = None
