@@ -229,7 +229,7 @@ def verify_metadata(payload: bytes, keys: dict[str, Ed25519PublicKey]) -> Rollou
         raise RolloutError(str(exc)) from None
     kid = fields["key_id"]
     try:
-        if fields["schema"] not in SCHEMAS:
+        if type(fields["schema"]) is not int or fields["schema"] not in SCHEMAS:  # true == 1: not a schema
             raise RolloutError(f"rollout schema {fields['schema']!r} is not supported (this gateway reads {SCHEMAS})")
         m, b, p = fields["model"], fields["bundle"], fields["payload"]
         meta = RolloutMeta(

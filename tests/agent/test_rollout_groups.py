@@ -104,6 +104,9 @@ def test_the_signed_metadata_carries_the_bundles_group_and_older_schemas_still_r
         contract.verify_metadata(resigned(meta, key, lambda f: f["bundle"].pop("group")), keys)
     with pytest.raises(contract.RolloutError, match="not a group id"):
         contract.verify_metadata(resigned(meta, key, lambda f: f["bundle"].__setitem__("group", "a/#")), keys)
+    for schema in (True, 3.0, "3"):  # true == 1 and 3.0 == 3 in Python: a schema is an int, nothing else
+        with pytest.raises(contract.RolloutError, match="not supported"):
+            contract.verify_metadata(resigned(meta, key, lambda f, s=schema: f.__setitem__("schema", s)), keys)
     with pytest.raises(ValueError, match="one of them"):
         contract.make_metadata(pump, b"x", "fleet", key, group="pump")
 
