@@ -20,6 +20,7 @@ from edge_agent.mqtt_client import MqttConnection
 from firmware_sim.broker import Broker, add_password
 from firmware_sim.link import PtyLink
 from tests.agent.gateway_helpers import gateway_config, running
+from tests.e2e.fleet_helpers import login_bridge_conf
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,13 +82,8 @@ def test_only_those_the_acls_allow_can_answer_a_sensors_alert(tmp_path, agent_bu
                                                      f"acl_file {etc / 'central.acl'}\n{debug}")
     text = (REPO / "examples" / "mosquitto-bridge.conf").read_text()
     assert "topic vib/+/answer/set in 1" in text and "topic vib/+/answer out 1" in text
-    keep = [ln for ln in text.splitlines() if not re.match(r"\s*(listener|persistence|autosave_interval)", ln)]
-    conf = "\n".join(keep).replace("/etc/mosquitto/passwd", str(local_pw)).replace("/etc/mosquitto/acl",
-                                                                                   str(etc / "gateway.acl"))
-    conf = re.sub(r"(?m)^address .*$", f"address {central.host}:{central.port}", conf)
-    conf = re.sub(r"(?m)^restart_timeout .*$", "restart_timeout 1", conf)
-    conf = conf.replace("LOCAL-BRIDGE-PASSWORD", "pw-bridge").replace("CENTRAL-PASSWORD", "pw-hall-3")
-    gateway = Broker(tmp_path / "gateway", extra_conf=conf.replace("GATEWAY-ID", "hall-3") + "\n" + debug)
+    gateway = Broker(tmp_path / "gateway",
+                     extra_conf=login_bridge_conf(central, local_pw, etc / "gateway.acl") + "\n" + debug)
     link = PtyLink(tmp_path / "tty1")
     cfg = gateway_config(tmp_path, agent_bundle, {"pump-1": link}, answers={"mqtt": True},
                          mqtt={"host": gateway.host, "port": gateway.port, "username": "edge-agent",

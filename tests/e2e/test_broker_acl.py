@@ -6,7 +6,6 @@ gateway reads the rollouts of its sensors' groups only (issue 18)."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from edge_agent.contract import rollout, topics
 from edge_agent.contract.upload_record import decode_record, encode_record
 from edge_agent.mqtt_client import MqttConnection
 from firmware_sim.broker import Broker, add_password
-from tests.e2e.fleet_helpers import CollectorThread
+from tests.e2e.fleet_helpers import CollectorThread, login_bridge_conf
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,14 +51,7 @@ def _brokers(tmp_path: Path, hall3, *others) -> tuple[Broker, Broker]:
     central = Broker(tmp_path / "central", extra_conf=f"allow_anonymous false\npassword_file {central_pw}\n"
                                                      f"acl_file {etc / 'central.acl'}\nmax_queued_messages 0\n")
     central.start()
-    text = (REPO / "examples" / "mosquitto-bridge.conf").read_text()
-    keep = [ln for ln in text.splitlines() if not re.match(r"\s*(listener|persistence|autosave_interval)", ln)]
-    conf = "\n".join(keep).replace("/etc/mosquitto/passwd", str(local_pw)).replace("/etc/mosquitto/acl",
-                                                                                   str(etc / "gateway.acl"))
-    conf = re.sub(r"(?m)^address .*$", f"address {central.host}:{central.port}", conf)
-    conf = re.sub(r"(?m)^restart_timeout .*$", "restart_timeout 1", conf)
-    conf = conf.replace("LOCAL-BRIDGE-PASSWORD", "pw-bridge").replace("CENTRAL-PASSWORD", "pw-hall-3")
-    gateway = Broker(tmp_path / "gateway", extra_conf=conf.replace("GATEWAY-ID", "hall-3"))
+    gateway = Broker(tmp_path / "gateway", extra_conf=login_bridge_conf(central, local_pw, etc / "gateway.acl"))
     try:
         gateway.start()
     except BaseException:
