@@ -188,6 +188,7 @@ class AlertStateMachine:
         self.policy = policy
         self._clock = clock
         self._hits: deque[bool] = deque(maxlen=policy.n)
+        self.last_hit = False  # the last window recorded counted as a hit (False: it was invalid)
         self._crit: deque[bool] = deque(maxlen=policy.n)
         self._state: AlertState = "normal"
         self._clear_run = 0
@@ -222,6 +223,7 @@ class AlertStateMachine:
         if math.isnan(score) or score < 0.0 or not (math.isfinite(threshold) and threshold > 0.0):
             self.invalid += 1
             logger.debug("alert: ignoring window seq_end=%d score=%r threshold=%r", result.seq_end, score, threshold)
+            self.last_hit = False
             return None
         p = self.policy
         self._track_home(score / threshold)
@@ -230,7 +232,8 @@ class AlertStateMachine:
         too_good = bool(result.too_good)  # a hit, never critical, never a clear window, no level or trend
         if not too_good:
             self._window.append(ratio)
-        self._hits.append(too_good or ratio > 1.0)
+        self.last_hit = too_good or ratio > 1.0
+        self._hits.append(self.last_hit)
         self._crit.append(not too_good and ratio >= p.critical_ratio)
         hits, crits = sum(self._hits), sum(self._crit)
 

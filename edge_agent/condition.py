@@ -30,7 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.contract.bundle import Bundle
-from edge_agent.diagnosis import AVERAGE_WINDOWS, BaselineLearner, BearingGeometry, EnvelopeBaseline, diagnose
+from edge_agent.diagnosis import (
+    AVERAGE_WINDOWS,
+    BaselineLearner,
+    BearingGeometry,
+    EnvelopeBaseline,
+    diagnose,
+    windows_apart,
+)
 from edge_agent.ratelog import RateLimitedLog
 from edge_agent.severity import Severity, SeverityPolicy, SeverityTracker, resolve_units
 from edge_agent.status import counter
@@ -129,14 +136,9 @@ class SensorCondition:
         if healthy:
             while kept and kept[0][0] <= self._index - debounce:
                 kept.popleft()  # outside the k-of-n history: it cannot be one of the windows that raise the alert
-        if hit and (not kept or self._apart(kept[-1][1], seq_end, samples.shape[0])) \
+        if hit and (not kept or windows_apart(kept[-1][1], seq_end, samples.shape[0])) \
                 and not any(np.array_equal(samples, x) for _, _, x in kept):  # a stuck stream: one window
             kept.append((self._index, seq_end, samples))
-
-    @staticmethod
-    def _apart(earlier: int | None, later: int | None, n: int) -> bool:
-        """Do windows of n samples ending at these sequence numbers not overlap? (Unknown ends: assumed apart.)"""
-        return earlier is None or later is None or (later - earlier) % (1 << 32) >= n
 
     def alert_cleared(self) -> None:
         """The alert cleared: its windows are no evidence for the next one."""
@@ -153,7 +155,7 @@ class SensorCondition:
         for _, end, x in reversed(self._alert_windows):
             if len(windows) >= DIAGNOSIS_WINDOWS:
                 break
-            if x.shape == samples.shape and self._apart(end, seq_end, samples.shape[0]) \
+            if x.shape == samples.shape and windows_apart(end, seq_end, samples.shape[0]) \
                     and not any(np.array_equal(x, w) for w in windows):  # copies are not independent windows
                 windows.append(x)
         try:

@@ -183,6 +183,12 @@ class BearingGeometry:
         return float(self.shaft_hz) if self.shaft_hz is not None else float(self.shaft_rpm) / 60.0
 
 
+def windows_apart(earlier: int | None, later: int | None, n: int) -> bool:
+    """Whether windows of ``n`` samples ending at sequence numbers ``earlier`` and ``later`` (mod 2**32) share no
+    sample (their envelope spectra are independent); an unknown end counts as apart."""
+    return earlier is None or later is None or (later - earlier) % (1 << 32) >= n
+
+
 def defect_frequencies(geometry: BearingGeometry) -> dict[str, float]:
     """``{"bpfo", "bpfi", "bsf", "ftf"}`` -> Hz, from the geometry and the shaft speed (or as given)."""
     if geometry.bpfo_hz is not None:
@@ -757,7 +763,7 @@ class BaselineLearner:
         self._total = lv if self._total is None else self._total + lv
         self._top = fam if self._top is None else np.maximum(self._top, fam)
         self.count += 1
-        if end is not None and self._last_end is not None and (end - self._last_end) % (1 << 32) < x.shape[0]:
+        if end is not None and not windows_apart(self._last_end, end, x.shape[0]):
             return  # overlaps the last window of the averages: not independent of it
         self._last_end = end
         self.separate += 1

@@ -324,8 +324,7 @@ class Sensor:
         if w is not None and not w.bridged:
             samples = p.windower.window_samples()
             hop = p.bundle.spec.hop_samples / p.windower.sample_rate if p.windower.sample_rate else None
-            hit = bool(result.too_good) or result.score > result.threshold * p.alerts.baseline
-            severity = self.condition.on_window(samples, hop, healthy=p.state == "normal", hit=hit,
+            severity = self.condition.on_window(samples, hop, healthy=p.state == "normal", hit=p.alerts.last_hit,
                                                 seq_end=w.seq_end, debounce=p.alerts.policy.n)
             if event is not None and event.kind != "cleared":  # the alert's windows averaged with this one
                 event = dataclasses.replace(event, condition={
