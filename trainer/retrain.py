@@ -216,7 +216,8 @@ def compare(current: Bundle, new: Bundle, normal: list[np.ndarray], alert: list[
     return comparison | {"verdict": verdict(comparison)}
 
 
-def _fmt(v) -> str:
+def fmt_figure(v) -> str:
+    """A figure as the tables show it: 4 significant digits, "–" for none."""
     return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
@@ -234,7 +235,7 @@ def verdict(comparison: dict) -> str:
         compared += 1
         a, b = (float(f"{v:.4g}") for v in (c[key], n[key]))
         if a != b:
-            change = f"{label} {'rose' if b > a else 'fell'} {_fmt(c[key])} → {_fmt(n[key])}"
+            change = f"{label} {'rose' if b > a else 'fell'} {fmt_figure(c[key])} → {fmt_figure(n[key])}"
             (better if (b > a) == higher_is_better else worse).append(change)
     fails = bool(comparison["worse_on_alerts"]) or n["alerts_caught"] < c["alerts_caught"]
     rule = f"alerts caught ({CATCH_WINDOWS} windows above threshold during each reported alert)"
@@ -276,10 +277,10 @@ def table(comparison: dict) -> str:
     lines = ["| | current | new |", "|---|---|---|"]
     for label, key in rows:
         if key is None:
-            lines.append(f"| {label} | {_fmt(c['normal_score_p50'])} / {_fmt(c['normal_score_p99'])} | "
-                         f"{_fmt(n['normal_score_p50'])} / {_fmt(n['normal_score_p99'])} |")
+            lines.append(f"| {label} | {fmt_figure(c['normal_score_p50'])} / {fmt_figure(c['normal_score_p99'])} | "
+                         f"{fmt_figure(n['normal_score_p50'])} / {fmt_figure(n['normal_score_p99'])} |")
         else:
-            lines.append(f"| {label} | {_fmt(c[key])} | {_fmt(n[key])} |")
+            lines.append(f"| {label} | {fmt_figure(c[key])} | {fmt_figure(n[key])} |")
     return "\n".join(lines) + f"\n\n{verdict(comparison)}\n"
 
 

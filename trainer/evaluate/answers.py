@@ -41,6 +41,7 @@ from trainer.retrain import (
     VERDICTS,
     alert_answers,
     count_caught,
+    fmt_figure,
     near_alerts,
     window_scores,
 )
@@ -265,10 +266,6 @@ def describe(select: dataset.DataFilter) -> str:
     return " ".join(items) or "all windows"
 
 
-def _fmt(v) -> str:
-    return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 #: The table's rows: (label, key or None for a row made of several keys).
 ROWS = (
     ("model version", "version"),
@@ -292,7 +289,7 @@ def table(results: dict) -> str:
     cols = results["bundles"]
     lines = ["| | " + " | ".join(c["bundle"] for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for label, key in ROWS:
-        lines.append(f"| {label} | " + " | ".join(_fmt(c[key]) for c in cols) + " |")
+        lines.append(f"| {label} | " + " | ".join(fmt_figure(c[key]) for c in cols) + " |")
     a = results["answered_alerts"]
     return ("\n".join(lines) + f"\n\n{results['dataset']} ({results['select']}): {a['confirmed']} confirmed fault(s), "
             f"{a['false_alarm']} false alarm(s), {results['unanswered_alerts']} alert(s) without a verdict (not "
