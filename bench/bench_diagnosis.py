@@ -15,6 +15,8 @@
   the module's constants (argued in its docstring), never tuned here. Each case is also diagnosed on K consecutive
   1 s windows averaged (``--windows``, default 3 and 5: what an alert gathers; the first window is the one-window
   case's), against the same baseline's bound for averages of K.
+* Off the configured speed: the machine runs 1.5 % fast or 3 % slow, diagnosed with the speed configured and with
+  the speed measured from the shaft's lines (the geometry's ``speed_search``, default on).
 * The two band rules compared; the null calibration (healthy windows: how often a defect's evidence exceeds 2, 3,
   4, i.e. p < 1e-2, 1e-3, 1e-4, against the argued rate); real healthy windows (IMS test 1, the first 50 snapshots,
   8 channels: baseline on 10, diagnosis of 40); the late-life FEMTO snapshots (no ground truth of fault type).
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import gzip
 import json
 import math
@@ -68,10 +71,11 @@ def geometry(preset: str) -> D.BearingGeometry:
 
 
 def at_severity(preset: str, s: float, fault: str = "outer", noise: float = 1.0, seed: int = 0,
-                seconds: float = 1.0) -> np.ndarray:
+                seconds: float = 1.0, speed: float = 1.0) -> np.ndarray:
     """(n, C) float32 of the simulator's bearing model held at severity ``s`` (its gains folded into the amplitudes,
     so the model is that of ``severity(u) = s``), broadband noise times ``noise``. ``growth``: everything the model
-    grows with severity (noise, shaft harmonics, roughness) but no defect."""
+    grows with severity (noise, shaft harmonics, roughness) but no defect. ``speed``: the machine runs at this
+    factor on the preset's speed (the geometry diagnosed with stays the preset's)."""
     p = signals.PRESETS[preset]
     s = 0.0 if fault == "healthy" else s
     defect = 0.0 if fault == "growth" else s
@@ -81,7 +85,7 @@ def at_severity(preset: str, s: float, fault: str = "outer", noise: float = 1.0,
         noise_g=p.noise_g * (1 + p.noise_gain * s) * noise, noise_gain=0.0,
         harmonics_g=tuple(a * (1 + p.harmonic_gain * s) for a in p.harmonics_g), harmonic_gain=0.0,
         roughness_g=p.roughness_g * (1 + p.roughness_gain * s), roughness_gain=0.0,
-        defect_g=p.defect_g * defect, imbalance_g=p.imbalance_g * s)
+        defect_g=p.defect_g * defect, imbalance_g=p.imbalance_g * s, rpm=p.rpm * speed)
     return signals.generate(src, int(seconds * p.sample_rate))
 
 
@@ -123,6 +127,42 @@ def detector_alerts(presets, noises, severities) -> dict:
                     x = at_severity(preset, s, fault, noise, seed=77, seconds=8)
                     w = preprocess.windows(preprocess.steps(x, bundle.spec), bundle.spec.window, bundle.spec.window)
                     out[preset, noise][fault][s] = float(np.mean(scorer.score_windows(w) > bundle.threshold.value))
+    return out
+
+
+# --------------------------------------------------------------------------- off the configured speed
+SPEED_ERRORS = (0.0, 0.015, -0.03)
+SPEED_FAULTS = ("outer", "inner", "ball", "healthy", "looseness", "growth")
+
+
+def speed_cases(presets, seeds: int, search: tuple[float, ...] = (0.0, 0.05)) -> dict:
+    """A machine running 1.5 % faster or 3 % slower than the speed configured (the nameplate's, an induction motor
+    under load), severities 0.1, 0.2, 0.5, noise x1 and x2, diagnosed on one window and 3 averaged, with the
+    geometry's ``speed_search`` 0 (the configured speed) and the default (measured): (search, error, windows) ->
+    {fault: [right, of], "wrong": a bearing part named that is not the fault's}."""
+    out: dict = {}
+    for preset in presets:
+        fs = signals.PRESETS[preset].sample_rate
+        for err in SPEED_ERRORS:
+            for noise in (1.0, 2.0):
+                healthy = [at_severity(preset, 0.0, "healthy", noise, seed=1000 + i, speed=1 + err)
+                           for i in range(BASELINE_WINDOWS)]
+                for sr in search:
+                    geo = dataclasses.replace(geometry(preset), speed_search=sr)
+                    base = D.EnvelopeBaseline.learn(healthy, fs, geo)
+                    for fault in SPEED_FAULTS:
+                        for s in (0.1, 0.2, 0.5) if fault != "healthy" else (0.0,):
+                            for seed in range(seeds if fault != "healthy" else 2 * seeds):
+                                x = at_severity(preset, s, fault, noise, seed=seed + 40 * (fault == "healthy"),
+                                                seconds=3, speed=1 + err).reshape(3, int(fs), -1)
+                                for nw in (1, 3):
+                                    r = D.diagnose(x[:nw] if nw > 1 else x[0], fs, geo, base)
+                                    cell = out.setdefault((sr, err, nw), {f: [0, 0] for f in (*SPEED_FAULTS, "wrong")})
+                                    ok = r.defect == TRUE_DEFECT.get(fault)
+                                    cell[fault][0] += ok
+                                    cell[fault][1] += 1
+                                    cell["wrong"][0] += (not ok) and r.defect is not None
+                                    cell["wrong"][1] += 1
     return out
 
 
@@ -502,6 +542,15 @@ def main() -> None:
             summary["rules"][f"{rule} {nw}"] = cells
             print(f"| {rule} | {nw} | {cells[0]}/{cells[1]} ({cells[0] / max(cells[1], 1):.1%}) | {cells[2]}/{cells[3]} | "
                   f"{cells[4]}/{cells[5]} | {cells[6]}/{cells[7]} |")
+
+    print("\n## Off the configured speed: the machine runs 1.5 % fast or 3 % slow (severities 0.1-0.5, noise x1, x2)\n")
+    print("| speed_search | speed error | windows | " + " | ".join(SPEED_FAULTS) + " | a wrong part named |")
+    print("|---" * (4 + len(SPEED_FAULTS)) + "|")
+    summary["speed"] = {}
+    for (sr, err, nw), cell in speed_cases(presets, 2 if args.quick else 3).items():
+        summary["speed"][f"search {sr:g} error {err:+g} windows {nw}"] = cell
+        print(f"| {sr:g} ({'measured' if sr else 'configured'}) | {err:+.1%} | {nw} | "
+              + " | ".join(f"{a}/{b}" for a, b in (cell[f] for f in SPEED_FAULTS)) + f" | {cell['wrong'][0]} |")
 
     print("\n## Null calibration (healthy windows, band rule kurtosis): share of defect tests with evidence above\n")
     summary["null_calibration"] = {}

@@ -26,6 +26,10 @@ angle phi; the outer race fixed)::
 
 How the window is judged (each number argued and measured in docs/maintenance/bearing-diagnosis.md):
 
+* Speed: the shaft's 1x line in the window's plain spectrum, within ``tolerance`` of the configured speed, else
+  within ``speed_search`` (5 %), refined by its 2x .. 5x lines (``_measure_speed``); off the configured speed by
+  more than ``tolerance``, every line is placed at the measured speed (the report's ``shaft_hz`` and notes).
+  The candidate bands stay the configured speed's, so a baseline fits any measured speed.
 * Band: candidate bands ``BAND_FACTOR`` x the highest line wide (half overlapping, from ``BAND_FLOOR_FACTOR`` x
   it up to ``BAND_TOP`` x Nyquist); per channel the one whose complex envelope is most impulsive (spectral
   kurtosis), or with ``band_rule="evidence"`` the one where a defect's lines are most significant (the
@@ -88,6 +92,8 @@ FLOOR_MIN_BINS = 30  # ... and at least this many bins either side
 AVERAGE_WINDOWS = 5  # the baseline learns averages of up to this many windows (an alert's windows averaged)
 AVERAGE_DRAWS = 3  # ... each separate healthy window closing, for each K, the consecutive average and this many
 AVERAGE_POOL = 32  # ... with K-1 drawn at random from up to this many earlier separate windows (kept)
+SPEED_QUANTUM = 0.001  # a measured speed factor is rounded to this (plans are cached per factor)
+SPEED_HARMONICS = 5  # the shaft's 2x .. this x lines in the raw spectrum refine the measured speed
 NULL_GRID = 400  # points of the numerical law of the floor's median (averaged spectra), ...
 NULL_TRIM = 60.0  # ... over the range where its density is within e^this of its peak
 
@@ -117,11 +123,18 @@ class BearingGeometry:
     ftf_hz: float | None = setting(None, lo=0.0, hi=100_000.0, doc="fundamental train (cage) frequency, Hz")
     tolerance: float = setting(0.01, lo=0.001, hi=0.05, doc="how far a line may lie from its computed frequency, "
                                "as a fraction of it (rolling-element slip, speed error)")
+    speed_search: float = setting(0.05, lo=0.0, hi=0.2, doc="measure the running speed from the shaft's 1x line "
+                                  "within this fraction of the configured speed (an induction motor runs 1-5 % "
+                                  "below its synchronous speed, loaded below its rated one); 0: always use the "
+                                  "configured speed")
 
     def __post_init__(self) -> None:
         def bad(key: str, value: object, why: str) -> ValueError:
             return ValueError(f"bearing geometry: {key} = {value!r}: {why}")
 
+        s = self.speed_search
+        if isinstance(s, bool) or not (isinstance(s, (int, float)) and math.isfinite(s) and 0.0 <= s <= 0.2):
+            raise bad("speed_search", s, "must be a fraction in [0, 0.2] (0: use the configured speed)")
         speeds = {k: v for k, v in (("shaft_hz", self.shaft_hz), ("shaft_rpm", self.shaft_rpm)) if v is not None}
         if len(speeds) != 1:
             raise ValueError("bearing geometry: give the shaft speed once, as shaft_hz or shaft_rpm"
@@ -244,11 +257,15 @@ def _half_width(hz: float, tolerance: float, df: float) -> float:
     return max(GUARD_BINS * df, tolerance * hz)
 
 
-def _fundamentals_clash(geometry: BearingGeometry, df: float, keys: Sequence[str]) -> str | None:
+def _scaled(geometry: BearingGeometry, speed: float = 1.0) -> tuple[dict[str, float], float]:
+    """The defect frequencies and the shaft rate (Hz) at ``speed`` x the configured speed."""
+    return {k: v * speed for k, v in defect_frequencies(geometry).items()}, geometry.shaft_frequency * speed
+
+
+def _fundamentals_clash(geometry: BearingGeometry, df: float, keys: Sequence[str], speed: float = 1.0) -> str | None:
     """Why the fundamentals of ``keys`` (and the shaft, and 0 Hz) cannot be told apart at resolution ``df``."""
-    freqs = defect_frequencies(geometry)
-    pts = [("0 Hz", 0.0, LOW_BINS * df), ("shaft", geometry.shaft_frequency,
-                                          _half_width(geometry.shaft_frequency, geometry.tolerance, df))]
+    freqs, fr = _scaled(geometry, speed)
+    pts = [("0 Hz", 0.0, LOW_BINS * df), ("shaft", fr, _half_width(fr, geometry.tolerance, df))]
     pts += [(k.upper(), freqs[k], _half_width(freqs[k], geometry.tolerance, df)) for k in keys]
     pts.sort(key=lambda p: p[1])
     for (na, fa, ha), (nb, fb, hb) in zip(pts, pts[1:], strict=False):
@@ -301,24 +318,26 @@ def _check_rate(geometry: BearingGeometry, sample_rate: float) -> None:
             f"{need:.0f} Hz")
 
 
-@functools.lru_cache(maxsize=32)
-def _plan(geometry: BearingGeometry, sample_rate: float, n: int) -> _Plan:
+@functools.lru_cache(maxsize=128)
+def _plan(geometry: BearingGeometry, sample_rate: float, n: int, speed: float = 1.0) -> _Plan:
+    """Lines, their intervals and floors at ``speed`` x the configured speed; the candidate bands and the SES bins
+    kept (``used_bins``) are the configured speed's at any measured speed, so a baseline's levels and spectra fit
+    every plan of its geometry."""
     _check_rate(geometry, sample_rate)
     df = sample_rate / n
-    clash = _fundamentals_clash(geometry, df, ("bpfo", "bpfi", "bsf"))
+    clash = _fundamentals_clash(geometry, df, ("bpfo", "bpfi", "bsf"), speed)
     if clash:
         need = min_window_samples(geometry, sample_rate)
         raise ValueError(
             f"window of {n} samples ({n / sample_rate:.3g} s, frequency resolution {df:.3g} Hz) is too short to "
             f"tell {clash} apart: give at least {need} samples ({need / sample_rate:.3g} s)")
-    cage_clash = _fundamentals_clash(geometry, df, DEFECTS)
+    cage_clash = _fundamentals_clash(geometry, df, DEFECTS, speed)
     cage_note = "" if cage_clash is None else (
         f"cage not assessable: at {df:.3g} Hz resolution {cage_clash} cannot be told apart "
         f"(needs {min_window_samples(geometry, sample_rate)} samples)")
-    freqs = defect_frequencies(geometry)
-    fr = geometry.shaft_frequency
+    freqs, fr = _scaled(geometry, speed)
     lines = _lines(freqs, fr)
-    top = max(x.hz for x in lines)
+    top = _top_line_hz(geometry)
     width = BAND_FACTOR * top
     lo = BAND_FLOOR_FACTOR * top
     hi = BAND_TOP * sample_rate / 2
@@ -364,7 +383,9 @@ def _plan(geometry: BearingGeometry, sample_rate: float, n: int) -> _Plan:
         k = np.arange(max(0, int((x.hz - span) / df)), min(ses_bins, int((x.hz + span) / df) + 1))
         floors.append(k[~excluded[k]])
     family_lines = {d: tuple(i for i, x in enumerate(lines) if x.family == d and not unusable[i]) for d in DEFECTS}
-    used = min(ses_bins, max([b for a, b in intervals] + [int(f[-1]) + 1 for f in floors if len(f)]) + 1)
+    # SES bins kept: every line's interval and floor at the fastest speed searched (the same at every speed)
+    fastest = [x.hz / speed * (1.0 + geometry.speed_search) for x in lines]
+    used = min(ses_bins, int(max(f + max(FLOOR_SPAN * f, FLOOR_MIN_BINS * df) for f in fastest) / df) + 2)
     return _Plan(sample_rate, n, df, tuple(bands), m, tuple(lines), tuple(intervals), tuple(unusable),
                  tuple(floors), cage_note, family_lines, on_shaft, used)
 
@@ -413,13 +434,92 @@ def _check_windows(samples) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the envelope spectrum
-def _band_envelopes(x: np.ndarray, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
-    """Squared envelopes (C, B, m) of each channel in each candidate band, and their spectral kurtosis (C, B)."""
-    spec = np.fft.rfft(x - x.mean(axis=0), axis=0)  # (n/2+1, C)
-    c = x.shape[1]
+def _spectrum(x: np.ndarray) -> np.ndarray:
+    """The FFT (n/2+1, C) of a raw window (n, C), mean removed (no taper: the bands are cut from it)."""
+    x = x.astype(np.float64)
+    return np.fft.rfft(x - x.mean(axis=0), axis=0)
+
+
+def _hann_power(specs: Sequence[np.ndarray], lo: int, hi: int) -> np.ndarray:
+    """Hann-windowed power (hi - lo,) of bins lo..hi-1 (the untapered bins convolved with -1/4, 1/2, -1/4), summed
+    over the channels and averaged over K windows' spectra (``_spectrum``)."""
+    power = np.zeros(hi - lo)
+    for spec in specs:
+        x = spec[lo - 1: hi + 1]
+        h = 0.5 * x[1:-1] - 0.25 * (x[:-2] + x[2:])
+        power += (h.real**2 + h.imag**2).sum(axis=1)
+    return power / len(specs)
+
+
+def _peak_hz(specs: Sequence[np.ndarray], df: float, k1: int, k2: int) -> float | None:
+    """Where the largest Hann power bin of k1..k2-1 lies (Hz, a parabola through its log power and its
+    neighbours'), when it is a local maximum standing out from the 2 x ``FLOOR_MIN_BINS`` bins around it (p <
+    ``ALPHA_LINE`` by the line law; the channels counted as one, the windows as averaged); None otherwise."""
+    n2 = len(specs[0]) - 1
+    lo, hi = max(1, k1 - FLOOR_MIN_BINS - 4), min(n2, k2 + FLOOR_MIN_BINS + 4)
+    if k1 < lo + 1 or k2 > hi - 1 or k2 <= k1:
+        return None
+    power = _hann_power(specs, lo, hi)
+    k = int(np.argmax(power[k1 - lo: k2 - lo])) + k1 - lo
+    if not (power[k] > 0 and power[k] >= power[k - 1] and power[k] >= power[k + 1]):
+        return None
+    floor = np.r_[power[max(0, k - 3 - FLOOR_MIN_BINS): max(0, k - 3)], power[k + 4: k + 4 + FLOOR_MIN_BINS]]
+    median = float(np.median(floor)) if len(floor) >= 8 else 0.0
+    if not median > 0 or _log_line_p(power[k] / median, k2 - k1, len(floor), len(specs)) > math.log(ALPHA_LINE):
+        return None
+    la, lb, lc = np.log(power[k - 1: k + 2])
+    den = la - 2 * lb + lc
+    shift = float(np.clip(0.5 * (la - lc) / den, -0.5, 0.5)) if den < 0 else 0.0
+    return (k + lo + shift) * df
+
+
+def _measure_speed(specs: Sequence[np.ndarray], n: int, sample_rate: float,
+                   geometry: BearingGeometry) -> tuple[float, str]:
+    """The running speed as a factor on the configured one, from the shaft's lines in K windows' spectra
+    (``_spectrum``, (n/2+1, C) each), and a note for the report ("" when nothing to say).
+
+    The 1x line is the largest Hann power bin within ``tolerance`` of the configured shaft rate that stands out
+    (``_peak_hz``), else within ``speed_search``; its 2x .. ``SPEED_HARMONICS``x lines, where they stand out
+    within 2 bins of where it puts them, refine it (each weighted by its order squared: a harmonic h places the
+    rate h times more finely). A rate within ``tolerance`` of the configured one, or none standing out, gives 1.0
+    (the configured speed: the lines' intervals hold their lines, and a 1x line in noise is placed no better than
+    about 0.5 %); else the factor rounded to ``SPEED_QUANTUM``.
+    """
+    search = geometry.speed_search
+    if search <= 0:
+        return 1.0, ""
+    f0, df = geometry.shaft_frequency, sample_rate / n
+    f1 = None
+    for frac in dict.fromkeys((min(geometry.tolerance, search), search)):
+        f1 = _peak_hz(specs, df, max(LOW_BINS, int(f0 * (1 - frac) / df)), int(math.ceil(f0 * (1 + frac) / df)) + 1)
+        if f1 is not None:
+            break
+    if f1 is None:
+        return 1.0, (f"no shaft line stands out within {search:.0%} of the configured {f0:.2f} Hz: the configured "
+                     "speed is used")
+    estimates, weights = [f1], [1.0]
+    for h in range(2, SPEED_HARMONICS + 1):
+        c = int(round(h * f1 / df))
+        fh = _peak_hz(specs, df, c - 2, c + 3)
+        if fh is not None:
+            estimates.append(fh / h)
+            weights.append(float(h * h))
+    speed = float(np.average(estimates, weights=weights)) / f0
+    if abs(speed - 1.0) <= geometry.tolerance:
+        return 1.0, ""  # the lines' intervals hold them; a noisy 1x would only move the shaft harmonics' mask
+    speed = round(round(speed / SPEED_QUANTUM) * SPEED_QUANTUM, 6)
+    return speed, (f"shaft measured at {f0 * speed:.2f} Hz ({f0 * speed * 60:.0f} rpm), {speed - 1:+.1%} from the "
+                   f"configured {f0:.2f} Hz: the defect frequencies are scaled by it (check shaft_rpm if the machine "
+                   "runs at one speed)")
+
+
+def _band_envelopes(spec: np.ndarray, n: int, plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
+    """Squared envelopes (C, B, m) of each channel in each candidate band of an n-sample window's spectrum
+    (``_spectrum``), and their spectral kurtosis (C, B)."""
+    c = spec.shape[1]
     env = np.empty((c, len(plan.bands), plan.m))
     for j, (k1, k2) in enumerate(plan.bands):
-        env[:, j] = _envelope(spec[k1:k2], plan.m, x.shape[0])
+        env[:, j] = _envelope(spec[k1:k2], plan.m, n)
     mean = env.mean(axis=2)
     sk = (env * env).mean(axis=2) / np.maximum(mean * mean, 1e-300) - 2.0
     return env, sk
@@ -738,6 +838,7 @@ class BaselineLearner:
         self._averages = [0] * (AVERAGE_WINDOWS - 1)
         self._recent: collections.deque = collections.deque(maxlen=AVERAGE_WINDOWS - 1)
         self._pool: list[np.ndarray] = []  # the separate windows' used SES (at most AVERAGE_POOL)
+        self._speeds: dict[int, float] = {}  # id of a kept SES -> its window's measured speed factor
         self._rng = np.random.default_rng(0)
         self._last_end: int | None = None
 
@@ -752,14 +853,15 @@ class BaselineLearner:
         elif x.shape != self._shape:
             raise ValueError(f"healthy window {self.count}: shape {x.shape}, the first was {self._shape}: the baseline "
                              "needs windows of one length and width")
-        plan = self._plan
-        ses = _ses(_band_envelopes(x.astype(np.float64), plan)[0])
+        spec = _spectrum(x)
+        ses = _ses(_band_envelopes(spec, x.shape[0], self._plan)[0])
         with np.errstate(over="ignore"):
-            used = ses[..., : plan.used_bins].astype(np.float32)
+            used = ses[..., : self._plan.used_bins].astype(np.float32)
         if not (np.isfinite(ses).all() and np.isfinite(used).all()):
             raise ValueError(f"healthy window {self.count}: its envelope spectrum overflows (peak sample "
                              f"{float(np.abs(x).max()):.3g}): an absurd amplitude, left out of the baseline")
-        lv, fam = self._levels(ses, 1)
+        speed = _measure_speed([spec], x.shape[0], self.sample_rate, self.geometry)[0]
+        lv, fam = self._levels(ses, 1, speed)
         self._total = lv if self._total is None else self._total + lv
         self._top = fam if self._top is None else np.maximum(self._top, fam)
         self.count += 1
@@ -767,27 +869,34 @@ class BaselineLearner:
             return  # overlaps the last window of the averages: not independent of it
         self._last_end = end
         self.separate += 1
-        total = used.astype(np.float64)
+        total, speeds = used.astype(np.float64), [speed]
         for k, prev in enumerate(reversed(self._recent), 2):
             total += prev
-            sets = [total] + [used.astype(np.float64) + sum(self._pool[i] for i in self._rng.choice(
-                len(self._pool), k - 1, replace=False)) for _ in range(AVERAGE_DRAWS)]
-            for tot in sets:
-                fam = self._levels(tot / k, k)[1]
+            speeds.append(self._speeds[id(prev)])
+            sets = [(total, float(np.mean(speeds)))]
+            for _ in range(AVERAGE_DRAWS):
+                drawn = [self._pool[i] for i in self._rng.choice(len(self._pool), k - 1, replace=False)]
+                sets.append((used.astype(np.float64) + sum(drawn),
+                             float(np.mean([speed] + [self._speeds[id(d)] for d in drawn]))))
+            for tot, mean_speed in sets:
+                fam = self._levels(tot / k, k, round(mean_speed / SPEED_QUANTUM) * SPEED_QUANTUM)[1]
                 top = self._avg_top if self._avg_top is not None else np.zeros((AVERAGE_WINDOWS - 1, *fam.shape))
                 top[k - 2] = np.maximum(top[k - 2], fam)
                 self._avg_top = top
             self._averages[k - 2] += 1
         self._recent.append(used)
+        self._speeds[id(used)] = speed
         if len(self._pool) < AVERAGE_POOL:
             self._pool.append(used)
         else:
             self._pool[int(self._rng.integers(AVERAGE_POOL))] = used
+        kept = {id(v) for v in (*self._recent, *self._pool)}
+        self._speeds = {i: v for i, v in self._speeds.items() if i in kept}
 
-    def _levels(self, ses: np.ndarray, windows: int) -> tuple[np.ndarray, np.ndarray]:
+    def _levels(self, ses: np.ndarray, windows: int, speed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Each line's peak over floor (C, B, L) and each defect's sum of them (C, B, 4) in SES (C, B, m) averaged
-        over ``windows`` windows."""
-        plan = self._plan
+        over ``windows`` windows whose shaft ran at ``speed`` x the configured speed."""
+        plan = _plan(self.geometry, self.sample_rate, self._shape[0], speed)
         c, b = ses.shape[:2]
         lv = np.zeros((c, b, len(plan.lines)))
         for ch in range(c):
@@ -853,7 +962,9 @@ class BearingReport:
     """What the envelope spectrum says: ``verdict``, the ``defect`` key and ``channel`` it rests on (None for no
     pattern), a one-line ``summary``, each channel's envelope band (Hz) and its spectral kurtosis, every
     defect's evidence per channel, and the shaft-rate lines (they stand out with looseness, and with an
-    inner-race defect, which the shaft modulates); ``windows``: how many windows' spectra were averaged."""
+    inner-race defect, which the shaft modulates); ``windows``: how many windows' spectra were averaged;
+    ``shaft_hz``: the shaft rate the lines were placed at (measured from the window's 1x line, or configured:
+    ``notes`` says which when they differ)."""
 
     verdict: str
     defect: str | None
@@ -867,6 +978,7 @@ class BearingReport:
     baseline: bool
     notes: tuple[str, ...] = ()
     windows: int = 1  # windows whose envelope spectra were averaged
+    shaft_hz: float | None = None  # the shaft rate the lines were placed at: measured, or the configured one
 
     def as_dict(self) -> dict:
         """JSON-able form for a sink: the verdict, and the evidence in numbers (rounded)."""
@@ -879,7 +991,7 @@ class BearingReport:
                     "baseline_db": r(x.baseline_db), "stands_out": x.stands_out, **({"note": x.note} if x.note else {})}
         return {
             "verdict": self.verdict, "defect": self.defect, "channel": self.channel, "channel_name": self.channel_name,
-            "summary": self.summary, "baseline": self.baseline, "windows": self.windows,
+            "summary": self.summary, "baseline": self.baseline, "windows": self.windows, "shaft_hz": r(self.shaft_hz, 3),
             "bands_hz": [[r(a, 1), r(b, 1)] for a, b in self.bands_hz], "kurtosis": [r(k) for k in self.kurtosis],
             "defects": [{"defect": e.defect, "part": e.part, "frequency_hz": r(e.frequency_hz), "channel": e.channel,
                          "present": e.present, "evidence": r(e.evidence), "baseline_db": r(e.baseline_db),
@@ -920,7 +1032,10 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
     """
     xs = _check_windows(samples)  # (K, n, C)
     nw, n, c = xs.shape
-    plan = _plan(geometry, float(sample_rate), n)
+    _plan(geometry, float(sample_rate), n)  # the rate and the window length can support the analysis
+    specs = [_spectrum(x) for x in xs]
+    speed, speed_note = _measure_speed(specs, n, float(sample_rate), geometry)
+    plan = _plan(geometry, float(sample_rate), n, speed)
     if baseline is not None:
         baseline.check(sample_rate, n, c, geometry)
     if band_rule not in BAND_RULES:
@@ -937,9 +1052,7 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
                              f"highest line ({top:.0f} Hz) wide")
         k1, k2 = int(round(lo / plan.df)), int(round(hi / plan.df))
         envs, sks = [], []
-        for x in xs:
-            xd = x.astype(np.float64)
-            spec = np.fft.rfft(xd - xd.mean(axis=0), axis=0)
+        for spec in specs:
             env = _envelope(spec[k1:k2], 1 << math.ceil(math.log2(2 * (k2 - k1) + 1)), n)[:, None, :]
             mean = env.mean(axis=2)
             envs.append(env)
@@ -947,7 +1060,7 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
         band_hz = [(lo, hi)]
         band_index = [-1]
     else:
-        envs, sks = zip(*(_band_envelopes(x.astype(np.float64), plan) for x in xs), strict=True)
+        envs, sks = zip(*(_band_envelopes(spec, n, plan) for spec in specs), strict=True)
         band_hz = [(a * plan.df, b * plan.df) for a, b in plan.bands]
         band_index = list(range(len(plan.bands)))
     sk = sks[0] if nw == 1 else np.mean(sks, axis=0)  # (C, B)
@@ -961,7 +1074,7 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
         chosen = [0 if band is not None else int(np.argmin([min(jd.family_logp.values()) for jd in judged[ch]]))
                   for ch in range(c)]
         searched = 1 if band is not None else len(plan.bands)
-    freqs = defect_frequencies(geometry)
+    freqs = _scaled(geometry, speed)[0]
     log_alpha = math.log(ALPHA_DEFECT / searched)
     bound = None if baseline is None else baseline.family_bound(nw)
     evidence: list[DefectEvidence] = []
@@ -989,9 +1102,10 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
     summary = _summary(verdict, defect, channel, cname, evidence, shaft, names)
     if nw > 1:
         summary += f" [{nw} windows averaged]"
+    notes = tuple(v for v in (speed_note, plan.cage_note) if v)
     return BearingReport(verdict, defect, channel, cname, summary, tuple(band_hz[j] for j in chosen),
                          tuple(float(sk[ch, j]) for ch, j in enumerate(chosen)), tuple(evidence), tuple(shaft),
-                         baseline is not None, (plan.cage_note,) if plan.cage_note else (), nw)
+                         baseline is not None, notes, nw, geometry.shaft_frequency * speed)
 
 
 def _mean_ses(envs: Sequence[np.ndarray]) -> np.ndarray:

@@ -23,15 +23,17 @@ def _geometry(preset: str = "femto", **kw) -> D.BearingGeometry:
                              pitch_diameter=g.pitch_d, contact_angle_deg=g.contact_deg, **kw)
 
 
-def _window(s: float, fault: str = "outer", seed: int = 0, preset: str = "femto", seconds: float = 1.0) -> np.ndarray:
-    """The simulator's bearing model held at severity ``s`` (its gains folded into the amplitudes)."""
+def _window(s: float, fault: str = "outer", seed: int = 0, preset: str = "femto", seconds: float = 1.0,
+            **overrides) -> np.ndarray:
+    """The simulator's bearing model held at severity ``s`` (its gains folded into the amplitudes); ``overrides``:
+    preset fields (``rpm=``: the machine runs at another speed than the geometry is configured for)."""
     p = signals.PRESETS[preset]
     src = signals.BearingSource(
         preset, "broken", seed=seed, fault=fault,
         noise_g=p.noise_g * (1 + p.noise_gain * s), noise_gain=0.0,
-        harmonics_g=tuple(a * (1 + p.harmonic_gain * s) for a in p.harmonics_g), harmonic_gain=0.0,
-        roughness_g=p.roughness_g * (1 + p.roughness_gain * s), roughness_gain=0.0,
-        defect_g=p.defect_g * s, imbalance_g=p.imbalance_g * s)
+        harmonic_gain=0.0, roughness_g=p.roughness_g * (1 + p.roughness_gain * s), roughness_gain=0.0,
+        **{"harmonics_g": tuple(a * (1 + p.harmonic_gain * s) for a in p.harmonics_g), "defect_g": p.defect_g * s,
+           "imbalance_g": p.imbalance_g * s, **overrides})
     return signals.generate(src, int(seconds * p.sample_rate))
 
 
@@ -276,9 +278,44 @@ def test_the_bound_for_averages_takes_random_sets_of_healthy_windows_too():
     again = D.EnvelopeBaseline.learn(windows, FS, geo)
     assert np.array_equal(base.averaged_max, again.averaged_max)  # the same windows learn the same baseline
     plan = learner._plan
-    ses = [D._ses(D._band_envelopes(w.astype(np.float64), plan)[0])[..., : plan.used_bins].astype(np.float32)
-           for w in windows]
-    consecutive = np.max([learner._levels(np.mean(ses[i:i + 3], axis=0, dtype=np.float64), 3)[1]
+    specs = [D._spectrum(w) for w in windows]
+    ses = [D._ses(D._band_envelopes(x, len(w), plan)[0])[..., : plan.used_bins].astype(np.float32)
+           for x, w in zip(specs, windows, strict=True)]
+    speeds = [D._measure_speed([x], len(w), FS, geo)[0] for x, w in zip(specs, windows, strict=True)]
+    consecutive = np.max([learner._levels(np.mean(ses[i:i + 3], axis=0, dtype=np.float64), 3,
+                                          round(np.mean(speeds[i:i + 3]) / D.SPEED_QUANTUM) * D.SPEED_QUANTUM)[1]
                           for i in range(len(ses) - 2)], axis=0)
     assert (base.family_bound(3) >= consecutive - 1e-9).all() and (base.family_bound(3) > consecutive).any()
     assert (base.family_bound(3) <= base.family_max).mean() > 0.9
+
+
+# --------------------------------------------------------------------------- the running speed
+def test_a_machine_running_off_its_configured_speed_is_measured_and_named_right():
+    # configured 1800 rpm (the nameplate), running 2.5 % slower (an induction motor under load): every line sits
+    # 2.5 % low, beyond the lines' 1 % tolerance, and looseness's shaft comb is off the configured harmonics
+    rpm = 1800 * 0.975
+    geo = _geometry()
+    base = D.EnvelopeBaseline.learn([_window(0.0, seed=100 + i, rpm=rpm) for i in range(6)], FS, geo)
+    for fault, key in (("outer", "bpfo"), ("inner", "bpfi")):
+        r = D.diagnose(_window(0.2, fault, seed=3, rpm=rpm), FS, geo, base)
+        assert r.defect == key, r.summary
+        assert r.shaft_hz == pytest.approx(rpm / 60, rel=0.003)
+        assert any("shaft measured at" in n and "-2.5%" in n for n in r.notes), r.notes
+        assert r.as_dict()["shaft_hz"] == pytest.approx(rpm / 60, rel=0.003)
+    for seed in range(3):  # a knock per turn at the running speed: no bearing part named
+        r = D.diagnose(_window(0.5, "looseness", seed=seed, rpm=rpm), FS, geo, base)
+        assert r.defect is None, r.summary
+    # at the configured speed the configured one is kept (no note); speed_search = 0 never measures
+    r = D.diagnose(_window(0.2, "outer", seed=3), FS, geo)
+    assert r.shaft_hz == 30.0 and not any("shaft" in n for n in r.notes)
+    off = D.diagnose(_window(0.2, "outer", seed=3, rpm=rpm), FS, _geometry(speed_search=0.0))
+    assert off.shaft_hz == 30.0
+
+
+def test_without_a_shaft_line_the_configured_speed_is_used_and_said():
+    x = _window(0.2, "outer", seed=5, harmonics_g=(0.0, 0.0, 0.0))  # no 1x, 2x, 3x in the raw spectrum
+    r = D.diagnose(x, FS, _geometry())
+    assert r.shaft_hz == 30.0 and r.defect == "bpfo"
+    assert any("no shaft line stands out within 5% of the configured 30.00 Hz" in n for n in r.notes), r.notes
+    with pytest.raises(ValueError, match="speed_search"):
+        _geometry(speed_search=0.5)
