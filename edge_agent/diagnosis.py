@@ -28,7 +28,8 @@ How the window is judged (each number argued and measured in docs/maintenance/be
 
 * Speed: the shaft's 1x line in the window's plain spectrum, within ``tolerance`` of the configured speed, else
   within ``speed_search`` (5 %), refined by its 2x .. 5x lines (``_measure_speed``); off the configured speed by
-  more than ``tolerance``, every line is placed at the measured speed (the report's ``shaft_hz`` and notes).
+  more than ``tolerance``, every line is placed at the measured speed (the report's ``shaft_hz`` and notes), and the
+  mask on the shaft's k-th harmonic widens by k x ``SPEED_ERROR`` (how well a measured speed is placed).
   The candidate bands stay the configured speed's, so a baseline fits any measured speed.
 * Band: candidate bands ``BAND_FACTOR`` x the highest line wide (half overlapping, from ``BAND_FLOOR_FACTOR`` x
   it up to ``BAND_TOP`` x Nyquist); per channel the one whose complex envelope is most impulsive (spectral
@@ -94,6 +95,7 @@ AVERAGE_DRAWS = 3  # ... each separate healthy window closing, for each K, the c
 AVERAGE_POOL = 32  # ... with K-1 drawn at random from up to this many earlier separate windows (kept)
 SPEED_QUANTUM = 0.001  # a measured speed factor is rounded to this (plans are cached per factor)
 SPEED_HARMONICS = 5  # the shaft's 2x .. this x lines in the raw spectrum refine the measured speed
+SPEED_ERROR = 0.003  # ... to within about this fraction (measured on the simulator at noise x2: +-0.3 %)
 NULL_GRID = 400  # points of the numerical law of the floor's median (averaged spectra), ...
 NULL_TRIM = 60.0  # ... over the range where its density is within e^this of its peak
 
@@ -370,9 +372,10 @@ def _plan(geometry: BearingGeometry, sample_rate: float, n: int, speed: float = 
         intervals.append((0, 0) if why else (max(int(math.ceil(a / df)), LOW_BINS), int(math.floor(b / df)) + 1))
     # the shaft's harmonics: looseness, rub and a loose mount put lines on every one of them
     on_shaft = np.zeros(ses_bins, bool)
+    slack = 0.0 if speed == 1.0 else SPEED_ERROR  # a measured speed is placed this well: the k-th harmonic k times
     for k in range(1, int(ses_bins * df / fr) + 2):
-        c = int(round(k * fr / df))
-        on_shaft[max(0, c - SHAFT_BINS): c + SHAFT_BINS + 1] = True
+        c, w = int(round(k * fr / df)), SHAFT_BINS + int(math.ceil(k * fr * slack / df))
+        on_shaft[max(0, c - w): c + w + 1] = True
     excluded = on_shaft.copy()
     excluded[:LOW_BINS] = True
     for x, h in zip(lines, half, strict=True):
