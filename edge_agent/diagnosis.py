@@ -1105,6 +1105,9 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
     summary = _summary(verdict, defect, channel, cname, evidence, shaft, names)
     if nw > 1:
         summary += f" [{nw} windows averaged]"
+    if speed != 1.0:
+        summary += (f" [shaft measured at {geometry.shaft_frequency * speed:.2f} Hz, {speed - 1:+.1%} from the configured "
+                    "speed]")
     notes = tuple(v for v in (speed_note, plan.cage_note) if v)
     return BearingReport(verdict, defect, channel, cname, summary, tuple(band_hz[j] for j in chosen),
                          tuple(float(sk[ch, j]) for ch, j in enumerate(chosen)), tuple(evidence), tuple(shaft),

@@ -301,6 +301,7 @@ def test_a_machine_running_off_its_configured_speed_is_measured_and_named_right(
         assert r.defect == key, r.summary
         assert r.shaft_hz == pytest.approx(rpm / 60, rel=0.003)
         assert any("shaft measured at" in n and "-2.5%" in n for n in r.notes), r.notes
+        assert r.summary.endswith("[shaft measured at 29.25 Hz, -2.5% from the configured speed]"), r.summary
         assert r.as_dict()["shaft_hz"] == pytest.approx(rpm / 60, rel=0.003)
     for seed in range(3):  # a knock per turn at the running speed: no bearing part named
         r = D.diagnose(_window(0.5, "looseness", seed=seed, rpm=rpm), FS, geo, base)
