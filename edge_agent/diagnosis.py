@@ -85,6 +85,8 @@ ALPHA_DEFECT = 1e-4  # a defect's lines together (Fisher): noise alone, per defe
 BASELINE_DB = 3.0  # ... and its lines (over their floor) above the largest they were in a healthy window
 LINE_BASELINE_DB = 3.0  # a line, for the report, stands out this far over its healthy mean (the verdict is per defect)
 MIN_LINES = 2  # shaft-rate lines that stand out before the summary mentions them
+MIN_FLOOR_BINS = 8  # a line is judged against a floor of at least this many SES bins
+QUIET_BAND = 1e-10  # a channel whose envelope band holds less of its energy than this is not analysed
 BAND_FACTOR = 2.5  # the envelope band is this many times the highest line wide ...
 BAND_FLOOR_FACTOR = 2.0  # ... and starts at least this many times the highest line up
 BAND_TOP = 0.9  # ... and ends below this fraction of the Nyquist frequency (the sensor's anti-alias filter)
@@ -96,6 +98,7 @@ AVERAGE_POOL = 32  # ... with K-1 drawn at random from up to this many earlier s
 SPEED_QUANTUM = 0.001  # a measured speed factor is rounded to this (plans are cached per factor)
 SPEED_HARMONICS = 5  # the shaft's 2x .. this x lines in the raw spectrum refine the measured speed
 SPEED_ERROR = 0.003  # ... to within about this fraction (measured on the simulator at noise x2: +-0.3 %)
+MAINS_HZ = (50.0, 60.0)  # supply frequencies: their lines are not taken for the shaft's off the configured speed
 NULL_GRID = 400  # points of the numerical law of the floor's median (averaged spectra), ...
 NULL_TRIM = 60.0  # ... over the range where its density is within e^this of its peak
 
@@ -336,7 +339,8 @@ def _plan(geometry: BearingGeometry, sample_rate: float, n: int, speed: float = 
     cage_clash = _fundamentals_clash(geometry, df, DEFECTS, speed)
     cage_note = "" if cage_clash is None else (
         f"cage not assessable: at {df:.3g} Hz resolution {cage_clash} cannot be told apart "
-        f"(needs {min_window_samples(geometry, sample_rate)} samples)")
+        + (f"(needs {min_window_samples(geometry, sample_rate)} samples)" if speed == 1.0 else
+           f"at the measured shaft speed ({speed - 1:+.1%} from the configured one)"))
     freqs, fr = _scaled(geometry, speed)
     lines = _lines(freqs, fr)
     top = _top_line_hz(geometry)
@@ -381,10 +385,13 @@ def _plan(geometry: BearingGeometry, sample_rate: float, n: int, speed: float = 
     for x, h in zip(lines, half, strict=True):
         excluded[max(0, int(math.ceil((x.hz - h) / df)) - 1): int(math.floor((x.hz + h) / df)) + 2] = True
     floors = []
-    for x in lines:
+    for i, x in enumerate(lines):
         span = max(FLOOR_SPAN * x.hz, FLOOR_MIN_BINS * df)
         k = np.arange(max(0, int((x.hz - span) / df)), min(ses_bins, int((x.hz + span) / df) + 1))
         floors.append(k[~excluded[k]])
+        if not unusable[i] and len(floors[-1]) < MIN_FLOOR_BINS:
+            unusable[i] = f"no floor: the shaft's harmonics and other lines cover the spectrum around it at {df:.3g} Hz"
+            intervals[i] = (0, 0)
     family_lines = {d: tuple(i for i, x in enumerate(lines) if x.family == d and not unusable[i]) for d in DEFECTS}
     # SES bins kept: every line's interval and floor at the fastest speed searched (the same at every speed)
     fastest = [x.hz / speed * (1.0 + geometry.speed_search) for x in lines]
@@ -454,23 +461,35 @@ def _hann_power(specs: Sequence[np.ndarray], lo: int, hi: int) -> np.ndarray:
     return power / len(specs)
 
 
-def _peak_hz(specs: Sequence[np.ndarray], df: float, k1: int, k2: int) -> float | None:
+def _near_mains(hz: float, df: float) -> bool:
+    """Whether ``hz`` lies within 1.5 bins of a multiple of 50 or 60 Hz (the supply's lines, in a motor's
+    vibration at 1x and 2x the supply frequency and their harmonics)."""
+    return any(abs(hz - round(hz / m) * m) <= 1.5 * df for m in MAINS_HZ if hz >= m / 2)
+
+
+def _peak_hz(specs: Sequence[np.ndarray], df: float, k1: int, k2: int, *, mains: bool = True) -> float | None:
     """Where the largest Hann power bin of k1..k2-1 lies (Hz, a parabola through its log power and its
     neighbours'), when it is a local maximum standing out from the 2 x ``FLOOR_MIN_BINS`` bins around it (p <
-    ``ALPHA_LINE`` by the line law; the channels counted as one, the windows as averaged); None otherwise."""
+    ``ALPHA_LINE`` by the line law; the channels counted as one, the windows as averaged); None otherwise.
+    ``mains=False``: bins near the supply's lines (``_near_mains``) are not candidates."""
     n2 = len(specs[0]) - 1
     lo, hi = max(1, k1 - FLOOR_MIN_BINS - 4), min(n2, k2 + FLOOR_MIN_BINS + 4)
     if k1 < lo + 1 or k2 > hi - 1 or k2 <= k1:
         return None
     power = _hann_power(specs, lo, hi)
-    k = int(np.argmax(power[k1 - lo: k2 - lo])) + k1 - lo
+    cand = np.arange(k1, k2)
+    if not mains:
+        cand = cand[[not _near_mains(k * df, df) for k in cand]]
+        if not len(cand):
+            return None
+    k = int(cand[np.argmax(power[cand - lo])]) - lo
     if not (power[k] > 0 and power[k] >= power[k - 1] and power[k] >= power[k + 1]):
         return None
     floor = np.r_[power[max(0, k - 3 - FLOOR_MIN_BINS): max(0, k - 3)], power[k + 4: k + 4 + FLOOR_MIN_BINS]]
     median = float(np.median(floor)) if len(floor) >= 8 else 0.0
-    if not median > 0 or _log_line_p(power[k] / median, k2 - k1, len(floor), len(specs)) > math.log(ALPHA_LINE):
+    if not median > 0 or _log_line_p(power[k] / median, len(cand), len(floor), len(specs)) > math.log(ALPHA_LINE):
         return None
-    la, lb, lc = np.log(power[k - 1: k + 2])
+    la, lb, lc = np.log(power[k - 1: k + 2] + 1e-300)
     den = la - 2 * lb + lc
     shift = float(np.clip(0.5 * (la - lc) / den, -0.5, 0.5)) if den < 0 else 0.0
     return (k + lo + shift) * df
@@ -481,38 +500,45 @@ def _measure_speed(specs: Sequence[np.ndarray], n: int, sample_rate: float,
     """The running speed as a factor on the configured one, from the shaft's lines in K windows' spectra
     (``_spectrum``, (n/2+1, C) each), and a note for the report ("" when nothing to say).
 
-    The 1x line is the largest Hann power bin within ``tolerance`` of the configured shaft rate that stands out
-    (``_peak_hz``), else within ``speed_search``; its 2x .. ``SPEED_HARMONICS``x lines, where they stand out
-    within 2 bins of where it puts them, refine it (each weighted by its order squared: a harmonic h places the
-    rate h times more finely). A rate within ``tolerance`` of the configured one, or none standing out, gives 1.0
-    (the configured speed: the lines' intervals hold their lines, and a 1x line in noise is placed no better than
-    about 0.5 %); else the factor rounded to ``SPEED_QUANTUM``.
+    The 1x line is the largest Hann power bin within ``tolerance`` of the configured shaft rate (the nearest bin
+    when no bin lies that close) that stands out (``_peak_hz``), else within ``speed_search`` of it, the supply's
+    lines (multiples of 50 and 60 Hz) left out there; its 2x .. ``SPEED_HARMONICS``x lines, where they stand out
+    within 2 bins of where it puts them and are not the supply's, refine it (each weighted by its order squared: a
+    harmonic h places the rate h times more finely). The factor is kept within 1 +- ``speed_search``. Within
+    ``tolerance`` of the configured speed, or no line standing out: 1.0 (the configured speed: the lines' intervals
+    hold their lines, and a 1x line in noise is placed no better than about 0.5 %); else the factor rounded to
+    ``SPEED_QUANTUM``.
     """
     search = geometry.speed_search
     if search <= 0:
         return 1.0, ""
     f0, df = geometry.shaft_frequency, sample_rate / n
     f1 = None
-    for frac in dict.fromkeys((min(geometry.tolerance, search), search)):
-        f1 = _peak_hz(specs, df, max(LOW_BINS, int(f0 * (1 - frac) / df)), int(math.ceil(f0 * (1 + frac) / df)) + 1)
+    for frac, mains in ((min(geometry.tolerance, search), True), (search, False)):
+        k1, k2 = max(LOW_BINS, int(math.ceil(f0 * (1 - frac) / df))), int(math.floor(f0 * (1 + frac) / df)) + 1
+        if k2 <= k1:  # no bin that close: the nearest one
+            k1 = max(LOW_BINS, int(round(f0 / df)))
+            k2 = k1 + 1
+        f1 = _peak_hz(specs, df, k1, k2, mains=mains)
         if f1 is not None:
             break
     if f1 is None:
-        return 1.0, (f"no shaft line stands out within {search:.0%} of the configured {f0:.2f} Hz: the configured "
-                     "speed is used")
+        return 1.0, (f"no shaft line stands out within {search * 100:.3g} % of the configured {f0:.4g} Hz: the "
+                     "configured speed is used")
     estimates, weights = [f1], [1.0]
     for h in range(2, SPEED_HARMONICS + 1):
         c = int(round(h * f1 / df))
-        fh = _peak_hz(specs, df, c - 2, c + 3)
+        fh = None if _near_mains(h * f1, df) else _peak_hz(specs, df, c - 2, c + 3)
         if fh is not None:
             estimates.append(fh / h)
             weights.append(float(h * h))
-    speed = float(np.average(estimates, weights=weights)) / f0
+    speed = min(max(float(np.average(estimates, weights=weights)) / f0, 1.0 - search), 1.0 + search)
     if abs(speed - 1.0) <= geometry.tolerance:
         return 1.0, ""  # the lines' intervals hold them; a noisy 1x would only move the shaft harmonics' mask
     speed = round(round(speed / SPEED_QUANTUM) * SPEED_QUANTUM, 6)
-    return speed, (f"shaft measured at {f0 * speed:.2f} Hz ({f0 * speed * 60:.0f} rpm), {speed - 1:+.1%} from the "
-                   f"configured {f0:.2f} Hz: the defect frequencies are scaled by it (check shaft_rpm if the machine "
+    speed = min(max(speed, 1.0 - search), 1.0 + search)
+    return speed, (f"shaft measured at {f0 * speed:.4g} Hz ({f0 * speed * 60:.4g} rpm), {speed - 1:+.1%} from the "
+                   f"configured {f0:.4g} Hz: the defect frequencies are scaled by it (check shaft_rpm if the machine "
                    "runs at one speed)")
 
 
@@ -590,7 +616,11 @@ def _log_line_p(ratio: float, m: int, k: int, windows: int = 1) -> float:
     if windows == 1:
         j = (k + 1) / 2
         a = k - j + 1
-        log_q = math.lgamma(a + ratio) - math.lgamma(a + ratio + j) - math.lgamma(a) + math.lgamma(a + j)
+        if ratio > 1e6:  # lgamma(a + r) - lgamma(a + r + j) -> -j ln(a + r): the difference cancels in floats
+            log_q = -j * math.log(a + ratio) - math.lgamma(a) + math.lgamma(a + j)
+        else:
+            log_q = math.lgamma(a + ratio) - math.lgamma(a + ratio + j) - math.lgamma(a) + math.lgamma(a + j)
+        log_q = min(log_q, 0.0)
     else:
         t, log_w, log_tail = _median_law(windows, round(k, 6))
         x = (windows * ratio) * t
@@ -598,6 +628,8 @@ def _log_line_p(ratio: float, m: int, k: int, windows: int = 1) -> float:
         top = max(float(v.max()), log_tail)
         log_q = min(0.0, top + math.log(float(np.exp(v - top).sum()) + math.exp(log_tail - top)))
     q = math.exp(log_q)
+    if q >= 1.0:
+        return 0.0
     if q < 1e-12:
         return math.log(m) + log_q if m * q < 1e-6 else math.log(-math.expm1(m * math.log1p(-q)))
     return math.log(max(-math.expm1(m * math.log1p(-q)), 1e-300))
@@ -670,6 +702,8 @@ def _judge(ses: np.ndarray, plan: _Plan, windows: int = 1, pvalues: bool = True)
         k = int(np.argmax(ses[a:b])) + a
         peak[i] = ses[k]
         fl = plan.floors[i]
+        if not len(fl):
+            continue
         median = float(np.partition(ses[fl], (len(fl) - 1) // 2)[(len(fl) - 1) // 2])
         floor[i] = median / _median_over_mean(windows)
         if k > 0 and ses[k] < ses[k - 1] or k + 1 < len(ses) and ses[k] < ses[k + 1] or not median > 0:
@@ -765,7 +799,7 @@ class EnvelopeBaseline:
 
     def check(self, sample_rate: float, n: int, channels: int, geometry: BearingGeometry) -> None:
         """Raise ValueError unless this baseline fits windows of ``n`` x ``channels`` at ``sample_rate``."""
-        if self.geometry != geometry:
+        if self.geometry != dataclasses.replace(geometry, speed_search=self.geometry.speed_search):
             raise ValueError("baseline: learned for another bearing geometry or speed; learn it again")
         if self.sample_rate != float(sample_rate) or self.n_samples != n:
             raise ValueError(f"baseline: learned on windows of {self.n_samples} samples at {self.sample_rate:g} Hz, "
@@ -1077,6 +1111,11 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
         chosen = [0 if band is not None else int(np.argmin([min(jd.family_logp.values()) for jd in judged[ch]]))
                   for ch in range(c)]
         searched = 1 if band is not None else len(plan.bands)
+    # a band holding only round-off (a pure tone, a calibrator, a signal synthesised without noise) has no envelope
+    cut = [(k1, k2) if band is not None else plan.bands[j] for j in chosen]
+    quiet = [ch for ch, (a, b) in enumerate(cut)
+             if not sum(float(np.sum(np.abs(sp[a:b, ch]) ** 2)) for sp in specs)
+             > QUIET_BAND * sum(float(np.sum(np.abs(sp[:, ch]) ** 2)) for sp in specs)]
     freqs = _scaled(geometry, speed)[0]
     log_alpha = math.log(ALPHA_DEFECT / searched)
     bound = None if baseline is None else baseline.family_bound(nw)
@@ -1096,7 +1135,7 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
                 num, den = float(jd.ratio[list(idx)].sum()), float(bound[ch, band_index[j], f])
                 bdb = 10 * math.log10(num / den) if num > 0 and den > 0 else (99.0 if num > 0 else 0.0)
             lp = jd.family_logp[d]
-            present = bool(idx) and lp < log_alpha and (bdb is None or bdb >= BASELINE_DB)
+            present = bool(idx) and lp < log_alpha and (bdb is None or bdb >= BASELINE_DB) and ch not in quiet
             evidence.append(DefectEvidence(d, PARTS[d], freqs[d], ch, present, -lp / math.log(10), bdb,
                                            sum(ev.stands_out for ev in fam), len(idx), fam,
                                            plan.cage_note if d == "ftf" else ""))
@@ -1108,7 +1147,10 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
     if speed != 1.0:
         summary += (f" [shaft measured at {geometry.shaft_frequency * speed:.2f} Hz, {speed - 1:+.1%} from the configured "
                     "speed]")
-    notes = tuple(v for v in (speed_note, plan.cage_note) if v)
+    quiet_note = quiet and (f"{', '.join(names[ch] for ch in quiet)}: not analysed, no vibration in the envelope band "
+                            f"(below {QUIET_BAND:g} of the window's energy: a pure tone, a calibrator or a signal "
+                            "without noise; check the sensor)")
+    notes = tuple(v for v in (speed_note, plan.cage_note, quiet_note) if v)
     return BearingReport(verdict, defect, channel, cname, summary, tuple(band_hz[j] for j in chosen),
                          tuple(float(sk[ch, j]) for ch, j in enumerate(chosen)), tuple(evidence), tuple(shaft),
                          baseline is not None, notes, nw, geometry.shaft_frequency * speed)
