@@ -126,6 +126,8 @@ class WindowResult:
     seq_end: int
     stats: dict[str, float] = field(default_factory=dict)
     too_good: str = ""  # evidence that the window matched too well (blind_spots): a hit whatever its score
+    level: float = 0.0  # the level check's ratio (blind_spots.LevelWatch): judged like score / threshold when larger
+    level_reason: str = ""  # ... and what it found, in words (for the alert's reason when it carries the alert)
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,9 @@ class AlertStateMachine:
             self.last_hit = False
             return None
         p = self.policy
+        shifted = math.isfinite(result.level) and result.level * threshold > score
+        if shifted:
+            score = result.level * threshold
         self._track_home(score / threshold)
         threshold *= self._baseline
         ratio = score / threshold
@@ -249,6 +254,8 @@ class AlertStateMachine:
                         self._remember(r)
                 why = (f"{result.too_good}; {hits} of the last {p.n} windows were hits" if too_good else
                        f"{hits} of the last {p.n} windows above the threshold")
+                if shifted and result.level_reason:
+                    why += f" or off their level ({result.level_reason})"
                 if self._state == "critical":
                     why += f", {crits} at {p.critical_ratio:g} x or more"
                 return self._event("raised", result, hits, why)

@@ -19,7 +19,17 @@ so the score falls instead of rising, and no threshold on it can see them:
   that (:class:`TooGoodWatch`), the window is a hit for the alert debounce like a window above the threshold
   (``pipeline.Pipeline``; the alert's reason says "too good"), counted in ``too_good_windows``.
 
-A bundle without these keys (trained before them) loads and serves as before, without the two checks; the
+* **a level shift too small for the reconstruction** (raw mode): the autoencoder scores a window's shape against a
+  min-max scale of the whole training range, so one channel among several that sits a few of its own noise widths
+  off its usual level adds little error (SKAB's valve-1 files 2, 4, 6: the flow drops 1-2 training spreads per row
+  for 400 rows and the score does not move). The trainer writes, per channel not judged against its recent level,
+  the mean and spread of the means of W consecutive training rows and the largest excursion any training window
+  reached (manifest ``signal.window_means``, ``contract.blind_spots.window_means``); :class:`LevelWatch` gives each
+  scored window the ratio of its channels' excursions to ``LEVEL_MARGIN`` x that largest one. The alert state
+  machine takes the larger of it and score / threshold (``alerts.WindowResult.level``), so a shift raises, and
+  clears, like a score; the alert's reason names the channel.
+
+A bundle without these keys (trained before them) loads and serves as before, without the checks; the
 pipeline says so once in the log.
 """
 
@@ -32,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edge_agent.contract.blind_spots import FlatRuns, span_floors
+from edge_agent.contract.bundle import WindowMeanFacts
 
 #: A channel is stuck once its run of identical values is longer than this many times the longest one in training
 #: ... (the longest run grows with the time watched: measured on the shared data, later runs reach 2.2x the training
@@ -48,6 +59,11 @@ TOO_GOOD_MARGIN = 0.5
 #: ... for spans whose healthy floor is at least this share of the threshold (below it the model reconstructs the
 #: span almost perfectly anyway: a quiet stretch is not an absent pattern, e.g. art_load_balancer_spikes' idle hours)
 TOO_GOOD_MIN_FLOOR = 0.1
+
+#: Level: a window's mean strays this many times farther from the training mean (in spreads of the training windows'
+#: means) than the farthest training window did, before it counts like a score at the threshold. Longer watching
+#: finds larger excursions than the training rows held (the stuck check's 2.2x, above); 2 leaves that room.
+LEVEL_MARGIN = 2.0
 
 
 def stuck_limits(longest: tuple[int, ...], changed: tuple[bool, ...], window_samples: int) -> np.ndarray:
@@ -199,3 +215,49 @@ class TooGoodWatch:
             if highest < limit:
                 return TooGood(int(m), highest, limit)
         return None
+
+
+@dataclass(frozen=True)
+class Level:
+    """A scored window's level check: ``ratio`` (the largest channel excursion over its limit: > 1 is a hit, like a
+    score over the threshold), on ``channel``: the mean of the last ``rows`` rows ``value`` against the training mean
+    ``mean``, ``z`` spreads away (``trained``: the farthest a training window went)."""
+
+    ratio: float
+    channel: str
+    value: float
+    mean: float
+    z: float
+    trained: float
+    rows: int
+
+    def describe(self) -> str:
+        """In words, for a maintenance person."""
+        side = "above" if self.value > self.mean else "below"
+        return (f"channel {self.channel}: the mean of the last {self.rows} rows, {self.value:.6g}, is {self.z:.1f} "
+                f"training spreads {side} its training mean {self.mean:.6g} (no training window went past "
+                f"{self.trained:.1f}): a level shift; check the process or the sensor")
+
+
+class LevelWatch:
+    """Judges each scored window's channel means against the training windows' (``signal.window_means``; raw mode)."""
+
+    def __init__(self, facts: WindowMeanFacts | None, channels: tuple[str, ...]) -> None:
+        self.facts = facts
+        self.channels = channels
+
+    def check(self, samples: np.ndarray) -> Level | None:
+        """The level of a window's raw rows (n, C) (its last ``window`` rows); None without facts, or when the window
+        is shorter or holds a non-finite value in a judged channel."""
+        f = self.facts
+        if f is None or samples.ndim != 2 or samples.shape[0] < f.window or samples.shape[1] <= max(f.channels):
+            return None
+        m = samples[-f.window:, list(f.channels)].astype(np.float64).mean(axis=0)
+        if not np.isfinite(m).all():
+            return None
+        z = np.abs(m - f.mean) / f.sd
+        r = z / (LEVEL_MARGIN * np.maximum(f.max_z, 1.0))
+        i = int(np.argmax(r))
+        c = f.channels[i]
+        return Level(float(r[i]), self.channels[c] if c < len(self.channels) else str(c), float(m[i]), float(f.mean[i]),
+                     float(z[i]), float(f.max_z[i]), f.window)

@@ -37,7 +37,7 @@ import numpy as np
 
 from edge_agent import calibration
 from edge_agent.alerts import AlertEvent, AlertPolicy, AlertStateMachine, WindowResult
-from edge_agent.blind_spots import Stuck, StuckWatch, TooGoodWatch, stuck_limits
+from edge_agent.blind_spots import LevelWatch, Stuck, StuckWatch, TooGoodWatch, stuck_limits
 from edge_agent.contract import explain
 from edge_agent.contract.bundle import Bundle
 from edge_agent.contract.frames import Frame, seq_gap
@@ -159,6 +159,8 @@ class ScoringCounters:
     too_good_windows: int = counter("Windows too good to be healthy: the latest windows all scored far below any "
                                     "healthy stretch as long (an expected pattern did not happen); each a hit for "
                                     "the alert debounce.")
+    level_windows: int = counter("Windows whose channel means strayed off their training level further than the "
+                                 "level check allows (raw mode); each a hit for the alert debounce.")
     stuck_episodes: int = counter("Times a channel froze: one raw value repeated longer than the training data ever "
                                   "held one (health condition stuck).")
 
@@ -211,6 +213,7 @@ class Pipeline:
         self.windower = make_windower(bundle, sample_rate, self.bridge_fraction, device)
         self.stuck_watch = make_stuck_watch(bundle, self.windower.sample_rate, device)
         self.too_good = make_too_good_watch(bundle, device)
+        self.level_watch = LevelWatch(bundle.window_means, tuple(bundle.spec.channels))
         self.clock = SampleClock(self.windower.sample_rate)
         self.alerts = AlertStateMachine(policy, clock=cooldown_clock or self.now)
         self.threshold = float(threshold)
@@ -381,6 +384,11 @@ class Pipeline:
         """Hand a result to the alert state machine and to the ``on_window`` callback. A too-good window
         (``blind_spots.TooGoodWatch``) is a hit for the debounce like one above the threshold."""
         too_good = self.too_good.update(result.score, result.threshold) if w is not None else None
+        level = self.level_watch.check(self.windower.window_samples()) if w is not None else None
+        if level is not None:
+            if level.ratio > 1.0:
+                self.counters.level_windows += 1
+            result = replace(result, level=level.ratio, level_reason=level.describe() if level.ratio > 1.0 else "")
         if too_good is None:
             event = self.alerts.update(result)
         else:
@@ -422,6 +430,7 @@ class Pipeline:
                     self.clock.anchor(expected, anchor)
         self.bundle, self.scorer, self.threshold = bundle, scorer, float(threshold)
         self.too_good = make_too_good_watch(bundle, self.device)
+        self.level_watch = LevelWatch(bundle.window_means, tuple(bundle.spec.channels))
         self.alerts.reset()
         self._unscored = self._unscored_over_range = 0
 

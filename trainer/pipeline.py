@@ -31,8 +31,8 @@ import numpy as np
 
 from edge_agent.contract import explain, topics
 from edge_agent.contract import threshold as thresholds
-from edge_agent.contract.blind_spots import longest_flat_runs, span_floors
-from edge_agent.contract.bundle import FLAT_RUNS_KEY, SCHEMA_VERSION, SPAN_MAX_KEY, write_bundle
+from edge_agent.contract.blind_spots import longest_flat_runs, span_floors, window_means
+from edge_agent.contract.bundle import FLAT_RUNS_KEY, SCHEMA_VERSION, SPAN_MAX_KEY, WINDOW_MEANS_KEY, write_bundle
 from edge_agent.contract.preprocess import PreprocessSpec
 from edge_agent.contract.recordings import Recording, detect_format, load
 from edge_agent.scorer import TFLiteModel
@@ -453,7 +453,8 @@ def build_manifest(opts: TrainOptions, rec: Recording, recipe: recipes.Recipe, w
             "split": _split_facts(opts, win, checks),
         },
         "signal": {"channels": list(rec.channels), "units": rec.units, "sample_rate": rec.sample_rate,
-                   FLAT_RUNS_KEY: _flat_runs(rec, win.n_train_rows)},
+                   FLAT_RUNS_KEY: _flat_runs(rec, win.n_train_rows),
+                   **_window_means(rec, win)},
         "recipe": recipe.to_dict(),
         "preprocess": win.spec.to_dict(),
         "window": {"steps": win.spec.window, "hop": win.spec.hop, "samples": win.spec.window_samples,
@@ -488,6 +489,17 @@ def _flat_runs(rec: Recording, n_train_rows: int) -> dict:
     training rows and whether the channel ever changed there (``edge_agent.blind_spots``: the stuck-channel check)."""
     longest, changed = longest_flat_runs((seg.data for seg in rec.head(n_train_rows).segments), rec.n_channels)
     return {"longest": longest, "changed": changed}
+
+
+def _window_means(rec: Recording, win: RunWindows) -> dict:
+    """The manifest's ``signal.window_means`` in raw mode (``edge_agent.blind_spots``: the level check): per channel
+    not judged against its recent level, the means of a served window's rows over the training rows; {} otherwise."""
+    spec = win.spec
+    if spec.mode != "raw" or spec.block != 1:
+        return {}
+    chans = [i for i, c in enumerate(rec.channels) if c not in spec.relative]
+    facts = window_means((seg.data for seg in rec.head(win.n_train_rows).segments), spec.window, chans)
+    return {WINDOW_MEANS_KEY: facts} if facts else {}
 
 
 def write_outputs(opts: TrainOptions, manifest: dict, win: RunWindows, trained: Trained, exported: Exported,

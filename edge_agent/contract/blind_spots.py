@@ -4,7 +4,8 @@
 (``contract.bundle.FLAT_RUNS_KEY``, ``SPAN_MAX_KEY``), the gateway follows the same quantities live:
 
 * :class:`FlatRuns`, :func:`longest_flat_runs`: runs of identical consecutive raw values per channel;
-* :func:`span_floors`: per span of M consecutive windows, the lowest of their highest score.
+* :func:`span_floors`: per span of M consecutive windows, the lowest of their highest score;
+* :func:`window_means`: per channel, how far the mean of a window's rows strayed from its training mean.
 """
 
 from __future__ import annotations
@@ -85,3 +86,31 @@ def span_floors(scores: np.ndarray) -> dict:
         lowest.append(float(np.lib.stride_tricks.sliding_window_view(s, m).max(axis=1).min()))
         m *= 2
     return {"windows": spans, "lowest": lowest}
+
+
+def window_means(segments: Iterable[np.ndarray], window: int, channels: Iterable[int]) -> dict | None:
+    """``{"window": W, "channels": [c, ...], "mean": [...], "sd": [...], "max_z": [...]}``: for each channel c of
+    ``channels``, the mean and spread of the means of W consecutive rows over ``segments`` ((n, C) raw rows, each
+    contiguous; windows never span two), and the largest |mean - its mean| / spread any training window reached.
+    Channels whose window means do not vary are left out; None when no channel is left or no segment holds a window."""
+    chans = list(channels)
+    sums, n_win = [], 0
+    for x in segments:
+        x = np.asarray(x, np.float64)
+        if len(x) < window or not chans:
+            continue
+        c = np.cumsum(np.vstack([np.zeros((1, len(chans))), x[:, chans]]), axis=0)
+        sums.append((c[window:] - c[:-window]) / window)
+        n_win += len(sums[-1])
+    if n_win < 2:
+        return None
+    means = np.vstack(sums)  # (N, len(chans))
+    if not np.isfinite(means).all():
+        return None
+    mu, sd = means.mean(axis=0), means.std(axis=0)
+    keep = [i for i in range(len(chans)) if sd[i] > 1e-12 * max(1.0, abs(mu[i]))]
+    if not keep:
+        return None
+    z = np.abs(means[:, keep] - mu[keep]) / sd[keep]
+    return {"window": int(window), "channels": [int(chans[i]) for i in keep], "mean": [float(mu[i]) for i in keep],
+            "sd": [float(sd[i]) for i in keep], "max_z": [float(v) for v in z.max(axis=0)]}

@@ -64,6 +64,10 @@ FLAT_RUNS_KEY = "flat_runs"
 #: highest score among M consecutive windows: every healthy stretch of M windows had one scoring at least that.
 #: Optional, like ``FLAT_RUNS_KEY``.
 SPAN_MAX_KEY = "healthy_served_span_max"
+#: ``signal`` key of the level check's facts (``edge_agent.blind_spots``, raw mode): ``{"window": W, "channels": [c],
+#: "mean": [...], "sd": [...], "max_z": [...]}``, per judged channel the mean and spread of the means of W consecutive
+#: training rows and the largest |mean - mean| / spread a training window reached. Optional, like ``FLAT_RUNS_KEY``.
+WINDOW_MEANS_KEY = "window_means"
 
 #: Required manifest keys and their types; nested dicts are checked recursively.
 MANIFEST_SCHEMA: dict = {
@@ -164,6 +168,42 @@ def _flat_run_facts(manifest: dict, n_channels: int, where: Path) -> FlatRunFact
     return FlatRunFacts(tuple(longest), tuple(changed))
 
 
+@dataclass(frozen=True)
+class WindowMeanFacts:
+    """``WINDOW_MEANS_KEY``: rows per window, the judged channels' indices, their training window means' mean,
+    spread and largest excursion (in spreads), each (K,) float64."""
+
+    window: int
+    channels: tuple[int, ...]
+    mean: np.ndarray
+    sd: np.ndarray
+    max_z: np.ndarray
+
+
+def _window_mean_facts(manifest: dict, n_channels: int, where: Path) -> WindowMeanFacts | None:
+    """``signal.window_means`` checked (BundleError when present but malformed), or None when absent."""
+    facts = manifest["signal"].get(WINDOW_MEANS_KEY)
+    if facts is None:
+        return None
+    key = f"signal.{WINDOW_MEANS_KEY}"
+    try:
+        window, chans = facts["window"], facts["channels"]
+        arrays = [np.asarray(facts[k], np.float64) for k in ("mean", "sd", "max_z")]
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(f"{where}: {key} must be an object with 'window', 'channels', 'mean', 'sd' and 'max_z', "
+                          f"not {str(facts)[:80]}") from None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise BundleError(f"{where}: {key}.window must be a whole number of rows >= 1, not {window!r}")
+    if not (isinstance(chans, list) and chans and len(set(chans)) == len(chans)
+            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n_channels for c in chans)):
+        raise BundleError(f"{where}: {key}.channels must list distinct channel indices 0..{n_channels - 1}, not "
+                          f"{str(chans)[:80]}")
+    if any(a.shape != (len(chans),) or not np.isfinite(a).all() for a in arrays) or not (arrays[1] > 0).all() \
+            or not (arrays[2] >= 0).all():
+        raise BundleError(f"{where}: {key}: mean, sd (> 0) and max_z (>= 0) must each hold {len(chans)} finite numbers")
+    return WindowMeanFacts(int(window), tuple(chans), *arrays)
+
+
 def _span_floors(manifest: dict, where: Path) -> tuple[tuple[int, float], ...]:
     """``score_quantiles.healthy_served_span_max`` as ((M, lowest max over M windows), ...) (BundleError when present
     but malformed; empty when absent)."""
@@ -199,6 +239,8 @@ class Bundle:
     #: ``score_quantiles.healthy_served_span_max`` as ((M windows, lowest max), ...) (empty: a bundle written before
     #: it; no too-good check).
     span_floors: tuple[tuple[int, float], ...] = ()
+    #: ``signal.window_means`` (None: a bundle written before it, or not in raw mode; no level check).
+    window_means: WindowMeanFacts | None = field(default=None, compare=False)
 
     @property
     def model_path(self) -> Path:
@@ -295,7 +337,8 @@ class Bundle:
             raise BundleError(f"{manifest_path}: threshold.value must be a positive number, got {t['value']}")
         bundle = cls(path, manifest, spec, scaler, Threshold(t["method"], float(t["value"]), dict(t["params"])),
                      model_bytes, _flat_run_facts(manifest, len(spec.channels), manifest_path),
-                     _span_floors(manifest, manifest_path))
+                     _span_floors(manifest, manifest_path),
+                     _window_mean_facts(manifest, len(spec.channels), manifest_path))
         if check_model:
             bundle.check_tensors()
         return bundle

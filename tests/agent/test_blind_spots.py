@@ -12,9 +12,17 @@ import pytest
 
 from edge_agent import metrics
 from edge_agent.alerts import AlertPolicy
-from edge_agent.blind_spots import STUCK_FACTOR, STUCK_MIN_WINDOWS, TOO_GOOD_MARGIN, TooGoodWatch, stuck_limits
-from edge_agent.contract.blind_spots import FlatRuns, longest_flat_runs, span_floors
-from edge_agent.contract.bundle import FLAT_RUNS_KEY, MANIFEST_FILE, SPAN_MAX_KEY, Bundle
+from edge_agent.blind_spots import (
+    LEVEL_MARGIN,
+    STUCK_FACTOR,
+    STUCK_MIN_WINDOWS,
+    TOO_GOOD_MARGIN,
+    LevelWatch,
+    TooGoodWatch,
+    stuck_limits,
+)
+from edge_agent.contract.blind_spots import FlatRuns, longest_flat_runs, span_floors, window_means
+from edge_agent.contract.bundle import FLAT_RUNS_KEY, MANIFEST_FILE, SPAN_MAX_KEY, WINDOW_MEANS_KEY, Bundle
 from edge_agent.contract.errors import BundleError
 from edge_agent.contract.frames import Frame
 from edge_agent.pipeline import Pipeline
@@ -132,12 +140,18 @@ def test_a_bundle_written_before_the_checks_loads_serves_and_says_so_once(tmp_pa
     (SPAN_MAX_KEY, {"windows": [1, 2], "lowest": [0.1]}, "score_quantiles.healthy_served_span_max must be an object"),
     (SPAN_MAX_KEY, {"windows": [0], "lowest": [0.1]}, "whole numbers of windows >= 1"),
     (SPAN_MAX_KEY, {"windows": [1], "lowest": [-1.0]}, "scores >= 0"),
+    (WINDOW_MEANS_KEY, {"window": 10, "channels": [7], "mean": [0.0], "sd": [1.0], "max_z": [2.0]},
+     "signal.window_means.channels must list distinct channel indices 0..3"),
+    (WINDOW_MEANS_KEY, {"window": 10, "channels": [0], "mean": [0.0], "sd": [0.0], "max_z": [2.0]}, "must each hold 1 finite numbers"),
+    (WINDOW_MEANS_KEY, {"window": 0, "channels": [0], "mean": [0.0], "sd": [1.0], "max_z": [2.0]},
+     "whole number of rows >= 1"),
+    (WINDOW_MEANS_KEY, [1, 2], "must be an object with 'window'"),
 ])
 def test_malformed_blind_spot_facts_refuse_the_bundle(tmp_path, agent_bundle, key, value, says):
     bad = copy_bundle(agent_bundle, tmp_path / "bad")
 
     def edit(m):
-        (m["signal"] if key == FLAT_RUNS_KEY else m["score_quantiles"])[key] = value
+        (m["signal"] if key in (FLAT_RUNS_KEY, WINDOW_MEANS_KEY) else m["score_quantiles"])[key] = value
 
     rewrite_bundle(bad, manifest_edit=edit)
     with pytest.raises(BundleError, match=says.replace(".", r"\.")):
@@ -148,3 +162,53 @@ def test_span_floors_are_the_lowest_highest_score_of_each_span():
     s = np.array([5.0, 1.0, 1.0, 4.0, 1.0, 1.0, 1.0, 6.0, 2.0, 3.0])
     assert span_floors(s) == {"windows": [1, 2, 4], "lowest": [1.0, 1.0, 4.0]}
     assert span_floors(np.array([1.0])) == {"windows": [], "lowest": []}
+
+
+def test_a_level_shift_the_score_cannot_see_raises_through_the_debounce_names_the_channel_and_clears(noise_bundle):
+    # one channel of noise (sd 1) under a slow swing; its level moves by 1.5 noise widths: the autoencoder, scoring the
+    # window's shape, stays below its threshold; the window means stray past any training window's (the swing makes
+    # the margin come and go, so the alert may clear and raise again while the shift lasts)
+    bundle = Bundle.load(noise_bundle)
+    facts = bundle.window_means
+    assert facts is not None and facts.window == bundle.spec.window and facts.channels == (0,)
+    assert 1.0 < float(facts.max_z[0]) < 6.0
+    events, scores = [], []
+    p = _pipeline(bundle, events, scores)
+    seq = _push(p, running_machine(1440, seed=2))
+    assert p.counters.level_windows == 0 and events == []
+    seq = _push(p, running_machine(720, seed=3) + np.float32(1.5), seq)
+    assert events and events[0].kind == "raised", [(e.kind, e.reason) for e in events]
+    assert "off their level (channel ch0: the mean of the last 24 rows" in events[0].reason, events[0].reason
+    assert "training spreads above its training mean" in events[0].reason and "level shift" in events[0].reason
+    assert p.counters.level_windows >= 10
+    _push(p, running_machine(720, seed=4), seq)  # back to its level
+    assert events[-1].kind == "cleared" and p.state == "normal"
+    doc = {"sensors": {"press-2": fields_of(p.counters)}}
+    assert f'edge_agent_level_windows_total{{sensor="press-2"}} {p.counters.level_windows}' in metrics.render(doc)
+    p2 = _pipeline(bundle, [], None)  # the same shift without the check: the score alone raises nothing
+    p2.level_watch = LevelWatch(None, ("ch0",))
+    _push(p2, running_machine(720, seed=3) + np.float32(1.5), _push(p2, running_machine(1440, seed=2)))
+    assert p2.alerts.events == 0
+
+
+def test_the_level_check_reads_the_training_windows_and_judges_only_what_it_was_given():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 3))
+    x[:, 2] = 5.0  # a constant channel: nothing to judge it by
+    facts = window_means([x[:200], x[200:]], 10, [0, 2])  # channel 1 left out (judged against its recent level)
+    assert facts["window"] == 10 and facts["channels"] == [0]
+    means = np.concatenate([np.convolve(x[:200, 0], np.ones(10) / 10, "valid"),
+                            np.convolve(x[200:, 0], np.ones(10) / 10, "valid")])  # windows never span two segments
+    assert facts["mean"][0] == pytest.approx(means.mean()) and facts["sd"][0] == pytest.approx(means.std())
+    assert facts["max_z"][0] == pytest.approx(np.abs(means - means.mean()).max() / means.std())
+    assert window_means([x[:5]], 10, [0]) is None and window_means([x], 10, []) is None
+    from edge_agent.contract.bundle import WindowMeanFacts
+    watch = LevelWatch(WindowMeanFacts(10, (0,), np.array([0.0]), np.array([0.3]), np.array([3.0])), ("flow", "b", "c"))
+    quiet = watch.check(np.zeros((10, 3), np.float32))
+    assert quiet.ratio == 0.0 and quiet.channel == "flow"
+    low = watch.check(np.full((10, 3), -3.0, np.float32))  # 10 spreads below; the farthest training window: 3
+    assert low.ratio == pytest.approx(10.0 / (LEVEL_MARGIN * 3.0)) and "below its training mean" in low.describe()
+    nan = np.zeros((10, 3), np.float32)
+    nan[3, 0] = np.nan
+    assert watch.check(nan) is None and watch.check(np.zeros((4, 3), np.float32)) is None
+    assert LevelWatch(None, ("flow",)).check(np.zeros((10, 1), np.float32)) is None
