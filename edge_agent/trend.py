@@ -201,6 +201,10 @@ class TrendStore:
         start = math.floor(t / 60.0) * 60.0
         with self._lock:
             m = self._current.get(device)
+            if m is not None and m.t - 60.0 <= start < m.t:
+                # stamped a little before the open minute (a burst of frames re-anchors the sample clock): it counts
+                # in the open minute; going back would write the earlier minute's row again, over the whole of it
+                start = m.t
             if m is None or start != m.t:
                 if m is not None and m.windows:
                     self._queue(m.row(device))

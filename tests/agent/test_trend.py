@@ -61,6 +61,24 @@ def test_minutes_aggregate_the_worst_and_the_mean_and_survive_a_restart(tmp_path
     reopened.close()
 
 
+def test_window_times_that_step_back_across_a_minute_lose_no_window(tmp_path) -> None:
+    # a burst of frames re-anchors the sample clock, so window times can step back a little: around a minute's
+    # turn they alternated between two minutes, and each return rewrote the earlier minute's row with a part of it
+    # (an agent on a pty counted 11 of 192 windows)
+    clock = Clock(T0 + 200)
+    store = TrendStore(tmp_path / "trend.sqlite", clock=clock).open()
+    times = [T0 + 50 + i for i in range(5)] + [T0 + 58, T0 + 61, T0 + 59, T0 + 62, T0 + 57.5, T0 + 63, T0 + 64]
+    for t in times:
+        store.add("pump-1", t, 0.1, 0.5, "normal")
+    store.flush()
+    rows = store.series("pump-1", "1h")["rows"]
+    assert sum(r[1] for r in rows) == len(times), rows
+    assert [r[0] for r in rows] == [T0, T0 + 60]
+    store.add("pump-1", T0 - 3600, 0.1, 0.5, "normal")  # a clock stepped back an hour starts its own minute
+    assert sum(r[1] for r in store.series("pump-1", "24h")["rows"]) == len(times) + 1
+    store.close()
+
+
 def test_old_minutes_roll_up_into_hours_and_the_30_day_chart_reads_both(tmp_path) -> None:
     clock = Clock()
     store = TrendStore(tmp_path / "trend.sqlite", minute_days=1.0, clock=clock).open()
