@@ -234,9 +234,9 @@ class Level:
     def describe(self) -> str:
         """In words, for a maintenance person."""
         side = "above" if self.value > self.mean else "below"
-        return (f"channel {self.channel}: the mean of the last {self.rows} rows, {self.value:.6g}, is {self.z:.1f} "
+        return (f"channel {self.channel}: the mean of the last {self.rows} rows, {self.value:.6g}, is {self.z:.3g} "
                 f"training spreads {side} its training mean {self.mean:.6g} (no training window went past "
-                f"{self.trained:.1f}): a level shift; check the process or the sensor")
+                f"{self.trained:.3g}): a level shift; check the process or the sensor")
 
 
 class LevelWatch:
@@ -255,8 +255,11 @@ class LevelWatch:
         m = samples[-f.window:, list(f.channels)].astype(np.float64).mean(axis=0)
         if not np.isfinite(m).all():
             return None
-        z = np.abs(m - f.mean) / f.sd
-        r = z / (LEVEL_MARGIN * np.maximum(f.max_z, 1.0))
+        with np.errstate(over="ignore"):
+            z = np.abs(m - f.mean) / f.sd
+            r = z / (LEVEL_MARGIN * np.maximum(f.max_z, 1.0))
+        if not np.isfinite(r).all():
+            return None
         i = int(np.argmax(r))
         c = f.channels[i]
         return Level(float(r[i]), self.channels[c] if c < len(self.channels) else str(c), float(m[i]), float(f.mean[i]),

@@ -99,6 +99,23 @@ def make_too_good_watch(bundle: Bundle, device: str = "") -> TooGoodWatch:
     return TooGoodWatch(bundle.span_floors, bundle.threshold.value)
 
 
+def make_level_watch(bundle: Bundle, threshold: float, device: str = "") -> LevelWatch:
+    """The level check for a raw-mode bundle (``edge_agent.blind_spots``); off, said once in the log, for one written
+    before ``signal.window_means`` and for a device calibrated on its own windows (``threshold`` other than the
+    bundle's: its level may sit elsewhere than the training rows', and it is judged by the calibrated threshold)."""
+    facts = bundle.window_means
+    if bundle.spec.mode == "raw" and facts is None:
+        log.info("%s: bundle %s has no signal.window_means (written before the level check): a channel's level shift "
+                 "too small for the score is not reported for it; retrain to turn the check on", device or "sensor",
+                 bundle.version)
+    if facts is not None and threshold != bundle.threshold.value:
+        log.info("%s: the level check is off: the device is calibrated on its own windows (threshold %.6g, the "
+                 "bundle's %.6g), whose level need not be the training rows'", device or "sensor", threshold,
+                 bundle.threshold.value)
+        facts = None
+    return LevelWatch(facts, tuple(bundle.spec.channels))
+
+
 def flat_stats(stats: dict | None) -> dict[str, float]:
     """{"rms": [a, b], "peak": [c, d]} -> {"rms_0": a, "rms_1": b, "peak_0": c, "peak_1": d}."""
     out: dict[str, float] = {}
@@ -213,7 +230,7 @@ class Pipeline:
         self.windower = make_windower(bundle, sample_rate, self.bridge_fraction, device)
         self.stuck_watch = make_stuck_watch(bundle, self.windower.sample_rate, device)
         self.too_good = make_too_good_watch(bundle, device)
-        self.level_watch = LevelWatch(bundle.window_means, tuple(bundle.spec.channels))
+        self.level_watch = make_level_watch(bundle, float(threshold), device)
         self.clock = SampleClock(self.windower.sample_rate)
         self.alerts = AlertStateMachine(policy, clock=cooldown_clock or self.now)
         self.threshold = float(threshold)
@@ -375,6 +392,7 @@ class Pipeline:
             return
         self.threshold = record.value
         self.too_good.calibrated(np.asarray(self.calibration_scores))
+        self.level_watch = make_level_watch(self.bundle, self.threshold, self.device)
         log.info("%s: threshold %.6g from the first %d windows (%s)", self.device, record.value, record.n,
                  record.method)
         if self.on_calibrated is not None:
@@ -430,7 +448,7 @@ class Pipeline:
                     self.clock.anchor(expected, anchor)
         self.bundle, self.scorer, self.threshold = bundle, scorer, float(threshold)
         self.too_good = make_too_good_watch(bundle, self.device)
-        self.level_watch = LevelWatch(bundle.window_means, tuple(bundle.spec.channels))
+        self.level_watch = make_level_watch(bundle, float(threshold), self.device)
         self.alerts.reset()
         self._unscored = self._unscored_over_range = 0
 

@@ -91,14 +91,16 @@ def span_floors(scores: np.ndarray) -> dict:
 def window_means(segments: Iterable[np.ndarray], window: int, channels: Iterable[int]) -> dict | None:
     """``{"window": W, "channels": [c, ...], "mean": [...], "sd": [...], "max_z": [...]}``: for each channel c of
     ``channels``, the mean and spread of the means of W consecutive rows over ``segments`` ((n, C) raw rows, each
-    contiguous; windows never span two), and the largest |mean - its mean| / spread any training window reached.
+    contiguous; windows never span two; the spread at least the channel's smallest step between distinct values),
+    and the largest |mean - its mean| / spread any training window reached.
     Channels whose window means do not vary are left out; None when no channel is left or no segment holds a window."""
     chans = list(channels)
-    sums, n_win = [], 0
+    sums, n_win, segments_kept = [], 0, []
     for x in segments:
         x = np.asarray(x, np.float64)
         if len(x) < window or not chans:
             continue
+        segments_kept.append(x)
         c = np.cumsum(np.vstack([np.zeros((1, len(chans))), x[:, chans]]), axis=0)
         sums.append((c[window:] - c[:-window]) / window)
         n_win += len(sums[-1])
@@ -108,9 +110,20 @@ def window_means(segments: Iterable[np.ndarray], window: int, channels: Iterable
     if not np.isfinite(means).all():
         return None
     mu, sd = means.mean(axis=0), means.std(axis=0)
+    # a window mean is not known better than the channel's resolution: a coarse or rarely moving channel (a setpoint,
+    # a converter's steps) one step off for a whole window must not read as many spreads away
+    rows = np.vstack([np.asarray(x, np.float64)[:, chans] for x in segments_kept])
+    step = np.array([_smallest_step(rows[:, i]) for i in range(len(chans))])
+    sd = np.maximum(sd, step)
     keep = [i for i in range(len(chans)) if sd[i] > 1e-12 * max(1.0, abs(mu[i]))]
     if not keep:
         return None
     z = np.abs(means[:, keep] - mu[keep]) / sd[keep]
     return {"window": int(window), "channels": [int(chans[i]) for i in keep], "mean": [float(mu[i]) for i in keep],
             "sd": [float(sd[i]) for i in keep], "max_z": [float(v) for v in z.max(axis=0)]}
+
+
+def _smallest_step(x: np.ndarray) -> float:
+    """The smallest difference between distinct values of ``x`` (n,) (0 for fewer than two)."""
+    u = np.unique(x[np.isfinite(x)])
+    return float(np.diff(u).min()) if len(u) > 1 else 0.0

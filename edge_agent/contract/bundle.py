@@ -180,27 +180,41 @@ class WindowMeanFacts:
     max_z: np.ndarray
 
 
-def _window_mean_facts(manifest: dict, n_channels: int, where: Path) -> WindowMeanFacts | None:
-    """``signal.window_means`` checked (BundleError when present but malformed), or None when absent."""
+def _window_mean_facts(manifest: dict, n_channels: int, window: int, where: Path) -> WindowMeanFacts | None:
+    """``signal.window_means`` checked (BundleError naming the field, the value and the fix when present but
+    malformed), or None when absent."""
     facts = manifest["signal"].get(WINDOW_MEANS_KEY)
     if facts is None:
         return None
     key = f"signal.{WINDOW_MEANS_KEY}"
-    try:
-        window, chans = facts["window"], facts["channels"]
-        arrays = [np.asarray(facts[k], np.float64) for k in ("mean", "sd", "max_z")]
-    except (KeyError, TypeError, ValueError):
+    fix = "retrain the bundle (trainer train), or delete the key to serve without the level check"
+    if not isinstance(facts, dict) or any(k not in facts for k in ("window", "channels", "mean", "sd", "max_z")):
         raise BundleError(f"{where}: {key} must be an object with 'window', 'channels', 'mean', 'sd' and 'max_z', "
-                          f"not {str(facts)[:80]}") from None
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise BundleError(f"{where}: {key}.window must be a whole number of rows >= 1, not {window!r}")
-    if not (isinstance(chans, list) and chans and len(set(chans)) == len(chans)
-            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n_channels for c in chans)):
+                          f"not {str(facts)[:80]}; {fix}")
+    if facts["window"] != window or isinstance(facts["window"], bool):
+        raise BundleError(f"{where}: {key}.window is {facts['window']!r}, the bundle's windows are {window} rows: the "
+                          f"facts are not this model's; {fix}")
+    chans = facts["channels"]
+    if not (isinstance(chans, list) and chans
+            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n_channels for c in chans)
+            and len(set(chans)) == len(chans)):
         raise BundleError(f"{where}: {key}.channels must list distinct channel indices 0..{n_channels - 1}, not "
-                          f"{str(chans)[:80]}")
-    if any(a.shape != (len(chans),) or not np.isfinite(a).all() for a in arrays) or not (arrays[1] > 0).all() \
-            or not (arrays[2] >= 0).all():
-        raise BundleError(f"{where}: {key}: mean, sd (> 0) and max_z (>= 0) must each hold {len(chans)} finite numbers")
+                          f"{str(chans)[:80]}; {fix}")
+    arrays = []
+    for name in ("mean", "sd", "max_z"):
+        v = facts[name]
+        ok = isinstance(v, list) and len(v) == len(chans) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and abs(x) < 1e300 for x in v)
+        if ok and name == "sd":
+            ok = all(x >= 1e-12 * max(1.0, abs(m)) for x, m in zip(v, facts["mean"], strict=False)
+                     if isinstance(m, int | float) and not isinstance(m, bool) and abs(m) < 1e300)
+        if ok and name == "max_z":
+            ok = all(x >= 0 for x in v)
+        if not ok:
+            want = {"mean": "finite numbers", "sd": "spreads > 1e-12 x max(1, |mean|)", "max_z": "numbers >= 0"}[name]
+            raise BundleError(f"{where}: {key}.{name} must hold {len(chans)} {want} (one per channel), not "
+                              f"{str(v)[:80]}; {fix}")
+        arrays.append(np.asarray(v, np.float64))
     return WindowMeanFacts(int(window), tuple(chans), *arrays)
 
 
@@ -338,7 +352,7 @@ class Bundle:
         bundle = cls(path, manifest, spec, scaler, Threshold(t["method"], float(t["value"]), dict(t["params"])),
                      model_bytes, _flat_run_facts(manifest, len(spec.channels), manifest_path),
                      _span_floors(manifest, manifest_path),
-                     _window_mean_facts(manifest, len(spec.channels), manifest_path))
+                     _window_mean_facts(manifest, len(spec.channels), spec.window_samples, manifest_path))
         if check_model:
             bundle.check_tensors()
         return bundle

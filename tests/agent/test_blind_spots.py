@@ -142,16 +142,24 @@ def test_a_bundle_written_before_the_checks_loads_serves_and_says_so_once(tmp_pa
     (SPAN_MAX_KEY, {"windows": [1], "lowest": [-1.0]}, "scores >= 0"),
     (WINDOW_MEANS_KEY, {"window": 10, "channels": [7], "mean": [0.0], "sd": [1.0], "max_z": [2.0]},
      "signal.window_means.channels must list distinct channel indices 0..3"),
-    (WINDOW_MEANS_KEY, {"window": 10, "channels": [0], "mean": [0.0], "sd": [0.0], "max_z": [2.0]}, "must each hold 1 finite numbers"),
+    (WINDOW_MEANS_KEY, {"window": 10, "channels": [0], "mean": [0.0], "sd": [0.0], "max_z": [2.0]},
+     "signal.window_means.sd must hold 1 spreads > 1e-12 x"),
     (WINDOW_MEANS_KEY, {"window": 0, "channels": [0], "mean": [0.0], "sd": [1.0], "max_z": [2.0]},
-     "whole number of rows >= 1"),
+     "signal.window_means.window is 0, the bundle's windows are"),
+    (WINDOW_MEANS_KEY, {"window": 10, "channels": [[0]], "mean": [0.0], "sd": [1.0], "max_z": [2.0]},
+     "channels must list distinct channel indices"),
+    (WINDOW_MEANS_KEY, {"window": 10, "channels": [0], "mean": ["0.0"], "sd": [1.0], "max_z": [2.0]},
+     "signal.window_means.mean must hold 1 finite numbers"),
     (WINDOW_MEANS_KEY, [1, 2], "must be an object with 'window'"),
 ])
 def test_malformed_blind_spot_facts_refuse_the_bundle(tmp_path, agent_bundle, key, value, says):
     bad = copy_bundle(agent_bundle, tmp_path / "bad")
 
     def edit(m):
-        (m["signal"] if key in (FLAT_RUNS_KEY, WINDOW_MEANS_KEY) else m["score_quantiles"])[key] = value
+        v = value
+        if key == WINDOW_MEANS_KEY and isinstance(v, dict) and v.get("window") == 10:
+            v = v | {"window": m["window"]["samples"]}  # the bundle's own window: the field under test is another
+        (m["signal"] if key in (FLAT_RUNS_KEY, WINDOW_MEANS_KEY) else m["score_quantiles"])[key] = v
 
     rewrite_bundle(bad, manifest_edit=edit)
     with pytest.raises(BundleError, match=says.replace(".", r"\.")):
@@ -212,3 +220,19 @@ def test_the_level_check_reads_the_training_windows_and_judges_only_what_it_was_
     nan[3, 0] = np.nan
     assert watch.check(nan) is None and watch.check(np.zeros((4, 3), np.float32)) is None
     assert LevelWatch(None, ("flow",)).check(np.zeros((10, 1), np.float32)) is None
+
+
+def test_a_coarse_channel_one_step_off_is_not_a_shift_and_a_calibrated_device_judges_by_its_threshold(noise_bundle):
+    # a setpoint that moved one resolution step once in 500 rows: its spread of window means would be tiny; floored
+    # at the step, one step off for a whole window is one spread, not a hundred (a critical alert, found by a probe)
+    x = np.full((2000, 1), 100.0)
+    x[::500] = 100.01
+    facts = window_means([x], 10, [0])
+    assert facts["sd"][0] == pytest.approx(0.01)
+    from edge_agent.contract.bundle import WindowMeanFacts
+    watch = LevelWatch(WindowMeanFacts(10, (0,), *(np.array([facts[k][0]]) for k in ("mean", "sd", "max_z"))), ("sp",))
+    assert watch.check(np.full((10, 1), 100.01, np.float32)).ratio < 1.0
+    assert watch.check(np.full((10, 1), 100.05, np.float32)).ratio > 1.0
+    bundle = Bundle.load(noise_bundle)
+    p = Pipeline(bundle, device="press-2", threshold=bundle.threshold.value * 1.3, policy=AlertPolicy(), sample_rate=1.0)
+    assert p.level_watch.facts is None  # a device threshold: its level may sit elsewhere
