@@ -262,5 +262,5 @@ class LevelWatch:
             return None
         i = int(np.argmax(r))
         c = f.channels[i]
-        return Level(float(r[i]), self.channels[c] if c < len(self.channels) else str(c), float(m[i]), float(f.mean[i]),
-                     float(z[i]), float(f.max_z[i]), f.window)
+        return Level(float(r[i]), self.channels[c], float(m[i]), float(f.mean[i]), float(z[i]), float(f.max_z[i]),
+                     f.window)

@@ -873,9 +873,9 @@ class BaselineLearner:
         self._top: np.ndarray | None = None
         self._avg_top: np.ndarray | None = None
         self._averages = [0] * (AVERAGE_WINDOWS - 1)
+        # the separate windows' (used SES, measured speed factor): the last AVERAGE_WINDOWS - 1, and up to AVERAGE_POOL
         self._recent: collections.deque = collections.deque(maxlen=AVERAGE_WINDOWS - 1)
-        self._pool: list[np.ndarray] = []  # the separate windows' used SES (at most AVERAGE_POOL)
-        self._speeds: dict[int, float] = {}  # id of a kept SES -> its window's measured speed factor
+        self._pool: list[tuple[np.ndarray, float]] = []
         self._rng = np.random.default_rng(0)
         self._last_end: int | None = None
 
@@ -907,28 +907,25 @@ class BaselineLearner:
         self._last_end = end
         self.separate += 1
         total, speeds = used.astype(np.float64), [speed]
-        for k, prev in enumerate(reversed(self._recent), 2):
+        for k, (prev, prev_speed) in enumerate(reversed(self._recent), 2):
             total += prev
-            speeds.append(self._speeds[id(prev)])
+            speeds.append(prev_speed)
             sets = [(total, float(np.mean(speeds)))]
             for _ in range(AVERAGE_DRAWS):
                 drawn = [self._pool[i] for i in self._rng.choice(len(self._pool), k - 1, replace=False)]
-                sets.append((used.astype(np.float64) + sum(drawn),
-                             float(np.mean([speed] + [self._speeds[id(d)] for d in drawn]))))
+                sets.append((used.astype(np.float64) + sum(d for d, _ in drawn),
+                             float(np.mean([speed] + [s for _, s in drawn]))))
             for tot, mean_speed in sets:
                 fam = self._levels(tot / k, k, round(mean_speed / SPEED_QUANTUM) * SPEED_QUANTUM)[1]
                 top = self._avg_top if self._avg_top is not None else np.zeros((AVERAGE_WINDOWS - 1, *fam.shape))
                 top[k - 2] = np.maximum(top[k - 2], fam)
                 self._avg_top = top
             self._averages[k - 2] += 1
-        self._recent.append(used)
-        self._speeds[id(used)] = speed
+        self._recent.append((used, speed))
         if len(self._pool) < AVERAGE_POOL:
-            self._pool.append(used)
+            self._pool.append((used, speed))
         else:
-            self._pool[int(self._rng.integers(AVERAGE_POOL))] = used
-        kept = {id(v) for v in (*self._recent, *self._pool)}
-        self._speeds = {i: v for i, v in self._speeds.items() if i in kept}
+            self._pool[int(self._rng.integers(AVERAGE_POOL))] = (used, speed)
 
     def _levels(self, ses: np.ndarray, windows: int, speed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Each line's peak over floor (C, B, L) and each defect's sum of them (C, B, 4) in SES (C, B, m) averaged
@@ -1113,9 +1110,9 @@ def diagnose(samples, sample_rate: float, geometry: BearingGeometry,
         searched = 1 if band is not None else len(plan.bands)
     # a band holding only round-off (a pure tone, a calibrator, a signal synthesised without noise) has no envelope
     cut = [(k1, k2) if band is not None else plan.bands[j] for j in chosen]
+    energy = sum(np.sum(sp.real**2 + sp.imag**2, axis=0) for sp in specs)  # (C,)
     quiet = [ch for ch, (a, b) in enumerate(cut)
-             if not sum(float(np.sum(np.abs(sp[a:b, ch]) ** 2)) for sp in specs)
-             > QUIET_BAND * sum(float(np.sum(np.abs(sp[:, ch]) ** 2)) for sp in specs)]
+             if not sum(float(np.sum(np.abs(sp[a:b, ch]) ** 2)) for sp in specs) > QUIET_BAND * energy[ch]]
     freqs = _scaled(geometry, speed)[0]
     log_alpha = math.log(ALPHA_DEFECT / searched)
     bound = None if baseline is None else baseline.family_bound(nw)

@@ -402,7 +402,8 @@ class Pipeline:
         """Hand a result to the alert state machine and to the ``on_window`` callback. A too-good window
         (``blind_spots.TooGoodWatch``) is a hit for the debounce like one above the threshold."""
         too_good = self.too_good.update(result.score, result.threshold) if w is not None else None
-        level = self.level_watch.check(self.windower.window_samples()) if w is not None else None
+        level = (self.level_watch.check(self.windower.window_samples())
+                 if w is not None and self.level_watch.facts is not None else None)
         if level is not None:
             if level.ratio > 1.0:
                 self.counters.level_windows += 1

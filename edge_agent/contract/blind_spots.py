@@ -17,6 +17,8 @@ import numpy as np
 #: Spans of windows judged: 1, 2, 4, ... windows, up to half the training windows (each floor then rests on at least
 #: two disjoint healthy stretches) and at most this many.
 MAX_SPAN = 1024
+#: A spread of window means below this share of max(1, |mean|) is no spread (a constant channel): not judged.
+MIN_RELATIVE_SPREAD = 1e-12
 
 
 class FlatRuns:
@@ -95,32 +97,31 @@ def window_means(segments: Iterable[np.ndarray], window: int, channels: Iterable
     and the largest |mean - its mean| / spread any training window reached.
     Channels whose window means do not vary are left out; None when no channel is left or no segment holds a window."""
     chans = list(channels)
-    sums, n_win, segments_kept = [], 0, []
-    for x in segments:
-        x = np.asarray(x, np.float64)
-        if len(x) < window or not chans:
-            continue
-        segments_kept.append(x)
-        c = np.cumsum(np.vstack([np.zeros((1, len(chans))), x[:, chans]]), axis=0)
-        sums.append((c[window:] - c[:-window]) / window)
-        n_win += len(sums[-1])
-    if n_win < 2:
+    if not chans:
         return None
-    means = np.vstack(sums)  # (N, len(chans))
+    kept = [x for x in (np.asarray(s, np.float64)[:, chans] for s in segments) if len(x) >= window]
+    if sum(len(x) - window + 1 for x in kept) < 2:
+        return None
+    sums = [np.cumsum(np.vstack([np.zeros((1, len(chans))), x]), axis=0) for x in kept]
+    means = np.vstack([(c[window:] - c[:-window]) / window for c in sums])  # (N, len(chans))
     if not np.isfinite(means).all():
         return None
     mu, sd = means.mean(axis=0), means.std(axis=0)
     # a window mean is not known better than the channel's resolution: a coarse or rarely moving channel (a setpoint,
     # a converter's steps) one step off for a whole window must not read as many spreads away
-    rows = np.vstack([np.asarray(x, np.float64)[:, chans] for x in segments_kept])
-    step = np.array([_smallest_step(rows[:, i]) for i in range(len(chans))])
-    sd = np.maximum(sd, step)
-    keep = [i for i in range(len(chans)) if sd[i] > 1e-12 * max(1.0, abs(mu[i]))]
+    rows = np.vstack(kept)
+    sd = np.maximum(sd, [_smallest_step(rows[:, i]) for i in range(len(chans))])
+    keep = [i for i in range(len(chans)) if spread_judged(sd[i], mu[i])]
     if not keep:
         return None
     z = np.abs(means[:, keep] - mu[keep]) / sd[keep]
     return {"window": int(window), "channels": [int(chans[i]) for i in keep], "mean": [float(mu[i]) for i in keep],
             "sd": [float(sd[i]) for i in keep], "max_z": [float(v) for v in z.max(axis=0)]}
+
+
+def spread_judged(sd: float, mean: float) -> bool:
+    """Whether a spread of window means ``sd`` around ``mean`` is one the level check can judge by."""
+    return sd > MIN_RELATIVE_SPREAD * max(1.0, abs(mean))
 
 
 def _smallest_step(x: np.ndarray) -> float:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.contract import topics
+from edge_agent.contract.blind_spots import spread_judged
 from edge_agent.contract.errors import BundleError
 from edge_agent.contract.interpreter import load_interpreter
 from edge_agent.contract.preprocess import MinMaxScaler, PreprocessSpec
@@ -205,9 +206,8 @@ def _window_mean_facts(manifest: dict, n_channels: int, window: int, where: Path
         v = facts[name]
         ok = isinstance(v, list) and len(v) == len(chans) and all(
             isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and abs(x) < 1e300 for x in v)
-        if ok and name == "sd":
-            ok = all(x >= 1e-12 * max(1.0, abs(m)) for x, m in zip(v, facts["mean"], strict=False)
-                     if isinstance(m, int | float) and not isinstance(m, bool) and abs(m) < 1e300)
+        if ok and name == "sd":  # the mean, checked first, is in arrays[0]
+            ok = all(spread_judged(x, m) for x, m in zip(v, arrays[0], strict=True))
         if ok and name == "max_z":
             ok = all(x >= 0 for x in v)
         if not ok:
