@@ -64,6 +64,12 @@ def test_each_sensor_serves_its_groups_model_and_refuses_another_groups(tmp_path
 
     sent = 0
 
+    def reported_state() -> dict:
+        """The fan sensor's retained ``vib/fan-1/rollout`` report ({} while none is retained)."""
+        topic = topics.rollout_state_topic("fan-1")
+        payload = retained(mosquitto, topic).get(topic)
+        return json.loads(payload) if payload else {}
+
     def stream(n: int) -> None:
         """The next ``n`` frames to both sensors (sequence numbers go on: a frame seen before is dropped)."""
         nonlocal sent
@@ -98,9 +104,10 @@ def test_each_sensor_serves_its_groups_model_and_refuses_another_groups(tmp_path
             reason = state()["reason"]
             assert "sensor fan-1 (group 'fan') does not take model test-conv pump-v3 of group 'pump'" in reason
             assert "`trainer publish --group pump`" in reason and 'set group = "pump"' in reason
-            reported = json.loads(retained(mosquitto, topics.rollout_state_topic("fan-1"))[
-                topics.rollout_state_topic("fan-1")])
-            assert reported["state"] == "rejected" and reported["reason"] == reason and reported["rejected"] == n
+            # the counter moves before the retained report is published: wait for the report itself
+            assert wait_for(lambda n=n: reported_state().get("rejected") == n, timeout=10), reported_state()
+            reported = reported_state()
+            assert reported["state"] == "rejected" and reported["reason"] == reason
             scored = fan.pipeline.counters.windows_scored
             stream(25)
             assert wait_for(lambda s=scored: fan.pipeline.counters.windows_scored > s, timeout=10), \
