@@ -18,7 +18,8 @@ from edge_agent.contract.errors import ConfigError
 from edge_agent.health import CONDITIONS, HealthEvent, Notice
 from edge_agent.mqtt_client import MqttConnection
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, MqttAlertSink
-from tests.agent.test_sinks import RECORDER, make_event, next_message, subscribe
+from tests.agent.test_sinks import RECORDER, handled, make_event, next_message, subscribe
+from tests.waiting import wait_for
 
 SITE = "Pump 7 has a glued accelerometer: check the glue first, then the range (+/-10 g). Call Jan, ext. 214."
 
@@ -134,7 +135,9 @@ def test_advice_asset_and_location_reach_the_jsonl_line_the_mqtt_alert_and_the_c
             dispatcher = AlertDispatcher(sinks, advisor)
             dispatcher.emit(make_event("raised", "critical", math.inf))
             dispatcher.emit(_health())
-            assert command.wait_idle(30) and mqtt_sink.wait_synced(10)
+            assert wait_for(lambda: handled(command) == 2, 30) and command.wait_idle(30)
+            # wait_synced follows the alert topic only: the health state goes out on its own thread and topic
+            assert mqtt_sink.wait_synced(10) and wait_for(lambda: mqtt_sink.counters.pending == 0, 10)
         finally:
             for s in sinks:
                 s.close()

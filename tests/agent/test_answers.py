@@ -21,6 +21,7 @@ from edge_agent.contract.upload_record import decode_record, encode_record
 from edge_agent.health import HealthEvent
 from edge_agent.sinks import AlertDispatcher, CommandSink, JsonlSink, LogSink
 from tests.fs import fill, tmpfs
+from tests.waiting import wait_for
 
 
 class Clock:
@@ -238,12 +239,14 @@ def test_a_silence_marks_what_the_sinks_get_runs_no_command_and_sends_what_it_he
         assert "silenced until" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert jsonl.counters.silenced == 3 and logsink.counters.silenced == 3 and view.status()["events_silenced"] == 3
         dispatcher.emit(HealthEvent("recovered", "ok", "pump-1", "data again", None, 170.0))  # always goes out
-        assert command.wait_idle(10) and [r["kind"] for r in runs()] == ["health"]
+        # wait_idle can return before the worker marks itself busy with the event it just took: wait for the run
+        assert wait_for(lambda: command.ran == 1, 10) and command.wait_idle(10) and [r["kind"] for r in runs()] == \
+            ["health"]
         dispatcher.tick()
         assert len(lines()) == 4, "nothing more while the silence lasts"
         clock.t += 4 * 3600 + 1  # the silence is over: the alert still active goes out once, unmarked
         dispatcher.tick()
-        assert command.wait_idle(10)
+        assert wait_for(lambda: command.ran == 2, 10) and command.wait_idle(10)
         last = lines()[-1]
         assert (last["kind"], last["severity"], last.get("after_silence"), "silenced" in last) == \
             ("escalated", "critical", True, False)

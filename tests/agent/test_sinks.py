@@ -46,6 +46,12 @@ def next_message(got: queue.Queue[mqtt.MQTTMessage], timeout: float = 10.0) -> m
     return got.get(timeout=timeout)
 
 
+def handled(sink: CommandSink) -> int:
+    """Events the command sink has finished with (ran, failed or killed). ``wait_idle`` alone can return between the
+    worker taking the next event off its queue and marking itself busy, before that event has run."""
+    return sink.ran + sink.failed + sink.timed_out
+
+
 # --------------------------------------------------------------------------- log, jsonl
 def test_log_sink_writes_one_structured_line(caplog: pytest.LogCaptureFixture) -> None:
     sink = LogSink()
@@ -145,7 +151,7 @@ def test_command_sink_runs_the_program_with_event_on_stdin_and_env(tmp_path: Pat
     try:
         sink.emit(make_event())
         sink.emit(make_event("cleared", "normal", 0.125, 1024))
-        assert sink.wait_idle(30)
+        assert wait_for(lambda: handled(sink) == 2, 30) and sink.wait_idle(30)
     finally:
         sink.close()
     calls = [json.loads(line) for line in out.read_text().splitlines()]
@@ -167,7 +173,7 @@ def test_command_sink_counts_failing_and_missing_programs(tmp_path: Path) -> Non
     try:
         for sink in (failing, missing):
             sink.emit(make_event())
-            assert sink.wait_idle(30)
+            assert wait_for(lambda s=sink: handled(s) == 1, 30) and sink.wait_idle(30)
             assert (sink.ran, sink.failed) == (0, 1)
     finally:
         failing.close()
@@ -185,7 +191,7 @@ def test_command_sink_kills_a_hanging_program_and_never_blocks_emit(tmp_path: Pa
         for i in range(5):  # one fits in the queue, the rest are dropped; none of these calls blocks
             sink.emit(make_event(seq_end=700 + i))
         assert sink.dropped == 4
-        assert sink.wait_idle(30)
+        assert wait_for(lambda: handled(sink) == 2, 30) and sink.wait_idle(30)
         assert sink.timed_out == 2 and sink.ran == 0
     finally:
         sink.close()

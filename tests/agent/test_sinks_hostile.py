@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.sinks import STDERR_TAIL, AlertDispatcher, CommandSink, JsonlSink, LogSink
-from tests.agent.test_sinks import make_event
+from tests.agent.test_sinks import handled, make_event
 from tests.fs import fill, tmpfs
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -92,7 +93,8 @@ RUN_SINK = (
     "from tests.agent.test_sinks import make_event\n"
     "sink = CommandSink([sys.executable, sys.argv[1]], timeout_s=120)\nsink.start()\n"
     "sink.emit(make_event())\n"
-    "assert sink.wait_idle(120)\n"
+    "from tests.waiting import wait_for\n"
+    "assert wait_for(lambda: sink.ran + sink.failed + sink.timed_out == 1, 120) and sink.wait_idle(120)\n"
     "sink.close()\n"
     "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())  # peak RSS of this image\n"
     "print(json.dumps({'maxrss_mb': int(hwm[1]) / 1024,\n"
@@ -125,7 +127,7 @@ def test_health_events_reach_the_command_with_their_own_environment(tmp_path: Pa
         # through the sensor's dispatcher, as the agent sends it: with what to do and where
         AlertDispatcher([sink], Advisor(asset="Cooling pump 7")).emit(
             HealthEvent("fault", "no_data", "pump-7", "no data for 61 s", 1.7e9, 1.7e9 + 61))
-        assert sink.wait_idle(30)
+        assert wait_for(lambda: handled(sink) == 1, 30) and sink.wait_idle(30)
     finally:
         sink.close()
     got = json.loads(out.read_text())
