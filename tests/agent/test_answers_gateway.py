@@ -197,15 +197,22 @@ def test_a_silence_holds_alerts_back_from_the_sinks_never_scoring_or_uploads(tmp
             assert wait_for(lambda: [x["kind"] for x in lines()][:1] == ["raised"], 10)
             held = lines()
             assert all(x["silenced"]["by"] == "J. Smith" for x in held if x["kind"] in ("raised", "escalated"))
-            sinks = agent.status()["sensors"]["pump-1"]["sinks"]
-            command_sink = next(v for k, v in sinks.items() if k.endswith("CommandSink"))
-            assert command_sink["silenced"] >= 1 and command_sink["delivered"] == 0 and not ran.exists()
+
+            def command_sink() -> dict:
+                sinks = agent.status()["sensors"]["pump-1"]["sinks"]
+                return next(v for k, v in sinks.items() if k.endswith("CommandSink"))
+
+            # the dispatcher hands the event to the JSONL sink, then to the command sink: wait for its count
+            assert wait_for(lambda: command_sink()["silenced"] >= 1, 10), command_sink()
+            assert command_sink()["delivered"] == 0 and not ran.exists()
             assert sensor.answers.status()["events_silenced"] >= 1
             history = sensor.history.snapshot()["alerts"]
             assert any(e["kind"] == "raised" and e["silenced"] for e in history)
 
             technician.publish(topic, b'{"kind": "unsilence", "by": "J. Smith"}', qos=1).wait_for_publish(5)
-            assert wait_for(ran.exists, 20), "what the silence held back goes out once it is over"
+            # the script creates its file before it writes the event: wait for the whole line
+            assert wait_for(lambda: ran.exists() and ran.read_text().endswith("\n"), 20), \
+                "what the silence held back goes out once it is over"
             after = json.loads(ran.read_text().splitlines()[0])
             assert after["after_silence"] is True and after["kind"] in ("raised", "escalated")
             assert wait_for(lambda: (state() or {}).get("silenced_until", 0) is None, 10)
