@@ -132,11 +132,20 @@ def test_metrics_scraped_from_a_running_gateway(tmp_path, agent_bundle, degradin
             assert wait_for(lambda: p2.source.counters.crc_errors >= 1 and p2.pipeline.counters.windows_scored > 0, 20)
             # the snapshot the endpoint serves catches up within a second once the input stops
             assert wait_for(lambda: agent.snapshot()[0]["sensors"]["pump-1"]["windows_scored"] == p1.counters.windows_scored
-                            and agent.snapshot()[0]["sensors"]["pump-2"]["crc_errors"] >= 1, 5)
-            with urllib.request.urlopen(f"http://127.0.0.1:{agent.web.port}/metrics", timeout=10) as r:
-                ctype = r.headers["Content-Type"]
-                text = r.read().decode()
-            doc = agent.snapshot()[0]
+                            and agent.snapshot()[0]["sensors"]["pump-2"]["crc_errors"] >= 1, 10)
+            scraped: list = []
+
+            def scrape() -> bool:
+                """The scrape and the snapshot it served: the scoring loop replaces the snapshot every second (pump-2
+                may still be scoring), so a scrape counts only when the same snapshot was in place around it."""
+                before = agent.snapshot()[0]
+                with urllib.request.urlopen(f"http://127.0.0.1:{agent.web.port}/metrics", timeout=10) as r:
+                    got = r.headers["Content-Type"], r.read().decode()
+                scraped[:] = [*got, before]
+                return agent.snapshot()[0] is before
+
+            assert wait_for(scrape, 10), "the snapshot was replaced during every scrape"
+            ctype, text, doc = scraped
     finally:
         for link in links.values():
             link.close()

@@ -59,10 +59,19 @@ def test_every_number_of_a_running_gateway_is_exported(tmp_path, agent_bundle, d
                 links["pump-1"].send(f)
                 links["pump-2"].send(f)
             assert wait_for(lambda: all(s.pipeline.counters.windows_scored > 20 for s in agent.sensors), 20)
-            assert wait_for(lambda: agent.snapshot()[0]["sensors"]["pump-2"]["windows_scored"] > 20, 5)
-            with urllib.request.urlopen(f"http://127.0.0.1:{agent.web.port}/metrics", timeout=10) as r:
-                text = r.read().decode()
-            doc = agent.snapshot()[0]
+            assert wait_for(lambda: agent.snapshot()[0]["sensors"]["pump-2"]["windows_scored"] > 20, 10)
+            scraped: list = []
+
+            def scrape() -> bool:
+                """The scrape and the snapshot it served: the scoring loop replaces the snapshot every second while
+                the sensors still score, so a scrape counts only when the same snapshot was in place around it."""
+                before = agent.snapshot()[0]
+                with urllib.request.urlopen(f"http://127.0.0.1:{agent.web.port}/metrics", timeout=10) as r:
+                    scraped[:] = [r.read().decode(), before]
+                return agent.snapshot()[0] is before
+
+            assert wait_for(scrape, 10), "the snapshot was replaced during every scrape"
+            text, doc = scraped
     finally:
         for link in links.values():
             link.close()
