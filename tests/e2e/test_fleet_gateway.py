@@ -145,7 +145,9 @@ def test_rollouts_to_a_gateway_streaming_at_full_rate(tmp_path, agent_bundle) ->
         raw_publish(broker, rollout_messages(new, key))
         assert wait_for(lambda: state()["state"] == "serving" and sensor.pipeline.bundle.version == new_version(new),
                         timeout=30), state()
-        assert state()["shadow_windows"] == 30 and sensor.counters.model_swaps == 1
+        # the scoring thread counts the swap after it put the new model in the pipeline: wait for the count
+        assert wait_for(lambda: sensor.counters.model_swaps == 1, timeout=10), sensor.counters.model_swaps
+        assert state()["shadow_windows"] == 30
         stream.close()
         assert stream.sent > RATE * 20
         assert wait_for(lambda: sensor.pipeline.windower.counters.samples_in == stream.sent, timeout=20), \
