@@ -86,7 +86,9 @@ def test_pty_stream_with_garbage_keeps_scoring_and_alerts_after_onset(tmp_path, 
     lines = (tmp_path / "alerts.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["kind"] == "raised" and json.loads(lines[0])["device"] == "pump-7"
     saved = json.loads((tmp_path / "status.json").read_text())
-    assert saved["state"] == "stopped" and saved["windows_scored"] == status["windows_scored"]
+    # samples_in moves before the last frame's windows are scored: the stop may come after one more window
+    final = run.agent.pipeline.counters.windows_scored
+    assert saved["state"] == "stopped" and saved["windows_scored"] == final >= status["windows_scored"]
 
 
 def test_hot_swap_accepts_good_bundles_and_rejects_bad_ones(tmp_path, agent_bundle):
