@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
+from edge_agent.contract import preprocess
 from edge_agent.contract.bundle import Bundle
 from firmware_sim.link import PtyLink
 from firmware_sim.signals import PRESETS
@@ -35,7 +36,11 @@ def test_an_outer_race_fault_is_explained_measured_and_diagnosed(tmp_path, agent
                 sent += 256
                 if i % 80 == 79 or i == len(frames) - 1:
                     assert wait_for(lambda s=sent: run.agent.pipeline.windower.counters.samples_in >= s, 20)
-            assert wait_for(lambda: run.agent.status()["windows_scored"] > 0, 5)
+            # samples_in moves before the last frame's window is scored and its velocity and trend row are kept: wait
+            # for every window of the clean stream to have gone through (on_window comes last)
+            spec = run.agent.pipeline.bundle.spec
+            windows = len(preprocess.window_ends(sent // spec.block, spec.window, spec.hop))
+            assert wait_for(lambda: len(run.results) == windows, 20), (len(run.results), windows)
             status = run.agent.status()
             port = run.agent.web.port
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sensors/pump-7/trend?span=1h", timeout=5) as r:
