@@ -144,8 +144,9 @@ def test_wrong_certificate_is_refused_with_a_clear_error(tmp_path, tls_broker, p
     agent = Agent(cfg)
     stop, thread = _run(agent)
     try:
-        assert wait_for(lambda: _status(tmp_path).get("mqtt", {}).get("refused_connects", 0) >= 1, 15), \
-            agent.status()["mqtt"]
+        # the refusal is counted before its reason is kept: wait for a status document with both
+        assert wait_for(lambda: _status(tmp_path).get("mqtt", {}).get("refused_connects", 0) >= 1
+                        and _status(tmp_path)["mqtt"].get("last_error"), 15), agent.status()["mqtt"]
         status = _status(tmp_path)
     finally:
         stop.set()
@@ -194,7 +195,9 @@ def test_password_from_a_file_or_the_environment_never_logged(tmp_path, password
     try:
         if how == "wrong":
             assert wait_for(lambda: agent.status()["mqtt"]["refused_connects"] >= 1, 15)
-            assert "not authorized" in agent.status()["mqtt"]["last_error"].lower()
+            # the refusal is counted before its reason is kept
+            assert wait_for(lambda: "not authorized" in (agent.status()["mqtt"]["last_error"] or "").lower(), 10), \
+                agent.status()["mqtt"]
         else:
             assert wait_for(lambda: agent.status()["mqtt"]["connected"], 15), agent.status()["mqtt"]
         assert wait_for(lambda: (tmp_path / "status.json").exists(), 5)
