@@ -126,10 +126,19 @@ def test_only_those_the_acls_allow_can_answer_a_sensors_alert(tmp_path, agent_bu
             home_assistant.send(PUMP, b"PRESS")  # not a command: refused, counted
             assert wait_for(lambda: agent.answers.status()["refused"] == {"no_alert": 1, "bad_request": 1}, 10)
             assert wait_for(lambda: _denied(central, "hall-4") == 1 and _denied(gateway, acl.SENSOR_USER) == 1, 10)
+
+            def answer_states(client: Client) -> list[dict]:
+                return [json.loads(p) for t, p in list(client.got) if t == topics.answer_topic("pump-1")]
+
+            # the retained answer state is published after the answer is recorded, and reaches the dashboards on
+            # their own connections (the centre's over the bridge): wait for it, then for anything forged
+            assert wait_for(lambda: ((answer_states(home_assistant)[-1:] or [{}])[0].get("last") or {}).get("kind")
+                            == "unsilence", 10), answer_states(home_assistant)[-1:]
+            assert wait_for(lambda: any(s["silenced_by"] == "central operator" for s in answer_states(operator)), 10)
             time.sleep(0.5)  # anything a broker let through would have arrived by now
             recent = sensor.answers.recent()
-            states = [json.loads(p) for t, p in operator.got if t == topics.answer_topic("pump-1")]
-            local_states = [json.loads(p) for t, p in home_assistant.got if t == topics.answer_topic("pump-1")]
+            states = answer_states(operator)
+            local_states = answer_states(home_assistant)
     finally:
         for c in clients:
             c.stop()
